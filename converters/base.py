@@ -1,0 +1,37 @@
+"""What every converter edge takes and returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from deploykit.parity import ParityReport
+
+# check(candidate_path, samples, batch) -> ParityReport against the source; the export API
+# provides it so that an edge can verify its own intermediate results (exporter fallbacks,
+# graph optimizations) with the one parity engine.
+Check = Callable[..., ParityReport]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    opset: Optional[int] = None
+    dynamic_batch: bool = False
+    optimize: bool = True
+    samples: int = 5
+    timeout: float = 900.0
+    debug: bool = False
+
+
+@dataclass
+class ConversionResult:
+    path: Path
+    converter: str
+    tool: str                                        # which exporter produced the file
+    parity: Optional[ParityReport] = None            # the check that accepted it
+    extra_files: list = field(default_factory=list)  # side files (external data)
+    input_perms: dict = field(default_factory=dict)  # layout: artifact axes -> source axes
+    output_perms: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    attempts: list = field(default_factory=list)     # [{"tool":..., "ok":..., "why":...}]

@@ -1,0 +1,81 @@
+"""Run a source and its artifacts on the same inputs and compare them with the parity engine."""
+from __future__ import annotations
+
+from typing import Optional
+
+from deploykit import parity, registry
+from deploykit.errors import UsageError
+from deploykit.inputs import random_feeds
+from deploykit.isolation import run_isolated
+from deploykit.model import LoadedModel
+from deploykit.parity import Tolerance
+
+
+class ReferenceRunner:
+    """Runs the source once per distinct input and remembers the outputs.
+
+    A framework source (torch) runs in this process, where it is already loaded;
+    a file source (ONNX) runs in a child process like any artifact.
+    """
+
+    def __init__(self, model: LoadedModel, timeout: float):
+        self.model, self.timeout = model, timeout
+        self._runner, self._cache = None, {}
+
+    def outputs(self, key: tuple, feeds: dict) -> dict:
+        if key not in self._cache:
+            self._cache[key] = self._run([feeds])[0]
+        return self._cache[key]
+
+    def _run(self, feeds_list: list) -> list:
+        if self.model.handle is None:
+            return run_isolated(self.model.path, feeds_list, timeout=self.timeout)[0]
+        if self._runner is None:
+            entry = registry.runtime_for(self.model.format)
+            self._runner = registry.resolve(entry.target)(self.model)
+            self._runner.open()
+        return self._runner.run_many(feeds_list)
+
+
+class Checker:
+    """Compares candidates against the source on seeded random inputs plus the user's data."""
+
+    def __init__(self, source: LoadedModel, tolerance: Tolerance, seed: int = 0,
+                 user_feeds: Optional[list] = None, timeout: float = 600.0):
+        self.source, self.tolerance, self.seed = source, tolerance, seed
+        self.user_feeds = list(user_feeds or [])
+        self.reference = ReferenceRunner(source, timeout)
+        self.timeout = timeout
+
+    def feeds(self, samples: int, batch: Optional[int] = None) -> list:
+        generated = random_feeds(self.source.spec, samples, self.seed, batch)
+        keyed = [(("random", i, batch), f) for i, f in enumerate(generated)]
+        return keyed + [(("user", i), f) for i, f in enumerate(self.user_feeds)]
+
+    def check(self, candidate_path, samples: int, batch: Optional[int] = None,
+              candidate: Optional[LoadedModel] = None, layout: Optional[dict] = None) -> parity.ParityReport:
+        """Run the candidate file (isolated) and the source on the same feeds and compare."""
+        keyed = self.feeds(samples, batch)
+        references = [self.reference.outputs(key, feeds) for key, feeds in keyed]
+        layout = layout or {}
+        feeds_for_candidate = [parity.permute(self._rename(feeds, candidate), layout.get("inputs"))
+                               for _key, feeds in keyed]
+        outputs, _info = run_isolated(str(candidate_path), feeds_for_candidate, timeout=self.timeout)
+        label = str(candidate_path) if candidate is None else candidate.label
+        report = parity.compare(references, outputs, self.tolerance, self.source.label, label,
+                                output_perms=layout.get("outputs"))
+        if self.user_feeds:
+            report.notes.append(f"{len(keyed) - len(self.user_feeds)} random + {len(self.user_feeds)} user sample(s)")
+        return report
+
+    def _rename(self, feeds: dict, candidate: Optional[LoadedModel]) -> dict:
+        """Feed a candidate whose input names differ (another exporter's) by position."""
+        if candidate is None:
+            return feeds
+        names = candidate.spec.input_names
+        if set(names) == set(feeds):
+            return feeds
+        if len(names) != len(feeds):
+            raise UsageError(f"{candidate.label} takes {len(names)} input(s) ({', '.join(names)}) but the source "
+                             f"takes {len(feeds)} ({', '.join(feeds)})", "compare models with the same inputs")
+        return dict(zip(names, feeds.values()))

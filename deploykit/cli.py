@@ -1,0 +1,247 @@
+"""The `deploykit` command. Each command imports the API lazily and calls one function.
+
+Exit codes: 0 success · 1 verification failed · 2 bad usage or bad input ·
+3 missing dependency · 4 conversion failed · 5 internal error (a deploykit bug).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Callable, List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+EXIT_INTERNAL = 5
+
+app = typer.Typer(
+    name="deploykit", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+    help="Export PyTorch models to ONNX (and more), prove the export computes the same thing, "
+         "and measure it. Exit codes: 0 ok, 1 verification failed, 2 bad usage/input, 3 missing dependency, "
+         "4 conversion failed, 5 internal error.",
+)
+samples_app = typer.Typer(help="Sample models built in code (the seed's two-layer net, MobileNetV2, ...).",
+                          no_args_is_help=True)
+app.add_typer(samples_app, name="samples")
+
+Json = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and the converters' own logs.")]
+Inputs = Annotated[Optional[List[str]], typer.Option(
+    "--input", help="Input signature NAME:DIMS[:DTYPE[:LOW..HIGH]], e.g. x:1x3x224x224:float32 or "
+                    "ids:1x32:int64:0..1000. Repeat for several inputs. Needed when the file does not record shapes.")]
+Weights = Annotated[Optional[str], typer.Option(
+    "--weights", help="state_dict file for a package.module:factory source (loaded with weights_only=True).")]
+TrustPickle = Annotated[bool, typer.Option(
+    "--trust-pickle", help="Allow loading a fully pickled torch.save(model) file. It runs code from the file: "
+                           "only for files from authors you trust.")]
+Samples = Annotated[int, typer.Option("--samples", help="Number of seeded random input samples to compare.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the first random sample (sample i uses seed+i).")]
+Npz = Annotated[Optional[str], typer.Option(
+    "--inputs", help=".npz with one array per input name (an extra leading axis = several samples); "
+                     "compared in addition to the random samples.")]
+Atol = Annotated[Optional[float], typer.Option("--atol", help="Absolute tolerance (replaces the preset's, unscaled).")]
+Rtol = Annotated[Optional[float], typer.Option("--rtol", help="Relative tolerance (replaces the preset's).")]
+Precision = Annotated[str, typer.Option("--precision", help="Tolerance preset: fp32, fp16 or int8.")]
+Timeout = Annotated[float, typer.Option("--timeout", help="Seconds a child process may run a model before it "
+                                                          "is stopped.")]
+
+
+def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callable[[dict], None],
+         exit_code_of: Callable[[dict], int] = lambda data: 0) -> None:
+    """Run a command body: JSON or human output, DeploykitError -> one line + its exit code."""
+    from deploykit.errors import DeploykitError
+
+    if not debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        data = action()
+    except DeploykitError as exc:
+        if debug:
+            import traceback
+            traceback.print_exc()
+        if as_json:
+            print(json.dumps({"passed": False, **exc.to_dict()}))
+        print(exc.one_line(), file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback without --debug
+        if debug:
+            raise
+        message = " ".join(str(exc).split())[:300]
+        print(f"error: internal error: {type(exc).__name__}: {message} — rerun with --debug and report it",
+              file=sys.stderr)
+        raise typer.Exit(EXIT_INTERNAL) from None
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        printer(data)
+    code = exit_code_of(data)
+    if code:
+        raise typer.Exit(code)
+
+
+def _verify_options(samples, seed, npz, precision, atol, rtol, timeout):
+    from deploykit.api import VerifyOptions
+
+    return VerifyOptions(samples=samples, seed=seed, inputs_npz=npz, precision=precision, atol=atol, rtol=rtol,
+                         timeout=timeout)
+
+
+@app.command()
+def export(
+    source: Annotated[str, typer.Argument(help="Model file (TorchScript .pt, torch.export .pt2, ONNX) or "
+                                               "package.module:factory.")],
+    to: Annotated[str, typer.Option("--to", help="Target format: onnx.")] = "onnx",
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Artifact path (default: "
+                                                  "<source name>.<target suffix> in the current directory).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
+    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default: the exporter's).")] = None,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Make dim 0 of every input symbolic "
+                                                "(verified at a second batch size).")] = False,
+    optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Simplify the graph with onnxslim "
+                                           "(kept only if parity still holds).")] = True,
+    inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False, samples: Samples = 5,
+    seed: Seed = 0, npz: Npz = None, precision: Precision = "fp32", atol: Atol = None, rtol: Rtol = None,
+    timeout: Timeout = 600.0, as_json: Json = False, debug: Debug = False,
+) -> None:
+    """Convert a model, verify the artifact against the source, write it with a manifest.
+
+    Example: deploykit export model.pt2 --to onnx -o model.onnx
+    """
+    def action() -> dict:
+        from deploykit import api
+
+        result = api.export(source, to, output, force=force, load=api.load_options(inputs or (), weights, trust_pickle),
+                            verify=_verify_options(samples, seed, npz, precision, atol, rtol, timeout),
+                            opset=opset, dynamic_batch=dynamic_batch, optimize=optimize, debug=debug)
+        return result.to_dict()
+
+    _run(action, as_json, debug, _lazy("print_export"))
+
+
+def _lazy(name: str) -> Callable[[dict], None]:
+    def printer(data: dict) -> None:
+        from deploykit import render
+        getattr(render, name)(data)
+    return printer
+
+
+@app.command()
+def verify(
+    source: Annotated[str, typer.Argument(help="The reference model (what the artifacts must match).")],
+    artifacts: Annotated[List[str], typer.Argument(help="One or more artifacts; each is compared with the source, "
+                                                        "and each with the previous one.")],
+    inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False, samples: Samples = 5,
+    seed: Seed = 0, npz: Npz = None, precision: Precision = "fp32", atol: Atol = None, rtol: Rtol = None,
+    timeout: Timeout = 600.0, as_json: Json = False, debug: Debug = False,
+) -> None:
+    """Numerical parity of artifacts against their source. Exit 0 if all match, 1 if not.
+
+    Example: deploykit verify model.pt2 model.onnx
+    """
+    def action() -> dict:
+        from deploykit import api
+
+        return api.verify(source, artifacts, load=api.load_options(inputs or (), weights, trust_pickle),
+                          options=_verify_options(samples, seed, npz, precision, atol, rtol, timeout)).to_dict()
+
+    _run(action, as_json, debug, _lazy("print_verify"), lambda data: 0 if data["passed"] else 1)
+
+
+@app.command()
+def inspect(
+    model: Annotated[str, typer.Argument(help="Model file or package.module:factory.")],
+    inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False,
+    as_json: Json = False, debug: Debug = False,
+) -> None:
+    """Signature, parameter count, op histogram and size of a model.
+
+    Example: deploykit inspect model.onnx
+    """
+    def action() -> dict:
+        from deploykit import api
+        from deploykit.introspect import inspect_model
+
+        return inspect_model(model, api.load_options(inputs or (), weights, trust_pickle))
+
+    _run(action, as_json, debug, _lazy("print_inspect"))
+
+
+@app.command()
+def doctor(as_json: Json = False, debug: Debug = False) -> None:
+    """Library versions, GPU, and which routes and runtimes this install supports (imports no framework)."""
+    def action() -> dict:
+        from deploykit.introspect import doctor as run_doctor
+
+        return run_doctor()
+
+    _run(action, as_json, debug, _lazy("print_doctor"))
+
+
+@samples_app.command("list")
+def samples_list(as_json: Json = False, debug: Debug = False) -> None:
+    """List the sample models and their factories."""
+    def action() -> dict:
+        from sample_models import SAMPLES
+
+        return {"samples": [{"name": s.name, "factory": s.factory, "description": s.description,
+                             "exportable": s.exportable} for s in SAMPLES]}
+
+    _run(action, as_json, debug, lambda data: _lazy("print_samples")(data["samples"]))
+
+
+@samples_app.command("build")
+def samples_build(
+    output: Annotated[str, typer.Option("-o", "--output", help="Directory to write the files into.")] = "samples",
+    only: Annotated[Optional[List[str]], typer.Option("--only", help="Build only this sample (repeatable).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+    as_json: Json = False, debug: Debug = False,
+) -> None:
+    """Build the sample models (trained from fixed seeds) and write them as files.
+
+    Per sample: NAME.pt (TorchScript), NAME.pt2 (torch.export), NAME.weights.pt (state_dict),
+    NAME.inputs.npz (example inputs).
+    """
+    def action() -> dict:
+        from deploykit import registry
+        from deploykit.errors import UsageError
+        from sample_models import SAMPLES
+
+        unknown = set(only or ()) - {s.name for s in SAMPLES}
+        if unknown:
+            raise UsageError(f"unknown sample(s) {', '.join(sorted(unknown))}",
+                             "see `deploykit samples list` for the names")
+        registry.require(("torch",), "needed to build the sample models")
+        from sample_models.build import build_samples
+
+        return {"samples": build_samples(output, tuple(only or ()), force)}
+
+    _run(action, as_json, debug, lambda data: _lazy("print_samples")(data["samples"]))
+
+
+@app.command()
+def demo(
+    output: Annotated[str, typer.Option("-o", "--output", help="Directory for the demo's files.")] = "deploykit-demo",
+    as_json: Json = False, debug: Debug = False,
+) -> None:
+    """The main job end to end on bundled samples: build, export to ONNX, verify, inspect.
+
+    Writes into --output, replacing only files an earlier demo wrote there.
+    """
+    def action() -> dict:
+        from deploykit.demo import run_demo
+
+        return run_demo(output, echo=not as_json, debug=debug)
+
+    _run(action, as_json, debug, lambda data: None, lambda data: 0 if data["passed"] else 1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Error types with their exit codes and a remedy line.
+
+The CLI catches :class:`DeploykitError`, prints ``error: <what> — <how to fix>``
+and exits with ``exit_code``; only ``--debug`` shows a traceback.
+
+Exit codes (also in the README):
+    0 success · 1 verification failed · 2 bad usage or bad input ·
+    3 missing dependency · 4 conversion failed
+"""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_VERIFY_FAILED = 1
+EXIT_USAGE = 2
+EXIT_MISSING_DEPENDENCY = 3
+EXIT_CONVERSION_FAILED = 4
+
+
+class DeploykitError(Exception):
+    """Base error: a one-line message plus a remedy, mapped to an exit code."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, remedy: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.remedy = remedy
+
+    def one_line(self) -> str:
+        text = f"error: {self.message}"
+        if self.remedy:
+            text += f" — {self.remedy}"
+        return " ".join(text.split())
+
+    def to_dict(self) -> dict:
+        return {
+            "error": type(self).__name__,
+            "message": self.message,
+            "remedy": self.remedy,
+            "exit_code": self.exit_code,
+        }
+
+
+class UsageError(DeploykitError):
+    """Bad command-line usage or a bad argument value."""
+
+    exit_code = EXIT_USAGE
+
+
+class ModelLoadError(DeploykitError):
+    """The model file is empty, truncated, corrupt or of an unknown format."""
+
+    exit_code = EXIT_USAGE
+
+
+class UnsupportedModelError(DeploykitError):
+    """The file is valid but this kind of model cannot be handled."""
+
+    exit_code = EXIT_USAGE
+
+
+class OutputExistsError(DeploykitError):
+    """An output file exists and --force was not given."""
+
+    exit_code = EXIT_USAGE
+
+
+class MissingDependency(DeploykitError):
+    """An optional package that this step needs is not installed."""
+
+    exit_code = EXIT_MISSING_DEPENDENCY
+
+    @classmethod
+    def for_package(cls, package: str, extra: str, why: str = "") -> "MissingDependency":
+        what = f"{package} is not installed"
+        if why:
+            what += f" ({why})"
+        return cls(what, f"install it with: pip install 'deploykit[{extra}]' -c constraints.txt")
+
+
+class ConversionError(DeploykitError):
+    """A converter failed or produced an artifact that does not match."""
+
+    exit_code = EXIT_CONVERSION_FAILED
+
+
+class ParityError(DeploykitError):
+    """Verification ran and the artifact does not compute the same thing."""
+
+    exit_code = EXIT_VERIFY_FAILED

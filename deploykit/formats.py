@@ -1,0 +1,141 @@
+"""Detect a model's format from its content, never from its file extension alone."""
+from __future__ import annotations
+
+import enum
+import os
+import pickletools
+import re
+import zipfile
+from pathlib import Path
+
+from deploykit.errors import ModelLoadError, UnsupportedModelError
+
+
+class Format(str, enum.Enum):
+    TORCHSCRIPT = "torchscript"
+    EXPORTED_PROGRAM = "exported_program"
+    STATE_DICT = "state_dict"
+    TORCH_PICKLE = "torch_pickle"          # torch.save(model): arbitrary code on load
+    PYTHON_FACTORY = "python_factory"      # "package.module:factory" (+ optional weights)
+    ONNX = "onnx"
+    TFLITE = "tflite"
+    KERAS = "keras"
+    KERAS_H5 = "keras_h5"
+    SAVED_MODEL = "saved_model"
+
+    @property
+    def framework(self) -> str:
+        if self in TORCH_FORMATS:
+            return "torch"
+        if self in (Format.KERAS, Format.KERAS_H5, Format.SAVED_MODEL):
+            return "tensorflow"
+        return self.value
+
+
+TORCH_FORMATS = frozenset({Format.TORCHSCRIPT, Format.EXPORTED_PROGRAM, Format.STATE_DICT,
+                           Format.TORCH_PICKLE, Format.PYTHON_FACTORY})
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# Protobuf tags of onnx.ModelProto fields (field number << 3 | wire type); a serialized
+# model starts with one of them, almost always ir_version (0x08).
+_ONNX_FIRST_TAGS = {0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0x7A}
+# Globals a plain state_dict pickle refers to; anything else means a pickled object.
+_STATE_DICT_GLOBALS = re.compile(
+    r"^(collections (OrderedDict)|torch\._utils _rebuild_\w+|torch \w*Storage|torch (Size|device|dtype"
+    r"|float\d*|int\d*|bfloat16|bool)|builtins? (set|dict|list|tuple|int|float|str)|_codecs encode"
+    r"|numpy\S* \w+)$"
+)
+
+
+def is_factory_reference(text: str) -> bool:
+    """True for ``package.module:factory`` references that are not existing paths."""
+    return bool(_FACTORY_RE.match(text)) and not os.path.exists(text)
+
+
+def detect(path: "str | os.PathLike") -> Format:
+    """Return the Format of the model at ``path`` by reading its bytes.
+
+    Raises ModelLoadError for missing, empty, truncated or unknown files.
+    """
+    text = str(path)
+    if is_factory_reference(text):
+        return Format.PYTHON_FACTORY
+    p = Path(text)
+    if not p.exists():
+        raise ModelLoadError(f"{text}: no such file or directory",
+                             "check the path, or give a Python factory as package.module:function")
+    if p.is_dir():
+        return _detect_dir(p)
+    size = p.stat().st_size
+    if size == 0:
+        raise ModelLoadError(f"{text}: the file is empty", "re-export or re-download the model")
+    with open(p, "rb") as handle:
+        head = handle.read(16)
+    if head.startswith(_ZIP_MAGIC):
+        return _detect_zip(p)
+    if head.startswith(_HDF5_MAGIC):
+        return Format.KERAS_H5
+    if len(head) >= 8 and head[4:8] == b"TFL3":
+        return Format.TFLITE
+    if head[:1] == b"\x80":
+        raise UnsupportedModelError(
+            f"{text}: legacy (pre-1.6, non-zip) torch.save file",
+            "load it with the torch that wrote it and re-save with torch.save (zip format) or torch.jit.save")
+    if head[0] in _ONNX_FIRST_TAGS:
+        return Format.ONNX
+    raise ModelLoadError(
+        f"{text}: unknown model format (first bytes {head[:8].hex()})",
+        "give a TorchScript (.pt), torch.export (.pt2), state_dict, ONNX, Keras, SavedModel or TFLite file")
+
+
+def _detect_dir(p: Path) -> Format:
+    if (p / "saved_model.pb").exists() or (p / "saved_model.pbtxt").exists():
+        return Format.SAVED_MODEL
+    raise ModelLoadError(f"{p}: a directory without saved_model.pb",
+                         "give a model file, or a TensorFlow SavedModel directory")
+
+
+def _detect_zip(p: Path) -> Format:
+    try:
+        with zipfile.ZipFile(p) as archive:
+            names = archive.namelist()
+            if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
+                return Format.EXPORTED_PROGRAM
+            if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+                return Format.TORCHSCRIPT
+            if "config.json" in names and any(n.startswith("model.weights") for n in names):
+                return Format.KERAS
+            pickles = [n for n in names if n.endswith("data.pkl")]
+            if pickles:
+                return _classify_pickle(archive.read(pickles[0]))
+    except zipfile.BadZipFile as exc:
+        raise ModelLoadError(f"{p}: truncated or corrupt archive ({exc})",
+                             "the file was cut short or damaged: save or copy it again") from None
+    raise ModelLoadError(f"{p}: a zip archive that holds no known model",
+                         "give a TorchScript, torch.export, state_dict or Keras .keras file")
+
+
+def _classify_pickle(payload: bytes) -> Format:
+    """State dict if the pickle only names tensor-rebuilding globals, else a pickled object."""
+    try:
+        for opcode, arg, _pos in pickletools.genops(payload):
+            if opcode.name == "GLOBAL" and not _STATE_DICT_GLOBALS.match(str(arg)):
+                return Format.TORCH_PICKLE
+            if opcode.name == "STACK_GLOBAL":
+                return Format.TORCH_PICKLE
+    except Exception:  # noqa: BLE001 - a broken pickle is reported as corrupt by the loader
+        return Format.STATE_DICT
+    return Format.STATE_DICT
+
+
+def pickled_globals(path: "str | os.PathLike") -> list:
+    """The module.class names a torch.save pickle refers to (for the --trust-pickle message)."""
+    with zipfile.ZipFile(path) as archive:
+        payload = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    found = []
+    for opcode, arg, _pos in pickletools.genops(payload):
+        if opcode.name == "GLOBAL" and not _STATE_DICT_GLOBALS.match(str(arg)):
+            found.append(str(arg).replace(" ", "."))
+    return sorted(set(found))

@@ -1,0 +1,66 @@
+"""Safe outputs: never overwrite without --force, never leave a half-written artifact."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from deploykit.errors import OutputExistsError, UsageError
+
+
+def prepare_output(path: "str | Path", force: bool, also: tuple = ()) -> Path:
+    """Check that ``path`` (and sibling files ``also``) may be written; create the directory.
+
+    Raises OutputExistsError without --force, UsageError when the directory is unusable.
+    """
+    path = Path(path).absolute()
+    for target in (path, *also):
+        if Path(target).exists() and not force:
+            raise OutputExistsError(f"{target} already exists", "pass --force to overwrite it, or choose -o elsewhere")
+        if Path(target).is_dir():
+            raise UsageError(f"{target} is a directory", "give a file path with -o")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"cannot write to {parent}: a part of that path is a file", "choose another -o") from None
+    except OSError as exc:
+        raise UsageError(f"cannot create the output directory {parent} ({exc.strerror})", "choose another -o") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".deploykit-probe-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"the output directory {parent} is not writable ({exc.strerror})",
+                         "choose a writable -o, or fix the directory's permissions") from None
+    return path
+
+
+@contextlib.contextmanager
+def staging_dir(final_dir: Path):
+    """A temp directory beside the final output (same filesystem, so rename is atomic); always removed."""
+    folder = Path(tempfile.mkdtemp(prefix=".deploykit-tmp-", dir=final_dir))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish(moves: list) -> None:
+    """Rename staged files into place: side files first, the main artifact last."""
+    for source, target in moves:
+        os.replace(source, target)
+
+
+def write_text_atomic(path: "str | Path", text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,119 @@
+"""Inputs for verification: seeded random feeds from a ModelSpec, or user data from .npz."""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.errors import UsageError
+from deploykit.spec import FLOAT_DTYPES, ModelSpec, TensorSpec
+
+DEFAULT_INT_RANGE = (0, 10)
+# Successive samples draw floats from different distributions so that a model whose
+# behaviour depends on the sign or scale of its input (an `if x.sum() > 0:` branch,
+# a clamp) is exercised on more than one path.
+_FLOAT_KINDS = ("normal", "uniform01", "normal_x3", "negated_normal")
+
+
+def random_feeds(spec: ModelSpec, samples: int, seed: int = 0, batch: "int | None" = None) -> list:
+    """Return ``samples`` feed dicts for ``spec``; deterministic for a given seed."""
+    feeds = []
+    for index in range(samples):
+        rng = np.random.default_rng(seed + index)
+        kind = _FLOAT_KINDS[index % len(_FLOAT_KINDS)]
+        feeds.append({t.name: _random_tensor(t, rng, kind, batch) for t in spec.inputs})
+    return feeds
+
+
+def _concrete_shape(tensor: TensorSpec, batch: "int | None") -> tuple:
+    shape = []
+    for axis, dim in enumerate(tensor.shape):
+        if isinstance(dim, int) and dim >= 0:
+            shape.append(batch if (axis == 0 and batch) else dim)
+        elif axis == 0:
+            shape.append(batch or 1)
+        else:
+            raise UsageError(
+                f"input {tensor.name!r} has a dynamic dim at axis {axis} ({dim})",
+                f"give a concrete shape with --input {tensor.name}:"
+                + "x".join(str(d) if isinstance(d, int) and d >= 0 else "N" for d in tensor.shape))
+    return tuple(shape)
+
+
+def _random_tensor(tensor: TensorSpec, rng: np.random.Generator, kind: str, batch) -> np.ndarray:
+    shape = _concrete_shape(tensor, batch)
+    if tensor.dtype == "bool":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    if tensor.dtype not in FLOAT_DTYPES:
+        low, high = tensor.value_range or DEFAULT_INT_RANGE
+        return rng.integers(low, high, size=shape).astype(tensor.dtype)
+    if kind == "uniform01":
+        values = rng.random(size=shape)
+    else:
+        values = rng.standard_normal(size=shape)
+        values = values * 3.0 if kind == "normal_x3" else values
+        values = -values if kind == "negated_normal" else values
+    dtype = "float32" if tensor.dtype == "bfloat16" else tensor.dtype
+    return values.astype(dtype)
+
+
+def load_npz(path: "str | Path", spec: ModelSpec) -> list:
+    """Load user inputs from ``.npz``: one array per input name.
+
+    An array may carry one extra leading axis of K samples; each becomes one feed.
+    A single-input model accepts any one array name.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such inputs file", "give an existing .npz file to --inputs") from None
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise UsageError(f"{path}: not a readable .npz file ({exc})",
+                         "write it with numpy.savez(path, input_name=array)") from None
+    if len(spec.inputs) == 1 and len(arrays) == 1:
+        arrays = {spec.inputs[0].name: next(iter(arrays.values()))}
+    missing = [t.name for t in spec.inputs if t.name not in arrays]
+    if missing:
+        raise UsageError(f"{path} lacks input(s) {', '.join(missing)} (has {', '.join(arrays) or 'nothing'})",
+                         "name each array after the model input it feeds")
+    per_input = {t.name: _split_samples(t, arrays[t.name], path) for t in spec.inputs}
+    counts = {len(v) for v in per_input.values()}
+    if len(counts) != 1:
+        raise UsageError(f"{path}: inputs carry different numbers of samples",
+                         "give every input the same leading sample axis")
+    count = counts.pop()
+    return [{name: values[i] for name, values in per_input.items()} for i in range(count)]
+
+
+def _split_samples(tensor: TensorSpec, array: np.ndarray, path: Path) -> list:
+    rank = len(tensor.shape)
+    if array.ndim == rank + 1:
+        candidates = list(array)
+    elif array.ndim == rank:
+        candidates = [array]
+    else:
+        raise UsageError(f"{path}: input {tensor.name!r} has rank {array.ndim}, the model expects {rank}",
+                         f"save an array shaped like {tensor.describe()}")
+    for value in candidates:
+        _check_shape(tensor, value, path)
+    return [_cast(tensor, value, path) for value in candidates]
+
+
+def _check_shape(tensor: TensorSpec, value: np.ndarray, path: Path) -> None:
+    for axis, (want, got) in enumerate(zip(tensor.shape, value.shape)):
+        if isinstance(want, int) and want >= 0 and want != got:
+            raise UsageError(f"{path}: input {tensor.name!r} has shape {value.shape}, the model expects "
+                             f"{tuple(tensor.shape)}", f"save an array shaped like {tensor.describe()}")
+
+
+def _cast(tensor: TensorSpec, value: np.ndarray, path: Path) -> np.ndarray:
+    want = np.dtype("float32" if tensor.dtype == "bfloat16" else tensor.dtype)
+    if value.dtype == want:
+        return value
+    if value.dtype.kind == want.kind or (value.dtype.kind in "iu" and want.kind in "iu"):
+        return value.astype(want)
+    raise UsageError(f"{path}: input {tensor.name!r} is {value.dtype}, the model expects {want}",
+                     f"save it as {want}")

@@ -1,0 +1,118 @@
+"""`inspect` (what is in a model file) and `doctor` (what this install can do)."""
+from __future__ import annotations
+
+import collections
+import importlib.metadata
+import os
+import platform
+import shutil
+from pathlib import Path
+
+from deploykit import registry
+from deploykit.formats import Format, detect
+from deploykit.manifest import library_versions, read as read_manifest
+from deploykit.model import LoadOptions, load_model, sha256_of
+
+
+def inspect_model(path: str, load: LoadOptions = LoadOptions()) -> dict:
+    """Signature, parameter count, op histogram and size of a model file."""
+    model = load_model(path, load)
+    info = {"path": path, "format": model.format.value, "signature": model.spec.to_dict()}
+    if Path(path).exists():
+        info["bytes"] = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) \
+            if Path(path).is_dir() else Path(path).stat().st_size
+        info["sha256"] = sha256_of(path)
+    if model.format == Format.ONNX:
+        info.update(_onnx_graph_facts(path))
+    elif model.handle is not None:
+        info.update(_torch_graph_facts(model))
+    info["details"] = {k: v for k, v in model.details.items() if isinstance(v, (str, int, float, bool, dict, list))}
+    stored = read_manifest(path) if Path(path).exists() else None
+    if stored:
+        info["manifest"] = {"route": [r.get("edge") for r in stored.get("route", [])],
+                            "parity_passed": (stored.get("parity") or {}).get("passed")}
+    return info
+
+
+def _onnx_graph_facts(path: str) -> dict:
+    from runtimes.onnxruntime import read_onnx
+
+    proto = read_onnx(path)
+    histogram: collections.Counter = collections.Counter()
+    _count_nodes(proto.graph, histogram)
+    params = 0
+    for init in proto.graph.initializer:
+        count = 1
+        for dim in init.dims:
+            count *= dim
+        params += count
+    return {"parameters": params, "ops": dict(histogram.most_common()), "nodes": sum(histogram.values()),
+            "opset": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
+            "producer": f"{proto.producer_name} {proto.producer_version}".strip(), "ir_version": proto.ir_version}
+
+
+def _count_nodes(graph, histogram) -> None:
+    for node in graph.node:
+        histogram[node.op_type] += 1
+        for attribute in node.attribute:
+            if attribute.g.node:
+                _count_nodes(attribute.g, histogram)
+            for sub in attribute.graphs:
+                _count_nodes(sub, histogram)
+
+
+def _torch_graph_facts(model) -> dict:
+    handle = model.handle
+    params = sum(p.numel() for p in handle.parameters())
+    histogram: collections.Counter = collections.Counter()
+    program = model.details.get("exported_program")
+    if program is not None:
+        for node in program.graph.nodes:
+            if node.op == "call_function":
+                histogram[str(node.target).replace("aten.", "")] += 1
+    elif hasattr(handle, "inlined_graph"):
+        for node in handle.inlined_graph.nodes():
+            if not node.kind().startswith("prim::"):
+                histogram[node.kind()] += 1
+    else:
+        for sub in handle.modules():
+            if not list(sub.children()):
+                histogram[type(sub).__name__] += 1
+    return {"parameters": int(params), "ops": dict(histogram.most_common()), "nodes": sum(histogram.values())}
+
+
+def doctor() -> dict:
+    """Versions, accelerators and which routes and runtimes this install supports. Imports nothing heavy."""
+    edges = [{"edge": e.name, "from": sorted(f.value for f in e.src), "to": e.dst.value, "available": e.available,
+              "missing": registry.missing_packages(e.requires), "hint": _hint(e.requires)} for e in registry.EDGES]
+    runtimes = [{"runtime": r.name, "formats": sorted(f.value for f in r.formats), "available": r.available,
+                 "missing": registry.missing_packages(r.requires), "hint": _hint(r.requires),
+                 "description": r.description} for r in registry.RUNTIMES]
+    return {"platform": f"{platform.system()} {platform.machine()}", "python": platform.python_version(),
+            "cpus": os.cpu_count(), "gpu": _gpu(), "versions": library_versions(), "routes": edges,
+            "runtimes": runtimes, "deploykit": _own_version()}
+
+
+def _hint(requires: tuple) -> str:
+    missing = registry.missing_packages(requires)
+    if not missing:
+        return ""
+    extras = sorted({registry.PACKAGES.get(m, (m, "all"))[1] for m in missing})
+    return "pip install " + " ".join(f"'deploykit[{x}]'" for x in extras) + " -c constraints.txt"
+
+
+def _gpu() -> str:
+    if shutil.which("nvidia-smi") or Path("/dev/nvidia0").exists():
+        return "NVIDIA GPU present"
+    return "none detected"
+
+
+def _own_version() -> str:
+    try:
+        return importlib.metadata.version("deploykit")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed (running from a source tree)"
+
+
+def detect_format(path: str) -> str:
+    return detect(path).value

@@ -1,0 +1,272 @@
+"""The one comparison engine: every verify and every export check goes through here.
+
+Values are cast to float64 before differencing; integers and booleans compare exactly;
+NaN never matches. Every output's result is collected before the verdict, and the
+verdict says *why*, never a bare bool.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Optional
+
+import numpy as np
+
+from deploykit.errors import UsageError
+
+# Outputs whose reference is this close to zero or to a constant make every metric
+# "pass" while proving nothing (a random classifier's uniform softmax, say).
+_DEGENERATE_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """When two float outputs count as equal.
+
+    An element matches when ``|got - ref| <= atol_eff + rtol * |ref|``; with
+    ``scale_by_reference`` the preset's atol is scaled by ``max(1, max|ref|)`` so
+    that large logits get a proportionally larger absolute budget. An output passes
+    when its mismatch fraction is at most ``max_mismatch`` and its cosine similarity
+    is at least ``min_cosine``.
+    """
+
+    atol: float
+    rtol: float
+    min_cosine: float
+    max_mismatch: float = 0.0
+    scale_by_reference: bool = True
+    preset: str = "custom"
+
+
+PRESETS = {
+    "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.99999, preset="fp32"),
+    "fp16": Tolerance(atol=1e-2, rtol=1e-2, min_cosine=0.999, preset="fp16"),
+    "int8": Tolerance(atol=5e-2, rtol=1e-1, min_cosine=0.98, max_mismatch=0.05, preset="int8"),
+}
+
+
+def tolerance_for(precision: str = "fp32", atol: Optional[float] = None,
+                  rtol: Optional[float] = None) -> Tolerance:
+    """The preset for ``precision``; a user's --atol/--rtol replace its values and are absolute."""
+    if precision not in PRESETS:
+        raise UsageError(f"unknown precision {precision!r}", f"use one of {', '.join(PRESETS)}")
+    base = PRESETS[precision]
+    for label, value in (("--atol", atol), ("--rtol", rtol)):
+        if value is not None and (not np.isfinite(value) or value < 0):
+            raise UsageError(f"{label} must be a non-negative number, got {value}", f"e.g. {label} 1e-4")
+    if atol is None and rtol is None:
+        return base
+    return replace(base, atol=base.atol if atol is None else atol, rtol=base.rtol if rtol is None else rtol,
+                   scale_by_reference=atol is None, preset=f"{base.preset}+custom")
+
+
+@dataclass
+class OutputResult:
+    name: str
+    candidate_name: str
+    status: str = "pass"             # pass | fail | uninformative
+    reason: str = ""
+    shape: list = field(default_factory=list)
+    dtype: str = ""
+    candidate_dtype: str = ""
+    max_abs: Optional[float] = None
+    mean_abs: Optional[float] = None
+    max_rel: Optional[float] = None
+    rmse: Optional[float] = None
+    cosine: Optional[float] = None
+    mismatch_fraction: Optional[float] = None
+    atol_used: Optional[float] = None
+    top1_agreement: Optional[float] = None
+    top5_agreement: Optional[float] = None
+    failing_samples: list = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+
+@dataclass
+class ParityReport:
+    """Result of comparing one candidate against one reference over N samples."""
+
+    reference: str
+    candidate: str
+    samples: int
+    tolerance: Tolerance
+    outputs: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems and all(o.passed for o in self.outputs)
+
+    @property
+    def failing_samples(self) -> list:
+        return sorted({s for o in self.outputs for s in o.failing_samples})
+
+    def summary(self) -> str:
+        if self.passed:
+            worst = max((o.max_abs or 0.0) for o in self.outputs) if self.outputs else 0.0
+            return f"PASS: {len(self.outputs)} output(s) match on {self.samples} sample(s), max_abs {worst:.3g}"
+        reasons = self.problems + [f"{o.name}: {o.reason}" for o in self.outputs if not o.passed]
+        return "FAIL: " + "; ".join(reasons)
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed, "reference": self.reference, "candidate": self.candidate,
+            "samples": self.samples, "tolerance": asdict(self.tolerance),
+            "outputs": [asdict(o) for o in self.outputs], "problems": list(self.problems),
+            "notes": list(self.notes), "summary": self.summary(),
+        }
+
+
+def permute(arrays: dict, perms: Optional[dict]) -> dict:
+    """Apply recorded layout permutations ({name: axes}) to a dict of arrays."""
+    if not perms:
+        return arrays
+    return {k: (np.transpose(v, perms[k]) if perms.get(k) else v) for k, v in arrays.items()}
+
+
+def compare(references: list, candidates: list, tolerance: Tolerance, reference: str = "reference",
+            candidate: str = "candidate", output_perms: Optional[dict] = None) -> ParityReport:
+    """Compare per-sample output dicts of a candidate against those of the reference."""
+    report = ParityReport(reference, candidate, len(references), tolerance)
+    if len(references) != len(candidates):
+        report.problems.append(f"{len(references)} reference runs but {len(candidates)} candidate runs")
+        return report
+    if not references:
+        report.problems.append("no samples were compared")
+        return report
+    pairing = _pair_outputs(list(references[0]), list(candidates[0]), report)
+    for ref_name, cand_name in pairing:
+        refs = [r[ref_name] for r in references]
+        cands = [permute({cand_name: c[cand_name]}, output_perms)[cand_name] for c in candidates]
+        report.outputs.append(_compare_output(ref_name, cand_name, refs, cands, tolerance))
+    return report
+
+
+def _pair_outputs(ref_names: list, cand_names: list, report: ParityReport) -> list:
+    if set(ref_names) <= set(cand_names):
+        return [(n, n) for n in ref_names]
+    if len(ref_names) == len(cand_names):
+        report.notes.append("output names differ; outputs were matched by position: "
+                            + ", ".join(f"{a}→{b}" for a, b in zip(ref_names, cand_names)))
+        return list(zip(ref_names, cand_names))
+    report.problems.append(f"the reference has {len(ref_names)} output(s) ({', '.join(ref_names)}) but the "
+                           f"candidate has {len(cand_names)} ({', '.join(cand_names)})")
+    return []
+
+
+def _compare_output(name: str, cand_name: str, refs: list, cands: list, tol: Tolerance) -> OutputResult:
+    result = OutputResult(name, cand_name, shape=list(np.shape(refs[0])), dtype=str(np.asarray(refs[0]).dtype),
+                          candidate_dtype=str(np.asarray(cands[0]).dtype))
+    for index, (ref, got) in enumerate(zip(refs, cands)):
+        if np.shape(ref) != np.shape(got):
+            result.status, result.reason = "fail", f"shape {list(np.shape(got))} != reference {list(np.shape(ref))}"
+            result.failing_samples = [index]
+            return result
+    ref_kind, got_kind = np.asarray(refs[0]).dtype.kind, np.asarray(cands[0]).dtype.kind
+    if (ref_kind == "f") != (got_kind == "f"):
+        result.status, result.reason = "fail", f"dtype {result.candidate_dtype} != reference {result.dtype}"
+        return result
+    if ref_kind != "f":
+        return _compare_exact(result, refs, cands)
+    return _compare_float(result, refs, cands, tol)
+
+
+def _compare_exact(result: OutputResult, refs: list, cands: list) -> OutputResult:
+    unequal = [np.asarray(r) != np.asarray(c) for r, c in zip(refs, cands)]
+    total = sum(u.size for u in unequal) or 1
+    result.mismatch_fraction = float(sum(int(u.sum()) for u in unequal) / total)
+    diffs = [np.abs(np.asarray(r, np.float64) - np.asarray(c, np.float64)) for r, c in zip(refs, cands)]
+    result.max_abs = float(max((d.max() if d.size else 0.0) for d in diffs))
+    result.failing_samples = [i for i, u in enumerate(unequal) if u.any()]
+    if result.failing_samples:
+        result.status = "fail"
+        result.reason = f"{result.mismatch_fraction:.2%} of integer values differ (exact match required)"
+    return result
+
+
+def _compare_float(result: OutputResult, refs: list, cands: list, tol: Tolerance) -> OutputResult:
+    ref_all = np.concatenate([np.asarray(r, np.float64).ravel() for r in refs])
+    got_all = np.concatenate([np.asarray(c, np.float64).ravel() for c in cands])
+    finite_ref = ref_all[np.isfinite(ref_all)]
+    scale = float(np.abs(finite_ref).max()) if finite_ref.size else 0.0
+    atol = tol.atol * max(1.0, scale) if tol.scale_by_reference else tol.atol
+    result.atol_used = atol
+    diff = np.abs(got_all - ref_all)
+    diff = np.where(np.isnan(diff), np.inf, diff)  # NaN never matches, not even NaN
+    bad = ~(diff <= atol + tol.rtol * np.abs(ref_all))
+    _fill_metrics(result, ref_all, got_all, diff, bad, atol)
+    result.failing_samples = _failing_samples(refs, cands, atol, tol.rtol)
+    _fill_topk(result, refs, cands)
+    degenerate = _degenerate_reason(refs, ref_all, scale)
+    if result.mismatch_fraction > tol.max_mismatch or result.cosine < tol.min_cosine:
+        result.status = "fail"
+        result.reason = (f"{result.mismatch_fraction:.2%} of values outside atol {atol:.3g} + rtol {tol.rtol:g}"
+                         f" (max_abs {result.max_abs:.3g}, cosine {result.cosine:.6f})")
+    elif degenerate:
+        result.status = "uninformative"
+        result.reason = (f"{degenerate}, so matching proves nothing — compare logits instead of "
+                         "probabilities, or give realistic inputs with --inputs")
+    return result
+
+
+def _fill_metrics(result: OutputResult, ref: np.ndarray, got: np.ndarray, diff: np.ndarray,
+                  bad: np.ndarray, atol: float) -> None:
+    finite = np.isfinite(diff)
+    result.max_abs = float(diff.max()) if diff.size else 0.0
+    result.mean_abs = float(diff[finite].mean()) if finite.any() else float("inf")
+    result.rmse = float(np.sqrt(np.mean(np.square(diff)))) if diff.size else 0.0
+    significant = np.abs(ref) > atol
+    result.max_rel = float((diff[significant] / np.abs(ref[significant])).max()) if significant.any() else 0.0
+    result.mismatch_fraction = float(bad.mean()) if bad.size else 0.0
+    result.cosine = _cosine(ref, got)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("nan") if not np.isfinite(b).all() else 0.0
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def _failing_samples(refs: list, cands: list, atol: float, rtol: float) -> list:
+    failing = []
+    for index, (r, c) in enumerate(zip(refs, cands)):
+        r64, c64 = np.asarray(r, np.float64), np.asarray(c, np.float64)
+        if not np.all(np.abs(c64 - r64) <= atol + rtol * np.abs(r64)):
+            failing.append(index)
+    return failing
+
+
+def _fill_topk(result: OutputResult, refs: list, cands: list) -> None:
+    """Top-1/top-5 agreement for outputs shaped like class scores: [batch, classes]."""
+    if len(result.shape) != 2 or result.shape[1] < 2:
+        return
+    ref = np.concatenate([np.asarray(r) for r in refs])
+    got = np.concatenate([np.asarray(c) for c in cands])
+    ref_top1 = ref.argmax(axis=1)
+    result.top1_agreement = float(np.mean(ref_top1 == got.argmax(axis=1)))
+    if result.shape[1] >= 5:
+        got_top5 = np.argsort(-got, axis=1)[:, :5]
+        result.top5_agreement = float(np.mean([t in row for t, row in zip(ref_top1, got_top5)]))
+
+
+def _degenerate_reason(refs: list, ref_all: np.ndarray, scale: float) -> str:
+    if not np.isfinite(ref_all).all():
+        return ""
+    if scale <= _DEGENERATE_EPS:
+        return "the reference output is (near) zero everywhere"
+    if float(ref_all.max() - ref_all.min()) <= _DEGENERATE_EPS * max(1.0, scale):
+        return "the reference output is one constant value"
+    if len(refs) > 1:
+        first = np.asarray(refs[0], np.float64)
+        spread = max(float(np.abs(np.asarray(r, np.float64) - first).max()) for r in refs[1:])
+        if spread <= _DEGENERATE_EPS * max(1.0, scale):
+            return "the reference output is the same for every input sample"
+    return ""

@@ -1,0 +1,124 @@
+"""Human-readable output (rich tables). Machine-readable output is the same data as JSON."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+import sys
+
+# Piped output gets rich's default of 80 columns, too narrow for the metric tables.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 130)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.3e}"
+    return str(value)
+
+
+def parity_table(report: dict, title: str = "") -> Table:
+    mark = "[green]PASS[/green]" if report["passed"] else "[red]FAIL[/red]"
+    table = Table(title=title or f"{report['candidate']}  vs  {report['reference']}  {mark}", title_justify="left")
+    for column in ("output", "shape", "status", "max_abs", "mean_abs", "max_rel", "rmse", "cosine", "mismatch",
+                   "top-1", "top-5"):  # noqa: E501
+        table.add_column(column, justify="left" if column in ("output", "status", "shape") else "right")
+    for out in report["outputs"]:
+        style = {"pass": "green", "fail": "red"}.get(out["status"], "yellow")
+        table.add_row(out["name"], "x".join(map(str, out["shape"])), f"[{style}]{out['status']}[/{style}]",
+                      _fmt(out["max_abs"]), _fmt(out["mean_abs"]), _fmt(out["max_rel"]), _fmt(out["rmse"]),
+                      _fmt(out["cosine"], 7), _pct(out["mismatch_fraction"]), _pct(out["top1_agreement"]),
+                      _pct(out["top5_agreement"]))
+    return table
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def print_parity(report: dict, title: str = "") -> None:
+    console.print(parity_table(report, title))
+    tol = report["tolerance"]
+    console.print(f"  {report['samples']} sample(s); tolerance {tol['preset']}: atol {tol['atol']:g}"
+                  f"{' × max(1, max|ref|)' if tol['scale_by_reference'] else ''}, rtol {tol['rtol']:g}, "
+                  f"cosine ≥ {tol['min_cosine']}")
+    for line in report["problems"] + [f"{o['name']}: {o['reason']}" for o in report["outputs"] if o["reason"]]:
+        console.print(f"  [red]•[/red] {line}")
+    for note in report["notes"]:
+        console.print(f"  note: {note}")
+
+
+def print_export(result: dict) -> None:
+    print_parity(result["parity"], title=f"parity: {result['artifact']}")
+    for hop in result["route"]:
+        console.print(f"route: {hop['edge']} via {hop['tool']}")
+    for warning in result["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    console.print(f"[green]exported[/green] {result['artifact']} (+ {result['manifest']}) "
+                  f"in {result['seconds']:.1f} s")
+
+
+def print_verify(result: dict) -> None:
+    for report in result["comparisons"]:
+        print_parity(report)
+    verdict = "[green]verified[/green]" if result["passed"] else "[red]verification FAILED[/red]"
+    console.print(f"{verdict}: {len(result['comparisons'])} comparison(s) in {result['seconds']:.1f} s")
+
+
+def print_inspect(info: dict) -> None:
+    console.print(f"[bold]{info['path']}[/bold]  format: {info['format']}"
+                  + (f"  size: {info['bytes'] / 1e6:.2f} MB" if "bytes" in info else ""))
+    table = Table(title="signature", title_justify="left")
+    for column in ("kind", "name", "shape", "dtype", "value range"):
+        table.add_column(column)
+    for kind in ("inputs", "outputs"):
+        for t in info["signature"][kind]:
+            rng = t.get("value_range")
+            table.add_row(kind[:-1], t["name"], "x".join(map(str, t["shape"])) or "scalar", t["dtype"],
+                          f"[{rng[0]}, {rng[1]})" if rng else "")
+    console.print(table)
+    if "parameters" in info:
+        console.print(f"parameters: {info['parameters']:,}   nodes: {info['nodes']}")
+    if info.get("ops"):
+        ops = ", ".join(f"{name}×{count}" for name, count in list(info["ops"].items())[:15])
+        more = len(info["ops"]) - 15
+        console.print(f"ops: {ops}" + (f", … {more} more" if more > 0 else ""))
+    for key in ("opset", "producer"):
+        if info.get(key):
+            console.print(f"{key}: {info[key]}")
+    if info.get("manifest"):
+        console.print(f"manifest: route {info['manifest']['route']}, parity passed: {info['manifest']['parity_passed']}")
+
+
+def print_doctor(info: dict) -> None:
+    console.print(f"deploykit {info['deploykit']} · Python {info['python']} · {info['platform']} · "
+                  f"{info['cpus']} CPUs · GPU: {info['gpu']}")
+    console.print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    table = Table(title="routes and runtimes", title_justify="left")
+    for column in ("kind", "name", "from → to / formats", "available", "install"):
+        table.add_column(column)
+    for edge in info["routes"]:
+        table.add_row("route", edge["edge"], f"{', '.join(edge['from'])} → {edge['to']}", _yes(edge["available"]),
+                      edge["hint"])
+    for runtime in info["runtimes"]:
+        table.add_row("runtime", runtime["runtime"], ", ".join(runtime["formats"]), _yes(runtime["available"]),
+                      runtime["hint"])
+    console.print(table)
+
+
+def _yes(flag: bool) -> str:
+    return "[green]yes[/green]" if flag else "[red]no[/red]"
+
+
+def print_samples(built: list) -> None:
+    table = Table(title="sample models", title_justify="left")
+    for column in ("name", "parameters", "files", "factory"):
+        table.add_column(column)
+    for item in built:
+        files = ", ".join(Path(f).name for f in item.get("files", {}).values())
+        table.add_row(item["name"], f"{item['parameters']:,}" if "parameters" in item else "", files,
+                      item["factory"])
+    console.print(table)

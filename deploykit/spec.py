@@ -1,0 +1,124 @@
+"""Tensor and model signatures, independent of any framework."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Optional, Union
+
+Dim = Union[int, str]  # an int, or a symbol name for a dynamic dim ("batch", "?")
+
+FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
+INT_DTYPES = ("int8", "uint8", "int16", "int32", "int64")
+KNOWN_DTYPES = FLOAT_DTYPES + INT_DTYPES + ("bool",)
+
+_DTYPE_ALIASES = {
+    "float": "float32", "fp32": "float32", "f32": "float32", "half": "float16", "fp16": "float16",
+    "double": "float64", "int": "int64", "long": "int64", "i64": "int64", "i32": "int32",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: name, shape (ints or symbols), numpy dtype name, layout.
+
+    ``value_range`` is a half-open [low, high) range for integer inputs such as
+    token ids, so that random inputs stay valid for an embedding table.
+    """
+
+    name: str
+    shape: tuple
+    dtype: str = "float32"
+    layout: Optional[str] = None
+    value_range: Optional[tuple] = None
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) and d >= 0 for d in self.shape)
+
+    def with_shape(self, shape: tuple) -> "TensorSpec":
+        return replace(self, shape=tuple(shape))
+
+    def describe(self) -> str:
+        dims = "x".join(str(d) for d in self.shape) or "scalar"
+        text = f"{self.name}: {dims} {self.dtype}"
+        if self.value_range:
+            text += f" [{self.value_range[0]}..{self.value_range[1]})"
+        return text
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["shape"] = list(self.shape)
+        data["value_range"] = list(self.value_range) if self.value_range else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TensorSpec":
+        rng = data.get("value_range")
+        return cls(
+            name=data["name"], shape=tuple(data["shape"]), dtype=data.get("dtype", "float32"),
+            layout=data.get("layout"), value_range=tuple(rng) if rng else None,
+        )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The signature of a model: ordered inputs and outputs."""
+
+    inputs: tuple = field(default_factory=tuple)
+    outputs: tuple = field(default_factory=tuple)
+
+    @property
+    def input_names(self) -> list:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list:
+        return [t.name for t in self.outputs]
+
+    def to_dict(self) -> dict:
+        return {"inputs": [t.to_dict() for t in self.inputs],
+                "outputs": [t.to_dict() for t in self.outputs]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
+        return cls(tuple(TensorSpec.from_dict(t) for t in data.get("inputs", [])),
+                   tuple(TensorSpec.from_dict(t) for t in data.get("outputs", [])))
+
+
+def normalize_dtype(name: str) -> str:
+    """Map user spellings (fp32, long, ...) to numpy dtype names; raise ValueError if unknown."""
+    key = name.strip().lower()
+    key = _DTYPE_ALIASES.get(key, key)
+    if key not in KNOWN_DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(KNOWN_DTYPES)}")
+    return key
+
+
+_SHAPE_RE = re.compile(r"^\d+(x\d+)*$")
+_RANGE_RE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+
+
+def parse_input_arg(text: str) -> TensorSpec:
+    """Parse ``name:1x3x224x224[:float32[:low..high]]`` into a TensorSpec.
+
+    Raises ValueError with a message that shows the expected form.
+    """
+    form = "expected name:DIMS[:DTYPE[:LOW..HIGH]], e.g. x:1x3x224x224:float32 or ids:1x16:int64:0..1000"
+    parts = text.split(":")
+    if len(parts) < 2 or len(parts) > 4 or not parts[0]:
+        raise ValueError(f"bad --input {text!r}: {form}")
+    name, dims = parts[0], parts[1].lower()
+    if dims in ("", "scalar"):
+        shape: tuple = ()
+    elif _SHAPE_RE.match(dims):
+        shape = tuple(int(d) for d in dims.split("x"))
+    else:
+        raise ValueError(f"bad shape {parts[1]!r} in --input {text!r}: {form}")
+    dtype = normalize_dtype(parts[2]) if len(parts) >= 3 and parts[2] else "float32"
+    value_range = None
+    if len(parts) == 4:
+        match = _RANGE_RE.match(parts[3])
+        if not match or int(match.group(1)) >= int(match.group(2)):
+            raise ValueError(f"bad value range {parts[3]!r} in --input {text!r}: {form}")
+        value_range = (int(match.group(1)), int(match.group(2)))
+    return TensorSpec(name=name, shape=shape, dtype=dtype, value_range=value_range)

@@ -1,0 +1,131 @@
+"""ONNX: read the signature from the graph; run with ONNX Runtime (CPU, or the CUDA EP)."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from deploykit.errors import ModelLoadError, UsageError
+from deploykit.formats import Format
+from deploykit.model import LoadedModel, LoadOptions
+from deploykit.spec import ModelSpec, TensorSpec
+from runtimes.base import RunnerBase, RunnerOptions
+
+
+def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
+    """Check the ONNX file and read its signature (the graph is not kept in memory)."""
+    proto = read_onnx(path)
+    initializers = {i.name: i for i in proto.graph.initializer}
+    token_ranges = _gather_table_sizes(proto.graph, initializers)
+    inputs = [_tensor_spec(v, token_ranges.get(v.name)) for v in proto.graph.input if v.name not in initializers]
+    outputs = [_tensor_spec(v) for v in proto.graph.output]
+    inputs = _apply_user_specs(inputs, options.input_specs)
+    details = {"opset": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
+               "producer": f"{proto.producer_name} {proto.producer_version}".strip()}
+    return LoadedModel(path=path, format=fmt, spec=ModelSpec(tuple(inputs), tuple(outputs)), details=details)
+
+
+def read_onnx(path: str, with_weights: bool = False):
+    """Parse and check an ONNX file; corrupt or truncated files raise ModelLoadError."""
+    import onnx
+
+    try:
+        proto = onnx.load(path, load_external_data=with_weights)
+        onnx.checker.check_model(path)
+    except Exception as exc:  # noqa: BLE001 - DecodeError, ValidationError, OSError
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({detail})",
+                             "the file is truncated or corrupt: export or copy it again") from None
+    return proto
+
+
+def _tensor_spec(value, value_range=None) -> TensorSpec:
+    from onnx import helper
+
+    tensor_type = value.type.tensor_type
+    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+    return TensorSpec(value.name, dims, dtype, value_range=value_range)
+
+
+def _gather_table_sizes(graph, initializers: dict) -> dict:
+    """Graph inputs used as Gather indices into an initializer are token ids below its first dim."""
+    ranges = {}
+    for node in graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in initializers:
+            size = int(initializers[node.input[0]].dims[0])
+            previous = ranges.get(node.input[1])
+            ranges[node.input[1]] = (0, size if previous is None else min(size, previous[1]))
+    return ranges
+
+
+def _apply_user_specs(inputs: list, user_specs: tuple) -> list:
+    by_name = {s.name: s for s in user_specs}
+    unknown = set(by_name) - {i.name for i in inputs}
+    if unknown:
+        raise UsageError(f"--input names {', '.join(sorted(unknown))} but the model's inputs are "
+                         f"{', '.join(i.name for i in inputs)}", "name each --input after a model input")
+    return [TensorSpec(i.name, by_name[i.name].shape, i.dtype, value_range=by_name[i.name].value_range or
+                       i.value_range) if i.name in by_name else i for i in inputs]
+
+
+def providers_for(device: str) -> list:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise UsageError("ONNX Runtime has no CUDA execution provider here",
+                             "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use --device cpu")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxRuntimeRunner(RunnerBase):
+    """ONNX Runtime InferenceSession with all graph optimizations on."""
+
+    def __init__(self, model: LoadedModel, options: RunnerOptions = RunnerOptions()):
+        self.model, self.options, self.session = model, options, None
+
+    def open(self) -> None:
+        import onnxruntime as ort
+
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.log_severity_level = 3
+        if self.options.threads:
+            session_options.intra_op_num_threads = self.options.threads
+        try:
+            self.session = ort.InferenceSession(self.model.path, session_options,
+                                                providers=providers_for(self.options.device))
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+            detail = " ".join(str(exc).split())[:300]
+            raise ModelLoadError(f"ONNX Runtime cannot load {self.model.path}: {detail}",
+                                 "the graph uses an op or opset this onnxruntime lacks; re-export with "
+                                 "another --opset") from None
+
+    @property
+    def active_providers(self) -> list:
+        return self.session.get_providers() if self.session else []
+
+    def spec(self) -> ModelSpec:
+        return self.model.spec
+
+    def run(self, feeds: Mapping) -> dict:
+        wanted = {i.name: i.type for i in self.session.get_inputs()}
+        inputs = {name: _as_ort_type(feeds[name], kind) for name, kind in wanted.items()}
+        values = self.session.run(None, inputs)
+        return {o.name: v for o, v in zip(self.session.get_outputs(), values)}
+
+    def close(self) -> None:
+        self.session = None
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool",
+              "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
+
+
+def _as_ort_type(value: np.ndarray, ort_type: str) -> np.ndarray:
+    dtype = _ORT_TYPES.get(ort_type)
+    return np.ascontiguousarray(value, dtype=dtype) if dtype else np.ascontiguousarray(value)

@@ -1,0 +1,272 @@
+"""PyTorch: load TorchScript, torch.export programs and nn.Modules; run them eagerly."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import sys
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from deploykit.errors import ModelLoadError, UnsupportedModelError, UsageError
+from deploykit.formats import Format, pickled_globals
+from deploykit.inputs import random_feeds
+from deploykit.model import LoadedModel, LoadOptions
+from deploykit.quiet import captured_output
+from deploykit.spec import ModelSpec, TensorSpec
+from runtimes.base import RunnerBase, RunnerOptions
+
+SPEC_EXTRA_FILE = "deploykit_spec.json"   # written by `samples build` into TorchScript archives
+
+
+def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
+    loaders = {
+        Format.TORCHSCRIPT: _load_torchscript, Format.EXPORTED_PROGRAM: _load_exported_program,
+        Format.PYTHON_FACTORY: _load_factory, Format.STATE_DICT: _refuse_state_dict,
+        Format.TORCH_PICKLE: _load_pickle,
+    }
+    module, inputs, details = loaders[fmt](path, options)
+    inputs = _merge_user_specs(inputs, options.input_specs, path)
+    inputs = with_token_ranges(inputs, embedding_sizes(module))
+    spec = ModelSpec(tuple(inputs), _probe_outputs(module, inputs))
+    return LoadedModel(path=path, format=fmt, spec=spec, handle=module, weights=options.weights, details=details)
+
+
+def _load_torchscript(path: str, options: LoadOptions):
+    extra = {SPEC_EXTRA_FILE: ""}
+    try:
+        with captured_output():   # torch warns in C++ when a scripted file has no traced inputs
+            module = torch.jit.load(path, map_location="cpu", _extra_files=extra, _restore_shapes=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError subclasses with long C++ traces
+        raise ModelLoadError(f"{path}: cannot load this TorchScript archive ({_first_line(exc)})",
+                             "the file may be truncated or written by a newer torch; save it again") from None
+    module.eval()
+    names = [a.name for a in module.forward.schema.arguments[1:]]
+    if extra[SPEC_EXTRA_FILE]:
+        stored = ModelSpec.from_dict(json.loads(extra[SPEC_EXTRA_FILE]))
+        return module, list(stored.inputs), {"torchscript": "with deploykit signature"}
+    inputs = []
+    for name, value in zip(names, list(module.forward.graph.inputs())[1:]):
+        sizes = value.type().sizes() if hasattr(value.type(), "sizes") else None
+        dtype = _scalar_type_name(value.type())
+        if not sizes or dtype is None:
+            return module, [TensorSpec(n, None) for n in names], {"torchscript": "scripted (no input shapes)"}
+        inputs.append(TensorSpec(name, tuple(sizes), dtype))
+    return module, inputs, {"torchscript": "traced"}
+
+
+def _load_exported_program(path: str, options: LoadOptions):
+    try:
+        program = torch.export.load(path)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: cannot load this torch.export archive ({_first_line(exc)})",
+                             "the file may be truncated or written by another torch version; export it again") from None
+    user_inputs = set(program.graph_signature.user_inputs)
+    inputs = []
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            value = node.meta.get("val")
+            if not isinstance(value, torch.Tensor):
+                raise UnsupportedModelError(f"{path}: input {node.name!r} is not a tensor",
+                                            "export a model whose forward takes tensors only")
+            shape = tuple(int(d) if isinstance(d, int) else str(d) for d in value.shape)
+            inputs.append(TensorSpec(node.name, shape, _dtype_name(value.dtype)))
+    module = program.module()
+    return module, inputs, {"exported_program": program, "dynamic": any(not t.is_static for t in inputs)}
+
+
+def _load_factory(reference: str, options: LoadOptions):
+    module_name, _, attribute = reference.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())   # so that a user's own package in the working dir is found
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot import {reference} ({exc})",
+                             "give package.module:factory importable from the current directory") from None
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise UnsupportedModelError(f"{reference} returned {type(model).__name__}, not a torch.nn.Module",
+                                    "point at a function or class that builds the model")
+    if options.weights:
+        _load_weights(model, options.weights)
+    model.eval()
+    names = forward_arg_names(model)
+    example = getattr(model, "example_inputs", None)
+    example = example() if callable(example) else example
+    if example is not None:
+        inputs = [TensorSpec(n, tuple(t.shape), _dtype_name(t.dtype)) for n, t in zip(names, example)]
+        return model, inputs, {"factory": reference}
+    return model, [TensorSpec(n, None) for n in names], {"factory": reference}
+
+
+def _load_weights(model: torch.nn.Module, weights: str) -> None:
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"{weights}: no such weights file", "check the --weights path") from None
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError from zip reader, ...
+        raise ModelLoadError(f"{weights}: not a loadable state_dict ({_first_line(exc)})",
+                             "save weights with torch.save(model.state_dict(), path)") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise ModelLoadError(f"{weights} does not fit the model: {detail}",
+                             "use the weights saved from this exact architecture") from None
+
+
+def _refuse_state_dict(path: str, options: LoadOptions):
+    raise UsageError(f"{path} holds only weights (a state_dict), not a model",
+                     f"give the model code too: deploykit ... package.module:factory --weights {path}")
+
+
+def _load_pickle(path: str, options: LoadOptions):
+    if not options.trust_pickle:
+        classes = ", ".join(pickled_globals(path)[:4])
+        raise UnsupportedModelError(
+            f"{path} is a pickled Python object ({classes}); loading it runs arbitrary code from the file",
+            "re-save it as TorchScript/torch.export or a state_dict, or pass --trust-pickle if you trust its author")
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: cannot unpickle ({_first_line(exc)})",
+                             "the classes it names must be importable from the current directory") from None
+    if not isinstance(model, torch.nn.Module):
+        raise UnsupportedModelError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module",
+                                    "save the whole module, or give package.module:factory --weights")
+    model.eval()
+    return model, [TensorSpec(n, None) for n in forward_arg_names(model)], {}
+
+
+def _merge_user_specs(inputs: list, user_specs: tuple, path: str) -> list:
+    """User --input specs replace same-named inputs (or, with one input each, the only one)."""
+    if user_specs:
+        by_name = {s.name: s for s in user_specs}
+        if len(inputs) == 1 and len(user_specs) == 1 and user_specs[0].name not in {i.name for i in inputs}:
+            by_name = {inputs[0].name: TensorSpec(inputs[0].name, user_specs[0].shape, user_specs[0].dtype,
+                                                  value_range=user_specs[0].value_range)}
+        unknown = set(by_name) - {i.name for i in inputs}
+        if unknown:
+            raise UsageError(f"--input names {', '.join(sorted(unknown))} but the model's inputs are "
+                             f"{', '.join(i.name for i in inputs)}", "name each --input after a model input")
+        inputs = [by_name.get(i.name, i) for i in inputs]
+    unknown_shape = [i.name for i in inputs if i.shape is None]
+    if unknown_shape:
+        raise UsageError(f"{path} does not record its input shapes ({', '.join(unknown_shape)})",
+                         "give them, e.g. --input " + f"{unknown_shape[0]}:1x3x224x224:float32, or --inputs data.npz")
+    return inputs
+
+
+def embedding_sizes(module) -> list:
+    sizes = []
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Embedding) or getattr(sub, "original_name", "") == "Embedding":
+            sizes.append(int(sub.weight.shape[0]))
+    graph = getattr(module, "graph", None)
+    if isinstance(graph, torch.fx.Graph) and not sizes:
+        for node in graph.nodes:   # an ExportedProgram's module: look for aten.embedding
+            if node.op == "call_function" and "embedding" in str(node.target):
+                weight = node.args[0].meta.get("val") if hasattr(node.args[0], "meta") else None
+                if weight is not None:
+                    sizes.append(int(weight.shape[0]))
+    return sizes
+
+
+def with_token_ranges(inputs: list, table_sizes: list) -> list:
+    """Integer inputs of a model with embedding tables draw ids below the smallest table size."""
+    if not table_sizes:
+        return inputs
+    high = min(table_sizes)
+    return [TensorSpec(i.name, i.shape, i.dtype, i.layout, (0, high))
+            if i.dtype.startswith("int") and i.value_range is None else i for i in inputs]
+
+
+def _probe_outputs(module, inputs: list) -> tuple:
+    feeds = random_feeds(ModelSpec(tuple(inputs)), samples=1)[0]
+    try:
+        outputs = call_module(module, inputs, feeds)
+    except Exception as exc:  # noqa: BLE001 - the user's forward can raise anything
+        shapes = ", ".join(t.describe() for t in inputs)
+        raise UsageError(f"the model fails on inputs {shapes}: {_first_line(exc)}",
+                         "give the right input shapes with --input name:DIMS[:dtype]") from None
+    return tuple(TensorSpec(name, tuple(v.shape), str(v.dtype)) for name, v in outputs.items())
+
+
+def call_module(module, inputs: list, feeds: Mapping) -> dict:
+    args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in inputs]
+    with torch.inference_mode():
+        result = module(*args)
+    return flatten_outputs(result)
+
+
+def flatten_outputs(result) -> dict:
+    """Name outputs: 'output' for one tensor, 'output_<i>' for sequences, keys for dicts."""
+    if isinstance(result, torch.Tensor):
+        return {"output": result.detach().cpu().numpy()}
+    if isinstance(result, dict):
+        return {str(k): v.detach().cpu().numpy() for k, v in result.items()}
+    flat = []
+    _flatten_into(result, flat)
+    return {f"output_{i}": t.detach().cpu().numpy() for i, t in enumerate(flat)}
+
+
+def _flatten_into(value, flat: list) -> None:
+    if isinstance(value, torch.Tensor):
+        flat.append(value)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _flatten_into(item, flat)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _flatten_into(item, flat)
+    else:
+        raise UnsupportedModelError(f"the model returns a {type(value).__name__}",
+                                    "return tensors (or tuples/lists/dicts of tensors) from forward")
+
+
+def forward_arg_names(model) -> list:
+    params = inspect.signature(model.forward).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _scalar_type_name(jit_type):
+    scalar = jit_type.scalarType() if hasattr(jit_type, "scalarType") else None
+    names = {"Float": "float32", "Double": "float64", "Half": "float16", "Long": "int64", "Int": "int32",
+             "Bool": "bool", "Byte": "uint8", "Char": "int8", "Short": "int16", "BFloat16": "bfloat16"}
+    return names.get(scalar) if scalar else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+class TorchEagerRunner(RunnerBase):
+    """Runs a loaded PyTorch model eagerly (the research baseline)."""
+
+    def __init__(self, model: LoadedModel, options: RunnerOptions = RunnerOptions()):
+        self.model, self.options = model, options
+
+    def open(self) -> None:
+        if self.options.threads:
+            torch.set_num_threads(self.options.threads)
+
+    def spec(self) -> ModelSpec:
+        return self.model.spec
+
+    def run(self, feeds: Mapping) -> dict:
+        outputs = call_module(self.model.handle, list(self.model.spec.inputs), feeds)
+        return dict(zip(self.model.spec.output_names, outputs.values()))

@@ -1,0 +1,52 @@
+"""Child-process entry: load one model file, run it on a batch of feeds, write the outputs.
+
+Runtimes that can crash natively on a bad file (ONNX Runtime, LiteRT) run here, so a
+segfault becomes an error message in the parent instead of a dead CLI.
+Usage: python -m runtimes.worker REQUEST_DIR   (see deploykit/isolation.py)
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def main(request_dir: str) -> int:
+    from deploykit import registry
+    from deploykit.errors import DeploykitError
+    from deploykit.model import load_model
+    from runtimes.base import RunnerOptions
+
+    folder = Path(request_dir)
+    request = json.loads((folder / "request.json").read_text())
+    try:
+        model = load_model(request["path"])
+        entry = registry.runtime_for(model.format, request.get("runtime"))
+        registry.require(entry.requires, f"needed to run {model.format.value} models")
+        options = RunnerOptions(threads=request.get("threads"), device=request.get("device", "cpu"))
+        feeds = _read_feeds(folder / "feeds.npz", request["samples"])
+        with registry.resolve(entry.target)(model, options) as runner:
+            results = runner.run_many(feeds)
+            info = {"runtime": entry.name, "providers": getattr(runner, "active_providers", []),
+                    "output_names": list(results[0]) if results else []}
+        np.savez(folder / "outputs.npz", **{f"{i}::{k}": v for i, r in enumerate(results) for k, v in r.items()})
+        (folder / "result.json").write_text(json.dumps(info))
+        return 0
+    except DeploykitError as exc:
+        (folder / "error.json").write_text(json.dumps(exc.to_dict()))
+        return exc.exit_code
+
+
+def _read_feeds(path: Path, samples: int) -> list:
+    feeds = [{} for _ in range(samples)]
+    with np.load(path, allow_pickle=False) as data:
+        for key in data.files:
+            index, _, name = key.partition("::")
+            feeds[int(index)][name] = data[key]
+    return feeds
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,46 @@
+"""Sample models built in code from fixed seeds. This registry imports no framework.
+
+Each sample has a factory (``sample_models.<module>:<function>``, usable directly as a
+deploykit source with ``--weights``) and, where it matters, a short training step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class SampleModel:
+    name: str
+    framework: str
+    factory: str                   # "module:function" returning an untrained nn.Module
+    prepare: Optional[str]         # "module:function(model) -> dict" training or calibration
+    description: str
+    exportable: bool = True        # False: torch.export cannot capture it (data-dependent control flow)
+    torchscript: bool = True       # False: TorchScript cannot serialize it (a Python autograd.Function)
+    tolerance: str = "fp32"
+
+
+SAMPLES = (
+    SampleModel("two_layer_net", "torch", "sample_models.two_layer:two_layer_net", "sample_models.two_layer:train",
+                "the seed's two-layer ReLU net, N=64 D_in=1000 H=100 D_out=10, trained on random data"),
+    SampleModel("two_layer_custom_relu", "torch", "sample_models.two_layer:two_layer_custom_relu",
+                "sample_models.two_layer:train",
+                "the same net with the seed's custom autograd.Function ReLU (no TorchScript file: TorchScript "
+                "cannot serialize a Python autograd.Function)", torchscript=False),
+    SampleModel("mobilenet_v2", "torch", "sample_models.mobilenet:mobilenet_v2",
+                "sample_models.mobilenet:calibrate_batchnorm",
+                "MobileNetV2-style CNN, 1x3x224x224, ~3.5 M params, BatchNorm calibrated on random images"),
+    SampleModel("tiny_transformer", "torch", "sample_models.transformer:tiny_transformer",
+                "sample_models.transformer:train",
+                "Transformer encoder (embedding, attention, layer norm) on token ids 1x32, trained on a toy task"),
+    SampleModel("dynamic_gate", "torch", "sample_models.dynamic:dynamic_gate", None,
+                "data-dependent control flow (`if x.sum() > 0`): the dynamic-graph case", exportable=False),
+)
+
+
+def get(name: str) -> SampleModel:
+    for sample in SAMPLES:
+        if sample.name == name:
+            return sample
+    raise KeyError(name)

@@ -1,0 +1,77 @@
+"""Write the sample models as files: TorchScript, torch.export program, state_dict, inputs."""
+from __future__ import annotations
+
+import importlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deploykit import fsutil
+from deploykit.quiet import captured_output
+from runtimes.torch_eager import SPEC_EXTRA_FILE
+from sample_models import SAMPLES, SampleModel
+
+
+def _resolve(target: str):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_model(sample: SampleModel) -> tuple:
+    """The trained (or calibrated) model and what its preparation reported."""
+    model = _resolve(sample.factory)()
+    info = _resolve(sample.prepare)(model) if sample.prepare else {}
+    return model.eval(), info
+
+
+def output_paths(sample: SampleModel, out_dir: Path) -> dict:
+    paths = {"weights": out_dir / f"{sample.name}.weights.pt", "inputs": out_dir / f"{sample.name}.inputs.npz"}
+    if sample.torchscript:
+        paths["torchscript"] = out_dir / f"{sample.name}.pt"
+    if sample.exportable:
+        paths["exported_program"] = out_dir / f"{sample.name}.pt2"
+    return paths
+
+
+def build_sample(sample: SampleModel, out_dir: Path, force: bool = False) -> dict:
+    """Build one sample and write its files atomically; returns a description of what was written."""
+    out_dir = Path(out_dir)
+    paths = output_paths(sample, out_dir)
+    for path in paths.values():
+        fsutil.prepare_output(path, force)
+    model, info = build_model(sample)
+    example = model.example_inputs()
+    with fsutil.staging_dir(out_dir) as stage, captured_output(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        staged = {key: stage / path.name for key, path in paths.items()}
+        spec = _signature(model, example)
+        if sample.exportable:
+            torch.export.save(torch.export.export(model, example), str(staged["exported_program"]))
+        if sample.torchscript:
+            # Tracing would bake in one branch of a data-dependent `if`; scripting keeps it.
+            scripted = torch.jit.trace(model, example) if sample.exportable else torch.jit.script(model)
+            torch.jit.save(scripted, str(staged["torchscript"]), _extra_files={SPEC_EXTRA_FILE: json.dumps(spec)})
+        torch.save(model.state_dict(), str(staged["weights"]))
+        np.savez(staged["inputs"], **{t["name"]: e.numpy() for t, e in zip(spec["inputs"], example)})
+        fsutil.publish([(staged[key], paths[key]) for key in paths])
+    params = sum(p.numel() for p in model.parameters())
+    return {"name": sample.name, "description": sample.description, "parameters": int(params),
+            "factory": sample.factory, "files": {k: str(v) for k, v in paths.items()}, "preparation": info}
+
+
+def _signature(model, example: tuple) -> dict:
+    from runtimes.torch_eager import forward_arg_names, with_token_ranges, embedding_sizes
+    from deploykit.spec import TensorSpec
+
+    inputs = [TensorSpec(n, tuple(t.shape), str(t.dtype).replace("torch.", ""))
+              for n, t in zip(forward_arg_names(model), example)]
+    inputs = with_token_ranges(inputs, embedding_sizes(model))
+    return {"inputs": [t.to_dict() for t in inputs], "outputs": []}
+
+
+def build_samples(out_dir: "str | Path", names: tuple = (), force: bool = False) -> list:
+    wanted = [s for s in SAMPLES if not names or s.name in names]
+    return [build_sample(sample, Path(out_dir), force) for sample in wanted]
