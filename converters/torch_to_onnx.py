@@ -26,89 +26,110 @@ _CALL_SITE = re.compile(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.+)')
 
 
 def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
-    import torch
-
     result = ConversionResult(path=out_path, converter="torch_to_onnx", tool="")
     external = _weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
     example = _example_args(model, options)
-    report = None
     if model.format == Format.TORCHSCRIPT:
-        # torch.export cannot read a ScriptModule; the TorchScript exporter is its native path.
-        dynamo_error = None
-        result.notes.append("TorchScript source: exported with the TorchScript-based exporter")
+        # torch.export cannot read a ScriptModule: the TorchScript exporter is its native path, and
+        # torch's TorchScript -> ExportedProgram converter feeds the dynamo exporter when that fails.
+        strategies = [("torchscript", _export_legacy, options.samples), ("ts2ep+dynamo", _export_ts2ep, options.samples)]
     else:
-        dynamo_error = _try_dynamo(torch, model, example, out_path, options, external, result)
-    if dynamo_error is None and model.format != Format.TORCHSCRIPT:
-        report = check(out_path, options.samples)
-        _record(result, "dynamo", report.passed, report.summary())
+        strategies = [("dynamo", _export_dynamo, options.samples), ("torchscript", _export_legacy, FALLBACK_SAMPLES)]
+    dynamo_error, baked = None, []
+    for name, export, samples in strategies:
+        _remove_outputs(out_path)
+        try:
+            with captured_output(echo=options.debug), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                tool = export(model, example, out_path, options, external)
+        except Exception as exc:  # noqa: BLE001 - the exporters raise many types
+            text = _full_text(exc)
+            dynamo_error = text if name == "dynamo" else dynamo_error
+            _record(result, name, False, _brief(text))
+            continue
+        baked += [w for w in caught if _is_user_tracer_warning(w)]
+        report = check(out_path, samples)
+        _record(result, name, report.passed, report.summary())
         if report.passed:
-            result.tool = f"torch.onnx.export(dynamo=True) torch {torch.__version__}"
-    if report is None or not report.passed:
-        report = _try_legacy(torch, model, example, out_path, options, result, check, dynamo_error)
-    result.parity = report
+            result.tool, result.parity = tool, report
+            _explain_fallback(result, name, dynamo_error, baked, samples)
+            break
+    else:
+        _raise_failure(result, dynamo_error, baked)
     if options.optimize:
         _optimize(out_path, options, result, check, external)
     result.extra_files = [p for p in out_path.parent.iterdir() if p.name.startswith(out_path.name + ".")]
     return result
 
 
-def _try_dynamo(torch, model, example, out_path, options, external, result):
+def _export_dynamo(model: LoadedModel, example: tuple, out_path: Path, options: ExportOptions, external: bool) -> str:
+    import torch
+
     kwargs = dict(dynamo=True, external_data=external, input_names=model.spec.input_names,
                   output_names=model.spec.output_names, opset_version=options.opset)
     if options.dynamic_batch and "exported_program" not in model.details:
         batch = torch.export.Dim("batch", min=1)
         kwargs["dynamic_shapes"] = {t.name: {0: batch} for t in model.spec.inputs if t.shape}
-    source = model.details.get("exported_program", model.handle)
-    try:
-        with captured_output(echo=options.debug), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(source, example, str(out_path), **kwargs)
-        return None
-    except Exception as exc:  # noqa: BLE001 - the exporter raises many types
-        text = _full_text(exc)
-        _record(result, "dynamo", False, _brief(text))
-        return text
+    torch.onnx.export(model.details.get("exported_program", model.handle), example, str(out_path), **kwargs)
+    return f"torch.onnx.export(dynamo=True) torch {torch.__version__}"
 
 
-def _try_legacy(torch, model, example, out_path, options, result, check, dynamo_error):
+def _export_legacy(model: LoadedModel, example: tuple, out_path: Path, options: ExportOptions, external: bool) -> str:
+    import torch
+
     names_in, names_out = model.spec.input_names, model.spec.output_names
     dynamic_axes = {n: {0: "batch"} for n in names_in + names_out} if options.dynamic_batch else None
-    module = model.handle
-    for stale in [out_path] + [p for p in out_path.parent.iterdir() if p.name.startswith(out_path.name + ".")]:
-        stale.unlink(missing_ok=True)
-    try:
-        with captured_output(echo=options.debug), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.onnx.export(module, example, str(out_path), dynamo=False, input_names=names_in,
-                              output_names=names_out, dynamic_axes=dynamic_axes,
-                              opset_version=options.opset or 17)
-    except Exception as exc:  # noqa: BLE001
-        _record(result, "torchscript", False, _brief(_full_text(exc)))
-        raise ConversionError("both ONNX exporters failed: " + "; ".join(a["why"] for a in result.attempts),
-                              "run with --debug for the exporters' logs; unsupported ops may need a newer "
-                              "--opset or a rewrite of that part of the model") from None
-    baked = [w for w in caught if "TracerWarning" in type(w.message).__name__ or "trace might not" in str(w.message)]
-    samples = max(options.samples, FALLBACK_SAMPLES)
-    report = check(out_path, samples)
-    _record(result, "torchscript", report.passed, report.summary())
-    construct = _data_dependent_site(dynamo_error, baked)
-    if not report.passed:
-        if construct:
-            raise ConversionError(
-                f"data-dependent control flow at {construct}: the dynamo exporter cannot capture it and the "
-                f"TorchScript exporter baked in one branch (wrong on samples {report.failing_samples})",
-                "rewrite the branch with torch.cond(pred, true_fn, false_fn, (x,)), or torch.jit.script the "
-                "module so the exporter keeps the If")
-        raise ConversionError("the exported ONNX model does not match the source: " + report.summary(),
-                              "run deploykit verify with --debug, and report the model if it is a converter bug")
-    result.tool = f"torch.onnx.export(dynamo=False) torch {torch.__version__}"
+    torch.onnx.export(model.handle, example, str(out_path), dynamo=False, input_names=names_in,
+                      output_names=names_out, dynamic_axes=dynamic_axes, opset_version=options.opset or 17)
+    return f"torch.onnx.export(dynamo=False) torch {torch.__version__}"
+
+
+def _export_ts2ep(model: LoadedModel, example: tuple, out_path: Path, options: ExportOptions, external: bool) -> str:
+    import torch
+    from torch._export.converter import TS2EPConverter   # private, hence only a fallback
+
+    program = TS2EPConverter(model.handle, example).convert()
+    converted = LoadedModel(model.path, Format.EXPORTED_PROGRAM, model.spec, program.module(),
+                            details={"exported_program": program})
+    _export_dynamo(converted, example, out_path, options, external)
+    return f"TS2EPConverter + torch.onnx.export(dynamo=True) torch {torch.__version__}"
+
+
+def _explain_fallback(result: ConversionResult, name: str, dynamo_error, baked: list, samples: int) -> None:
     if dynamo_error:
-        result.warnings.append("the dynamo exporter failed (" + _brief(dynamo_error) + "); used the TorchScript "
-                               "exporter instead")
+        result.warnings.append(f"the dynamo exporter failed ({_brief(dynamo_error)}); used the {name} exporter")
+    construct = _data_dependent_site(dynamo_error, baked)
     if construct:
         result.warnings.append(f"data-dependent control flow at {construct}: parity holds on {samples} inputs of "
                                "varied sign and scale, but a branch no input took may differ")
-    return report
+
+
+def _raise_failure(result: ConversionResult, dynamo_error, baked: list) -> None:
+    construct = _data_dependent_site(dynamo_error, baked)
+    mismatch = next((a for a in result.attempts if "FAIL" in a["why"]), None)
+    if construct and mismatch:
+        raise ConversionError(
+            f"data-dependent control flow at {construct}: the dynamo exporter cannot capture it and the "
+            f"TorchScript exporter baked in one branch ({mismatch['why']})",
+            "rewrite the branch with torch.cond(pred, true_fn, false_fn, (x,)), or torch.jit.script the "
+            "module so the exporter keeps the If")
+    raise ConversionError("no ONNX exporter produced a matching model: "
+                          + "; ".join(f"{a['tool']}: {a['why']}" for a in result.attempts),
+                          "run with --debug for the exporters' logs; an unsupported op may need another --opset "
+                          "or a rewrite of that part of the model")
+
+
+def _remove_outputs(out_path: Path) -> None:
+    for stale in [out_path] + [p for p in out_path.parent.iterdir() if p.name.startswith(out_path.name + ".")]:
+        stale.unlink(missing_ok=True)
+
+
+def _is_user_tracer_warning(warning) -> bool:
+    """A TracerWarning raised from the user's code (torch's own internals warn about shape checks)."""
+    import torch
+
+    is_tracer = "TracerWarning" in type(warning.message).__name__
+    return is_tracer and not str(warning.filename).startswith(os.path.dirname(torch.__file__))
 
 
 def _optimize(out_path: Path, options: ExportOptions, result: ConversionResult, check: Check, external: bool):

@@ -239,8 +239,34 @@ def demo(
     _run(action, as_json, debug, lambda data: None, lambda data: 0 if data["passed"] else 1)
 
 
+def _usage_error_types() -> tuple:
+    """click's UsageError; typer >= 0.2x vendors click, so look in both places."""
+    import importlib
+
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(module).UsageError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 def main() -> None:
-    app()
+    """Entry point: click's usage errors become the same one-line `error: … — …` as ours (exit 2)."""
+    try:
+        code = app(standalone_mode=False)
+    except _usage_error_types() as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()
+            sys.exit(0)
+        where = exc.ctx.command_path if exc.ctx else "deploykit"
+        print(f"error: {exc.format_message()} — see `{where} --help`", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,9 @@ class ParityReport:
             worst = max((o.max_abs or 0.0) for o in self.outputs) if self.outputs else 0.0
             return f"PASS: {len(self.outputs)} output(s) match on {self.samples} sample(s), max_abs {worst:.3g}"
         reasons = self.problems + [f"{o.name}: {o.reason}" for o in self.outputs if not o.passed]
-        return "FAIL: " + "; ".join(reasons)
+        where = f" on sample(s) {', '.join(map(str, self.failing_samples))} of {self.samples}" \
+            if self.failing_samples else ""
+        return f"FAIL{where}: " + "; ".join(reasons)
 
     def to_dict(self) -> dict:
         return {

@@ -22,7 +22,8 @@ def _fmt(value, digits: int = 3) -> str:
 
 def parity_table(report: dict, title: str = "") -> Table:
     mark = "[green]PASS[/green]" if report["passed"] else "[red]FAIL[/red]"
-    table = Table(title=title or f"{report['candidate']}  vs  {report['reference']}  {mark}", title_justify="left")
+    heading = title or f"{report['candidate']}  vs  {report['reference']}"
+    table = Table(title=f"{heading}  {mark}", title_justify="left")
     for column in ("output", "shape", "status", "max_abs", "mean_abs", "max_rel", "rmse", "cosine", "mismatch",
                    "top-1", "top-5"):  # noqa: E501
         table.add_column(column, justify="left" if column in ("output", "status", "shape") else "right")

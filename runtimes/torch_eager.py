@@ -148,12 +148,9 @@ def _load_pickle(path: str, options: LoadOptions):
 
 
 def _merge_user_specs(inputs: list, user_specs: tuple, path: str) -> list:
-    """User --input specs replace same-named inputs (or, with one input each, the only one)."""
+    """User --input specs replace the same-named inputs; an unknown name is an error."""
     if user_specs:
         by_name = {s.name: s for s in user_specs}
-        if len(inputs) == 1 and len(user_specs) == 1 and user_specs[0].name not in {i.name for i in inputs}:
-            by_name = {inputs[0].name: TensorSpec(inputs[0].name, user_specs[0].shape, user_specs[0].dtype,
-                                                  value_range=user_specs[0].value_range)}
         unknown = set(by_name) - {i.name for i in inputs}
         if unknown:
             raise UsageError(f"--input names {', '.join(sorted(unknown))} but the model's inputs are "

@@ -1,0 +1,80 @@
+"""Shared fixtures: markers that skip when a heavy dependency is missing, and the sample
+models and their ONNX exports built once per test session."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_MARKER_PACKAGES = {"torch": ("torch", "onnxscript"), "onnxruntime": ("onnxruntime", "onnx"),
+                    "tensorflow": ("tensorflow",), "litert": ("ai_edge_litert",)}
+
+
+def _has(*packages: str) -> bool:
+    return all(importlib.util.find_spec(p) is not None for p in packages)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests whose dependency is missing; CI installs everything, so nothing skips there."""
+    for item in items:
+        for marker, packages in _MARKER_PACKAGES.items():
+            if marker in item.keywords and not _has(*packages):
+                item.add_marker(pytest.mark.skip(reason=f"needs {', '.join(packages)}"))
+        if "gpu" in item.keywords and not _gpu_present():
+            item.add_marker(pytest.mark.skip(reason="needs a GPU (none on this machine)"))
+
+
+def _gpu_present() -> bool:
+    return Path("/dev/nvidia0").exists()
+
+
+@pytest.fixture(scope="session")
+def samples_dir(tmp_path_factory) -> Path:
+    """Every sample model written once per session (TorchScript, .pt2, weights, inputs)."""
+    if not _has("torch"):
+        pytest.skip("needs torch")
+    from sample_models.build import build_samples
+
+    folder = tmp_path_factory.mktemp("samples")
+    build_samples(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def exported(samples_dir, tmp_path_factory) -> dict:
+    """ONNX exports of the samples, keyed by source file name; built lazily, once each."""
+    from deploykit import api
+
+    folder = tmp_path_factory.mktemp("onnx")
+    cache: dict = {}
+
+    def get(source_name: str):
+        if source_name not in cache:
+            out = folder / (source_name.replace(".", "_") + ".onnx")
+            cache[source_name] = api.export(str(samples_dir / source_name), "onnx", str(out))
+        return cache[source_name]
+
+    return get
+
+
+def run_cli(*args: str, cwd: "Path | None" = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real command in a child process: exit code, stdout and stderr as a user sees them."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "deploykit.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
+    """A one-line `error: … — …` message, the documented exit code, and no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    assert " — " in lines[0], lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])

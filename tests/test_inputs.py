@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from deploykit.errors import UsageError
+from deploykit.inputs import load_npz, random_feeds
+from deploykit.spec import ModelSpec, TensorSpec
+
+SPEC = ModelSpec((TensorSpec("x", (2, 3)), TensorSpec("ids", (2, 5), "int64", value_range=(0, 7))))
+
+
+def test_random_feeds_are_seeded_varied_and_valid():
+    first, again = random_feeds(SPEC, 4, seed=3), random_feeds(SPEC, 4, seed=3)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a["x"], b["x"])
+    assert first[0]["x"].dtype == np.float32 and first[0]["ids"].dtype == np.int64
+    assert all(0 <= f["ids"].min() and f["ids"].max() < 7 for f in first)
+    assert (first[1]["x"] >= 0).all()                      # the uniform [0, 1) sample
+    assert not np.allclose(first[0]["x"], first[2]["x"])
+
+
+def test_dynamic_batch_gets_a_size_and_other_dynamic_dims_need_a_shape():
+    spec = ModelSpec((TensorSpec("x", ("batch", 3)),))
+    assert random_feeds(spec, 1)[0]["x"].shape == (1, 3)
+    assert random_feeds(spec, 1, batch=4)[0]["x"].shape == (4, 3)
+    with pytest.raises(UsageError, match="dynamic dim"):
+        random_feeds(ModelSpec((TensorSpec("x", (1, "seq")),)), 1)
+
+
+def test_npz_with_sample_axis_and_casting(tmp_path):
+    path = tmp_path / "data.npz"
+    np.savez(path, x=np.ones((3, 2, 3), np.float64), ids=np.zeros((3, 2, 5), np.int32))
+    feeds = load_npz(path, SPEC)
+    assert len(feeds) == 3 and feeds[0]["x"].dtype == np.float32 and feeds[0]["ids"].dtype == np.int64
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x": np.ones((2, 3), np.float32)}, "lacks input"),
+    ({"x": np.ones((2, 4), np.float32), "ids": np.zeros((2, 5), np.int64)}, "shape"),
+    ({"x": np.ones((2, 3), np.float32), "ids": np.zeros((2, 5), np.float32)}, "expects int64"),
+    ({"x": np.ones((3,), np.float32), "ids": np.zeros((2, 5), np.int64)}, "rank"),
+])
+def test_npz_errors_name_the_problem(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(UsageError, match=message):
+        load_npz(path, SPEC)
+
+
+def test_npz_not_a_file(tmp_path):
+    (tmp_path / "junk.npz").write_text("not a zip")
+    with pytest.raises(UsageError, match="not a readable"):
+        load_npz(tmp_path / "junk.npz", SPEC)
+    with pytest.raises(UsageError, match="no such"):
+        load_npz(tmp_path / "missing.npz", SPEC)

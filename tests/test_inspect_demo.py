@@ -1,0 +1,53 @@
+import pytest
+
+from deploykit import api
+from deploykit.errors import MissingDependency, UsageError
+from deploykit.introspect import doctor, inspect_model
+
+pytestmark = [pytest.mark.torch, pytest.mark.onnxruntime]
+
+
+def test_inspect_onnx_and_torch_agree_on_the_signature(exported, samples_dir):
+    onnx_info = inspect_model(exported("mobilenet_v2.pt2").artifact)
+    torch_info = inspect_model(str(samples_dir / "mobilenet_v2.pt2"))
+    assert onnx_info["signature"]["inputs"][0]["shape"] == [1, 3, 224, 224]
+    assert torch_info["signature"]["inputs"] == onnx_info["signature"]["inputs"]
+    assert onnx_info["ops"]["Conv"] == 52 and onnx_info["bytes"] > 10_000_000
+    assert torch_info["parameters"] == 3_504_872
+    assert 3_400_000 < onnx_info["parameters"] < 3_600_000     # BatchNorm folded into the convs
+    ts_info = inspect_model(str(samples_dir / "two_layer_net.pt"))
+    assert ts_info["ops"]["aten::linear"] == 2
+
+
+def test_doctor_reports_routes_without_importing(monkeypatch):
+    info = doctor()
+    assert info["routes"][0]["available"] and info["python"]
+
+
+def test_missing_dependency_is_exit_3_with_an_install_hint(monkeypatch, samples_dir, tmp_path):
+    from deploykit import registry
+
+    real = registry.missing_packages
+    monkeypatch.setattr(registry, "missing_packages", lambda req: [p for p in req if p == "onnxscript"] or real(req))
+    with pytest.raises(MissingDependency) as info:
+        api.export(str(samples_dir / "two_layer_net.pt2"), "onnx", str(tmp_path / "x.onnx"))
+    assert info.value.exit_code == 3 and "deploykit[torch]" in info.value.remedy
+
+
+def test_unsupported_target_route_is_a_usage_error(samples_dir, tmp_path):
+    with pytest.raises(UsageError, match="no conversion from exported_program to tflite"):
+        api.export(str(samples_dir / "two_layer_net.pt2"), "tflite", str(tmp_path / "x.tflite"))
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_can_run_again(tmp_path):
+    from deploykit.demo import run_demo
+
+    result = run_demo(str(tmp_path / "demo"), echo=False)
+    assert result["passed"], result
+    assert result["steps"][-1]["expected_failure"]["exit_code"] == 4
+    assert run_demo(str(tmp_path / "demo"), echo=False)["passed"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("user data")
+    with pytest.raises(UsageError, match="not made by"):
+        run_demo(str(tmp_path / "mine"), echo=False)

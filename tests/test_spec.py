@@ -1,0 +1,35 @@
+import pytest
+
+from deploykit.spec import ModelSpec, TensorSpec, normalize_dtype, parse_input_arg
+
+
+def test_parse_full_form():
+    spec = parse_input_arg("ids:1x32:int64:0..1000")
+    assert spec == TensorSpec("ids", (1, 32), "int64", value_range=(0, 1000))
+
+
+def test_parse_defaults_to_float32_and_accepts_aliases():
+    assert parse_input_arg("x:1x3x224x224").dtype == "float32"
+    assert parse_input_arg("x:2x4:fp16").dtype == "float16"
+    assert parse_input_arg("x:scalar").shape == ()
+
+
+@pytest.mark.parametrize("text", ["x", "x:1x-3", "x:1xx3", ":1x3", "x:1x3:complex", "x:1x3:int64:5..2",
+                                  "x:1x3:int64:a..b", "x:1:2:3:4", "x:1,3"])
+def test_parse_rejects_bad_forms_with_the_expected_form(text):
+    with pytest.raises(ValueError) as info:
+        parse_input_arg(text)
+    assert "x:" in str(info.value) or "dtype" in str(info.value)
+
+
+def test_normalize_dtype():
+    assert normalize_dtype("LONG") == "int64"
+    with pytest.raises(ValueError):
+        normalize_dtype("string")
+
+
+def test_model_spec_round_trips_through_dict():
+    spec = ModelSpec((TensorSpec("ids", (1, "seq"), "int64", value_range=(0, 9)),),
+                     (TensorSpec("output", (1, 10)),))
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert not spec.inputs[0].is_static and spec.outputs[0].is_static
