@@ -141,10 +141,31 @@ def _write_manifest(out: Path, dst: Format, model: LoadedModel, route: list, res
     route_info = [{"edge": e.name, "tool": result.tool, "attempts": result.attempts, "notes": result.notes}
                   for e in route]
     layout = {"inputs": result.input_perms, "outputs": result.output_perms}
-    data = manifest.build(out, dst.value, model, route_info, artifact.spec.to_dict(), layout,
-                          result.parity.to_dict() if result.parity else None, result.warnings, extra_files)
+    data = manifest.build(out, dst.value, model, route_info, _artifact_signature(model, artifact, layout),
+                          layout, result.parity.to_dict() if result.parity else None, result.warnings, extra_files,
+                          _libraries_used(route, result.tool))
     fsutil.write_text_atomic(manifest.manifest_path(out), manifest.dumps(data))
     return data
+
+
+def _artifact_signature(source: LoadedModel, artifact: LoadedModel, layout: dict) -> dict:
+    """The artifact's signature; where no permutation was recorded, it keeps the source's layout labels."""
+    signature = artifact.spec.to_dict()
+    for kind, tensors in (("inputs", source.spec.inputs), ("outputs", source.spec.outputs)):
+        labels = {t.name: t.layout for t in tensors}
+        for entry in signature[kind]:
+            if entry["layout"] is None and not layout.get(kind, {}).get(entry["name"]):
+                entry["layout"] = labels.get(entry["name"])
+    return signature
+
+
+def _libraries_used(route: list, tool: str) -> tuple:
+    names = ["deploykit", "numpy", "onnxruntime"]
+    for edge in route:
+        names += [registry.PACKAGES.get(p, (p, ""))[0] for p in edge.requires]
+    if "onnxslim" in tool:
+        names.append("onnxslim")
+    return tuple(dict.fromkeys(names))
 
 
 def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions] = None,

@@ -21,9 +21,9 @@ def manifest_path(artifact: "str | Path") -> Path:
     return artifact.with_name(artifact.name + SUFFIX)
 
 
-def library_versions() -> dict:
+def library_versions(distributions: tuple = _TRACKED_DISTRIBUTIONS) -> dict:
     versions = {"python": platform.python_version()}
-    for dist in _TRACKED_DISTRIBUTIONS:
+    for dist in distributions:
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -38,7 +38,7 @@ def file_entry(path: "str | Path") -> dict:
 
 
 def build(artifact: Path, artifact_format: str, source, route: list, signature: dict, layout: dict,
-          parity: Optional[dict], warnings: list, extra_files: list) -> dict:
+          parity: Optional[dict], warnings: list, extra_files: list, libraries: tuple = _TRACKED_DISTRIBUTIONS) -> dict:
     source_entry = {"path": str(Path(source.path).absolute()) if Path(source.path).exists() else source.path,
                     "format": source.format.value, "sha256": sha256_of(source.path)}
     if source.weights:
@@ -49,7 +49,7 @@ def build(artifact: Path, artifact_format: str, source, route: list, signature: 
         "schema_version": SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "artifact": artifact_entry, "source": source_entry, "signature": signature, "layout": layout,
-        "route": route, "versions": library_versions(), "parity": parity, "warnings": warnings,
+        "route": route, "versions": library_versions(libraries), "parity": parity, "warnings": warnings,
     }
 
 

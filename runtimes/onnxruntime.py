@@ -1,12 +1,14 @@
 """ONNX: read the signature from the graph; run with ONNX Runtime (CPU, or the CUDA EP)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Mapping
 
 import numpy as np
 
 from deploykit.errors import ModelLoadError, UsageError
 from deploykit.formats import Format
+from deploykit.manifest import read as read_manifest
 from deploykit.model import LoadedModel, LoadOptions
 from deploykit.spec import ModelSpec, TensorSpec
 from runtimes.base import RunnerBase, RunnerOptions
@@ -20,9 +22,17 @@ def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
     inputs = [_tensor_spec(v, token_ranges.get(v.name)) for v in proto.graph.input if v.name not in initializers]
     outputs = [_tensor_spec(v) for v in proto.graph.output]
     inputs = _apply_user_specs(inputs, options.input_specs)
+    inputs, outputs = _layouts_from_manifest(path, inputs), _layouts_from_manifest(path, outputs, "outputs")
     details = {"opset": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
                "producer": f"{proto.producer_name} {proto.producer_version}".strip()}
     return LoadedModel(path=path, format=fmt, spec=ModelSpec(tuple(inputs), tuple(outputs)), details=details)
+
+
+def _layouts_from_manifest(path: str, tensors: list, kind: str = "inputs") -> list:
+    """Layout labels are not in the ONNX graph; deploykit's manifest beside the file records them."""
+    stored = (read_manifest(path) or {}).get("signature", {}).get(kind, [])
+    labels = {t.get("name"): t.get("layout") for t in stored}
+    return [replace(t, layout=labels.get(t.name)) if labels.get(t.name) else t for t in tensors]
 
 
 def read_onnx(path: str, with_weights: bool = False):

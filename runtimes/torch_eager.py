@@ -31,6 +31,7 @@ def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
     module, inputs, details = loaders[fmt](path, options)
     inputs = _merge_user_specs(inputs, options.input_specs, path)
     inputs = with_token_ranges(inputs, embedding_sizes(module))
+    inputs = [_label_layout(t) for t in inputs]
     spec = ModelSpec(tuple(inputs), _probe_outputs(module, inputs))
     return LoadedModel(path=path, format=fmt, spec=spec, handle=module, weights=options.weights, details=details)
 
@@ -185,6 +186,13 @@ def with_token_ranges(inputs: list, table_sizes: list) -> list:
     high = min(table_sizes)
     return [TensorSpec(i.name, i.shape, i.dtype, i.layout, (0, high))
             if i.dtype.startswith("int") and i.value_range is None else i for i in inputs]
+
+
+def _label_layout(tensor: TensorSpec) -> TensorSpec:
+    """PyTorch's convention: a 4-D float input is NCHW (recorded so that converters that go NHWC can map it)."""
+    if tensor.layout is None and tensor.shape is not None and len(tensor.shape) == 4 and tensor.dtype.startswith("float"):
+        return TensorSpec(tensor.name, tensor.shape, tensor.dtype, "NCHW", tensor.value_range)
+    return tensor
 
 
 def _probe_outputs(module, inputs: list) -> tuple:

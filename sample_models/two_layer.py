@@ -69,4 +69,4 @@ def train(model: TwoLayerNet, steps: int = 500) -> dict:
         loss.backward()
         optimizer.step()
     model.eval()
-    return {"loss_first": round(first, 3), "loss_last": round(loss.item(), 3), "steps": steps}
+    return {"loss_first": float(f"{first:.4g}"), "loss_last": float(f"{loss.item():.4g}"), "steps": steps}
