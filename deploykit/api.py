@@ -32,6 +32,7 @@ class VerifyOptions:
     atol: Optional[float] = None
     rtol: Optional[float] = None
     timeout: float = 600.0
+    device: str = "cpu"        # where artifacts run: cpu, cuda (ORT CUDA EP) or auto
 
 
 @dataclass
@@ -183,7 +184,7 @@ def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions]
         layout = (manifest.read(artifact.path) or {}).get("layout") or {}
         reports.append(checker.check(artifact.path, options.samples, candidate=artifact, layout=layout))
     for previous, current in zip(loaded, loaded[1:]):
-        hop = Checker(previous, checker.tolerance, options.seed, checker.user_feeds, options.timeout)
+        hop = Checker(previous, checker.tolerance, options.seed, checker.user_feeds, options.timeout, options.device)
         reports.append(hop.check(current.path, options.samples, candidate=current))
     return VerifyResult(model.label, reports, time.perf_counter() - started)
 
@@ -191,7 +192,7 @@ def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions]
 def _checker(model: LoadedModel, options: VerifyOptions) -> Checker:
     tolerance = tolerance_for(options.precision, options.atol, options.rtol)
     user_feeds = load_npz(options.inputs_npz, model.spec) if options.inputs_npz else None
-    return Checker(model, tolerance, options.seed, user_feeds, options.timeout)
+    return Checker(model, tolerance, options.seed, user_feeds, options.timeout, options.device)
 
 
 def _check_samples(options: VerifyOptions) -> None:

@@ -18,8 +18,8 @@ class ReferenceRunner:
     a file source (ONNX) runs in a child process like any artifact.
     """
 
-    def __init__(self, model: LoadedModel, timeout: float):
-        self.model, self.timeout = model, timeout
+    def __init__(self, model: LoadedModel, timeout: float, device: str = "cpu"):
+        self.model, self.timeout, self.device = model, timeout, device
         self._runner, self._cache = None, {}
 
     def outputs(self, key: tuple, feeds: dict) -> dict:
@@ -29,7 +29,7 @@ class ReferenceRunner:
 
     def _run(self, feeds_list: list) -> list:
         if self.model.handle is None:
-            return run_isolated(self.model.path, feeds_list, timeout=self.timeout)[0]
+            return run_isolated(self.model.path, feeds_list, timeout=self.timeout, device=self.device)[0]
         if self._runner is None:
             entry = registry.runtime_for(self.model.format)
             self._runner = registry.resolve(entry.target)(self.model)
@@ -41,11 +41,11 @@ class Checker:
     """Compares candidates against the source on seeded random inputs plus the user's data."""
 
     def __init__(self, source: LoadedModel, tolerance: Tolerance, seed: int = 0,
-                 user_feeds: Optional[list] = None, timeout: float = 600.0):
+                 user_feeds: Optional[list] = None, timeout: float = 600.0, device: str = "cpu"):
         self.source, self.tolerance, self.seed = source, tolerance, seed
         self.user_feeds = list(user_feeds or [])
-        self.reference = ReferenceRunner(source, timeout)
-        self.timeout = timeout
+        self.reference = ReferenceRunner(source, timeout, device)
+        self.timeout, self.device = timeout, device
 
     def feeds(self, samples: int, batch: Optional[int] = None) -> list:
         generated = random_feeds(self.source.spec, samples, self.seed, batch)
@@ -60,7 +60,8 @@ class Checker:
         layout = layout or {}
         feeds_for_candidate = [parity.permute(self._rename(feeds, candidate), layout.get("inputs"))
                                for _key, feeds in keyed]
-        outputs, _info = run_isolated(str(candidate_path), feeds_for_candidate, timeout=self.timeout)
+        outputs, _info = run_isolated(str(candidate_path), feeds_for_candidate, timeout=self.timeout,
+                                     device=self.device)
         label = str(candidate_path) if candidate is None else candidate.label
         report = parity.compare(references, outputs, self.tolerance, self.source.label, label,
                                 output_perms=layout.get("outputs"))

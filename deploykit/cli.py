@@ -45,6 +45,8 @@ Rtol = Annotated[Optional[float], typer.Option("--rtol", help="Relative toleranc
 Precision = Annotated[str, typer.Option("--precision", help="Tolerance preset: fp32, fp16 or int8.")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds a child process may run a model before it "
                                                           "is stopped.")]
+Device = Annotated[str, typer.Option("--device", help="Where ONNX artifacts run for verification: cpu, cuda "
+                                                      "(ONNX Runtime CUDA EP) or auto (CUDA when present).")]
 
 
 def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callable[[dict], None],
@@ -83,11 +85,14 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
         raise typer.Exit(code)
 
 
-def _verify_options(samples, seed, npz, precision, atol, rtol, timeout):
+def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, device="cpu"):
     from deploykit.api import VerifyOptions
+    from deploykit.errors import UsageError
 
+    if device not in ("cpu", "cuda", "auto"):
+        raise UsageError(f"unknown --device {device!r}", "use cpu, cuda or auto")
     return VerifyOptions(samples=samples, seed=seed, inputs_npz=npz, precision=precision, atol=atol, rtol=rtol,
-                         timeout=timeout)
+                         timeout=timeout, device=device)
 
 
 @app.command()
@@ -136,7 +141,7 @@ def verify(
                                                         "and each with the previous one.")],
     inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False, samples: Samples = 5,
     seed: Seed = 0, npz: Npz = None, precision: Precision = "fp32", atol: Atol = None, rtol: Rtol = None,
-    timeout: Timeout = 600.0, as_json: Json = False, debug: Debug = False,
+    timeout: Timeout = 600.0, device: Device = "cpu", as_json: Json = False, debug: Debug = False,
 ) -> None:
     """Numerical parity of artifacts against their source. Exit 0 if all match, 1 if not.
 
@@ -146,7 +151,7 @@ def verify(
         from deploykit import api
 
         return api.verify(source, artifacts, load=api.load_options(inputs or (), weights, trust_pickle),
-                          options=_verify_options(samples, seed, npz, precision, atol, rtol, timeout)).to_dict()
+                          options=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, device)).to_dict()
 
     _run(action, as_json, debug, _lazy("print_verify"), lambda data: 0 if data["passed"] else 1)
 

@@ -103,7 +103,7 @@ def _split_samples(tensor: TensorSpec, array: np.ndarray, path: Path) -> list:
 
 
 def _check_shape(tensor: TensorSpec, value: np.ndarray, path: Path) -> None:
-    for axis, (want, got) in enumerate(zip(tensor.shape, value.shape)):
+    for want, got in zip(tensor.shape, value.shape):
         if isinstance(want, int) and want >= 0 and want != got:
             raise UsageError(f"{path}: input {tensor.name!r} has shape {value.shape}, the model expects "
                              f"{tuple(tensor.shape)}", f"save an array shaped like {tensor.describe()}")

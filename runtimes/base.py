@@ -16,7 +16,7 @@ from deploykit.spec import ModelSpec
 @dataclass(frozen=True)
 class RunnerOptions:
     threads: Optional[int] = None      # intra-op threads; None lets the runtime decide
-    device: str = "cpu"                # "cpu" or "cuda"
+    device: str = "cpu"                # "cpu", "cuda", or "auto" (CUDA when the runtime and a GPU allow)
 
 
 @runtime_checkable

@@ -83,12 +83,20 @@ def providers_for(device: str) -> list:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
+    if device == "auto":
+        device = "cuda" if "CUDAExecutionProvider" in available and _gpu_visible() else "cpu"
     if device == "cuda":
         if "CUDAExecutionProvider" not in available:
             raise UsageError("ONNX Runtime has no CUDA execution provider here",
                              "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use --device cpu")
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def _gpu_visible() -> bool:
+    import os
+
+    return os.path.exists("/dev/nvidia0") or bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 class OnnxRuntimeRunner(RunnerBase):

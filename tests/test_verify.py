@@ -67,3 +67,23 @@ def test_isolated_crash_becomes_an_error(tmp_path, monkeypatch, exported):
     monkeypatch.setattr(isolation.sys, "executable", str(crasher))
     with pytest.raises(ParityError, match="crashed with SIGSEGV"):
         isolation.run_isolated(exported("two_layer_net.pt2").artifact, [{"x": np.zeros((64, 1000), np.float32)}])
+
+
+def test_onnxruntime_device_selection():
+    from deploykit.errors import UsageError
+    from runtimes.onnxruntime import providers_for
+
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    assert providers_for("auto")[-1] == "CPUExecutionProvider"
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(UsageError, match="CUDA"):
+            providers_for("cuda")
+
+
+@pytest.mark.gpu
+def test_verify_on_the_cuda_execution_provider(exported, samples_dir):
+    report = api.verify(str(samples_dir / "tiny_transformer.pt2"), [exported("tiny_transformer.pt2").artifact],
+                        options=api.VerifyOptions(device="cuda", precision="fp16"))
+    assert report.passed
