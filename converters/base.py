@@ -21,6 +21,7 @@ class ExportOptions:
     samples: int = 5
     timeout: float = 900.0
     debug: bool = False
+    keep_layout: bool = False      # ask converters that change layouts (onnx2tf) to keep the source's inputs
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from deploykit import fsutil, manifest, registry
+from deploykit import fsutil, manifest, registry, routing
 from deploykit.checking import Checker
 from deploykit.errors import ConversionError, UsageError
 from deploykit.formats import Format
@@ -20,7 +20,6 @@ from deploykit.model import LoadedModel, LoadOptions, load_model
 from deploykit.parity import tolerance_for
 from deploykit.spec import parse_input_arg
 
-_SUFFIXES = {Format.ONNX: ".onnx", Format.TFLITE: ".tflite", Format.SAVED_MODEL: ""}
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,7 @@ class VerifyOptions:
     rtol: Optional[float] = None
     timeout: float = 600.0
     device: str = "cpu"        # where artifacts run: cpu, cuda (ORT CUDA EP) or auto
+    xnnpack: bool = True       # LiteRT artifacts run with the XNNPACK delegate (LiteRT's default)
 
 
 @dataclass
@@ -43,6 +43,7 @@ class ExportResult:
     parity: dict
     warnings: list = field(default_factory=list)
     seconds: float = 0.0
+    routes: list = field(default_factory=list)    # every route tried: passed, error, metrics, latency
 
     @property
     def passed(self) -> bool:
@@ -50,7 +51,8 @@ class ExportResult:
 
     def to_dict(self) -> dict:
         return {"passed": self.passed, "artifact": self.artifact, "manifest": self.manifest, "route": self.route,
-                "parity": self.parity, "warnings": self.warnings, "seconds": round(self.seconds, 3)}
+                "parity": self.parity, "warnings": self.warnings, "seconds": round(self.seconds, 3),
+                "routes": self.routes}
 
 
 @dataclass
@@ -83,9 +85,13 @@ def load_options(inputs: Sequence[str] = (), weights: Optional[str] = None, trus
 def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force: bool = False,
            load: Optional[LoadOptions] = None, verify: VerifyOptions = VerifyOptions(),
            opset: Optional[int] = None, dynamic_batch: bool = False, optimize: bool = True,
+           via: Optional[str] = None, route_all: bool = False, keep_layout: bool = False,
            debug: bool = False) -> ExportResult:
     """Convert ``source`` to ``to``, verify it against the source, write artifact + manifest.
 
+    Routes (chains of converter edges) are tried in the registry's order and the first whose
+    artifact matches the source is kept; ``via`` restricts them to those through a format or
+    tool; ``route_all`` builds and verifies every route and keeps the fastest that matches.
     Raises ConversionError (exit 4) when no route gives an artifact that matches.
     """
     from converters.base import ExportOptions
@@ -94,70 +100,82 @@ def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force
     dst = registry.target_format(to)
     _check_samples(verify)
     model = load_model(source, load or LoadOptions())
-    routes = _available_routes(model.format, dst)
-    out = fsutil.prepare_output(_default_output(source, dst, output), force)
+    routes = routing.select_routes(model.format, dst, via)
+    out = fsutil.prepare_output(_default_output(source, dst, output), force, directory=dst == Format.SAVED_MODEL)
     if Path(source).exists() and out.resolve() == Path(source).resolve():
         raise UsageError(f"the output {out} is the source itself", "choose another -o")
     fsutil.prepare_output(manifest.manifest_path(out), force)
     checker = _checker(model, verify)
     options = ExportOptions(opset=opset, dynamic_batch=dynamic_batch, optimize=optimize, samples=verify.samples,
-                            timeout=verify.timeout, debug=debug)
-    failures = []
-    for route in routes:
-        with fsutil.staging_dir(out.parent) as stage:
-            try:
-                result = _run_route(route, model, stage / out.name, options, checker)
-            except ConversionError as exc:
-                failures.append(exc)
-                continue
-            moves = [(f, out.parent / f.name) for f in result.extra_files] + [(result.path, out)]
-            fsutil.publish(moves)
-            data = _write_manifest(out, dst, model, route, result, [m[1] for m in moves[:-1]])
-            return ExportResult(str(out), str(manifest.manifest_path(out)), data["route"], data["parity"],
-                                list(result.warnings), time.perf_counter() - started)
-    if len(failures) == 1:
-        raise failures[0]
-    raise ConversionError("every route failed: " + "; ".join(f.message for f in failures),
-                          failures[-1].remedy)
+                            timeout=verify.timeout, debug=debug, keep_layout=keep_layout)
+    with fsutil.staging_dir(out.parent) as stage:
+        runs = []
+        for index, route in enumerate(routes):
+            folder = stage / f"route{index}"
+            folder.mkdir()
+            runs.append(routing.run_route(route, model, folder / out.name, options, checker))
+            if runs[-1].passed and not route_all:
+                break
+        if route_all:
+            _measure_latency(runs, checker, verify.timeout)
+        chosen = routing.choose(runs, route_all)
+        final = chosen.final
+        moves = [(f, out.parent / f.name) for f in final.extra_files] + [(final.path, out)]
+        fsutil.publish(moves)
+    data = _write_manifest(out, dst, model, chosen, runs, [m[1] for m in moves[:-1]])
+    warnings = [w for hop in chosen.hops for w in hop.warnings]
+    return ExportResult(str(out), str(manifest.manifest_path(out)), data["route"], data["parity"], warnings,
+                        time.perf_counter() - started, data["routes"])
 
 
-def _run_route(route: list, model: LoadedModel, out: Path, options, checker: Checker):
-    if len(route) != 1:
-        raise ConversionError(f"multi-hop route {' → '.join(e.name for e in route)} is not supported yet",
-                              "export to an intermediate format first")
-    edge = route[0]
-    convert = registry.resolve(edge.target)
-    result = convert(model, out, options, lambda path, samples, batch=None: checker.check(path, samples, batch))
-    if options.dynamic_batch:
-        report = checker.check(result.path, 2, batch=3)
-        if not report.passed:
-            raise ConversionError("the artifact does not run correctly at batch 3 with --dynamic-batch: "
-                                  + report.summary(), "the model fixes its batch size inside; drop --dynamic-batch")
-        result.notes.append("verified at batch 3 as well (dynamic batch)")
-    return result
+def _measure_latency(runs: list, checker: Checker, timeout: float) -> None:
+    """Median 1-thread latency of each passing route's artifact (for --route all)."""
+    from deploykit.isolation import run_isolated
+
+    for run in runs:
+        if run.passed:
+            feeds = [feeds for _key, feeds in checker.feeds(1)][:1]
+            feeds = [checker.feeds_for(run.final.path, feeds[0], run.layout)]
+            _outputs, info = run_isolated(str(run.final.path), feeds, threads=1, timeout=timeout, time_iterations=30)
+            run.latency_ms = info.get("latency_ms_median")
 
 
-def _write_manifest(out: Path, dst: Format, model: LoadedModel, route: list, result, extra_files: list) -> dict:
+def _write_manifest(out: Path, dst: Format, model: LoadedModel, chosen, runs: list, extra_files: list) -> dict:
     artifact = load_model(str(out))
-    route_info = [{"edge": e.name, "tool": result.tool, "attempts": result.attempts, "notes": result.notes}
-                  for e in route]
-    layout = {"inputs": result.input_perms, "outputs": result.output_perms}
-    data = manifest.build(out, dst.value, model, route_info, _artifact_signature(model, artifact, layout),
-                          layout, result.parity.to_dict() if result.parity else None, result.warnings, extra_files,
-                          _libraries_used(route, result.tool))
+    final = chosen.final
+    route_info = [{"edge": hop["edge"], "tool": hop["tool"], "attempts": hop["attempts"], "notes": hop["notes"],
+                   "parity_vs_source": hop["parity_vs_source"]} for hop in chosen.to_dict()["hops"]]
+    data = manifest.build(out, dst.value, model, route_info, _artifact_signature(model, artifact, chosen.layout),
+                          chosen.layout, final.parity.to_dict() if final.parity else None,
+                          [w for hop in chosen.hops for w in hop.warnings], extra_files,
+                          _libraries_used(chosen.route, " ".join(h.tool for h in chosen.hops)))
+    data["routes"] = [dict(r.to_dict(), chosen=r is chosen) for r in runs]
     fsutil.write_text_atomic(manifest.manifest_path(out), manifest.dumps(data))
     return data
 
 
 def _artifact_signature(source: LoadedModel, artifact: LoadedModel, layout: dict) -> dict:
-    """The artifact's signature; where no permutation was recorded, it keeps the source's layout labels."""
+    """The artifact's signature, with the source's layout labels carried over by position
+    (and permuted where the route recorded a permutation: NCHW becomes NHWC, say)."""
     signature = artifact.spec.to_dict()
     for kind, tensors in (("inputs", source.spec.inputs), ("outputs", source.spec.outputs)):
-        labels = {t.name: t.layout for t in tensors}
-        for entry in signature[kind]:
-            if entry["layout"] is None and not layout.get(kind, {}).get(entry["name"]):
-                entry["layout"] = labels.get(entry["name"])
+        perms = layout.get(kind) or {}
+        for entry, src in zip(signature[kind], tensors):
+            label, perm = src.layout, perms.get(entry["name"])
+            if entry["layout"] is None and label:
+                entry["layout"] = _permuted_label(label, perm, kind) if perm else label
     return signature
+
+
+def _permuted_label(label: str, perm: list, kind: str) -> str:
+    if len(perm) != len(label):
+        return label
+    if kind == "inputs":                      # artifact axis j holds source axis perm[j]
+        return "".join(label[i] for i in perm)
+    letters = [""] * len(perm)                # source axis i is artifact axis perm[i]
+    for i, axis in enumerate(perm):
+        letters[axis] = label[i]
+    return "".join(letters)
 
 
 def _libraries_used(route: list, tool: str) -> tuple:
@@ -179,20 +197,26 @@ def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions]
     model = load_model(source, load or LoadOptions())
     checker = _checker(model, options)
     loaded = [load_model(a) for a in artifacts]
-    reports = []
+    reports, previous = [], None
     for artifact in loaded:
+        # Each artifact's manifest records its layout relative to the source it was exported from.
         layout = (manifest.read(artifact.path) or {}).get("layout") or {}
-        reports.append(checker.check(artifact.path, options.samples, candidate=artifact, layout=layout))
-    for previous, current in zip(loaded, loaded[1:]):
-        hop = Checker(previous, checker.tolerance, options.seed, checker.user_feeds, options.timeout, options.device)
-        reports.append(hop.check(current.path, options.samples, candidate=current))
+        references, outputs = checker.run_both(artifact, options.samples, layout=layout)
+        reports.append(checker.compare(references, outputs, model.label, artifact.label, layout))
+        if previous is not None:
+            hop_report = checker.compare(previous[1], outputs, previous[0].label, artifact.label)
+            hop_report.notes.append("hop: both sides in the source's layout")
+            reports.append(hop_report)
+        previous = (artifact, outputs)
     return VerifyResult(model.label, reports, time.perf_counter() - started)
 
 
 def _checker(model: LoadedModel, options: VerifyOptions) -> Checker:
     tolerance = tolerance_for(options.precision, options.atol, options.rtol)
     user_feeds = load_npz(options.inputs_npz, model.spec) if options.inputs_npz else None
-    return Checker(model, tolerance, options.seed, user_feeds, options.timeout, options.device)
+    checker = Checker(model, tolerance, options.seed, user_feeds, options.timeout, options.device)
+    checker.runtime_options = {"xnnpack": options.xnnpack}
+    return checker
 
 
 def _check_samples(options: VerifyOptions) -> None:
@@ -200,20 +224,8 @@ def _check_samples(options: VerifyOptions) -> None:
         raise UsageError(f"--samples must be at least 1 (got {options.samples})", "e.g. --samples 5")
 
 
-def _available_routes(src: Format, dst: Format) -> list:
-    routes = registry.plan(src, dst)
-    if not routes:
-        raise UsageError(f"no conversion from {src.value} to {dst.value} is available yet",
-                         "see `deploykit doctor` for the routes this install supports")
-    usable = [r for r in routes if all(e.available for e in r)]
-    if not usable:
-        missing = registry.missing_packages(tuple(p for e in routes[0] for p in e.requires))
-        registry.require(tuple(missing), f"needed for {' → '.join(e.name for e in routes[0])}")
-    return usable
-
-
 def _default_output(source: str, dst: Format, output: Optional[str]) -> str:
     if output:
         return output
     name = source.rpartition(":")[2] if ":" in source and not Path(source).exists() else Path(source).stem
-    return name + _SUFFIXES[dst]
+    return name + routing.SUFFIXES[dst]

@@ -7,7 +7,7 @@ from deploykit import parity, registry
 from deploykit.errors import UsageError
 from deploykit.inputs import random_feeds
 from deploykit.isolation import run_isolated
-from deploykit.model import LoadedModel
+from deploykit.model import LoadedModel, load_model
 from deploykit.parity import Tolerance
 
 
@@ -46,6 +46,8 @@ class Checker:
         self.user_feeds = list(user_feeds or [])
         self.reference = ReferenceRunner(source, timeout, device)
         self.timeout, self.device = timeout, device
+        self.runtime_options: dict = {}     # e.g. {"xnnpack": False} for LiteRT
+        self.last_runtime = ""
 
     def feeds(self, samples: int, batch: Optional[int] = None) -> list:
         generated = random_feeds(self.source.spec, samples, self.seed, batch)
@@ -54,25 +56,49 @@ class Checker:
 
     def check(self, candidate_path, samples: int, batch: Optional[int] = None,
               candidate: Optional[LoadedModel] = None, layout: Optional[dict] = None) -> parity.ParityReport:
-        """Run the candidate file (isolated) and the source on the same feeds and compare."""
+        """Run the candidate file (isolated) and the source on the same feeds and compare.
+
+        ``layout`` is the candidate's recorded permutation relative to the source
+        ({"inputs": {name: axes}, "outputs": {name: axes}}, keyed by the candidate's names).
+        """
+        candidate = candidate or load_model(str(candidate_path))
+        references, outputs = self.run_both(candidate, samples, batch, layout)
+        return self.compare(references, outputs, self.source.label, candidate.label, layout)
+
+    def compare(self, references: list, outputs: list, reference_label: str, candidate_label: str,
+                layout: Optional[dict] = None) -> parity.ParityReport:
+        """Compare outputs that are already in the source's layout."""
+        report = parity.compare(references, outputs, self.tolerance, reference_label, candidate_label)
+        if self.last_runtime:
+            report.notes.append(f"{candidate_label} ran on {self.last_runtime}")
+        if self.user_feeds:
+            count = len(references) - len(self.user_feeds)
+            report.notes.append(f"{count} random + {len(self.user_feeds)} user sample(s)")
+        layout = layout or {}
+        if any((layout.get("inputs") or {}).values()) or any((layout.get("outputs") or {}).values()):
+            report.notes.append(f"layout permutations applied: {layout}")
+        return report
+
+    def run_both(self, candidate: LoadedModel, samples: int, batch: Optional[int] = None,
+                 layout: Optional[dict] = None) -> tuple:
+        """Source outputs and candidate outputs (permuted back to the source's layout) on the same feeds."""
         keyed = self.feeds(samples, batch)
         references = [self.reference.outputs(key, feeds) for key, feeds in keyed]
         layout = layout or {}
-        feeds_for_candidate = [parity.permute(self._rename(feeds, candidate), layout.get("inputs"))
-                               for _key, feeds in keyed]
-        outputs, _info = run_isolated(str(candidate_path), feeds_for_candidate, timeout=self.timeout,
-                                     device=self.device)
-        label = str(candidate_path) if candidate is None else candidate.label
-        report = parity.compare(references, outputs, self.tolerance, self.source.label, label,
-                                output_perms=layout.get("outputs"))
-        if self.user_feeds:
-            report.notes.append(f"{len(keyed) - len(self.user_feeds)} random + {len(self.user_feeds)} user sample(s)")
-        return report
+        feeds_for_candidate = [self.feeds_for(candidate, feeds, layout) for _key, feeds in keyed]
+        outputs, info = run_isolated(str(candidate.path), feeds_for_candidate, timeout=self.timeout,
+                                     device=self.device, runtime_options=self.runtime_options)
+        self.last_runtime = f"{info.get('runtime')} ({', '.join(info.get('providers') or []) or 'default'})"
+        return references, [parity.permute(o, layout.get("outputs")) for o in outputs]
 
-    def _rename(self, feeds: dict, candidate: Optional[LoadedModel]) -> dict:
+    def feeds_for(self, candidate, feeds: dict, layout: Optional[dict] = None) -> dict:
+        """Source-layout feeds renamed (by position, if the names differ) and permuted for the candidate."""
+        if not isinstance(candidate, LoadedModel):
+            candidate = load_model(str(candidate))
+        return parity.permute(self._rename(feeds, candidate), (layout or {}).get("inputs"))
+
+    def _rename(self, feeds: dict, candidate: LoadedModel) -> dict:
         """Feed a candidate whose input names differ (another exporter's) by position."""
-        if candidate is None:
-            return feeds
         names = candidate.spec.input_names
         if set(names) == set(feeds):
             return feeds

@@ -85,27 +85,35 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
         raise typer.Exit(code)
 
 
-def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, device="cpu"):
+def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, device="cpu", xnnpack=True):
     from deploykit.api import VerifyOptions
     from deploykit.errors import UsageError
 
     if device not in ("cpu", "cuda", "auto"):
         raise UsageError(f"unknown --device {device!r}", "use cpu, cuda or auto")
     return VerifyOptions(samples=samples, seed=seed, inputs_npz=npz, precision=precision, atol=atol, rtol=rtol,
-                         timeout=timeout, device=device)
+                         timeout=timeout, device=device, xnnpack=xnnpack)
 
 
 @app.command()
 def export(
-    source: Annotated[str, typer.Argument(help="Model file (TorchScript .pt, torch.export .pt2, ONNX) or "
-                                               "package.module:factory.")],
-    to: Annotated[str, typer.Option("--to", help="Target format: onnx.")] = "onnx",
+    source: Annotated[str, typer.Argument(help="Model file (TorchScript .pt, torch.export .pt2, Keras .keras/.h5, "
+                                               "SavedModel dir, ONNX, TFLite) or package.module:factory.")],
+    to: Annotated[str, typer.Option("--to", help="Target format: onnx, tflite or saved_model.")] = "onnx",
+    via: Annotated[Optional[str], typer.Option("--via", help="Only routes through this format or tool, e.g. "
+                                               "litert (litert-torch) or onnx (via ONNX + onnx2tf).")] = None,
+    route: Annotated[str, typer.Option("--route", help="first: keep the first route whose artifact matches "
+                                       "(registry order); all: build and verify every route, keep the best "
+                                       "(parity, then 1-thread latency).")] = "first",
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Artifact path (default: "
                                                   "<source name>.<target suffix> in the current directory).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
     opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default: the exporter's).")] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Make dim 0 of every input symbolic "
                                                 "(verified at a second batch size).")] = False,
+    keep_layout: Annotated[bool, typer.Option("--keep-layout", help="Keep the source's input layout (NCHW) at the "
+                                              "artifact's boundary where the converter can (onnx2tf); by default "
+                                              "the converter's native layout is used and recorded.")] = False,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Simplify the graph with onnxslim "
                                            "(kept only if parity still holds).")] = True,
     inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False, samples: Samples = 5,
@@ -114,14 +122,20 @@ def export(
 ) -> None:
     """Convert a model, verify the artifact against the source, write it with a manifest.
 
-    Example: deploykit export model.pt2 --to onnx -o model.onnx
+    Examples: deploykit export model.pt2 --to onnx -o model.onnx ;
+    deploykit export model.pt2 --to tflite --route all ; deploykit export model.keras --to tflite
     """
     def action() -> dict:
         from deploykit import api
 
+        from deploykit.errors import UsageError
+
+        if route not in ("first", "all"):
+            raise UsageError(f"unknown --route {route!r}", "use --route first or --route all")
         result = api.export(source, to, output, force=force, load=api.load_options(inputs or (), weights, trust_pickle),
                             verify=_verify_options(samples, seed, npz, precision, atol, rtol, timeout),
-                            opset=opset, dynamic_batch=dynamic_batch, optimize=optimize, debug=debug)
+                            opset=opset, dynamic_batch=dynamic_batch, optimize=optimize, via=via,
+                            route_all=route == "all", keep_layout=keep_layout, debug=debug)
         return result.to_dict()
 
     _run(action, as_json, debug, _lazy("print_export"))
@@ -141,17 +155,23 @@ def verify(
                                                         "and each with the previous one.")],
     inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False, samples: Samples = 5,
     seed: Seed = 0, npz: Npz = None, precision: Precision = "fp32", atol: Atol = None, rtol: Rtol = None,
-    timeout: Timeout = 600.0, device: Device = "cpu", as_json: Json = False, debug: Debug = False,
+    timeout: Timeout = 600.0, device: Device = "cpu",
+    xnnpack: Annotated[bool, typer.Option("--xnnpack/--no-xnnpack", help="Run TFLite artifacts with LiteRT's "
+                                          "XNNPACK delegate (default) or with its builtin kernels only.")] = True,
+    as_json: Json = False, debug: Debug = False,
 ) -> None:
     """Numerical parity of artifacts against their source. Exit 0 if all match, 1 if not.
 
-    Example: deploykit verify model.pt2 model.onnx
+    Every artifact is compared with the source, and each with the previous one (a chain
+    report); recorded layout permutations (manifest) are applied.
+    Example: deploykit verify model.pt2 model.onnx model.tflite
     """
     def action() -> dict:
         from deploykit import api
 
         return api.verify(source, artifacts, load=api.load_options(inputs or (), weights, trust_pickle),
-                          options=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, device)).to_dict()
+                          options=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, device,
+                                                  xnnpack)).to_dict()
 
     _run(action, as_json, debug, _lazy("print_verify"), lambda data: 0 if data["passed"] else 1)
 

@@ -10,17 +10,17 @@ from pathlib import Path
 from deploykit.errors import OutputExistsError, UsageError
 
 
-def prepare_output(path: "str | Path", force: bool, also: tuple = ()) -> Path:
-    """Check that ``path`` (and sibling files ``also``) may be written; create the directory.
+def prepare_output(path: "str | Path", force: bool, directory: bool = False) -> Path:
+    """Check that ``path`` may be written (a file, or with ``directory`` a folder artifact such as a
+    SavedModel); create its parent directory.
 
     Raises OutputExistsError without --force, UsageError when the directory is unusable.
     """
     path = Path(path).absolute()
-    for target in (path, *also):
-        if Path(target).exists() and not force:
-            raise OutputExistsError(f"{target} already exists", "pass --force to overwrite it, or choose -o elsewhere")
-        if Path(target).is_dir():
-            raise UsageError(f"{target} is a directory", "give a file path with -o")
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} already exists", "pass --force to overwrite it, or choose -o elsewhere")
+    if path.is_dir() and not directory:
+        raise UsageError(f"{path} is a directory", "give a file path with -o")
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -48,9 +48,19 @@ def staging_dir(final_dir: Path):
 
 
 def publish(moves: list) -> None:
-    """Rename staged files into place: side files first, the main artifact last."""
+    """Rename staged files into place: side files first, the main artifact last.
+
+    A folder artifact (SavedModel) that exists is set aside first and removed only once the
+    new one is in place (the caller already checked --force)."""
     for source, target in moves:
-        os.replace(source, target)
+        target = Path(target)
+        if Path(source).is_dir() and target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(source, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(source, target)
 
 
 def write_text_atomic(path: "str | Path", text: str) -> None:

@@ -17,7 +17,8 @@ DEFAULT_TIMEOUT_S = 600
 
 
 def run_isolated(path: str, feeds_list: list, runtime: Optional[str] = None, threads: Optional[int] = None,
-                 device: str = "cpu", timeout: float = DEFAULT_TIMEOUT_S) -> tuple:
+                 device: str = "cpu", timeout: float = DEFAULT_TIMEOUT_S, time_iterations: int = 0,
+                 runtime_options: Optional[dict] = None) -> tuple:
     """Returns (outputs per sample, info) or raises the child's DeploykitError.
 
     A crash or a time-out becomes a ParityError (exit 1): the artifact cannot be trusted.
@@ -25,7 +26,8 @@ def run_isolated(path: str, feeds_list: list, runtime: Optional[str] = None, thr
     with tempfile.TemporaryDirectory(prefix="deploykit-run-") as tmp:
         folder = Path(tmp)
         request = {"path": str(Path(path).resolve()), "runtime": runtime, "threads": threads,
-                   "device": device, "samples": len(feeds_list)}
+                   "device": device, "samples": len(feeds_list), "time_iterations": time_iterations,
+                   "runtime_options": runtime_options or {}}
         (folder / "request.json").write_text(json.dumps(request))
         np.savez(folder / "feeds.npz", **{f"{i}::{k}": v for i, f in enumerate(feeds_list) for k, v in f.items()})
         try:

@@ -64,6 +64,7 @@ class ConverterEdge:
     dst: Format
     target: str
     requires: tuple
+    tag: str = ""           # the tool, as --via names it (litert, onnx2tf, tf2onnx, ...)
     preference: int = 0     # lower is tried first among routes of equal length
 
     @property
@@ -86,14 +87,34 @@ class RuntimeEntry:
         return not missing_packages(self.requires)
 
 
+TF_FORMATS = frozenset({Format.KERAS, Format.KERAS_H5, Format.SAVED_MODEL})
+
 LOADERS = (
     LoaderEntry(TORCH_FORMATS, "runtimes.torch_eager:load_model", ("torch",)),
     LoaderEntry(frozenset({Format.ONNX}), "runtimes.onnxruntime:load_model", ("onnx",)),
+    LoaderEntry(TF_FORMATS, "runtimes.tensorflow:load_model", ("tensorflow",)),
+    LoaderEntry(frozenset({Format.TFLITE}), "runtimes.litert:load_model", ("ai_edge_litert",)),
 )
 
+# Order matters among routes of equal length: the first that passes verification is kept.
 EDGES = (
     ConverterEdge("torch_to_onnx", TORCH_FORMATS, Format.ONNX, "converters.torch_to_onnx:convert",
-                  ("torch", "onnx", "onnxscript")),
+                  ("torch", "onnx", "onnxscript"), tag="torch.onnx"),
+    # litert-torch goes through torch.export, which cannot read TorchScript archives.
+    ConverterEdge("torch_to_tflite", TORCH_FORMATS - {Format.TORCHSCRIPT}, Format.TFLITE,
+                  "converters.torch_to_tflite:convert", ("torch", "litert_torch", "ai_edge_litert"), tag="litert"),
+    ConverterEdge("onnx_to_tflite", frozenset({Format.ONNX}), Format.TFLITE, "converters.onnx_to_tflite:convert",
+                  ("onnx2tf", "tensorflow", "onnx", "ai_edge_litert"), tag="onnx2tf"),
+    ConverterEdge("onnx_to_saved_model", frozenset({Format.ONNX}), Format.SAVED_MODEL,
+                  "converters.onnx_to_tflite:convert_saved_model", ("onnx2tf", "tensorflow", "onnx"), tag="onnx2tf"),
+    ConverterEdge("keras_to_tflite", TF_FORMATS, Format.TFLITE, "converters.keras_to_tflite:convert",
+                  ("tensorflow", "ai_edge_litert"), tag="tflite_converter"),
+    ConverterEdge("keras_to_onnx", TF_FORMATS, Format.ONNX, "converters.keras_to_onnx:convert",
+                  ("tensorflow", "tf2onnx", "onnx"), tag="tf2onnx"),
+    ConverterEdge("keras_to_saved_model", frozenset({Format.KERAS, Format.KERAS_H5}), Format.SAVED_MODEL,
+                  "converters.keras_to_saved_model:convert", ("tensorflow",), tag="keras_export"),
+    ConverterEdge("tflite_to_onnx", frozenset({Format.TFLITE}), Format.ONNX, "converters.tflite_to_onnx:convert",
+                  ("tf2onnx", "tensorflow", "onnx"), tag="tf2onnx"),
 )
 
 RUNTIMES = (
@@ -101,6 +122,10 @@ RUNTIMES = (
                  "PyTorch eager / TorchScript / torch.export (research)"),
     RuntimeEntry("onnxruntime", frozenset({Format.ONNX}), "runtimes.onnxruntime:OnnxRuntimeRunner",
                  ("onnxruntime",), "ONNX Runtime (CPU, CUDA EP when present)"),
+    RuntimeEntry("litert", frozenset({Format.TFLITE}), "runtimes.litert:LiteRTRunner", ("ai_edge_litert",),
+                 "LiteRT interpreter (XNNPACK delegate on by default)"),
+    RuntimeEntry("tensorflow", TF_FORMATS, "runtimes.tensorflow:TensorFlowRunner", ("tensorflow",),
+                 "TensorFlow: Keras call / SavedModel serving signature"),
 )
 
 TARGETS = {"onnx": Format.ONNX, "tflite": Format.TFLITE, "saved_model": Format.SAVED_MODEL}
@@ -131,7 +156,7 @@ def runtime_for(fmt: Format, name: Optional[str] = None) -> RuntimeEntry:
                      f"runtimes for {fmt.value}: {choices}")
 
 
-def plan(src: Format, dst: Format, max_hops: int = 3) -> list:
+def plan(src: Format, dst: Format, max_hops: int = 2) -> list:
     """Every route (a list of edges) from ``src`` to ``dst``, shortest and preferred first."""
     routes, frontier = [], [(src, [])]
     for _hop in range(max_hops):

@@ -17,6 +17,7 @@ from deploykit.spec import ModelSpec
 class RunnerOptions:
     threads: Optional[int] = None      # intra-op threads; None lets the runtime decide
     device: str = "cpu"                # "cpu", "cuda", or "auto" (CUDA when the runtime and a GPU allow)
+    xnnpack: bool = True               # LiteRT: use the XNNPACK delegate (its default)
 
 
 @runtime_checkable

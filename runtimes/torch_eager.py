@@ -203,7 +203,7 @@ def _probe_outputs(module, inputs: list) -> tuple:
         shapes = ", ".join(t.describe() for t in inputs)
         raise UsageError(f"the model fails on inputs {shapes}: {_first_line(exc)}",
                          "give the right input shapes with --input name:DIMS[:dtype]") from None
-    return tuple(TensorSpec(name, tuple(v.shape), str(v.dtype)) for name, v in outputs.items())
+    return tuple(_label_layout(TensorSpec(name, tuple(v.shape), str(v.dtype))) for name, v in outputs.items())
 
 
 def call_module(module, inputs: list, feeds: Mapping) -> dict:

@@ -25,18 +25,35 @@ def main(request_dir: str) -> int:
         model = load_model(request["path"])
         entry = registry.runtime_for(model.format, request.get("runtime"))
         registry.require(entry.requires, f"needed to run {model.format.value} models")
-        options = RunnerOptions(threads=request.get("threads"), device=request.get("device", "cpu"))
+        options = RunnerOptions(threads=request.get("threads"), device=request.get("device", "cpu"),
+                                **request.get("runtime_options", {}))
         feeds = _read_feeds(folder / "feeds.npz", request["samples"])
         with registry.resolve(entry.target)(model, options) as runner:
             results = runner.run_many(feeds)
             info = {"runtime": entry.name, "providers": getattr(runner, "active_providers", []),
                     "output_names": list(results[0]) if results else []}
+            if request.get("time_iterations") and feeds:
+                info["latency_ms_median"] = _median_latency_ms(runner, feeds[0], request["time_iterations"])
         np.savez(folder / "outputs.npz", **{f"{i}::{k}": v for i, r in enumerate(results) for k, v in r.items()})
         (folder / "result.json").write_text(json.dumps(info))
         return 0
     except DeploykitError as exc:
         (folder / "error.json").write_text(json.dumps(exc.to_dict()))
         return exc.exit_code
+
+
+def _median_latency_ms(runner, feeds: dict, iterations: int) -> float:
+    import statistics
+    import time
+
+    for _ in range(3):
+        runner.run(feeds)
+    times = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        runner.run(feeds)
+        times.append((time.perf_counter() - started) * 1e3)
+    return round(statistics.median(times), 4)
 
 
 def _read_feeds(path: Path, samples: int) -> list:

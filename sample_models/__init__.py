@@ -36,7 +36,17 @@ SAMPLES = (
                 "Transformer encoder (embedding, attention, layer norm) on token ids 1x32, trained on a toy task"),
     SampleModel("dynamic_gate", "torch", "sample_models.dynamic:dynamic_gate", None,
                 "data-dependent control flow (`if x.sum() > 0`): the dynamic-graph case", exportable=False),
+    SampleModel("keras_two_layer_net", "tensorflow", "sample_models.keras_models:two_layer_net",
+                "sample_models.keras_models:train_two_layer",
+                "the seed's two-layer net in Keras (Dense(100, relu), Dense(10)), trained on random data (Adam)"),
+    SampleModel("keras_mobilenet_v2", "tensorflow", "sample_models.keras_models:mobilenet_v2",
+                "sample_models.keras_models:calibrate_batchnorm",
+                "MobileNetV2-style CNN in Keras, 1x224x224x3 (NHWC), BatchNorm calibrated on random images"),
 )
+
+
+def names(framework: "str | None" = None) -> list:
+    return [s.name for s in SAMPLES if framework is None or s.framework == framework]
 
 
 def get(name: str) -> SampleModel:

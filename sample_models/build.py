@@ -7,11 +7,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from deploykit import fsutil
 from deploykit.quiet import captured_output
-from runtimes.torch_eager import SPEC_EXTRA_FILE
 from sample_models import SAMPLES, SampleModel
 
 
@@ -24,10 +22,13 @@ def build_model(sample: SampleModel) -> tuple:
     """The trained (or calibrated) model and what its preparation reported."""
     model = _resolve(sample.factory)()
     info = _resolve(sample.prepare)(model) if sample.prepare else {}
-    return model.eval(), info
+    return (model.eval() if hasattr(model, "eval") else model), info
 
 
 def output_paths(sample: SampleModel, out_dir: Path) -> dict:
+    if sample.framework == "tensorflow":
+        return {"keras": out_dir / f"{sample.name}.keras", "h5": out_dir / f"{sample.name}.h5",
+                "inputs": out_dir / f"{sample.name}.inputs.npz"}
     paths = {"weights": out_dir / f"{sample.name}.weights.pt", "inputs": out_dir / f"{sample.name}.inputs.npz"}
     if sample.torchscript:
         paths["torchscript"] = out_dir / f"{sample.name}.pt"
@@ -42,6 +43,12 @@ def build_sample(sample: SampleModel, out_dir: Path, force: bool = False) -> dic
     paths = output_paths(sample, out_dir)
     for path in paths.values():
         fsutil.prepare_output(path, force)
+    if sample.framework == "tensorflow":
+        return _build_keras(sample, paths, out_dir)
+    import torch
+
+    from runtimes.torch_eager import SPEC_EXTRA_FILE
+
     model, info = build_model(sample)
     example = model.example_inputs()
     with fsutil.staging_dir(out_dir) as stage, captured_output(), warnings.catch_warnings():
@@ -59,6 +66,21 @@ def build_sample(sample: SampleModel, out_dir: Path, force: bool = False) -> dic
         fsutil.publish([(staged[key], paths[key]) for key in paths])
     params = sum(p.numel() for p in model.parameters())
     return {"name": sample.name, "description": sample.description, "parameters": int(params),
+            "factory": sample.factory, "files": {k: str(v) for k, v in paths.items()}, "preparation": info}
+
+
+def _build_keras(sample: SampleModel, paths: dict, out_dir: Path) -> dict:
+    from sample_models.keras_models import example_inputs
+
+    model, info = build_model(sample)
+    with fsutil.staging_dir(out_dir) as stage, captured_output(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        staged = {key: stage / path.name for key, path in paths.items()}
+        model.save(str(staged["keras"]))
+        model.save(str(staged["h5"]))          # the legacy HDF5 format, still common in the wild
+        np.savez(staged["inputs"], **example_inputs(model))
+        fsutil.publish([(staged[key], paths[key]) for key in paths])
+    return {"name": sample.name, "description": sample.description, "parameters": int(model.count_params()),
             "factory": sample.factory, "files": {k: str(v) for k, v in paths.items()}, "preparation": info}
 
 

@@ -1,0 +1,29 @@
+"""Keras -> SavedModel with Keras 3's model.export (a serving_default signature)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from converters.base import Check, ConversionResult, ExportOptions
+from deploykit.errors import ConversionError
+from deploykit.model import LoadedModel
+from deploykit.quiet import captured_output
+
+
+def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
+    import keras
+
+    result = ConversionResult(path=out_path, converter="keras_to_saved_model", tool=f"keras {keras.__version__} "
+                              "model.export")
+    try:
+        with captured_output(echo=options.debug):
+            model.handle.export(str(out_path), verbose=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ConversionError(f"model.export failed: {' '.join(str(exc).split())[:300]}",
+                              "check that the model is a Keras 3 model with static input signatures") from None
+    report = check(out_path, options.samples)
+    result.attempts.append({"tool": "keras_export", "ok": report.passed, "why": report.summary()})
+    result.parity = report
+    if not report.passed:
+        raise ConversionError("the SavedModel does not match the source: " + report.summary(),
+                              "run deploykit verify --debug on the artifact")
+    return result

@@ -1,0 +1,115 @@
+"""ONNX -> TFLite (and SavedModel) with onnx2tf, in a child process.
+
+onnx2tf's traps (FIELD-NOTES) and how they are handled here:
+* it overwrites the .onnx it is given: it gets a temporary copy;
+* it may download calibration images for 3-channel inputs: it runs in a scratch directory
+  that already holds a (random) calibration file, so nothing is fetched;
+* it shells out to onnxsim when found (~9 s a run): not_use_onnxsim;
+* it turns NCHW inputs and 4-D outputs into NHWC (TFLite's native layout, the fast one on
+  phones): the permutations are read from the shapes and recorded in the manifest, so
+  verify feeds and compares in the source's layout; --keep-layout keeps the inputs NCHW
+  (keep_ncw_or_nchw_or_ncdhw_input_names; outputs stay NHWC, onnx2tf has no such option).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from converters.base import Check, ConversionResult, ExportOptions
+from converters.child import run_job
+from deploykit.errors import ConversionError
+from deploykit.model import LoadedModel, load_model
+
+CALIBRATION_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+NCHW_TO_NHWC = {3: [0, 2, 1], 4: [0, 2, 3, 1], 5: [0, 2, 3, 4, 1]}
+
+
+def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
+    return _convert(model, out_path, options, check, saved_model=False)
+
+
+def convert_saved_model(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
+    return _convert(model, out_path, options, check, saved_model=True)
+
+
+def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check, saved_model: bool):
+    payload = {"onnx": model.path, "out": str(out_path), "saved_model": saved_model,
+               "keep_nchw": [t.name for t in model.spec.inputs if len(t.shape or ()) in NCHW_TO_NHWC]
+               if options.keep_layout else []}
+    info = run_job("converters.onnx_to_tflite:job", payload, options.timeout, options.debug)
+    result = ConversionResult(path=out_path, converter="onnx_to_saved_model" if saved_model else "onnx_to_tflite",
+                              tool=info["tool"])
+    artifact = load_model(str(out_path))
+    result.input_perms = _perms(model.spec.inputs, artifact.spec.inputs, to_artifact=True)
+    result.output_perms = _perms(model.spec.outputs, artifact.spec.outputs, to_artifact=False)
+    layout = {"inputs": result.input_perms, "outputs": result.output_perms}
+    report = check(out_path, options.samples, layout=layout)
+    result.attempts.append({"tool": "onnx2tf", "ok": report.passed, "why": report.summary()})
+    result.parity = report
+    if not report.passed:
+        raise ConversionError("the onnx2tf model does not match the source: " + report.summary(),
+                              "try --via litert, or simplify the ONNX graph first")
+    if any(result.output_perms.values()):
+        result.notes.append(f"onnx2tf made outputs channels-last; recorded permutations {result.output_perms}")
+    return result
+
+
+def _perms(source: tuple, artifact: tuple, to_artifact: bool) -> dict:
+    """The permutation onnx2tf applied, read from shapes (by position: onnx2tf may rename tensors).
+
+    Inputs: axes that take a source tensor to the artifact's layout; outputs: axes that take
+    the artifact's tensor back to the source's. Only onnx2tf's one rule (channels moved last)
+    is considered: a shape that fits neither is left unpermuted and parity will say so.
+    """
+    perms = {}
+    for src, art in zip(source, artifact):
+        rank = len(src.shape)
+        nhwc = NCHW_TO_NHWC.get(rank)
+        if nhwc is None or tuple(art.shape) == tuple(src.shape) and not _ambiguous(src.shape, nhwc):
+            continue
+        channels_last = tuple(src.shape[i] for i in nhwc)
+        if _same_dims(art.shape, channels_last) and not _same_dims(art.shape, src.shape):
+            perms[art.name] = nhwc if to_artifact else [nhwc.index(i) for i in range(rank)]
+        elif _same_dims(art.shape, channels_last) and not to_artifact:
+            perms[art.name] = [nhwc.index(i) for i in range(rank)]   # square maps: onnx2tf's rule decides
+    return perms
+
+
+def _ambiguous(shape: tuple, nhwc: list) -> bool:
+    return tuple(shape[i] for i in nhwc) == tuple(shape)
+
+
+def _same_dims(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x == y or isinstance(x, str) or isinstance(y, str) for x, y in zip(a, b))
+
+
+def job(payload: dict) -> dict:
+    """Child side: run onnx2tf on a copy of the ONNX file in a scratch directory."""
+    import numpy as np
+    import onnx2tf
+
+    out = Path(payload["out"])
+    with tempfile.TemporaryDirectory(prefix="deploykit-onnx2tf-") as tmp:
+        scratch = Path(tmp)
+        source = scratch / "model.onnx"
+        shutil.copyfile(payload["onnx"], source)
+        np.save(scratch / CALIBRATION_FILE, np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
+        folder = scratch / "out"
+        import os
+
+        cwd = os.getcwd()
+        os.chdir(scratch)
+        try:
+            onnx2tf.convert(input_onnx_file_path=str(source), output_folder_path=str(folder), not_use_onnxsim=True,
+                            copy_onnx_input_output_names_to_tflite=True, output_signaturedefs=True,
+                            keep_ncw_or_nchw_or_ncdhw_input_names=payload["keep_nchw"] or None, non_verbose=True)
+        finally:
+            os.chdir(cwd)
+        if payload["saved_model"]:
+            shutil.move(str(folder), str(out))
+            for stray in out.glob("*.tflite"):
+                stray.unlink()
+        else:
+            shutil.move(str(folder / "model_float32.tflite"), str(out))
+    return {"tool": f"onnx2tf {onnx2tf.__version__}"}

@@ -1,0 +1,153 @@
+"""Run conversion routes (chains of registry edges), verify every hop against the source,
+and pick the route to keep: the first that passes, or with --route all the best one."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from deploykit import registry
+from deploykit.errors import ConversionError, ModelLoadError, ParityError, UnsupportedModelError, UsageError
+from deploykit.formats import Format
+from deploykit.model import LoadedModel, load_model, sha256_of
+
+SUFFIXES = {Format.ONNX: ".onnx", Format.TFLITE: ".tflite", Format.SAVED_MODEL: "_saved_model"}
+
+
+@dataclass
+class RouteRun:
+    route: list
+    hops: list = field(default_factory=list)        # ConversionResult per edge
+    layout: dict = field(default_factory=dict)      # final artifact vs source: {"inputs": {...}, "outputs": {...}}
+    seconds: float = 0.0
+    error: Optional[ConversionError] = None
+    latency_ms: Optional[float] = None
+
+    @property
+    def name(self) -> str:
+        return " → ".join(e.name for e in self.route)
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.hops) and self.hops[-1].parity is not None \
+            and self.hops[-1].parity.passed
+
+    @property
+    def final(self):
+        return self.hops[-1]
+
+    def worst(self, metric: str, pick=max):
+        if not self.passed:
+            return None
+        values = [getattr(o, metric) for o in self.final.parity.outputs if getattr(o, metric) is not None]
+        return pick(values) if values else None
+
+    def to_dict(self) -> dict:
+        return {"route": self.name, "passed": self.passed, "seconds": round(self.seconds, 2),
+                "error": self.error.message if self.error else None,
+                "max_abs": self.worst("max_abs"), "cosine": self.worst("cosine", min),
+                "latency_ms_1thread": self.latency_ms,
+                "hops": [_hop_dict(edge, hop) for edge, hop in zip(self.route, self.hops)]}
+
+
+def _hop_dict(edge, hop) -> dict:
+    return {"edge": edge.name, "tool": hop.tool, "attempts": hop.attempts, "notes": hop.notes,
+            "parity_vs_source": hop.parity.summary() if hop.parity else None,
+            "artifact_sha256": sha256_of(hop.path) if Path(hop.path).exists() else None}
+
+
+def select_routes(src: Format, dst: Format, via: Optional[str]) -> list:
+    """Available routes from src to dst, preferred first; ``via`` keeps those through a format or tool."""
+    routes = registry.plan(src, dst)
+    if not routes:
+        raise UsageError(f"no conversion from {src.value} to {dst.value} is available",
+                         "see the README's support table, or `deploykit doctor` for the routes this install has")
+    if via:
+        routes = [r for r in routes if via in {e.tag for e in r} | {e.dst.value for e in r[:-1]}]
+        if not routes:
+            tags = sorted({e.tag for r in registry.plan(src, dst) for e in r} |
+                          {e.dst.value for r in registry.plan(src, dst) for e in r[:-1]})
+            raise UsageError(f"no route from {src.value} to {dst.value} goes via {via!r}",
+                             f"use --via one of {', '.join(tags)}")
+    usable = [r for r in routes if all(e.available for e in r)]
+    if not usable:
+        missing = tuple(p for e in routes[0] for p in e.requires)
+        registry.require(missing, f"needed for {' → '.join(e.name for e in routes[0])}")
+    return usable
+
+
+def run_route(route: list, model: LoadedModel, out: Path, options, checker) -> RouteRun:
+    """Convert hop by hop; each intermediate and the final artifact is checked against the source."""
+    run, current, started = RouteRun(route), model, time.perf_counter()
+    previous_layout: dict = {}
+    try:
+        for index, edge in enumerate(route):
+            last = index == len(route) - 1
+            path = out if last else out.with_name(f"{out.stem}.hop{index}{SUFFIXES[edge.dst]}")
+
+            def check(candidate, samples, batch=None, layout=None, _prev=previous_layout):
+                return checker.check(candidate, samples, batch, layout=compose(_prev, layout or {}))
+
+            result = registry.resolve(edge.target)(current, path, options, check)
+            run.hops.append(result)
+            previous_layout = compose(previous_layout, {"inputs": result.input_perms, "outputs": result.output_perms})
+            if not last:
+                current = load_model(str(result.path))
+        run.layout = previous_layout
+        if options.dynamic_batch:
+            _check_dynamic_batch(run, checker)
+    except ConversionError as exc:
+        run.error = exc
+    except (ModelLoadError, ParityError, UnsupportedModelError) as exc:
+        # An artifact that does not load or run is a failed conversion, not bad user input.
+        run.error = ConversionError(f"{run.name}: the converted model does not run: {exc.message}", exc.remedy)
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def _check_dynamic_batch(run: RouteRun, checker) -> None:
+    report = checker.check(run.final.path, 2, batch=3, layout=run.layout)
+    if not report.passed:
+        raise ConversionError("the artifact does not run correctly at batch 3 with --dynamic-batch: "
+                              + report.summary(), "the model fixes its batch size inside; drop --dynamic-batch")
+    run.final.notes.append("verified at batch 3 as well (dynamic batch)")
+
+
+def compose(first: dict, second: dict) -> dict:
+    """Compose two layout records (source→A, A→B) into source→B.
+
+    Inputs: a source tensor is transposed by ``first`` then ``second``; outputs: an artifact
+    tensor by ``second`` then ``first``. Tensors are matched by position, since hops rename them.
+    """
+    if not first or not any(first.values()):
+        return dict(second)
+    if not second or not any(second.values()):
+        return dict(first)
+    result = {}
+    for kind in ("inputs", "outputs"):
+        a, b = list((first.get(kind) or {}).items()), list((second.get(kind) or {}).items())
+        merged = {}
+        for index, (name, perm_b) in enumerate(b):
+            perm_a = a[index][1] if index < len(a) else None
+            if kind == "inputs":
+                merged[name] = [perm_a[j] for j in perm_b] if perm_a and perm_b else (perm_b or perm_a)
+            else:
+                merged[name] = [perm_b[j] for j in perm_a] if perm_a and perm_b else (perm_b or perm_a)
+        result[kind] = merged
+    return result
+
+
+def choose(runs: list, route_all: bool) -> RouteRun:
+    """The first passing run, or with --route all the passing run with the lowest latency."""
+    passing = [r for r in runs if r.passed]
+    if not passing:
+        messages = "; ".join(f"{r.name}: {r.error.message if r.error else 'parity failed'}" for r in runs)
+        if len(runs) == 1 and runs[0].error:
+            raise runs[0].error
+        # The preferred route's remedy is the one that matters (it names the construct, say).
+        remedy = next((r.error.remedy for r in runs if r.error), "run with --debug for the converters' logs")
+        raise ConversionError(f"every route failed: {messages}", remedy)
+    if not route_all:
+        return passing[0]
+    return min(passing, key=lambda r: (r.latency_ms if r.latency_ms is not None else float("inf")))

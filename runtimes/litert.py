@@ -1,0 +1,129 @@
+"""LiteRT (formerly TensorFlow Lite): read a .tflite signature and run it with ai_edge_litert.
+
+tflite-runtime is not used: 2.14 fails under numpy 2 (FIELD-NOTES); ai_edge_litert is its
+maintained successor, with XNNPACK on by default.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from deploykit.errors import ModelLoadError
+from deploykit.formats import Format
+from deploykit.model import LoadedModel, LoadOptions
+from deploykit.spec import ModelSpec, TensorSpec
+from runtimes.base import RunnerBase, RunnerOptions
+
+
+def _interpreter(path: str, threads=None, xnnpack: bool = True):
+    from ai_edge_litert import interpreter as litert
+
+    kwargs = {"model_path": path, "num_threads": threads}
+    if not xnnpack:
+        kwargs["experimental_op_resolver_type"] = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    return litert.Interpreter(**kwargs)
+
+
+def describe(path: str) -> dict:
+    """Signature of a .tflite file (run in a child process by load_model: a bad file can crash LiteRT)."""
+    try:
+        interpreter = _interpreter(path)
+    except Exception as exc:  # noqa: BLE001 - ValueError for flatbuffer errors
+        raise ModelLoadError(f"{path}: not a valid TFLite model ({' '.join(str(exc).split())[:200]})",
+                             "the file is truncated or corrupt: convert or copy it again") from None
+    signatures = interpreter.get_signature_list()
+    if signatures:
+        key = "serving_default" if "serving_default" in signatures else sorted(signatures)[0]
+        runner = interpreter.get_signature_runner(key)
+        inputs = [_spec(name, d) for name, d in runner.get_input_details().items()]
+        outputs = [_spec(name, d) for name, d in sorted(runner.get_output_details().items(),
+                                                         key=lambda kv: _natural(kv[0]))]
+    else:
+        key = None
+        inputs = [_spec(d["name"], d) for d in interpreter.get_input_details()]
+        outputs = [_spec(d["name"], d) for d in interpreter.get_output_details()]
+    return {"signature_key": key, "spec": ModelSpec(tuple(inputs), tuple(outputs)).to_dict()}
+
+
+def _spec(name: str, detail: dict) -> TensorSpec:
+    signature = detail.get("shape_signature")
+    dims = signature if signature is not None and len(signature) else detail["shape"]
+    shape = tuple("batch" if (int(d) < 0 and i == 0) else ("?" if int(d) < 0 else int(d)) for i, d in enumerate(dims))
+    return TensorSpec(name, shape, np.dtype(detail["dtype"]).name)
+
+
+def _natural(name: str):
+    head = name.rstrip("0123456789")
+    tail = name[len(head):]
+    return (head, int(tail) if tail else -1)
+
+
+def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
+    from converters.child import run_job
+    from deploykit.errors import ConversionError
+
+    try:
+        info = run_job("runtimes.litert:describe_job", {"path": path}, timeout=120)
+    except ConversionError as exc:
+        raise ModelLoadError(exc.message.replace("describe_job: ", ""), exc.remedy) from None
+    spec = ModelSpec.from_dict(info["spec"])
+    if options.input_specs:
+        by_name = {s.name: s for s in options.input_specs}
+        spec = ModelSpec(tuple(by_name.get(t.name, t) for t in spec.inputs), spec.outputs)
+    return LoadedModel(path=path, format=fmt, spec=spec, details={"signature_key": info["signature_key"]})
+
+
+def describe_job(payload: dict) -> dict:
+    return describe(payload["path"])
+
+
+class LiteRTRunner(RunnerBase):
+    """ai_edge_litert Interpreter through its signature runner; XNNPACK on unless options say otherwise."""
+
+    def __init__(self, model: LoadedModel, options: RunnerOptions = RunnerOptions()):
+        self.model, self.options = model, options
+        self.interpreter, self.runner = None, None
+
+    def open(self) -> None:
+        try:
+            self.interpreter = _interpreter(self.model.path, self.options.threads, self.options.xnnpack)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"LiteRT cannot load {self.model.path}: {' '.join(str(exc).split())[:200]}",
+                                 "convert the model again") from None
+        key = self.model.details.get("signature_key")
+        if key is None and self.interpreter.get_signature_list():
+            key = sorted(self.interpreter.get_signature_list())[0]
+        self.runner = self.interpreter.get_signature_runner(key) if key else None
+
+    @property
+    def active_providers(self) -> list:
+        # LiteRT has no API that reports applied delegates; the op resolver choice decides it.
+        return ["XNNPACK"] if self.options.xnnpack else ["builtin kernels (no delegate)"]
+
+    def spec(self) -> ModelSpec:
+        return self.model.spec
+
+    def run(self, feeds: Mapping) -> dict:
+        if self.runner is None:
+            return self._run_without_signature(feeds)
+        details = self.runner.get_input_details()
+        inputs = {name: np.ascontiguousarray(feeds[name], dtype=details[name]["dtype"]) for name in details}
+        # The signature runner resizes inputs whose shapes differ (dynamic dims such as [-1, ...]).
+        outputs = self.runner(**inputs)
+        return {name: outputs[name] for name in sorted(outputs, key=_natural)}
+
+    def _run_without_signature(self, feeds: Mapping) -> dict:
+        interpreter = self.interpreter
+        for detail in interpreter.get_input_details():
+            value = np.ascontiguousarray(feeds[detail["name"]], dtype=detail["dtype"])
+            if tuple(detail["shape"]) != value.shape:
+                interpreter.resize_tensor_input(detail["index"], value.shape)
+        interpreter.allocate_tensors()
+        for detail in interpreter.get_input_details():
+            interpreter.set_tensor(detail["index"], np.ascontiguousarray(feeds[detail["name"]], dtype=detail["dtype"]))
+        interpreter.invoke()
+        return {d["name"]: interpreter.get_tensor(d["index"]).copy() for d in interpreter.get_output_details()}
+
+    def close(self) -> None:
+        self.runner, self.interpreter = None, None
