@@ -4,7 +4,9 @@ onnx2tf's traps (FIELD-NOTES) and how they are handled here:
 * it overwrites the .onnx it is given: it gets a temporary copy;
 * it may download calibration images for 3-channel inputs: it runs in a scratch directory
   that already holds a (random) calibration file, so nothing is fetched;
-* it shells out to onnxsim when found (~9 s a run): not_use_onnxsim;
+* it shells out to onnxsim when found (~9 s a run) and rewrites names with sng4onnx:
+  not_use_onnxsim, not_use_opname_auto_generate;
+* its .tflite files carry no signature: the LiteRT runner falls back to the raw tensor API;
 * it turns NCHW inputs and 4-D outputs into NHWC (TFLite's native layout, the fast one on
   phones): the permutations are read from the shapes and recorded in the manifest, so
   verify feeds and compares in the source's layout; --keep-layout keeps the inputs NCHW
@@ -101,8 +103,9 @@ def job(payload: dict) -> dict:
         cwd = os.getcwd()
         os.chdir(scratch)
         try:
+            # copy_onnx_input_output_names_to_tflite is not used: it needs flatc and a download.
             onnx2tf.convert(input_onnx_file_path=str(source), output_folder_path=str(folder), not_use_onnxsim=True,
-                            copy_onnx_input_output_names_to_tflite=True, output_signaturedefs=True,
+                            not_use_opname_auto_generate=True, output_signaturedefs=True,
                             keep_ncw_or_nchw_or_ncdhw_input_names=payload["keep_nchw"] or None, non_verbose=True)
         finally:
             os.chdir(cwd)

@@ -40,6 +40,9 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
 
 def job(payload: dict) -> dict:
     """Child side: load the source again, convert, write the .tflite file."""
+    import os
+
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
     import litert_torch
     import torch
 

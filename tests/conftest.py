@@ -38,10 +38,24 @@ def samples_dir(tmp_path_factory) -> Path:
     """Every sample model written once per session (TorchScript, .pt2, weights, inputs)."""
     if not _has("torch"):
         pytest.skip("needs torch")
+    from sample_models import names
     from sample_models.build import build_samples
 
     folder = tmp_path_factory.mktemp("samples")
-    build_samples(folder)
+    build_samples(folder, tuple(names("torch")))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def keras_samples_dir(tmp_path_factory) -> Path:
+    """The Keras samples (.keras, .h5, inputs) written once per session."""
+    if not _has("tensorflow"):
+        pytest.skip("needs tensorflow")
+    from sample_models import names
+    from sample_models.build import build_samples
+
+    folder = tmp_path_factory.mktemp("keras_samples")
+    build_samples(folder, tuple(names("tensorflow")))
     return folder
 
 
@@ -53,11 +67,13 @@ def exported(samples_dir, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("onnx")
     cache: dict = {}
 
-    def get(source_name: str):
-        if source_name not in cache:
-            out = folder / (source_name.replace(".", "_") + ".onnx")
-            cache[source_name] = api.export(str(samples_dir / source_name), "onnx", str(out))
-        return cache[source_name]
+    def get(source_name: str, to: str = "onnx", via: "str | None" = None, source_dir: "Path | None" = None):
+        key = (source_name, to, via)
+        if key not in cache:
+            suffix = {"onnx": ".onnx", "tflite": ".tflite", "saved_model": "_saved_model"}[to]
+            out = folder / (source_name.replace(".", "_") + f"_{via or 'default'}{suffix}")
+            cache[key] = api.export(str((source_dir or samples_dir) / source_name), to, str(out), via=via)
+        return cache[key]
 
     return get
 

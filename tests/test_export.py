@@ -11,8 +11,8 @@ from sample_models import SAMPLES
 
 pytestmark = [pytest.mark.torch, pytest.mark.onnxruntime]
 
-FILES = [(s.name, f"{s.name}.pt2") for s in SAMPLES if s.exportable] + \
-        [(s.name, f"{s.name}.pt") for s in SAMPLES if s.torchscript]
+TORCH = [s for s in SAMPLES if s.framework == "torch"]
+FILES = [(s.name, f"{s.name}.pt2") for s in TORCH if s.exportable] + [(s.name, f"{s.name}.pt") for s in TORCH if s.torchscript]
 
 
 @pytest.mark.parametrize("sample, source", FILES, ids=[f for _s, f in FILES])
@@ -30,7 +30,7 @@ def test_every_sample_file_exports_and_verifies(exported, sample, source):
 
 
 # MobileNetV2 is left out of this row only to keep the suite fast: its factory path is the same code.
-@pytest.mark.parametrize("sample", [s for s in SAMPLES if s.exportable and s.name != "mobilenet_v2"],
+@pytest.mark.parametrize("sample", [s for s in TORCH if s.exportable and s.name != "mobilenet_v2"],
                          ids=lambda s: s.name)
 def test_factory_plus_weights_exports(samples_dir, tmp_path, sample):
     result = api.export(sample.factory, "onnx", str(tmp_path / "m.onnx"),

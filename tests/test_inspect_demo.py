@@ -28,15 +28,18 @@ def test_missing_dependency_is_exit_3_with_an_install_hint(monkeypatch, samples_
     from deploykit import registry
 
     real = registry.missing_packages
-    monkeypatch.setattr(registry, "missing_packages", lambda req: [p for p in req if p == "onnxscript"] or real(req))
+    hidden = ("onnxscript", "litert_torch")
+    monkeypatch.setattr(registry, "missing_packages", lambda req: [p for p in req if p in hidden] or real(req))
     with pytest.raises(MissingDependency) as info:
         api.export(str(samples_dir / "two_layer_net.pt2"), "onnx", str(tmp_path / "x.onnx"))
     assert info.value.exit_code == 3 and "deploykit[torch]" in info.value.remedy
 
 
-def test_unsupported_target_route_is_a_usage_error(samples_dir, tmp_path):
-    with pytest.raises(UsageError, match="no conversion from exported_program to tflite"):
-        api.export(str(samples_dir / "two_layer_net.pt2"), "tflite", str(tmp_path / "x.tflite"))
+def test_unsupported_target_route_is_a_usage_error(exported, tmp_path):
+    with pytest.raises(UsageError, match="no conversion from onnx to onnx"):
+        api.export(exported("two_layer_net.pt2").artifact, "onnx", str(tmp_path / "x.onnx"))
+    with pytest.raises(UsageError, match="unknown target"):
+        api.export(exported("two_layer_net.pt2").artifact, "coreml", str(tmp_path / "x.ml"))
 
 
 @pytest.mark.slow

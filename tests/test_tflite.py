@@ -1,0 +1,171 @@
+"""TFLite / TensorFlow: the e2e matrix sample x route x runtime, layouts, chain verify, Keras sources."""
+import json
+
+import numpy as np
+import pytest
+
+from deploykit import api
+from deploykit.errors import ConversionError, ModelLoadError, UsageError
+from deploykit.introspect import inspect_model
+
+pytestmark = [pytest.mark.torch, pytest.mark.tensorflow, pytest.mark.litert, pytest.mark.onnxruntime]
+
+# (source file, --via, first edge expected). Every supported cell of the README's support table.
+TORCH_TO_TFLITE = [
+    ("two_layer_net.pt2", "litert", "torch_to_tflite"),
+    ("two_layer_net.pt2", "onnx", "torch_to_onnx"),
+    ("two_layer_custom_relu.pt2", "litert", "torch_to_tflite"),
+    ("mobilenet_v2.pt2", "litert", "torch_to_tflite"),
+    ("mobilenet_v2.pt2", "onnx", "torch_to_onnx"),
+    ("tiny_transformer.pt2", "litert", "torch_to_tflite"),
+    ("tiny_transformer.pt", None, "torch_to_onnx"),
+    ("dynamic_gate.pt", None, "torch_to_onnx"),
+]
+
+
+def _manifest(result) -> dict:
+    return json.loads(open(result.manifest).read())
+
+
+@pytest.mark.parametrize("source, via, first_edge", TORCH_TO_TFLITE, ids=[f"{s}-{v}" for s, v, _ in TORCH_TO_TFLITE])
+def test_torch_samples_to_tflite(exported, source, via, first_edge):
+    result = exported(source, "tflite", via)
+    assert result.passed, result.parity["summary"]
+    data = _manifest(result)
+    assert data["route"][0]["edge"] == first_edge
+    assert data["parity"]["outputs"][0]["cosine"] > 0.99999
+    assert any("ran on litert (XNNPACK)" in note for note in data["parity"]["notes"])
+
+
+def test_onnx2tf_layout_is_recorded_and_applied(exported):
+    data = _manifest(exported("mobilenet_v2.pt2", "tflite", "onnx"))
+    assert data["layout"]["inputs"] == {"image": [0, 2, 3, 1]}
+    assert data["signature"]["inputs"][0]["shape"] == [1, 224, 224, 3]
+    assert data["signature"]["inputs"][0]["layout"] == "NHWC"
+    assert [hop["edge"] for hop in data["route"]] == ["torch_to_onnx", "onnx_to_tflite"]
+    assert all(hop["parity_vs_source"].startswith("PASS") for hop in data["route"])
+
+
+def test_litert_keeps_nchw_and_narrows_token_ids(exported):
+    data = _manifest(exported("mobilenet_v2.pt2", "tflite", "litert"))
+    assert data["layout"] == {"inputs": {}, "outputs": {}}
+    assert data["signature"]["inputs"][0]["layout"] == "NCHW"
+    data = _manifest(exported("tiny_transformer.pt2", "tflite", "litert"))
+    assert data["signature"]["inputs"][0]["dtype"] == "int32"
+    assert any("int32" in note for note in data["route"][0]["notes"])
+
+
+def test_feature_map_outputs_are_compared_in_the_source_layout(tmp_path):
+    import torch
+
+    (tmp_path / "fm.py").write_text(
+        "import torch\nclass F(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        torch.manual_seed(0)\n        self.conv = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1)\n"
+        "    def forward(self, image):\n        return torch.relu(self.conv(image))\n"
+        "    def example_inputs(self):\n        return (torch.rand(1, 3, 20, 12),)\n"
+        "def build():\n    return F().eval()\n")
+    import sys
+    sys.path.insert(0, str(tmp_path))
+    try:
+        for keep in (False, True):
+            out = tmp_path / f"fm_{keep}.tflite"
+            result = api.export("fm:build", "tflite", str(out), via="onnx", keep_layout=keep)
+            layout = _manifest(result)["layout"]
+            assert list(layout["outputs"].values()) == [[0, 3, 1, 2]]
+            assert bool(layout["inputs"]) is not keep
+        report = api.verify("fm:build", [str(tmp_path / "fm_False.tflite"), str(tmp_path / "fm_True.tflite")])
+        assert [r.passed for r in report.reports] == [True, True, True]
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert torch
+
+
+def test_route_all_builds_and_times_every_route(samples_dir, tmp_path):
+    result = api.export(str(samples_dir / "two_layer_net.pt2"), "tflite", str(tmp_path / "m.tflite"), route_all=True)
+    assert {r["route"] for r in result.routes} == {"torch_to_tflite", "torch_to_onnx → onnx_to_tflite"}
+    assert all(r["passed"] and r["latency_ms_1thread"] > 0 for r in result.routes)
+    assert sum(r["chosen"] for r in result.routes) == 1
+    assert len(_manifest(result)["routes"]) == 2
+
+
+def test_unsupported_cells_fail_with_a_verdict(samples_dir, tmp_path):
+    with pytest.raises(UsageError, match="use --via one of"):
+        api.export(str(samples_dir / "mobilenet_v2.pt"), "tflite", str(tmp_path / "a.tflite"), via="litert")
+    with pytest.raises(ConversionError, match="data-dependent control flow") as info:
+        api.export("sample_models.dynamic:dynamic_gate", "tflite", str(tmp_path / "b.tflite"),
+                   load=api.load_options(weights=str(samples_dir / "dynamic_gate.weights.pt")))
+    assert info.value.exit_code == 4 and "torch.cond" in info.value.remedy
+    with pytest.raises(ConversionError, match="dynamic batch"):
+        api.export(str(samples_dir / "two_layer_net.pt2"), "tflite", str(tmp_path / "c.tflite"), via="litert",
+                   dynamic_batch=True)
+    assert not list(tmp_path.glob("*.tflite"))
+
+
+@pytest.mark.parametrize("source, target", [
+    ("keras_two_layer_net.keras", "tflite"), ("keras_two_layer_net.keras", "onnx"),
+    ("keras_two_layer_net.keras", "saved_model"), ("keras_two_layer_net.h5", "tflite"),
+    ("keras_mobilenet_v2.keras", "tflite"), ("keras_mobilenet_v2.keras", "onnx"),
+])
+def test_keras_samples_to_every_target(exported, keras_samples_dir, source, target):
+    result = exported(source, target, None, keras_samples_dir)
+    assert result.passed, result.parity["summary"]
+    assert _manifest(result)["layout"] == {"inputs": {}, "outputs": {}}
+
+
+def test_chain_verify_keras_to_onnx_tflite_saved_model(exported, keras_samples_dir):
+    artifacts = [exported("keras_two_layer_net.keras", t, None, keras_samples_dir).artifact
+                 for t in ("onnx", "tflite", "saved_model")]
+    report = api.verify(str(keras_samples_dir / "keras_two_layer_net.h5"), artifacts, options=api.VerifyOptions(samples=3))
+    assert len(report.reports) == 5 and report.passed
+    assert "hop" in report.reports[2].notes[-1]
+
+
+def test_saved_model_source_and_tflite_back_to_onnx(exported, keras_samples_dir, tmp_path):
+    saved = exported("keras_two_layer_net.keras", "saved_model", None, keras_samples_dir).artifact
+    back = api.export(saved, "onnx", str(tmp_path / "from_saved_model.onnx"))
+    assert back.passed and _manifest(back)["route"][0]["edge"] == "keras_to_onnx"
+    tflite = exported("keras_mobilenet_v2.keras", "tflite", None, keras_samples_dir).artifact
+    onnx_again = api.export(tflite, "onnx", str(tmp_path / "from_tflite.onnx"))
+    assert onnx_again.passed and _manifest(onnx_again)["route"][0]["edge"] == "tflite_to_onnx"
+
+
+def test_xnnpack_switch_and_inspect(exported, samples_dir):
+    artifact = exported("mobilenet_v2.pt2", "tflite", "litert").artifact
+    report = api.verify(str(samples_dir / "mobilenet_v2.pt2"), [artifact],
+                        options=api.VerifyOptions(samples=1, xnnpack=False))
+    assert report.passed and any("no delegate" in n for n in report.reports[0].notes)
+    info = inspect_model(artifact)
+    assert info["format"] == "tflite" and info["signature"]["inputs"][0]["shape"] == [1, 3, 224, 224]
+
+
+def test_corrupt_tflite_is_a_load_error(exported, tmp_path):
+    data = open(exported("two_layer_net.pt2", "tflite", "litert").artifact, "rb").read()
+    (tmp_path / "cut.tflite").write_bytes(data[:64])
+    with pytest.raises(ModelLoadError):
+        inspect_model(str(tmp_path / "cut.tflite"))
+
+
+def test_reference_architectures_not_written_for_deploykit(tmp_path):
+    """A Keras application with random weights -> ONNX (tf2onnx) -> TFLite (onnx2tf), and a torch
+    nn.TransformerEncoder program -> TFLite (litert-torch)."""
+    import keras
+    import torch
+
+    keras.utils.set_random_seed(0)
+    app = keras.applications.MobileNetV3Small(weights=None, input_shape=(96, 96, 3), classes=10,
+                                              include_preprocessing=False)
+    app.save(tmp_path / "mnv3.keras")
+    onnx_file = api.export(str(tmp_path / "mnv3.keras"), "onnx", str(tmp_path / "mnv3.onnx"))
+    assert onnx_file.passed
+    back = api.export(onnx_file.artifact, "tflite", str(tmp_path / "mnv3.tflite"))
+    assert back.passed, back.parity["summary"]
+    report = api.verify(str(tmp_path / "mnv3.keras"), [onnx_file.artifact, back.artifact])
+    assert report.passed
+
+    torch.manual_seed(4)
+    layer = torch.nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True, dropout=0.0)
+    encoder = torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+    torch.export.save(torch.export.export(encoder, (torch.randn(1, 12, 32),)), str(tmp_path / "enc.pt2"))
+    result = api.export(str(tmp_path / "enc.pt2"), "tflite", str(tmp_path / "enc.tflite"))
+    assert result.passed
+    assert np.isfinite(result.parity["outputs"][0]["max_abs"])
