@@ -36,7 +36,7 @@ def run_job(target: str, payload: dict, timeout: float, debug: bool = False) -> 
         if result.exists():
             data = json.loads(result.read_text())
             if "error" in data:
-                raise ConversionError(f"{name}: {data['error']}", data.get("remedy") or
+                raise ConversionError(data["error"], data.get("remedy") or
                                       "run with --debug for the converter's log, or try another route with --via")
             return data
         how = f"crashed with {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 \

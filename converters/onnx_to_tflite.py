@@ -7,6 +7,8 @@ onnx2tf's traps (FIELD-NOTES) and how they are handled here:
 * it shells out to onnxsim when found (~9 s a run) and rewrites names with sng4onnx:
   not_use_onnxsim, not_use_opname_auto_generate;
 * its .tflite files carry no signature: the LiteRT runner falls back to the raw tensor API;
+* it assumes 4-D inputs are NCHW: inputs that are already NHWC (a Keras model through
+  tf2onnx) are named to keep_nwc_or_nhwc_or_ndhwc_input_names, else it transposes them twice;
 * it turns NCHW inputs and 4-D outputs into NHWC (TFLite's native layout, the fast one on
   phones): the permutations are read from the shapes and recorded in the manifest, so
   verify feeds and compares in the source's layout; --keep-layout keeps the inputs NCHW
@@ -36,9 +38,10 @@ def convert_saved_model(model: LoadedModel, out_path: Path, options: ExportOptio
 
 
 def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check, saved_model: bool):
-    payload = {"onnx": model.path, "out": str(out_path), "saved_model": saved_model,
-               "keep_nchw": [t.name for t in model.spec.inputs if len(t.shape or ()) in NCHW_TO_NHWC]
-               if options.keep_layout else []}
+    nhwc = _channels_last_inputs(model)
+    payload = {"onnx": model.path, "out": str(out_path), "saved_model": saved_model, "keep_nhwc": nhwc,
+               "keep_nchw": [t.name for t in model.spec.inputs if len(t.shape or ()) in NCHW_TO_NHWC
+                             and t.name not in nhwc] if options.keep_layout else []}
     info = run_job("converters.onnx_to_tflite:job", payload, options.timeout, options.debug)
     result = ConversionResult(path=out_path, converter="onnx_to_saved_model" if saved_model else "onnx_to_tflite",
                               tool=info["tool"])
@@ -55,6 +58,25 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
     if any(result.output_perms.values()):
         result.notes.append(f"onnx2tf made outputs channels-last; recorded permutations {result.output_perms}")
     return result
+
+
+def _channels_last_inputs(model: LoadedModel) -> list:
+    """Inputs that are already channels-last, which onnx2tf must not transpose again.
+
+    Known from the layout label (deploykit's manifest: a Keras source is NHWC), or from the
+    graph itself: an input whose every consumer is Transpose(perm=[0, 3, 1, 2]) is NHWC data
+    that the exporter (tf2onnx, say) turns into NCHW inside the graph.
+    """
+    from runtimes.onnxruntime import read_onnx
+
+    labelled = {t.name for t in model.spec.inputs if t.layout in ("NHWC", "NWC", "NDHWC")}
+    graph = read_onnx(model.path).graph
+    for tensor in model.spec.inputs:
+        consumers = [n for n in graph.node if tensor.name in n.input]
+        perms = [list(a.ints) for n in consumers if n.op_type == "Transpose" for a in n.attribute if a.name == "perm"]
+        if consumers and len(perms) == len(consumers) and all(p == [0, 3, 1, 2] for p in perms):
+            labelled.add(tensor.name)
+    return sorted(labelled)
 
 
 def _perms(source: tuple, artifact: tuple, to_artifact: bool) -> dict:
@@ -106,7 +128,8 @@ def job(payload: dict) -> dict:
             # copy_onnx_input_output_names_to_tflite is not used: it needs flatc and a download.
             onnx2tf.convert(input_onnx_file_path=str(source), output_folder_path=str(folder), not_use_onnxsim=True,
                             not_use_opname_auto_generate=True, output_signaturedefs=True,
-                            keep_ncw_or_nchw_or_ncdhw_input_names=payload["keep_nchw"] or None, non_verbose=True)
+                            keep_ncw_or_nchw_or_ncdhw_input_names=payload["keep_nchw"] or None,
+                            keep_nwc_or_nhwc_or_ndhwc_input_names=payload["keep_nhwc"] or None, non_verbose=True)
         finally:
             os.chdir(cwd)
         if payload["saved_model"]:

@@ -98,14 +98,14 @@ def _export_ts2ep(model: LoadedModel, example: tuple, out_path: Path, options: E
 def _explain_fallback(result: ConversionResult, name: str, dynamo_error, baked: list, samples: int) -> None:
     if dynamo_error:
         result.warnings.append(f"the dynamo exporter failed ({_brief(dynamo_error)}); used the {name} exporter")
-    construct = _data_dependent_site(dynamo_error, baked)
+    construct = data_dependent_site(dynamo_error, baked)
     if construct:
         result.warnings.append(f"data-dependent control flow at {construct}: parity holds on {samples} inputs of "
                                "varied sign and scale, but a branch no input took may differ")
 
 
 def _raise_failure(result: ConversionResult, dynamo_error, baked: list) -> None:
-    construct = _data_dependent_site(dynamo_error, baked)
+    construct = data_dependent_site(dynamo_error, baked)
     mismatch = next((a for a in result.attempts if "FAIL" in a["why"]), None)
     if construct and mismatch:
         raise ConversionError(
@@ -175,7 +175,7 @@ def _weight_bytes(model: LoadedModel) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _data_dependent_site(dynamo_error, baked_warnings) -> str:
+def data_dependent_site(dynamo_error, baked_warnings=()) -> str:
     if dynamo_error and any(marker in dynamo_error for marker in _DATA_DEPENDENT):
         match = _CALL_SITE.search(dynamo_error.split("The following call raised this error:")[-1])
         if match:

@@ -56,6 +56,16 @@ def job(payload: dict) -> dict:
     feeds = random_feeds(ModelSpec(specs), samples=1, seed=EXAMPLE_SEED)[0]
     example = tuple(torch.from_numpy(feeds[t.name]) for t in specs)
     module = model.details["exported_program"].module() if "exported_program" in model.details else model.handle
-    litert_torch.convert(module, example).export(payload["out"])
+    try:
+        litert_torch.convert(module, example).export(payload["out"])
+    except Exception as exc:  # noqa: BLE001 - name the construct when torch.export is what failed
+        from converters.torch_to_onnx import _full_text, data_dependent_site
+
+        site = data_dependent_site(_full_text(exc))
+        if site:
+            raise ConversionError(f"data-dependent control flow at {site}: torch.export (inside litert-torch) "
+                                  "cannot capture it", "rewrite the branch with torch.cond(pred, true_fn, false_fn, "
+                                  "(x,)) so that both branches are exported") from None
+        raise
     version = getattr(litert_torch, "__version__", "")
     return {"tool": f"litert-torch {version} (torch {torch.__version__})".replace("  ", " ")}

@@ -252,7 +252,7 @@ def demo(
     output: Annotated[str, typer.Option("-o", "--output", help="Directory for the demo's files.")] = "deploykit-demo",
     as_json: Json = False, debug: Debug = False,
 ) -> None:
-    """The main job end to end on bundled samples: build, export to ONNX, verify, inspect.
+    """The main job end to end on bundled samples: build, export to ONNX and TFLite, verify the chain, inspect.
 
     Writes into --output, replacing only files an earlier demo wrote there.
     """

@@ -1,4 +1,4 @@
-"""`deploykit demo`: the main job end to end on the bundled samples."""
+"""`deploykit demo`: the main job end to end on the bundled samples (PyTorch -> ONNX and TFLite)."""
 from __future__ import annotations
 
 import time
@@ -22,7 +22,8 @@ def _prepare_dir(output: str) -> Path:
 
 
 def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = False) -> dict:
-    registry.require(("torch", "onnx", "onnxscript", "onnxruntime"), "needed by the demo")
+    registry.require(("torch", "onnx", "onnxscript", "onnxruntime", "ai_edge_litert", "litert_torch", "onnx2tf"),
+                     "needed by the demo")
     from deploykit import render
     from sample_models.build import build_samples
 
@@ -44,14 +45,23 @@ def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = Fa
             render.print_export(result.to_dict())
         steps.append({"step": f"export {name}", **result.to_dict()})
 
-    say("[bold]4. verify[/bold] mobilenet_v2.pt2 against mobilenet_v2.onnx on its example image + 5 random ones")
-    verified = api.verify(str(folder / "mobilenet_v2.pt2"), [str(folder / "mobilenet_v2.onnx")],
+    say("[bold]4. export[/bold] mobilenet_v2.pt2 → TFLite (the first route that verifies: litert-torch, "
+        "else ONNX + onnx2tf)")
+    tflite = api.export(str(folder / "mobilenet_v2.pt2"), "tflite", str(folder / "mobilenet_v2.tflite"), force=True,
+                        debug=debug)
+    if echo:
+        render.print_export(tflite.to_dict())
+    steps.append({"step": "export mobilenet_v2.pt2 to tflite", **tflite.to_dict()})
+
+    say("[bold]5. verify the chain[/bold] mobilenet_v2.pt2 → .onnx → .tflite on its example image + 5 random ones")
+    verified = api.verify(str(folder / "mobilenet_v2.pt2"), [str(folder / "mobilenet_v2.onnx"),
+                                                             str(folder / "mobilenet_v2.tflite")],
                           options=api.VerifyOptions(inputs_npz=str(folder / "mobilenet_v2.inputs.npz")))
     if echo:
         render.print_verify(verified.to_dict())
-    steps.append({"step": "verify mobilenet_v2", **verified.to_dict()})
+    steps.append({"step": "verify mobilenet_v2 chain", **verified.to_dict()})
 
-    say("[bold]5. inspect[/bold] mobilenet_v2.onnx")
+    say("[bold]6. inspect[/bold] mobilenet_v2.onnx")
     info = inspect_model(str(folder / "mobilenet_v2.onnx"))
     if echo:
         render.print_inspect(info)
@@ -66,7 +76,7 @@ def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = Fa
 
 def _dynamic_step(folder: Path, say, debug: bool) -> dict:
     """Data-dependent control flow must be refused with the construct named, not exported wrong."""
-    say("[bold]6. export[/bold] the dynamic-graph sample (an `if` on tensor values) — deploykit must refuse it")
+    say("[bold]7. export[/bold] the dynamic-graph sample (an `if` on tensor values) — deploykit must refuse it")
     try:
         api.export("sample_models.dynamic:dynamic_gate", "onnx", str(folder / "dynamic_gate.onnx"), force=True,
                    load=api.load_options(weights=str(folder / "dynamic_gate.weights.pt")), debug=debug)

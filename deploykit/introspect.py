@@ -24,9 +24,15 @@ def inspect_model(path: str, load: LoadOptions = LoadOptions()) -> dict:
         info["sha256"] = sha256_of(path)
     if model.format == Format.ONNX:
         info.update(_onnx_graph_facts(path))
-    elif model.handle is not None:
+    elif model.format == Format.TFLITE:
+        ops = model.details.get("ops", {})
+        info.update({"ops": ops, "nodes": sum(ops.values())})
+    elif model.format.framework == "torch":
         info.update(_torch_graph_facts(model))
-    info["details"] = {k: v for k, v in model.details.items() if isinstance(v, (str, int, float, bool, dict, list))}
+    elif model.handle is not None and hasattr(model.handle, "count_params"):
+        info["parameters"] = int(model.handle.count_params())
+    info["details"] = {k: v for k, v in model.details.items()
+                       if k != "ops" and isinstance(v, (str, int, float, bool, dict, list))}
     stored = read_manifest(path) if Path(path).exists() else None
     if stored:
         info["manifest"] = {"route": [r.get("edge") for r in stored.get("route", [])],

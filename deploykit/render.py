@@ -52,8 +52,21 @@ def print_parity(report: dict, title: str = "") -> None:
         console.print(f"  note: {note}")
 
 
+def print_routes(routes: list) -> None:
+    table = Table(title="routes tried", title_justify="left")
+    for column in ("route", "status", "convert s", "max_abs", "cosine", "1-thread ms", "kept"):
+        table.add_column(column, justify="left" if column in ("route", "status") else "right")
+    for route in routes:
+        status = "[green]pass[/green]" if route["passed"] else f"[red]FAIL[/red] {(route['error'] or '')[:70]}"
+        table.add_row(route["route"], status, _fmt(route["seconds"]), _fmt(route["max_abs"]),
+                      _fmt(route["cosine"], 7), _fmt(route["latency_ms_1thread"]), "✓" if route.get("chosen") else "")
+    console.print(table)
+
+
 def print_export(result: dict) -> None:
     print_parity(result["parity"], title=f"parity: {result['artifact']}")
+    if len(result.get("routes", [])) > 1:
+        print_routes(result["routes"])
     for hop in result["route"]:
         console.print(f"route: {hop['edge']} via {hop['tool']}")
     for warning in result["warnings"]:
@@ -81,8 +94,9 @@ def print_inspect(info: dict) -> None:
             table.add_row(kind[:-1], t["name"], "x".join(map(str, t["shape"])) or "scalar", t["dtype"],
                           f"[{rng[0]}, {rng[1]})" if rng else "")
     console.print(table)
-    if "parameters" in info:
-        console.print(f"parameters: {info['parameters']:,}   nodes: {info['nodes']}")
+    if "parameters" in info or "nodes" in info:
+        params = f"parameters: {info['parameters']:,}   " if "parameters" in info else ""
+        console.print(f"{params}nodes: {info.get('nodes', '—')}")
     if info.get("ops"):
         ops = ", ".join(f"{name}×{count}" for name, count in list(info["ops"].items())[:15])
         more = len(info["ops"]) - 15

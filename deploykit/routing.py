@@ -59,6 +59,8 @@ def _hop_dict(edge, hop) -> dict:
 
 def select_routes(src: Format, dst: Format, via: Optional[str]) -> list:
     """Available routes from src to dst, preferred first; ``via`` keeps those through a format or tool."""
+    if src == dst:
+        raise UsageError(f"the model is already {dst.value}", "give another --to, or use `deploykit verify` on it")
     routes = registry.plan(src, dst)
     if not routes:
         raise UsageError(f"no conversion from {src.value} to {dst.value} is available",

@@ -43,7 +43,20 @@ def describe(path: str) -> dict:
         key = None
         inputs = [_spec(d["name"], d) for d in interpreter.get_input_details()]
         outputs = [_spec(d["name"], d) for d in interpreter.get_output_details()]
-    return {"signature_key": key, "spec": ModelSpec(tuple(inputs), tuple(outputs)).to_dict()}
+    return {"signature_key": key, "spec": ModelSpec(tuple(inputs), tuple(outputs)).to_dict(), "ops": _op_histogram(path)}
+
+
+def _op_histogram(path: str) -> dict:
+    """Builtin op counts, from a fresh interpreter (LiteRT's op listing is a private but stable call)."""
+    import collections
+
+    try:
+        interpreter = _interpreter(path, xnnpack=False)
+        interpreter.allocate_tensors()
+        counts = collections.Counter(op["op_name"] for op in interpreter._get_ops_details())
+    except Exception:  # noqa: BLE001 - the histogram is informative only
+        return {}
+    return dict(counts.most_common())
 
 
 def _spec(name: str, detail: dict) -> TensorSpec:
@@ -71,11 +84,32 @@ def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
     if options.input_specs:
         by_name = {s.name: s for s in options.input_specs}
         spec = ModelSpec(tuple(by_name.get(t.name, t) for t in spec.inputs), spec.outputs)
-    return LoadedModel(path=path, format=fmt, spec=spec, details={"signature_key": info["signature_key"]})
+    return LoadedModel(path=path, format=fmt, spec=spec,
+                       details={"signature_key": info["signature_key"], "ops": info.get("ops", {})})
 
 
 def describe_job(payload: dict) -> dict:
     return describe(payload["path"])
+
+
+def _allocate_or_explain(interpreter, path: str) -> None:
+    """Allocate now, so that a model LiteRT cannot run fails with a reason, not mid-inference."""
+    import re
+
+    from deploykit.errors import UnsupportedModelError
+
+    try:
+        interpreter.allocate_tensors()
+    except RuntimeError as exc:
+        text = " ".join(str(exc).split())
+        flex = sorted(set(re.findall(r"Flex\w+", text)))
+        if "Select TensorFlow op" in text or flex:
+            raise UnsupportedModelError(
+                f"{path} uses TensorFlow (Flex) ops that LiteRT's builtin runtime cannot run: "
+                f"{', '.join(flex) or 'unknown'}",
+                "convert by a route that lowers them to builtin ops (e.g. --via litert, or export with the dynamo "
+                "exporter), or ship the Flex delegate (tensorflow-lite-select-tf-ops)") from None
+        raise ModelLoadError(f"LiteRT cannot prepare {path}: {text[:200]}", "convert the model again") from None
 
 
 class LiteRTRunner(RunnerBase):
@@ -91,6 +125,7 @@ class LiteRTRunner(RunnerBase):
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"LiteRT cannot load {self.model.path}: {' '.join(str(exc).split())[:200]}",
                                  "convert the model again") from None
+        _allocate_or_explain(self.interpreter, self.model.path)
         key = self.model.details.get("signature_key")
         if key is None and self.interpreter.get_signature_list():
             key = sorted(self.interpreter.get_signature_list())[0]

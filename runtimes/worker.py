@@ -40,6 +40,14 @@ def main(request_dir: str) -> int:
     except DeploykitError as exc:
         (folder / "error.json").write_text(json.dumps(exc.to_dict()))
         return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - a runtime's own error: report it, the parent decides
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        message = f"{entry.name if 'entry' in locals() else 'runtime'} failed on {request['path']}: " \
+                  f"{type(exc).__name__}: {(lines[0] if lines else '')[:300]}"
+        error = {"error": "ParityError", "message": message, "remedy": "run with --debug; the artifact may be broken",
+                 "exit_code": 1}
+        (folder / "error.json").write_text(json.dumps(error))
+        return 1
 
 
 def _median_latency_ms(runner, feeds: dict, iterations: int) -> float:

@@ -32,8 +32,11 @@ def test_via_filters_by_tool_or_intermediate_format_and_explains_choices():
     assert [[e.name for e in r] for r in litert] == [["torch_to_tflite"]]
     onnx = routing.select_routes(Format.EXPORTED_PROGRAM, Format.TFLITE, "onnx")
     assert [[e.name for e in r] for r in onnx] == [["torch_to_onnx", "onnx_to_tflite"]]
-    with pytest.raises(UsageError, match="use --via one of"):
+    with pytest.raises(UsageError, match="goes via 'litert'") as info:
         routing.select_routes(Format.TORCHSCRIPT, Format.TFLITE, "litert")
+    assert "use --via one of" in info.value.remedy
+    with pytest.raises(UsageError, match="already onnx"):
+        routing.select_routes(Format.ONNX, Format.ONNX, None)
 
 
 def test_compose_layouts_through_two_hops():
