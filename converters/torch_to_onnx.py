@@ -140,7 +140,9 @@ def _optimize(out_path: Path, options: ExportOptions, result: ConversionResult, 
     except ImportError:
         result.notes.append("onnxslim is not installed: graph left as exported")
         return
-    slim_path = out_path.with_name(out_path.stem + ".slim.onnx")
+    # Same file name in a sibling folder, so reports name the artifact the user will get.
+    slim_path = out_path.parent / "slim" / out_path.name
+    slim_path.parent.mkdir(exist_ok=True)
     try:
         with captured_output(echo=options.debug):
             slim = onnxslim.slim(str(out_path))
@@ -153,6 +155,8 @@ def _optimize(out_path: Path, options: ExportOptions, result: ConversionResult, 
     report = check(slim_path, options.samples)
     if report.passed:
         os.replace(slim_path, out_path)
+        for side in slim_path.parent.iterdir():      # external data, when the model is that large
+            os.replace(side, out_path.parent / side.name)
         result.parity = report
         result.tool += f" + onnxslim {onnxslim.__version__}"
     else:

@@ -2,6 +2,7 @@
 and pick the route to keep: the first that passes, or with --route all the best one."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,4 +153,6 @@ def choose(runs: list, route_all: bool) -> RouteRun:
         raise ConversionError(f"every route failed: {messages}", remedy)
     if not route_all:
         return passing[0]
-    return min(passing, key=lambda r: (r.latency_ms if r.latency_ms is not None else float("inf")))
+    # Parity first (by order of magnitude of the worst error, so noise does not decide), then latency.
+    return min(passing, key=lambda r: (math.floor(math.log10(max(r.worst("max_abs") or 0.0, 1e-12))),
+                                       r.latency_ms if r.latency_ms is not None else float("inf")))

@@ -178,3 +178,10 @@ def test_reference_architectures_not_written_for_deploykit(tmp_path):
     result = api.export(str(tmp_path / "enc.pt2"), "tflite", str(tmp_path / "enc.tflite"))
     assert result.passed
     assert np.isfinite(result.parity["outputs"][0]["max_abs"])
+
+
+def test_torch_to_saved_model_through_onnx2tf(exported):
+    result = exported("two_layer_net.pt2", "saved_model")
+    assert result.passed
+    assert [hop["edge"] for hop in _manifest(result)["route"]] == ["torch_to_onnx", "onnx_to_saved_model"]
+    assert inspect_model(result.artifact)["format"] == "saved_model"
