@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from deploykit.errors import ConversionError, DeploykitError
 from deploykit.parity import ParityReport
 
 # check(candidate_path, samples, batch) -> ParityReport against the source; the export API
@@ -36,3 +37,23 @@ class ConversionResult:
     notes: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     attempts: list = field(default_factory=list)     # [{"tool":..., "ok":..., "why":...}]
+
+
+def accept(result: ConversionResult, check: Check, options: ExportOptions, tag: str, what: str, remedy: str,
+           layout: Optional[dict] = None) -> ConversionResult:
+    """Check a converter's artifact against the source and record the attempt.
+
+    Raises ConversionError when the artifact does not run (a converter can "succeed" and write
+    ops the runtime refuses) or does not match; returns the result with its parity otherwise.
+    """
+    try:
+        report = check(result.path, options.samples, layout=layout)
+    except ConversionError:
+        raise
+    except DeploykitError as exc:
+        raise ConversionError(f"{what} wrote a model that does not run: {exc.message}", remedy) from None
+    result.attempts.append({"tool": tag, "ok": report.passed, "why": report.summary()})
+    result.parity = report
+    if not report.passed:
+        raise ConversionError(f"the {what} model does not match the source: {report.summary()}", remedy)
+    return result

@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from converters.base import Check, ConversionResult, ExportOptions
-from deploykit.errors import ConversionError, DeploykitError
+from converters.base import Check, ConversionResult, ExportOptions, accept
+from deploykit.errors import ConversionError
 from deploykit.formats import Format
 from deploykit.model import LoadedModel
 from deploykit.quiet import captured_output
@@ -30,17 +30,8 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
         _convert_saved_model(model.path, out_path, opset, options)
     else:
         _convert_keras(model, out_path, opset, options)
-    try:
-        report = check(out_path, options.samples)
-    except DeploykitError as exc:
-        raise ConversionError(f"tf2onnx wrote a model that does not run: {exc.message}",
-                              "it may contain ops ONNX Runtime lacks; try another --opset, or --to tflite") from None
-    result.attempts.append({"tool": "tf2onnx", "ok": report.passed, "why": report.summary()})
-    result.parity = report
-    if not report.passed:
-        raise ConversionError("the ONNX model does not match the source: " + report.summary(),
-                              "run deploykit verify --debug on the artifact")
-    return result
+    return accept(result, check, options, "tf2onnx", "tf2onnx",
+                  "it may contain ops ONNX Runtime lacks; try another --opset, or --to tflite")
 
 
 def _convert_keras(model: LoadedModel, out_path: Path, opset: int, options: ExportOptions) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters.base import Check, ConversionResult, ExportOptions
+from converters.base import Check, ConversionResult, ExportOptions, accept
 from deploykit.errors import ConversionError
 from deploykit.model import LoadedModel
 from deploykit.quiet import captured_output
@@ -20,10 +20,4 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
     except Exception as exc:  # noqa: BLE001
         raise ConversionError(f"model.export failed: {' '.join(str(exc).split())[:300]}",
                               "check that the model is a Keras 3 model with static input signatures") from None
-    report = check(out_path, options.samples)
-    result.attempts.append({"tool": "keras_export", "ok": report.passed, "why": report.summary()})
-    result.parity = report
-    if not report.passed:
-        raise ConversionError("the SavedModel does not match the source: " + report.summary(),
-                              "run deploykit verify --debug on the artifact")
-    return result
+    return accept(result, check, options, "keras_export", "model.export", "run deploykit verify --debug on the artifact")

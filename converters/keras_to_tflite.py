@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters.base import Check, ConversionResult, ExportOptions
+from converters.base import Check, ConversionResult, ExportOptions, accept
 from deploykit.errors import ConversionError
 from deploykit.formats import Format
 from deploykit.model import LoadedModel
@@ -32,10 +32,5 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
         raise ConversionError(f"TFLiteConverter failed: {detail}",
                               "ops outside the TFLite builtin set need SELECT_TF_OPS; try --to onnx") from None
     out_path.write_bytes(flatbuffer)
-    report = check(out_path, options.samples)
-    result.attempts.append({"tool": "tflite_converter", "ok": report.passed, "why": report.summary()})
-    result.parity = report
-    if not report.passed:
-        raise ConversionError("the TFLite model does not match the source: " + report.summary(),
-                              "run deploykit verify --debug on the artifact")
-    return result
+    return accept(result, check, options, "tflite_converter", "TFLiteConverter",
+                  "run deploykit verify --debug on the artifact, or try --via onnx")

@@ -20,9 +20,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from converters.base import Check, ConversionResult, ExportOptions
+from converters.base import Check, ConversionResult, ExportOptions, accept
 from converters.child import run_job
-from deploykit.errors import ConversionError
 from deploykit.model import LoadedModel, load_model
 
 CALIBRATION_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -49,12 +48,7 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
     result.input_perms = _perms(model.spec.inputs, artifact.spec.inputs, to_artifact=True)
     result.output_perms = _perms(model.spec.outputs, artifact.spec.outputs, to_artifact=False)
     layout = {"inputs": result.input_perms, "outputs": result.output_perms}
-    report = check(out_path, options.samples, layout=layout)
-    result.attempts.append({"tool": "onnx2tf", "ok": report.passed, "why": report.summary()})
-    result.parity = report
-    if not report.passed:
-        raise ConversionError("the onnx2tf model does not match the source: " + report.summary(),
-                              "try --via litert, or simplify the ONNX graph first")
+    accept(result, check, options, "onnx2tf", "onnx2tf", "try --via litert, or simplify the ONNX graph first", layout)
     if any(result.output_perms.values()):
         result.notes.append(f"onnx2tf made outputs channels-last; recorded permutations {result.output_perms}")
     return result

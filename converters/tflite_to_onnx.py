@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters.base import Check, ConversionResult, ExportOptions
+from converters.base import Check, ConversionResult, ExportOptions, accept
 from converters.child import run_job
-from deploykit.errors import ConversionError, DeploykitError
 from deploykit.model import LoadedModel
 
 DEFAULT_OPSET = 17
@@ -20,17 +19,8 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
     payload = {"tflite": model.path, "out": str(out_path), "opset": options.opset or DEFAULT_OPSET}
     info = run_job("converters.tflite_to_onnx:job", payload, options.timeout, options.debug)
     result = ConversionResult(path=out_path, converter="tflite_to_onnx", tool=info["tool"])
-    try:
-        report = check(out_path, options.samples)
-    except DeploykitError as exc:
-        raise ConversionError(f"tf2onnx wrote a model that ONNX Runtime cannot run: {exc.message}",
-                              "the TFLite file may use fused TFLite-only ops; convert from the original model") from None
-    result.attempts.append({"tool": "tf2onnx", "ok": report.passed, "why": report.summary()})
-    result.parity = report
-    if not report.passed:
-        raise ConversionError("the ONNX model does not match the TFLite source: " + report.summary(),
-                              "convert from the original model instead of the TFLite file")
-    return result
+    return accept(result, check, options, "tf2onnx", "tf2onnx (from TFLite)",
+                  "the TFLite file may use fused TFLite-only ops; convert from the original model instead")
 
 
 def job(payload: dict) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters.base import Check, ConversionResult, ExportOptions
+from converters.base import Check, ConversionResult, ExportOptions, accept
 from converters.child import run_job
 from deploykit.errors import ConversionError
 from deploykit.formats import Format
@@ -27,12 +27,7 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
                "inputs": [t.to_dict() for t in model.spec.inputs]}
     info = run_job("converters.torch_to_tflite:job", payload, options.timeout, options.debug)
     result = ConversionResult(path=out_path, converter="torch_to_tflite", tool=info["tool"])
-    report = check(out_path, options.samples)
-    result.attempts.append({"tool": "litert", "ok": report.passed, "why": report.summary()})
-    result.parity = report
-    if not report.passed:
-        raise ConversionError("the litert-torch model does not match the source: " + report.summary(),
-                              "try --via onnx, or report the model to litert-torch")
+    accept(result, check, options, "litert", "litert-torch", "try --via onnx, or report the model to litert-torch")
     if any(t.dtype == "int64" for t in model.spec.inputs):
         result.notes.append("int64 inputs are int32 in the TFLite signature (litert-torch)")
     return result

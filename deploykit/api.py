@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from deploykit import fsutil, manifest, registry, routing
 from deploykit.checking import Checker
-from deploykit.errors import ConversionError, UsageError
+from deploykit.errors import UsageError
 from deploykit.formats import Format
 from deploykit.inputs import load_npz
 from deploykit.model import LoadedModel, LoadOptions, load_model

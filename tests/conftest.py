@@ -33,30 +33,27 @@ def _gpu_present() -> bool:
     return Path("/dev/nvidia0").exists()
 
 
-@pytest.fixture(scope="session")
-def samples_dir(tmp_path_factory) -> Path:
-    """Every sample model written once per session (TorchScript, .pt2, weights, inputs)."""
-    if not _has("torch"):
-        pytest.skip("needs torch")
+def _build_samples(tmp_path_factory, framework: str, package: str) -> Path:
+    if not _has(package):
+        pytest.skip(f"needs {package}")
     from sample_models import names
     from sample_models.build import build_samples
 
-    folder = tmp_path_factory.mktemp("samples")
-    build_samples(folder, tuple(names("torch")))
+    folder = tmp_path_factory.mktemp(f"{framework}_samples")
+    build_samples(folder, tuple(names(framework)))
     return folder
+
+
+@pytest.fixture(scope="session")
+def samples_dir(tmp_path_factory) -> Path:
+    """Every PyTorch sample written once per session (TorchScript, .pt2, weights, inputs)."""
+    return _build_samples(tmp_path_factory, "torch", "torch")
 
 
 @pytest.fixture(scope="session")
 def keras_samples_dir(tmp_path_factory) -> Path:
     """The Keras samples (.keras, .h5, inputs) written once per session."""
-    if not _has("tensorflow"):
-        pytest.skip("needs tensorflow")
-    from sample_models import names
-    from sample_models.build import build_samples
-
-    folder = tmp_path_factory.mktemp("keras_samples")
-    build_samples(folder, tuple(names("tensorflow")))
-    return folder
+    return _build_samples(tmp_path_factory, "tensorflow", "tensorflow")
 
 
 @pytest.fixture(scope="session")
