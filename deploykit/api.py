@@ -229,3 +229,43 @@ def _default_output(source: str, dst: Format, output: Optional[str]) -> str:
         return output
     name = source.rpartition(":")[2] if ":" in source and not Path(source).exists() else Path(source).stem
     return name + routing.SUFFIXES[dst]
+
+
+def bench(models: Sequence[str], options=None, *, load: Optional[LoadOptions] = None, report_dir: Optional[str] = None,
+          force: bool = False, echo=None) -> dict:
+    """Benchmark each model on each runtime that runs it (one child process per case).
+
+    With ``report_dir`` also write the research-vs-production report; when the first model is a
+    framework source and others follow, their parity against it fills the report's parity table.
+    """
+    from deploykit.bench import BenchOptions, bench as run_bench
+
+    if not models:
+        raise UsageError("no model to benchmark", "give one or more model files")
+    options = options or BenchOptions()
+    if report_dir:
+        from deploykit import report as report_module  # noqa: F401 - fail early when matplotlib is missing
+        registry.require(("matplotlib",), "needed to draw the report's plots")
+    load_payload = None
+    if load and (load.weights or load.input_specs):
+        load_payload = {"weights": load.weights, "trust_pickle": load.trust_pickle,
+                        "inputs": [t.to_dict() for t in load.input_specs]}
+    result = run_bench(list(models), options, load_payload, echo)
+    if report_dir:
+        parity = _parity_for_report(list(models), load)
+        result["report"] = _write_report(result, report_dir, parity, force)
+    return result
+
+
+def _parity_for_report(models: list, load: Optional[LoadOptions]):
+    from deploykit.formats import detect
+
+    if len(models) < 2 or detect(models[0]).framework not in ("torch", "tensorflow"):
+        return None
+    return verify(models[0], models[1:], load=load).to_dict()
+
+
+def _write_report(result: dict, report_dir: str, parity, force: bool) -> dict:
+    from deploykit.report import build_report
+
+    return build_report(result, report_dir, parity=parity, force=force)

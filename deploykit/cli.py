@@ -176,6 +176,98 @@ def verify(
     _run(action, as_json, debug, _lazy("print_verify"), lambda data: 0 if data["passed"] else 1)
 
 
+def _int_list(text: str, option: str) -> tuple:
+    from deploykit.errors import UsageError
+
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"bad {option} {text!r}", f"give positive integers separated by commas, e.g. {option} 1,2")
+    return values
+
+
+@app.command()
+def bench(
+    models: Annotated[List[str], typer.Argument(help="Model files: sources and/or artifacts (.pt, .pt2, .onnx, "
+                                                     ".tflite, .keras, SavedModel dir).")],
+    runtime: Annotated[Optional[List[str]], typer.Option("--runtime", help="Only these rows (repeatable): torch, "
+                       "torch_compile, torch_cuda, onnxruntime, onnxruntime_cuda, litert, litert_no_xnnpack, "
+                       "tensorflow. Default: every row that runs the model.")] = None,
+    threads: Annotated[str, typer.Option("--threads", help="Intra-op thread counts, comma-separated.")] = "1",
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Batch sizes, comma-separated (models with a fixed "
+                                                 "batch run only their own). Default: the model's own.")] = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs before timing.")] = 10,
+    iterations: Annotated[int, typer.Option("--iterations", help="Timed runs per case.")] = 100,
+    seconds: Annotated[Optional[float], typer.Option("--seconds", help="Time-box per case instead of "
+                                                     "--iterations.")] = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", help="mobile: LiteRT + XNNPACK on 1 and 2 pinned "
+                                                   "cores (desktop silicon standing in for a phone).")] = None,
+    report: Annotated[Optional[str], typer.Option("--report", help="Also write the research-vs-production report "
+                                                  "(HTML + PNGs + JSON) into this directory.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing report.")] = False,
+    inputs: Inputs = None, weights: Weights = None, timeout: Timeout = 600.0,
+    as_json: Json = False, debug: Debug = False,
+) -> None:
+    """Latency, cold start, memory and size of each model on each runtime, one child process per case.
+
+    Example: deploykit bench model.pt2 model.onnx model.tflite --threads 1,2 --report out/
+    """
+    def action() -> dict:
+        from deploykit import api
+        from deploykit.bench import BenchOptions
+        from deploykit.errors import UsageError
+
+        if warmup < 0 or iterations < 1 or (seconds is not None and seconds <= 0):
+            raise UsageError("--warmup must be >= 0, --iterations >= 1 and --seconds > 0", "fix the option values")
+        options = BenchOptions(runtimes=tuple(runtime or ()), threads=_int_list(threads, "--threads"),
+                               batches=_int_list(batch, "--batch") if batch else (None,), warmup=warmup,
+                               iterations=iterations, seconds=seconds, profile=profile, timeout=timeout)
+        echo = None if as_json else _lazy("print_bench_case")
+        return api.bench(models, options, load=api.load_options(inputs or (), weights), report_dir=report,
+                         force=force, echo=echo)
+
+    _run(action, as_json, debug, _lazy("print_bench"))
+
+
+@app.command("report")
+def report_command(
+    bench_json: Annotated[str, typer.Argument(help="A `deploykit bench --json` result file.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="Directory for report.html, PNGs, report.json.")]
+    = "deploykit-report",
+    parity: Annotated[Optional[str], typer.Option("--parity", help="A `deploykit verify --json` result to show "
+                                                  "as the parity table.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing report.")] = False,
+    as_json: Json = False, debug: Debug = False,
+) -> None:
+    """Write the research-vs-production report (self-contained HTML + PNG plots + JSON) from a bench result.
+
+    Example: deploykit bench m.pt2 m.onnx m.tflite --json > bench.json; deploykit report bench.json -o out/
+    """
+    def action() -> dict:
+        from deploykit.report import build_report
+
+        return build_report(_read_json(bench_json, "cases"), output, _read_json(parity, "comparisons")
+                            if parity else None, force=force)
+
+    _run(action, as_json, debug, lambda data: print(f"report: {data['html']}\n{data['headline']}"))
+
+
+def _read_json(path: str, key: str) -> dict:
+    from deploykit.errors import UsageError
+
+    try:
+        data = json.loads(open(path).read())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file", "give the JSON written by --json") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not JSON ({exc})", "give the JSON written by --json") from None
+    if not isinstance(data, dict) or key not in data:
+        raise UsageError(f"{path} has no {key!r}: not the expected deploykit result", "give the JSON written by --json")
+    return data
+
+
 @app.command()
 def inspect(
     model: Annotated[str, typer.Argument(help="Model file or package.module:factory.")],

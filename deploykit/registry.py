@@ -26,6 +26,7 @@ PACKAGES = {
     "onnx2tf": ("onnx2tf", "tf"),
     "ai_edge_litert": ("ai-edge-litert", "litert"),
     "litert_torch": ("litert-torch", "litert"),
+    "matplotlib": ("matplotlib", "report"),
 }
 
 

@@ -137,3 +137,46 @@ def print_samples(built: list) -> None:
         table.add_row(item["name"], f"{item['parameters']:,}" if "parameters" in item else "", files,
                       item["factory"])
     console.print(table)
+
+
+def print_bench_case(case: dict) -> None:
+    """One line per case as it finishes (a bench takes minutes)."""
+    name = f"{Path(case['model']).name} · {case['row']} · {case['options'].get('threads')} thread(s)"
+    if "error" in case:
+        console.print(f"  [red]✗[/red] {name}: {case['error']}")
+        return
+    lat = case["latency_ms"]
+    console.print(f"  ✓ {name}: p50 {lat['p50']:.3f} ms (p90 {lat['p90']:.3f}), first result "
+                  f"{case['time_to_first_result_s']:.2f} s, peak {case['peak_rss_bytes'] / 2**20:.0f} MiB"
+                  + ("  [yellow](noisy)[/yellow]" if case["noisy"] else ""))
+
+
+def print_bench(result: dict) -> None:
+    table = Table(title="benchmark (latency in ms over timed runs after warm-up)", title_justify="left")
+    for column in ("model", "runtime", "thr", "ran on", "min", "p50", "p90", "p99", "std", "per s", "load s",
+                   "first result s", "peak MiB", "Δ MiB", "size MiB", "GFLOP/s", "% peak"):
+        table.add_column(column, justify="left" if column in ("model", "runtime", "ran on") else "right")
+    for c in result["cases"]:
+        if "error" in c:
+            table.add_row(Path(c["model"]).name, c["row"], str(c["options"].get("threads")), f"[red]{c['error'][:60]}")
+            continue
+        lat = c["latency_ms"]
+        table.add_row(Path(c["model"]).name, c["row"], str(c["options"].get("threads")), ", ".join(c["providers"]),
+                      *(_fmt(lat[k]) for k in ("min", "p50", "p90", "p99", "std")), _fmt(c["throughput_per_s"]),
+                      _fmt(c["model_load_s"]), _fmt(c["time_to_first_result_s"]), f"{c['peak_rss_bytes'] / 2**20:.0f}",
+                      f"{c['rss_delta_bytes'] / 2**20:.0f}", f"{c['size_bytes'] / 2**20:.2f}",
+                      _fmt(c.get("gflops_per_s")), _pct(c.get("fraction_of_peak")))
+    console.print(table)
+    for skipped in result["skipped"]:
+        console.print(f"skipped {skipped['runtime']} for {Path(skipped['model']).name}: {skipped['reason']}")
+    for note in result["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    machine = result["machine"]
+    console.print(f"machine: {machine['cpu']}, {machine['isa']}, peak {machine['peak_gflops_per_core']} GFLOP/s per "
+                  f"core ({machine['assumption']})")
+    if result.get("report"):
+        console.print(f"[bold]{result['report']['headline']}[/bold]")
+        console.print(f"report: {result['report']['html']}")
+    elif result.get("headline"):
+        from deploykit.report import headline_text
+        console.print(f"[bold]{headline_text(result, None)}[/bold]")

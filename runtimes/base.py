@@ -18,6 +18,7 @@ class RunnerOptions:
     threads: Optional[int] = None      # intra-op threads; None lets the runtime decide
     device: str = "cpu"                # "cpu", "cuda", or "auto" (CUDA when the runtime and a GPU allow)
     xnnpack: bool = True               # LiteRT: use the XNNPACK delegate (its default)
+    compile: bool = False              # PyTorch: wrap the module in torch.compile
 
 
 @runtime_checkable

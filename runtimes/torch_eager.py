@@ -206,8 +206,8 @@ def _probe_outputs(module, inputs: list) -> tuple:
     return tuple(_label_layout(TensorSpec(name, tuple(v.shape), str(v.dtype))) for name, v in outputs.items())
 
 
-def call_module(module, inputs: list, feeds: Mapping) -> dict:
-    args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in inputs]
+def call_module(module, inputs: list, feeds: Mapping, device: str = "cpu") -> dict:
+    args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])).to(device) for t in inputs]
     with torch.inference_mode():
         result = module(*args)
     return flatten_outputs(result)
@@ -264,14 +264,27 @@ class TorchEagerRunner(RunnerBase):
 
     def __init__(self, model: LoadedModel, options: RunnerOptions = RunnerOptions()):
         self.model, self.options = model, options
+        self.module, self.device = model.handle, "cpu"
 
     def open(self) -> None:
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
+        if self.options.device in ("cuda", "auto") and torch.cuda.is_available():
+            self.device = "cuda"
+            self.module = self.module.to("cuda")
+        elif self.options.device == "cuda":
+            raise UsageError("PyTorch sees no CUDA device here", "run on a machine with an NVIDIA GPU, or use cpu")
+        if self.options.compile:
+            self.module = torch.compile(self.module)   # compiled lazily: the first run pays for it
+
+    @property
+    def active_providers(self) -> list:
+        kind = "torch.compile" if self.options.compile else "eager"
+        return [f"{kind} on {self.device} ({torch.get_num_threads()} threads)"]
 
     def spec(self) -> ModelSpec:
         return self.model.spec
 
     def run(self, feeds: Mapping) -> dict:
-        outputs = call_module(self.model.handle, list(self.model.spec.inputs), feeds)
+        outputs = call_module(self.module, list(self.model.spec.inputs), feeds, self.device)
         return dict(zip(self.model.spec.output_names, outputs.values()))

@@ -1,0 +1,237 @@
+"""`deploykit bench`: every (artifact, runtime, threads, batch) case in its own child process.
+
+Each case reports load time (process start -> model ready, and model load alone), the first
+inference, latency percentiles over timed iterations after warm-up, throughput, peak RSS and
+its growth over a bare interpreter, artifact size, and what actually ran (delegate / EP,
+threads). Statistics are a distribution, never one run; a wide spread is flagged.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from deploykit import registry
+from deploykit.errors import UsageError
+from deploykit.formats import TORCH_FORMATS, Format, detect
+
+NOISY_SPREAD = 0.10     # (p90 - p50) / p50 above this: the machine was busy, say so
+
+# Bench rows: (row name, registry runtime, options, formats, needs a GPU)
+ROWS = (
+    ("torch", "torch", {}, TORCH_FORMATS, False),
+    ("torch_compile", "torch", {"compile": True}, TORCH_FORMATS, False),
+    ("torch_cuda", "torch", {"device": "cuda"}, TORCH_FORMATS, True),
+    ("onnxruntime", "onnxruntime", {}, {Format.ONNX}, False),
+    ("onnxruntime_cuda", "onnxruntime", {"device": "cuda"}, {Format.ONNX}, True),
+    ("litert", "litert", {"xnnpack": True}, {Format.TFLITE}, False),
+    ("litert_no_xnnpack", "litert", {"xnnpack": False}, {Format.TFLITE}, False),
+    ("tensorflow", "tensorflow", {}, {Format.KERAS, Format.KERAS_H5, Format.SAVED_MODEL}, False),
+)
+RESEARCH_ROWS = ("torch", "torch_compile", "tensorflow")
+MOBILE_DISCLAIMER = ("--profile mobile: LiteRT + XNNPACK on 1 and 2 pinned cores of this desktop/server CPU — "
+                     "a stand-in for a phone's big cores, not a phone measurement")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    runtimes: tuple = ()            # row names; () = every row that applies
+    threads: tuple = (1,)
+    batches: tuple = (None,)        # None = the model's own batch
+    warmup: int = 10
+    iterations: int = 100
+    seconds: Optional[float] = None
+    profile: Optional[str] = None   # "mobile"
+    timeout: float = 600.0
+
+
+def plan(models: list, options: BenchOptions) -> tuple:
+    """(cases to run, rows skipped with their reason)."""
+    known = {row[0] for row in ROWS}
+    unknown = set(options.runtimes) - known
+    if unknown:
+        raise UsageError(f"unknown runtime(s) {', '.join(sorted(unknown))}", f"use {', '.join(sorted(known))}")
+    if options.profile not in (None, "mobile"):
+        raise UsageError(f"unknown --profile {options.profile!r}", "use --profile mobile")
+    cases, skipped = [], []
+    for path in models:
+        fmt = detect(path)
+        for name, runtime, extra, formats, gpu in ROWS:
+            if fmt not in formats or not _wanted(name, options):
+                continue
+            reason = _unavailable(runtime, gpu)
+            if reason:
+                skipped.append({"model": path, "runtime": name, "reason": reason})
+                continue
+            for threads in (1, 2) if options.profile == "mobile" else options.threads:
+                for batch in options.batches:
+                    affinity = list(range(threads)) if options.profile == "mobile" else None
+                    cases.append({"model": path, "format": fmt.value, "row": name, "runtime": runtime,
+                                  "options": {"threads": threads, **extra}, "batch": batch, "affinity": affinity})
+    if not cases and not skipped:
+        raise UsageError("nothing to benchmark for these models and runtimes",
+                         "give model files that one of the selected runtimes runs")
+    return cases, skipped
+
+
+def _wanted(row: str, options: BenchOptions) -> bool:
+    if options.profile == "mobile":
+        return row == "litert"
+    return row in options.runtimes if options.runtimes else True
+
+
+def _unavailable(runtime: str, gpu: bool) -> str:
+    entry = next(e for e in registry.RUNTIMES if e.name == runtime)
+    missing = registry.missing_packages(entry.requires)
+    if missing:
+        return f"{', '.join(missing)} not installed"
+    if gpu and not _gpu_present():
+        return "no NVIDIA GPU on this machine"
+    return ""
+
+
+def _gpu_present() -> bool:
+    return Path("/dev/nvidia0").exists()
+
+
+def run_case(case: dict, options: BenchOptions, load: Optional[dict] = None) -> dict:
+    """Run one case in a fresh child process; a crash or time-out becomes the row's error."""
+    request = {"path": str(Path(case["model"]).resolve()), "runtime": case["runtime"], "options": case["options"],
+               "batch": case["batch"], "affinity": case["affinity"], "warmup": options.warmup,
+               "iterations": options.iterations, "seconds": options.seconds, "load": load or {}}
+    with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as tmp:
+        request_path, result_path = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        request["spawned_at"] = time.time()
+        request_path.write_text(json.dumps(request))
+        try:
+            proc = subprocess.run([sys.executable, "-m", "runtimes.bench_worker", str(request_path), str(result_path)],
+                                  capture_output=True, text=True, timeout=options.timeout)
+        except subprocess.TimeoutExpired:
+            return {**case, "error": f"did not finish within {options.timeout:.0f} s"}
+        if not result_path.exists():
+            return {**case, "error": f"the benchmark process died (exit {proc.returncode}): "
+                                     + (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+        raw = json.loads(result_path.read_text())
+    if "error" in raw:
+        return {**case, "error": raw["error"]}
+    return {**case, **summarize(raw, case), "size_bytes": artifact_size(case["model"])}
+
+
+def summarize(raw: dict, case: dict) -> dict:
+    """Latency distribution and derived numbers from one case's raw timings."""
+    times = sorted(raw.pop("times_ms"))
+    p50 = _percentile(times, 50)
+    batch = next(iter(raw["input_shapes"].values()), [1])[0] if raw["input_shapes"] else 1
+    spread = (_percentile(times, 90) - p50) / p50 if p50 else 0.0
+    latency = {"min": times[0], "p50": p50, "p90": _percentile(times, 90), "p99": _percentile(times, 99),
+               "mean": statistics.fmean(times), "std": statistics.pstdev(times), "iterations": len(times)}
+    return {**raw, "latency_ms": {k: round(v, 4) if isinstance(v, float) else v for k, v in latency.items()},
+            "throughput_per_s": round(batch * 1e3 / latency["mean"], 2) if latency["mean"] else None,
+            "rss_delta_bytes": raw["peak_rss_bytes"] - (raw.get("rss_at_start_bytes") or 0),
+            "spread": round(spread, 4), "noisy": spread > NOISY_SPREAD}
+
+
+def _percentile(values: list, q: float) -> float:
+    if len(values) == 1:
+        return values[0]
+    position = (len(values) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (position - low)
+
+
+def artifact_size(path: str) -> int:
+    p = Path(path)
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size if p.exists() else 0
+
+
+def bench(models: list, options: BenchOptions = BenchOptions(), load: Optional[dict] = None, echo=None) -> dict:
+    """Run every case; returns the JSON-able result (machine, cases, skipped rows, FLOPs, headline)."""
+    from deploykit.machine import cpu_peak
+
+    for path in models:
+        if not Path(path).exists():
+            raise UsageError(f"{path}: no such file or directory", "give model files to benchmark")
+    cases, skipped = plan(models, options)
+    machine = cpu_peak()
+    flops = model_flops(models, options.timeout)
+    results = []
+    for case in cases:
+        row = run_case(case, options, load if detect(case["model"]) in TORCH_FORMATS else None)
+        _add_roofline(row, flops.get(case["model"]), machine)
+        results.append(row)
+        if echo:
+            echo(row)
+    notes = [MOBILE_DISCLAIMER] if options.profile == "mobile" else []
+    noisy = [r for r in results if r.get("noisy")]
+    if noisy:
+        notes.append(f"{len(noisy)} case(s) had a wide spread (p90 more than {NOISY_SPREAD:.0%} above p50): the "
+                     "machine was busy; rerun with more --iterations or on a quiet machine")
+    return {"schema_version": 1, "machine": machine, "options": options.__dict__, "cases": results,
+            "skipped": skipped, "flops": flops, "notes": notes, "headline": headline(results)}
+
+
+def model_flops(models: list, timeout: float) -> dict:
+    """FLOPs per inference for each model, counted once per model family.
+
+    Countable files (torch, ONNX) are counted in a child process; a TFLite/Keras artifact gets
+    the count of the file its manifest names as source, when that file is in the run.
+    """
+    from converters.child import run_job
+    from deploykit import manifest
+    from deploykit.errors import ConversionError
+    from deploykit.model import sha256_of
+
+    counts, by_hash = {}, {}
+    for path in models:
+        if detect(path) in TORCH_FORMATS or detect(path) == Format.ONNX:
+            try:
+                counts[path] = run_job("deploykit.flops:job", {"path": path}, timeout)
+                by_hash[sha256_of(path)] = counts[path]
+            except ConversionError as exc:
+                counts[path] = {"flops": None, "method": f"not counted: {exc.message}"}
+    for path in models:
+        if path not in counts:
+            source = ((manifest.read(path) or {}).get("source") or {}).get("sha256")
+            if source in by_hash:
+                counts[path] = {**by_hash[source], "method": by_hash[source]["method"] + " (of its source)"}
+    return counts
+
+
+def _add_roofline(row: dict, flops: Optional[dict], machine: dict) -> None:
+    if "error" in row or not flops or not flops.get("flops"):
+        return
+    seconds = row["latency_ms"]["p50"] / 1e3
+    achieved = flops["flops"] / seconds / 1e9
+    row["gflops_per_s"] = round(achieved, 2)
+    peak = machine.get("peak_gflops_per_core")
+    if peak:
+        row["fraction_of_peak"] = round(achieved / (peak * (row["options"].get("threads") or 1)), 4)
+
+
+def headline(rows: list) -> Optional[dict]:
+    """Production vs research at the same threads and batch: speed, memory, start-up."""
+    ok = [r for r in rows if "error" not in r]
+    for research_row in RESEARCH_ROWS:
+        research = [r for r in ok if r["row"] == research_row]
+        for base in research:
+            same = [r for r in ok if r["row"] not in RESEARCH_ROWS and r["options"].get("threads") ==
+                    base["options"].get("threads") and r["batch"] == base["batch"]]
+            if not same:
+                continue
+            best = min(same, key=lambda r: r["latency_ms"]["p50"])
+            return {"research": f"{base['row']} ({Path(base['model']).name})",
+                    "production": f"{best['row']} ({Path(best['model']).name})",
+                    "threads": base["options"].get("threads"), "batch": base["batch"],
+                    "speedup": round(base["latency_ms"]["p50"] / best["latency_ms"]["p50"], 2),
+                    "memory_ratio": round(base["peak_rss_bytes"] / best["peak_rss_bytes"], 2),
+                    "startup_ratio": round(base["time_to_first_result_s"] / best["time_to_first_result_s"], 2)}
+    return None

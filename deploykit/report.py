@@ -1,0 +1,186 @@
+"""The research-vs-production report: a self-contained HTML page, its PNG plots and the JSON."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Optional
+
+from deploykit import fsutil
+from deploykit.errors import MissingDependency
+
+PLOTS = ("latency", "cold_start", "memory", "size", "footprint")
+
+
+def build_report(bench: dict, out_dir: "str | Path", parity: Optional[dict] = None, footprint: Optional[dict] = None,
+                 force: bool = False) -> dict:
+    """Write report.html, report.json and one PNG per plot into ``out_dir``; returns the paths."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependency.for_package("matplotlib", "report", "needed to draw the report's plots") from None
+    matplotlib.use("Agg")
+    out = Path(out_dir)
+    targets = [out / "report.html", out / "report.json"] + [out / f"{name}.png" for name in PLOTS]
+    for target in targets:
+        fsutil.prepare_output(target, force)
+    footprint = footprint if footprint is not None else runtime_footprints()
+    data = {**bench, "parity": parity, "footprint": footprint, "headline_text": headline_text(bench, parity)}
+    ok = [c for c in bench["cases"] if "error" not in c]
+    drawers = {"latency": _plot_latency, "cold_start": _plot_cold_start, "memory": _plot_memory,
+               "size": _plot_size, "footprint": _plot_footprint}
+    images = {}
+    for name in PLOTS:
+        figure = drawers[name](ok, footprint)
+        path = out / f"{name}.png"
+        figure.savefig(path.with_suffix(".tmp.png"), dpi=110, bbox_inches="tight")
+        path.with_suffix(".tmp.png").replace(path)
+        images[name] = path
+        import matplotlib.pyplot as plt
+        plt.close(figure)
+    fsutil.write_text_atomic(out / "report.json", json.dumps(data, indent=2, default=str))
+    fsutil.write_text_atomic(out / "report.html", render_html(data, images))
+    return {"html": str(out / "report.html"), "json": str(out / "report.json"),
+            "plots": {k: str(v) for k, v in images.items()}, "headline": data["headline_text"]}
+
+
+def runtime_footprints() -> dict:
+    """Installed bytes of each runtime's minimal environment (package + what it requires, numpy included)."""
+    from deploykit.machine import MINIMAL_ENVIRONMENTS, install_footprint
+
+    return {name: install_footprint(dists) for name, dists in MINIMAL_ENVIRONMENTS.items()}
+
+
+def headline_text(bench: dict, parity: Optional[dict]) -> str:
+    head = bench.get("headline")
+    if not head:
+        return "no research/production pair at the same threads and batch was measured"
+    error = _max_error(parity)
+    text = (f"production vs research: {head['speedup']}× faster, {head['memory_ratio']}× less memory, "
+            f"{head['startup_ratio']}× faster to start ({head['production']} vs {head['research']}, "
+            f"{head['threads']} thread(s))")
+    return text + (f", with max error {error:.2e}" if error is not None else ", parity not measured")
+
+
+def _max_error(parity: Optional[dict]):
+    if not parity:
+        return None
+    values = [o["max_abs"] for c in parity.get("comparisons", []) for o in c["outputs"] if o.get("max_abs") is not None]
+    return max(values) if values else None
+
+
+def _label(case: dict) -> str:
+    batch = f", b{case['batch']}" if case.get("batch") else ""
+    return f"{case['row']}\n{Path(case['model']).suffix or 'dir'} t{case['options'].get('threads')}{batch}"
+
+
+def _bars(values: list, labels: list, title: str, unit: str, errors=None):
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(max(5, 1.1 * len(values) + 2), 3.6))
+    colors = ["#c0504d" if "torch" in l or "tensorflow" in l else "#4f81bd" for l in labels]
+    axis.bar(range(len(values)), values, color=colors, yerr=errors, capsize=4)
+    axis.set_xticks(range(len(values)), labels, fontsize=8)
+    axis.set_ylabel(unit)
+    axis.set_title(title)
+    axis.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def _plot_latency(cases: list, _footprint):
+    p50 = [c["latency_ms"]["p50"] for c in cases]
+    low = [c["latency_ms"]["p50"] - c["latency_ms"]["min"] for c in cases]
+    high = [c["latency_ms"]["p90"] - c["latency_ms"]["p50"] for c in cases]
+    return _bars(p50, [_label(c) for c in cases], "latency per inference: p50, whiskers min..p90", "ms", [low, high])
+
+
+def _plot_cold_start(cases: list, _footprint):
+    return _bars([c["time_to_first_result_s"] for c in cases], [_label(c) for c in cases],
+                 "cold start: process start → first result", "s")
+
+
+def _plot_memory(cases: list, _footprint):
+    return _bars([c["peak_rss_bytes"] / 2**20 for c in cases], [_label(c) for c in cases],
+                 "peak resident memory of the process", "MiB")
+
+
+def _plot_size(cases: list, _footprint):
+    sizes = {}
+    for case in cases:
+        sizes[Path(case["model"]).name] = case["size_bytes"] / 2**20
+    return _bars(list(sizes.values()), list(sizes), "artifact size on disk", "MiB")
+
+
+def _plot_footprint(_cases, footprint: dict):
+    names = [n for n, v in footprint.items() if v["bytes"]]
+    return _bars([footprint[n]["bytes"] / 2**20 for n in names], names,
+                 "install footprint of each runtime's minimal environment", "MiB")
+
+
+def render_html(data: dict, images: dict) -> str:
+    """One page, images inlined as data URIs so the file can be mailed or attached as is."""
+    def img(name):
+        encoded = base64.b64encode(Path(images[name]).read_bytes()).decode()
+        return f'<img alt="{name}" src="data:image/png;base64,{encoded}">'
+
+    machine = data["machine"]
+    parts = [f"<h1>deploykit: research vs production</h1><p class=headline>{html.escape(data['headline_text'])}</p>",
+             f"<p>{html.escape(str(machine.get('cpu')))}, {machine.get('cores')} cores, {machine.get('isa')}; "
+             f"fp32 peak {machine.get('peak_gflops_per_core')} GFLOP/s per core "
+             f"({html.escape(machine.get('assumption', ''))})</p>",
+             "".join(f"<p class=note>{html.escape(n)}</p>" for n in data.get("notes", [])),
+             "<h2>Latency</h2>" + img("latency"), _cases_table(data["cases"]),
+             "<h2>Cold start</h2>" + img("cold_start"), "<h2>Peak memory</h2>" + img("memory"),
+             "<h2>Artifact size</h2>" + img("size"), "<h2>Install footprint</h2>" + img("footprint"),
+             _footprint_table(data["footprint"]), "<h2>Parity</h2>" + _parity_table(data.get("parity")),
+             _skipped(data.get("skipped", []))]
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+             ".headline{font-size:1.3em;font-weight:bold}.note{color:#a60}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>deploykit report</title><style>{style}</style>"
+            f"</head><body>{''.join(parts)}</body></html>")
+
+
+def _table(headers: list, rows: list) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cases_table(cases: list) -> str:
+    rows = []
+    for c in cases:
+        if "error" in c:
+            rows.append([Path(c["model"]).name, c["row"], c["options"].get("threads"), "error: " + c["error"]]
+                        + [""] * 9)
+            continue
+        lat = c["latency_ms"]
+        rows.append([Path(c["model"]).name, c["row"], c["options"].get("threads"), ", ".join(c["providers"]),
+                     f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", f"{lat['std']:.3f}",
+                     f"{c['throughput_per_s']}", f"{c['time_to_first_result_s']:.2f}",
+                     f"{c['peak_rss_bytes'] / 2**20:.0f}", c.get("gflops_per_s", "—"),
+                     "noisy" if c["noisy"] else ""])
+    return _table(["model", "runtime", "threads", "ran on", "p50 ms", "p90 ms", "p99 ms", "std ms", "per s",
+                   "first result s", "peak MiB", "GFLOP/s", ""], rows)
+
+
+def _footprint_table(footprint: dict) -> str:
+    return _table(["runtime", "MiB installed", "distributions"],
+                  [[n, f"{v['bytes'] / 2**20:.0f}", ", ".join(v["distributions"])] for n, v in footprint.items()])
+
+
+def _parity_table(parity: Optional[dict]) -> str:
+    if not parity:
+        return "<p>not measured (give the source model first to compare the artifacts with it)</p>"
+    rows = [[c["candidate"], c["reference"], o["name"], "pass" if c["passed"] else "FAIL", f"{o['max_abs']:.3g}",
+             f"{o['cosine']:.7f}" if o.get("cosine") is not None else "—"]
+            for c in parity["comparisons"] for o in c["outputs"]]
+    return _table(["artifact", "reference", "output", "status", "max_abs", "cosine"], rows)
+
+
+def _skipped(skipped: list) -> str:
+    if not skipped:
+        return ""
+    return "<h2>Skipped</h2>" + _table(["model", "runtime", "reason"],
+                                       [[Path(s["model"]).name, s["runtime"], s["reason"]] for s in skipped])

@@ -1,0 +1,107 @@
+"""deploykit bench and the research-vs-production report."""
+import json
+
+import pytest
+
+from deploykit import api
+from deploykit.bench import BenchOptions, plan, summarize
+from deploykit.errors import UsageError
+from deploykit.machine import cpu_peak, install_footprint
+
+pytestmark = [pytest.mark.torch, pytest.mark.onnxruntime, pytest.mark.litert]
+QUICK = dict(warmup=2, iterations=15)
+
+
+@pytest.fixture(scope="module")
+def trio(exported, samples_dir):
+    """A source and its ONNX and TFLite artifacts."""
+    return [str(samples_dir / "two_layer_net.pt2"), exported("two_layer_net.pt2").artifact,
+            exported("two_layer_net.pt2", "tflite", "litert").artifact]
+
+
+def test_plan_picks_the_rows_each_format_runs_and_explains_skips(trio):
+    cases, skipped = plan(trio, BenchOptions(threads=(1, 2)))
+    rows = {(c["format"], c["row"]) for c in cases}
+    assert ("exported_program", "torch") in rows and ("onnx", "onnxruntime") in rows
+    assert ("tflite", "litert") in rows and ("tflite", "litert_no_xnnpack") in rows
+    assert {c["options"]["threads"] for c in cases} == {1, 2}
+    gpu_rows = {s["runtime"]: s["reason"] for s in skipped}
+    if gpu_rows:   # no GPU here: the GPU rows are skipped with the reason, never silently
+        assert gpu_rows == {"torch_cuda": "no NVIDIA GPU on this machine",
+                            "onnxruntime_cuda": "no NVIDIA GPU on this machine"}
+    with pytest.raises(UsageError, match="unknown runtime"):
+        plan(trio, BenchOptions(runtimes=("coreml",)))
+
+
+def test_mobile_profile_pins_litert_to_one_and_two_cores(trio):
+    cases, _ = plan(trio, BenchOptions(profile="mobile"))
+    assert [(c["row"], c["affinity"]) for c in cases] == [("litert", [0]), ("litert", [0, 1])]
+
+
+def test_statistics_are_a_distribution_and_flag_wide_spread():
+    raw = {"times_ms": [10.0] * 8 + [11.0, 30.0], "input_shapes": {"x": [4, 3]}, "peak_rss_bytes": 100,
+           "rss_at_start_bytes": 40}
+    result = summarize(dict(raw), {})
+    assert result["latency_ms"]["p50"] == 10.0 and result["latency_ms"]["p99"] > 11
+    assert result["latency_ms"]["iterations"] == 10 and result["rss_delta_bytes"] == 60
+    assert result["throughput_per_s"] == pytest.approx(4 * 1000 / 12.1, rel=1e-3)
+    assert result["noisy"] is True
+    quiet = summarize({**raw, "times_ms": [10.0] * 10}, {})
+    assert quiet["noisy"] is False
+
+
+def test_bench_measures_every_field_in_child_processes(trio):
+    result = api.bench(trio, BenchOptions(runtimes=("torch", "onnxruntime", "litert", "litert_no_xnnpack"), **QUICK))
+    assert len(result["cases"]) == 4 and not any("error" in c for c in result["cases"])
+    for case in result["cases"]:
+        for key in ("model_load_s", "cold_start_s", "first_inference_ms", "throughput_per_s", "peak_rss_bytes",
+                    "rss_delta_bytes", "size_bytes", "providers", "os_threads", "gflops_per_s", "fraction_of_peak"):
+            assert case[key] is not None, key
+        assert case["latency_ms"]["iterations"] == 15
+        assert case["latency_ms"]["min"] <= case["latency_ms"]["p50"] <= case["latency_ms"]["p99"]
+    by_row = {c["row"]: c for c in result["cases"]}
+    assert by_row["litert"]["providers"] == ["XNNPACK"]
+    assert by_row["onnxruntime"]["providers"] == ["CPUExecutionProvider"]
+    flops = result["flops"]
+    assert flops[trio[0]]["flops"] == flops[trio[1]]["flops"] == 2 * 64 * (1000 * 100 + 100 * 10)
+    assert "of its source" in flops[trio[2]]["method"]
+    assert result["headline"]["research"].startswith("torch") and result["headline"]["speedup"] > 0
+
+
+def test_report_is_self_contained_with_plots_and_parity(trio, tmp_path):
+    result = api.bench(trio, BenchOptions(runtimes=("torch", "onnxruntime", "litert"), **QUICK),
+                       report_dir=str(tmp_path / "report"))
+    report = result["report"]
+    page = open(report["html"]).read()
+    assert page.count("data:image/png;base64,") == 5 and "production vs research" in page
+    for png in report["plots"].values():
+        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(open(report["json"]).read())
+    assert data["parity"]["passed"] and "max error" in data["headline_text"]
+    assert data["footprint"]["litert"]["bytes"] < data["footprint"]["torch"]["bytes"]
+    with pytest.raises(Exception, match="already exists"):
+        api.bench(trio[:1], BenchOptions(runtimes=("torch",), **QUICK), report_dir=str(tmp_path / "report"))
+
+
+def test_machine_peak_and_footprint_are_measured_not_assumed():
+    peak = cpu_peak()
+    assert peak["fp32_lanes"] in (4, 8, 16) and "lanes" in peak["assumption"]
+    numpy_only = install_footprint(("numpy",))
+    assert numpy_only["bytes"] > 1_000_000 and numpy_only["distributions"] == ["numpy"]
+    assert install_footprint(("no-such-package",))["not_installed"] == ["no-such-package"]
+
+
+def test_cli_bench_json_and_report_errors(trio, tmp_path):
+    from tests.conftest import assert_clean_error, run_cli
+
+    proc = run_cli("bench", trio[1], "--runtime", "onnxruntime", "--iterations", "5", "--warmup", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["cases"][0]["row"] == "onnxruntime"
+    (tmp_path / "bench.json").write_text(proc.stdout)
+    proc = run_cli("report", str(tmp_path / "bench.json"), "-o", str(tmp_path / "r"))
+    assert proc.returncode == 0 and (tmp_path / "r" / "report.html").exists()
+    (tmp_path / "bad.json").write_text("{}")
+    assert_clean_error(run_cli("report", str(tmp_path / "bad.json")), 2, "not the expected deploykit result")
+    assert_clean_error(run_cli("bench", trio[1], "--threads", "0"), 2, "bad --threads")
+    assert_clean_error(run_cli("bench", trio[1], "--profile", "phone"), 2, "unknown --profile")
