@@ -17,8 +17,8 @@ EXIT_INTERNAL = 5
 
 app = typer.Typer(
     name="deploykit", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-    help="Export PyTorch models to ONNX (and more), prove the export computes the same thing, "
-         "and measure it. Exit codes: 0 ok, 1 verification failed, 2 bad usage/input, 3 missing dependency, "
+    help="Export PyTorch and Keras models to ONNX, TFLite and SavedModel, prove the export computes the same "
+         "thing, and measure what production gains. Exit codes: 0 ok, 1 verification failed, 2 bad usage/input, 3 missing dependency, "
          "4 conversion failed, 5 internal error.",
 )
 samples_app = typer.Typer(help="Sample models built in code (the seed's two-layer net, MobileNetV2, ...).",
@@ -196,8 +196,9 @@ def bench(
                        "torch_compile, torch_cuda, onnxruntime, onnxruntime_cuda, litert, litert_no_xnnpack, "
                        "tensorflow. Default: every row that runs the model.")] = None,
     threads: Annotated[str, typer.Option("--threads", help="Intra-op thread counts, comma-separated.")] = "1",
-    batch: Annotated[Optional[str], typer.Option("--batch", help="Batch sizes, comma-separated (models with a fixed "
-                                                 "batch run only their own). Default: the model's own.")] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Batch sizes, comma-separated. Default: the model's "
+                                                 "own. A model with a fixed batch gives an error row for other sizes "
+                                                 "(export it with --dynamic-batch).")] = None,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs before timing.")] = 10,
     iterations: Annotated[int, typer.Option("--iterations", help="Timed runs per case.")] = 100,
     seconds: Annotated[Optional[float], typer.Option("--seconds", help="Time-box per case instead of "
@@ -248,8 +249,9 @@ def report_command(
     def action() -> dict:
         from deploykit.report import build_report
 
-        return build_report(_read_json(bench_json, "cases"), output, _read_json(parity, "comparisons")
-                            if parity else None, force=force)
+        data = _read_json(bench_json, "cases")
+        comparisons = _read_json(parity, "comparisons") if parity else data.get("parity")
+        return build_report(data, output, comparisons, force=force)
 
     _run(action, as_json, debug, lambda data: print(f"report: {data['html']}\n{data['headline']}"))
 

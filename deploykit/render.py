@@ -152,20 +152,22 @@ def print_bench_case(case: dict) -> None:
 
 
 def print_bench(result: dict) -> None:
-    table = Table(title="benchmark (latency in ms over timed runs after warm-up)", title_justify="left")
-    for column in ("model", "runtime", "thr", "ran on", "min", "p50", "p90", "p99", "std", "per s", "load s",
-                   "first result s", "peak MiB", "Δ MiB", "size MiB", "GFLOP/s", "% peak"):
-        table.add_column(column, justify="left" if column in ("model", "runtime", "ran on") else "right")
+    table = Table(title="benchmark: ms per inference after warm-up (all fields: --json or --report)",
+                  title_justify="left")
+    for column in ("model", "runtime", "thr", "p50", "p90", "p99", "per s", "first result s", "peak MiB",
+                   "GFLOP/s", "% peak", "ran on"):
+        table.add_column(column, justify="left" if column in ("model", "runtime", "ran on") else "right",
+                         no_wrap=column in ("model", "runtime"))
     for c in result["cases"]:
         if "error" in c:
             table.add_row(Path(c["model"]).name, c["row"], str(c["options"].get("threads")), f"[red]{c['error'][:60]}")
             continue
         lat = c["latency_ms"]
-        table.add_row(Path(c["model"]).name, c["row"], str(c["options"].get("threads")), ", ".join(c["providers"]),
-                      *(_fmt(lat[k]) for k in ("min", "p50", "p90", "p99", "std")), _fmt(c["throughput_per_s"]),
-                      _fmt(c["model_load_s"]), _fmt(c["time_to_first_result_s"]), f"{c['peak_rss_bytes'] / 2**20:.0f}",
-                      f"{c['rss_delta_bytes'] / 2**20:.0f}", f"{c['size_bytes'] / 2**20:.2f}",
-                      _fmt(c.get("gflops_per_s")), _pct(c.get("fraction_of_peak")))
+        table.add_row(Path(c["model"]).name, c["row"], str(c["options"].get("threads")),
+                      *(_fmt(lat[k]) for k in ("p50", "p90", "p99")), _fmt(c["throughput_per_s"]),
+                      _fmt(c["time_to_first_result_s"]), f"{c['peak_rss_bytes'] / 2**20:.0f}",
+                      _fmt(c.get("gflops_per_s")), _pct(c.get("fraction_of_peak")),
+                      ", ".join(c["providers"]) + (" [yellow]noisy[/yellow]" if c["noisy"] else ""))
     console.print(table)
     for skipped in result["skipped"]:
         console.print(f"skipped {skipped['runtime']} for {Path(skipped['model']).name}: {skipped['reason']}")

@@ -75,11 +75,15 @@ def _label(case: dict) -> str:
     return f"{case['row']}\n{Path(case['model']).suffix or 'dir'} t{case['options'].get('threads')}{batch}"
 
 
+RESEARCH_MARKERS = ("torch", "tensorflow", ".pt", ".keras", ".h5")
+
+
 def _bars(values: list, labels: list, title: str, unit: str, errors=None):
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(max(5, 1.1 * len(values) + 2), 3.6))
-    colors = ["#c0504d" if "torch" in l or "tensorflow" in l else "#4f81bd" for l in labels]
+    # Red: the research side (framework runtimes and files), blue: production runtimes and artifacts.
+    colors = ["#c0504d" if any(m in label for m in RESEARCH_MARKERS) else "#4f81bd" for label in labels]
     axis.bar(range(len(values)), values, color=colors, yerr=errors, capsize=4)
     axis.set_xticks(range(len(values)), labels, fontsize=8)
     axis.set_ylabel(unit)
@@ -153,16 +157,17 @@ def _cases_table(cases: list) -> str:
     for c in cases:
         if "error" in c:
             rows.append([Path(c["model"]).name, c["row"], c["options"].get("threads"), "error: " + c["error"]]
-                        + [""] * 9)
+                        + [""] * 10)
             continue
         lat = c["latency_ms"]
         rows.append([Path(c["model"]).name, c["row"], c["options"].get("threads"), ", ".join(c["providers"]),
                      f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", f"{lat['std']:.3f}",
                      f"{c['throughput_per_s']}", f"{c['time_to_first_result_s']:.2f}",
                      f"{c['peak_rss_bytes'] / 2**20:.0f}", c.get("gflops_per_s", "—"),
+                     f"{c['fraction_of_peak']:.0%}" if c.get("fraction_of_peak") is not None else "—",
                      "noisy" if c["noisy"] else ""])
     return _table(["model", "runtime", "threads", "ran on", "p50 ms", "p90 ms", "p99 ms", "std ms", "per s",
-                   "first result s", "peak MiB", "GFLOP/s", ""], rows)
+                   "first result s", "peak MiB", "GFLOP/s", "% of peak", ""], rows)
 
 
 def _footprint_table(footprint: dict) -> str:

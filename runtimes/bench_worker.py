@@ -52,6 +52,7 @@ def measure(request: dict) -> dict:
     runner.open()
     model_load_s = time.perf_counter() - started
     cold_start_s = time.time() - request["spawned_at"]
+    _check_batch(model.spec, request.get("batch"))
     feeds = random_feeds(model.spec, 1, seed=0, batch=request.get("batch"))[0]
     first_started = time.perf_counter()
     runner.run(feeds)
@@ -65,6 +66,15 @@ def measure(request: dict) -> dict:
             "rss_at_start_bytes": RSS_AT_START, "providers": list(getattr(runner, "active_providers", [])),
             "threads_configured": options.threads, "os_threads": _os_threads(),
             "affinity": sorted(os.sched_getaffinity(0)), "input_shapes": {k: list(v.shape) for k, v in feeds.items()}}
+
+
+def _check_batch(spec, batch) -> None:
+    from deploykit.errors import UsageError
+
+    for tensor in spec.inputs if batch else ():
+        if tensor.shape and isinstance(tensor.shape[0], int) and tensor.shape[0] not in (batch, -1):
+            raise UsageError(f"input {tensor.name!r} has a fixed batch of {tensor.shape[0]}",
+                             "export with --dynamic-batch to benchmark other batch sizes")
 
 
 def _timed_loop(runner, feeds: dict, iterations: int, seconds) -> list:

@@ -105,3 +105,14 @@ def test_cli_bench_json_and_report_errors(trio, tmp_path):
     assert_clean_error(run_cli("report", str(tmp_path / "bad.json")), 2, "not the expected deploykit result")
     assert_clean_error(run_cli("bench", trio[1], "--threads", "0"), 2, "bad --threads")
     assert_clean_error(run_cli("bench", trio[1], "--profile", "phone"), 2, "unknown --profile")
+
+
+def test_batch_sizes_need_a_dynamic_batch(samples_dir, tmp_path):
+    fixed = api.export(str(samples_dir / "tiny_transformer.pt2"), "onnx", str(tmp_path / "fixed.onnx")).artifact
+    dynamic = api.export(str(samples_dir / "tiny_transformer.pt"), "onnx", str(tmp_path / "dyn.onnx"),
+                         dynamic_batch=True).artifact
+    result = api.bench([fixed, dynamic], BenchOptions(runtimes=("onnxruntime",), batches=(4,), **QUICK))
+    by_model = {c["model"]: c for c in result["cases"]}
+    assert "fixed batch of 1" in by_model[fixed]["error"]
+    assert by_model[dynamic]["input_shapes"]["ids"] == [4, 32]
+    assert by_model[dynamic]["throughput_per_s"] > 0
