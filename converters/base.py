@@ -23,6 +23,10 @@ class ExportOptions:
     timeout: float = 900.0
     debug: bool = False
     keep_layout: bool = False      # ask converters that change layouts (onnx2tf) to keep the source's inputs
+    quantize: Optional[str] = None  # fp16 | dynamic | int8, applied by the route's last edge
+    io_dtype: str = "float"         # int8 TFLite: float or int8 inputs/outputs
+    # Calibration feeds for the edge's input model (renamed and permuted by the routing).
+    calibration_feeds: Optional[Callable] = None
 
 
 @dataclass

@@ -26,11 +26,38 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
                 converter = tf.lite.TFLiteConverter.from_saved_model(model.path)
             else:
                 converter = tf.lite.TFLiteConverter.from_keras_model(model.handle)
+            _configure_quantization(tf, converter, model, options, result)
             flatbuffer = converter.convert()
     except Exception as exc:  # noqa: BLE001 - the converter raises ConverterError and others
         detail = " ".join(str(exc).split())[:300]
         raise ConversionError(f"TFLiteConverter failed: {detail}",
                               "ops outside the TFLite builtin set need SELECT_TF_OPS; try --to onnx") from None
     out_path.write_bytes(flatbuffer)
+    if options.quantize:
+        result.notes.append(f"quantized: {options.quantize}" + (", int8 inputs/outputs" if options.quantize == "int8"
+                                                                and options.io_dtype == "int8" else ""))
     return accept(result, check, options, "tflite_converter", "TFLiteConverter",
                   "run deploykit verify --debug on the artifact, or try --via onnx")
+
+
+def _configure_quantization(tf, converter, model: LoadedModel, options: ExportOptions, result) -> None:
+    """fp16 weights, dynamic-range int8 weights, or full integer int8 with a representative dataset."""
+    mode = options.quantize
+    if not mode:
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == "int8":
+        feeds = options.calibration_feeds(model)
+        names = model.spec.input_names
+
+        def representative():
+            for feed in feeds:
+                yield [feed[name] for name in names]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if options.io_dtype == "int8":
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8

@@ -27,12 +27,25 @@ class VerifyOptions:
     samples: int = 5
     seed: int = 0
     inputs_npz: Optional[str] = None
-    precision: str = "fp32"
+    precision: Optional[str] = None   # None: fp32, or a quantized artifact's own precision (manifest)
     atol: Optional[float] = None
     rtol: Optional[float] = None
     timeout: float = 600.0
     device: str = "cpu"        # where artifacts run: cpu, cuda (ORT CUDA EP) or auto
     xnnpack: bool = True       # LiteRT artifacts run with the XNNPACK delegate (LiteRT's default)
+
+
+# --quantize mode -> the tolerance preset its artifact is judged with against the float source
+PRECISION_OF = {"fp16": "fp16", "dynamic": "int8", "int8": "int8", None: "fp32"}
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    mode: str                              # fp16 | dynamic | int8
+    calibration: Optional[str] = None      # .npz or image folder; None = random data, with a warning
+    samples: int = 100
+    normalize: str = "unit"                # images: unit ([0, 1]) or imagenet (mean/std)
+    io_dtype: str = "float"                # int8 TFLite: float or int8 inputs/outputs
 
 
 @dataclass
@@ -86,7 +99,7 @@ def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force
            load: Optional[LoadOptions] = None, verify: VerifyOptions = VerifyOptions(),
            opset: Optional[int] = None, dynamic_batch: bool = False, optimize: bool = True,
            via: Optional[str] = None, route_all: bool = False, keep_layout: bool = False,
-           debug: bool = False) -> ExportResult:
+           quantize: Optional[QuantizeOptions] = None, debug: bool = False) -> ExportResult:
     """Convert ``source`` to ``to``, verify it against the source, write artifact + manifest.
 
     Routes (chains of converter edges) are tried in the registry's order and the first whose
@@ -100,20 +113,26 @@ def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force
     dst = registry.target_format(to)
     _check_samples(verify)
     model = load_model(source, load or LoadOptions())
-    routes = routing.select_routes(model.format, dst, via)
-    out = fsutil.prepare_output(_default_output(source, dst, output), force, directory=dst == Format.SAVED_MODEL)
+    mode = quantize.mode if quantize else None
+    routes = routing.select_routes(model.format, dst, via, mode)
+    out = fsutil.prepare_output(default_output(source, dst, output), force, directory=dst == Format.SAVED_MODEL)
     if Path(source).exists() and out.resolve() == Path(source).resolve():
         raise UsageError(f"the output {out} is the source itself", "choose another -o")
     fsutil.prepare_output(manifest.manifest_path(out), force)
     checker = _checker(model, verify)
     options = ExportOptions(opset=opset, dynamic_batch=dynamic_batch, optimize=optimize, samples=verify.samples,
-                            timeout=verify.timeout, debug=debug, keep_layout=keep_layout)
+                            timeout=verify.timeout, debug=debug, keep_layout=keep_layout, quantize=mode,
+                            io_dtype=quantize.io_dtype if quantize else "float")
+    calibration, calibration_info = _calibration(model, quantize)
+    final_tolerance = tolerance_for(PRECISION_OF[mode], verify.atol, verify.rtol) if mode else None
+    final_feeds = _in_distribution_feeds(model, calibration, calibration_info, verify) if mode == "int8" else None
     with fsutil.staging_dir(out.parent) as stage:
         runs = []
         for index, route in enumerate(routes):
             folder = stage / f"route{index}"
             folder.mkdir()
-            runs.append(routing.run_route(route, model, folder / out.name, options, checker))
+            runs.append(routing.run_route(route, model, folder / out.name, options, checker, calibration,
+                                          final_tolerance, final_feeds))
             if runs[-1].passed and not route_all:
                 break
         if route_all:
@@ -122,8 +141,8 @@ def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force
         final = chosen.final
         moves = [(f, out.parent / f.name) for f in final.extra_files] + [(final.path, out)]
         fsutil.publish(moves)
-    data = _write_manifest(out, dst, model, chosen, runs, [m[1] for m in moves[:-1]])
-    warnings = [w for hop in chosen.hops for w in hop.warnings]
+    data = _write_manifest(out, dst, model, chosen, runs, [m[1] for m in moves[:-1]], mode, calibration_info)
+    warnings = [w for hop in chosen.hops for w in hop.warnings] + calibration_info.get("warnings", [])
     return ExportResult(str(out), str(manifest.manifest_path(out)), data["route"], data["parity"], warnings,
                         time.perf_counter() - started, data["routes"])
 
@@ -140,7 +159,8 @@ def _measure_latency(runs: list, checker: Checker, timeout: float) -> None:
             run.latency_ms = info.get("latency_ms_median")
 
 
-def _write_manifest(out: Path, dst: Format, model: LoadedModel, chosen, runs: list, extra_files: list) -> dict:
+def _write_manifest(out: Path, dst: Format, model: LoadedModel, chosen, runs: list, extra_files: list,
+                    mode: Optional[str] = None, calibration_info: Optional[dict] = None) -> dict:
     artifact = load_model(str(out))
     final = chosen.final
     route_info = [{"edge": hop["edge"], "tool": hop["tool"], "attempts": hop["attempts"], "notes": hop["notes"],
@@ -150,6 +170,10 @@ def _write_manifest(out: Path, dst: Format, model: LoadedModel, chosen, runs: li
                           [w for hop in chosen.hops for w in hop.warnings], extra_files,
                           _libraries_used(chosen.route, " ".join(h.tool for h in chosen.hops)))
     data["routes"] = [dict(r.to_dict(), chosen=r is chosen) for r in runs]
+    data["precision"] = mode or "fp32"
+    if mode:
+        data["calibration"] = calibration_info
+        data["warnings"] = data["warnings"] + (calibration_info or {}).get("warnings", [])
     fsutil.write_text_atomic(manifest.manifest_path(out), manifest.dumps(data))
     return data
 
@@ -200,9 +224,12 @@ def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions]
     reports, previous = [], None
     for artifact in loaded:
         # Each artifact's manifest records its layout relative to the source it was exported from.
-        layout = (manifest.read(artifact.path) or {}).get("layout") or {}
-        references, outputs = checker.run_both(artifact, options.samples, layout=layout)
-        reports.append(checker.compare(references, outputs, model.label, artifact.label, layout))
+        stored = manifest.read(artifact.path) or {}
+        layout = stored.get("layout") or {}
+        tolerance = _artifact_tolerance(stored, options)
+        references, outputs = checker.run_both(artifact, options.samples, layout=layout,
+                                               feeds=_int8_feeds(model, stored, options))
+        reports.append(checker.compare(references, outputs, model.label, artifact.label, layout, tolerance))
         if previous is not None:
             hop_report = checker.compare(previous[1], outputs, previous[0].label, artifact.label)
             hop_report.notes.append("hop: both sides in the source's layout")
@@ -211,8 +238,15 @@ def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions]
     return VerifyResult(model.label, reports, time.perf_counter() - started)
 
 
+def _artifact_tolerance(stored: dict, options: VerifyOptions):
+    """Without --precision, a quantized artifact is judged with its precision's preset (from its manifest)."""
+    if options.precision is not None or stored.get("precision") in (None, "fp32"):
+        return None
+    return tolerance_for(PRECISION_OF.get(stored["precision"], "fp32"), options.atol, options.rtol)
+
+
 def _checker(model: LoadedModel, options: VerifyOptions) -> Checker:
-    tolerance = tolerance_for(options.precision, options.atol, options.rtol)
+    tolerance = tolerance_for(options.precision or "fp32", options.atol, options.rtol)
     user_feeds = load_npz(options.inputs_npz, model.spec) if options.inputs_npz else None
     checker = Checker(model, tolerance, options.seed, user_feeds, options.timeout, options.device)
     checker.runtime_options = {"xnnpack": options.xnnpack}
@@ -224,7 +258,7 @@ def _check_samples(options: VerifyOptions) -> None:
         raise UsageError(f"--samples must be at least 1 (got {options.samples})", "e.g. --samples 5")
 
 
-def _default_output(source: str, dst: Format, output: Optional[str]) -> str:
+def default_output(source: str, dst: Format, output: Optional[str] = None) -> str:
     if output:
         return output
     name = source.rpartition(":")[2] if ":" in source and not Path(source).exists() else Path(source).stem
@@ -243,8 +277,7 @@ def bench(models: Sequence[str], options=None, *, load: Optional[LoadOptions] = 
     if not models:
         raise UsageError("no model to benchmark", "give one or more model files")
     options = options or BenchOptions()
-    if report_dir:
-        from deploykit import report as report_module  # noqa: F401 - fail early when matplotlib is missing
+    if report_dir:   # fail before minutes of measuring, not after
         registry.require(("matplotlib",), "needed to draw the report's plots")
     load_payload = None
     if load and (load.weights or load.input_specs):
@@ -269,3 +302,46 @@ def _write_report(result: dict, report_dir: str, parity, force: bool) -> dict:
     from deploykit.report import build_report
 
     return build_report(result, report_dir, parity=parity, force=force)
+
+
+def _calibration(model: LoadedModel, quantize: Optional[QuantizeOptions]) -> tuple:
+    """Calibration feeds (source layout) for int8, and what the manifest says about them."""
+    if not quantize or quantize.mode != "int8":
+        return None, {}
+    from deploykit.calibration import calibration_feeds
+
+    if quantize.io_dtype not in ("float", "int8"):
+        raise UsageError(f"unknown --io-dtype {quantize.io_dtype!r}", "use float or int8")
+    feeds, warning = calibration_feeds(model.spec, quantize.calibration, quantize.samples, quantize.normalize)
+    info = {"source": quantize.calibration or "random", "samples": len(feeds), "normalize": quantize.normalize}
+    if warning:
+        info["warnings"] = [warning]
+    return feeds, info
+
+
+def _in_distribution_feeds(model: LoadedModel, calibration: list, info: dict, verify: VerifyOptions) -> tuple:
+    """What an int8 artifact is judged on: the user's --inputs, else held-out calibration data, else fresh
+    samples of the random calibration's own distribution (int8 clips what calibration never saw)."""
+    from deploykit.inputs import load_npz, random_feeds
+
+    if verify.inputs_npz:
+        return ("user", load_npz(verify.inputs_npz, model.spec))
+    if info.get("source") != "random":
+        held_out = calibration[-verify.samples:] if len(calibration) > verify.samples else calibration
+        return ("calibration-distribution", held_out)
+    fresh = [random_feeds(model.spec, 1, seed=500 + 4 * i)[0] for i in range(verify.samples)]   # normal kind only
+    return ("random-calibration-distribution", fresh)
+
+
+def _int8_feeds(model: LoadedModel, stored: dict, options: VerifyOptions) -> Optional[tuple]:
+    """An int8 artifact is verified on normal and uniform samples (plus --inputs), not the 3-sigma and
+    negated ones that exercise float branches: int8 clips what its calibration never saw."""
+    if stored.get("precision") != "int8" or options.precision is not None:
+        return None
+    from deploykit.inputs import load_npz, random_feeds
+
+    pool = random_feeds(model.spec, 4 * options.samples, options.seed)
+    feeds = [f for i, f in enumerate(pool) if i % 4 in (0, 1)][:options.samples]
+    if options.inputs_npz:
+        feeds += load_npz(options.inputs_npz, model.spec)
+    return ("normal/uniform (int8)", feeds)

@@ -55,20 +55,24 @@ class Checker:
         return keyed + [(("user", i), f) for i, f in enumerate(self.user_feeds)]
 
     def check(self, candidate_path, samples: int, batch: Optional[int] = None,
-              candidate: Optional[LoadedModel] = None, layout: Optional[dict] = None) -> parity.ParityReport:
+              candidate: Optional[LoadedModel] = None, layout: Optional[dict] = None,
+              tolerance: Optional[parity.Tolerance] = None, feeds: Optional[tuple] = None) -> parity.ParityReport:
         """Run the candidate file (isolated) and the source on the same feeds and compare.
 
         ``layout`` is the candidate's recorded permutation relative to the source
         ({"inputs": {name: axes}, "outputs": {name: axes}}, keyed by the candidate's names).
         """
         candidate = candidate or load_model(str(candidate_path))
-        references, outputs = self.run_both(candidate, samples, batch, layout)
-        return self.compare(references, outputs, self.source.label, candidate.label, layout)
+        references, outputs = self.run_both(candidate, samples, batch, layout, feeds)
+        report = self.compare(references, outputs, self.source.label, candidate.label, layout, tolerance)
+        if feeds:
+            report.notes.append(f"compared on {len(feeds[1])} {feeds[0]} sample(s)")
+        return report
 
     def compare(self, references: list, outputs: list, reference_label: str, candidate_label: str,
-                layout: Optional[dict] = None) -> parity.ParityReport:
+                layout: Optional[dict] = None, tolerance: Optional[parity.Tolerance] = None) -> parity.ParityReport:
         """Compare outputs that are already in the source's layout."""
-        report = parity.compare(references, outputs, self.tolerance, reference_label, candidate_label)
+        report = parity.compare(references, outputs, tolerance or self.tolerance, reference_label, candidate_label)
         if self.last_runtime:
             report.notes.append(f"{candidate_label} ran on {self.last_runtime}")
         if self.user_feeds:
@@ -80,9 +84,13 @@ class Checker:
         return report
 
     def run_both(self, candidate: LoadedModel, samples: int, batch: Optional[int] = None,
-                 layout: Optional[dict] = None) -> tuple:
-        """Source outputs and candidate outputs (permuted back to the source's layout) on the same feeds."""
-        keyed = self.feeds(samples, batch)
+                 layout: Optional[dict] = None, feeds: Optional[tuple] = None) -> tuple:
+        """Source outputs and candidate outputs (permuted back to the source's layout) on the same feeds.
+
+        ``feeds`` = (label, [feed, ...]) replaces the seeded random samples (a quantized artifact is
+        judged on the distribution it was calibrated for, not on 3-sigma inputs it clips).
+        """
+        keyed = [((feeds[0], i), f) for i, f in enumerate(feeds[1])] if feeds else self.feeds(samples, batch)
         references = [self.reference.outputs(key, feeds) for key, feeds in keyed]
         layout = layout or {}
         feeds_for_candidate = [self.feeds_for(candidate, feeds, layout) for _key, feeds in keyed]

@@ -42,7 +42,8 @@ Npz = Annotated[Optional[str], typer.Option(
                      "compared in addition to the random samples.")]
 Atol = Annotated[Optional[float], typer.Option("--atol", help="Absolute tolerance (replaces the preset's, unscaled).")]
 Rtol = Annotated[Optional[float], typer.Option("--rtol", help="Relative tolerance (replaces the preset's).")]
-Precision = Annotated[str, typer.Option("--precision", help="Tolerance preset: fp32, fp16 or int8.")]
+Precision = Annotated[Optional[str], typer.Option("--precision", help="Tolerance preset: fp32, fp16 or int8 "
+                                                                   "(default: fp32, or a quantized artifact's own).")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds a child process may run a model before it "
                                                           "is stopped.")]
 Device = Annotated[str, typer.Option("--device", help="Where ONNX artifacts run for verification: cpu, cuda "
@@ -114,10 +115,20 @@ def export(
     keep_layout: Annotated[bool, typer.Option("--keep-layout", help="Keep the source's input layout (NCHW) at the "
                                               "artifact's boundary where the converter can (onnx2tf); by default "
                                               "the converter's native layout is used and recorded.")] = False,
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="fp16, dynamic (int8 weights), int8 (full "
+                        "integer, calibrated) or all (build each and compare size, latency, agreement).")] = None,
+    calibration: Annotated[Optional[str], typer.Option("--calibration", help="int8 calibration data: .npz with one "
+                           "array per input (leading sample axis), or a folder of images. Without it: random data, "
+                           "with a warning.")] = None,
+    calibration_samples: Annotated[int, typer.Option("--calibration-samples", help="How many calibration "
+                                   "samples to use.")] = 100,
+    calibration_normalize: Annotated[str, typer.Option("--calibration-normalize", help="Images: unit ([0, 1]) or "
+                                     "imagenet (mean/std).")] = "unit",
+    io_dtype: Annotated[str, typer.Option("--io-dtype", help="int8 TFLite: float or int8 inputs/outputs.")] = "float",
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Simplify the graph with onnxslim "
                                            "(kept only if parity still holds).")] = True,
     inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False, samples: Samples = 5,
-    seed: Seed = 0, npz: Npz = None, precision: Precision = "fp32", atol: Atol = None, rtol: Rtol = None,
+    seed: Seed = 0, npz: Npz = None, precision: Precision = None, atol: Atol = None, rtol: Rtol = None,
     timeout: Timeout = 600.0, as_json: Json = False, debug: Debug = False,
 ) -> None:
     """Convert a model, verify the artifact against the source, write it with a manifest.
@@ -132,13 +143,24 @@ def export(
 
         if route not in ("first", "all"):
             raise UsageError(f"unknown --route {route!r}", "use --route first or --route all")
-        result = api.export(source, to, output, force=force, load=api.load_options(inputs or (), weights, trust_pickle),
-                            verify=_verify_options(samples, seed, npz, precision, atol, rtol, timeout),
-                            opset=opset, dynamic_batch=dynamic_batch, optimize=optimize, via=via,
-                            route_all=route == "all", keep_layout=keep_layout, debug=debug)
-        return result.to_dict()
+        kwargs = dict(force=force, load=api.load_options(inputs or (), weights, trust_pickle),
+                      verify=_verify_options(samples, seed, npz, precision, atol, rtol, timeout), opset=opset,
+                      dynamic_batch=dynamic_batch, optimize=optimize, via=via, route_all=route == "all",
+                      keep_layout=keep_layout, debug=debug)
+        plan = api.QuantizeOptions(mode=quantize or "", calibration=calibration, samples=calibration_samples,
+                                   normalize=calibration_normalize, io_dtype=io_dtype)
+        if quantize == "all":
+            from deploykit.precisions import export_all_precisions
+            from deploykit.registry import target_format
+            from deploykit.routing import SUFFIXES
 
-    _run(action, as_json, debug, _lazy("print_export"))
+            out = output or api.default_output(source, target_format(to))
+            if not out.endswith(SUFFIXES[target_format(to)]):
+                raise UsageError("--quantize all needs -o with the target's suffix", f"e.g. -o model{SUFFIXES[target_format(to)]}")
+            return export_all_precisions(source, to, out, plan, **kwargs)
+        return api.export(source, to, output, quantize=plan if quantize else None, **kwargs).to_dict()
+
+    _run(action, as_json, debug, _lazy("print_export"), lambda data: 0 if data.get("passed", True) else 1)
 
 
 def _lazy(name: str) -> Callable[[dict], None]:
@@ -154,7 +176,7 @@ def verify(
     artifacts: Annotated[List[str], typer.Argument(help="One or more artifacts; each is compared with the source, "
                                                         "and each with the previous one.")],
     inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False, samples: Samples = 5,
-    seed: Seed = 0, npz: Npz = None, precision: Precision = "fp32", atol: Atol = None, rtol: Rtol = None,
+    seed: Seed = 0, npz: Npz = None, precision: Precision = None, atol: Atol = None, rtol: Rtol = None,
     timeout: Timeout = 600.0, device: Device = "cpu",
     xnnpack: Annotated[bool, typer.Option("--xnnpack/--no-xnnpack", help="Run TFLite artifacts with LiteRT's "
                                           "XNNPACK delegate (default) or with its builtin kernels only.")] = True,

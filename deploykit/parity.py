@@ -40,7 +40,9 @@ class Tolerance:
 PRESETS = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.99999, preset="fp32"),
     "fp16": Tolerance(atol=1e-2, rtol=1e-2, min_cosine=0.999, preset="fp16"),
-    "int8": Tolerance(atol=5e-2, rtol=1e-1, min_cosine=0.98, max_mismatch=0.05, preset="int8"),
+    # int8 changes every value a little: judged mainly by direction (cosine), with element-wise
+    # outliers bounded; the task-level agreement (top-1/top-5) is reported beside it.
+    "int8": Tolerance(atol=5e-2, rtol=1e-1, min_cosine=0.98, max_mismatch=0.25, preset="int8"),
 }
 
 

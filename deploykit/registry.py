@@ -67,6 +67,8 @@ class ConverterEdge:
     requires: tuple
     tag: str = ""           # the tool, as --via names it (litert, onnx2tf, tf2onnx, ...)
     preference: int = 0     # lower is tried first among routes of equal length
+    quantizes: tuple = ()   # --quantize modes this edge can apply
+    post_step: bool = False  # applied after a route (never planned as a hop of its own)
 
     @property
     def available(self) -> bool:
@@ -109,14 +111,18 @@ EDGES = (
     ConverterEdge("onnx_to_saved_model", frozenset({Format.ONNX}), Format.SAVED_MODEL,
                   "converters.onnx_to_tflite:convert_saved_model", ("onnx2tf", "tensorflow", "onnx"), tag="onnx2tf"),
     ConverterEdge("keras_to_tflite", TF_FORMATS, Format.TFLITE, "converters.keras_to_tflite:convert",
-                  ("tensorflow", "ai_edge_litert"), tag="tflite_converter"),
+                  ("tensorflow", "ai_edge_litert"), tag="tflite_converter", quantizes=("fp16", "dynamic", "int8")),
     ConverterEdge("keras_to_onnx", TF_FORMATS, Format.ONNX, "converters.keras_to_onnx:convert",
                   ("tensorflow", "tf2onnx", "onnx"), tag="tf2onnx"),
     ConverterEdge("keras_to_saved_model", frozenset({Format.KERAS, Format.KERAS_H5}), Format.SAVED_MODEL,
                   "converters.keras_to_saved_model:convert", ("tensorflow",), tag="keras_export"),
     ConverterEdge("tflite_to_onnx", frozenset({Format.TFLITE}), Format.ONNX, "converters.tflite_to_onnx:convert",
                   ("tf2onnx", "tensorflow", "onnx"), tag="tf2onnx"),
+    ConverterEdge("onnx_quantize", frozenset({Format.ONNX}), Format.ONNX, "converters.onnx_quantize:convert",
+                  ("onnxruntime", "onnx"), tag="ort_quantization", quantizes=("fp16", "dynamic", "int8"),
+                  post_step=True),
 )
+QUANTIZE_MODES = ("fp16", "dynamic", "int8")
 
 RUNTIMES = (
     RuntimeEntry("torch", TORCH_FORMATS, "runtimes.torch_eager:TorchEagerRunner", ("torch",),
@@ -164,7 +170,7 @@ def plan(src: Format, dst: Format, max_hops: int = 2) -> list:
         next_frontier = []
         for fmt, path in frontier:
             for edge in EDGES:
-                if fmt in edge.src and edge not in path:
+                if fmt in edge.src and edge not in path and not edge.post_step:
                     route = path + [edge]
                     (routes if edge.dst == dst else next_frontier).append((edge.dst, route))
         frontier = next_frontier

@@ -63,7 +63,32 @@ def print_routes(routes: list) -> None:
     console.print(table)
 
 
+def print_precisions(result: dict) -> None:
+    table = Table(title=f"precisions of {result['source']} (agreement with the float source)", title_justify="left")
+    for column in ("precision", "status", "MiB", "× fp32 size", "1-thread ms", "× fp32 speed", "max_abs", "cosine",
+                   "top-1", "top-5"):
+        table.add_column(column, justify="left" if column in ("precision", "status") else "right")
+    for row in result["precisions"]:
+        if "error" in row:
+            table.add_row(row["precision"], f"[red]{row['error'][:90]}")
+            continue
+        table.add_row(row["precision"], "[green]pass[/green]" if row["passed"] else "[red]FAIL[/red]",
+                      f"{row['bytes'] / 2**20:.2f}", _fmt(row.get("size_vs_fp32")), _fmt(row["latency_ms"]),
+                      _fmt(row.get("speed_vs_fp32")), _fmt(row["max_abs"]), _fmt(row["cosine"], 5),
+                      _pct(row["top1_agreement"]), _pct(row["top5_agreement"]))
+    console.print(table)
+    for row in result["precisions"]:
+        if "route" in row:
+            console.print(f"{row['precision']}: {row['artifact']} via {row['route']}")
+    for row in result["precisions"]:
+        for warning in row.get("warnings", []):
+            console.print(f"[yellow]warning ({row['precision']}):[/yellow] {warning}")
+
+
 def print_export(result: dict) -> None:
+    if "precisions" in result:
+        print_precisions(result)
+        return
     print_parity(result["parity"], title=f"parity: {result['artifact']}")
     if len(result.get("routes", [])) > 1:
         print_routes(result["routes"])

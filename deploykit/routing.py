@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -58,11 +58,19 @@ def _hop_dict(edge, hop) -> dict:
             "artifact_sha256": sha256_of(hop.path) if Path(hop.path).exists() else None}
 
 
-def select_routes(src: Format, dst: Format, via: Optional[str]) -> list:
-    """Available routes from src to dst, preferred first; ``via`` keeps those through a format or tool."""
-    if src == dst:
+def select_routes(src: Format, dst: Format, via: Optional[str], quantize: Optional[str] = None) -> list:
+    """Available routes from src to dst, preferred first; ``via`` keeps those through a format or tool.
+
+    With ``quantize`` the route must end in an edge that applies it: ONNX Runtime's quantizer after
+    any route to ONNX, or TensorFlow's TFLiteConverter for TFLite (PyTorch sources reach it via
+    ONNX and onnx2tf's SavedModel).
+    """
+    if quantize:
+        routes = _quantized_routes(src, dst, quantize)
+    elif src == dst:
         raise UsageError(f"the model is already {dst.value}", "give another --to, or use `deploykit verify` on it")
-    routes = registry.plan(src, dst)
+    else:
+        routes = registry.plan(src, dst)
     if not routes:
         raise UsageError(f"no conversion from {src.value} to {dst.value} is available",
                          "see the README's support table, or `deploykit doctor` for the routes this install has")
@@ -80,7 +88,23 @@ def select_routes(src: Format, dst: Format, via: Optional[str]) -> list:
     return usable
 
 
-def run_route(route: list, model: LoadedModel, out: Path, options, checker) -> RouteRun:
+def _quantized_routes(src: Format, dst: Format, quantize: str) -> list:
+    if quantize not in registry.QUANTIZE_MODES:
+        raise UsageError(f"unknown --quantize {quantize!r}", f"use {', '.join(registry.QUANTIZE_MODES)} or all")
+    if dst == Format.ONNX:
+        step = next(e for e in registry.EDGES if e.name == "onnx_quantize")
+        if src == Format.ONNX:
+            return [[step]]
+        float_routes = registry.plan(src, dst)
+        shortest = min((len(r) for r in float_routes), default=0)
+        return [r + [step] for r in float_routes if len(r) == shortest]
+    if dst == Format.TFLITE:
+        return [r for r in registry.plan(src, dst, max_hops=3) if quantize in r[-1].quantizes]
+    raise UsageError(f"--quantize applies to --to onnx or --to tflite, not {dst.value}", "drop --quantize")
+
+
+def run_route(route: list, model: LoadedModel, out: Path, options, checker, calibration: Optional[list] = None,
+              final_tolerance=None, final_feeds: Optional[tuple] = None) -> RouteRun:
     """Convert hop by hop; each intermediate and the final artifact is checked against the source."""
     run, current, started = RouteRun(route), model, time.perf_counter()
     previous_layout: dict = {}
@@ -89,10 +113,17 @@ def run_route(route: list, model: LoadedModel, out: Path, options, checker) -> R
             last = index == len(route) - 1
             path = out if last else out.with_name(f"{out.stem}.hop{index}{SUFFIXES[edge.dst]}")
 
-            def check(candidate, samples, batch=None, layout=None, _prev=previous_layout):
-                return checker.check(candidate, samples, batch, layout=compose(_prev, layout or {}))
+            tolerance, given = (final_tolerance, final_feeds) if last else (None, None)
 
-            result = registry.resolve(edge.target)(current, path, options, check)
+            def check(candidate, samples, batch=None, layout=None, _prev=previous_layout, _tol=tolerance, _feeds=given):
+                return checker.check(candidate, samples, batch, layout=compose(_prev, layout or {}), tolerance=_tol,
+                                     feeds=_feeds)
+
+            def calibrate(edge_input, _prev=previous_layout):
+                return [checker.feeds_for(edge_input, feeds, _prev) for feeds in calibration or []]
+
+            hop_options = replace(options, quantize=options.quantize if last else None, calibration_feeds=calibrate)
+            result = registry.resolve(edge.target)(current, path, hop_options, check)
             run.hops.append(result)
             previous_layout = compose(previous_layout, {"inputs": result.input_perms, "outputs": result.output_perms})
             if not last:

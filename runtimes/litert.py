@@ -92,6 +92,24 @@ def describe_job(payload: dict) -> dict:
     return describe(payload["path"])
 
 
+def _to_input(value: np.ndarray, detail: dict) -> np.ndarray:
+    """Float feeds to an int8/uint8 input are quantized with the tensor's own scale and zero point."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = (detail.get("quantization") or (0.0, 0))[:2]
+    if dtype.kind in "iu" and np.asarray(value).dtype.kind == "f" and scale:
+        info = np.iinfo(dtype)
+        return np.clip(np.round(np.asarray(value) / scale + zero_point), info.min, info.max).astype(dtype)
+    return np.ascontiguousarray(value, dtype=dtype)
+
+
+def _from_output(value: np.ndarray, detail: dict) -> np.ndarray:
+    """Quantized outputs come back as float (value - zero_point) * scale, comparable with the source."""
+    scale, zero_point = (detail.get("quantization") or (0.0, 0))[:2]
+    if np.asarray(value).dtype.kind in "iu" and scale:
+        return ((value.astype(np.float32) - zero_point) * scale).astype(np.float32)
+    return value
+
+
 def _allocate_or_explain(interpreter, path: str) -> None:
     """Allocate now, so that a model LiteRT cannot run fails with a reason, not mid-inference."""
     import re
@@ -143,10 +161,11 @@ class LiteRTRunner(RunnerBase):
         if self.runner is None:
             return self._run_without_signature(feeds)
         details = self.runner.get_input_details()
-        inputs = {name: np.ascontiguousarray(feeds[name], dtype=details[name]["dtype"]) for name in details}
+        inputs = {name: _to_input(feeds[name], details[name]) for name in details}
         # The signature runner resizes inputs whose shapes differ (dynamic dims such as [-1, ...]).
         outputs = self.runner(**inputs)
-        return {name: outputs[name] for name in sorted(outputs, key=_natural)}
+        out_details = self.runner.get_output_details()
+        return {name: _from_output(outputs[name], out_details.get(name, {})) for name in sorted(outputs, key=_natural)}
 
     def _run_without_signature(self, feeds: Mapping) -> dict:
         interpreter = self.interpreter
@@ -156,9 +175,10 @@ class LiteRTRunner(RunnerBase):
                 interpreter.resize_tensor_input(detail["index"], value.shape)
         interpreter.allocate_tensors()
         for detail in interpreter.get_input_details():
-            interpreter.set_tensor(detail["index"], np.ascontiguousarray(feeds[detail["name"]], dtype=detail["dtype"]))
+            interpreter.set_tensor(detail["index"], _to_input(feeds[detail["name"]], detail))
         interpreter.invoke()
-        return {d["name"]: interpreter.get_tensor(d["index"]).copy() for d in interpreter.get_output_details()}
+        return {d["name"]: _from_output(interpreter.get_tensor(d["index"]).copy(), d)
+                for d in interpreter.get_output_details()}
 
     def close(self) -> None:
         self.runner, self.interpreter = None, None

@@ -1,0 +1,63 @@
+"""ONNX -> quantized ONNX with ONNX Runtime's tools: fp16, dynamic int8, static int8 (QDQ).
+
+Static QDQ is the int8 default for ONNX: ORT's dynamic int8 runs convolutions as
+ConvInteger, which made a CNN ~13x slower here (FIELD-NOTES), so `dynamic` on a
+conv-heavy graph comes with that warning.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from converters.base import Check, ConversionResult, ExportOptions, accept
+
+MODES = ("fp16", "dynamic", "int8")
+
+
+def convert(model, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
+    import onnx
+    import onnxruntime
+
+    mode = options.quantize
+    result = ConversionResult(path=out_path, converter="onnx_quantize", tool=f"onnxruntime {onnxruntime.__version__} "
+                              f"quantization ({mode})")
+    if mode == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
+        # keep_io_types inserts Casts at the graph's edges out of order; re-sort so the checker accepts it.
+        half = OnnxModel(convert_float_to_float16(onnx.load(model.path), keep_io_types=True))
+        half.topological_sort()
+        onnx.save(half.model, str(out_path))
+    elif mode == "dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(model.path, str(out_path), weight_type=QuantType.QInt8)
+        if _conv_count(model.path) > 0:
+            result.warnings.append("ORT dynamic int8 runs convolutions as ConvInteger, which was ~13x slower on a "
+                                   "CNN here: prefer --quantize int8 (static QDQ) for conv nets")
+    else:
+        _quantize_static(model, out_path, options)
+    return accept(result, check, options, "ort_quantization", f"ONNX Runtime {mode} quantization",
+                  "try another --quantize mode, or give representative --calibration data")
+
+
+def _quantize_static(model, out_path: Path, options: ExportOptions) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    feeds = options.calibration_feeds(model)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(feeds)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(model.path, str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+
+
+def _conv_count(path: str) -> int:
+    import onnx
+
+    return sum(1 for node in onnx.load(path, load_external_data=False).graph.node if node.op_type == "Conv")

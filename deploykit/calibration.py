@@ -1,0 +1,56 @@
+"""Calibration data for quantization: the user's .npz, a folder of images, or (with a warning) random data."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from deploykit.errors import UsageError
+from deploykit.inputs import load_npz, random_feeds
+from deploykit.spec import ModelSpec
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+NORMALIZATIONS = {"unit": (0.0, 1.0), "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+RANDOM_WARNING = ("no --calibration data: int8 ranges were calibrated on random inputs, so the accuracy numbers of "
+                  "this artifact say little about real data — give --calibration data.npz or an image folder")
+
+
+def calibration_feeds(spec: ModelSpec, source: Optional[str], samples: int, normalize: str = "unit") -> tuple:
+    """(feeds in the source's layout, warning or None)."""
+    if samples < 1:
+        raise UsageError(f"--calibration-samples must be at least 1 (got {samples})", "e.g. --calibration-samples 100")
+    if source is None:
+        return random_feeds(spec, samples, seed=100), RANDOM_WARNING
+    path = Path(source)
+    if path.is_dir():
+        return _image_feeds(spec, path, samples, normalize), None
+    if not path.exists():
+        raise UsageError(f"{source}: no such calibration file or folder", "give an .npz or a folder of images")
+    return load_npz(path, spec)[:samples], None
+
+
+def _image_feeds(spec: ModelSpec, folder: Path, samples: int, normalize: str) -> list:
+    from PIL import Image
+
+    if normalize not in NORMALIZATIONS:
+        raise UsageError(f"unknown --calibration-normalize {normalize!r}", f"use {' or '.join(NORMALIZATIONS)}")
+    images = [t for t in spec.inputs if len(t.shape) == 4 and t.dtype.startswith("float")]
+    if len(spec.inputs) != 1 or not images:
+        raise UsageError("an image folder calibrates only models with one 4-D float input",
+                         "give --calibration data.npz with one array per input")
+    tensor = images[0]
+    channels_first = tensor.layout != "NHWC" and tensor.shape[1] in (1, 3)
+    height, width = (tensor.shape[2], tensor.shape[3]) if channels_first else (tensor.shape[1], tensor.shape[2])
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)[:samples]
+    if not files:
+        raise UsageError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})", "add images, or give an .npz")
+    mean, std = (np.asarray(v, np.float32) for v in NORMALIZATIONS[normalize])
+    feeds = []
+    for file in files:
+        with Image.open(file) as image:
+            array = np.asarray(image.convert("RGB").resize((int(width), int(height))), np.float32) / 255.0
+        array = (array - mean) / std
+        array = array.transpose(2, 0, 1) if channels_first else array
+        feeds.append({tensor.name: array[None].astype(tensor.dtype)})
+    return feeds
