@@ -9,11 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from converters.base import Check, ConversionResult, ExportOptions, accept
+from deploykit.quiet import captured_output
 
 MODES = ("fp16", "dynamic", "int8")
 
 
 def convert(model, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
+    with captured_output(echo=options.debug):   # ORT's quantizer logs advice on the root logger
+        result = _quantize(model, out_path, options)
+    return accept(result, check, options, "ort_quantization", f"ONNX Runtime {options.quantize} quantization",
+                  "try another --quantize mode, or give representative --calibration data")
+
+
+def _quantize(model, out_path: Path, options: ExportOptions) -> ConversionResult:
     import onnx
     import onnxruntime
 
@@ -37,8 +45,7 @@ def convert(model, out_path: Path, options: ExportOptions, check: Check) -> Conv
                                    "CNN here: prefer --quantize int8 (static QDQ) for conv nets")
     else:
         _quantize_static(model, out_path, options)
-    return accept(result, check, options, "ort_quantization", f"ONNX Runtime {mode} quantization",
-                  "try another --quantize mode, or give representative --calibration data")
+    return result
 
 
 def _quantize_static(model, out_path: Path, options: ExportOptions) -> None:
@@ -53,8 +60,9 @@ def _quantize_static(model, out_path: Path, options: ExportOptions) -> None:
         def get_next(self):
             return next(self.items, None)
 
+    # U8 activations (post-ReLU values are non-negative, asymmetric ranges fit them), S8 per-channel weights.
     quantize_static(model.path, str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
 def _conv_count(path: str) -> int:
