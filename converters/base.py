@@ -59,5 +59,6 @@ def accept(result: ConversionResult, check: Check, options: ExportOptions, tag: 
     result.attempts.append({"tool": tag, "ok": report.passed, "why": report.summary()})
     result.parity = report
     if not report.passed:
-        raise ConversionError(f"the {what} model does not match the source: {report.summary()}", remedy)
+        raise ConversionError(f"the {what} model does not match the source: {report.summary()}", remedy,
+                              details={"parity": report.to_dict()})
     return result

@@ -21,10 +21,11 @@ class DeploykitError(Exception):
 
     exit_code = EXIT_USAGE
 
-    def __init__(self, message: str, remedy: str = "") -> None:
+    def __init__(self, message: str, remedy: str = "", details: "dict | None" = None) -> None:
         super().__init__(message)
         self.message = message
         self.remedy = remedy
+        self.details = details or {}     # e.g. {"parity": {...}} of the check that failed
 
     def one_line(self) -> str:
         text = f"error: {self.message}"

@@ -23,7 +23,8 @@ def export_all_precisions(source: str, to: str, output: str, quantize, **export_
         try:
             result = api.export(source, to, str(target), quantize=options, **export_kwargs)
         except DeploykitError as exc:
-            rows.append({"precision": mode or "fp32", "passed": False, "error": exc.one_line()})
+            rows.append({"precision": mode or "fp32", "passed": False, "error": exc.one_line(),
+                         **_metrics((exc.details.get("parity") or {}).get("outputs", []))})
             continue
         rows.append(_row(mode, result, run_isolated))
     baseline = next((r for r in rows if r["precision"] == "fp32" and "error" not in r), None)
@@ -42,12 +43,15 @@ def _row(mode: Optional[str], result, run_isolated) -> dict:
     artifact = load_model(result.artifact)
     feeds = random_feeds(artifact.spec, 1)
     _outputs, info = run_isolated(result.artifact, feeds, threads=1, time_iterations=50)
-    outputs = result.parity["outputs"]
-    worst = {k: _worst([o.get(k) for o in outputs], k) for k in ("max_abs", "cosine", "top1_agreement",
-                                                                     "top5_agreement")}
+    worst = _metrics(result.parity["outputs"])
     return {"precision": mode or "fp32", "artifact": result.artifact, "passed": result.passed,
             "bytes": artifact_size(result.artifact), "latency_ms": info.get("latency_ms_median"),
             "route": " → ".join(h["edge"] for h in result.route), "warnings": result.warnings, **worst}
+
+
+def _metrics(outputs: list) -> dict:
+    return {k: _worst([o.get(k) for o in outputs], k) for k in ("max_abs", "cosine", "top1_agreement",
+                                                                   "top5_agreement")}
 
 
 def _worst(values: list, key: str):

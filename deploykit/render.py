@@ -70,7 +70,8 @@ def print_precisions(result: dict) -> None:
         table.add_column(column, justify="left" if column in ("precision", "status") else "right")
     for row in result["precisions"]:
         if "error" in row:
-            table.add_row(row["precision"], f"[red]{row['error'][:90]}")
+            table.add_row(row["precision"], "[red]FAIL[/red]", "—", "—", "—", "—", _fmt(row.get("max_abs")),
+                          _fmt(row.get("cosine"), 5), _pct(row.get("top1_agreement")), _pct(row.get("top5_agreement")))
             continue
         table.add_row(row["precision"], "[green]pass[/green]" if row["passed"] else "[red]FAIL[/red]",
                       f"{row['bytes'] / 2**20:.2f}", _fmt(row.get("size_vs_fp32")), _fmt(row["latency_ms"]),
@@ -80,6 +81,8 @@ def print_precisions(result: dict) -> None:
     for row in result["precisions"]:
         if "route" in row:
             console.print(f"{row['precision']}: {row['artifact']} via {row['route']}")
+        elif "error" in row:
+            console.print(f"{row['precision']}: not written — {row['error']}")
     for row in result["precisions"]:
         for warning in row.get("warnings", []):
             console.print(f"[yellow]warning ({row['precision']}):[/yellow] {warning}")

@@ -180,8 +180,10 @@ def choose(runs: list, route_all: bool) -> RouteRun:
         if len(runs) == 1 and runs[0].error:
             raise runs[0].error
         # The preferred route's remedy is the one that matters (it names the construct, say).
-        remedy = next((r.error.remedy for r in runs if r.error), "run with --debug for the converters' logs")
-        raise ConversionError(f"every route failed: {messages}", remedy)
+        first = next((r.error for r in runs if r.error), None)
+        raise ConversionError(f"every route failed: {messages}",
+                              first.remedy if first else "run with --debug for the converters' logs",
+                              details=first.details if first else None)
     if not route_all:
         return passing[0]
     # Parity first (by order of magnitude of the worst error, so noise does not decide), then latency.

@@ -110,3 +110,21 @@ def test_quantize_all_compares_every_precision(keras_samples_dir, tmp_path):
     assert 0.4 < rows["fp16"]["size_vs_fp32"] < 0.6
     assert rows["int8"]["size_vs_fp32"] < 0.35 and rows["dynamic"]["size_vs_fp32"] < 0.35
     assert all(r["latency_ms"] > 0 and r["cosine"] > 0.98 for r in rows.values())
+
+
+def test_a_failed_precision_keeps_its_metrics_in_the_table(samples_dir, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from deploykit import parity
+    from deploykit.precisions import export_all_precisions
+
+    # Impossible presets make every quantized precision fail: the table still shows why, in numbers.
+    for name in ("fp16", "int8"):
+        monkeypatch.setitem(parity.PRESETS, name, replace(parity.PRESETS[name], min_cosine=1.5))
+    table = export_all_precisions(str(samples_dir / "two_layer_net.pt2"), "onnx", str(tmp_path / "m.onnx"),
+                                  api.QuantizeOptions(mode="", samples=4))
+    rows = {r["precision"]: r for r in table["precisions"]}
+    assert rows["fp32"]["passed"] and not table["passed"]
+    for mode in ("fp16", "dynamic", "int8"):
+        assert not rows[mode]["passed"] and rows[mode]["cosine"] > 0.9 and rows[mode]["max_abs"] > 0, rows[mode]
+    assert not (tmp_path / "m.int8.onnx").exists()
