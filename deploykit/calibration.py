@@ -17,20 +17,26 @@ RANDOM_WARNING = ("no --calibration data: int8 ranges were calibrated on random 
 
 
 def calibration_feeds(spec: ModelSpec, source: Optional[str], samples: int, normalize: str = "unit") -> tuple:
-    """(feeds in the source's layout, warning or None)."""
+    """(calibration feeds, held-out feeds, warning or None), in the source's layout.
+
+    The first ``samples`` items calibrate; what the data holds beyond them is held out, so the
+    int8 artifact can be judged on in-distribution data its ranges were not fitted to.
+    """
     if samples < 1:
         raise UsageError(f"--calibration-samples must be at least 1 (got {samples})", "e.g. --calibration-samples 100")
     if source is None:
-        return random_feeds(spec, samples, seed=100), RANDOM_WARNING
+        return random_feeds(spec, samples, seed=100), [], RANDOM_WARNING
     path = Path(source)
     if path.is_dir():
-        return _image_feeds(spec, path, samples, normalize), None
-    if not path.exists():
+        feeds = _image_feeds(spec, path, normalize)
+    elif not path.exists():
         raise UsageError(f"{source}: no such calibration file or folder", "give an .npz or a folder of images")
-    return load_npz(path, spec)[:samples], None
+    else:
+        feeds = load_npz(path, spec)
+    return feeds[:samples], feeds[samples:], None
 
 
-def _image_feeds(spec: ModelSpec, folder: Path, samples: int, normalize: str) -> list:
+def _image_feeds(spec: ModelSpec, folder: Path, normalize: str) -> list:
     from PIL import Image
 
     if normalize not in NORMALIZATIONS:
@@ -42,7 +48,7 @@ def _image_feeds(spec: ModelSpec, folder: Path, samples: int, normalize: str) ->
     tensor = images[0]
     channels_first = tensor.layout != "NHWC" and tensor.shape[1] in (1, 3)
     height, width = (tensor.shape[2], tensor.shape[3]) if channels_first else (tensor.shape[1], tensor.shape[2])
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)[:samples]
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise UsageError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})", "add images, or give an .npz")
     mean, std = (np.asarray(v, np.float32) for v in NORMALIZATIONS[normalize])
