@@ -114,7 +114,7 @@ def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force
     _check_samples(verify)
     model = load_model(source, load or LoadOptions())
     mode = quantize.mode if quantize else None
-    routes = routing.select_routes(model.format, dst, via, mode)
+    routes = routing.select_routes(model.format, dst, via, mode, quantize.io_dtype if quantize else "float")
     out = fsutil.prepare_output(default_output(source, dst, output), force, directory=dst == Format.SAVED_MODEL)
     if Path(source).exists() and out.resolve() == Path(source).resolve():
         raise UsageError(f"the output {out} is the source itself", "choose another -o")
@@ -131,8 +131,8 @@ def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force
         for index, route in enumerate(routes):
             folder = stage / f"route{index}"
             folder.mkdir()
-            runs.append(routing.run_route(route, model, folder / out.name, options, checker, calibration,
-                                          final_tolerance, final_feeds))
+            runs.append(routing.run_route(route, model, folder / out.name, options, checker,
+                                          calibration[0] if calibration else None, final_tolerance, final_feeds))
             if runs[-1].passed and not route_all:
                 break
         if route_all:
@@ -312,25 +312,33 @@ def _calibration(model: LoadedModel, quantize: Optional[QuantizeOptions]) -> tup
 
     if quantize.io_dtype not in ("float", "int8"):
         raise UsageError(f"unknown --io-dtype {quantize.io_dtype!r}", "use float or int8")
-    feeds, warning = calibration_feeds(model.spec, quantize.calibration, quantize.samples, quantize.normalize)
-    info = {"source": quantize.calibration or "random", "samples": len(feeds), "normalize": quantize.normalize}
+    feeds, held_out, warning = calibration_feeds(model.spec, quantize.calibration, quantize.samples,
+                                                 quantize.normalize)
+    info = {"source": quantize.calibration or "random", "samples": len(feeds), "normalize": quantize.normalize,
+            "held_out": len(held_out)}
     if warning:
         info["warnings"] = [warning]
-    return feeds, info
+    return (feeds, held_out), info
 
 
-def _in_distribution_feeds(model: LoadedModel, calibration: list, info: dict, verify: VerifyOptions) -> tuple:
-    """What an int8 artifact is judged on: the user's --inputs, else held-out calibration data, else fresh
-    samples of the random calibration's own distribution (int8 clips what calibration never saw)."""
+HELD_OUT_LIMIT = 64   # enough for agreement percentages with a resolution of ~1.5 %
+
+
+def _in_distribution_feeds(model: LoadedModel, calibration: tuple, info: dict, verify: VerifyOptions) -> tuple:
+    """What an int8 artifact is judged on: the user's --inputs, else the calibration data held out beyond
+    --calibration-samples (up to HELD_OUT_LIMIT), else the last calibration samples, else fresh samples of the
+    random calibration's own distribution (int8 clips what calibration never saw)."""
     from deploykit.inputs import load_npz, random_feeds
 
+    fitted, held_out = calibration
     if verify.inputs_npz:
         return ("user", load_npz(verify.inputs_npz, model.spec))
+    if held_out:
+        return ("held-out calibration", held_out[:HELD_OUT_LIMIT])
     if info.get("source") != "random":
-        held_out = calibration[-verify.samples:] if len(calibration) > verify.samples else calibration
-        return ("calibration-distribution", held_out)
+        return ("calibration (none held out: give more than --calibration-samples)", fitted[-verify.samples:])
     fresh = [random_feeds(model.spec, 1, seed=500 + 4 * i)[0] for i in range(verify.samples)]   # normal kind only
-    return ("random-calibration-distribution", fresh)
+    return ("fresh random (the calibration's distribution)", fresh)
 
 
 def _int8_feeds(model: LoadedModel, stored: dict, options: VerifyOptions) -> Optional[tuple]:

@@ -69,6 +69,7 @@ class ConverterEdge:
     preference: int = 0     # lower is tried first among routes of equal length
     quantizes: tuple = ()   # --quantize modes this edge can apply
     post_step: bool = False  # applied after a route (never planned as a hop of its own)
+    int8_io: bool = False   # its int8 quantization makes the inputs and outputs int8 too
 
     @property
     def available(self) -> bool:
@@ -105,7 +106,8 @@ EDGES = (
                   ("torch", "onnx", "onnxscript"), tag="torch.onnx"),
     # litert-torch goes through torch.export, which cannot read TorchScript archives.
     ConverterEdge("torch_to_tflite", TORCH_FORMATS - {Format.TORCHSCRIPT}, Format.TFLITE,
-                  "converters.torch_to_tflite:convert", ("torch", "litert_torch", "ai_edge_litert"), tag="litert"),
+                  "converters.torch_to_tflite:convert", ("torch", "litert_torch", "ai_edge_litert"), tag="litert",
+                  quantizes=("dynamic", "int8"), int8_io=True),
     ConverterEdge("onnx_to_tflite", frozenset({Format.ONNX}), Format.TFLITE, "converters.onnx_to_tflite:convert",
                   ("onnx2tf", "tensorflow", "onnx", "ai_edge_litert"), tag="onnx2tf"),
     ConverterEdge("onnx_to_saved_model", frozenset({Format.ONNX}), Format.SAVED_MODEL,

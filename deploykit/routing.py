@@ -58,15 +58,16 @@ def _hop_dict(edge, hop) -> dict:
             "artifact_sha256": sha256_of(hop.path) if Path(hop.path).exists() else None}
 
 
-def select_routes(src: Format, dst: Format, via: Optional[str], quantize: Optional[str] = None) -> list:
+def select_routes(src: Format, dst: Format, via: Optional[str], quantize: Optional[str] = None,
+                  io_dtype: str = "float") -> list:
     """Available routes from src to dst, preferred first; ``via`` keeps those through a format or tool.
 
     With ``quantize`` the route must end in an edge that applies it: ONNX Runtime's quantizer after
-    any route to ONNX, or TensorFlow's TFLiteConverter for TFLite (PyTorch sources reach it via
-    ONNX and onnx2tf's SavedModel).
+    any route to ONNX; for TFLite, litert-torch's PT2E quantizer (PyTorch programs) or TensorFlow's
+    TFLiteConverter (PyTorch sources reach it via ONNX and onnx2tf's SavedModel).
     """
     if quantize:
-        routes = _quantized_routes(src, dst, quantize)
+        routes = _quantized_routes(src, dst, quantize, io_dtype)
     elif src == dst:
         raise UsageError(f"the model is already {dst.value}", "give another --to, or use `deploykit verify` on it")
     else:
@@ -88,7 +89,7 @@ def select_routes(src: Format, dst: Format, via: Optional[str], quantize: Option
     return usable
 
 
-def _quantized_routes(src: Format, dst: Format, quantize: str) -> list:
+def _quantized_routes(src: Format, dst: Format, quantize: str, io_dtype: str) -> list:
     if quantize not in registry.QUANTIZE_MODES:
         raise UsageError(f"unknown --quantize {quantize!r}", f"use {', '.join(registry.QUANTIZE_MODES)} or all")
     if dst == Format.ONNX:
@@ -99,7 +100,9 @@ def _quantized_routes(src: Format, dst: Format, quantize: str) -> list:
         shortest = min((len(r) for r in float_routes), default=0)
         return [r + [step] for r in float_routes if len(r) == shortest]
     if dst == Format.TFLITE:
-        return [r for r in registry.plan(src, dst, max_hops=3) if quantize in r[-1].quantizes]
+        # An edge whose int8 makes int8 inputs/outputs cannot serve --io-dtype float.
+        return [r for r in registry.plan(src, dst, max_hops=3) if quantize in r[-1].quantizes
+                and (quantize != "int8" or not r[-1].int8_io or io_dtype == "int8")]
     raise UsageError(f"--quantize applies to --to onnx or --to tflite, not {dst.value}", "drop --quantize")
 
 
