@@ -124,7 +124,10 @@ def export(
                                    "samples to use.")] = 100,
     calibration_normalize: Annotated[str, typer.Option("--calibration-normalize", help="Images: unit ([0, 1]) or "
                                      "imagenet (mean/std).")] = "unit",
-    io_dtype: Annotated[str, typer.Option("--io-dtype", help="int8 TFLite: float or int8 inputs/outputs.")] = "float",
+    io_dtype: Annotated[str, typer.Option("--io-dtype", help="int8 TFLite: float or int8 inputs/outputs "
+                        "(int8 also opens litert-torch's PT2E route for PyTorch programs).")] = "float",
+    report: Annotated[Optional[str], typer.Option("--report", help="With --quantize all: write precisions.html "
+                      "(size, latency and agreement of every precision, plotted) into this folder.")] = None,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Simplify the graph with onnxslim "
                                            "(kept only if parity still holds).")] = True,
     inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False, samples: Samples = 5,
@@ -134,7 +137,8 @@ def export(
     """Convert a model, verify the artifact against the source, write it with a manifest.
 
     Examples: deploykit export model.pt2 --to onnx -o model.onnx ;
-    deploykit export model.pt2 --to tflite --route all ; deploykit export model.keras --to tflite
+    deploykit export model.pt2 --to tflite --route all ; deploykit export model.keras --to tflite ;
+    deploykit export model.pt2 --to tflite --quantize all --calibration images/ -o m.tflite --report precisions/
     """
     def action() -> dict:
         from deploykit import api
@@ -149,6 +153,9 @@ def export(
                       keep_layout=keep_layout, debug=debug)
         plan = api.QuantizeOptions(mode=quantize or "", calibration=calibration, samples=calibration_samples,
                                    normalize=calibration_normalize, io_dtype=io_dtype)
+        if report and quantize != "all":
+            raise UsageError("--report on export needs --quantize all",
+                             "add --quantize all, or use `deploykit bench SOURCE ARTIFACT --report DIR`")
         if quantize == "all":
             from deploykit.precisions import export_all_precisions
             from deploykit.registry import target_format
@@ -157,7 +164,7 @@ def export(
             out = output or api.default_output(source, target_format(to))
             if not out.endswith(SUFFIXES[target_format(to)]):
                 raise UsageError("--quantize all needs -o with the target's suffix", f"e.g. -o model{SUFFIXES[target_format(to)]}")
-            return export_all_precisions(source, to, out, plan, **kwargs)
+            return export_all_precisions(source, to, out, plan, report_dir=report, **kwargs)
         return api.export(source, to, output, quantize=plan if quantize else None, **kwargs).to_dict()
 
     _run(action, as_json, debug, _lazy("print_export"), lambda data: 0 if data.get("passed", True) else 1)

@@ -10,11 +10,20 @@ from deploykit.errors import DeploykitError
 MODES = (None, "fp16", "dynamic", "int8")
 
 
-def export_all_precisions(source: str, to: str, output: str, quantize, **export_kwargs) -> dict:
-    """Build one artifact per precision (name.<mode>.<suffix>), verify each, time each (1 thread)."""
+def export_all_precisions(source: str, to: str, output: str, quantize, report_dir: Optional[str] = None,
+                          **export_kwargs) -> dict:
+    """Build one artifact per precision (name.<mode>.<suffix>), verify each, time each (1 thread);
+    with ``report_dir`` also write precisions.html/.json/.png there."""
     from deploykit import api
     from deploykit.isolation import run_isolated
 
+    if report_dir:   # fail before minutes of converting, not after
+        from deploykit import fsutil, registry
+        from deploykit.precision_report import FILES
+
+        registry.require(("matplotlib",), "needed to draw the report's plots")
+        for name in FILES:
+            fsutil.prepare_output(Path(report_dir) / name, export_kwargs.get("force", False))
     out = Path(output)
     rows = []
     for mode in MODES:
@@ -23,8 +32,9 @@ def export_all_precisions(source: str, to: str, output: str, quantize, **export_
         try:
             result = api.export(source, to, str(target), quantize=options, **export_kwargs)
         except DeploykitError as exc:
+            parity = exc.details.get("parity") or {}
             rows.append({"precision": mode or "fp32", "passed": False, "error": exc.one_line(),
-                         **_metrics((exc.details.get("parity") or {}).get("outputs", []))})
+                         "judged_on": _judged_on(parity), **_metrics(parity.get("outputs", []))})
             continue
         rows.append(_row(mode, result, run_isolated))
     baseline = next((r for r in rows if r["precision"] == "fp32" and "error" not in r), None)
@@ -32,7 +42,12 @@ def export_all_precisions(source: str, to: str, output: str, quantize, **export_
         if baseline and "error" not in row:
             row["size_vs_fp32"] = round(row["bytes"] / baseline["bytes"], 3)
             row["speed_vs_fp32"] = round(baseline["latency_ms"] / row["latency_ms"], 2) if row["latency_ms"] else None
-    return {"passed": all(r.get("passed") for r in rows), "source": source, "precisions": rows}
+    table = {"passed": all(r.get("passed") for r in rows), "source": source, "precisions": rows}
+    if report_dir:
+        from deploykit.precision_report import build_precision_report
+
+        table["report"] = build_precision_report(table, report_dir, export_kwargs.get("force", False))
+    return table
 
 
 def _row(mode: Optional[str], result, run_isolated) -> dict:
@@ -46,7 +61,16 @@ def _row(mode: Optional[str], result, run_isolated) -> dict:
     worst = _metrics(result.parity["outputs"])
     return {"precision": mode or "fp32", "artifact": result.artifact, "passed": result.passed,
             "bytes": artifact_size(result.artifact), "latency_ms": info.get("latency_ms_median"),
-            "route": " → ".join(h["edge"] for h in result.route), "warnings": result.warnings, **worst}
+            "route": " → ".join(h["edge"] for h in result.route), "warnings": result.warnings,
+            "judged_on": _judged_on(result.parity), **worst}
+
+
+def _judged_on(parity: dict) -> str:
+    """'32 held-out calibration samples', from the parity engine's note, else the sample count."""
+    for note in parity.get("notes", []):
+        if note.startswith("compared on "):
+            return note[len("compared on "):].replace("sample(s)", "samples")
+    return f"{parity['samples']} samples" if parity.get("samples") else ""
 
 
 def _metrics(outputs: list) -> dict:

@@ -78,6 +78,9 @@ def print_precisions(result: dict) -> None:
                       _fmt(row.get("speed_vs_fp32")), _fmt(row["max_abs"]), _fmt(row["cosine"], 5),
                       _pct(row["top1_agreement"]), _pct(row["top5_agreement"]))
     console.print(table)
+    judged = sorted({row["judged_on"] for row in result["precisions"] if row.get("judged_on")})
+    if judged:
+        console.print(f"agreement judged on: {'; '.join(judged)}")
     for row in result["precisions"]:
         if "route" in row:
             console.print(f"{row['precision']}: {row['artifact']} via {row['route']}")
@@ -86,6 +89,8 @@ def print_precisions(result: dict) -> None:
     for row in result["precisions"]:
         for warning in row.get("warnings", []):
             console.print(f"[yellow]warning ({row['precision']}):[/yellow] {warning}")
+    if result.get("report"):
+        console.print(f"{result['report']['headline']}\nreport: {result['report']['html']}")
 
 
 def print_export(result: dict) -> None:

@@ -11,6 +11,9 @@ from deploykit import fsutil
 from deploykit.errors import MissingDependency
 
 PLOTS = ("latency", "cold_start", "memory", "size", "footprint")
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+         "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+         ".headline{font-size:1.3em;font-weight:bold}.note{color:#a60}img{max-width:100%}")
 
 
 def build_report(bench: dict, out_dir: "str | Path", parity: Optional[dict] = None, footprint: Optional[dict] = None,
@@ -139,14 +142,11 @@ def render_html(data: dict, images: dict) -> str:
              "<h2>Artifact size</h2>" + img("size"), "<h2>Install footprint</h2>" + img("footprint"),
              _footprint_table(data["footprint"]), "<h2>Parity</h2>" + _parity_table(data.get("parity")),
              _skipped(data.get("skipped", []))]
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-             ".headline{font-size:1.3em;font-weight:bold}.note{color:#a60}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>deploykit report</title><style>{style}</style>"
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>deploykit report</title><style>{STYLE}</style>"
             f"</head><body>{''.join(parts)}</body></html>")
 
 
-def _table(headers: list, rows: list) -> str:
+def html_table(headers: list, rows: list) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -166,12 +166,12 @@ def _cases_table(cases: list) -> str:
                      f"{c['peak_rss_bytes'] / 2**20:.0f}", c.get("gflops_per_s", "—"),
                      f"{c['fraction_of_peak']:.0%}" if c.get("fraction_of_peak") is not None else "—",
                      "noisy" if c["noisy"] else ""])
-    return _table(["model", "runtime", "threads", "ran on", "p50 ms", "p90 ms", "p99 ms", "std ms", "per s",
+    return html_table(["model", "runtime", "threads", "ran on", "p50 ms", "p90 ms", "p99 ms", "std ms", "per s",
                    "first result s", "peak MiB", "GFLOP/s", "% of peak", ""], rows)
 
 
 def _footprint_table(footprint: dict) -> str:
-    return _table(["runtime", "MiB installed", "distributions"],
+    return html_table(["runtime", "MiB installed", "distributions"],
                   [[n, f"{v['bytes'] / 2**20:.0f}", ", ".join(v["distributions"])] for n, v in footprint.items()])
 
 
@@ -181,11 +181,11 @@ def _parity_table(parity: Optional[dict]) -> str:
     rows = [[c["candidate"], c["reference"], o["name"], "pass" if c["passed"] else "FAIL", f"{o['max_abs']:.3g}",
              f"{o['cosine']:.7f}" if o.get("cosine") is not None else "—"]
             for c in parity["comparisons"] for o in c["outputs"]]
-    return _table(["artifact", "reference", "output", "status", "max_abs", "cosine"], rows)
+    return html_table(["artifact", "reference", "output", "status", "max_abs", "cosine"], rows)
 
 
 def _skipped(skipped: list) -> str:
     if not skipped:
         return ""
-    return "<h2>Skipped</h2>" + _table(["model", "runtime", "reason"],
+    return "<h2>Skipped</h2>" + html_table(["model", "runtime", "reason"],
                                        [[Path(s["model"]).name, s["runtime"], s["reason"]] for s in skipped])

@@ -1,0 +1,104 @@
+"""The `--quantize all` report: size and latency beside the accuracy cost, one row per precision.
+
+Written as precisions.html (plot inlined), precisions.png and precisions.json, atomically,
+never over existing files without --force.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from deploykit import fsutil
+from deploykit.errors import MissingDependency
+
+FILES = ("precisions.html", "precisions.json", "precisions.png")
+
+
+def build_precision_report(table: dict, out_dir: "str | Path", force: bool = False) -> dict:
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependency.for_package("matplotlib", "report", "needed to draw the report's plots") from None
+    matplotlib.use("Agg")
+    out = Path(out_dir)
+    for name in FILES:
+        fsutil.prepare_output(out / name, force)
+    plot = out / "precisions.png"
+    figure = _plot(table["precisions"])
+    figure.savefig(plot.with_suffix(".tmp.png"), dpi=110, bbox_inches="tight")
+    plot.with_suffix(".tmp.png").replace(plot)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    fsutil.write_text_atomic(out / "precisions.json", json.dumps(table, indent=2, default=str))
+    fsutil.write_text_atomic(out / "precisions.html", render(table, plot))
+    return {"html": str(out / "precisions.html"), "json": str(out / "precisions.json"), "plot": str(plot),
+            "headline": headline(table)}
+
+
+def headline(table: dict) -> str:
+    """The smallest precision that passed its preset, in the three numbers a user weighs."""
+    built = [r for r in table["precisions"] if r.get("passed") and r["precision"] != "fp32" and "bytes" in r]
+    if not built:
+        return "no quantized precision passed its preset: keep fp32"
+    best = min(built, key=lambda r: r["bytes"])
+    agreement = (f"top-1 agreement {best['top1_agreement']:.0%}" if best.get("top1_agreement") is not None
+                 else f"cosine {best['cosine']:.5f}")
+    return (f"{best['precision']}: {best['size_vs_fp32']}× the fp32 size, {best['speed_vs_fp32']}× its 1-thread speed, "
+            f"{agreement} with the float source")
+
+
+def _plot(rows: list):
+    import matplotlib.pyplot as plt
+
+    built = [r for r in rows if "bytes" in r]
+    labels = [r["precision"] for r in built]
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    panels = ((axes[0], [r["bytes"] / 2**20 for r in built], "size on disk", "MiB"),
+              (axes[1], [r["latency_ms"] or 0 for r in built], "latency, 1 thread (p50)", "ms"),
+              (axes[2], [100 * (r.get("top1_agreement") if r.get("top1_agreement") is not None
+                                else r.get("cosine") or 0) for r in built],
+               "agreement with the float source", "top-1 % (cosine × 100 without classes)"))
+    for axis, values, title, unit in panels:
+        colors = ["#4f81bd" if r["passed"] else "#c0504d" for r in built]
+        axis.bar(range(len(values)), values, color=colors)
+        axis.set_xticks(range(len(values)), labels)
+        axis.set_title(title, fontsize=10)
+        axis.set_ylabel(unit, fontsize=8)
+        axis.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def render(table: dict, plot: Path) -> str:
+    from deploykit.report import STYLE, html_table
+
+    encoded = base64.b64encode(Path(plot).read_bytes()).decode()
+    rows = [[r["precision"], "pass" if r.get("passed") else "FAIL", _mib(r), _num(r.get("size_vs_fp32")),
+             _num(r.get("latency_ms")), _num(r.get("speed_vs_fp32")), _num(r.get("max_abs")),
+             _num(r.get("cosine"), 6), _pct(r.get("top1_agreement")), _pct(r.get("top5_agreement")),
+             r.get("judged_on", ""), r.get("route") or r.get("error", "")] for r in table["precisions"]]
+    warnings = sorted({w for r in table["precisions"] for w in r.get("warnings", [])})
+    parts = [f"<h1>deploykit: precisions of {html.escape(Path(table['source']).name)}</h1>",
+             f"<p class=headline>{html.escape(headline(table))}</p>",
+             f'<img alt="precisions" src="data:image/png;base64,{encoded}">',
+             html_table(["precision", "status", "MiB", "× fp32 size", "1-thread ms", "× fp32 speed", "max_abs",
+                         "cosine", "top-1", "top-5", "judged on", "route / error"], rows),
+             "".join(f"<p class=note>{html.escape(w)}</p>" for w in warnings)]
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>deploykit precisions</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def _mib(row: dict) -> str:
+    return f"{row['bytes'] / 2**20:.2f}" if "bytes" in row else "—"
+
+
+def _num(value, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{value:.0%}"
