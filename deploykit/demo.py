@@ -33,7 +33,7 @@ def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = Fa
     say(f"[bold]1. build sample models[/bold] into {folder}/ (seeded, trained / calibrated)")
     built = build_samples(folder, ("two_layer_net", "mobilenet_v2", "dynamic_gate"), force=True)
     for item in built:
-        say(f"   {item['name']}: {item['parameters']:,} parameters {item['preparation'] or ''}")
+        say(f"   {item['name']}: {item['parameters']:,} parameters {_preparation_text(item['preparation'])}")
     steps.append({"step": "samples", "built": [b["name"] for b in built]})
 
     exports = [("two_layer_net.pt", "TorchScript"), ("mobilenet_v2.pt2", "torch.export")]
@@ -67,6 +67,7 @@ def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = Fa
         render.print_inspect(info)
     steps.append({"step": "inspect", "parameters": info["parameters"], "nodes": info["nodes"]})
 
+    steps.append(_quantize_step(folder, say, echo, debug))
     steps.append(_dynamic_step(folder, say, debug))
     passed = all(s.get("passed", True) for s in steps)
     seconds = time.perf_counter() - started
@@ -74,9 +75,30 @@ def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = Fa
     return {"passed": passed, "output": str(folder), "seconds": round(seconds, 2), "steps": steps}
 
 
+def _preparation_text(info: dict) -> str:
+    if "accuracy" in info:
+        cached = " (weights from the cache)" if info.get("from_cache") else f" in {info['seconds']:.0f} s"
+        return (f"trained {info['steps']} steps on {info['task']}: {info['accuracy']:.0%} accurate on held-out "
+                f"images{cached}")
+    return str(info or "")
+
+
+def _quantize_step(folder: Path, say, echo: bool, debug: bool) -> dict:
+    """int8 with real calibration data: the shapes images that come with the trained CNN."""
+    from deploykit import render
+
+    say("[bold]7. quantize[/bold] mobilenet_v2.pt2 → int8 ONNX (static QDQ), calibrated on 100 of the shapes "
+        "images, judged on the 32 held out")
+    result = api.export(str(folder / "mobilenet_v2.pt2"), "onnx", str(folder / "mobilenet_v2.int8.onnx"), force=True,
+                        quantize=api.QuantizeOptions(mode="int8", calibration=str(folder / "shapes")), debug=debug)
+    if echo:
+        render.print_export(result.to_dict())
+    return {"step": "quantize mobilenet_v2 to int8", **result.to_dict()}
+
+
 def _dynamic_step(folder: Path, say, debug: bool) -> dict:
     """Data-dependent control flow must be refused with the construct named, not exported wrong."""
-    say("[bold]7. export[/bold] the dynamic-graph sample (an `if` on tensor values) — deploykit must refuse it")
+    say("[bold]8. export[/bold] the dynamic-graph sample (an `if` on tensor values) — deploykit must refuse it")
     try:
         api.export("sample_models.dynamic:dynamic_gate", "onnx", str(folder / "dynamic_gate.onnx"), force=True,
                    load=api.load_options(weights=str(folder / "dynamic_gate.weights.pt")), debug=debug)

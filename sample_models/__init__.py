@@ -19,6 +19,7 @@ class SampleModel:
     exportable: bool = True        # False: torch.export cannot capture it (data-dependent control flow)
     torchscript: bool = True       # False: TorchScript cannot serialize it (a Python autograd.Function)
     tolerance: str = "fp32"
+    data: Optional[str] = None     # "module:function(out_dir, force) -> dict" writing calibration data
 
 
 SAMPLES = (
@@ -28,20 +29,22 @@ SAMPLES = (
                 "sample_models.two_layer:train",
                 "the same net with the seed's custom autograd.Function ReLU (no TorchScript file: TorchScript "
                 "cannot serialize a Python autograd.Function)", torchscript=False),
-    SampleModel("mobilenet_v2", "torch", "sample_models.mobilenet:mobilenet_v2",
-                "sample_models.mobilenet:calibrate_batchnorm",
-                "MobileNetV2-style CNN, 1x3x224x224, ~3.5 M params, BatchNorm calibrated on random images"),
+    SampleModel("mobilenet_v2", "torch", "sample_models.mobilenet:mobilenet_v2", "sample_models.mobilenet:train",
+                "MobileNetV2-style CNN, 1x3x224x224, 2.2 M params, trained on the synthetic 10-class shapes task",
+                data="sample_models.shapes:write_images"),
     SampleModel("tiny_transformer", "torch", "sample_models.transformer:tiny_transformer",
                 "sample_models.transformer:train",
-                "Transformer encoder (embedding, attention, layer norm) on token ids 1x32, trained on a toy task"),
+                "Transformer encoder (embedding, attention, layer norm) on token ids 1x32, trained on a toy task",
+                data="sample_models.transformer:write_calibration"),
     SampleModel("dynamic_gate", "torch", "sample_models.dynamic:dynamic_gate", None,
                 "data-dependent control flow (`if x.sum() > 0`): the dynamic-graph case", exportable=False),
     SampleModel("keras_two_layer_net", "tensorflow", "sample_models.keras_models:two_layer_net",
                 "sample_models.keras_models:train_two_layer",
                 "the seed's two-layer net in Keras (Dense(100, relu), Dense(10)), trained on random data (Adam)"),
     SampleModel("keras_mobilenet_v2", "tensorflow", "sample_models.keras_models:mobilenet_v2",
-                "sample_models.keras_models:calibrate_batchnorm",
-                "MobileNetV2-style CNN in Keras, 1x224x224x3 (NHWC), BatchNorm calibrated on random images"),
+                "sample_models.keras_models:weights_from_torch_twin",
+                "the MobileNetV2 sample in Keras, 1x224x224x3 (NHWC), with the weights the PyTorch twin learned",
+                data="sample_models.shapes:write_images"),
 )
 
 

@@ -44,7 +44,7 @@ def build_sample(sample: SampleModel, out_dir: Path, force: bool = False) -> dic
     for path in paths.values():
         fsutil.prepare_output(path, force)
     if sample.framework == "tensorflow":
-        return _build_keras(sample, paths, out_dir)
+        return _build_keras(sample, paths, out_dir, force)
     import torch
 
     from runtimes.torch_eager import SPEC_EXTRA_FILE
@@ -66,10 +66,11 @@ def build_sample(sample: SampleModel, out_dir: Path, force: bool = False) -> dic
         fsutil.publish([(staged[key], paths[key]) for key in paths])
     params = sum(p.numel() for p in model.parameters())
     return {"name": sample.name, "description": sample.description, "parameters": int(params),
-            "factory": sample.factory, "files": {k: str(v) for k, v in paths.items()}, "preparation": info}
+            "factory": sample.factory, "files": {k: str(v) for k, v in paths.items()}, "preparation": info,
+            **_data(sample, out_dir, force)}
 
 
-def _build_keras(sample: SampleModel, paths: dict, out_dir: Path) -> dict:
+def _build_keras(sample: SampleModel, paths: dict, out_dir: Path, force: bool) -> dict:
     from sample_models.keras_models import example_inputs
 
     model, info = build_model(sample)
@@ -81,7 +82,13 @@ def _build_keras(sample: SampleModel, paths: dict, out_dir: Path) -> dict:
         np.savez(staged["inputs"], **example_inputs(model))
         fsutil.publish([(staged[key], paths[key]) for key in paths])
     return {"name": sample.name, "description": sample.description, "parameters": int(model.count_params()),
-            "factory": sample.factory, "files": {k: str(v) for k, v in paths.items()}, "preparation": info}
+            "factory": sample.factory, "files": {k: str(v) for k, v in paths.items()}, "preparation": info,
+            **_data(sample, out_dir, force)}
+
+
+def _data(sample: SampleModel, out_dir: Path, force: bool) -> dict:
+    """Calibration data that comes with the sample (in-distribution, unlike random inputs)."""
+    return {"data": _resolve(sample.data)(out_dir, force)} if sample.data else {}
 
 
 def _signature(model, example: tuple) -> dict:

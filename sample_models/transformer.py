@@ -7,6 +7,7 @@ are not those of a random network.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -64,14 +65,35 @@ def tiny_transformer() -> TinyTransformer:
     return TinyTransformer().eval()
 
 
+def task_ids(count: int, generator: torch.Generator) -> torch.Tensor:
+    """Token ids of the toy task, skewed toward small values so that every class occurs."""
+    return (torch.rand(count, SEQ, generator=generator) ** 3 * VOCAB).long().clamp(max=VOCAB - 1)
+
+
+def write_calibration(out_dir, force: bool = False, count: int = 132) -> dict:
+    """<out_dir>/tiny_transformer.calibration.npz: ids [count, 1, 32] from the task's distribution
+    (100 calibrate by default, the rest are held out). Kept as is when present, unless forced."""
+    import numpy as np
+
+    from deploykit import fsutil
+
+    path = Path(out_dir) / "tiny_transformer.calibration.npz"
+    if path.exists() and not force:
+        return {"calibration": str(path), "count": count}
+    ids = task_ids(count, torch.Generator().manual_seed(2000)).numpy()[:, None, :]
+    with fsutil.staging_dir(Path(out_dir)) as stage:
+        np.savez(stage / path.name, ids=ids)
+        fsutil.publish([(stage / path.name, path)])
+    return {"calibration": str(path), "count": count}
+
+
 def train(model: TinyTransformer, steps: int = 150, batch: int = 32) -> dict:
     generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     model.train()
     losses = []
     for _step in range(steps):
-        # Skew the ids toward small values so every class of the toy task occurs.
-        ids = (torch.rand(batch, SEQ, generator=generator) ** 3 * VOCAB).long().clamp(max=VOCAB - 1)
+        ids = task_ids(batch, generator)
         labels = (ids < 100).sum(dim=1).clamp(max=CLASSES - 1)
         loss = nn.functional.cross_entropy(model(ids), labels)
         optimizer.zero_grad()

@@ -57,6 +57,9 @@ def test_usage_errors_exit_2(samples_dir, tmp_path):
                                str(tmp_path / "b.onnx")), 2, "lacks input")
     assert_clean_error(run_cli("verify", src), 2, "Missing argument")
     assert_clean_error(run_cli("verify", src, src, "--device", "tpu"), 2, "unknown --device")
+    assert_clean_error(run_cli("export", src, "--quantize", "int8", "--report", str(tmp_path / "r")), 2,
+                       "--report on export needs --quantize all")
+    assert not (tmp_path / "r").exists()
 
 
 def test_users_own_factory_needs_input_shapes(tmp_path):

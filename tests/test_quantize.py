@@ -34,7 +34,7 @@ def test_onnx_quantization_modes(samples_dir, tmp_path, mode):
     size = open(result.artifact, "rb").seek(0, 2)
     assert size < {"fp16": 0.6, "dynamic": 0.35, "int8": 0.35}[mode] * 405_000   # fp32 weights: ~405 kB
     if mode == "int8":
-        assert data["calibration"] == {"source": calibration, "samples": 8, "normalize": "unit"}
+        assert data["calibration"] == {"source": calibration, "samples": 8, "normalize": "unit", "held_out": 8}
         assert not result.warnings
         # verify picks the int8 preset from the manifest; forcing fp32 shows the real difference
         assert api.verify(str(samples_dir / "two_layer_net.pt2"), [result.artifact]).passed
@@ -103,9 +103,14 @@ def test_quantize_all_compares_every_precision(keras_samples_dir, tmp_path):
     from deploykit.precisions import export_all_precisions
 
     table = export_all_precisions(str(keras_samples_dir / "keras_two_layer_net.keras"), "tflite",
-                                  str(tmp_path / "k.tflite"), api.QuantizeOptions(mode="", samples=16))
+                                  str(tmp_path / "k.tflite"), api.QuantizeOptions(mode="", samples=16),
+                                  report_dir=str(tmp_path / "report"))
     rows = {r["precision"]: r for r in table["precisions"]}
     assert list(rows) == ["fp32", "fp16", "dynamic", "int8"] and table["passed"]
+    page = (tmp_path / "report" / "precisions.html").read_text()
+    assert all(f"<td>{mode}</td><td>pass</td>" in page for mode in rows) and "data:image/png;base64," in page
+    assert json.loads((tmp_path / "report" / "precisions.json").read_text())["precisions"][3]["precision"] == "int8"
+    assert table["report"]["headline"].startswith(("int8: ", "dynamic: "))
     assert rows["fp32"]["size_vs_fp32"] == 1.0
     assert 0.4 < rows["fp16"]["size_vs_fp32"] < 0.6
     assert rows["int8"]["size_vs_fp32"] < 0.35 and rows["dynamic"]["size_vs_fp32"] < 0.35
@@ -128,3 +133,88 @@ def test_a_failed_precision_keeps_its_metrics_in_the_table(samples_dir, tmp_path
     for mode in ("fp16", "dynamic", "int8"):
         assert not rows[mode]["passed"] and rows[mode]["cosine"] > 0.9 and rows[mode]["max_abs"] > 0, rows[mode]
     assert not (tmp_path / "m.int8.onnx").exists()
+
+
+def test_int8_routes_follow_the_io_dtype():
+    from deploykit.formats import Format
+    from deploykit.routing import select_routes
+
+    def last_edges(mode, io_dtype="float"):
+        return [r[-1].name for r in select_routes(Format.EXPORTED_PROGRAM, Format.TFLITE, None, mode, io_dtype)]
+
+    # litert-torch's static PT2E makes int8 inputs/outputs: it serves --io-dtype int8 only.
+    assert set(last_edges("int8")) == {"keras_to_tflite"}
+    assert last_edges("int8", "int8")[0] == "torch_to_tflite" and "keras_to_tflite" in last_edges("int8", "int8")
+    assert last_edges("dynamic")[0] == "torch_to_tflite"
+    assert set(last_edges("fp16")) == {"keras_to_tflite"}
+
+
+def test_pytorch_int8_with_int8_io_goes_through_litert_torch_pt2e(samples_dir, tmp_path):
+    calibration = _calibration_npz(samples_dir, tmp_path, count=12)
+    result = api.export(str(samples_dir / "two_layer_net.pt2"), "tflite", str(tmp_path / "q.tflite"),
+                        quantize=api.QuantizeOptions(mode="int8", calibration=calibration, samples=8,
+                                                     io_dtype="int8"))
+    assert result.passed, result.parity["summary"]
+    data = _manifest(result)
+    assert [h["edge"] for h in data["route"]] == ["torch_to_tflite"]
+    assert data["signature"]["inputs"][0]["dtype"] == "int8"
+    # 12 calibration samples, 8 fitted: the other 4 judge the artifact.
+    assert data["calibration"]["held_out"] == 4
+    assert "compared on 4 held-out calibration sample(s)" in result.parity["notes"]
+    assert open(result.artifact, "rb").seek(0, 2) < 0.35 * 405_000
+
+
+def test_trained_cnn_sample_keeps_its_answers_in_int8(samples_dir, tmp_path):
+    """The trained MobileNetV2, calibrated on the shapes images that ship with it, judged on held-out ones."""
+    folder = samples_dir / "shapes"
+    assert len(list(folder.glob("*.png"))) == 132
+    result = api.export(str(samples_dir / "mobilenet_v2.pt2"), "onnx", str(tmp_path / "m.int8.onnx"),
+                        quantize=api.QuantizeOptions(mode="int8", calibration=str(folder)))
+    assert result.passed, result.parity["summary"]
+    assert _manifest(result)["calibration"]["held_out"] == 32
+    output = result.parity["outputs"][0]
+    assert output["top1_agreement"] >= 0.9 and output["cosine"] >= 0.98, output
+
+
+def test_keras_twin_carries_the_trained_torch_weights():
+    from sample_models import get
+    from sample_models.build import build_model
+
+    _model, info = build_model(get("keras_mobilenet_v2"))
+    assert info["max_abs_vs_torch_twin"] < 1e-3, info
+    assert info["accuracy"] > 0.5, info        # 10 classes: chance is 0.1
+
+
+def test_trained_weights_cache_is_keyed_and_survives_a_corrupt_entry(tmp_path, monkeypatch):
+    from sample_models import mobilenet
+
+    monkeypatch.setenv("DEPLOYKIT_CACHE_DIR", str(tmp_path))
+    first = mobilenet._cache_file(500, 8, 224)
+    assert first.parent == tmp_path / "trained" and first != mobilenet._cache_file(400, 8, 224)
+    first.parent.mkdir(parents=True)
+    first.write_bytes(b"not a torch file")
+    assert mobilenet._load(first) is None
+    monkeypatch.setenv("DEPLOYKIT_CACHE_DIR", "")
+    assert mobilenet._cache_file(500, 8, 224) is None
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_every_precision_of_a_reference_architecture(tmp_path, target):
+    """torch.nn.TransformerEncoder, written by PyTorch, not here: every mode builds and keeps its outputs."""
+    import torch
+
+    from deploykit.precisions import export_all_precisions
+
+    torch.manual_seed(4)
+    layer = torch.nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True, dropout=0.0)
+    encoder = torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+    torch.export.save(torch.export.export(encoder, (torch.randn(1, 12, 32),)), str(tmp_path / "enc.pt2"))
+    table = export_all_precisions(str(tmp_path / "enc.pt2"), target, str(tmp_path / f"enc.{target}"),
+                                  api.QuantizeOptions(mode="", samples=32))
+    rows = {r["precision"]: r for r in table["precisions"]}
+    assert table["passed"], [r.get("error") for r in rows.values()]
+    assert all(r["cosine"] > 0.99 for r in rows.values())       # embeddings: cosine is the agreement that counts
+    assert rows["fp16"]["size_vs_fp32"] < 0.6
+    assert any("random inputs" in w for w in rows["int8"]["warnings"])
+    if target == "tflite":
+        assert rows["dynamic"]["route"] == "torch_to_tflite"     # litert-torch PT2E, no TensorFlow
