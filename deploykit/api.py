@@ -125,7 +125,7 @@ def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force
                             io_dtype=quantize.io_dtype if quantize else "float")
     calibration, calibration_info = _calibration(model, quantize)
     final_tolerance = tolerance_for(PRECISION_OF[mode], verify.atol, verify.rtol) if mode else None
-    final_feeds = _in_distribution_feeds(model, calibration, calibration_info, verify) if mode == "int8" else None
+    final_feeds = _judging_feeds(model, quantize, calibration, calibration_info, verify)
     with fsutil.staging_dir(out.parent) as stage:
         runs = []
         for index, route in enumerate(routes):
@@ -322,6 +322,25 @@ def _calibration(model: LoadedModel, quantize: Optional[QuantizeOptions]) -> tup
 
 
 HELD_OUT_LIMIT = 64   # enough for agreement percentages with a resolution of ~1.5 %
+
+
+def _judging_feeds(model: LoadedModel, quantize: Optional[QuantizeOptions], calibration, info: dict,
+                   verify: VerifyOptions) -> Optional[tuple]:
+    """What a quantized artifact is compared on (None: the usual seeded samples, plus --inputs).
+
+    fp16 and dynamic fit nothing to data, but data given with --calibration is the user's data:
+    task-level agreement is measured on it rather than on random inputs."""
+    if not quantize or not quantize.mode:
+        return None
+    if quantize.mode == "int8":
+        return _in_distribution_feeds(model, calibration, info, verify)
+    if quantize.calibration and not verify.inputs_npz:
+        from deploykit.calibration import calibration_feeds
+
+        feeds, _rest, _warning = calibration_feeds(model.spec, quantize.calibration, HELD_OUT_LIMIT,
+                                                   quantize.normalize)
+        return ("--calibration", feeds)
+    return None
 
 
 def _in_distribution_feeds(model: LoadedModel, calibration: tuple, info: dict, verify: VerifyOptions) -> tuple:

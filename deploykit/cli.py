@@ -117,9 +117,10 @@ def export(
                                               "the converter's native layout is used and recorded.")] = False,
     quantize: Annotated[Optional[str], typer.Option("--quantize", help="fp16, dynamic (int8 weights), int8 (full "
                         "integer, calibrated) or all (build each and compare size, latency, agreement).")] = None,
-    calibration: Annotated[Optional[str], typer.Option("--calibration", help="int8 calibration data: .npz with one "
-                           "array per input (leading sample axis), or a folder of images. Without it: random data, "
-                           "with a warning.")] = None,
+    calibration: Annotated[Optional[str], typer.Option("--calibration", help="Representative data: .npz with one "
+                           "array per input (leading sample axis), or a folder of images. int8 calibrates on the "
+                           "first --calibration-samples and is judged on the rest; fp16/dynamic are judged on it. "
+                           "Without it: random data, with a warning.")] = None,
     calibration_samples: Annotated[int, typer.Option("--calibration-samples", help="How many calibration "
                                    "samples to use.")] = 100,
     calibration_normalize: Annotated[str, typer.Option("--calibration-normalize", help="Images: unit ([0, 1]) or "

@@ -218,3 +218,13 @@ def test_every_precision_of_a_reference_architecture(tmp_path, target):
     assert any("random inputs" in w for w in rows["int8"]["warnings"])
     if target == "tflite":
         assert rows["dynamic"]["route"] == "torch_to_tflite"     # litert-torch PT2E, no TensorFlow
+
+
+def test_dynamic_is_judged_on_the_given_calibration_data(samples_dir, tmp_path):
+    calibration = _calibration_npz(samples_dir, tmp_path, count=6)
+    result = api.export(str(samples_dir / "two_layer_net.pt2"), "onnx", str(tmp_path / "d.onnx"),
+                        quantize=api.QuantizeOptions(mode="dynamic", calibration=calibration))
+    assert result.passed and "compared on 6 --calibration sample(s)" in result.parity["notes"]
+    with pytest.raises(UsageError, match="no such calibration"):
+        api.export(str(samples_dir / "two_layer_net.pt2"), "onnx", str(tmp_path / "e.onnx"),
+                   quantize=api.QuantizeOptions(mode="fp16", calibration=str(tmp_path / "missing")))
