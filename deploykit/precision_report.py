@@ -39,11 +39,13 @@ def build_precision_report(table: dict, out_dir: "str | Path", force: bool = Fal
 
 
 def headline(table: dict) -> str:
-    """The smallest precision that passed its preset, in the three numbers a user weighs."""
+    """The smallest precision that passed its preset and is not slower than fp32 (else the smallest that
+    passed), in the three numbers a user weighs."""
     built = [r for r in table["precisions"] if r.get("passed") and r["precision"] != "fp32" and "bytes" in r]
     if not built:
         return "no quantized precision passed its preset: keep fp32"
-    best = min(built, key=lambda r: r["bytes"])
+    not_slower = [r for r in built if (r.get("speed_vs_fp32") or 0) >= 0.95]
+    best = min(not_slower or built, key=lambda r: r["bytes"])
     agreement = (f"top-1 agreement {best['top1_agreement']:.0%}" if best.get("top1_agreement") is not None
                  else f"cosine {best['cosine']:.5f}")
     return (f"{best['precision']}: {best['size_vs_fp32']}× the fp32 size, {best['speed_vs_fp32']}× its 1-thread speed, "
@@ -51,23 +53,26 @@ def headline(table: dict) -> str:
 
 
 def _plot(rows: list):
+    """Three panels: size, latency, agreement; every bar carries its number (agreement is often 100 %)."""
     import matplotlib.pyplot as plt
 
     built = [r for r in rows if "bytes" in r]
     labels = [r["precision"] for r in built]
+    classes = any(r.get("top1_agreement") is not None for r in built)
+    agreement = [100 * (r.get("top1_agreement") or 0) if classes else r.get("cosine") or 0 for r in built]
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    panels = ((axes[0], [r["bytes"] / 2**20 for r in built], "size on disk", "MiB"),
-              (axes[1], [r["latency_ms"] or 0 for r in built], "latency, 1 thread (p50)", "ms"),
-              (axes[2], [100 * (r.get("top1_agreement") if r.get("top1_agreement") is not None
-                                else r.get("cosine") or 0) for r in built],
-               "agreement with the float source", "top-1 % (cosine × 100 without classes)"))
-    for axis, values, title, unit in panels:
+    panels = ((axes[0], [r["bytes"] / 2**20 for r in built], "size on disk (MiB)", "{:.2f}"),
+              (axes[1], [r["latency_ms"] or 0 for r in built], "latency, 1 thread (ms, p50)", "{:.2f}"),
+              (axes[2], agreement, "top-1 agreement with the float source (%)" if classes
+               else "cosine with the float source", "{:.1f}" if classes else "{:.5f}"))
+    for axis, values, title, form in panels:
         colors = ["#4f81bd" if r["passed"] else "#c0504d" for r in built]
-        axis.bar(range(len(values)), values, color=colors)
+        bars = axis.bar(range(len(values)), values, color=colors)
+        axis.bar_label(bars, [form.format(v) for v in values], fontsize=8)
         axis.set_xticks(range(len(values)), labels)
         axis.set_title(title, fontsize=10)
-        axis.set_ylabel(unit, fontsize=8)
         axis.grid(axis="y", alpha=0.3)
+        axis.margins(y=0.15)
     return figure
 
 
