@@ -78,7 +78,7 @@ def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = Fa
 def _preparation_text(info: dict) -> str:
     if "accuracy" in info:
         cached = " (weights from the cache)" if info.get("from_cache") else f" in {info['seconds']:.0f} s"
-        return (f"trained {info['steps']} steps on {info['task']}: {info['accuracy']:.0%} accurate on held-out "
+        return (f"trained {info['steps']} steps on {info['task']}: {info['accuracy']:.1%} accurate on held-out "
                 f"images{cached}")
     return str(info or "")
 
