@@ -167,12 +167,12 @@ def _cases_table(cases: list) -> str:
                      f"{c['fraction_of_peak']:.0%}" if c.get("fraction_of_peak") is not None else "—",
                      "noisy" if c["noisy"] else ""])
     return html_table(["model", "runtime", "threads", "ran on", "p50 ms", "p90 ms", "p99 ms", "std ms", "per s",
-                   "first result s", "peak MiB", "GFLOP/s", "% of peak", ""], rows)
+                       "first result s", "peak MiB", "GFLOP/s", "% of peak", ""], rows)
 
 
 def _footprint_table(footprint: dict) -> str:
     return html_table(["runtime", "MiB installed", "distributions"],
-                  [[n, f"{v['bytes'] / 2**20:.0f}", ", ".join(v["distributions"])] for n, v in footprint.items()])
+                      [[n, f"{v['bytes'] / 2**20:.0f}", ", ".join(v["distributions"])] for n, v in footprint.items()])
 
 
 def _parity_table(parity: Optional[dict]) -> str:
@@ -188,4 +188,4 @@ def _skipped(skipped: list) -> str:
     if not skipped:
         return ""
     return "<h2>Skipped</h2>" + html_table(["model", "runtime", "reason"],
-                                       [[Path(s["model"]).name, s["runtime"], s["reason"]] for s in skipped])
+                                           [[Path(s["model"]).name, s["runtime"], s["reason"]] for s in skipped])

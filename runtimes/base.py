@@ -50,3 +50,9 @@ class RunnerBase:
 
     def run_many(self, feeds_list: list) -> list:
         return [self.run(feeds) for feeds in feeds_list]
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (framework errors run to pages), at most 200 characters."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]

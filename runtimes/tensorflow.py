@@ -11,7 +11,7 @@ from deploykit.formats import Format
 from deploykit.model import LoadedModel, LoadOptions
 from deploykit.quiet import captured_output
 from deploykit.spec import ModelSpec, TensorSpec
-from runtimes.base import RunnerBase, RunnerOptions
+from runtimes.base import RunnerBase, RunnerOptions, first_line
 
 
 def import_tensorflow():
@@ -33,7 +33,7 @@ def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
         with captured_output():
             model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - keras raises ValueError/OSError/... for bad files
-        raise ModelLoadError(f"{path}: cannot load this Keras model ({_first_line(exc)})",
+        raise ModelLoadError(f"{path}: cannot load this Keras model ({first_line(exc)})",
                              "the file may be truncated, or need custom objects: save it again") from None
     inputs = [_keras_input_spec(t, options) for t in model.inputs]
     spec = _with_outputs(ModelSpec(tuple(inputs)), lambda feeds: _call_keras(model, spec_inputs=inputs, feeds=feeds))
@@ -46,7 +46,7 @@ def _load_saved_model(path: str, fmt: Format, options: LoadOptions) -> LoadedMod
         with captured_output():
             loaded = tf.saved_model.load(path)
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"{path}: cannot load this SavedModel ({_first_line(exc)})",
+        raise ModelLoadError(f"{path}: cannot load this SavedModel ({first_line(exc)})",
                              "the directory may be incomplete: export it again") from None
     signature = loaded.signatures.get("serving_default")
     if signature is None:
@@ -112,11 +112,6 @@ def _natural(name: str):
     head = name.rstrip("0123456789")
     tail = name[len(head):]
     return (head, int(tail) if tail else -1)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 class TensorFlowRunner(RunnerBase):

@@ -17,7 +17,7 @@ from deploykit.inputs import random_feeds
 from deploykit.model import LoadedModel, LoadOptions
 from deploykit.quiet import captured_output
 from deploykit.spec import ModelSpec, TensorSpec
-from runtimes.base import RunnerBase, RunnerOptions
+from runtimes.base import RunnerBase, RunnerOptions, first_line
 
 SPEC_EXTRA_FILE = "deploykit_spec.json"   # written by `samples build` into TorchScript archives
 
@@ -42,7 +42,7 @@ def _load_torchscript(path: str, options: LoadOptions):
         with captured_output():   # torch warns in C++ when a scripted file has no traced inputs
             module = torch.jit.load(path, map_location="cpu", _extra_files=extra, _restore_shapes=True)
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError subclasses with long C++ traces
-        raise ModelLoadError(f"{path}: cannot load this TorchScript archive ({_first_line(exc)})",
+        raise ModelLoadError(f"{path}: cannot load this TorchScript archive ({first_line(exc)})",
                              "the file may be truncated or written by a newer torch; save it again") from None
     module.eval()
     names = [a.name for a in module.forward.schema.arguments[1:]]
@@ -63,7 +63,7 @@ def _load_exported_program(path: str, options: LoadOptions):
     try:
         program = torch.export.load(path)
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"{path}: cannot load this torch.export archive ({_first_line(exc)})",
+        raise ModelLoadError(f"{path}: cannot load this torch.export archive ({first_line(exc)})",
                              "the file may be truncated or written by another torch version; export it again") from None
     user_inputs = set(program.graph_signature.user_inputs)
     inputs = []
@@ -110,7 +110,7 @@ def _load_weights(model: torch.nn.Module, weights: str) -> None:
     except FileNotFoundError:
         raise UsageError(f"{weights}: no such weights file", "check the --weights path") from None
     except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError from zip reader, ...
-        raise ModelLoadError(f"{weights}: not a loadable state_dict ({_first_line(exc)})",
+        raise ModelLoadError(f"{weights}: not a loadable state_dict ({first_line(exc)})",
                              "save weights with torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model_state_dict", "model"):
@@ -139,7 +139,7 @@ def _load_pickle(path: str, options: LoadOptions):
     try:
         model = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"{path}: cannot unpickle ({_first_line(exc)})",
+        raise ModelLoadError(f"{path}: cannot unpickle ({first_line(exc)})",
                              "the classes it names must be importable from the current directory") from None
     if not isinstance(model, torch.nn.Module):
         raise UnsupportedModelError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module",
@@ -201,7 +201,7 @@ def _probe_outputs(module, inputs: list) -> tuple:
         outputs = call_module(module, inputs, feeds)
     except Exception as exc:  # noqa: BLE001 - the user's forward can raise anything
         shapes = ", ".join(t.describe() for t in inputs)
-        raise UsageError(f"the model fails on inputs {shapes}: {_first_line(exc)}",
+        raise UsageError(f"the model fails on inputs {shapes}: {first_line(exc)}",
                          "give the right input shapes with --input name:DIMS[:dtype]") from None
     return tuple(_label_layout(TensorSpec(name, tuple(v.shape), str(v.dtype))) for name, v in outputs.items())
 
@@ -252,11 +252,6 @@ def _scalar_type_name(jit_type):
     names = {"Float": "float32", "Double": "float64", "Half": "float16", "Long": "int64", "Int": "int32",
              "Bool": "bool", "Byte": "uint8", "Char": "int8", "Short": "int16", "BFloat16": "bfloat16"}
     return names.get(scalar) if scalar else None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
 
 
 class TorchEagerRunner(RunnerBase):
