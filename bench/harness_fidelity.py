@@ -48,7 +48,6 @@ print(statistics.median(t))
 
 def main() -> None:
     from deploykit import api
-    from deploykit.bench import BenchOptions
     from sample_models.build import build_samples
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,7 +66,7 @@ def main() -> None:
                                        ("litert+xnnpack", tflite_file, "litert", BARE_LITERT)):
             ours, theirs = [], []
             for _ in range(args.rounds):
-                result = api.bench([path], BenchOptions(runtimes=(row,), iterations=args.iterations, warmup=10))
+                result = api.bench([path], api.BenchOptions(runtimes=(row,), iterations=args.iterations, warmup=10))
                 ours.append(result["cases"][0]["latency_ms"]["p50"])
                 out = subprocess.run([sys.executable, "-c", bare, path, str(args.iterations)], capture_output=True,
                                      text=True, check=True).stdout

@@ -49,15 +49,14 @@ def _build(folder: Path) -> Path:
 
 def _case(folder: Path, scratch: Path, case: tuple, reports) -> dict:
     from deploykit import api
-    from deploykit.precisions import export_all_precisions
 
     source, target, calibration, io_dtype = case
     suffix = {"onnx": ".onnx", "tflite": ".tflite"}[target]
     out = scratch / f"{Path(source).stem}-{io_dtype}{suffix}"
     report = str(Path(reports) / f"{Path(source).stem}-{target}-{io_dtype}") if reports else None
-    table = export_all_precisions(str(folder / source), target, str(out),
-                                  api.QuantizeOptions(mode="", calibration=str(folder / calibration),
-                                                      io_dtype=io_dtype), report_dir=report, force=True)
+    table = api.export(str(folder / source), target, str(out), force=True, report=report,
+                       quantize=api.QuantizeOptions(mode="all", calibration=str(folder / calibration),
+                                                    io_dtype=io_dtype)).to_dict()
     table["case"] = {"source": source, "target": target, "calibration": calibration, "io_dtype": io_dtype}
     print(f"{source} → {target} (io {io_dtype}): {'pass' if table['passed'] else 'FAIL'}", flush=True)
     return table

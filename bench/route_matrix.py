@@ -32,7 +32,7 @@ def main() -> None:
         build_samples(folder)
         for name in args.only:
             try:
-                result = api.export(str(folder / name), args.to, str(folder / f"{name}.{args.to}"), route_all=True)
+                result = api.export(str(folder / name), args.to, str(folder / f"{name}.{args.to}"), route="all")
                 routes = result.routes
             except DeploykitError as exc:
                 routes = [{"route": "(all)", "passed": False, "error": exc.one_line(), "seconds": None}]

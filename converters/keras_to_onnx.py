@@ -1,21 +1,21 @@
 """Keras / SavedModel -> ONNX with tf2onnx.
 
 Keras models convert in-process through tf2onnx's Python API (TensorFlow is already loaded;
-~0.3 s); SavedModel directories go through tf2onnx's command line in a child process with
-the --timeout. tf2onnx keeps the NHWC layout (it adds transposes inside), so no permutation
+~0.3 s); SavedModel directories go through tf2onnx's own command-line logic (signature defs,
+tags) run in a child of the one harness, under --timeout. tf2onnx keeps the NHWC layout (it adds transposes inside), so no permutation
 is recorded. It can "succeed" with ops ONNX Runtime refuses, which the check catches.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from converters.base import Check, ConversionResult, ExportOptions, accept
+from deploykit.child import CONVERT, run_child
+from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.errors import ConversionError
 from deploykit.formats import Format
 from deploykit.model import LoadedModel
 from deploykit.quiet import captured_output
+from deploykit.text import one_line
 
 DEFAULT_OPSET = 17
 
@@ -45,19 +45,31 @@ def _convert_keras(model: LoadedModel, out_path: Path, opset: int, options: Expo
             tf2onnx.convert.from_keras(model.handle, input_signature=signature, opset=opset,
                                        output_path=str(out_path))
     except Exception as exc:  # noqa: BLE001
-        raise ConversionError(f"tf2onnx failed: {' '.join(str(exc).split())[:300]}",
+        raise ConversionError(f"tf2onnx failed: {one_line(str(exc))}",
                               "run with --debug for its log; try --to tflite") from None
 
 
 def _convert_saved_model(path: str, out_path: Path, opset: int, options: ExportOptions) -> None:
-    command = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", path, "--output", str(out_path),
-               "--opset", str(opset)]
+    run_child("converters.keras_to_onnx:saved_model_job", {"saved_model": path, "out": str(out_path), "opset": opset},
+              stage=CONVERT, what="tf2onnx", timeout=options.timeout, debug=options.debug)
+
+
+def saved_model_job(request: dict, arrays: dict) -> dict:
+    """Child side: tf2onnx's command-line entry point, in this process (it exits; its code decides)."""
+    import os
+    import sys
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from tf2onnx import convert
+
+    sys.argv = ["tf2onnx.convert", "--saved-model", request["saved_model"], "--output", request["out"],
+                "--opset", str(request["opset"])]
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=options.timeout)
-    except subprocess.TimeoutExpired:
-        raise ConversionError(f"tf2onnx did not finish within {options.timeout:.0f} s", "raise --timeout") from None
-    if options.debug:
-        sys.stderr.write(proc.stdout + proc.stderr)
-    if proc.returncode != 0 or not out_path.exists():
-        tail = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
-        raise ConversionError(f"tf2onnx failed on {path}: {tail[0][:300]}", "run with --debug for its log")
+        convert.main()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise ConversionError(f"tf2onnx failed on {request['saved_model']} (exit {exc.code})",
+                                  "run with --debug for its log") from None
+    if not Path(request["out"]).exists():
+        raise ConversionError(f"tf2onnx wrote no model for {request['saved_model']}", "run with --debug for its log")
+    return {}

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters.base import Check, ConversionResult, ExportOptions, accept
+from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.errors import ConversionError
 from deploykit.model import LoadedModel
 from deploykit.quiet import captured_output
+from deploykit.text import one_line
 
 
 def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
@@ -18,6 +19,6 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
         with captured_output(echo=options.debug):
             model.handle.export(str(out_path), verbose=False)
     except Exception as exc:  # noqa: BLE001
-        raise ConversionError(f"model.export failed: {' '.join(str(exc).split())[:300]}",
+        raise ConversionError(f"model.export failed: {one_line(str(exc))}",
                               "check that the model is a Keras 3 model with static input signatures") from None
     return accept(result, check, options, "keras_export", "model.export", "run deploykit verify --debug on the artifact")

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters.base import Check, ConversionResult, ExportOptions, accept
+from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.errors import ConversionError
 from deploykit.formats import Format
+from deploykit.frameworks import import_tensorflow
 from deploykit.model import LoadedModel
 from deploykit.quiet import captured_output
+from deploykit.text import one_line
 
 
 def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
-    from runtimes.tensorflow import import_tensorflow
-
     tf = import_tensorflow()
     result = ConversionResult(path=out_path, converter="keras_to_tflite", tool=f"TFLiteConverter tf {tf.__version__}")
     try:
@@ -29,8 +29,7 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
             _configure_quantization(tf, converter, model, options, result)
             flatbuffer = converter.convert()
     except Exception as exc:  # noqa: BLE001 - the converter raises ConverterError and others
-        detail = " ".join(str(exc).split())[:300]
-        raise ConversionError(f"TFLiteConverter failed: {detail}",
+        raise ConversionError(f"TFLiteConverter failed: {one_line(str(exc))}",
                               "ops outside the TFLite builtin set need SELECT_TF_OPS; try --to onnx") from None
     out_path.write_bytes(flatbuffer)
     if options.quantize:

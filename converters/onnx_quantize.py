@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters.base import Check, ConversionResult, ExportOptions, accept
+from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.quiet import captured_output
 
 MODES = ("fp16", "dynamic", "int8")

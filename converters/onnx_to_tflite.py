@@ -20,9 +20,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from converters.base import Check, ConversionResult, ExportOptions, accept
-from converters.child import run_job
-from deploykit.model import LoadedModel, load_model
+from deploykit.child import CONVERT, run_child
+from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
+from deploykit.model import LoadedModel
+from deploykit.onnx_io import read_onnx
+from deploykit.spec import ModelSpec
 
 CALIBRATION_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 NCHW_TO_NHWC = {3: [0, 2, 1], 4: [0, 2, 3, 1], 5: [0, 2, 3, 4, 1]}
@@ -41,12 +43,17 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
     payload = {"onnx": model.path, "out": str(out_path), "saved_model": saved_model, "keep_nhwc": nhwc,
                "keep_nchw": [t.name for t in model.spec.inputs if len(t.shape or ()) in NCHW_TO_NHWC
                              and t.name not in nhwc] if options.keep_layout else []}
-    info = run_job("converters.onnx_to_tflite:job", payload, options.timeout, options.debug)
+    info = run_child("converters.onnx_to_tflite:job", payload, stage=CONVERT, what="onnx2tf", timeout=options.timeout,
+                     debug=options.debug).info
     result = ConversionResult(path=out_path, converter="onnx_to_saved_model" if saved_model else "onnx_to_tflite",
-                              tool=info["tool"])
-    artifact = load_model(str(out_path))
-    result.input_perms = _perms(model.spec.inputs, artifact.spec.inputs, to_artifact=True)
-    result.output_perms = _perms(model.spec.outputs, artifact.spec.outputs, to_artifact=False)
+                              tool=info["tool"], description=info.get("artifact"))
+    written = ModelSpec.from_dict(info["artifact"]["spec"]) if info.get("artifact") else None
+    if written is None:      # a SavedModel is described by its loader in this process (TensorFlow is needed)
+        from deploykit.model import load_model
+
+        written = load_model(str(out_path)).spec
+    result.input_perms = _perms(model.spec.inputs, written.inputs, to_artifact=True)
+    result.output_perms = _perms(model.spec.outputs, written.outputs, to_artifact=False)
     layout = {"inputs": result.input_perms, "outputs": result.output_perms}
     accept(result, check, options, "onnx2tf", "onnx2tf", "try --via litert, or simplify the ONNX graph first", layout)
     if any(result.output_perms.values()):
@@ -61,8 +68,6 @@ def _channels_last_inputs(model: LoadedModel) -> list:
     graph itself: an input whose every consumer is Transpose(perm=[0, 3, 1, 2]) is NHWC data
     that the exporter (tf2onnx, say) turns into NCHW inside the graph.
     """
-    from runtimes.onnxruntime import read_onnx
-
     labelled = {t.name for t in model.spec.inputs if t.layout in ("NHWC", "NWC", "NDHWC")}
     graph = read_onnx(model.path).graph
     for tensor in model.spec.inputs:
@@ -102,8 +107,8 @@ def _same_dims(a: tuple, b: tuple) -> bool:
     return len(a) == len(b) and all(x == y or isinstance(x, str) or isinstance(y, str) for x, y in zip(a, b))
 
 
-def job(payload: dict) -> dict:
-    """Child side: run onnx2tf on a copy of the ONNX file in a scratch directory."""
+def job(payload: dict, arrays: dict) -> dict:
+    """Child side: run onnx2tf on a copy of the ONNX file in a scratch directory; describe a .tflite result."""
     import numpy as np
     import onnx2tf
 
@@ -130,6 +135,8 @@ def job(payload: dict) -> dict:
             shutil.move(str(folder), str(out))
             for stray in out.glob("*.tflite"):
                 stray.unlink()
-        else:
-            shutil.move(str(folder / "model_float32.tflite"), str(out))
-    return {"tool": f"onnx2tf {onnx2tf.__version__}"}
+            return {"tool": f"onnx2tf {onnx2tf.__version__}"}
+        shutil.move(str(folder / "model_float32.tflite"), str(out))
+    from deploykit.model import describe_file
+
+    return {"tool": f"onnx2tf {onnx2tf.__version__}", "artifact": describe_file(str(out))}

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters.base import Check, ConversionResult, ExportOptions, accept
-from converters.child import run_job
+from deploykit.child import CONVERT, run_child
+from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.model import LoadedModel
 
 DEFAULT_OPSET = 17
@@ -17,13 +17,14 @@ DEFAULT_OPSET = 17
 
 def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
     payload = {"tflite": model.path, "out": str(out_path), "opset": options.opset or DEFAULT_OPSET}
-    info = run_job("converters.tflite_to_onnx:job", payload, options.timeout, options.debug)
+    info = run_child("converters.tflite_to_onnx:job", payload, stage=CONVERT, what="tf2onnx", timeout=options.timeout,
+                     debug=options.debug).info
     result = ConversionResult(path=out_path, converter="tflite_to_onnx", tool=info["tool"])
     return accept(result, check, options, "tf2onnx", "tf2onnx (from TFLite)",
                   "the TFLite file may use fused TFLite-only ops; convert from the original model instead")
 
 
-def job(payload: dict) -> dict:
+def job(payload: dict, arrays: dict) -> dict:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

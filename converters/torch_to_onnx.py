@@ -8,21 +8,20 @@ exporter is reported as that construct, with its source line and the remedy.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from pathlib import Path
 
-from converters.base import Check, ConversionResult, ExportOptions
-from deploykit.errors import ConversionError
+from deploykit.constructs import data_dependent_site
+from deploykit.conversion import Check, ConversionResult, ExportOptions
+from deploykit.errors import ConversionError, Outcome
 from deploykit.formats import Format
 from deploykit.inputs import random_feeds
 from deploykit.model import LoadedModel
 from deploykit.quiet import captured_output
+from deploykit.text import brief, exception_chain
 
 EXTERNAL_DATA_THRESHOLD = 1_900_000_000   # protobuf's 2 GiB limit, with headroom for the graph
 FALLBACK_SAMPLES = 16
-_DATA_DEPENDENT = ("GuardOnDataDependentSymNode", "data-dependent", "Could not guard on data-dependent")
-_CALL_SITE = re.compile(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.+)')
 
 
 def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
@@ -43,9 +42,9 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
                 warnings.simplefilter("always")
                 tool = export(model, example, out_path, options, external)
         except Exception as exc:  # noqa: BLE001 - the exporters raise many types
-            text = _full_text(exc)
+            text = exception_chain(exc)
             dynamo_error = text if name == "dynamo" else dynamo_error
-            _record(result, name, False, _brief(text))
+            _record(result, name, False, brief(text))
             continue
         baked += [w for w in caught if _is_user_tracer_warning(w)]
         report = check(out_path, samples)
@@ -97,7 +96,7 @@ def _export_ts2ep(model: LoadedModel, example: tuple, out_path: Path, options: E
 
 def _explain_fallback(result: ConversionResult, name: str, dynamo_error, baked: list, samples: int) -> None:
     if dynamo_error:
-        result.warnings.append(f"the dynamo exporter failed ({_brief(dynamo_error)}); used the {name} exporter")
+        result.warnings.append(f"the dynamo exporter failed ({brief(dynamo_error)}); used the {name} exporter")
     construct = data_dependent_site(dynamo_error, baked)
     if construct:
         result.warnings.append(f"data-dependent control flow at {construct}: parity holds on {samples} inputs of "
@@ -149,7 +148,7 @@ def _optimize(out_path: Path, options: ExportOptions, result: ConversionResult, 
             onnx.save(slim, str(slim_path), save_as_external_data=external,
                       location=out_path.name + ".data" if external else None)
     except Exception as exc:  # noqa: BLE001 - optional step: never fails an export
-        result.warnings.append(f"onnxslim failed ({_brief(_full_text(exc))}); graph left as exported")
+        result.warnings.append(f"onnxslim failed ({brief(exception_chain(exc))}); graph left as exported")
         slim_path.unlink(missing_ok=True)
         return
     report = check(slim_path, options.samples)
@@ -179,37 +178,5 @@ def _weight_bytes(model: LoadedModel) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def data_dependent_site(dynamo_error, baked_warnings=()) -> str:
-    if dynamo_error and any(marker in dynamo_error for marker in _DATA_DEPENDENT):
-        match = _CALL_SITE.search(dynamo_error.split("The following call raised this error:")[-1])
-        if match:
-            return f"{os.path.basename(match.group(1))}:{match.group(2)} in {match.group(3)}: `{match.group(4).strip()}`"
-        return "an `if`/loop on tensor values"
-    for warning in baked_warnings:
-        if "boolean" in str(warning.message) or "Python value" in str(warning.message):
-            return f"{os.path.basename(warning.filename)}:{warning.lineno} (a tensor converted to a Python value)"
-    return ""
-
-
 def _record(result: ConversionResult, tool: str, ok: bool, why: str) -> None:
     result.attempts.append({"tool": tool, "ok": ok, "why": why})
-
-
-def _full_text(exc: BaseException) -> str:
-    parts, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        parts.append(f"{type(exc).__name__}: {exc}")
-        exc = exc.__cause__ or exc.__context__
-    return "\n".join(parts)
-
-
-def _brief(text: str) -> str:
-    for line in text.splitlines():
-        if "GuardOnDataDependentSymNode" in line or "Error" in line.split(":")[0]:
-            summary = line.strip()
-            break
-    else:
-        summary = text.strip().splitlines()[0] if text.strip() else "unknown error"
-    summary = re.sub(r"\x1b\[[0-9;]*m", "", summary)
-    return summary[:240]

@@ -1,9 +1,10 @@
 """PyTorch -> TFLite directly with litert-torch (torch.export underneath, no TensorFlow needed).
 
-The conversion runs in a child process (converters/child.py): litert-torch takes ~5 s to
-import, prints progress, and can hang or crash natively. litert-torch keeps NCHW inputs
-(it inserts the transposes itself), so no layout permutation is recorded; int64 inputs
-become int32 in the TFLite signature, and the LiteRT runner casts feeds accordingly.
+The conversion runs in a child process (deploykit.child, stage "convert"): litert-torch takes
+~5 s to import, prints progress, and can hang or crash natively. The child also describes the
+.tflite file it wrote, so the parent does not read it again. litert-torch keeps NCHW inputs
+(it inserts the transposes itself), so no layout permutation is recorded; int64 inputs become
+int32 in the TFLite signature, and the LiteRT runner casts feeds accordingly.
 
 Quantization (`--quantize int8|dynamic`) uses litert-torch's PT2E quantizer: the program is
 annotated (symmetric, per-channel int8 weights), observed on the calibration feeds, and
@@ -13,16 +14,17 @@ inputs go through the TFLiteConverter route instead (routing filters it).
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from converters.base import Check, ConversionResult, ExportOptions, accept
-from converters.child import run_job
+from deploykit.child import CONVERT, run_child
+from deploykit.constructs import DATA_DEPENDENT_REMEDY, data_dependent_site
+from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.errors import ConversionError
 from deploykit.formats import Format
-from deploykit.model import LoadedModel
+from deploykit.model import LoadedModel, LoadOptions
+from deploykit.text import exception_chain
 
 EXAMPLE_SEED = 1234
 
@@ -31,15 +33,14 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
     if options.dynamic_batch:
         raise ConversionError("the litert-torch route does not make dynamic batch sizes",
                               "use --via onnx with --dynamic-batch, or export a fixed batch")
-    payload = {"source": model.path, "weights": model.weights, "out": str(out_path),
-               "trust_pickle": model.format == Format.TORCH_PICKLE,
-               "inputs": [t.to_dict() for t in model.spec.inputs], "quantize": options.quantize}
-    with tempfile.TemporaryDirectory(prefix="deploykit-calib-") as tmp:
-        if options.quantize == "int8":
-            payload["calibration"] = str(Path(tmp) / "calibration.npz")
-            _save_feeds(options.calibration_feeds(model), model.spec.input_names, payload["calibration"])
-        info = run_job("converters.torch_to_tflite:job", payload, options.timeout, options.debug)
-    result = ConversionResult(path=out_path, converter="torch_to_tflite", tool=info["tool"])
+    # The child loads the source itself, the way the user asked for it: it need not wait for the parent's load.
+    load = model.load or LoadOptions(weights=model.weights, trust_pickle=model.format == Format.TORCH_PICKLE)
+    request = {"source": model.path, "load": load.to_dict(), "out": str(out_path), "quantize": options.quantize}
+    arrays = _stacked(options.calibration_feeds(model), model.spec.input_names) if options.quantize == "int8" else None
+    info = run_child("converters.torch_to_tflite:job", request, arrays=arrays, stage=CONVERT, what="litert-torch",
+                     timeout=options.timeout, debug=options.debug, abort=getattr(model, "failure", None)).info
+    result = ConversionResult(path=out_path, converter="torch_to_tflite", tool=info["tool"],
+                              description=info["artifact"])
     if options.quantize:
         result.notes.append(f"quantized with litert-torch PT2E: {options.quantize}"
                             + (", int8 inputs/outputs" if options.quantize == "int8" else ""))
@@ -49,8 +50,8 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
     return result
 
 
-def job(payload: dict) -> dict:
-    """Child side: load the source again, convert, write the .tflite file."""
+def job(request: dict, arrays: dict) -> dict:
+    """Child side: load the source again, convert, write the .tflite file, describe it."""
     import os
 
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
@@ -58,39 +59,36 @@ def job(payload: dict) -> dict:
     import torch
 
     from deploykit.inputs import random_feeds
-    from deploykit.model import LoadOptions, load_model
-    from deploykit.spec import ModelSpec, TensorSpec
+    from deploykit.model import describe_file, load_model
+    from deploykit.spec import ModelSpec
 
-    specs = tuple(TensorSpec.from_dict(t) for t in payload["inputs"])
-    model = load_model(payload["source"], LoadOptions(weights=payload["weights"], trust_pickle=payload["trust_pickle"],
-                                                      input_specs=specs))
-    feeds = random_feeds(ModelSpec(specs), samples=1, seed=EXAMPLE_SEED)[0]
-    example = tuple(torch.from_numpy(feeds[t.name]) for t in specs)
+    model = load_model(request["source"], LoadOptions.from_dict(request["load"]))
+    inputs = model.spec.inputs
+    feeds = random_feeds(ModelSpec(inputs), samples=1, seed=EXAMPLE_SEED)[0]
+    example = tuple(torch.from_numpy(feeds[t.name]) for t in inputs)
     module = model.details["exported_program"].module() if "exported_program" in model.details else model.handle
     try:
-        if payload.get("quantize"):
-            _convert_quantized(module, example, payload)
+        if request.get("quantize"):
+            _convert_quantized(module, example, request["quantize"], arrays, [t.name for t in inputs], request["out"])
         else:
-            litert_torch.convert(module, example).export(payload["out"])
+            litert_torch.convert(module, example).export(request["out"])
     except Exception as exc:  # noqa: BLE001 - name the construct when torch.export is what failed
-        from converters.torch_to_onnx import _full_text, data_dependent_site
-
-        site = data_dependent_site(_full_text(exc))
+        site = data_dependent_site(exception_chain(exc))
         if site:
             raise ConversionError(f"data-dependent control flow at {site}: torch.export (inside litert-torch) "
-                                  "cannot capture it", "rewrite the branch with torch.cond(pred, true_fn, false_fn, "
-                                  "(x,)) so that both branches are exported") from None
+                                  "cannot capture it", DATA_DEPENDENT_REMEDY) from None
         raise
     version = getattr(litert_torch, "__version__", "")
-    return {"tool": f"litert-torch {version} (torch {torch.__version__})".replace("  ", " ")}
+    return {"tool": f"litert-torch {version} (torch {torch.__version__})".replace("  ", " "),
+            "artifact": describe_file(request["out"])}
 
 
-def _save_feeds(feeds: list, names: tuple, path: str) -> None:
+def _stacked(feeds: list, names: list) -> dict:
     """Calibration feeds for the child, stacked per input: [samples, *shape]."""
-    np.savez(path, **{name: np.stack([feed[name] for feed in feeds]) for name in names})
+    return {name: np.stack([feed[name] for feed in feeds]) for name in names}
 
 
-def _convert_quantized(module, example: tuple, payload: dict) -> None:
+def _convert_quantized(module, example: tuple, mode: str, calibration: dict, names: list, out: str) -> None:
     """PT2E: annotate, observe the calibration feeds (static) or one example (dynamic), convert."""
     import litert_torch
     import torch
@@ -98,16 +96,14 @@ def _convert_quantized(module, example: tuple, payload: dict) -> None:
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    dynamic = payload["quantize"] == "dynamic"
+    dynamic = mode == "dynamic"
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
                                                                             is_dynamic=dynamic))
     prepared = prepare_pt2e(torch.export.export(module, example).module(), quantizer)
     if dynamic:
         prepared(*example)
     else:
-        with np.load(payload["calibration"]) as data:
-            names = [t["name"] for t in payload["inputs"]]
-            for index in range(len(data[names[0]])):
-                prepared(*(torch.from_numpy(data[name][index]) for name in names))
+        for index in range(len(calibration[names[0]])):
+            prepared(*(torch.from_numpy(calibration[name][index]) for name in names))
     converted = convert_pt2e(prepared, fold_quantize=False)
-    litert_torch.convert(converted, example, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(payload["out"])
+    litert_torch.convert(converted, example, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(out)

@@ -1,8 +1,12 @@
 """deploykit: export research models to production runtimes, prove parity, measure the gain.
 
-The public API is re-exported lazily so that ``import deploykit`` stays cheap:
-``deploykit.export``, ``deploykit.verify``, ``deploykit.inspect``, ``deploykit.doctor``,
-``deploykit.ModelSpec``, ``deploykit.TensorSpec``, ``deploykit.Tolerance``.
+The public API, re-exported lazily so that ``import deploykit`` stays cheap (no framework, no numpy):
+
+* functions — ``export``, ``verify``, ``bench``, ``inspect``, ``doctor``, ``report``, ``load_options``
+  (see :mod:`deploykit.api`; the CLI is a thin face over them);
+* options — ``VerifyOptions``, ``QuantizeOptions``, ``BenchOptions``, ``LoadOptions``, ``Timing``;
+* objects — ``Artifact`` (a model file that runs itself), ``ModelSpec``, ``TensorSpec``, ``Tolerance``;
+* errors — ``DeploykitError`` and its subclasses carry an exit code and a remedy (``deploykit.errors``).
 """
 from __future__ import annotations
 
@@ -11,13 +15,21 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "export": ("deploykit.api", "export"),
     "verify": ("deploykit.api", "verify"),
-    "VerifyOptions": ("deploykit.api", "VerifyOptions"),
+    "bench": ("deploykit.api", "bench"),
+    "inspect": ("deploykit.api", "inspect"),
+    "doctor": ("deploykit.api", "doctor"),
+    "report": ("deploykit.api", "report"),
     "load_options": ("deploykit.api", "load_options"),
-    "inspect": ("deploykit.introspect", "inspect_model"),
-    "doctor": ("deploykit.introspect", "doctor"),
+    "VerifyOptions": ("deploykit.options", "VerifyOptions"),
+    "QuantizeOptions": ("deploykit.options", "QuantizeOptions"),
+    "BenchOptions": ("deploykit.bench", "BenchOptions"),
+    "LoadOptions": ("deploykit.model", "LoadOptions"),
+    "Timing": ("deploykit.harness", "Timing"),
+    "Artifact": ("deploykit.artifact", "Artifact"),
     "ModelSpec": ("deploykit.spec", "ModelSpec"),
     "TensorSpec": ("deploykit.spec", "TensorSpec"),
     "Tolerance": ("deploykit.parity", "Tolerance"),
+    "DeploykitError": ("deploykit.errors", "DeploykitError"),
 }
 
 

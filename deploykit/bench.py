@@ -7,21 +7,17 @@ threads). Statistics are a distribution, never one run; a wide spread is flagged
 """
 from __future__ import annotations
 
-import json
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from deploykit import registry
-from deploykit.errors import UsageError
+from deploykit.child import MEASURE, run_child
+from deploykit.errors import DeploykitError, UsageError
 from deploykit.formats import TORCH_FORMATS, Format, detect
-
-NOISY_SPREAD = 0.10     # (p90 - p50) / p50 above this: the machine was busy, say so
+from deploykit.harness import NOISY_SPREAD, Timing, latency_stats
+from deploykit.machine import gpu_present
+from deploykit.options import check_timeout
 
 # Bench rows: (row name, registry runtime, options, formats, needs a GPU)
 ROWS = (
@@ -50,15 +46,25 @@ class BenchOptions:
     profile: Optional[str] = None   # "mobile"
     timeout: float = 600.0
 
+    def __post_init__(self) -> None:
+        known = {row[0] for row in ROWS}
+        unknown = set(self.runtimes) - known
+        if unknown:
+            raise UsageError(f"unknown runtime(s) {', '.join(sorted(unknown))}", f"use {', '.join(sorted(known))}")
+        if self.profile not in (None, "mobile"):
+            raise UsageError(f"unknown --profile {self.profile!r}", "use --profile mobile")
+        for option, values in (("--threads", self.threads), ("--batch", [b for b in self.batches if b is not None])):
+            if any(not isinstance(v, int) or v < 1 for v in values) or (option == "--threads" and not values):
+                raise UsageError(f"{option} takes positive integers (got {values!r})", f"e.g. {option} 1,2")
+        self.timing()          # validates warmup / iterations / seconds
+        check_timeout(self.timeout)
+
+    def timing(self) -> Timing:
+        return Timing(self.warmup, self.iterations, self.seconds)
+
 
 def plan(models: list, options: BenchOptions) -> tuple:
     """(cases to run, rows skipped with their reason)."""
-    known = {row[0] for row in ROWS}
-    unknown = set(options.runtimes) - known
-    if unknown:
-        raise UsageError(f"unknown runtime(s) {', '.join(sorted(unknown))}", f"use {', '.join(sorted(known))}")
-    if options.profile not in (None, "mobile"):
-        raise UsageError(f"unknown --profile {options.profile!r}", "use --profile mobile")
     cases, skipped = [], []
     for path in models:
         fmt = detect(path)
@@ -91,59 +97,33 @@ def _unavailable(runtime: str, gpu: bool) -> str:
     missing = registry.missing_packages(entry.requires)
     if missing:
         return f"{', '.join(missing)} not installed"
-    if gpu and not _gpu_present():
+    if gpu and not gpu_present():
         return "no NVIDIA GPU on this machine"
     return ""
 
 
-def _gpu_present() -> bool:
-    return Path("/dev/nvidia0").exists()
-
-
 def run_case(case: dict, options: BenchOptions, load: Optional[dict] = None) -> dict:
-    """Run one case in a fresh child process; a crash or time-out becomes the row's error."""
-    request = {"path": str(Path(case["model"]).resolve()), "runtime": case["runtime"], "options": case["options"],
-               "batch": case["batch"], "affinity": case["affinity"], "warmup": options.warmup,
-               "iterations": options.iterations, "seconds": options.seconds, "load": load or {}}
-    with tempfile.TemporaryDirectory(prefix="deploykit-bench-") as tmp:
-        request_path, result_path = Path(tmp) / "request.json", Path(tmp) / "result.json"
-        request["spawned_at"] = time.time()
-        request_path.write_text(json.dumps(request))
-        try:
-            proc = subprocess.run([sys.executable, "-m", "runtimes.bench_worker", str(request_path), str(result_path)],
-                                  capture_output=True, text=True, timeout=options.timeout)
-        except subprocess.TimeoutExpired:
-            return {**case, "error": f"did not finish within {options.timeout:.0f} s"}
-        if not result_path.exists():
-            return {**case, "error": f"the benchmark process died (exit {proc.returncode}): "
-                                     + (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
-        raw = json.loads(result_path.read_text())
-    if "error" in raw:
-        return {**case, "error": raw["error"]}
-    return {**case, **summarize(raw, case), "size_bytes": artifact_size(case["model"])}
+    """Run one case in a fresh child process; a failure, crash or time-out becomes the row's error."""
+    model = {"path": str(Path(case["model"]).resolve()), "format": case["format"], "load": load or {}}
+    request = {"model": model, "runtime": case["runtime"], "options": case["options"], "batch": case["batch"],
+               "affinity": case["affinity"], "timing": options.timing().to_dict()}
+    try:
+        raw = run_child("deploykit.harness:measure_job", request, stage=MEASURE, what=Path(case["model"]).name,
+                        timeout=options.timeout).info
+    except DeploykitError as exc:
+        return {**case, "error": exc.one_line().removeprefix("error: ")}
+    return {**case, **summarize(raw), "size_bytes": artifact_size(case["model"])}
 
 
-def summarize(raw: dict, case: dict) -> dict:
-    """Latency distribution and derived numbers from one case's raw timings."""
-    times = sorted(raw.pop("times_ms"))
-    p50 = _percentile(times, 50)
+def summarize(raw: dict) -> dict:
+    """Latency distribution (the harness's statistics) and derived numbers from one case's raw timings."""
+    latency = latency_stats(raw.pop("times_ms"))
+    spread = latency.pop("spread")
     batch = next(iter(raw["input_shapes"].values()), [1])[0] if raw["input_shapes"] else 1
-    spread = (_percentile(times, 90) - p50) / p50 if p50 else 0.0
-    latency = {"min": times[0], "p50": p50, "p90": _percentile(times, 90), "p99": _percentile(times, 99),
-               "mean": statistics.fmean(times), "std": statistics.pstdev(times), "iterations": len(times)}
-    return {**raw, "latency_ms": {k: round(v, 4) if isinstance(v, float) else v for k, v in latency.items()},
+    return {**raw, "latency_ms": latency,
             "throughput_per_s": round(batch * 1e3 / latency["mean"], 2) if latency["mean"] else None,
             "rss_delta_bytes": raw["peak_rss_bytes"] - (raw.get("rss_at_start_bytes") or 0),
-            "spread": round(spread, 4), "noisy": spread > NOISY_SPREAD}
-
-
-def _percentile(values: list, q: float) -> float:
-    if len(values) == 1:
-        return values[0]
-    position = (len(values) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(values) - 1)
-    return values[low] + (values[high] - values[low]) * (position - low)
+            "spread": spread, "noisy": spread > NOISY_SPREAD}
 
 
 def artifact_size(path: str) -> int:
@@ -185,18 +165,17 @@ def model_flops(models: list, timeout: float) -> dict:
     Countable files (torch, ONNX) are counted in a child process; a TFLite/Keras artifact gets
     the count of the file its manifest names as source, when that file is in the run.
     """
-    from converters.child import run_job
     from deploykit import manifest
-    from deploykit.errors import ConversionError
-    from deploykit.model import sha256_of
+    from deploykit.fsutil import sha256_of
 
     counts, by_hash = {}, {}
     for path in models:
         if detect(path) in TORCH_FORMATS or detect(path) == Format.ONNX:
             try:
-                counts[path] = run_job("deploykit.flops:job", {"path": path}, timeout)
+                counts[path] = run_child("deploykit.flops:job", {"path": path}, stage=MEASURE,
+                                         what=f"the FLOPs of {Path(path).name}", timeout=timeout).info
                 by_hash[sha256_of(path)] = counts[path]
-            except ConversionError as exc:
+            except DeploykitError as exc:
                 counts[path] = {"flops": None, "method": f"not counted: {exc.message}"}
     for path in models:
         if path not in counts:

@@ -1,14 +1,19 @@
 """Run a source and its artifacts on the same inputs and compare them with the parity engine."""
 from __future__ import annotations
 
-from typing import Optional
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
 
 from deploykit import parity, registry
+from deploykit.artifact import Artifact
 from deploykit.errors import UsageError
-from deploykit.inputs import random_feeds
-from deploykit.isolation import run_isolated
-from deploykit.model import LoadedModel, load_model
-from deploykit.parity import Tolerance
+from deploykit.inputs import load_npz, random_feeds
+from deploykit.model import LoadedModel, LoadOptions, load_model
+from deploykit.options import PRECISION_OF, VerifyOptions
+from deploykit.parity import Tolerance, tolerance_for
+from deploykit.runner import RunnerOptions
 
 
 class ReferenceRunner:
@@ -20,16 +25,20 @@ class ReferenceRunner:
 
     def __init__(self, model: LoadedModel, timeout: float, device: str = "cpu"):
         self.model, self.timeout, self.device = model, timeout, device
-        self._runner, self._cache = None, {}
+        self._runner, self._cache, self._artifact = None, {}, None
 
-    def outputs(self, key: tuple, feeds: dict) -> dict:
-        if key not in self._cache:
-            self._cache[key] = self._run([feeds])[0]
-        return self._cache[key]
+    def outputs_for(self, keyed: list) -> list:
+        """Outputs for each (key, feeds); the ones not seen before run together (one child for a file source)."""
+        missing = [(key, feeds) for key, feeds in dict(keyed).items() if key not in self._cache]
+        if missing:
+            for (key, _feeds), outputs in zip(missing, self._run([feeds for _key, feeds in missing])):
+                self._cache[key] = outputs
+        return [self._cache[key] for key, _feeds in keyed]
 
     def _run(self, feeds_list: list) -> list:
         if self.model.handle is None:
-            return run_isolated(self.model.path, feeds_list, timeout=self.timeout, device=self.device)[0]
+            self._artifact = self._artifact or Artifact.of(self.model, layout={})
+            return self._artifact.run(feeds_list, RunnerOptions(device=self.device), timeout=self.timeout).outputs
         if self._runner is None:
             entry = registry.runtime_for(self.model.format)
             self._runner = registry.resolve(entry.target)(self.model)
@@ -54,15 +63,16 @@ class Checker:
         keyed = [(("random", i, batch), f) for i, f in enumerate(generated)]
         return keyed + [(("user", i), f) for i, f in enumerate(self.user_feeds)]
 
-    def check(self, candidate_path, samples: int, batch: Optional[int] = None,
-              candidate: Optional[LoadedModel] = None, layout: Optional[dict] = None,
-              tolerance: Optional[parity.Tolerance] = None, feeds: Optional[tuple] = None) -> parity.ParityReport:
-        """Run the candidate file (isolated) and the source on the same feeds and compare.
+    def check(self, candidate: Union[str, Path, Artifact], samples: int, batch: Optional[int] = None,
+              layout: Optional[dict] = None, tolerance: Optional[parity.Tolerance] = None,
+              feeds: Optional[tuple] = None) -> parity.ParityReport:
+        """Run the candidate (in a child) and the source on the same feeds and compare.
 
         ``layout`` is the candidate's recorded permutation relative to the source
         ({"inputs": {name: axes}, "outputs": {name: axes}}, keyed by the candidate's names).
         """
-        candidate = candidate or load_model(str(candidate_path))
+        if not isinstance(candidate, Artifact):
+            candidate = Artifact.open(candidate, layout=layout or {})
         references, outputs = self.run_both(candidate, samples, batch, layout, feeds)
         report = self.compare(references, outputs, self.source.label, candidate.label, layout, tolerance)
         if feeds:
@@ -83,7 +93,7 @@ class Checker:
             report.notes.append(f"layout permutations applied: {layout}")
         return report
 
-    def run_both(self, candidate: LoadedModel, samples: int, batch: Optional[int] = None,
+    def run_both(self, candidate: Artifact, samples: int, batch: Optional[int] = None,
                  layout: Optional[dict] = None, feeds: Optional[tuple] = None) -> tuple:
         """Source outputs and candidate outputs (permuted back to the source's layout) on the same feeds.
 
@@ -91,18 +101,19 @@ class Checker:
         judged on the distribution it was calibrated for, not on 3-sigma inputs it clips).
         """
         keyed = [((feeds[0], i), f) for i, f in enumerate(feeds[1])] if feeds else self.feeds(samples, batch)
-        references = [self.reference.outputs(key, feeds) for key, feeds in keyed]
+        references = self.reference.outputs_for(keyed)
         layout = layout or {}
         feeds_for_candidate = [self.feeds_for(candidate, feeds, layout) for _key, feeds in keyed]
-        outputs, info = run_isolated(str(candidate.path), feeds_for_candidate, timeout=self.timeout,
-                                     device=self.device, runtime_options=self.runtime_options)
-        self.last_runtime = f"{info.get('runtime')} ({', '.join(info.get('providers') or []) or 'default'})"
-        return references, [parity.permute(o, layout.get("outputs")) for o in outputs]
+        result = candidate.run(feeds_for_candidate, self.runner_options, timeout=self.timeout)
+        self.last_runtime = result.ran_on
+        return references, [parity.permute(o, layout.get("outputs")) for o in result.outputs]
 
-    def feeds_for(self, candidate, feeds: dict, layout: Optional[dict] = None) -> dict:
+    @property
+    def runner_options(self) -> RunnerOptions:
+        return RunnerOptions(device=self.device, **self.runtime_options)
+
+    def feeds_for(self, candidate: LoadedModel, feeds: dict, layout: Optional[dict] = None) -> dict:
         """Source-layout feeds renamed (by position, if the names differ) and permuted for the candidate."""
-        if not isinstance(candidate, LoadedModel):
-            candidate = load_model(str(candidate))
         return parity.permute(self._rename(feeds, candidate), (layout or {}).get("inputs"))
 
     def _rename(self, feeds: dict, candidate: LoadedModel) -> dict:
@@ -114,3 +125,70 @@ class Checker:
             raise UsageError(f"{candidate.label} takes {len(names)} input(s) ({', '.join(names)}) but the source "
                              f"takes {len(feeds)} ({', '.join(feeds)})", "compare models with the same inputs")
         return dict(zip(names, feeds.values()))
+
+
+def make_checker(model: LoadedModel, options: VerifyOptions) -> Checker:
+    """The checker of ``model`` for these verify options (tolerance preset, seed, --inputs, device)."""
+    tolerance = tolerance_for(options.precision or "fp32", options.atol, options.rtol)
+    user_feeds = load_npz(options.inputs_npz, model.spec) if options.inputs_npz else None
+    checker = Checker(model, tolerance, options.seed, user_feeds, options.timeout, options.device)
+    checker.runtime_options = {"xnnpack": options.xnnpack}
+    return checker
+
+
+@dataclass
+class VerifyResult:
+    source: str
+    reports: list           # ParityReport per artifact vs source, then hop vs previous hop
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.reports)
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "source": self.source, "seconds": round(self.seconds, 3),
+                "comparisons": [r.to_dict() for r in self.reports]}
+
+
+def verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: VerifyOptions) -> VerifyResult:
+    """Compare every artifact against the source, and each against the previous one, on the same inputs."""
+    started = time.perf_counter()
+    if not artifacts:
+        raise UsageError("no artifact to verify", "give the source and at least one artifact")
+    model = load_model(source, load)
+    checker = make_checker(model, options)
+    opened = [Artifact.open(a, load=LoadOptions(timeout=options.timeout)) for a in artifacts]
+    reports, previous = [], None
+    for artifact in opened:
+        # Each artifact's manifest records its layout relative to the source it was exported from.
+        stored = artifact.manifest or {}
+        references, outputs = checker.run_both(artifact, options.samples, layout=artifact.layout,
+                                               feeds=_int8_feeds(model, stored, options))
+        reports.append(checker.compare(references, outputs, model.label, artifact.label, artifact.layout,
+                                       _artifact_tolerance(stored, options)))
+        if previous is not None:
+            hop_report = checker.compare(previous[1], outputs, previous[0].label, artifact.label)
+            hop_report.notes.append("hop: both sides in the source's layout")
+            reports.append(hop_report)
+        previous = (artifact, outputs)
+    return VerifyResult(model.label, reports, time.perf_counter() - started)
+
+
+def _artifact_tolerance(stored: dict, options: VerifyOptions):
+    """Without --precision, a quantized artifact is judged with its precision's preset (from its manifest)."""
+    if options.precision is not None or stored.get("precision") in (None, "fp32"):
+        return None
+    return tolerance_for(PRECISION_OF.get(stored["precision"], "fp32"), options.atol, options.rtol)
+
+
+def _int8_feeds(model: LoadedModel, stored: dict, options: VerifyOptions) -> Optional[tuple]:
+    """An int8 artifact is verified on normal and uniform samples (plus --inputs), not the 3-sigma and
+    negated ones that exercise float branches: int8 clips what its calibration never saw."""
+    if stored.get("precision") != "int8" or options.precision is not None:
+        return None
+    pool = random_feeds(model.spec, 4 * options.samples, options.seed)
+    feeds = [f for i, f in enumerate(pool) if i % 4 in (0, 1)][:options.samples]
+    if options.inputs_npz:
+        feeds += load_npz(options.inputs_npz, model.spec)
+    return ("normal/uniform (int8)", feeds)

@@ -73,7 +73,9 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback without --debug
         if debug:
             raise
-        message = " ".join(str(exc).split())[:300]
+        from deploykit.text import one_line
+
+        message = one_line(str(exc))
         print(f"error: internal error: {type(exc).__name__}: {message} — rerun with --debug and report it",
               file=sys.stderr)
         raise typer.Exit(EXIT_INTERNAL) from None
@@ -88,10 +90,7 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
 
 def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, device="cpu", xnnpack=True):
     from deploykit.api import VerifyOptions
-    from deploykit.errors import UsageError
 
-    if device not in ("cpu", "cuda", "auto"):
-        raise UsageError(f"unknown --device {device!r}", "use cpu, cuda or auto")
     return VerifyOptions(samples=samples, seed=seed, inputs_npz=npz, precision=precision, atol=atol, rtol=rtol,
                          timeout=timeout, device=device, xnnpack=xnnpack)
 
@@ -144,29 +143,13 @@ def export(
     def action() -> dict:
         from deploykit import api
 
-        from deploykit.errors import UsageError
-
-        if route not in ("first", "all"):
-            raise UsageError(f"unknown --route {route!r}", "use --route first or --route all")
-        kwargs = dict(force=force, load=api.load_options(inputs or (), weights, trust_pickle),
-                      verify=_verify_options(samples, seed, npz, precision, atol, rtol, timeout), opset=opset,
-                      dynamic_batch=dynamic_batch, optimize=optimize, via=via, route_all=route == "all",
-                      keep_layout=keep_layout, debug=debug)
-        plan = api.QuantizeOptions(mode=quantize or "", calibration=calibration, samples=calibration_samples,
-                                   normalize=calibration_normalize, io_dtype=io_dtype)
-        if report and quantize != "all":
-            raise UsageError("--report on export needs --quantize all",
-                             "add --quantize all, or use `deploykit bench SOURCE ARTIFACT --report DIR`")
-        if quantize == "all":
-            from deploykit.precisions import export_all_precisions
-            from deploykit.registry import target_format
-            from deploykit.routing import SUFFIXES
-
-            out = output or api.default_output(source, target_format(to))
-            if not out.endswith(SUFFIXES[target_format(to)]):
-                raise UsageError("--quantize all needs -o with the target's suffix", f"e.g. -o model{SUFFIXES[target_format(to)]}")
-            return export_all_precisions(source, to, out, plan, report_dir=report, **kwargs)
-        return api.export(source, to, output, quantize=plan if quantize else None, **kwargs).to_dict()
+        plan = api.QuantizeOptions(mode=quantize, calibration=calibration, samples=calibration_samples,
+                                   normalize=calibration_normalize, io_dtype=io_dtype) if quantize else None
+        return api.export(source, to, output, force=force,
+                          load=api.load_options(inputs or (), weights, trust_pickle, timeout),
+                          verify=_verify_options(samples, seed, npz, precision, atol, rtol, timeout), opset=opset,
+                          dynamic_batch=dynamic_batch, optimize=optimize, via=via, route=route,
+                          keep_layout=keep_layout, quantize=plan, report=report, debug=debug).to_dict()
 
     _run(action, as_json, debug, _lazy("print_export"), lambda data: 0 if data.get("passed", True) else 1)
 
@@ -199,7 +182,7 @@ def verify(
     def action() -> dict:
         from deploykit import api
 
-        return api.verify(source, artifacts, load=api.load_options(inputs or (), weights, trust_pickle),
+        return api.verify(source, artifacts, load=api.load_options(inputs or (), weights, trust_pickle, timeout),
                           options=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, device,
                                                   xnnpack)).to_dict()
 
@@ -207,13 +190,14 @@ def verify(
 
 
 def _int_list(text: str, option: str) -> tuple:
+    """Comma-separated integers (text parsing only: BenchOptions judges the values)."""
     from deploykit.errors import UsageError
 
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         values = ()
-    if not values or any(v < 1 for v in values):
+    if not values:
         raise UsageError(f"bad {option} {text!r}", f"give positive integers separated by commas, e.g. {option} 1,2")
     return values
 
@@ -247,19 +231,21 @@ def bench(
     """
     def action() -> dict:
         from deploykit import api
-        from deploykit.bench import BenchOptions
-        from deploykit.errors import UsageError
 
-        if warmup < 0 or iterations < 1 or (seconds is not None and seconds <= 0):
-            raise UsageError("--warmup must be >= 0, --iterations >= 1 and --seconds > 0", "fix the option values")
-        options = BenchOptions(runtimes=tuple(runtime or ()), threads=_int_list(threads, "--threads"),
+        options = api.BenchOptions(runtimes=tuple(runtime or ()), threads=_int_list(threads, "--threads"),
                                batches=_int_list(batch, "--batch") if batch else (None,), warmup=warmup,
                                iterations=iterations, seconds=seconds, profile=profile, timeout=timeout)
         echo = None if as_json else _lazy("print_bench_case")
-        return api.bench(models, options, load=api.load_options(inputs or (), weights), report_dir=report,
-                         force=force, echo=echo)
+        return api.bench(models, options, load=api.load_options(inputs or (), weights, timeout=timeout),
+                         report_dir=report, force=force, echo=echo)
 
-    _run(action, as_json, debug, _lazy("print_bench"))
+    _run(action, as_json, debug, _lazy("print_bench"), _bench_exit_code)
+
+
+def _bench_exit_code(data: dict) -> int:
+    """1 when cases ran and every one of them failed: a benchmark that measured nothing is not a success."""
+    cases = data.get("cases") or []
+    return 1 if cases and all("error" in case for case in cases) else 0
 
 
 @app.command("report")
@@ -277,33 +263,19 @@ def report_command(
     Example: deploykit bench m.pt2 m.onnx m.tflite --json > bench.json; deploykit report bench.json -o out/
     """
     def action() -> dict:
-        from deploykit.report import build_report
+        from deploykit import api
 
-        data = _read_json(bench_json, "cases")
-        comparisons = _read_json(parity, "comparisons") if parity else data.get("parity")
-        return build_report(data, output, comparisons, force=force)
+        return api.report(bench_json, output, parity, force)
 
     _run(action, as_json, debug, lambda data: print(f"report: {data['html']}\n{data['headline']}"))
-
-
-def _read_json(path: str, key: str) -> dict:
-    from deploykit.errors import UsageError
-
-    try:
-        data = json.loads(open(path).read())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file", "give the JSON written by --json") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: not JSON ({exc})", "give the JSON written by --json") from None
-    if not isinstance(data, dict) or key not in data:
-        raise UsageError(f"{path} has no {key!r}: not the expected deploykit result", "give the JSON written by --json")
-    return data
 
 
 @app.command()
 def inspect(
     model: Annotated[str, typer.Argument(help="Model file or package.module:factory.")],
     inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds a child process may take to read a file "
+                                           "whose runtime could crash on it (TFLite).")] = 600.0,
     as_json: Json = False, debug: Debug = False,
 ) -> None:
     """Signature, parameter count, op histogram and size of a model.
@@ -312,9 +284,8 @@ def inspect(
     """
     def action() -> dict:
         from deploykit import api
-        from deploykit.introspect import inspect_model
 
-        return inspect_model(model, api.load_options(inputs or (), weights, trust_pickle))
+        return api.inspect(model, api.load_options(inputs or (), weights, trust_pickle, timeout))
 
     _run(action, as_json, debug, _lazy("print_inspect"))
 
@@ -323,9 +294,9 @@ def inspect(
 def doctor(as_json: Json = False, debug: Debug = False) -> None:
     """Library versions, GPU, and which routes and runtimes this install supports (imports no framework)."""
     def action() -> dict:
-        from deploykit.introspect import doctor as run_doctor
+        from deploykit import api
 
-        return run_doctor()
+        return api.doctor()
 
     _run(action, as_json, debug, _lazy("print_doctor"))
 
@@ -334,10 +305,9 @@ def doctor(as_json: Json = False, debug: Debug = False) -> None:
 def samples_list(as_json: Json = False, debug: Debug = False) -> None:
     """List the sample models and their factories."""
     def action() -> dict:
-        from sample_models import SAMPLES
+        from deploykit import api
 
-        return {"samples": [{"name": s.name, "factory": s.factory, "description": s.description,
-                             "exportable": s.exportable} for s in SAMPLES]}
+        return {"samples": api.samples()}
 
     _run(action, as_json, debug, lambda data: _lazy("print_samples")(data["samples"]))
 
@@ -357,18 +327,9 @@ def samples_build(
     ~3.5 min the first time on a machine, then comes from ~/.cache/deploykit/trained.
     """
     def action() -> dict:
-        from deploykit import registry
-        from deploykit.errors import UsageError
-        from sample_models import SAMPLES
+        from deploykit import api
 
-        unknown = set(only or ()) - {s.name for s in SAMPLES}
-        if unknown:
-            raise UsageError(f"unknown sample(s) {', '.join(sorted(unknown))}",
-                             "see `deploykit samples list` for the names")
-        registry.require(("torch",), "needed to build the sample models")
-        from sample_models.build import build_samples
-
-        return {"samples": build_samples(output, tuple(only or ()), force)}
+        return {"samples": api.build_samples(output, tuple(only or ()), force)}
 
     _run(action, as_json, debug, lambda data: _lazy("print_samples")(data["samples"]))
 
@@ -383,9 +344,9 @@ def demo(
     Writes into --output, replacing only files an earlier demo wrote there.
     """
     def action() -> dict:
-        from deploykit.demo import run_demo
+        from deploykit import api
 
-        return run_demo(output, echo=not as_json, debug=debug)
+        return api.demo(output, echo=not as_json, debug=debug)
 
     _run(action, as_json, debug, lambda data: None, lambda data: 0 if data["passed"] else 1)
 

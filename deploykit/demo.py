@@ -4,9 +4,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from deploykit import api, registry
+from deploykit import registry
+from deploykit.checking import verify_artifacts
 from deploykit.errors import ConversionError, UsageError
+from deploykit.exporting import ExportPlan, export_model
+from deploykit.formats import Format
 from deploykit.introspect import inspect_model
+from deploykit.model import LoadOptions
+from deploykit.options import QuantizeOptions, VerifyOptions
 
 MARKER = ".deploykit-demo"
 
@@ -39,24 +44,24 @@ def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = Fa
     exports = [("two_layer_net.pt", "TorchScript"), ("mobilenet_v2.pt2", "torch.export")]
     for number, (name, kind) in enumerate(exports, start=2):
         say(f"[bold]{number}. export[/bold] {name} ({kind}) → ONNX, verified on 5 seeded samples")
-        result = api.export(str(folder / name), "onnx", str(folder / Path(name).with_suffix(".onnx").name),
-                            force=True, debug=debug)
+        result = export_model(str(folder / name), Format.ONNX, str(folder / Path(name).with_suffix(".onnx").name),
+                              ExportPlan(force=True, debug=debug))
         if echo:
             render.print_export(result.to_dict())
         steps.append({"step": f"export {name}", **result.to_dict()})
 
     say("[bold]4. export[/bold] mobilenet_v2.pt2 → TFLite (the first route that verifies: litert-torch, "
         "else ONNX + onnx2tf)")
-    tflite = api.export(str(folder / "mobilenet_v2.pt2"), "tflite", str(folder / "mobilenet_v2.tflite"), force=True,
-                        debug=debug)
+    tflite = export_model(str(folder / "mobilenet_v2.pt2"), Format.TFLITE, str(folder / "mobilenet_v2.tflite"),
+                          ExportPlan(force=True, debug=debug))
     if echo:
         render.print_export(tflite.to_dict())
     steps.append({"step": "export mobilenet_v2.pt2 to tflite", **tflite.to_dict()})
 
     say("[bold]5. verify the chain[/bold] mobilenet_v2.pt2 → .onnx → .tflite on its example image + 5 random ones")
-    verified = api.verify(str(folder / "mobilenet_v2.pt2"), [str(folder / "mobilenet_v2.onnx"),
-                                                             str(folder / "mobilenet_v2.tflite")],
-                          options=api.VerifyOptions(inputs_npz=str(folder / "mobilenet_v2.inputs.npz")))
+    verified = verify_artifacts(str(folder / "mobilenet_v2.pt2"), [str(folder / "mobilenet_v2.onnx"),
+                                                                   str(folder / "mobilenet_v2.tflite")],
+                                LoadOptions(), VerifyOptions(inputs_npz=str(folder / "mobilenet_v2.inputs.npz")))
     if echo:
         render.print_verify(verified.to_dict())
     steps.append({"step": "verify mobilenet_v2 chain", **verified.to_dict()})
@@ -89,8 +94,8 @@ def _quantize_step(folder: Path, say, echo: bool, debug: bool) -> dict:
 
     say("[bold]7. quantize[/bold] mobilenet_v2.pt2 → int8 ONNX (static QDQ), calibrated on 100 of the shapes "
         "images, judged on the 32 held out")
-    result = api.export(str(folder / "mobilenet_v2.pt2"), "onnx", str(folder / "mobilenet_v2.int8.onnx"), force=True,
-                        quantize=api.QuantizeOptions(mode="int8", calibration=str(folder / "shapes")), debug=debug)
+    plan = ExportPlan(force=True, debug=debug, quantize=QuantizeOptions(mode="int8", calibration=str(folder / "shapes")))
+    result = export_model(str(folder / "mobilenet_v2.pt2"), Format.ONNX, str(folder / "mobilenet_v2.int8.onnx"), plan)
     if echo:
         render.print_export(result.to_dict())
     return {"step": "quantize mobilenet_v2 to int8", **result.to_dict()}
@@ -100,8 +105,8 @@ def _dynamic_step(folder: Path, say, debug: bool) -> dict:
     """Data-dependent control flow must be refused with the construct named, not exported wrong."""
     say("[bold]8. export[/bold] the dynamic-graph sample (an `if` on tensor values) — deploykit must refuse it")
     try:
-        api.export("sample_models.dynamic:dynamic_gate", "onnx", str(folder / "dynamic_gate.onnx"), force=True,
-                   load=api.load_options(weights=str(folder / "dynamic_gate.weights.pt")), debug=debug)
+        export_model("sample_models.dynamic:dynamic_gate", Format.ONNX, str(folder / "dynamic_gate.onnx"),
+                     ExportPlan(force=True, debug=debug, load=LoadOptions(weights=str(folder / "dynamic_gate.weights.pt"))))
     except ConversionError as exc:
         say(f"   caught as expected (exit {exc.exit_code}): {exc.one_line()}")
         return {"step": "export dynamic_gate", "passed": True, "expected_failure": exc.to_dict()}

@@ -9,6 +9,9 @@ Exit codes (also in the README):
 """
 from __future__ import annotations
 
+import enum
+from typing import Optional
+
 EXIT_OK = 0
 EXIT_VERIFY_FAILED = 1
 EXIT_USAGE = 2
@@ -16,16 +19,30 @@ EXIT_MISSING_DEPENDENCY = 3
 EXIT_CONVERSION_FAILED = 4
 
 
+class Outcome(str, enum.Enum):
+    """What happened to one hop of a route (executorch's test-suite style): shown in the route
+    table and recorded in the manifest, so a failed route says which step broke."""
+
+    OK = "OK"
+    CONVERT_FAILED = "CONVERT_FAILED"              # the converter raised, crashed or timed out
+    ARTIFACT_LOAD_FAILED = "ARTIFACT_LOAD_FAILED"  # it wrote a file that the runtime cannot load
+    ARTIFACT_RUN_FAILED = "ARTIFACT_RUN_FAILED"    # the file loads but running it fails or crashes
+    MISMATCH = "MISMATCH"                          # it runs, and computes something else
+    MISSING_DEPENDENCY = "MISSING_DEPENDENCY"      # a package this hop needs is not installed
+
+
 class DeploykitError(Exception):
     """Base error: a one-line message plus a remedy, mapped to an exit code."""
 
     exit_code = EXIT_USAGE
 
-    def __init__(self, message: str, remedy: str = "", details: "dict | None" = None) -> None:
+    def __init__(self, message: str, remedy: str = "", details: "dict | None" = None,
+                 outcome: Optional[Outcome] = None) -> None:
         super().__init__(message)
         self.message = message
         self.remedy = remedy
         self.details = details or {}     # e.g. {"parity": {...}} of the check that failed
+        self.outcome = outcome           # set where the error ends a route's hop
 
     def one_line(self) -> str:
         text = f"error: {self.message}"
@@ -39,6 +56,7 @@ class DeploykitError(Exception):
             "message": self.message,
             "remedy": self.remedy,
             "exit_code": self.exit_code,
+            **({"outcome": self.outcome.value} if self.outcome else {}),
         }
 
 
@@ -89,3 +107,25 @@ class ParityError(DeploykitError):
     """Verification ran and the artifact does not compute the same thing."""
 
     exit_code = EXIT_VERIFY_FAILED
+
+
+class MeasurementError(DeploykitError):
+    """A benchmark case could not be measured (its process failed, crashed or timed out)."""
+
+    exit_code = EXIT_VERIFY_FAILED
+
+
+def from_dict(data: dict) -> DeploykitError:
+    """Rebuild an error that crossed a process boundary as the class it was raised as."""
+    classes = {cls.__name__: cls for cls in _all_subclasses(DeploykitError)}
+    cls = classes.get(data.get("error"), DeploykitError)
+    outcome = data.get("outcome")
+    return cls(data.get("message", "?"), data.get("remedy", ""), data.get("details") or {},
+               Outcome(outcome) if outcome in Outcome.__members__ else None)
+
+
+def _all_subclasses(cls) -> list:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found += _all_subclasses(sub)
+    return found

@@ -69,6 +69,6 @@ def _prod(values) -> int:
     return result
 
 
-def job(payload: dict) -> dict:
-    """Child side for converters.child.run_job: count and return."""
-    return count_flops(payload["path"]) or {"flops": None, "method": "format not countable"}
+def job(request: dict, arrays: dict) -> dict:
+    """Child side (deploykit.child): count and return."""
+    return count_flops(request["path"]) or {"flops": None, "method": "format not countable"}

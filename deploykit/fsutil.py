@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from typing import Optional
 
 from deploykit.errors import OutputExistsError, UsageError
 
@@ -74,3 +77,17 @@ def write_text_atomic(path: "str | Path", text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def sha256_of(path: "str | Path") -> Optional[str]:
+    """sha256 of a file, or of a directory's files in name order; None when nothing is there."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    digest = hashlib.sha256()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for file in files:
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

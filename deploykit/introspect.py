@@ -5,13 +5,15 @@ import collections
 import importlib.metadata
 import os
 import platform
-import shutil
 from pathlib import Path
 
 from deploykit import registry
-from deploykit.formats import Format, detect
+from deploykit.formats import Format
+from deploykit.fsutil import sha256_of
+from deploykit.machine import gpu_present
 from deploykit.manifest import library_versions, read as read_manifest
-from deploykit.model import LoadOptions, load_model, sha256_of
+from deploykit.model import LoadOptions, load_model
+from deploykit.onnx_io import read_onnx
 
 
 def inspect_model(path: str, load: LoadOptions = LoadOptions()) -> dict:
@@ -41,8 +43,6 @@ def inspect_model(path: str, load: LoadOptions = LoadOptions()) -> dict:
 
 
 def _onnx_graph_facts(path: str) -> dict:
-    from runtimes.onnxruntime import read_onnx
-
     proto = read_onnx(path)
     histogram: collections.Counter = collections.Counter()
     _count_nodes(proto.graph, histogram)
@@ -95,7 +95,8 @@ def doctor() -> dict:
                  "missing": registry.missing_packages(r.requires), "hint": _hint(r.requires),
                  "description": r.description} for r in registry.RUNTIMES]
     return {"platform": f"{platform.system()} {platform.machine()}", "python": platform.python_version(),
-            "cpus": os.cpu_count(), "gpu": _gpu(), "versions": library_versions(), "routes": edges,
+            "cpus": os.cpu_count(), "gpu": "NVIDIA GPU present" if gpu_present() else "none detected",
+            "versions": library_versions(registry.tracked_distributions()), "routes": edges,
             "runtimes": runtimes, "deploykit": _own_version()}
 
 
@@ -107,18 +108,8 @@ def _hint(requires: tuple) -> str:
     return "pip install " + " ".join(f"'deploykit[{x}]'" for x in extras) + " -c constraints.txt"
 
 
-def _gpu() -> str:
-    if shutil.which("nvidia-smi") or Path("/dev/nvidia0").exists():
-        return "NVIDIA GPU present"
-    return "none detected"
-
-
 def _own_version() -> str:
     try:
         return importlib.metadata.version("deploykit")
     except importlib.metadata.PackageNotFoundError:
         return "not installed (running from a source tree)"
-
-
-def detect_format(path: str) -> str:
-    return detect(path).value

@@ -53,13 +53,6 @@ def _clock_ghz(info: dict):
     return round(float(match.group(1)) / 1000, 2) if match else None
 
 
-# What a device app needs for each runtime: the package and what it requires at run time.
-MINIMAL_ENVIRONMENTS = {
-    "litert": ("ai-edge-litert",),
-    "onnxruntime": ("onnxruntime",),
-    "torch": ("torch",),
-    "tensorflow": ("tensorflow",),
-}
 
 
 def install_footprint(distribution_names: tuple) -> dict:
@@ -99,3 +92,11 @@ def _size(dist, file) -> int:
 
 def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def gpu_present() -> bool:
+    """An NVIDIA GPU is visible to this process (device node or CUDA_VISIBLE_DEVICES naming one)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return Path("/dev/nvidia0").exists()

@@ -8,12 +8,10 @@ import platform
 from pathlib import Path
 from typing import Optional
 
-from deploykit.model import sha256_of
+from deploykit.fsutil import sha256_of
 
 SCHEMA_VERSION = 1
 SUFFIX = ".deploykit.json"
-_TRACKED_DISTRIBUTIONS = ("deploykit", "numpy", "torch", "onnx", "onnxscript", "onnxruntime", "onnxslim",
-                          "tensorflow", "tf2onnx", "onnx2tf", "ai-edge-litert", "litert-torch")
 
 
 def manifest_path(artifact: "str | Path") -> Path:
@@ -21,7 +19,8 @@ def manifest_path(artifact: "str | Path") -> Path:
     return artifact.with_name(artifact.name + SUFFIX)
 
 
-def library_versions(distributions: tuple = _TRACKED_DISTRIBUTIONS) -> dict:
+def library_versions(distributions: tuple) -> dict:
+    """Python's version and the installed versions of ``distributions`` (missing ones left out)."""
     versions = {"python": platform.python_version()}
     for dist in distributions:
         try:
@@ -31,19 +30,21 @@ def library_versions(distributions: tuple = _TRACKED_DISTRIBUTIONS) -> dict:
     return versions
 
 
-def file_entry(path: "str | Path") -> dict:
+def file_entry(path: "str | Path", sha256: Optional[str] = None) -> dict:
     path = Path(path)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-    return {"path": path.name, "bytes": size, "sha256": sha256_of(path)}
+    return {"path": path.name, "bytes": size, "sha256": sha256 or sha256_of(path)}
 
 
 def build(artifact: Path, artifact_format: str, source, route: list, signature: dict, layout: dict,
-          parity: Optional[dict], warnings: list, extra_files: list, libraries: tuple = _TRACKED_DISTRIBUTIONS) -> dict:
+          parity: Optional[dict], warnings: list, extra_files: list, libraries: tuple,
+          artifact_sha256: Optional[str] = None) -> dict:
+    """The manifest of an artifact; ``artifact_sha256`` is the hash taken when the artifact was made."""
     source_entry = {"path": str(Path(source.path).absolute()) if Path(source.path).exists() else source.path,
                     "format": source.format.value, "sha256": sha256_of(source.path)}
     if source.weights:
         source_entry["weights"] = {"path": str(Path(source.weights).absolute()), "sha256": sha256_of(source.weights)}
-    artifact_entry = {**file_entry(artifact), "format": artifact_format,
+    artifact_entry = {**file_entry(artifact, artifact_sha256), "format": artifact_format,
                       "extra_files": [file_entry(f) for f in extra_files]}
     return {
         "schema_version": SCHEMA_VERSION,

@@ -1,23 +1,38 @@
 """A loaded model of any format, and the one entry point that loads it."""
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
+import json
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
 from deploykit import registry
 from deploykit.formats import Format, detect
-from deploykit.spec import ModelSpec
+from deploykit.spec import ModelSpec, TensorSpec
+
+DEFAULT_TIMEOUT_S = 600.0
+_LOADING = threading.RLock()
 
 
 @dataclass
 class LoadOptions:
-    """How to load a model: user-given signature, weights, and pickle trust."""
+    """How to load a model: user-given signature, weights, pickle trust, and the time a child may take."""
 
     weights: Optional[str] = None
     trust_pickle: bool = False
     input_specs: tuple = ()          # TensorSpecs from --input, they override what the file says
+    timeout: float = DEFAULT_TIMEOUT_S   # loading in a child process (files a runtime could crash on)
+
+    def to_dict(self) -> dict:
+        return {"weights": self.weights, "trust_pickle": self.trust_pickle,
+                "inputs": [t.to_dict() for t in self.input_specs], "timeout": self.timeout}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LoadOptions":
+        return cls(weights=data.get("weights"), trust_pickle=bool(data.get("trust_pickle")),
+                   input_specs=tuple(TensorSpec.from_dict(t) for t in data.get("inputs") or ()),
+                   timeout=float(data.get("timeout") or DEFAULT_TIMEOUT_S))
 
 
 @dataclass
@@ -30,31 +45,118 @@ class LoadedModel:
     handle: Any = None               # nn.Module / ScriptModule / ExportedProgram; None for file runtimes
     weights: Optional[str] = None
     details: dict = field(default_factory=dict)
+    load: Optional[LoadOptions] = None   # how it was loaded: a child that needs the handle loads it the same way
 
     @property
     def label(self) -> str:
         name = Path(self.path).name if Path(self.path).exists() else self.path
         return f"{name} ({self.format.value})"
 
+    def description(self) -> dict:
+        """What a child needs to run this model without reading the file's signature again."""
+        details = {k: v for k, v in self.details.items() if _json_safe(v)}
+        return {"path": str(self.path), "format": self.format.value, "spec": self.spec.to_dict(),
+                "details": details, "load": (self.load or LoadOptions(weights=self.weights)).to_dict()}
+
 
 def load_model(path: str, options: Optional[LoadOptions] = None) -> LoadedModel:
-    """Detect the format of ``path`` and load it with the registered loader."""
+    """Detect the format of ``path`` and load it with the registered loader.
+
+    Formats whose runtime can crash natively on a bad file (the registry's ``isolated``
+    loaders, e.g. TFLite) are described in a child process, under ``options.timeout``.
+    """
     options = options or LoadOptions()
     fmt = detect(path)
     entry = registry.loader_for(fmt)
     registry.require(entry.requires, f"needed to load {fmt.value} models")
-    return registry.resolve(entry.target)(path, fmt, options)
+    from deploykit.child import LOAD, in_child, run_child
+
+    if entry.isolated and not in_child():
+        info = run_child("deploykit.model:describe_job", {"path": str(path), "load": options.to_dict()},
+                         stage=LOAD, what=Path(str(path)).name, timeout=options.timeout).info
+        model = LoadedModel(path, fmt, ModelSpec.from_dict(info["spec"]), details=info["details"])
+    else:
+        with _LOADING:     # one framework load at a time: a background load (PendingModel) and this one never race
+            model = registry.resolve(entry.target)(path, fmt, options)
+    model.load = options
+    return _with_manifest_layouts(model)
 
 
-def sha256_of(path: "str | Path") -> Optional[str]:
-    """sha256 of a file, or of a directory's files in name order; None for non-files."""
-    p = Path(path)
-    if not p.exists():
+def describe_job(request: dict, arrays: dict) -> dict:
+    """Child side of an isolated load: the signature and JSON-able details."""
+    model = load_model(request["path"], LoadOptions.from_dict(request["load"]))
+    return {"spec": model.spec.to_dict(), "details": model.description()["details"]}
+
+
+def model_from_request(request: dict) -> LoadedModel:
+    """A model from LoadedModel.description(): file formats are rebuilt from it, framework ones reloaded."""
+    fmt = Format(request["format"])
+    if fmt in registry.FILE_FORMATS and request.get("spec"):
+        return LoadedModel(request["path"], fmt, ModelSpec.from_dict(request["spec"]),
+                           details=request.get("details") or {})
+    return load_model(request["path"], LoadOptions.from_dict(request.get("load") or {}))
+
+
+def _with_manifest_layouts(model: LoadedModel) -> LoadedModel:
+    """Layout labels are in no ONNX or TFLite file; deploykit's manifest beside an artifact records them."""
+    from deploykit.manifest import read as read_manifest
+
+    if model.format not in registry.FILE_FORMATS or not Path(str(model.path)).exists():
+        return model
+    signature = (read_manifest(model.path) or {}).get("signature") or {}
+
+    def labelled(tensors: tuple, kind: str) -> tuple:
+        labels = {t.get("name"): t.get("layout") for t in signature.get(kind, []) if isinstance(t, dict)}
+        return tuple(replace(t, layout=labels[t.name]) if labels.get(t.name) else t for t in tensors)
+
+    if signature:
+        model.spec = ModelSpec(labelled(model.spec.inputs, "inputs"), labelled(model.spec.outputs, "outputs"))
+    return model
+
+
+def _json_safe(value) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def describe_file(path: str) -> dict:
+    """A converter child's description of the file it wrote (LoadedModel.description), read in that child."""
+    return load_model(str(path)).description()
+
+
+class PendingModel:
+    """A source model loading in a background thread, so that a converter child can start meanwhile.
+
+    ``path``, ``format``, ``weights`` and ``load`` are known at once; any other attribute
+    (``spec``, ``handle``, ``details``, ``label``, ...) waits for the load. Loading a torch
+    program costs seconds (the framework's imports and deserialisation); a converter that runs
+    in a child and needs only the file and the load options (litert-torch) overlaps with it.
+    A load error is raised by :meth:`result` and by the first attribute that waits.
+    """
+
+    def __init__(self, path: str, options: LoadOptions):
+        import concurrent.futures
+
+        self.path, self.load, self.weights = path, options, options.weights
+        self.format = detect(path)
+        registry.require(registry.loader_for(self.format).requires, f"needed to load {self.format.value} models")
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deploykit-load")
+        self._future = self._pool.submit(load_model, path, options)
+        self._pool.shutdown(wait=False)
+
+    def result(self) -> LoadedModel:
+        """The loaded model (waits for it); raises the loader's own error."""
+        return self._future.result()
+
+    def failure(self) -> Optional[BaseException]:
+        """The loader's error once it has failed, else None (never waits): a child converting the same
+        source can be stopped at once."""
+        if self._future.done():
+            return self._future.exception()
         return None
-    digest = hashlib.sha256()
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    for file in files:
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+
+    def __getattr__(self, name: str):
+        return getattr(self.result(), name)

@@ -5,38 +5,40 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from deploykit.errors import DeploykitError
+from deploykit.errors import DeploykitError, UsageError
+from deploykit.exporting import ExportPlan, export_model
+from deploykit.formats import Format
+from deploykit.routing import SUFFIXES
 
 MODES = (None, "fp16", "dynamic", "int8")
 
 
-def export_all_precisions(source: str, to: str, output: str, quantize, report_dir: Optional[str] = None,
-                          **export_kwargs) -> dict:
-    """Build one artifact per precision (name.<mode>.<suffix>), verify each, time each (1 thread);
-    with ``report_dir`` also write precisions.html/.json/.png there."""
-    from deploykit import api
-    from deploykit.isolation import run_isolated
-
+def export_all_precisions(source: str, dst: Format, output: str, plan: ExportPlan,
+                          report_dir: Optional[str] = None) -> dict:
+    """Build one artifact per precision (name.<mode>.<suffix>), verify each, time each (1 thread, the
+    one timing loop); with ``report_dir`` also write precisions.html/.json/.png there."""
+    if not output.endswith(SUFFIXES[dst]):
+        raise UsageError("--quantize all needs -o with the target's suffix", f"e.g. -o model{SUFFIXES[dst]}")
     if report_dir:   # fail before minutes of converting, not after
         from deploykit import fsutil, registry
         from deploykit.precision_report import FILES
 
         registry.require(("matplotlib",), "needed to draw the report's plots")
         for name in FILES:
-            fsutil.prepare_output(Path(report_dir) / name, export_kwargs.get("force", False))
+            fsutil.prepare_output(Path(report_dir) / name, plan.force)
     out = Path(output)
     rows = []
     for mode in MODES:
         target = out if mode is None else out.with_name(f"{out.stem}.{mode}{out.suffix}")
-        options = replace(quantize, mode=mode) if mode else None
+        options = replace(plan.quantize, mode=mode) if mode else None
         try:
-            result = api.export(source, to, str(target), quantize=options, **export_kwargs)
+            result = export_model(source, dst, str(target), replace(plan, quantize=options))
         except DeploykitError as exc:
             parity = exc.details.get("parity") or {}
             rows.append({"precision": mode or "fp32", "passed": False, "error": exc.one_line(),
                          "judged_on": _judged_on(parity), **_metrics(parity.get("outputs", []))})
             continue
-        rows.append(_row(mode, result, run_isolated))
+        rows.append(_row(mode, result, plan.verify.timeout))
     baseline = next((r for r in rows if r["precision"] == "fp32" and "error" not in r), None)
     for row in rows:
         if baseline and "error" not in row:
@@ -46,21 +48,20 @@ def export_all_precisions(source: str, to: str, output: str, quantize, report_di
     if report_dir:
         from deploykit.precision_report import build_precision_report
 
-        table["report"] = build_precision_report(table, report_dir, export_kwargs.get("force", False))
+        table["report"] = build_precision_report(table, report_dir, plan.force)
     return table
 
 
-def _row(mode: Optional[str], result, run_isolated) -> dict:
+def _row(mode: Optional[str], result, timeout: float) -> dict:
     from deploykit.bench import artifact_size
+    from deploykit.exporting import measure_latency
     from deploykit.inputs import random_feeds
-    from deploykit.model import load_model
 
-    artifact = load_model(result.artifact)
-    feeds = random_feeds(artifact.spec, 1)
-    _outputs, info = run_isolated(result.artifact, feeds, threads=1, time_iterations=50)
+    artifact = result.opened
+    latency = measure_latency(artifact, random_feeds(artifact.spec, 1)[0], timeout)
     worst = _metrics(result.parity["outputs"])
     return {"precision": mode or "fp32", "artifact": result.artifact, "passed": result.passed,
-            "bytes": artifact_size(result.artifact), "latency_ms": info.get("latency_ms_median"),
+            "bytes": artifact_size(result.artifact), "latency_ms": latency,
             "route": " → ".join(h["edge"] for h in result.route), "warnings": result.warnings,
             "judged_on": _judged_on(result.parity), **worst}
 

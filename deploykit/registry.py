@@ -14,20 +14,53 @@ from typing import Optional
 from deploykit.errors import MissingDependency, UsageError
 from deploykit.formats import TORCH_FORMATS, Format
 
-# import name -> (distribution name, deploykit extra that installs it)
-PACKAGES = {
-    "torch": ("torch", "torch"),
-    "onnx": ("onnx", "onnx"),
-    "onnxscript": ("onnxscript", "torch"),
-    "onnxruntime": ("onnxruntime", "onnx"),
-    "onnxslim": ("onnxslim", "onnx"),
-    "tensorflow": ("tensorflow", "tf"),
-    "tf2onnx": ("tf2onnx", "tf"),
-    "onnx2tf": ("onnx2tf", "tf"),
-    "ai_edge_litert": ("ai-edge-litert", "litert"),
-    "litert_torch": ("litert-torch", "litert"),
-    "matplotlib": ("matplotlib", "report"),
-}
+@dataclass(frozen=True)
+class Package:
+    """One optional dependency: how it is imported, installed, marked in tests, and whether it is heavy."""
+
+    module: str             # import name
+    distribution: str       # pip name
+    extra: str              # the deploykit extra that installs it
+    marker: str = ""        # pytest marker of the tests that need it ("" = none of its own)
+    heavy: bool = True      # a framework that `deploykit --help` must never import
+
+
+# The one table of optional packages: install hints, doctor, manifest versions and test markers read it.
+PACKAGE_TABLE = (
+    Package("torch", "torch", "torch", marker="torch"),
+    Package("onnx", "onnx", "onnx", marker="onnxruntime"),
+    Package("onnxscript", "onnxscript", "torch", marker="torch"),
+    Package("onnxruntime", "onnxruntime", "onnx", marker="onnxruntime"),
+    Package("onnxslim", "onnxslim", "onnx"),
+    Package("tensorflow", "tensorflow", "tf", marker="tensorflow"),
+    Package("keras", "keras", "tf"),
+    Package("tf2onnx", "tf2onnx", "tf"),
+    Package("onnx2tf", "onnx2tf", "tf"),
+    Package("ai_edge_litert", "ai-edge-litert", "litert", marker="litert"),
+    Package("litert_torch", "litert-torch", "litert"),
+    Package("jax", "jax", "litert"),
+    Package("matplotlib", "matplotlib", "report", heavy=False),
+)
+PACKAGES = {p.module: (p.distribution, p.extra) for p in PACKAGE_TABLE}
+
+
+def test_markers() -> dict:
+    """pytest marker -> the import names its tests need (conftest skips them when one is missing)."""
+    markers: dict = {}
+    for package in PACKAGE_TABLE:
+        if package.marker:
+            markers.setdefault(package.marker, []).append(package.module)
+    return {marker: tuple(modules) for marker, modules in markers.items()}
+
+
+def heavy_modules() -> tuple:
+    """Import names of the frameworks that the core and `deploykit --help` must not import."""
+    return tuple(p.module for p in PACKAGE_TABLE if p.heavy)
+
+
+def tracked_distributions() -> tuple:
+    """Distributions whose versions a manifest may record."""
+    return ("deploykit", "numpy") + tuple(dict.fromkeys(p.distribution for p in PACKAGE_TABLE))
 
 
 def missing_packages(requires: tuple) -> list:
@@ -51,14 +84,24 @@ def resolve(target: str):
 
 @dataclass(frozen=True)
 class LoaderEntry:
+    """Reads a format's signature: ``target(path, fmt, LoadOptions) -> LoadedModel``.
+
+    ``isolated`` loaders run in a child process (the runtime can crash natively on a bad file).
+    """
+
     formats: frozenset
     target: str
     requires: tuple
+    isolated: bool = False
 
 
 @dataclass(frozen=True)
 class ConverterEdge:
-    """One conversion step from any of ``src`` formats to ``dst``."""
+    """One conversion step from any of ``src`` formats to ``dst``.
+
+    ``target`` names ``convert(model, out_path, options: ExportOptions, check) -> ConversionResult``
+    (the contract in ``deploykit.conversion``); it may start children only through ``deploykit.child``.
+    """
 
     name: str
     src: frozenset
@@ -97,8 +140,10 @@ LOADERS = (
     LoaderEntry(TORCH_FORMATS, "runtimes.torch_eager:load_model", ("torch",)),
     LoaderEntry(frozenset({Format.ONNX}), "runtimes.onnxruntime:load_model", ("onnx",)),
     LoaderEntry(TF_FORMATS, "runtimes.tensorflow:load_model", ("tensorflow",)),
-    LoaderEntry(frozenset({Format.TFLITE}), "runtimes.litert:load_model", ("ai_edge_litert",)),
+    LoaderEntry(frozenset({Format.TFLITE}), "runtimes.litert:load_model", ("ai_edge_litert",), isolated=True),
 )
+# Formats a runner runs from the file and its signature alone (no framework object to rebuild).
+FILE_FORMATS = frozenset({Format.ONNX, Format.TFLITE})
 
 # Order matters among routes of equal length: the first that passes verification is kept.
 EDGES = (
@@ -136,6 +181,11 @@ RUNTIMES = (
     RuntimeEntry("tensorflow", TF_FORMATS, "runtimes.tensorflow:TensorFlowRunner", ("tensorflow",),
                  "TensorFlow: Keras call / SavedModel serving signature"),
 )
+
+def runtime_distributions() -> dict:
+    """What a device app needs for each runtime: runtime name -> the pip distributions it requires."""
+    return {entry.name: tuple(PACKAGES.get(m, (m, ""))[0] for m in entry.requires) for entry in RUNTIMES}
+
 
 TARGETS = {"onnx": Format.ONNX, "tflite": Format.TFLITE, "saved_model": Format.SAVED_MODEL}
 

@@ -54,10 +54,11 @@ def print_parity(report: dict, title: str = "") -> None:
 
 def print_routes(routes: list) -> None:
     table = Table(title="routes tried", title_justify="left")
-    for column in ("route", "status", "convert s", "max_abs", "cosine", "1-thread ms", "kept"):
+    for column in ("route", "status", "convert s", "max_abs", "cosine", "1-thread p50 ms", "kept"):
         table.add_column(column, justify="left" if column in ("route", "status") else "right")
     for route in routes:
-        status = "[green]pass[/green]" if route["passed"] else f"[red]FAIL[/red] {(route['error'] or '')[:70]}"
+        status = "[green]pass[/green]" if route["passed"] else \
+            f"[red]{route.get('outcome', 'FAIL')}[/red] {(route['error'] or '')[:70]}"
         table.add_row(route["route"], status, _fmt(route["seconds"]), _fmt(route["max_abs"]),
                       _fmt(route["cosine"], 7), _fmt(route["latency_ms_1thread"]), "✓" if route.get("chosen") else "")
     console.print(table)
@@ -65,7 +66,7 @@ def print_routes(routes: list) -> None:
 
 def print_precisions(result: dict) -> None:
     table = Table(title=f"precisions of {result['source']} (agreement with the float source)", title_justify="left")
-    for column in ("precision", "status", "MiB", "× fp32 size", "1-thread ms", "× fp32 speed", "max_abs", "cosine",
+    for column in ("precision", "status", "MiB", "× fp32 size", "1-thread p50 ms", "× fp32 speed", "max_abs", "cosine",
                    "top-1", "top-5"):
         table.add_column(column, justify="left" if column in ("precision", "status") else "right")
     for row in result["precisions"]:

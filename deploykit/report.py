@@ -50,9 +50,10 @@ def build_report(bench: dict, out_dir: "str | Path", parity: Optional[dict] = No
 
 def runtime_footprints() -> dict:
     """Installed bytes of each runtime's minimal environment (package + what it requires, numpy included)."""
-    from deploykit.machine import MINIMAL_ENVIRONMENTS, install_footprint
+    from deploykit.machine import install_footprint
+    from deploykit.registry import runtime_distributions
 
-    return {name: install_footprint(dists) for name, dists in MINIMAL_ENVIRONMENTS.items()}
+    return {name: install_footprint(dists) for name, dists in runtime_distributions().items()}
 
 
 def headline_text(bench: dict, parity: Optional[dict]) -> str:

@@ -3,15 +3,21 @@ and pick the route to keep: the first that passes, or with --route all the best 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 from deploykit import registry
-from deploykit.errors import ConversionError, ModelLoadError, ParityError, UnsupportedModelError, UsageError
+from deploykit.artifact import Artifact
+from deploykit.errors import (ConversionError, MissingDependency, ModelLoadError, Outcome, ParityError,
+                              UnsupportedModelError, UsageError)
 from deploykit.formats import Format
-from deploykit.model import LoadedModel, load_model, sha256_of
+from deploykit.model import LoadedModel
+
+# Set by the test suite for tests not marked `slow`: a conversion there is a mislabelled test.
+FORBID_ENV = "DEPLOYKIT_TEST_FORBID_CONVERSION"
 
 SUFFIXES = {Format.ONNX: ".onnx", Format.TFLITE: ".tflite", Format.SAVED_MODEL: "_saved_model"}
 
@@ -24,6 +30,7 @@ class RouteRun:
     seconds: float = 0.0
     error: Optional[ConversionError] = None
     latency_ms: Optional[float] = None
+    outcome: Outcome = Outcome.OK                  # of the hop that ended the route (OK when it passed)
 
     @property
     def name(self) -> str:
@@ -44,18 +51,32 @@ class RouteRun:
         values = [getattr(o, metric) for o in self.final.parity.outputs if getattr(o, metric) is not None]
         return pick(values) if values else None
 
+    @property
+    def artifact(self) -> Artifact:
+        """The route's final artifact (layout relative to the source, hash taken when it was made)."""
+        return self.final.artifact
+
     def to_dict(self) -> dict:
-        return {"route": self.name, "passed": self.passed, "seconds": round(self.seconds, 2),
-                "error": self.error.message if self.error else None,
+        return {"route": self.name, "passed": self.passed, "outcome": self.outcome.value,
+                "seconds": round(self.seconds, 2), "error": self.error.message if self.error else None,
                 "max_abs": self.worst("max_abs"), "cosine": self.worst("cosine", min),
                 "latency_ms_1thread": self.latency_ms,
-                "hops": [_hop_dict(edge, hop) for edge, hop in zip(self.route, self.hops)]}
+                "hops": self.hop_dicts()}
+
+    def hop_dicts(self) -> list:
+        """Every edge of the route: the hops made (with their hash) and the one that failed, if any."""
+        made = [_hop_dict(edge, hop) for edge, hop in zip(self.route, self.hops)]
+        if self.error is not None and len(self.hops) < len(self.route):
+            made.append({"edge": self.route[len(self.hops)].name, "outcome": self.outcome.value,
+                         "error": self.error.message, "artifact_sha256": None})
+        return made
 
 
 def _hop_dict(edge, hop) -> dict:
-    return {"edge": edge.name, "tool": hop.tool, "attempts": hop.attempts, "notes": hop.notes,
-            "parity_vs_source": hop.parity.summary() if hop.parity else None,
-            "artifact_sha256": sha256_of(hop.path) if Path(hop.path).exists() else None}
+    artifact = hop.artifact
+    return {"edge": edge.name, "tool": hop.tool, "outcome": Outcome.OK.value, "attempts": hop.attempts,
+            "notes": hop.notes, "parity_vs_source": hop.parity.summary() if hop.parity else None,
+            "artifact_sha256": artifact.sha256 if artifact is not None else None}
 
 
 def select_routes(src: Format, dst: Format, via: Optional[str], quantize: Optional[str] = None,
@@ -108,7 +129,14 @@ def _quantized_routes(src: Format, dst: Format, quantize: str, io_dtype: str) ->
 
 def run_route(route: list, model: LoadedModel, out: Path, options, checker, calibration: Optional[list] = None,
               final_tolerance=None, final_feeds: Optional[tuple] = None) -> RouteRun:
-    """Convert hop by hop; each intermediate and the final artifact is checked against the source."""
+    """Convert hop by hop; each intermediate and the final artifact is checked against the source.
+
+    Each hop's artifact is an object handed to the next hop (never re-read from its path), with
+    its layout relative to the source and its sha256 taken when it was made.
+    """
+    if os.environ.get(FORBID_ENV) and any(edge.target.startswith("converters.") for edge in route):
+        getattr(model, "result", lambda: None)()     # a source that does not load fails as itself first
+        raise AssertionError("this test converts a model: mark it `slow` (the quick loop never converts)")
     run, current, started = RouteRun(route), model, time.perf_counter()
     previous_layout: dict = {}
     try:
@@ -118,7 +146,8 @@ def run_route(route: list, model: LoadedModel, out: Path, options, checker, cali
 
             tolerance, given = (final_tolerance, final_feeds) if last else (None, None)
 
-            def check(candidate, samples, batch=None, layout=None, _prev=previous_layout, _tol=tolerance, _feeds=given):
+            def check(candidate, samples, batch=None, layout=None, _prev=previous_layout, _tol=tolerance,
+                      _feeds=given):
                 return checker.check(candidate, samples, batch, layout=compose(_prev, layout or {}), tolerance=_tol,
                                      feeds=_feeds)
 
@@ -127,24 +156,38 @@ def run_route(route: list, model: LoadedModel, out: Path, options, checker, cali
 
             hop_options = replace(options, quantize=options.quantize if last else None, calibration_feeds=calibrate)
             result = registry.resolve(edge.target)(current, path, hop_options, check)
-            run.hops.append(result)
             previous_layout = compose(previous_layout, {"inputs": result.input_perms, "outputs": result.output_perms})
-            if not last:
-                current = load_model(str(result.path))
+            result.artifact = _hop_artifact(result, previous_layout)
+            run.hops.append(result)
+            current = result.artifact
         run.layout = previous_layout
         if options.dynamic_batch:
             _check_dynamic_batch(run, checker)
+    except MissingDependency as exc:
+        run.error, run.outcome = ConversionError(exc.message, exc.remedy), Outcome.MISSING_DEPENDENCY
     except ConversionError as exc:
-        run.error = exc
+        run.error, run.outcome = exc, exc.outcome or Outcome.CONVERT_FAILED
     except (ModelLoadError, ParityError, UnsupportedModelError) as exc:
         # An artifact that does not load or run is a failed conversion, not bad user input.
-        run.error = ConversionError(f"{run.name}: the converted model does not run: {exc.message}", exc.remedy)
+        loads = isinstance(exc, (ModelLoadError, UnsupportedModelError))
+        run.error = ConversionError(f"{run.name}: the converted model does not {'load' if loads else 'run'}: "
+                                    f"{exc.message}", exc.remedy)
+        run.outcome = exc.outcome or (Outcome.ARTIFACT_LOAD_FAILED if loads else Outcome.ARTIFACT_RUN_FAILED)
     run.seconds = time.perf_counter() - started
     return run
 
 
+def _hop_artifact(result, layout: dict) -> Artifact:
+    """The hop's file as an Artifact: the one its check ran when that is still the file, else read once now
+    (onnxslim replaces the checked file by a simplified one)."""
+    checked = result.artifact
+    if checked is not None and Path(checked.path) == Path(result.path):
+        return checked.with_layout(layout)
+    return Artifact.open(result.path, layout=layout)
+
+
 def _check_dynamic_batch(run: RouteRun, checker) -> None:
-    report = checker.check(run.final.path, 2, batch=3, layout=run.layout)
+    report = checker.check(run.artifact, 2, batch=3, layout=run.layout)
     if not report.passed:
         raise ConversionError("the artifact does not run correctly at batch 3 with --dynamic-batch: "
                               + report.summary(), "the model fixes its batch size inside; drop --dynamic-batch")

@@ -101,6 +101,7 @@ _RANGE_RE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 def parse_input_arg(text: str) -> TensorSpec:
     """Parse ``name:1x3x224x224[:float32[:low..high]]`` into a TensorSpec.
 
+    Without a dtype the spec's dtype is "" (keep the model's, see merge_user_specs).
     Raises ValueError with a message that shows the expected form.
     """
     form = "expected name:DIMS[:DTYPE[:LOW..HIGH]], e.g. x:1x3x224x224:float32 or ids:1x16:int64:0..1000"
@@ -114,7 +115,7 @@ def parse_input_arg(text: str) -> TensorSpec:
         shape = tuple(int(d) for d in dims.split("x"))
     else:
         raise ValueError(f"bad shape {parts[1]!r} in --input {text!r}: {form}")
-    dtype = normalize_dtype(parts[2]) if len(parts) >= 3 and parts[2] else "float32"
+    dtype = normalize_dtype(parts[2]) if len(parts) >= 3 and parts[2] else ""   # "": the model's own
     value_range = None
     if len(parts) == 4:
         match = _RANGE_RE.match(parts[3])
@@ -122,3 +123,28 @@ def parse_input_arg(text: str) -> TensorSpec:
             raise ValueError(f"bad value range {parts[3]!r} in --input {text!r}: {form}")
         value_range = (int(match.group(1)), int(match.group(2)))
     return TensorSpec(name=name, shape=shape, dtype=dtype, value_range=value_range)
+
+
+def merge_user_specs(inputs: "list | tuple", user_specs: tuple) -> list:
+    """The one rule for ``--input`` against a model's own signature, for every source format.
+
+    A user spec replaces the shape (and value range) of the same-named input; its dtype wins
+    when the user gave one, else the model's is kept; the model's layout label is kept. A name
+    the model does not have is an error, whatever the format.
+    """
+    from deploykit.errors import UsageError
+
+    by_name = {s.name: s for s in user_specs}
+    unknown = [name for name in by_name if name not in {i.name for i in inputs}]
+    if unknown:
+        raise UsageError(f"--input names {', '.join(sorted(unknown))} but the model's inputs are "
+                         f"{', '.join(i.name for i in inputs) or '(none)'}", "name each --input after a model input")
+    merged = []
+    for tensor in inputs:
+        user = by_name.get(tensor.name)
+        if user is None:
+            merged.append(tensor)
+            continue
+        merged.append(TensorSpec(tensor.name, user.shape, user.dtype or tensor.dtype or "float32", tensor.layout,
+                                 user.value_range or tensor.value_range))
+    return merged

@@ -12,8 +12,9 @@ import numpy as np
 from deploykit.errors import ModelLoadError
 from deploykit.formats import Format
 from deploykit.model import LoadedModel, LoadOptions
-from deploykit.spec import ModelSpec, TensorSpec
-from runtimes.base import RunnerBase, RunnerOptions
+from deploykit.runner import RunnerBase, RunnerOptions
+from deploykit.spec import ModelSpec, TensorSpec, merge_user_specs
+from deploykit.text import natural_key, one_line
 
 
 def _interpreter(path: str, threads=None, xnnpack: bool = True):
@@ -26,11 +27,12 @@ def _interpreter(path: str, threads=None, xnnpack: bool = True):
 
 
 def describe(path: str) -> dict:
-    """Signature of a .tflite file (run in a child process by load_model: a bad file can crash LiteRT)."""
+    """Signature of a .tflite file (the registry marks this loader isolated: a bad file can crash LiteRT,
+    so the core calls it in a child process)."""
     try:
         interpreter = _interpreter(path)
     except Exception as exc:  # noqa: BLE001 - ValueError for flatbuffer errors
-        raise ModelLoadError(f"{path}: not a valid TFLite model ({' '.join(str(exc).split())[:200]})",
+        raise ModelLoadError(f"{path}: not a valid TFLite model ({one_line(str(exc), 200)})",
                              "the file is truncated or corrupt: convert or copy it again") from None
     signatures = interpreter.get_signature_list()
     if signatures:
@@ -38,7 +40,7 @@ def describe(path: str) -> dict:
         runner = interpreter.get_signature_runner(key)
         inputs = [_spec(name, d) for name, d in runner.get_input_details().items()]
         outputs = [_spec(name, d) for name, d in sorted(runner.get_output_details().items(),
-                                                         key=lambda kv: _natural(kv[0]))]
+                                                         key=lambda kv: natural_key(kv[0]))]
     else:
         key = None
         inputs = [_spec(d["name"], d) for d in interpreter.get_input_details()]
@@ -66,30 +68,12 @@ def _spec(name: str, detail: dict) -> TensorSpec:
     return TensorSpec(name, shape, np.dtype(detail["dtype"]).name)
 
 
-def _natural(name: str):
-    head = name.rstrip("0123456789")
-    tail = name[len(head):]
-    return (head, int(tail) if tail else -1)
-
-
 def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
-    from converters.child import run_job
-    from deploykit.errors import ConversionError
-
-    try:
-        info = run_job("runtimes.litert:describe_job", {"path": path}, timeout=120)
-    except ConversionError as exc:
-        raise ModelLoadError(exc.message.replace("describe_job: ", ""), exc.remedy) from None
+    info = describe(path)
     spec = ModelSpec.from_dict(info["spec"])
-    if options.input_specs:
-        by_name = {s.name: s for s in options.input_specs}
-        spec = ModelSpec(tuple(by_name.get(t.name, t) for t in spec.inputs), spec.outputs)
+    spec = ModelSpec(tuple(merge_user_specs(spec.inputs, options.input_specs)), spec.outputs)
     return LoadedModel(path=path, format=fmt, spec=spec,
                        details={"signature_key": info["signature_key"], "ops": info.get("ops", {})})
-
-
-def describe_job(payload: dict) -> dict:
-    return describe(payload["path"])
 
 
 def _to_input(value: np.ndarray, detail: dict) -> np.ndarray:
@@ -119,7 +103,7 @@ def _allocate_or_explain(interpreter, path: str) -> None:
     try:
         interpreter.allocate_tensors()
     except RuntimeError as exc:
-        text = " ".join(str(exc).split())
+        text = one_line(str(exc), 2000)
         flex = sorted(set(re.findall(r"Flex\w+", text)))
         if "Select TensorFlow op" in text or flex:
             raise UnsupportedModelError(
@@ -141,7 +125,7 @@ class LiteRTRunner(RunnerBase):
         try:
             self.interpreter = _interpreter(self.model.path, self.options.threads, self.options.xnnpack)
         except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"LiteRT cannot load {self.model.path}: {' '.join(str(exc).split())[:200]}",
+            raise ModelLoadError(f"LiteRT cannot load {self.model.path}: {one_line(str(exc), 200)}",
                                  "convert the model again") from None
         _allocate_or_explain(self.interpreter, self.model.path)
         key = self.model.details.get("signature_key")
@@ -165,7 +149,7 @@ class LiteRTRunner(RunnerBase):
         # The signature runner resizes inputs whose shapes differ (dynamic dims such as [-1, ...]).
         outputs = self.runner(**inputs)
         out_details = self.runner.get_output_details()
-        return {name: _from_output(outputs[name], out_details.get(name, {})) for name in sorted(outputs, key=_natural)}
+        return {name: _from_output(outputs[name], out_details.get(name, {})) for name in sorted(outputs, key=natural_key)}
 
     def _run_without_signature(self, feeds: Mapping) -> dict:
         interpreter = self.interpreter

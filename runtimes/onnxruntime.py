@@ -1,17 +1,18 @@
 """ONNX: read the signature from the graph; run with ONNX Runtime (CPU, or the CUDA EP)."""
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Mapping
 
 import numpy as np
 
 from deploykit.errors import ModelLoadError, UsageError
 from deploykit.formats import Format
-from deploykit.manifest import read as read_manifest
+from deploykit.machine import gpu_present
 from deploykit.model import LoadedModel, LoadOptions
-from deploykit.spec import ModelSpec, TensorSpec
-from runtimes.base import RunnerBase, RunnerOptions
+from deploykit.onnx_io import read_onnx
+from deploykit.runner import RunnerBase, RunnerOptions
+from deploykit.spec import ModelSpec, TensorSpec, merge_user_specs
+from deploykit.text import one_line
 
 
 def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
@@ -21,32 +22,10 @@ def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
     token_ranges = _gather_table_sizes(proto.graph, initializers)
     inputs = [_tensor_spec(v, token_ranges.get(v.name)) for v in proto.graph.input if v.name not in initializers]
     outputs = [_tensor_spec(v) for v in proto.graph.output]
-    inputs = _apply_user_specs(inputs, options.input_specs)
-    inputs, outputs = _layouts_from_manifest(path, inputs), _layouts_from_manifest(path, outputs, "outputs")
+    inputs = merge_user_specs(inputs, options.input_specs)
     details = {"opset": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
                "producer": f"{proto.producer_name} {proto.producer_version}".strip()}
     return LoadedModel(path=path, format=fmt, spec=ModelSpec(tuple(inputs), tuple(outputs)), details=details)
-
-
-def _layouts_from_manifest(path: str, tensors: list, kind: str = "inputs") -> list:
-    """Layout labels are not in the ONNX graph; deploykit's manifest beside the file records them."""
-    stored = (read_manifest(path) or {}).get("signature", {}).get(kind, [])
-    labels = {t.get("name"): t.get("layout") for t in stored}
-    return [replace(t, layout=labels.get(t.name)) if labels.get(t.name) else t for t in tensors]
-
-
-def read_onnx(path: str, with_weights: bool = False):
-    """Parse and check an ONNX file; corrupt or truncated files raise ModelLoadError."""
-    import onnx
-
-    try:
-        proto = onnx.load(path, load_external_data=with_weights)
-        onnx.checker.check_model(path)
-    except Exception as exc:  # noqa: BLE001 - DecodeError, ValidationError, OSError
-        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise ModelLoadError(f"{path}: not a valid ONNX model ({detail})",
-                             "the file is truncated or corrupt: export or copy it again") from None
-    return proto
 
 
 def _tensor_spec(value, value_range=None) -> TensorSpec:
@@ -69,34 +48,18 @@ def _gather_table_sizes(graph, initializers: dict) -> dict:
     return ranges
 
 
-def _apply_user_specs(inputs: list, user_specs: tuple) -> list:
-    by_name = {s.name: s for s in user_specs}
-    unknown = set(by_name) - {i.name for i in inputs}
-    if unknown:
-        raise UsageError(f"--input names {', '.join(sorted(unknown))} but the model's inputs are "
-                         f"{', '.join(i.name for i in inputs)}", "name each --input after a model input")
-    return [TensorSpec(i.name, by_name[i.name].shape, i.dtype, value_range=by_name[i.name].value_range or
-                       i.value_range) if i.name in by_name else i for i in inputs]
-
-
 def providers_for(device: str) -> list:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if device == "auto":
-        device = "cuda" if "CUDAExecutionProvider" in available and _gpu_visible() else "cpu"
+        device = "cuda" if "CUDAExecutionProvider" in available and gpu_present() else "cpu"
     if device == "cuda":
         if "CUDAExecutionProvider" not in available:
             raise UsageError("ONNX Runtime has no CUDA execution provider here",
                              "install onnxruntime-gpu on a machine with an NVIDIA GPU, or use --device cpu")
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
-
-
-def _gpu_visible() -> bool:
-    import os
-
-    return os.path.exists("/dev/nvidia0") or bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 class OnnxRuntimeRunner(RunnerBase):
@@ -117,7 +80,7 @@ class OnnxRuntimeRunner(RunnerBase):
             self.session = ort.InferenceSession(self.model.path, session_options,
                                                 providers=providers_for(self.options.device))
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
-            detail = " ".join(str(exc).split())[:300]
+            detail = one_line(str(exc))
             raise ModelLoadError(f"ONNX Runtime cannot load {self.model.path}: {detail}",
                                  "the graph uses an op or opset this onnxruntime lacks; re-export with "
                                  "another --opset") from None

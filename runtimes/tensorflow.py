@@ -1,26 +1,18 @@
 """TensorFlow: load Keras (.keras, .h5) models and SavedModels; run them (Keras call / serving signature)."""
 from __future__ import annotations
 
-import os
 from typing import Mapping
 
 import numpy as np
 
 from deploykit.errors import ModelLoadError, UnsupportedModelError
 from deploykit.formats import Format
+from deploykit.frameworks import import_tensorflow
 from deploykit.model import LoadedModel, LoadOptions
 from deploykit.quiet import captured_output
-from deploykit.spec import ModelSpec, TensorSpec
-from runtimes.base import RunnerBase, RunnerOptions, first_line
-
-
-def import_tensorflow():
-    """TensorFlow with its C++ log noise off (set before the first import)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with captured_output():
-        import tensorflow as tf
-    tf.get_logger().setLevel("ERROR")
-    return tf
+from deploykit.runner import RunnerBase, RunnerOptions, first_line
+from deploykit.spec import ModelSpec, TensorSpec, merge_user_specs
+from deploykit.text import natural_key
 
 
 def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
@@ -35,7 +27,7 @@ def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
     except Exception as exc:  # noqa: BLE001 - keras raises ValueError/OSError/... for bad files
         raise ModelLoadError(f"{path}: cannot load this Keras model ({first_line(exc)})",
                              "the file may be truncated, or need custom objects: save it again") from None
-    inputs = [_keras_input_spec(t, options) for t in model.inputs]
+    inputs = merge_user_specs([_keras_input_spec(t) for t in model.inputs], options.input_specs)
     spec = _with_outputs(ModelSpec(tuple(inputs)), lambda feeds: _call_keras(model, spec_inputs=inputs, feeds=feeds))
     return LoadedModel(path=path, format=fmt, spec=spec, handle=model, details={"keras": keras.__version__})
 
@@ -53,7 +45,8 @@ def _load_saved_model(path: str, fmt: Format, options: LoadOptions) -> LoadedMod
         raise UnsupportedModelError(f"{path} has no serving_default signature",
                                     "export it with model.export(path) or tf.saved_model.save(..., signatures=...)")
     _args, kwargs = signature.structured_input_signature
-    inputs = [_user_or(TensorSpec(name, _dims(t.shape), t.dtype.name), options) for name, t in kwargs.items()]
+    inputs = merge_user_specs([TensorSpec(name, _dims(t.shape), t.dtype.name) for name, t in kwargs.items()],
+                              options.input_specs)
     model = _SavedModelCallable(loaded, signature)
     spec = _with_outputs(ModelSpec(tuple(inputs)), model)
     return LoadedModel(path=path, format=fmt, spec=spec, handle=model, details={"signature": "serving_default"})
@@ -69,20 +62,13 @@ class _SavedModelCallable:
         import tensorflow as tf
 
         result = self.signature(**{k: tf.constant(v) for k, v in feeds.items()})
-        return {k: v.numpy() for k, v in sorted(result.items(), key=lambda kv: _natural(kv[0]))}
+        return {k: v.numpy() for k, v in sorted(result.items(), key=lambda kv: natural_key(kv[0]))}
 
 
-def _keras_input_spec(tensor, options: LoadOptions) -> TensorSpec:
+def _keras_input_spec(tensor) -> TensorSpec:
     name = getattr(tensor, "name", "input")
     dtype = np.dtype(str(tensor.dtype).replace("tf.", "")).name
-    return _user_or(TensorSpec(name, _dims(tensor.shape), dtype, "NHWC" if len(tensor.shape) == 4 else None), options)
-
-
-def _user_or(spec: TensorSpec, options: LoadOptions) -> TensorSpec:
-    for user in options.input_specs:
-        if user.name == spec.name:
-            return TensorSpec(spec.name, user.shape, spec.dtype, spec.layout, user.value_range)
-    return spec
+    return TensorSpec(name, _dims(tensor.shape), dtype, "NHWC" if len(tensor.shape) == 4 else None)
 
 
 def _dims(shape) -> tuple:
@@ -106,12 +92,6 @@ def _with_outputs(spec: ModelSpec, call) -> ModelSpec:
 
     outputs = call(random_feeds(spec, 1)[0])
     return ModelSpec(spec.inputs, tuple(TensorSpec(k, tuple(v.shape), v.dtype.name) for k, v in outputs.items()))
-
-
-def _natural(name: str):
-    head = name.rstrip("0123456789")
-    tail = name[len(head):]
-    return (head, int(tail) if tail else -1)
 
 
 class TensorFlowRunner(RunnerBase):

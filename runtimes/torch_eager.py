@@ -16,8 +16,9 @@ from deploykit.formats import Format, pickled_globals
 from deploykit.inputs import random_feeds
 from deploykit.model import LoadedModel, LoadOptions
 from deploykit.quiet import captured_output
-from deploykit.spec import ModelSpec, TensorSpec
-from runtimes.base import RunnerBase, RunnerOptions, first_line
+from deploykit.runner import RunnerBase, RunnerOptions, first_line
+from deploykit.spec import ModelSpec, TensorSpec, merge_user_specs
+from deploykit.text import one_line
 
 SPEC_EXTRA_FILE = "deploykit_spec.json"   # written by `samples build` into TorchScript archives
 
@@ -120,7 +121,7 @@ def _load_weights(model: torch.nn.Module, weights: str) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:300]
+        detail = one_line(str(exc))
         raise ModelLoadError(f"{weights} does not fit the model: {detail}",
                              "use the weights saved from this exact architecture") from None
 
@@ -149,14 +150,8 @@ def _load_pickle(path: str, options: LoadOptions):
 
 
 def _merge_user_specs(inputs: list, user_specs: tuple, path: str) -> list:
-    """User --input specs replace the same-named inputs; an unknown name is an error."""
-    if user_specs:
-        by_name = {s.name: s for s in user_specs}
-        unknown = set(by_name) - {i.name for i in inputs}
-        if unknown:
-            raise UsageError(f"--input names {', '.join(sorted(unknown))} but the model's inputs are "
-                             f"{', '.join(i.name for i in inputs)}", "name each --input after a model input")
-        inputs = [by_name.get(i.name, i) for i in inputs]
+    """The core's --input rule, then: every input must have a shape to probe the model with."""
+    inputs = merge_user_specs(inputs, user_specs)
     unknown_shape = [i.name for i in inputs if i.shape is None]
     if unknown_shape:
         raise UsageError(f"{path} does not record its input shapes ({', '.join(unknown_shape)})",

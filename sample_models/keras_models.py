@@ -15,7 +15,7 @@ _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96,
 
 
 def _keras():
-    from runtimes.tensorflow import import_tensorflow
+    from deploykit.frameworks import import_tensorflow
 
     import_tensorflow()
     import keras

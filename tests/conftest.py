@@ -1,5 +1,6 @@
-"""Shared fixtures: markers that skip when a heavy dependency is missing, and the sample
-models and their ONNX exports built once per test session."""
+"""Shared fixtures: markers (from the registry's one package table) that skip when a heavy dependency is
+missing, a guard that keeps the quick loop free of conversions, and the sample models and their exports
+built once per test session, each only when a test first names it."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,8 +12,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_MARKER_PACKAGES = {"torch": ("torch", "onnxscript"), "onnxruntime": ("onnxruntime", "onnx"),
-                    "tensorflow": ("tensorflow",), "litert": ("ai_edge_litert",)}
+sys.path.insert(0, str(ROOT))
+from deploykit.registry import test_markers  # noqa: E402 - after the path is set
+
+_MARKER_PACKAGES = test_markers()
 
 
 def _has(*packages: str) -> bool:
@@ -30,18 +33,58 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _gpu_present() -> bool:
-    return Path("/dev/nvidia0").exists()
+    from deploykit.machine import gpu_present
+
+    return gpu_present()
+
+
+@pytest.fixture(autouse=True)
+def _quick_tests_never_convert(request, monkeypatch):
+    """The quick loop (`-m "not slow"`) must stay under two minutes: a test that converts must say `slow`.
+
+    Enforced, not hoped for: outside `slow` tests every route (in-process or through the CLI) refuses to run.
+    """
+    from deploykit.routing import FORBID_ENV
+
+    if "slow" not in request.keywords:
+        monkeypatch.setenv(FORBID_ENV, "1")
+
+
+class _SampleFolder(type(Path())):
+    """A folder whose sample files are built the first time a test names one (`folder / "x.pt2"`), so that a
+    test of the two-layer net never waits for the MobileNetV2 sample's training."""
+
+    def __truediv__(self, name):
+        _ensure_sample(Path(self), str(name))
+        return Path(self) / name
+
+
+_BUILT: set = set()
+
+
+def _ensure_sample(folder: Path, file_name: str) -> None:
+    from sample_models import SAMPLES
+    from sample_models.build import build_sample, _resolve
+
+    framework = folder.name.split("_samples")[0]
+    if file_name == "shapes":        # the shapes images, without training the CNN that comes with them
+        key = (folder, "shapes")
+        if key not in _BUILT:
+            _resolve("sample_models.shapes:write_images")(folder, False)
+            _BUILT.add(key)
+        return
+    for sample in sorted(SAMPLES, key=lambda s: -len(s.name)):
+        if sample.framework == framework and file_name.startswith(sample.name + "."):
+            if (folder, sample.name) not in _BUILT:
+                build_sample(sample, folder, force=True)
+                _BUILT.add((folder, sample.name))
+            return
 
 
 def _build_samples(tmp_path_factory, framework: str, package: str) -> Path:
     if not _has(package):
         pytest.skip(f"needs {package}")
-    from sample_models import names
-    from sample_models.build import build_samples
-
-    folder = tmp_path_factory.mktemp(f"{framework}_samples")
-    build_samples(folder, tuple(names(framework)))
-    return folder
+    return _SampleFolder(tmp_path_factory.mktemp(f"{framework}_samples"))
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +113,7 @@ def exported(samples_dir, tmp_path_factory) -> dict:
             suffix = {"onnx": ".onnx", "tflite": ".tflite", "saved_model": "_saved_model"}[to]
             out = folder / (source_name.replace(".", "_") + f"_{via or 'default'}{suffix}")
             cache[key] = api.export(str((source_dir or samples_dir) / source_name), to, str(out), via=via)
+            assert cache[key].passed
         return cache[key]
 
     return get

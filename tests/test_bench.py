@@ -19,6 +19,7 @@ def trio(exported, samples_dir):
             exported("two_layer_net.pt2", "tflite", "litert").artifact]
 
 
+@pytest.mark.slow
 def test_plan_picks_the_rows_each_format_runs_and_explains_skips(trio):
     cases, skipped = plan(trio, BenchOptions(threads=(1, 2)))
     rows = {(c["format"], c["row"]) for c in cases}
@@ -33,6 +34,7 @@ def test_plan_picks_the_rows_each_format_runs_and_explains_skips(trio):
         plan(trio, BenchOptions(runtimes=("coreml",)))
 
 
+@pytest.mark.slow
 def test_mobile_profile_pins_litert_to_one_and_two_cores(trio):
     cases, _ = plan(trio, BenchOptions(profile="mobile"))
     assert [(c["row"], c["affinity"]) for c in cases] == [("litert", [0]), ("litert", [0, 1])]
@@ -41,15 +43,16 @@ def test_mobile_profile_pins_litert_to_one_and_two_cores(trio):
 def test_statistics_are_a_distribution_and_flag_wide_spread():
     raw = {"times_ms": [10.0] * 8 + [11.0, 30.0], "input_shapes": {"x": [4, 3]}, "peak_rss_bytes": 100,
            "rss_at_start_bytes": 40}
-    result = summarize(dict(raw), {})
+    result = summarize(dict(raw))
     assert result["latency_ms"]["p50"] == 10.0 and result["latency_ms"]["p99"] > 11
     assert result["latency_ms"]["iterations"] == 10 and result["rss_delta_bytes"] == 60
     assert result["throughput_per_s"] == pytest.approx(4 * 1000 / 12.1, rel=1e-3)
     assert result["noisy"] is True
-    quiet = summarize({**raw, "times_ms": [10.0] * 10}, {})
+    quiet = summarize({**raw, "times_ms": [10.0] * 10})
     assert quiet["noisy"] is False
 
 
+@pytest.mark.slow
 def test_bench_measures_every_field_in_child_processes(trio):
     result = api.bench(trio, BenchOptions(runtimes=("torch", "onnxruntime", "litert", "litert_no_xnnpack"), **QUICK))
     assert len(result["cases"]) == 4 and not any("error" in c for c in result["cases"])
@@ -68,6 +71,7 @@ def test_bench_measures_every_field_in_child_processes(trio):
     assert result["headline"]["research"].startswith("torch") and result["headline"]["speedup"] > 0
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_with_plots_and_parity(trio, tmp_path):
     result = api.bench(trio, BenchOptions(runtimes=("torch", "onnxruntime", "litert"), **QUICK),
                        report_dir=str(tmp_path / "report"))
@@ -91,6 +95,7 @@ def test_machine_peak_and_footprint_are_measured_not_assumed():
     assert install_footprint(("no-such-package",))["not_installed"] == ["no-such-package"]
 
 
+@pytest.mark.slow
 def test_cli_bench_json_and_report_errors(trio, tmp_path):
     from tests.conftest import assert_clean_error, run_cli
 
@@ -103,10 +108,11 @@ def test_cli_bench_json_and_report_errors(trio, tmp_path):
     assert proc.returncode == 0 and (tmp_path / "r" / "report.html").exists()
     (tmp_path / "bad.json").write_text("{}")
     assert_clean_error(run_cli("report", str(tmp_path / "bad.json")), 2, "not the expected deploykit result")
-    assert_clean_error(run_cli("bench", trio[1], "--threads", "0"), 2, "bad --threads")
+    assert_clean_error(run_cli("bench", trio[1], "--threads", "0"), 2, "--threads takes positive integers")
     assert_clean_error(run_cli("bench", trio[1], "--profile", "phone"), 2, "unknown --profile")
 
 
+@pytest.mark.slow
 def test_batch_sizes_need_a_dynamic_batch(samples_dir, tmp_path):
     fixed = api.export(str(samples_dir / "tiny_transformer.pt2"), "onnx", str(tmp_path / "fixed.onnx")).artifact
     dynamic = api.export(str(samples_dir / "tiny_transformer.pt"), "onnx", str(tmp_path / "dyn.onnx"),

@@ -9,6 +9,7 @@ from tests.conftest import assert_clean_error, run_cli
 pytestmark = [pytest.mark.torch, pytest.mark.onnxruntime]
 
 
+@pytest.mark.slow
 def test_export_verify_inspect_json_round_trip(samples_dir, tmp_path):
     out = tmp_path / "net.onnx"
     proc = run_cli("export", str(samples_dir / "two_layer_net.pt2"), "--to", "onnx", "-o", str(out), "--json")
@@ -22,6 +23,7 @@ def test_export_verify_inspect_json_round_trip(samples_dir, tmp_path):
     assert info["parameters"] == 101_110 and info["ops"]["Gemm"] == 2 and info["manifest"]["parity_passed"]
 
 
+@pytest.mark.slow
 def test_human_output_shows_the_metrics_table(samples_dir, tmp_path):
     proc = run_cli("export", str(samples_dir / "tiny_transformer.pt2"), "-o", str(tmp_path / "t.onnx"))
     assert proc.returncode == 0, proc.stderr
@@ -40,6 +42,7 @@ def test_bad_model_files_exit_2(tmp_path, content, fragment):
     assert not (tmp_path / "o.onnx").exists()
 
 
+@pytest.mark.slow
 def test_truncated_onnx_exits_2(samples_dir, tmp_path, exported):
     data = open(exported("two_layer_net.pt2").artifact, "rb").read()
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 3])
@@ -62,6 +65,7 @@ def test_usage_errors_exit_2(samples_dir, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_users_own_factory_needs_input_shapes(tmp_path):
     (tmp_path / "mymodels.py").write_text(
         "import torch\n\ndef build():\n    torch.manual_seed(0)\n"
@@ -85,6 +89,7 @@ def test_output_exists_and_unwritable_dir(samples_dir, tmp_path):
     assert_clean_error(run_cli("export", src, "-o", "/proc/deploykit-test/out.onnx"), 2, "output directory")
 
 
+@pytest.mark.slow
 def test_pickled_module_is_refused_unless_trusted(tmp_path):
     import torch
 
@@ -105,6 +110,7 @@ def test_state_dict_alone_and_mismatched_weights(samples_dir, tmp_path):
     assert_clean_error(proc, 2, "does not fit the model")
 
 
+@pytest.mark.slow
 def test_dynamic_graph_exits_4_with_json_error(samples_dir, tmp_path):
     proc = run_cli("export", "sample_models.dynamic:dynamic_gate", "--weights",
                    str(samples_dir / "dynamic_gate.weights.pt"), "-o", str(tmp_path / "d.onnx"), "--json")
@@ -112,6 +118,7 @@ def test_dynamic_graph_exits_4_with_json_error(samples_dir, tmp_path):
     assert json.loads(proc.stdout)["exit_code"] == 4
 
 
+@pytest.mark.slow
 def test_verify_failure_exits_1(samples_dir, exported, tmp_path):
     from tests.test_verify import _tamper
 

@@ -6,7 +6,7 @@ import pytest
 
 from deploykit import api, manifest
 from deploykit.errors import ConversionError, OutputExistsError
-from deploykit.model import sha256_of
+from deploykit.fsutil import sha256_of
 from sample_models import SAMPLES
 
 pytestmark = [pytest.mark.torch, pytest.mark.onnxruntime]
@@ -15,6 +15,7 @@ TORCH = [s for s in SAMPLES if s.framework == "torch"]
 FILES = [(s.name, f"{s.name}.pt2") for s in TORCH if s.exportable] + [(s.name, f"{s.name}.pt") for s in TORCH if s.torchscript]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sample, source", FILES, ids=[f for _s, f in FILES])
 def test_every_sample_file_exports_and_verifies(exported, sample, source):
     result = exported(source)
@@ -30,6 +31,7 @@ def test_every_sample_file_exports_and_verifies(exported, sample, source):
 
 
 # MobileNetV2 is left out of this row only to keep the suite fast: its factory path is the same code.
+@pytest.mark.slow
 @pytest.mark.parametrize("sample", [s for s in TORCH if s.exportable and s.name != "mobilenet_v2"],
                          ids=lambda s: s.name)
 def test_factory_plus_weights_exports(samples_dir, tmp_path, sample):
@@ -41,6 +43,7 @@ def test_factory_plus_weights_exports(samples_dir, tmp_path, sample):
     assert source["weights"]["sha256"] == sha256_of(samples_dir / f"{sample.name}.weights.pt")
 
 
+@pytest.mark.slow
 def test_dynamic_graph_fails_with_the_construct_named_and_leaves_nothing(samples_dir, tmp_path):
     out = tmp_path / "dyn.onnx"
     with pytest.raises(ConversionError) as info:
@@ -52,6 +55,7 @@ def test_dynamic_graph_fails_with_the_construct_named_and_leaves_nothing(samples
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_scripted_control_flow_is_kept_as_an_onnx_if(exported):
     import onnx
 
@@ -61,6 +65,7 @@ def test_scripted_control_flow_is_kept_as_an_onnx_if(exported):
     assert "If" in ops
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force(exported, samples_dir):
     first = exported("two_layer_net.pt2")
     with pytest.raises(OutputExistsError):
@@ -70,6 +75,7 @@ def test_existing_output_needs_force(exported, samples_dir):
     assert again.passed and before
 
 
+@pytest.mark.slow
 def test_dynamic_batch_runs_at_another_batch_size(samples_dir, tmp_path):
     import onnxruntime as ort
 
@@ -83,6 +89,7 @@ def test_dynamic_batch_runs_at_another_batch_size(samples_dir, tmp_path):
     assert any("batch 3" in note for note in json.loads(open(result.manifest).read())["route"][0]["notes"])
 
 
+@pytest.mark.slow
 def test_token_id_inputs_are_drawn_in_the_embedding_range(exported):
     signature = json.loads(open(exported("tiny_transformer.pt2").manifest).read())["signature"]
     assert signature["inputs"][0]["value_range"] == [0, 1000]
@@ -117,6 +124,7 @@ def _transformer_encoder():
         (torch.randn(1, 12, 32),)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("builder", [_GRUNet.build, _transformer_encoder], ids=["gru", "transformer_encoder"])
 @pytest.mark.parametrize("kind", ["torchscript", "exported_program"])
 def test_models_not_written_for_deploykit(tmp_path, builder, kind):
@@ -135,6 +143,7 @@ def test_models_not_written_for_deploykit(tmp_path, builder, kind):
     assert report.passed
 
 
+@pytest.mark.slow
 def test_manifest_is_beside_the_artifact(exported):
     result = exported("two_layer_net.pt2")
     assert manifest.read(result.artifact)["artifact"]["path"].endswith(".onnx")

@@ -5,8 +5,9 @@ import sys
 
 from tests.conftest import ROOT
 
-HEAVY = ("torch", "tensorflow", "onnxruntime", "onnx", "ai_edge_litert", "litert_torch", "onnx2tf", "tf2onnx",
-         "keras", "jax")
+from deploykit.registry import heavy_modules
+
+HEAVY = heavy_modules()
 
 PROBE = """
 import json, sys

@@ -7,6 +7,7 @@ from deploykit.introspect import doctor, inspect_model
 pytestmark = [pytest.mark.torch, pytest.mark.onnxruntime]
 
 
+@pytest.mark.slow
 def test_inspect_onnx_and_torch_agree_on_the_signature(exported, samples_dir):
     onnx_info = inspect_model(exported("mobilenet_v2.pt2").artifact)
     torch_info = inspect_model(str(samples_dir / "mobilenet_v2.pt2"))
@@ -35,6 +36,7 @@ def test_missing_dependency_is_exit_3_with_an_install_hint(monkeypatch, samples_
     assert info.value.exit_code == 3 and "deploykit[torch]" in info.value.remedy
 
 
+@pytest.mark.slow
 def test_unsupported_target_route_is_a_usage_error(exported, tmp_path):
     with pytest.raises(UsageError, match="already onnx"):
         api.export(exported("two_layer_net.pt2").artifact, "onnx", str(tmp_path / "x.onnx"))

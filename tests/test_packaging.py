@@ -14,6 +14,6 @@ def test_wheel_contains_all_packages_and_the_entry_point(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for package in ("deploykit", "converters", "runtimes", "sample_models"):
         assert f"{package}/__init__.py" in names, package
-    assert "runtimes/worker.py" in names and "converters/torch_to_onnx.py" in names
+    assert "deploykit/child.py" in names and "converters/torch_to_onnx.py" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "deploykit = deploykit.cli:main" in entry_points

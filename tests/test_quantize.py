@@ -22,6 +22,7 @@ def _calibration_npz(samples_dir, tmp_path, name="two_layer_net", count=16):
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fp16", "dynamic", "int8"])
 def test_onnx_quantization_modes(samples_dir, tmp_path, mode):
     calibration = _calibration_npz(samples_dir, tmp_path) if mode == "int8" else None
@@ -43,6 +44,7 @@ def test_onnx_quantization_modes(samples_dir, tmp_path, mode):
         assert not strict.passed
 
 
+@pytest.mark.slow
 def test_missing_calibration_warns_loudly_and_bad_calibration_fails(samples_dir, tmp_path):
     result = api.export(str(samples_dir / "two_layer_net.pt2"), "onnx", str(tmp_path / "r.onnx"),
                         quantize=api.QuantizeOptions(mode="int8", samples=4))
@@ -58,6 +60,7 @@ def test_missing_calibration_warns_loudly_and_bad_calibration_fails(samples_dir,
     assert not (tmp_path / "b.onnx").exists()
 
 
+@pytest.mark.slow
 def test_image_folder_calibration(tmp_path):
     from PIL import Image
 
@@ -83,6 +86,7 @@ def test_image_folder_calibration(tmp_path):
     assert result.passed and _manifest(result)["calibration"]["samples"] == 3
 
 
+@pytest.mark.slow
 def test_keras_int8_tflite_with_int8_io(keras_samples_dir, tmp_path):
     result = api.export(str(keras_samples_dir / "keras_two_layer_net.keras"), "tflite", str(tmp_path / "k.tflite"),
                         quantize=api.QuantizeOptions(mode="int8", samples=32, io_dtype="int8"))
@@ -91,6 +95,7 @@ def test_keras_int8_tflite_with_int8_io(keras_samples_dir, tmp_path):
     assert result.parity["outputs"][0]["cosine"] > 0.98
 
 
+@pytest.mark.slow
 def test_torch_to_quantized_tflite_goes_through_a_saved_model(samples_dir, tmp_path):
     result = api.export(str(samples_dir / "two_layer_net.pt2"), "tflite", str(tmp_path / "t.fp16.tflite"),
                         quantize=api.QuantizeOptions(mode="fp16"))
@@ -99,12 +104,10 @@ def test_torch_to_quantized_tflite_goes_through_a_saved_model(samples_dir, tmp_p
                                                                "keras_to_tflite"]
 
 
+@pytest.mark.slow
 def test_quantize_all_compares_every_precision(keras_samples_dir, tmp_path):
-    from deploykit.precisions import export_all_precisions
-
-    table = export_all_precisions(str(keras_samples_dir / "keras_two_layer_net.keras"), "tflite",
-                                  str(tmp_path / "k.tflite"), api.QuantizeOptions(mode="", samples=16),
-                                  report_dir=str(tmp_path / "report"))
+    table = api.export(str(keras_samples_dir / "keras_two_layer_net.keras"), "tflite", str(tmp_path / "k.tflite"),
+                       quantize=api.QuantizeOptions(mode="all", samples=16), report=str(tmp_path / "report"))
     rows = {r["precision"]: r for r in table["precisions"]}
     assert list(rows) == ["fp32", "fp16", "dynamic", "int8"] and table["passed"]
     page = (tmp_path / "report" / "precisions.html").read_text()
@@ -117,17 +120,17 @@ def test_quantize_all_compares_every_precision(keras_samples_dir, tmp_path):
     assert all(r["latency_ms"] > 0 and r["cosine"] > 0.98 for r in rows.values())
 
 
+@pytest.mark.slow
 def test_a_failed_precision_keeps_its_metrics_in_the_table(samples_dir, tmp_path, monkeypatch):
     from dataclasses import replace
 
     from deploykit import parity
-    from deploykit.precisions import export_all_precisions
 
     # Impossible presets make every quantized precision fail: the table still shows why, in numbers.
     for name in ("fp16", "int8"):
         monkeypatch.setitem(parity.PRESETS, name, replace(parity.PRESETS[name], min_cosine=1.5))
-    table = export_all_precisions(str(samples_dir / "two_layer_net.pt2"), "onnx", str(tmp_path / "m.onnx"),
-                                  api.QuantizeOptions(mode="", samples=4))
+    table = api.export(str(samples_dir / "two_layer_net.pt2"), "onnx", str(tmp_path / "m.onnx"),
+                       quantize=api.QuantizeOptions(mode="all", samples=4))
     rows = {r["precision"]: r for r in table["precisions"]}
     assert rows["fp32"]["passed"] and not table["passed"]
     for mode in ("fp16", "dynamic", "int8"):
@@ -149,6 +152,7 @@ def test_int8_routes_follow_the_io_dtype():
     assert set(last_edges("fp16")) == {"keras_to_tflite"}
 
 
+@pytest.mark.slow
 def test_pytorch_int8_with_int8_io_goes_through_litert_torch_pt2e(samples_dir, tmp_path):
     calibration = _calibration_npz(samples_dir, tmp_path, count=12)
     result = api.export(str(samples_dir / "two_layer_net.pt2"), "tflite", str(tmp_path / "q.tflite"),
@@ -164,6 +168,7 @@ def test_pytorch_int8_with_int8_io_goes_through_litert_torch_pt2e(samples_dir, t
     assert open(result.artifact, "rb").seek(0, 2) < 0.35 * 405_000
 
 
+@pytest.mark.slow
 def test_trained_cnn_sample_keeps_its_answers_in_int8(samples_dir, tmp_path):
     """The trained MobileNetV2, calibrated on the shapes images that ship with it, judged on held-out ones."""
     folder = samples_dir / "shapes"
@@ -198,19 +203,18 @@ def test_trained_weights_cache_is_keyed_and_survives_a_corrupt_entry(tmp_path, m
     assert mobilenet._cache_file(500, 8, 224) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["onnx", "tflite"])
 def test_every_precision_of_a_reference_architecture(tmp_path, target):
     """torch.nn.TransformerEncoder, written by PyTorch, not here: every mode builds and keeps its outputs."""
     import torch
 
-    from deploykit.precisions import export_all_precisions
-
     torch.manual_seed(4)
     layer = torch.nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True, dropout=0.0)
     encoder = torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
     torch.export.save(torch.export.export(encoder, (torch.randn(1, 12, 32),)), str(tmp_path / "enc.pt2"))
-    table = export_all_precisions(str(tmp_path / "enc.pt2"), target, str(tmp_path / f"enc.{target}"),
-                                  api.QuantizeOptions(mode="", samples=32))
+    table = api.export(str(tmp_path / "enc.pt2"), target, str(tmp_path / f"enc.{target}"),
+                       quantize=api.QuantizeOptions(mode="all", samples=32))
     rows = {r["precision"]: r for r in table["precisions"]}
     assert table["passed"], [r.get("error") for r in rows.values()]
     assert all(r["cosine"] > 0.99 for r in rows.values())       # embeddings: cosine is the agreement that counts
@@ -220,6 +224,7 @@ def test_every_precision_of_a_reference_architecture(tmp_path, target):
         assert rows["dynamic"]["route"] == "torch_to_tflite"     # litert-torch PT2E, no TensorFlow
 
 
+@pytest.mark.slow
 def test_dynamic_is_judged_on_the_given_calibration_data(samples_dir, tmp_path):
     calibration = _calibration_npz(samples_dir, tmp_path, count=6)
     result = api.export(str(samples_dir / "two_layer_net.pt2"), "onnx", str(tmp_path / "d.onnx"),

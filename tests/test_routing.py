@@ -2,7 +2,7 @@
 import pytest
 
 from deploykit import registry, routing
-from deploykit.api import _permuted_label
+from deploykit.exporting import _permuted_label
 from deploykit.errors import UsageError
 from deploykit.formats import Format
 

@@ -1,6 +1,6 @@
 import pytest
 
-from deploykit.spec import ModelSpec, TensorSpec, normalize_dtype, parse_input_arg
+from deploykit.spec import ModelSpec, TensorSpec, merge_user_specs, normalize_dtype, parse_input_arg
 
 
 def test_parse_full_form():
@@ -8,8 +8,10 @@ def test_parse_full_form():
     assert spec == TensorSpec("ids", (1, 32), "int64", value_range=(0, 1000))
 
 
-def test_parse_defaults_to_float32_and_accepts_aliases():
-    assert parse_input_arg("x:1x3x224x224").dtype == "float32"
+def test_parse_keeps_the_models_dtype_unless_given_and_accepts_aliases():
+    assert parse_input_arg("x:1x3x224x224").dtype == ""          # "": the model's own dtype is kept
+    assert merge_user_specs([TensorSpec("x", ("?", 3), "int64")], (parse_input_arg("x:2x3"),))[0].dtype == "int64"
+    assert merge_user_specs([TensorSpec("x", None)], (parse_input_arg("x:2x3"),))[0].dtype == "float32"
     assert parse_input_arg("x:2x4:fp16").dtype == "float16"
     assert parse_input_arg("x:scalar").shape == ()
 

@@ -26,6 +26,7 @@ def _manifest(result) -> dict:
     return json.loads(open(result.manifest).read())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source, via, first_edge", TORCH_TO_TFLITE, ids=[f"{s}-{v}" for s, v, _ in TORCH_TO_TFLITE])
 def test_torch_samples_to_tflite(exported, source, via, first_edge):
     result = exported(source, "tflite", via)
@@ -36,6 +37,7 @@ def test_torch_samples_to_tflite(exported, source, via, first_edge):
     assert any("ran on litert (XNNPACK)" in note for note in data["parity"]["notes"])
 
 
+@pytest.mark.slow
 def test_onnx2tf_layout_is_recorded_and_applied(exported):
     data = _manifest(exported("mobilenet_v2.pt2", "tflite", "onnx"))
     assert data["layout"]["inputs"] == {"image": [0, 2, 3, 1]}
@@ -45,6 +47,7 @@ def test_onnx2tf_layout_is_recorded_and_applied(exported):
     assert all(hop["parity_vs_source"].startswith("PASS") for hop in data["route"])
 
 
+@pytest.mark.slow
 def test_litert_keeps_nchw_and_narrows_token_ids(exported):
     data = _manifest(exported("mobilenet_v2.pt2", "tflite", "litert"))
     assert data["layout"] == {"inputs": {}, "outputs": {}}
@@ -54,6 +57,7 @@ def test_litert_keeps_nchw_and_narrows_token_ids(exported):
     assert any("int32" in note for note in data["route"][0]["notes"])
 
 
+@pytest.mark.slow
 def test_feature_map_outputs_are_compared_in_the_source_layout(tmp_path):
     import torch
 
@@ -79,14 +83,16 @@ def test_feature_map_outputs_are_compared_in_the_source_layout(tmp_path):
     assert torch
 
 
+@pytest.mark.slow
 def test_route_all_builds_and_times_every_route(samples_dir, tmp_path):
-    result = api.export(str(samples_dir / "two_layer_net.pt2"), "tflite", str(tmp_path / "m.tflite"), route_all=True)
+    result = api.export(str(samples_dir / "two_layer_net.pt2"), "tflite", str(tmp_path / "m.tflite"), route="all")
     assert {r["route"] for r in result.routes} == {"torch_to_tflite", "torch_to_onnx → onnx_to_tflite"}
     assert all(r["passed"] and r["latency_ms_1thread"] > 0 for r in result.routes)
     assert sum(r["chosen"] for r in result.routes) == 1
     assert len(_manifest(result)["routes"]) == 2
 
 
+@pytest.mark.slow
 def test_unsupported_cells_fail_with_a_verdict(samples_dir, tmp_path):
     with pytest.raises(UsageError, match="goes via 'litert'") as usage:
         api.export(str(samples_dir / "mobilenet_v2.pt"), "tflite", str(tmp_path / "a.tflite"), via="litert")
@@ -104,6 +110,7 @@ def test_unsupported_cells_fail_with_a_verdict(samples_dir, tmp_path):
     assert not list(tmp_path.glob("*.tflite"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source, target", [
     ("keras_two_layer_net.keras", "tflite"), ("keras_two_layer_net.keras", "onnx"),
     ("keras_two_layer_net.keras", "saved_model"), ("keras_two_layer_net.h5", "tflite"),
@@ -115,6 +122,7 @@ def test_keras_samples_to_every_target(exported, keras_samples_dir, source, targ
     assert _manifest(result)["layout"] == {"inputs": {}, "outputs": {}}
 
 
+@pytest.mark.slow
 def test_chain_verify_keras_to_onnx_tflite_saved_model(exported, keras_samples_dir):
     artifacts = [exported("keras_two_layer_net.keras", t, None, keras_samples_dir).artifact
                  for t in ("onnx", "tflite", "saved_model")]
@@ -123,6 +131,7 @@ def test_chain_verify_keras_to_onnx_tflite_saved_model(exported, keras_samples_d
     assert "hop" in report.reports[2].notes[-1]
 
 
+@pytest.mark.slow
 def test_saved_model_source_and_tflite_back_to_onnx(exported, keras_samples_dir, tmp_path):
     saved = exported("keras_two_layer_net.keras", "saved_model", None, keras_samples_dir).artifact
     back = api.export(saved, "onnx", str(tmp_path / "from_saved_model.onnx"))
@@ -132,6 +141,7 @@ def test_saved_model_source_and_tflite_back_to_onnx(exported, keras_samples_dir,
     assert onnx_again.passed and _manifest(onnx_again)["route"][0]["edge"] == "tflite_to_onnx"
 
 
+@pytest.mark.slow
 def test_xnnpack_switch_and_inspect(exported, samples_dir):
     artifact = exported("mobilenet_v2.pt2", "tflite", "litert").artifact
     report = api.verify(str(samples_dir / "mobilenet_v2.pt2"), [artifact],
@@ -141,6 +151,7 @@ def test_xnnpack_switch_and_inspect(exported, samples_dir):
     assert info["format"] == "tflite" and info["signature"]["inputs"][0]["shape"] == [1, 3, 224, 224]
 
 
+@pytest.mark.slow
 def test_corrupt_tflite_is_a_load_error(exported, tmp_path):
     data = open(exported("two_layer_net.pt2", "tflite", "litert").artifact, "rb").read()
     (tmp_path / "cut.tflite").write_bytes(data[:64])
@@ -148,6 +159,7 @@ def test_corrupt_tflite_is_a_load_error(exported, tmp_path):
         inspect_model(str(tmp_path / "cut.tflite"))
 
 
+@pytest.mark.slow
 def test_reference_architectures_not_written_for_deploykit(tmp_path):
     """A Keras application with random weights -> ONNX (tf2onnx) -> TFLite (onnx2tf), and a torch
     nn.TransformerEncoder program -> TFLite (litert-torch)."""
@@ -180,6 +192,7 @@ def test_reference_architectures_not_written_for_deploykit(tmp_path):
     assert np.isfinite(result.parity["outputs"][0]["max_abs"])
 
 
+@pytest.mark.slow
 def test_torch_to_saved_model_through_onnx2tf(exported):
     result = exported("two_layer_net.pt2", "saved_model")
     assert result.passed

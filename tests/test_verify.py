@@ -19,6 +19,7 @@ def _tamper(src: str, dst, scale: float = 1.05) -> str:
     return str(dst)
 
 
+@pytest.mark.slow
 def test_verify_passes_on_a_good_export_with_user_data(exported, samples_dir):
     result = exported("mobilenet_v2.pt2")
     report = api.verify(str(samples_dir / "mobilenet_v2.pt2"), [result.artifact],
@@ -28,6 +29,7 @@ def test_verify_passes_on_a_good_export_with_user_data(exported, samples_dir):
     assert comparison["samples"] == 3 and comparison["outputs"][0]["top1_agreement"] == 1.0
 
 
+@pytest.mark.slow
 def test_verify_catches_a_tampered_artifact(exported, samples_dir, tmp_path):
     bad = _tamper(exported("two_layer_net.pt2").artifact, tmp_path / "bad.onnx")
     report = api.verify(str(samples_dir / "two_layer_net.pt2"), [bad])
@@ -36,6 +38,7 @@ def test_verify_catches_a_tampered_artifact(exported, samples_dir, tmp_path):
     assert out.status == "fail" and out.max_abs > 1e-3 and out.failing_samples
 
 
+@pytest.mark.slow
 def test_chain_report_compares_each_artifact_with_the_source_and_each_hop(exported, samples_dir, tmp_path):
     good = exported("two_layer_net.pt2").artifact
     bad = _tamper(good, tmp_path / "bad.onnx", scale=1.5)
@@ -45,11 +48,13 @@ def test_chain_report_compares_each_artifact_with_the_source_and_each_hop(export
     assert "two_layer_net.pt" in report.reports[0].reference
 
 
+@pytest.mark.slow
 def test_onnx_source_runs_isolated_too(exported):
     artifact = exported("tiny_transformer.pt2").artifact
     assert api.verify(artifact, [artifact]).passed
 
 
+@pytest.mark.slow
 def test_custom_tolerance_can_make_verify_stricter(exported, samples_dir):
     artifact = exported("mobilenet_v2.pt2").artifact
     report = api.verify(str(samples_dir / "mobilenet_v2.pt2"), [artifact],
@@ -58,15 +63,17 @@ def test_custom_tolerance_can_make_verify_stricter(exported, samples_dir):
     assert report.reports[0].outputs[0].cosine > 0.99999
 
 
-def test_isolated_crash_becomes_an_error(tmp_path, monkeypatch, exported):
-    from deploykit import isolation
+@pytest.mark.slow
+def test_an_artifact_that_crashes_its_runtime_is_a_parity_error(tmp_path, monkeypatch, exported):
+    from deploykit import child
 
+    artifact = exported("two_layer_net.pt2").opened
     crasher = tmp_path / "crash.sh"
     crasher.write_text("#!/bin/sh\nkill -SEGV $$\n")
     crasher.chmod(0o755)
-    monkeypatch.setattr(isolation.sys, "executable", str(crasher))
-    with pytest.raises(ParityError, match="crashed with SIGSEGV"):
-        isolation.run_isolated(exported("two_layer_net.pt2").artifact, [{"x": np.zeros((64, 1000), np.float32)}])
+    monkeypatch.setattr(child.sys, "executable", str(crasher))
+    with pytest.raises(ParityError, match="running two_layer_net_pt2_default.onnx crashed with SIGSEGV"):
+        artifact.run([{"x": np.zeros((64, 1000), np.float32)}])
 
 
 def test_onnxruntime_device_selection():
@@ -82,6 +89,7 @@ def test_onnxruntime_device_selection():
             providers_for("cuda")
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 def test_verify_on_the_cuda_execution_provider(exported, samples_dir):
     report = api.verify(str(samples_dir / "tiny_transformer.pt2"), [exported("tiny_transformer.pt2").artifact],

@@ -1,0 +1,106 @@
+"""An artifact is an object that runs itself: read once, handed from converter to checker to manifest.
+
+    artifact = Artifact.open("model.tflite")            # detect + describe once (+ layout from its manifest)
+    result = artifact.run([feeds], RunnerOptions(threads=1), timing=DEFAULT_TIMING)
+    result.outputs[0]["output"], result.latency_ms["p50"]
+
+``run`` always goes through the one child harness (``deploykit.child``): a runtime that
+crashes on the file takes down a child, not the CLI. The child receives the artifact's
+description, so it does not read the file's signature again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+from deploykit.child import RUN, pack_samples, run_child, unpack_samples
+from deploykit.fsutil import sha256_of
+from deploykit.harness import Timing
+from deploykit.model import DEFAULT_TIMEOUT_S, LoadedModel, LoadOptions, load_model
+from deploykit.runner import RunnerOptions
+
+
+@dataclass
+class RunResult:
+    """Outputs per sample (in the artifact's own layout) and what ran them."""
+
+    outputs: list
+    runtime: str
+    providers: list = field(default_factory=list)
+    latency_ms: Optional[dict] = None       # latency_stats() when a Timing was asked for
+    timing: str = ""
+
+    @property
+    def ran_on(self) -> str:
+        return f"{self.runtime} ({', '.join(self.providers) or 'default'})"
+
+
+@dataclass
+class Artifact(LoadedModel):
+    """A model file (ONNX, TFLite, SavedModel, ...) with its signature, recorded layout and hash.
+
+    ``layout`` maps the artifact's tensors to the source's axes ({"inputs": {name: perm},
+    "outputs": {name: perm}}); ``sha256`` is taken when the artifact is opened — for a
+    converter's output, when the hop is made.
+    """
+
+    layout: dict = field(default_factory=dict)
+    sha256: Optional[str] = None
+    manifest: Optional[dict] = None
+
+    @classmethod
+    def open(cls, path: "str | Path", *, layout: Optional[dict] = None, load: Optional[LoadOptions] = None,
+             description: Optional[dict] = None) -> "Artifact":
+        """Describe the file once (in a child for formats a runtime could crash on).
+
+        ``description`` (a converter child's ``LoadedModel.description()`` of the file it wrote)
+        saves reading it again; ``layout`` defaults to the one recorded in its manifest.
+        """
+        from deploykit import manifest
+
+        path = str(path)
+        if description is not None:
+            from deploykit.model import model_from_request
+
+            model = model_from_request(description)
+        else:
+            model = load_model(path, load or LoadOptions())
+        stored = manifest.read(path)
+        recorded = layout if layout is not None else ((stored or {}).get("layout") or {})
+        return cls.of(model, layout=recorded, manifest=stored)
+
+    @classmethod
+    def of(cls, model: LoadedModel, *, layout: Optional[dict] = None, manifest: Optional[dict] = None) -> "Artifact":
+        """An already loaded model as an artifact (hashing it now)."""
+        if isinstance(model, Artifact) and layout is None:
+            return model
+        return cls(str(model.path), model.format, model.spec, model.handle, model.weights, dict(model.details),
+                   model.load, layout=layout or {}, sha256=sha256_of(model.path), manifest=manifest)
+
+    def with_layout(self, layout: dict) -> "Artifact":
+        return replace(self, layout=layout)
+
+    def moved_to(self, path: "str | Path") -> "Artifact":
+        """The same bytes under a new name (published from the staging folder)."""
+        return replace(self, path=str(path))
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    def run(self, feeds_list: list, options: RunnerOptions = RunnerOptions(), *, runtime: Optional[str] = None,
+            timeout: float = DEFAULT_TIMEOUT_S, timing: Optional[Timing] = None, debug: bool = False) -> RunResult:
+        """Run every feed dict (the artifact's own names and layout) in a child process.
+
+        With ``timing`` the first feed is also timed by the one timing loop (``latency_ms``).
+        A crash or time-out raises ParityError (exit 1): the artifact cannot be trusted.
+        """
+        request = {"model": self.description(), "runtime": runtime, "options": options.__dict__,
+                   "samples": len(feeds_list), "timing": timing.to_dict() if timing else None}
+        child = run_child("deploykit.harness:run_job", request, arrays=pack_samples(feeds_list), stage=RUN,
+                          what=self.name, timeout=timeout, debug=debug)
+        order = child.info.get("output_names", [])
+        outputs = [{n: o[n] for n in order if n in o} for o in unpack_samples(child.arrays, len(feeds_list))]
+        return RunResult(outputs, child.info.get("runtime", "?"), child.info.get("providers") or [],
+                         child.info.get("latency_ms"), child.info.get("timing", ""))

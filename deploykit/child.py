@@ -1,0 +1,256 @@
+"""The one child-process harness: every child deploykit starts begins here.
+
+Converter jobs (onnx2tf, litert-torch, tf2onnx), runs of an artifact on feeds, benchmark
+cases, FLOP counts and the description of a file a runtime could crash on all run as
+
+    run_child("package.module:function", request, arrays=..., timeout=..., stage=RUN, what="m.tflite")
+
+and come back as a ChildResult (JSON info + numpy arrays). Why a child at all: a runtime can
+segfault on a bad file, a converter can hang or flood the terminal, and a benchmark must own
+its process (import cost, peak memory). What the harness guarantees, for every caller alike:
+
+* a DeploykitError raised in the child is raised in the parent as the same class, with its
+  message, remedy, details and outcome;
+* any other exception, a crash (signal) or a time-out becomes the *stage's* error — loading
+  (exit 2), converting (exit 4), running (exit 1) or measuring — with a remedy that names the
+  stage's own option (``--timeout``) and never an option that makes no sense there;
+* the child never sees the working directory on ``sys.path`` (``python -P``), so a folder
+  holding ``numpy.py`` or ``runtimes/`` cannot inject code; the parent's own code root is
+  put on PYTHONPATH instead;
+* the child and anything it starts run in their own process group, killed as a whole on a
+  time-out or when the parent is interrupted;
+* its stdout/stderr are kept out of the user's terminal (shown with ``debug``).
+
+A job is ``def job(request: dict, arrays: dict[str, np.ndarray]) -> dict``; a returned dict
+may carry an ``"arrays"`` entry (name -> ndarray) that travels back as .npz, exactly.
+This module imports no numpy at module level: a benchmark child reads its memory baseline
+before anything heavy is imported, and numpy is imported only when arrays travel.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+from deploykit import errors
+from deploykit.errors import Outcome
+from deploykit.text import exception_line, last_line
+
+IN_CHILD_ENV = "DEPLOYKIT_CHILD"        # set in every child: code that would isolate itself need not
+POLL_S = 0.25                           # how often an `abort` callback is asked while a child runs
+RSS_AT_START: Optional[int] = None     # the child's resident memory before its job imported anything
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What a child does, and how its failures read: the error class, the words, the remedies."""
+
+    name: str
+    error: type
+    subject: str            # "{what}" is filled in: "loading m.tflite", "the onnx2tf converter"
+    timeout_remedy: str
+    failure_remedy: str
+    outcome: Optional[Outcome] = None
+
+    def describe(self, what: str) -> str:
+        return self.subject.format(what=what)
+
+
+LOAD = Stage("load", errors.ModelLoadError, "loading {what}",
+             "raise --timeout if the model is just large; a small file that never loads is damaged",
+             "the file is corrupt or hits a bug in the runtime; --debug shows the runtime's log",
+             Outcome.ARTIFACT_LOAD_FAILED)
+CONVERT = Stage("convert", errors.ConversionError, "the {what} converter",
+                "raise --timeout, or try another route with --via",
+                "run with --debug for the converter's log, or try another route with --via",
+                Outcome.CONVERT_FAILED)
+RUN = Stage("run", errors.ParityError, "running {what}",
+            "raise --timeout, or check the model for a hang",
+            "the artifact is broken or hits a runtime bug; run with --debug for its log",
+            Outcome.ARTIFACT_RUN_FAILED)
+MEASURE = Stage("measure", errors.MeasurementError, "measuring {what}",
+                "raise --timeout, or lower --iterations / --seconds",
+                "run with --debug for the runtime's log")
+
+
+@dataclass
+class ChildResult:
+    """What a job returned (JSON-able info) and the arrays it sent back."""
+
+    info: dict
+    arrays: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def run_child(target: str, request: dict, *, stage: Stage, what: str, timeout: float,
+              arrays: Optional[Mapping] = None, debug: bool = False,
+              abort: Optional[Callable[[], Optional[BaseException]]] = None) -> ChildResult:
+    """Run ``target`` (``module:function``) in a fresh Python process and return its result.
+
+    Raises the child's own DeploykitError, or ``stage.error`` for a crash, a time-out or any
+    other exception in the child. ``timeout`` is in seconds (finite, > 0). ``abort`` is polled
+    while the child runs: when it returns an exception (the source's load failed meanwhile, say),
+    the child is stopped and that exception raised, rather than waiting for work that is moot.
+    """
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise errors.UsageError(f"--timeout must be a positive number of seconds (got {timeout!r})",
+                                "e.g. --timeout 600")
+    with tempfile.TemporaryDirectory(prefix="deploykit-child-") as tmp:
+        folder = Path(tmp)
+        envelope = {"target": target, "request": request, "arrays": bool(arrays), "spawned_at": time.time()}
+        (folder / "request.json").write_text(json.dumps(envelope, default=str))
+        if arrays:
+            _save_arrays(folder / "arrays.npz", arrays)
+        started = time.perf_counter()
+        returncode, stdout, stderr = _launch(folder, timeout, stage, what, abort)
+        seconds = time.perf_counter() - started
+        if debug:
+            sys.stderr.write(stdout + stderr)
+        if (folder / "error.json").exists():
+            raise _child_error(json.loads((folder / "error.json").read_text()), stage, what)
+        if not (folder / "result.json").exists():
+            raise stage.error(f"{stage.describe(what)} {_describe_exit(returncode)}: {last_line(stderr)}",
+                              stage.failure_remedy, outcome=stage.outcome)
+        info = json.loads((folder / "result.json").read_text())
+        returned = _load_arrays(folder / "result.npz") if (folder / "result.npz").exists() else {}
+    return ChildResult(info, returned, seconds)
+
+
+def code_root() -> str:
+    """The folder that holds the deploykit, converters and runtimes packages."""
+    return str(Path(__file__).resolve().parents[1])
+
+
+def _launch(folder: Path, timeout: float, stage: Stage, what: str, abort=None) -> tuple:
+    pythonpath = os.pathsep.join(p for p in (code_root(), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=pythonpath, **{IN_CHILD_ENV: "1"})
+    # -P: the working directory is not put on sys.path, so nothing in it is imported by accident.
+    process = subprocess.Popen([sys.executable, "-P", "-m", "deploykit.child", str(folder)], env=env,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               errors="replace", start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                # Short waits when there is something to poll; communicate() may be called again after a time-out.
+                step = min(POLL_S, deadline - time.monotonic()) if abort else deadline - time.monotonic()
+                stdout, stderr = process.communicate(timeout=max(step, 0.001))
+                return process.returncode, stdout, stderr
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    _kill_group(process)
+                    raise stage.error(f"{stage.describe(what)} did not finish within {timeout:g} s",
+                                      stage.timeout_remedy, outcome=stage.outcome) from None
+                failure = abort() if abort else None
+                if failure is not None:
+                    _kill_group(process)
+                    raise failure from None
+    except BaseException:
+        _kill_group(process)     # Ctrl-C or SIGTERM in the parent: no orphan keeps converting
+        raise
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.communicate()
+
+
+def _describe_exit(code: int) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"crashed with {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code} and no result"
+
+
+def _child_error(data: dict, stage: Stage, what: str) -> errors.DeploykitError:
+    if data.get("error"):
+        error = errors.from_dict(data)
+        if error.outcome is None:
+            error.outcome = stage.outcome
+        return error
+    return stage.error(f"{stage.describe(what)} failed: {data.get('message', '?')}", stage.failure_remedy,
+                       outcome=stage.outcome)
+
+
+def _save_arrays(path: Path, arrays: Mapping) -> None:
+    import numpy as np
+
+    np.savez(path, **dict(arrays))
+
+
+def _load_arrays(path: Path) -> dict:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def pack_samples(samples: list) -> dict:
+    """[{name: array}, ...] -> {"i::name": array}: a list of feeds as one flat .npz mapping."""
+    return {f"{index}::{name}": value for index, sample in enumerate(samples) for name, value in sample.items()}
+
+
+def unpack_samples(arrays: Mapping, count: Optional[int] = None) -> list:
+    """The inverse of pack_samples (sample order and names kept)."""
+    samples: dict = {}
+    for key, value in arrays.items():
+        index, _, name = key.partition("::")
+        samples.setdefault(int(index), {})[name] = value
+    total = count if count is not None else (max(samples) + 1 if samples else 0)
+    return [samples.get(i, {}) for i in range(total)]
+
+
+def in_child() -> bool:
+    """True inside a process started by run_child (already isolated from the CLI)."""
+    return os.environ.get(IN_CHILD_ENV) == "1"
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _child_main(folder: Path) -> int:
+    """Child side: run the job, write result.json (+ result.npz) or error.json."""
+    envelope = json.loads((folder / "request.json").read_text())
+    request = dict(envelope["request"], _spawned_at=envelope["spawned_at"], _rss_at_start=RSS_AT_START)
+    try:
+        from deploykit.registry import resolve
+
+        arrays = _load_arrays(folder / "arrays.npz") if envelope["arrays"] else {}
+        result = resolve(envelope["target"])(request, arrays) or {}
+        returned = result.pop("arrays", None)
+        if returned:
+            _save_arrays(folder / "result.npz", returned)
+        (folder / "result.json").write_text(json.dumps(result, default=str))
+        return 0
+    except errors.DeploykitError as exc:
+        (folder / "error.json").write_text(json.dumps({**exc.to_dict(), "details": exc.details}, default=str))
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - any failure of a job is reported to the parent, as text
+        (folder / "error.json").write_text(json.dumps({"error": None, "message": exception_line(exc)}))
+        return 1
+
+
+if __name__ == "__main__":
+    RSS_AT_START = _rss_bytes()
+    sys.exit(_child_main(Path(sys.argv[1])))

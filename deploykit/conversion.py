@@ -1,0 +1,92 @@
+"""The converter contract: what every edge (``converters/<src>_to_<dst>.py``) takes and returns.
+
+An edge registered in ``deploykit.registry.EDGES`` provides
+
+    convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult
+
+It writes its artifact at ``out_path`` (side files beside it), verifies it with ``check`` (the
+export's one parity engine against the *source*, run through the child harness) — usually via
+:func:`accept` — and raises ConversionError with a remedy when it cannot. A converter that
+can hang, crash or flood the terminal runs its tool through ``deploykit.child.run_child``
+with ``stage=CONVERT``; it may return the description of the file its child wrote, so the
+artifact is not read again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from deploykit.errors import (ConversionError, DeploykitError, MissingDependency, ModelLoadError, Outcome,
+                              ParityError, UnsupportedModelError)
+from deploykit.parity import ParityReport
+
+# check(candidate: Path | Artifact, samples, batch=None, layout=None) -> ParityReport against the source;
+# the export API provides it so that an edge can verify its own intermediate results (exporter
+# fallbacks, graph optimizations) with the one parity engine.
+Check = Callable[..., ParityReport]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What every converter is told (one frozen object, not a keyword argument per option)."""
+
+    opset: Optional[int] = None
+    dynamic_batch: bool = False
+    optimize: bool = True
+    samples: int = 5
+    timeout: float = 600.0
+    debug: bool = False
+    keep_layout: bool = False      # ask converters that change layouts (onnx2tf) to keep the source's inputs
+    quantize: Optional[str] = None  # fp16 | dynamic | int8, applied by the route's last edge
+    io_dtype: str = "float"         # int8 TFLite: float or int8 inputs/outputs
+    # Calibration feeds for the edge's input model (renamed and permuted by the routing).
+    calibration_feeds: Optional[Callable] = None
+
+
+@dataclass
+class ConversionResult:
+    """One hop's outcome: the file, the tool that wrote it, the check that accepted it, its layout."""
+
+    path: Path
+    converter: str
+    tool: str                                        # which exporter produced the file
+    parity: Optional[ParityReport] = None            # the check that accepted it
+    extra_files: list = field(default_factory=list)  # side files (external data)
+    input_perms: dict = field(default_factory=dict)  # layout: artifact axes -> source axes
+    output_perms: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    attempts: list = field(default_factory=list)     # [{"tool":..., "ok":..., "why":...}]
+    artifact: object = None                          # the Artifact that was checked, when it is the final file
+    description: Optional[dict] = None               # a converter child's description of the file it wrote
+
+
+def accept(result: ConversionResult, check: Check, options: ExportOptions, tag: str, what: str, remedy: str,
+           layout: Optional[dict] = None) -> ConversionResult:
+    """Check a converter's artifact against the source and record the attempt.
+
+    Raises ConversionError with the hop's outcome when the artifact does not load
+    (ARTIFACT_LOAD_FAILED), does not run (ARTIFACT_RUN_FAILED) or does not match (MISMATCH);
+    returns the result with its parity and checked artifact otherwise.
+    """
+    from deploykit.artifact import Artifact
+
+    try:
+        artifact = Artifact.open(result.path, layout=layout or {}, description=result.description)
+        report = check(artifact, options.samples, layout=layout)
+    except (ConversionError, MissingDependency):
+        raise
+    except (ModelLoadError, UnsupportedModelError) as exc:
+        raise ConversionError(f"{what} wrote a model that does not load: {exc.message}", remedy,
+                              outcome=Outcome.ARTIFACT_LOAD_FAILED) from None
+    except DeploykitError as exc:
+        outcome = exc.outcome or (Outcome.ARTIFACT_RUN_FAILED if isinstance(exc, ParityError) else None)
+        raise ConversionError(f"{what} wrote a model that does not run: {exc.message}", remedy,
+                              outcome=outcome or Outcome.ARTIFACT_RUN_FAILED) from None
+    result.attempts.append({"tool": tag, "ok": report.passed, "why": report.summary()})
+    result.parity, result.artifact = report, artifact
+    if not report.passed:
+        raise ConversionError(f"the {what} model does not match the source: {report.summary()}", remedy,
+                              details={"parity": report.to_dict()}, outcome=Outcome.MISMATCH)
+    return result

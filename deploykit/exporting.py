@@ -1,0 +1,241 @@
+"""`export`: load → plan routes → convert hop by hop (each hop checked) → choose → publish → manifest.
+
+The artifact of every hop is an :class:`~deploykit.artifact.Artifact` object handed along:
+described once, hashed when it is made, run through the child harness by its own ``run``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from deploykit import fsutil, manifest, registry, routing
+from deploykit.checking import Checker, make_checker
+from deploykit.conversion import ExportOptions
+from deploykit.errors import UsageError
+from deploykit.harness import DEFAULT_TIMING
+from deploykit.formats import TORCH_FORMATS, Format, detect
+from deploykit.model import LoadedModel, LoadOptions, PendingModel, load_model
+from deploykit.options import PRECISION_OF, QuantizeOptions, VerifyOptions, check_choice
+from deploykit.parity import tolerance_for
+from deploykit.runner import RunnerOptions
+
+HELD_OUT_LIMIT = 64   # enough for agreement percentages with a resolution of ~1.5 %
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """Everything `export` was asked for, besides the source and the target."""
+
+    force: bool = False
+    load: LoadOptions = field(default_factory=LoadOptions)
+    verify: VerifyOptions = field(default_factory=VerifyOptions)
+    opset: Optional[int] = None
+    dynamic_batch: bool = False
+    optimize: bool = True
+    via: Optional[str] = None
+    route: str = "first"
+    keep_layout: bool = False
+    quantize: Optional[QuantizeOptions] = None
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice(self.route, ("first", "all"), "--route")
+        if self.opset is not None and not 7 <= self.opset <= 23:
+            raise UsageError(f"--opset {self.opset} is outside the opsets the exporters write (7..23)",
+                             "e.g. --opset 17, or leave it out for the exporter's default")
+
+
+@dataclass
+class ExportResult:
+    artifact: str
+    manifest: str
+    route: list
+    parity: dict
+    warnings: list = field(default_factory=list)
+    seconds: float = 0.0
+    routes: list = field(default_factory=list)    # every route tried: passed, outcome, error, metrics, latency
+    opened: object = None                         # the published Artifact object (runs itself; not in JSON)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.parity.get("passed"))
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "artifact": self.artifact, "manifest": self.manifest, "route": self.route,
+                "parity": self.parity, "warnings": self.warnings, "seconds": round(self.seconds, 3),
+                "routes": self.routes}
+
+
+def default_output(source: str, dst: Format, output: Optional[str] = None) -> str:
+    if output:
+        return output
+    name = source.rpartition(":")[2] if ":" in source and not Path(source).exists() else Path(source).stem
+    return name + routing.SUFFIXES[dst]
+
+
+def export_model(source: str, dst: Format, output: Optional[str], plan: ExportPlan) -> ExportResult:
+    """Convert, verify every hop against the source, publish the artifact and its manifest atomically."""
+    started = time.perf_counter()
+    quantize, verify = plan.quantize, plan.verify
+    mode = quantize.mode if quantize else None
+    # A file source is read (and validated) first; a PyTorch one loads in the background after the cheap checks.
+    fmt = detect(source)
+    model = None if fmt in TORCH_FORMATS else load_model(source, plan.load)
+    routes = routing.select_routes(fmt, dst, plan.via, mode, quantize.io_dtype if quantize else "float")
+    out = fsutil.prepare_output(default_output(source, dst, output), plan.force, directory=dst == Format.SAVED_MODEL)
+    if Path(source).exists() and out.resolve() == Path(source).resolve():
+        raise UsageError(f"the output {out} is the source itself", "choose another -o")
+    fsutil.prepare_output(manifest.manifest_path(out), plan.force)
+    model = model or PendingModel(source, plan.load)
+    checker = make_checker(model, verify)
+    options = ExportOptions(opset=plan.opset, dynamic_batch=plan.dynamic_batch, optimize=plan.optimize,
+                            samples=verify.samples, timeout=verify.timeout, debug=plan.debug,
+                            keep_layout=plan.keep_layout, quantize=mode,
+                            io_dtype=quantize.io_dtype if quantize else "float")
+    calibration, calibration_info = _calibration(model, quantize)
+    final_tolerance = tolerance_for(PRECISION_OF[mode], verify.atol, verify.rtol) if mode else None
+    final_feeds = _judging_feeds(model, quantize, calibration, calibration_info, verify)
+    route_all = plan.route == "all"
+    with fsutil.staging_dir(out.parent) as stage:
+        runs = []
+        for index, route in enumerate(routes):
+            folder = stage / f"route{index}"
+            folder.mkdir()
+            runs.append(routing.run_route(route, model, folder / out.name, options, checker,
+                                          calibration[0] if calibration else None, final_tolerance, final_feeds))
+            if runs[-1].passed and not route_all:
+                break
+        if isinstance(model, PendingModel):
+            model.result()        # a source that does not load is the error to report, not the routes
+        if route_all:
+            _measure_latency(runs, checker, verify.timeout)
+        chosen = routing.choose(runs, route_all)
+        final = chosen.final
+        moves = [(f, out.parent / f.name) for f in final.extra_files] + [(final.path, out)]
+        fsutil.publish(moves)
+    artifact = chosen.artifact.moved_to(out)
+    data = _write_manifest(artifact, model, chosen, runs, [m[1] for m in moves[:-1]], mode, calibration_info)
+    warnings = [w for hop in chosen.hops for w in hop.warnings] + calibration_info.get("warnings", [])
+    return ExportResult(str(out), str(manifest.manifest_path(out)), data["route"], data["parity"], warnings,
+                        time.perf_counter() - started, data["routes"], artifact)
+
+
+def measure_latency(artifact, feeds: dict, timeout: float) -> Optional[float]:
+    """1-thread p50 latency of an artifact with the one timing loop (the same semantics as `bench`)."""
+    result = artifact.run([feeds], RunnerOptions(threads=1), timeout=timeout, timing=DEFAULT_TIMING)
+    return (result.latency_ms or {}).get("p50")
+
+
+def _measure_latency(runs: list, checker: Checker, timeout: float) -> None:
+    """1-thread latency of each passing route's artifact (for --route all)."""
+    for run in runs:
+        if run.passed:
+            source_feeds = checker.feeds(1)[0][1]
+            run.latency_ms = measure_latency(run.artifact, checker.feeds_for(run.artifact, source_feeds, run.layout),
+                                             timeout)
+
+
+def _write_manifest(artifact, model: LoadedModel, chosen, runs: list, extra_files: list,
+                    mode: Optional[str] = None, calibration_info: Optional[dict] = None) -> dict:
+    route_info = [{key: hop[key] for key in ("edge", "tool", "outcome", "attempts", "notes", "parity_vs_source",
+                                             "artifact_sha256")} for hop in chosen.to_dict()["hops"]]
+    final = chosen.final
+    data = manifest.build(Path(artifact.path), artifact.format.value, model, route_info,
+                          _artifact_signature(model, artifact, chosen.layout), chosen.layout,
+                          final.parity.to_dict() if final.parity else None,
+                          [w for hop in chosen.hops for w in hop.warnings], extra_files,
+                          _libraries_used(chosen.route, " ".join(h.tool for h in chosen.hops)),
+                          artifact_sha256=artifact.sha256)
+    data["routes"] = [dict(r.to_dict(), chosen=r is chosen) for r in runs]
+    data["precision"] = mode or "fp32"
+    if mode:
+        data["calibration"] = calibration_info
+        data["warnings"] = data["warnings"] + (calibration_info or {}).get("warnings", [])
+    fsutil.write_text_atomic(manifest.manifest_path(artifact.path), manifest.dumps(data))
+    return data
+
+
+def _artifact_signature(source: LoadedModel, artifact: LoadedModel, layout: dict) -> dict:
+    """The artifact's signature, with the source's layout labels carried over by position
+    (and permuted where the route recorded a permutation: NCHW becomes NHWC, say)."""
+    signature = artifact.spec.to_dict()
+    for kind, tensors in (("inputs", source.spec.inputs), ("outputs", source.spec.outputs)):
+        perms = layout.get(kind) or {}
+        for entry, src in zip(signature[kind], tensors):
+            label, perm = src.layout, perms.get(entry["name"])
+            if entry["layout"] is None and label:
+                entry["layout"] = _permuted_label(label, perm, kind) if perm else label
+    return signature
+
+
+def _permuted_label(label: str, perm: list, kind: str) -> str:
+    if len(perm) != len(label):
+        return label
+    if kind == "inputs":                      # artifact axis j holds source axis perm[j]
+        return "".join(label[i] for i in perm)
+    letters = [""] * len(perm)                # source axis i is artifact axis perm[i]
+    for i, axis in enumerate(perm):
+        letters[axis] = label[i]
+    return "".join(letters)
+
+
+def _libraries_used(route: list, tool: str) -> tuple:
+    names = ["deploykit", "numpy", "onnxruntime"]
+    for edge in route:
+        names += [registry.PACKAGES.get(p, (p, ""))[0] for p in edge.requires]
+    if "onnxslim" in tool:
+        names.append("onnxslim")
+    return tuple(dict.fromkeys(names))
+
+
+def _calibration(model: LoadedModel, quantize: Optional[QuantizeOptions]) -> tuple:
+    """Calibration feeds (source layout) for int8, and what the manifest says about them."""
+    if not quantize or quantize.mode != "int8":
+        return None, {}
+    from deploykit.calibration import calibration_feeds
+
+    feeds, held_out, warning = calibration_feeds(model.spec, quantize.calibration, quantize.samples,
+                                                 quantize.normalize)
+    info = {"source": quantize.calibration or "random", "samples": len(feeds), "normalize": quantize.normalize,
+            "held_out": len(held_out)}
+    if warning:
+        info["warnings"] = [warning]
+    return (feeds, held_out), info
+
+
+def _judging_feeds(model: LoadedModel, quantize: Optional[QuantizeOptions], calibration, info: dict,
+                   verify: VerifyOptions) -> Optional[tuple]:
+    """What a quantized artifact is compared on (None: the usual seeded samples, plus --inputs).
+
+    fp16 and dynamic fit nothing to data, but data given with --calibration is the user's data:
+    task-level agreement is measured on it rather than on random inputs."""
+    if not quantize or not quantize.mode:
+        return None
+    if quantize.mode == "int8":
+        return _in_distribution_feeds(model, calibration, info, verify)
+    if quantize.calibration and not verify.inputs_npz:
+        from deploykit.calibration import calibration_feeds
+
+        feeds, _rest, _warning = calibration_feeds(model.spec, quantize.calibration, HELD_OUT_LIMIT,
+                                                   quantize.normalize)
+        return ("--calibration", feeds)
+    return None
+
+
+def _in_distribution_feeds(model: LoadedModel, calibration: tuple, info: dict, verify: VerifyOptions) -> tuple:
+    """What an int8 artifact is judged on: the user's --inputs, else the calibration data held out beyond
+    --calibration-samples (up to HELD_OUT_LIMIT), else the last calibration samples, else fresh samples of the
+    random calibration's own distribution (int8 clips what calibration never saw)."""
+    from deploykit.inputs import load_npz, random_feeds
+
+    fitted, held_out = calibration
+    if verify.inputs_npz:
+        return ("user", load_npz(verify.inputs_npz, model.spec))
+    if held_out:
+        return ("held-out calibration", held_out[:HELD_OUT_LIMIT])
+    if info.get("source") != "random":
+        return ("calibration (none held out: give more than --calibration-samples)", fitted[-verify.samples:])
+    fresh = [random_feeds(model.spec, 1, seed=500 + 4 * i)[0] for i in range(verify.samples)]   # normal kind only
+    return ("fresh random (the calibration's distribution)", fresh)

@@ -1,0 +1,37 @@
+"""Reading ONNX files: parsed and checked once per process, shared by loaders, converters and inspect.
+
+``onnx`` is imported inside the functions: the core never imports a framework at module level.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+from deploykit.errors import ModelLoadError
+from deploykit.text import one_line
+
+
+def read_onnx(path: str, with_weights: bool = False):
+    """The parsed and checked ModelProto of ``path``; a corrupt or truncated file raises ModelLoadError.
+
+    Cached by (path, size, mtime): the loader, the layout probe of a converter and `inspect`
+    parse a file once between them. Treat the result as read-only.
+    """
+    stat = os.stat(path)
+    return _read(os.path.abspath(path), stat.st_size, stat.st_mtime_ns, with_weights)
+
+
+@functools.lru_cache(maxsize=8)
+def _read(path: str, _size: int, _mtime: int, with_weights: bool):
+    import onnx
+
+    try:
+        proto = onnx.load(path, load_external_data=with_weights)
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+        # A model with external weights is checked from its path (the checker resolves the side files).
+        onnx.checker.check_model(path if external and not with_weights else proto)
+    except Exception as exc:  # noqa: BLE001 - DecodeError, ValidationError, OSError
+        detail = one_line(str(exc), 200) or type(exc).__name__
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({detail})",
+                             "the file is truncated or corrupt: export or copy it again") from None
+    return proto

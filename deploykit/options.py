@@ -1,0 +1,75 @@
+"""Option objects of the public API. Each validates itself on construction, so a bad value from
+Python raises the same UsageError (exit 2) as the same value on the command line."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from deploykit.errors import UsageError
+from deploykit.parity import PRESETS
+
+DEVICES = ("cpu", "cuda", "auto")
+QUANTIZE_MODES = ("fp16", "dynamic", "int8")
+IO_DTYPES = ("float", "int8")
+NORMALIZATIONS = ("unit", "imagenet")
+ROUTES = ("first", "all")
+# --quantize mode -> the tolerance preset its artifact is judged with against the float source
+PRECISION_OF = {"fp16": "fp16", "dynamic": "int8", "int8": "int8", None: "fp32"}
+
+
+def check_timeout(value, option: str = "--timeout") -> None:
+    """A time limit must be a finite number of seconds above zero."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{option} must be a positive number of seconds (got {value!r})", f"e.g. {option} 600")
+
+
+def check_choice(value, choices: tuple, option: str) -> None:
+    if value not in choices:
+        raise UsageError(f"unknown {option} {value!r}", f"use {' or '.join(str(c) for c in choices)}")
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How artifacts are compared with their source (also used by export's checks)."""
+
+    samples: int = 5
+    seed: int = 0
+    inputs_npz: Optional[str] = None
+    precision: Optional[str] = None   # None: fp32, or a quantized artifact's own precision (manifest)
+    atol: Optional[float] = None
+    rtol: Optional[float] = None
+    timeout: float = 600.0
+    device: str = "cpu"        # where artifacts run: cpu, cuda (ORT CUDA EP) or auto
+    xnnpack: bool = True       # LiteRT artifacts run with the XNNPACK delegate (LiteRT's default)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.samples, int) or self.samples < 0 or (self.samples < 1 and not self.inputs_npz):
+            raise UsageError(f"--samples must be at least 1 (got {self.samples!r})", "e.g. --samples 5")
+        check_timeout(self.timeout)
+        check_choice(self.device, DEVICES, "--device")
+        if self.precision is not None:
+            check_choice(self.precision, tuple(PRESETS), "--precision")
+        for name in ("atol", "rtol"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise UsageError(f"--{name} must be a number >= 0 (got {value!r})", f"e.g. --{name} 1e-4")
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """``--quantize``: the mode (or "all" to build every precision), calibration data and IO type."""
+
+    mode: str                              # fp16 | dynamic | int8 | all
+    calibration: Optional[str] = None      # .npz or image folder; None = random data, with a warning
+    samples: int = 100
+    normalize: str = "unit"                # images: unit ([0, 1]) or imagenet (mean/std)
+    io_dtype: str = "float"                # int8 TFLite: float or int8 inputs/outputs
+
+    def __post_init__(self) -> None:
+        check_choice(self.mode, QUANTIZE_MODES + ("all",), "--quantize")
+        check_choice(self.io_dtype, IO_DTYPES, "--io-dtype")
+        check_choice(self.normalize, NORMALIZATIONS, "--calibration-normalize")
+        if not isinstance(self.samples, int) or self.samples < 1:
+            raise UsageError(f"--calibration-samples must be at least 1 (got {self.samples!r})",
+                             "e.g. --calibration-samples 100")

@@ -1,0 +1,61 @@
+"""Text helpers shared by every layer: trimming framework errors to one line, natural sort.
+
+Framework errors run to pages (C++ traces, ANSI colours, chained causes); a user sees one
+line. Every place that turns an exception or a child's stderr into a message uses these,
+so that the trimming rules are the same everywhere.
+"""
+from __future__ import annotations
+
+import re
+
+MAX_DETAIL = 300
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def one_line(text: str, limit: int = MAX_DETAIL) -> str:
+    """``text`` with ANSI colours removed and all whitespace collapsed, cut to ``limit`` characters."""
+    return " ".join(_ANSI.sub("", text or "").split())[:limit]
+
+
+def first_line(text: str, limit: int = MAX_DETAIL) -> str:
+    """The first non-empty line of ``text`` (trimmed), or '' when there is none."""
+    for line in (text or "").splitlines():
+        if line.strip():
+            return one_line(line, limit)
+    return ""
+
+
+def last_line(text: str, limit: int = 200) -> str:
+    """The last non-empty line of ``text`` (a log's final word is usually the error), or '(no output)'."""
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return one_line(lines[-1], limit) if lines else "(no output)"
+
+
+def exception_line(exc: BaseException, limit: int = MAX_DETAIL) -> str:
+    """``Type: first line of the message`` for an exception from a framework."""
+    return f"{type(exc).__name__}: {first_line(str(exc), limit)}".rstrip(": ")
+
+
+def exception_chain(exc: BaseException) -> str:
+    """Every exception in the cause/context chain, one per paragraph (exporters hide the reason in a cause)."""
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        parts.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(parts)
+
+
+def brief(text: str, limit: int = 240) -> str:
+    """The most telling line of a long exporter error: the first line that names an error type."""
+    for line in (text or "").splitlines():
+        if "GuardOnDataDependentSymNode" in line or "Error" in line.split(":")[0]:
+            return one_line(line, limit)
+    return first_line(text, limit) or "unknown error"
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that puts output_2 before output_10."""
+    head = name.rstrip("0123456789")
+    tail = name[len(head):]
+    return (head, int(tail) if tail else -1)

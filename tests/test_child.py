@@ -1,0 +1,106 @@
+"""The one child-process harness: results and arrays come back, errors keep their class, a crash or a
+time-out becomes the stage's error with that stage's remedy, and the working directory is never on sys.path."""
+import os
+import time
+
+import numpy as np
+import pytest
+
+from deploykit import errors
+from deploykit.child import CONVERT, LOAD, MEASURE, RUN, run_child
+
+
+def test_a_job_returns_its_info_and_arrays_exactly():
+    values = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    result = run_child("tests.jobs:echo_job", {"a": 1}, arrays={"x": values}, stage=RUN, what="echo", timeout=60)
+    assert result.info["request"] == {"a": 1} and result.info["tool"] == "echo"
+    assert result.info["context"] == ["_rss_at_start", "_spawned_at"]
+    np.testing.assert_array_equal(result.arrays["x"], values * 2)
+    assert result.arrays["x"].dtype == np.float32
+
+
+@pytest.mark.parametrize("stage, cls, code, words, remedy", [
+    (LOAD, errors.ModelLoadError, 2, "loading m.tflite", "--timeout"),
+    (CONVERT, errors.ConversionError, 4, "the onnx2tf converter", "--via"),
+    (RUN, errors.ParityError, 1, "running m.onnx", "--timeout"),
+    (MEASURE, errors.MeasurementError, 1, "measuring m.onnx", "--iterations"),
+])
+def test_a_hang_is_the_stage_error_with_the_stage_remedy(stage, cls, code, words, remedy):
+    what = {"convert": "onnx2tf", "load": "m.tflite"}.get(stage.name, "m.onnx")
+    started = time.perf_counter()
+    with pytest.raises(cls) as info:
+        run_child("tests.jobs:sleep_job", {"seconds": 30}, stage=stage, what=what, timeout=1.5)
+    assert time.perf_counter() - started < 10
+    assert info.value.exit_code == code
+    assert info.value.message == f"{words} did not finish within 1.5 s"
+    assert remedy in info.value.remedy
+    if stage is not CONVERT:       # --via means nothing outside a conversion
+        assert "--via" not in info.value.remedy and "converter" not in info.value.message
+
+
+def test_a_time_out_kills_the_grandchildren_too(tmp_path):
+    pid_file = tmp_path / "pid"
+    with pytest.raises(errors.ConversionError):
+        run_child("tests.jobs:spawn_grandchild_job", {"pid_file": str(pid_file)}, stage=CONVERT, what="x",
+                  timeout=3)
+    pid = int(pid_file.read_text())
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    pytest.fail("the grandchild survived the time-out")
+
+
+def test_a_crash_becomes_the_stage_error():
+    with pytest.raises(errors.ParityError, match="running m.onnx crashed with SIGSEGV"):
+        run_child("tests.jobs:crash_job", {}, stage=RUN, what="m.onnx", timeout=60)
+    with pytest.raises(errors.ModelLoadError, match="loading m.tflite crashed with SIGSEGV") as info:
+        run_child("tests.jobs:crash_job", {}, stage=LOAD, what="m.tflite", timeout=60)
+    assert info.value.outcome == errors.Outcome.ARTIFACT_LOAD_FAILED
+
+
+def test_a_foreign_exception_is_the_stage_error_with_its_first_line():
+    with pytest.raises(errors.ConversionError, match="the tf2onnx converter failed: RuntimeError: unsupported op "
+                                                      "FancyOp$") as info:
+        run_child("tests.jobs:error_job", {}, stage=CONVERT, what="tf2onnx", timeout=60)
+    assert info.value.outcome == errors.Outcome.CONVERT_FAILED
+
+
+def test_a_deploykit_error_comes_back_as_the_same_class():
+    with pytest.raises(errors.ModelLoadError) as info:
+        run_child("tests.jobs:deploykit_error_job", {}, stage=CONVERT, what="x", timeout=60)
+    assert (info.value.message, info.value.remedy, info.value.details) == ("the file is odd", "give another file",
+                                                                          {"where": "header"})
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
+def test_a_bad_timeout_is_a_usage_error(timeout):
+    with pytest.raises(errors.UsageError, match="--timeout must be a positive number"):
+        run_child("tests.jobs:echo_job", {}, stage=RUN, what="x", timeout=timeout)
+
+
+def test_the_working_directory_is_not_on_the_childs_path(tmp_path, monkeypatch):
+    """A model folder holding numpy.py (or runtimes/, converters/) must not run its code in our children."""
+    (tmp_path / "numpy.py").write_text("raise SystemExit('hijacked')\n")
+    (tmp_path / "deploykit").mkdir()
+    (tmp_path / "deploykit" / "__init__.py").write_text("raise SystemExit('hijacked')\n")
+    monkeypatch.chdir(tmp_path)
+    result = run_child("tests.jobs:path_job", {}, stage=RUN, what="x", timeout=60)
+    assert result.info["cwd_on_path"] is False
+    assert not result.info["numpy"].startswith(str(tmp_path))
+
+
+def test_one_child_launcher_in_the_code():
+    """Every child process starts in deploykit/child.py: no other module calls subprocess or os.exec*/fork."""
+    from tests.conftest import ROOT
+
+    offenders = []
+    for folder in ("deploykit", "converters", "runtimes", "sample_models"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text()
+            if path.name != "child.py" and any(word in text for word in ("subprocess", "os.fork", "os.exec",
+                                                                          "multiprocessing", "os.system")):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []

@@ -1,0 +1,64 @@
+"""Every hop of a route ends in a typed outcome, shown in the route table and kept in the manifest."""
+import numpy as np
+import pytest
+
+from deploykit import parity, routing
+from deploykit.conversion import ExportOptions
+from deploykit.errors import Outcome, ParityError
+from deploykit.formats import Format
+from deploykit.model import LoadedModel
+from deploykit.registry import ConverterEdge
+from deploykit.spec import ModelSpec, TensorSpec
+
+SOURCE = LoadedModel("source.pt2", Format.EXPORTED_PROGRAM,
+                     ModelSpec((TensorSpec("x", (1, 4)),), (TensorSpec("y", (1, 2)),)))
+
+
+class FakeChecker:
+    """Stands in for the export's checker: a canned verdict, or a runtime failure."""
+
+    def __init__(self, verdict):
+        self.verdict = verdict
+
+    def check(self, candidate, samples, batch=None, layout=None, tolerance=None, feeds=None):
+        if isinstance(self.verdict, Exception):
+            raise self.verdict
+        values = np.array([[0.5, -1.5]], np.float32)
+        reference = [{"y": values}]
+        got = [{"y": values * (1.0 if self.verdict else -1.0)}]
+        return parity.compare(reference, got, parity.PRESETS["fp32"])
+
+
+def _run(tmp_path, target: str, verdict=True) -> routing.RouteRun:
+    edge = ConverterEdge("fake_edge", frozenset({Format.EXPORTED_PROGRAM}), Format.ONNX, f"tests.fake_edges:{target}",
+                         ())
+    return routing.run_route([edge], SOURCE, tmp_path / "m.onnx", ExportOptions(), FakeChecker(verdict))
+
+
+@pytest.mark.parametrize("target, verdict, outcome", [
+    ("raises", True, Outcome.CONVERT_FAILED),
+    ("missing", True, Outcome.MISSING_DEPENDENCY),
+    ("writes_garbage", True, Outcome.ARTIFACT_LOAD_FAILED),
+    ("writes_ok", ParityError("running m.onnx crashed with SIGSEGV", "x"), Outcome.ARTIFACT_RUN_FAILED),
+    ("writes_ok", False, Outcome.MISMATCH),
+    ("writes_ok", True, Outcome.OK),
+])
+def test_each_failure_has_its_outcome_in_the_route_table(tmp_path, target, verdict, outcome):
+    run = _run(tmp_path, target, verdict)
+    table = run.to_dict()
+    assert (run.outcome, table["outcome"]) == (outcome, outcome.value)
+    assert table["passed"] is (outcome == Outcome.OK)
+    assert table["hops"][-1]["outcome"] == outcome.value
+    if outcome == Outcome.OK:
+        assert table["hops"][0]["artifact_sha256"] == run.artifact.sha256 and len(run.artifact.sha256) == 64
+    else:
+        assert table["error"] and table["hops"][-1]["artifact_sha256"] is None
+
+
+def test_a_failed_route_names_its_outcome_in_the_verdict(tmp_path):
+    from deploykit.errors import ConversionError
+
+    runs = [_run(tmp_path, "writes_garbage"), _run(tmp_path, "raises")]
+    with pytest.raises(ConversionError, match="every route failed"):
+        routing.choose(runs, route_all=False)
+    assert [r.to_dict()["outcome"] for r in runs] == ["ARTIFACT_LOAD_FAILED", "CONVERT_FAILED"]
