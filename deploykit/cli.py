@@ -14,6 +14,16 @@ import typer
 from typing_extensions import Annotated
 
 EXIT_INTERNAL = 5
+EXIT_INTERRUPTED = 130     # Ctrl-C
+EXIT_TERMINATED = 143      # SIGTERM: `timeout`, CI cancellation, container stops
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM unwinds like Ctrl-C: the running child's process group is killed, staging folders removed."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
 
 app = typer.Typer(
     name="deploykit", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -67,9 +77,10 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
             print(json.dumps({"passed": False, **exc.to_dict()}))
         print(exc.one_line(), file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print("error: terminated (SIGTERM)" if terminated else "error: interrupted", file=sys.stderr)
+        raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback without --debug
         if debug:
             raise
@@ -365,7 +376,11 @@ def _usage_error_types() -> tuple:
 
 
 def main() -> None:
-    """Entry point: click's usage errors become the same one-line `error: … — …` as ours (exit 2)."""
+    """Entry point: click's usage errors become the same one-line `error: … — …` as ours (exit 2);
+    SIGTERM is handled like Ctrl-C (exit 143 instead of 130)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = app(standalone_mode=False)
     except _usage_error_types() as exc:
@@ -377,7 +392,7 @@ def main() -> None:
         sys.exit(2)
     except typer.Abort:
         print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)
 
 

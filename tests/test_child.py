@@ -104,3 +104,39 @@ def test_one_child_launcher_in_the_code():
                                                                           "multiprocessing", "os.system")):
                 offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.litert
+def test_sigterm_stops_the_converter_child_and_leaves_nothing(samples_dir, tmp_path):
+    """SIGTERM (timeout, CI cancellation) is handled like Ctrl-C: exit 143, the child's group killed, no staging."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "out"
+    out.mkdir()
+    cli = subprocess.Popen([sys.executable, "-m", "deploykit.cli", "export", str(samples_dir / "two_layer_net.pt2"),
+                            "--to", "tflite", "--via", "litert", "-o", str(out / "m.tflite")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    children = []
+    for _ in range(600):
+        children = [c for c in psutil.Process(cli.pid).children(recursive=True)
+                    if "deploykit.child" in " ".join(c.cmdline())]
+        if children:
+            break
+        time.sleep(0.1)
+    assert children, "the converter child never started"
+    cli.send_signal(signal.SIGTERM)
+    _stdout, stderr = cli.communicate(timeout=120)
+    assert cli.returncode == 143, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "error: terminated (SIGTERM)" and "Traceback" not in stderr
+    time.sleep(0.5)
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+    assert list(out.iterdir()) == []
