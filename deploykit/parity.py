@@ -198,22 +198,43 @@ def _compare_float(result: OutputResult, refs: list, cands: list, tol: Tolerance
     scale = float(np.abs(finite_ref).max()) if finite_ref.size else 0.0
     atol = tol.atol * max(1.0, scale) if tol.scale_by_reference else tol.atol
     result.atol_used = atol
-    diff = np.abs(got_all - ref_all)
+    bad = _outside(ref_all, got_all, atol, tol.rtol)
+    with np.errstate(invalid="ignore"):
+        diff = np.where(bad | np.isfinite(ref_all), np.abs(got_all - ref_all), 0.0)  # equal infinities differ by 0
     diff = np.where(np.isnan(diff), np.inf, diff)  # NaN never matches, not even NaN
-    bad = ~(diff <= atol + tol.rtol * np.abs(ref_all))
     _fill_metrics(result, ref_all, got_all, diff, bad, atol)
     result.failing_samples = _failing_samples(refs, cands, atol, tol.rtol)
     _fill_topk(result, refs, cands)
     degenerate = _degenerate_reason(refs, ref_all, scale)
-    if result.mismatch_fraction > tol.max_mismatch or result.cosine < tol.min_cosine:
+    if result.mismatch_fraction > tol.max_mismatch or not result.cosine >= tol.min_cosine:
         result.status = "fail"
         result.reason = (f"{result.mismatch_fraction:.2%} of values outside atol {atol:.3g} + rtol {tol.rtol:g}"
-                         f" (max_abs {result.max_abs:.3g}, cosine {result.cosine:.6f})")
+                         f" (max_abs {result.max_abs:.3g}, cosine {result.cosine:.6f})" + _non_finite_note(ref_all,
+                                                                                                  got_all))
     elif degenerate:
         result.status = "uninformative"
         result.reason = (f"{degenerate}, so matching proves nothing — compare logits instead of "
                          "probabilities, or give realistic inputs with --inputs")
     return result
+
+
+def _outside(ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> np.ndarray:
+    """Elements that do not match. Finite pairs: |got - ref| > atol + rtol·|ref|. Non-finite values compare by
+    exact class: +inf only matches +inf, -inf only -inf, NaN nothing (inf <= inf must never pass a sign flip)."""
+    both_finite = np.isfinite(ref) & np.isfinite(got)
+    with np.errstate(invalid="ignore"):
+        close = np.abs(got - ref) <= atol + rtol * np.abs(np.where(both_finite, ref, 0.0))
+        same_infinity = np.isinf(ref) & (ref == got)
+    return np.where(both_finite, ~close, ~same_infinity)
+
+
+def _non_finite_note(ref: np.ndarray, got: np.ndarray) -> str:
+    ref_bad, got_bad = int((~np.isfinite(ref)).sum()), int((~np.isfinite(got)).sum())
+    if not ref_bad and not got_bad:
+        return ""
+    differ = int((~np.isfinite(ref) | ~np.isfinite(got))[_outside(ref, got, 0.0, 0.0)].sum())
+    return (f"; non-finite values: {ref_bad} in the reference, {got_bad} in the candidate, {differ} of them not "
+            "the same inf/NaN")
 
 
 def _fill_metrics(result: OutputResult, ref: np.ndarray, got: np.ndarray, diff: np.ndarray,
@@ -222,15 +243,15 @@ def _fill_metrics(result: OutputResult, ref: np.ndarray, got: np.ndarray, diff: 
     result.max_abs = float(diff.max()) if diff.size else 0.0
     result.mean_abs = float(diff[finite].mean()) if finite.any() else float("inf")
     result.rmse = float(np.sqrt(np.mean(np.square(diff)))) if diff.size else 0.0
-    significant = np.abs(ref) > atol
+    significant = (np.abs(ref) > atol) & np.isfinite(ref)
     result.max_rel = float((diff[significant] / np.abs(ref[significant])).max()) if significant.any() else 0.0
     result.mismatch_fraction = float(bad.mean()) if bad.size else 0.0
-    result.cosine = _cosine(ref, got)
+    both_finite = np.isfinite(ref) & np.isfinite(got)
+    # Direction of the finite part; non-finite pairs are judged by class in the mismatch fraction.
+    result.cosine = _cosine(ref[both_finite], got[both_finite]) if both_finite.any() else float("nan")
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return float("nan") if not np.isfinite(b).all() else 0.0
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if na == 0.0 and nb == 0.0:
         return 1.0
@@ -240,12 +261,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _failing_samples(refs: list, cands: list, atol: float, rtol: float) -> list:
-    failing = []
-    for index, (r, c) in enumerate(zip(refs, cands)):
-        r64, c64 = np.asarray(r, np.float64), np.asarray(c, np.float64)
-        if not np.all(np.abs(c64 - r64) <= atol + rtol * np.abs(r64)):
-            failing.append(index)
-    return failing
+    return [index for index, (r, c) in enumerate(zip(refs, cands))
+            if _outside(np.asarray(r, np.float64).ravel(), np.asarray(c, np.float64).ravel(), atol, rtol).any()]
 
 
 def _fill_topk(result: OutputResult, refs: list, cands: list) -> None:

@@ -96,3 +96,21 @@ def test_recorded_layout_permutation_is_applied():
     assert not compare(ref, nhwc, FP32).passed
     assert compare(ref, nhwc, FP32, output_perms={"y": (0, 3, 1, 2)}).passed
     assert permute({"y": ref[0]["y"]}, {"y": None})["y"] is ref[0]["y"]
+
+
+@pytest.mark.parametrize("reference, candidate, passes", [
+    ([np.inf, -np.inf, 1.0, 2.0], [-np.inf, np.inf, 1.0, 2.0], False),   # every sign flipped: was a PASS
+    ([np.inf, np.inf, np.inf], [0.0, 0.0, 0.0], False),                   # was "0.00 % outside"
+    ([np.nan, 1.0, -2.0], [np.nan, 1.0, -2.0], False),                    # NaN never matches, not even NaN
+    ([0.5, 1.0, -2.0], [0.5, 1.0, np.inf], False),
+    ([np.inf, 1.0, -2.0], [np.inf, 1.0, -2.0], True),                     # the same infinity is the same value
+])
+def test_non_finite_values_compare_by_exact_class(reference, candidate, passes):
+    from deploykit.parity import PRESETS, compare
+
+    report = compare([{"y": np.array(reference, np.float32)}], [{"y": np.array(candidate, np.float32)}],
+                     PRESETS["fp32"])
+    assert report.passed is passes, report.summary()
+    if not passes:
+        assert report.outputs[0].mismatch_fraction > 0 and report.failing_samples == [0]
+        assert "non-finite values" in report.summary()
