@@ -85,8 +85,8 @@ def export_model(source: str, dst: Format, output: Optional[str], plan: ExportPl
     model = None if fmt in TORCH_FORMATS else load_model(source, plan.load)
     routes = routing.select_routes(fmt, dst, plan.via, mode, quantize.io_dtype if quantize else "float")
     out = fsutil.prepare_output(default_output(source, dst, output), plan.force, directory=dst == Format.SAVED_MODEL)
-    if Path(source).exists() and out.resolve() == Path(source).resolve():
-        raise UsageError(f"the output {out} is the source itself", "choose another -o")
+    if Path(source).exists() and fsutil.overlaps(out, source):
+        raise UsageError(f"the output {out} is, holds or lies inside the source {source}", "choose another -o")
     fsutil.prepare_output(manifest.manifest_path(out), plan.force)
     model = model or PendingModel(source, plan.load)
     checker = make_checker(model, verify)
@@ -114,7 +114,7 @@ def export_model(source: str, dst: Format, output: Optional[str], plan: ExportPl
         chosen = routing.choose(runs, route_all)
         final = chosen.final
         moves = [(f, out.parent / f.name) for f in final.extra_files] + [(final.path, out)]
-        fsutil.publish(moves)
+        fsutil.publish(moves, force=plan.force)
     artifact = chosen.artifact.moved_to(out)
     data = _write_manifest(artifact, model, chosen, runs, [m[1] for m in moves[:-1]], mode, calibration_info)
     warnings = [w for hop in chosen.hops for w in hop.warnings] + calibration_info.get("warnings", [])

@@ -24,6 +24,12 @@ def prepare_output(path: "str | Path", force: bool, directory: bool = False) -> 
         raise OutputExistsError(f"{path} already exists", "pass --force to overwrite it, or choose -o elsewhere")
     if path.is_dir() and not directory:
         raise UsageError(f"{path} is a directory", "give a file path with -o")
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        raise UsageError(f"{path} is not a regular file (a device, FIFO or socket): --force never replaces one",
+                         "choose another -o")
+    if path.is_dir() and not _written_by_deploykit(path):
+        raise UsageError(f"{path} is a directory deploykit did not write: --force replaces only an artifact "
+                         "folder with its deploykit manifest beside it", "choose a new -o")
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -40,6 +46,17 @@ def prepare_output(path: "str | Path", force: bool, directory: bool = False) -> 
     return path
 
 
+def _written_by_deploykit(folder: Path) -> bool:
+    """A SavedModel folder that deploykit exported: saved_model.pb inside, its manifest beside it."""
+    return (folder / "saved_model.pb").is_file() and folder.with_name(folder.name + ".deploykit.json").is_file()
+
+
+def overlaps(a: "str | Path", b: "str | Path") -> bool:
+    """True when one path is the other or lies inside it (an output must never contain or be its source)."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
 @contextlib.contextmanager
 def staging_dir(final_dir: Path):
     """A temp directory beside the final output (same filesystem, so rename is atomic); always removed."""
@@ -50,20 +67,45 @@ def staging_dir(final_dir: Path):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def publish(moves: list) -> None:
+def publish(moves: list, force: bool = True) -> None:
     """Rename staged files into place: side files first, the main artifact last.
 
-    A folder artifact (SavedModel) that exists is set aside first and removed only once the
-    new one is in place (the caller already checked --force)."""
+    Without ``force`` the no-clobber check is atomic with the publish: a file is hard-linked into
+    place (which fails if the name exists, even if another export created it a moment ago) and the
+    staged name removed; a folder is renamed only onto a name that does not exist. With ``force`` a
+    folder artifact (SavedModel) that exists is set aside first and removed only once the new one
+    is in place (the caller already checked that deploykit wrote it)."""
     for source, target in moves:
-        target = Path(target)
-        if Path(source).is_dir() and target.exists():
+        source, target = Path(source), Path(target)
+        if not force:
+            _publish_new(source, target)
+        elif source.is_dir() and target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
             os.replace(source, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(source, target)
+
+
+def _publish_new(source: Path, target: Path) -> None:
+    clash = OutputExistsError(f"{target} appeared while exporting (another process wrote it)",
+                              "pass --force to overwrite it, or choose -o elsewhere")
+    if source.is_dir():
+        if target.exists() or target.is_symlink():
+            raise clash
+        os.rename(source, target)
+        return
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise clash from None
+    except OSError:          # a filesystem without hard links: check, then rename (a narrow window remains)
+        if target.exists() or target.is_symlink():
+            raise clash from None
+        os.replace(source, target)
+        return
+    os.unlink(source)
 
 
 def write_text_atomic(path: "str | Path", text: str) -> None:
