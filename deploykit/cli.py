@@ -75,7 +75,7 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
             traceback.print_exc()
         if as_json:
             print(json.dumps({"passed": False, **exc.to_dict()}))
-        print(exc.one_line(), file=sys.stderr)
+        print(_printable(exc.one_line()), file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
@@ -87,13 +87,13 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
         from deploykit.text import one_line
 
         message = one_line(str(exc))
-        print(f"error: internal error: {type(exc).__name__}: {message} — rerun with --debug and report it",
-              file=sys.stderr)
+        print(_printable(f"error: internal error: {type(exc).__name__}: {message} — rerun with --debug and report "
+                         "it"), file=sys.stderr)
         raise typer.Exit(EXIT_INTERNAL) from None
     if as_json:
         print(json.dumps(data, indent=2, default=str))
     else:
-        printer(data)
+        printer(terminal_safe(data))
     code = exit_code_of(data)
     if code:
         raise typer.Exit(code)
@@ -172,6 +172,27 @@ def _lazy(name: str) -> Callable[[dict], None]:
     return printer
 
 
+def _printable(text: str) -> str:
+    from deploykit.text import printable
+
+    return printable(text)
+
+
+def terminal_safe(data):
+    """Every string of a result, as the terminal may show it: control characters escaped (a model file's tensor
+    names and producer strings are not trusted) and rich markup escaped (a name like `x[/red]` is text).
+    --json needs neither: JSON escapes control characters itself."""
+    from rich.markup import escape
+
+    if isinstance(data, str):
+        return escape(_printable(data))
+    if isinstance(data, dict):
+        return {terminal_safe(key): terminal_safe(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(terminal_safe(value) for value in data)
+    return data
+
+
 @app.command()
 def verify(
     source: Annotated[str, typer.Argument(help="The reference model (what the artifacts must match).")],
@@ -246,7 +267,7 @@ def bench(
         options = api.BenchOptions(runtimes=tuple(runtime or ()), threads=_int_list(threads, "--threads"),
                                batches=_int_list(batch, "--batch") if batch else (None,), warmup=warmup,
                                iterations=iterations, seconds=seconds, profile=profile, timeout=timeout)
-        echo = None if as_json else _lazy("print_bench_case")
+        echo = None if as_json else (lambda row: _lazy("print_bench_case")(terminal_safe(row)))
         return api.bench(models, options, load=api.load_options(inputs or (), weights, timeout=timeout),
                          report_dir=report, force=force, echo=echo)
 
@@ -278,7 +299,7 @@ def report_command(
 
         return api.report(bench_json, output, parity, force)
 
-    _run(action, as_json, debug, lambda data: print(f"report: {data['html']}\n{data['headline']}"))
+    _run(action, as_json, debug, _lazy("print_report"))
 
 
 @app.command()
@@ -388,7 +409,7 @@ def main() -> None:
             exc.show()
             sys.exit(0)
         where = exc.ctx.command_path if exc.ctx else "deploykit"
-        print(f"error: {exc.format_message()} — see `{where} --help`", file=sys.stderr)
+        print(_printable(f"error: {exc.format_message()} — see `{where} --help`"), file=sys.stderr)
         sys.exit(2)
     except typer.Abort:
         print("error: interrupted", file=sys.stderr)

@@ -216,3 +216,7 @@ def print_bench(result: dict) -> None:
     elif result.get("headline"):
         from deploykit.report import headline_text
         console.print(f"[bold]{headline_text(result, None)}[/bold]")
+
+
+def print_report(result: dict) -> None:
+    console.print(f"report: {result['html']}\n{result['headline']}")

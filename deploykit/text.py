@@ -7,6 +7,7 @@ so that the trimming rules are the same everywhere.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 MAX_DETAIL = 300
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -59,3 +60,10 @@ def natural_key(name: str) -> tuple:
     head = name.rstrip("0123456789")
     tail = name[len(head):]
     return (head, int(tail) if tail else -1)
+
+
+def printable(text: str) -> str:
+    """``text`` with control and format characters (ESC, BEL, CR, bidi overrides, ...) written as escapes,
+    so that a tensor name or producer string from a model file cannot drive the user's terminal."""
+    return "".join(ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf")
+                   else ascii(ch)[1:-1] for ch in text)

@@ -1,0 +1,34 @@
+"""Nothing printed from a model file can drive the terminal: control characters are escaped, markup is text."""
+import pytest
+
+from deploykit.text import printable
+from tests.conftest import assert_clean_error, run_cli
+
+EVIL = "in\x1b[31mput\x1b]0;pwned\x07\u202e"
+
+
+def test_printable_escapes_control_and_bidi_characters():
+    assert printable(EVIL) == "in\\x1b[31mput\\x1b]0;pwned\\x07\\u202e"
+    assert printable("plain name_1 ü\tok\n") == "plain name_1 ü\tok\n"
+
+
+@pytest.mark.onnxruntime
+def test_a_hostile_onnx_file_cannot_write_escapes_to_the_terminal(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", [EVIL], ["out[/red]"])], "g",
+                              [helper.make_tensor_value_info(EVIL, TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("out[/red]", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, producer_name="\x1b]0;owned\x07tool", opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "evil.onnx"
+    onnx.save(model, str(path))
+    proc = run_cli("inspect", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout and "\u202e" not in proc.stdout
+    assert "\\x1b[31m" in proc.stdout and "out[/red]" in proc.stdout
+    proc = run_cli("inspect", str(path), "--input", "nosuch:1x4")
+    assert_clean_error(proc, 2, "--input names nosuch")
+    assert "\x1b" not in proc.stderr and "\\x1b[31m" in proc.stderr
+    proc = run_cli("inspect", str(path), "--json")
+    assert proc.returncode == 0 and "\x1b" not in proc.stdout     # JSON escapes it as \\u001b
