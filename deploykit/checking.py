@@ -162,17 +162,39 @@ def verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: V
     reports, previous = [], None
     for artifact in opened:
         # Each artifact's manifest records its layout relative to the source it was exported from.
-        stored = artifact.manifest or {}
+        stored, why = _trusted_manifest(artifact, model)
         references, outputs = checker.run_both(artifact, options.samples, layout=artifact.layout,
                                                feeds=_int8_feeds(model, stored, options))
-        reports.append(checker.compare(references, outputs, model.label, artifact.label, artifact.layout,
-                                       _artifact_tolerance(stored, options)))
+        report = checker.compare(references, outputs, model.label, artifact.label, artifact.layout,
+                                 _artifact_tolerance(stored, options))
+        if why:
+            report.notes.append(why)
+        reports.append(report)
         if previous is not None:
             hop_report = checker.compare(previous[1], outputs, previous[0].label, artifact.label)
             hop_report.notes.append("hop: both sides in the source's layout")
             reports.append(hop_report)
         previous = (artifact, outputs)
     return VerifyResult(model.label, reports, time.perf_counter() - started)
+
+
+def _trusted_manifest(artifact: Artifact, source: LoadedModel) -> tuple:
+    """(the manifest whose precision may pick the tolerance, a note saying why or why not).
+
+    A sidecar file is not evidence: a manifest decides the preset only when the artifact's bytes and the
+    source's bytes are the ones it records (anyone can write {"precision": "int8"} beside a damaged file)."""
+    from deploykit.fsutil import sha256_of
+
+    stored = artifact.manifest or {}
+    precision = stored.get("precision")
+    if precision in (None, "fp32"):
+        return stored, ""
+    recorded = ((stored.get("artifact") or {}).get("sha256"), (stored.get("source") or {}).get("sha256"))
+    if recorded == (artifact.sha256, sha256_of(source.path)) and all(recorded):
+        return stored, f"judged with the {precision} preset: its manifest records this artifact's and this source's sha256"
+    return {k: v for k, v in stored.items() if k != "precision"}, (
+        f"its manifest says {precision}, but does not record this artifact's and this source's sha256: judged with "
+        "the fp32 preset (give --precision to choose one)")
 
 
 def _artifact_tolerance(stored: dict, options: VerifyOptions):
