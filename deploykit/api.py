@@ -26,8 +26,6 @@ __all__ = ["export", "verify", "bench", "inspect", "doctor", "report", "samples"
 def load_options(inputs: Sequence[str] = (), weights: Optional[str] = None, trust_pickle: bool = False,
                  timeout: float = 600.0) -> LoadOptions:
     """LoadOptions from command-line style values: ``--input NAME:DIMS[:DTYPE[:LOW..HIGH]]`` texts, weights path."""
-    from pathlib import Path
-
     from deploykit.spec import parse_input_arg
 
     specs = []
@@ -36,8 +34,10 @@ def load_options(inputs: Sequence[str] = (), weights: Optional[str] = None, trus
             specs.append(parse_input_arg(text))
         except ValueError as exc:
             raise UsageError(str(exc), "fix the --input value") from None
-    if weights and not Path(weights).exists():
-        raise UsageError(f"{weights}: no such weights file", "check the --weights path")
+    if weights:
+        from deploykit.fsutil import require_regular_file
+
+        require_regular_file(weights, "weights file", "check the --weights path")
     check_timeout(timeout)
     return LoadOptions(weights=weights, trust_pickle=trust_pickle, input_specs=tuple(specs), timeout=timeout)
 

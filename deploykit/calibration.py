@@ -32,7 +32,7 @@ def calibration_feeds(spec: ModelSpec, source: Optional[str], samples: int, norm
     elif not path.exists():
         raise UsageError(f"{source}: no such calibration file or folder", "give an .npz or a folder of images")
     else:
-        feeds = load_npz(path, spec)
+        feeds = load_npz(path, spec)   # refuses a FIFO or device: it would block
     return feeds[:samples], feeds[samples:], None
 
 
@@ -48,7 +48,10 @@ def _image_feeds(spec: ModelSpec, folder: Path, normalize: str) -> list:
     tensor = images[0]
     channels_first = tensor.layout != "NHWC" and tensor.shape[1] in (1, 3)
     height, width = (tensor.shape[2], tensor.shape[3]) if channels_first else (tensor.shape[1], tensor.shape[2])
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    from deploykit.fsutil import require_regular_file
+
+    files = [require_regular_file(f, "image", "keep only image files in the calibration folder")
+             for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise UsageError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})", "add images, or give an .npz")
     mean, std = (np.asarray(v, np.float32) for v in NORMALIZATIONS[normalize])

@@ -46,6 +46,17 @@ def prepare_output(path: "str | Path", force: bool, directory: bool = False) -> 
     return path
 
 
+def require_regular_file(path: "str | Path", what: str, fix: str) -> Path:
+    """``path`` if it is a regular file; a FIFO, device or socket would block or stream forever when read."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such {what}", fix)
+    if not path.is_file():
+        raise UsageError(f"{path} is not a regular file (a directory, FIFO, device or socket): not read as {what}",
+                         fix)
+    return path
+
+
 def _written_by_deploykit(folder: Path) -> bool:
     """A SavedModel folder that deploykit exported: saved_model.pb inside, its manifest beside it."""
     return (folder / "saved_model.pb").is_file() and folder.with_name(folder.name + ".deploykit.json").is_file()

@@ -10,6 +10,9 @@ from deploykit.errors import UsageError
 from deploykit.spec import FLOAT_DTYPES, ModelSpec, TensorSpec
 
 DEFAULT_INT_RANGE = (0, 10)
+# Random feeds are drawn in the parent: past this many bytes (all samples together) deploykit refuses with the
+# number rather than being killed for memory without a word. Real data of that size comes with --inputs.
+MAX_FEED_BYTES = 2 * 1024**3
 # Successive samples draw floats from different distributions so that a model whose
 # behaviour depends on the sign or scale of its input (an `if x.sum() > 0:` branch,
 # a clamp) is exercised on more than one path.
@@ -17,13 +20,32 @@ _FLOAT_KINDS = ("normal", "uniform01", "normal_x3", "negated_normal")
 
 
 def random_feeds(spec: ModelSpec, samples: int, seed: int = 0, batch: "int | None" = None) -> list:
-    """Return ``samples`` feed dicts for ``spec``; deterministic for a given seed."""
+    """Return ``samples`` feed dicts for ``spec``; deterministic for a given seed.
+
+    Raises UsageError when they would need more than MAX_FEED_BYTES (a model declaring a 2.7e9-element input,
+    or --samples 1000000) — before anything is allocated."""
+    _check_feed_size(spec, samples, batch)
     feeds = []
     for index in range(samples):
         rng = np.random.default_rng(seed + index)
         kind = _FLOAT_KINDS[index % len(_FLOAT_KINDS)]
         feeds.append({t.name: _random_tensor(t, rng, kind, batch) for t in spec.inputs})
     return feeds
+
+
+def _check_feed_size(spec: ModelSpec, samples: int, batch) -> None:
+    per_sample = 0
+    for tensor in spec.inputs:
+        count = 1
+        for dim in _concrete_shape(tensor, batch):
+            count *= dim
+        itemsize = 1 if tensor.dtype == "bool" else np.dtype("float32" if tensor.dtype == "bfloat16" else
+                                                              tensor.dtype).itemsize
+        per_sample += count * itemsize
+    if per_sample * samples > MAX_FEED_BYTES:
+        raise UsageError(f"{samples} random sample(s) of this model's inputs would need {per_sample * samples:,} bytes "
+                         f"({per_sample:,} per sample; the limit is {MAX_FEED_BYTES:,})",
+                         "give fewer --samples, concrete smaller shapes with --input, or real data with --inputs")
 
 
 def _concrete_shape(tensor: TensorSpec, batch: "int | None") -> tuple:
@@ -64,7 +86,9 @@ def load_npz(path: "str | Path", spec: ModelSpec) -> list:
     An array may carry one extra leading axis of K samples; each becomes one feed.
     A single-input model accepts any one array name.
     """
-    path = Path(path)
+    from deploykit.fsutil import require_regular_file
+
+    path = require_regular_file(path, "inputs file", "give an existing .npz file to --inputs")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}

@@ -52,3 +52,38 @@ def test_npz_not_a_file(tmp_path):
         load_npz(tmp_path / "junk.npz", SPEC)
     with pytest.raises(UsageError, match="no such"):
         load_npz(tmp_path / "missing.npz", SPEC)
+
+
+def test_random_feeds_refuse_a_size_that_would_kill_the_process_for_memory():
+    from deploykit.inputs import random_feeds
+
+    huge = ModelSpec((TensorSpec("x", (1, 3, 30000, 30000)),))          # 2.7e9 elements declared by a model
+    with pytest.raises(UsageError, match=r"would need 10,800,000,000 bytes"):
+        random_feeds(huge, 1)
+    small = ModelSpec((TensorSpec("x", (1, 1000)),))
+    with pytest.raises(UsageError, match="1000000 random sample") as info:
+        random_feeds(small, 1_000_000)
+    assert "give fewer --samples" in info.value.remedy
+    assert random_feeds(small, 2)[0]["x"].shape == (1, 1000)
+
+
+def test_fifos_are_never_read_as_data(tmp_path):
+    """A FIFO given as --inputs, --weights or an image in a calibration folder used to block forever."""
+    import os
+
+    from deploykit import api
+    from deploykit.calibration import calibration_feeds
+    from deploykit.inputs import load_npz
+
+    fifo = tmp_path / "data.npz"
+    os.mkfifo(fifo)
+    spec = ModelSpec((TensorSpec("x", (1, 3, 8, 8)),))
+    with pytest.raises(UsageError, match="not a regular file"):
+        load_npz(fifo, spec)
+    with pytest.raises(UsageError, match="not a regular file"):
+        api.load_options(weights=str(fifo))
+    images = tmp_path / "images"
+    images.mkdir()
+    os.mkfifo(images / "cat.png")
+    with pytest.raises(UsageError, match="cat.png is not a regular file"):
+        calibration_feeds(spec, str(images), 10)
