@@ -139,3 +139,41 @@ def pickled_globals(path: "str | os.PathLike") -> list:
         if opcode.name == "GLOBAL" and not _STATE_DICT_GLOBALS.match(str(arg)):
             found.append(str(arg).replace(" ", "."))
     return sorted(set(found))
+
+
+def pt2_pickled_parts(path: "str | os.PathLike") -> list:
+    """The parts of a torch.export archive that torch.export.load would unpickle with code execution allowed.
+
+    torch.export.load calls ``torch.load(weights_only=False)`` on weights and constants whose payload config
+    says ``use_pickle``, ``pickle.loads`` on opaque-object constants, torch's own unpickler on custom objects,
+    and retries sample inputs with ``weights_only=False`` when the safe load fails. Plain archives (what
+    ``torch.export.save`` writes for ordinary tensors) have none of these. Read from the zip directly: nothing
+    is unpickled here.
+    """
+    import io
+    import json
+
+    found = []
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.endswith(("data/weights/model_weights_config.json", "data/constants/model_constants_config.json")) \
+                    or (name.endswith("_config.json") and "/data/" in name):
+                try:
+                    config = json.loads(archive.read(name)).get("config", {})
+                except (ValueError, AttributeError):
+                    found.append(f"{name} (unreadable payload config)")
+                    continue
+                for fqn, meta in config.items():
+                    target = str((meta or {}).get("path_name", ""))
+                    if (meta or {}).get("use_pickle") or target.startswith(("custom_obj_", "opaque_obj_")):
+                        found.append(f"{fqn} ({target})")
+            elif "/data/sample_inputs/" in name:
+                payload = archive.read(name)
+                if not payload.startswith(_ZIP_MAGIC):
+                    found.append(f"{name} (a raw pickle)")
+                    continue
+                with zipfile.ZipFile(io.BytesIO(payload)) as inner:
+                    pickles = [n for n in inner.namelist() if n.endswith("data.pkl")]
+                    if not pickles or _classify_pickle(inner.read(pickles[0])) != Format.STATE_DICT:
+                        found.append(f"{name} (sample inputs that name Python classes)")
+    return found

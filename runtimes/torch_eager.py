@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from deploykit.errors import ModelLoadError, UnsupportedModelError, UsageError
-from deploykit.formats import Format, pickled_globals
+from deploykit.formats import Format, pickled_globals, pt2_pickled_parts
 from deploykit.inputs import random_feeds
 from deploykit.model import LoadedModel, LoadOptions
 from deploykit.quiet import captured_output
@@ -61,6 +61,12 @@ def _load_torchscript(path: str, options: LoadOptions):
 
 
 def _load_exported_program(path: str, options: LoadOptions):
+    pickled = [] if options.trust_pickle else pt2_pickled_parts(path)
+    if pickled:
+        raise UnsupportedModelError(
+            f"{path} is a torch.export archive with pickled parts ({', '.join(pickled[:3])}); loading it runs "
+            "arbitrary code from the file", "re-export it with plain tensors (torch.export.save), or pass "
+            "--trust-pickle if you trust its author")
     try:
         program = torch.export.load(path)
     except Exception as exc:  # noqa: BLE001
