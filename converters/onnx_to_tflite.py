@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from deploykit.artifact import Artifact
 from deploykit.child import CONVERT, run_child
 from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.model import LoadedModel
@@ -47,11 +48,11 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
                      debug=options.debug).info
     result = ConversionResult(path=out_path, converter="onnx_to_saved_model" if saved_model else "onnx_to_tflite",
                               tool=info["tool"], description=info.get("artifact"))
-    written = ModelSpec.from_dict(info["artifact"]["spec"]) if info.get("artifact") else None
-    if written is None:      # a SavedModel is described by its loader in this process (TensorFlow is needed)
-        from deploykit.model import load_model
-
-        written = load_model(str(out_path)).spec
+    if info.get("artifact"):
+        written = ModelSpec.from_dict(info["artifact"]["spec"])
+    else:                    # a SavedModel is read by its loader in this process (TensorFlow), once: accept reuses it
+        result.artifact = Artifact.open(out_path, layout={})
+        written = result.artifact.spec
     result.input_perms = _perms(model.spec.inputs, written.inputs, to_artifact=True)
     result.output_perms = _perms(model.spec.outputs, written.outputs, to_artifact=False)
     layout = {"inputs": result.input_perms, "outputs": result.output_perms}

@@ -17,7 +17,8 @@ from deploykit import registry
 from deploykit.bench import BenchOptions
 from deploykit.errors import UsageError
 from deploykit.model import LoadOptions
-from deploykit.options import QuantizeOptions, VerifyOptions, check_timeout
+from deploykit.child import check_timeout
+from deploykit.options import QuantizeOptions, VerifyOptions
 
 __all__ = ["export", "verify", "bench", "inspect", "doctor", "report", "samples", "build_samples", "demo",
            "load_options", "VerifyOptions", "QuantizeOptions", "LoadOptions", "BenchOptions"]

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Optional
 
 from deploykit import registry
-from deploykit.child import MEASURE, run_child
+from deploykit.child import MEASURE, check_timeout, run_child
 from deploykit.errors import DeploykitError, UsageError
 from deploykit.formats import TORCH_FORMATS, Format, detect
 from deploykit.harness import NOISY_SPREAD, Timing, latency_stats
 from deploykit.machine import gpu_present
-from deploykit.options import check_timeout
 
 # Bench rows: (row name, registry runtime, options, formats, needs a GPU)
 ROWS = (

@@ -159,10 +159,10 @@ def verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: V
     model = load_model(source, load)
     checker = make_checker(model, options)
     opened = [Artifact.open(a, load=LoadOptions(timeout=options.timeout)) for a in artifacts]
-    reports, previous = [], None
+    reports, previous, source_hash = [], None, {}
     for artifact in opened:
         # Each artifact's manifest records its layout relative to the source it was exported from.
-        stored, why = _trusted_manifest(artifact, model)
+        stored, why = _trusted_manifest(artifact, model, source_hash)
         references, outputs = checker.run_both(artifact, options.samples, layout=artifact.layout,
                                                feeds=_int8_feeds(model, stored, options))
         report = checker.compare(references, outputs, model.label, artifact.label, artifact.layout,
@@ -178,7 +178,7 @@ def verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: V
     return VerifyResult(model.label, reports, time.perf_counter() - started)
 
 
-def _trusted_manifest(artifact: Artifact, source: LoadedModel) -> tuple:
+def _trusted_manifest(artifact: Artifact, source: LoadedModel, source_hash: dict) -> tuple:
     """(the manifest whose precision may pick the tolerance, a note saying why or why not).
 
     A sidecar file is not evidence: a manifest decides the preset only when the artifact's bytes and the
@@ -190,7 +190,9 @@ def _trusted_manifest(artifact: Artifact, source: LoadedModel) -> tuple:
     if precision in (None, "fp32"):
         return stored, ""
     recorded = ((stored.get("artifact") or {}).get("sha256"), (stored.get("source") or {}).get("sha256"))
-    if recorded == (artifact.sha256, sha256_of(source.path)) and all(recorded):
+    if "sha256" not in source_hash:      # hashed once per verify, and only when a manifest claims a precision
+        source_hash["sha256"] = sha256_of(source.path)
+    if recorded == (artifact.sha256, source_hash["sha256"]) and all(recorded):
         return stored, f"judged with the {precision} preset: its manifest records this artifact's and this source's sha256"
     return {k: v for k, v in stored.items() if k != "precision"}, (
         f"its manifest says {precision}, but does not record this artifact's and this source's sha256: judged with "

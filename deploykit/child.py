@@ -100,9 +100,7 @@ def run_child(target: str, request: dict, *, stage: Stage, what: str, timeout: f
     while the child runs: when it returns an exception (the source's load failed meanwhile, say),
     the child is stopped and that exception raised, rather than waiting for work that is moot.
     """
-    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
-        raise errors.UsageError(f"--timeout must be a positive number of seconds (got {timeout!r})",
-                                "e.g. --timeout 600")
+    check_timeout(timeout)
     with tempfile.TemporaryDirectory(prefix="deploykit-child-") as tmp:
         folder = Path(tmp)
         envelope = {"target": target, "request": request, "arrays": bool(arrays), "spawned_at": time.time()}
@@ -122,6 +120,12 @@ def run_child(target: str, request: dict, *, stage: Stage, what: str, timeout: f
         info = json.loads((folder / "result.json").read_text())
         returned = _load_arrays(folder / "result.npz") if (folder / "result.npz").exists() else {}
     return ChildResult(info, returned, seconds)
+
+
+def check_timeout(value, option: str = "--timeout") -> None:
+    """A time limit must be a finite number of seconds above zero (UsageError, exit 2, otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise errors.UsageError(f"{option} must be a positive number of seconds (got {value!r})", f"e.g. {option} 600")
 
 
 def code_root() -> str:

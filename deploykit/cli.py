@@ -13,6 +13,8 @@ from typing import Callable, List, Optional
 import typer
 from typing_extensions import Annotated
 
+from deploykit.text import printable
+
 EXIT_INTERNAL = 5
 EXIT_INTERRUPTED = 130     # Ctrl-C
 EXIT_TERMINATED = 143      # SIGTERM: `timeout`, CI cancellation, container stops
@@ -75,7 +77,7 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
             traceback.print_exc()
         if as_json:
             print(json.dumps({"passed": False, **exc.to_dict()}))
-        print(_printable(exc.one_line()), file=sys.stderr)
+        print(printable(exc.one_line()), file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
@@ -87,7 +89,7 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
         from deploykit.text import one_line
 
         message = one_line(str(exc))
-        print(_printable(f"error: internal error: {type(exc).__name__}: {message} — rerun with --debug and report "
+        print(printable(f"error: internal error: {type(exc).__name__}: {message} — rerun with --debug and report "
                          "it"), file=sys.stderr)
         raise typer.Exit(EXIT_INTERNAL) from None
     if as_json:
@@ -172,12 +174,6 @@ def _lazy(name: str) -> Callable[[dict], None]:
     return printer
 
 
-def _printable(text: str) -> str:
-    from deploykit.text import printable
-
-    return printable(text)
-
-
 def terminal_safe(data):
     """Every string of a result, as the terminal may show it: control characters escaped (a model file's tensor
     names and producer strings are not trusted) and rich markup escaped (a name like `x[/red]` is text).
@@ -185,7 +181,7 @@ def terminal_safe(data):
     from rich.markup import escape
 
     if isinstance(data, str):
-        return escape(_printable(data))
+        return escape(printable(data))
     if isinstance(data, dict):
         return {terminal_safe(key): terminal_safe(value) for key, value in data.items()}
     if isinstance(data, (list, tuple)):
@@ -409,7 +405,7 @@ def main() -> None:
             exc.show()
             sys.exit(0)
         where = exc.ctx.command_path if exc.ctx else "deploykit"
-        print(_printable(f"error: {exc.format_message()} — see `{where} --help`"), file=sys.stderr)
+        print(printable(f"error: {exc.format_message()} — see `{where} --help`"), file=sys.stderr)
         sys.exit(2)
     except typer.Abort:
         print("error: interrupted", file=sys.stderr)

@@ -58,7 +58,8 @@ class ConversionResult:
     notes: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     attempts: list = field(default_factory=list)     # [{"tool":..., "ok":..., "why":...}]
-    artifact: object = None                          # the Artifact that was checked, when it is the final file
+    artifact: object = None                          # the Artifact of the file (set by a converter that opened it,
+                                                     # else by accept); accept reuses it rather than reading again
     description: Optional[dict] = None               # a converter child's description of the file it wrote
 
 
@@ -73,7 +74,8 @@ def accept(result: ConversionResult, check: Check, options: ExportOptions, tag: 
     from deploykit.artifact import Artifact
 
     try:
-        artifact = Artifact.open(result.path, layout=layout or {}, description=result.description)
+        artifact = result.artifact.with_layout(layout or {}) if result.artifact is not None else \
+            Artifact.open(result.path, layout=layout or {}, description=result.description)
         report = check(artifact, options.samples, layout=layout)
     except (ConversionError, MissingDependency):
         raise

@@ -14,10 +14,10 @@ from deploykit import fsutil, manifest, registry, routing
 from deploykit.checking import Checker, make_checker
 from deploykit.conversion import ExportOptions
 from deploykit.errors import UsageError
-from deploykit.harness import DEFAULT_TIMING
 from deploykit.formats import TORCH_FORMATS, Format, detect
+from deploykit.harness import DEFAULT_TIMING
 from deploykit.model import LoadedModel, LoadOptions, PendingModel, load_model
-from deploykit.options import PRECISION_OF, QuantizeOptions, VerifyOptions, check_choice
+from deploykit.options import PRECISION_OF, ROUTES, QuantizeOptions, VerifyOptions, check_choice
 from deploykit.parity import tolerance_for
 from deploykit.runner import RunnerOptions
 
@@ -41,7 +41,7 @@ class ExportPlan:
     debug: bool = False
 
     def __post_init__(self) -> None:
-        check_choice(self.route, ("first", "all"), "--route")
+        check_choice(self.route, ROUTES, "--route")
         if self.opset is not None and not 7 <= self.opset <= 23:
             raise UsageError(f"--opset {self.opset} is outside the opsets the exporters write (7..23)",
                              "e.g. --opset 17, or leave it out for the exporter's default")

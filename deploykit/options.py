@@ -2,12 +2,12 @@
 Python raises the same UsageError (exit 2) as the same value on the command line."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
+from deploykit.child import check_timeout
 from deploykit.errors import UsageError
-from deploykit.parity import PRESETS
+from deploykit.parity import tolerance_for
 
 DEVICES = ("cpu", "cuda", "auto")
 QUANTIZE_MODES = ("fp16", "dynamic", "int8")
@@ -16,12 +16,6 @@ NORMALIZATIONS = ("unit", "imagenet")
 ROUTES = ("first", "all")
 # --quantize mode -> the tolerance preset its artifact is judged with against the float source
 PRECISION_OF = {"fp16": "fp16", "dynamic": "int8", "int8": "int8", None: "fp32"}
-
-
-def check_timeout(value, option: str = "--timeout") -> None:
-    """A time limit must be a finite number of seconds above zero."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise UsageError(f"{option} must be a positive number of seconds (got {value!r})", f"e.g. {option} 600")
 
 
 def check_choice(value, choices: tuple, option: str) -> None:
@@ -48,12 +42,7 @@ class VerifyOptions:
             raise UsageError(f"--samples must be at least 1 (got {self.samples!r})", "e.g. --samples 5")
         check_timeout(self.timeout)
         check_choice(self.device, DEVICES, "--device")
-        if self.precision is not None:
-            check_choice(self.precision, tuple(PRESETS), "--precision")
-        for name in ("atol", "rtol"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise UsageError(f"--{name} must be a number >= 0 (got {value!r})", f"e.g. --{name} 1e-4")
+        tolerance_for(self.precision or "fp32", self.atol, self.rtol)     # the parity engine's own checks
 
 
 @dataclass(frozen=True)

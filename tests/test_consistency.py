@@ -34,8 +34,8 @@ def test_inspect_of_a_corrupt_tflite_file_is_a_load_error_from_the_child(tmp_pat
     (dict(device="tpu"), "unknown --device 'tpu'"),
     (dict(timeout=math.nan), "--timeout must be a positive number"),
     (dict(samples=0), "--samples must be at least 1"),
-    (dict(precision="int4"), "unknown --precision 'int4'"),
-    (dict(atol=-1.0), "--atol must be a number >= 0"),
+    (dict(precision="int4"), "unknown precision 'int4'"),
+    (dict(atol=-1.0), "--atol must be a non-negative number"),
 ])
 def test_verify_options_are_checked_where_they_are_made(options, fragment):
     """Was: api.verify(..., VerifyOptions(device="tpu")) silently ran on CPU; only the CLI checked."""
