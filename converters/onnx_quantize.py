@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
+from deploykit.frameworks import import_onnxruntime
 from deploykit.quiet import captured_output
 
 MODES = ("fp16", "dynamic", "int8")
@@ -23,7 +24,8 @@ def convert(model, out_path: Path, options: ExportOptions, check: Check) -> Conv
 
 def _quantize(model, out_path: Path, options: ExportOptions) -> ConversionResult:
     import onnx
-    import onnxruntime
+
+    onnxruntime = import_onnxruntime()
 
     mode = options.quantize
     result = ConversionResult(path=out_path, converter="onnx_quantize", tool=f"onnxruntime {onnxruntime.__version__} "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from deploykit.constructs import data_dependent_site
 from deploykit.conversion import Check, ConversionResult, ExportOptions
-from deploykit.errors import ConversionError, Outcome
+from deploykit.errors import ConversionError, Outcome, exhaustion
 from deploykit.formats import Format
 from deploykit.inputs import random_feeds
 from deploykit.model import LoadedModel
@@ -42,6 +42,9 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
                 warnings.simplefilter("always")
                 tool = export(model, example, out_path, options, external)
         except Exception as exc:  # noqa: BLE001 - the exporters raise many types
+            full = exhaustion(exc, f"writing {out_path.name}")
+            if full:
+                raise full from None     # no other exporter or --opset will find more disk
             text = exception_chain(exc)
             dynamo_error = text if name == "dynamo" else dynamo_error
             _record(result, name, False, brief(text))

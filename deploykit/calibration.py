@@ -9,7 +9,10 @@ import numpy as np
 from deploykit.errors import UsageError
 from deploykit.inputs import load_npz, random_feeds
 from deploykit.spec import ModelSpec
+from deploykit.text import exception_line
 
+# Calibration images are resized to the model's input; one larger than this is a decompression bomb, not a photo.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 NORMALIZATIONS = {"unit": (0.0, 1.0), "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 RANDOM_WARNING = ("no --calibration data: int8 ranges were calibrated on random inputs, so the accuracy numbers of "
@@ -33,7 +36,17 @@ def calibration_feeds(spec: ModelSpec, source: Optional[str], samples: int, norm
         raise UsageError(f"{source}: no such calibration file or folder", "give an .npz or a folder of images")
     else:
         feeds = load_npz(path, spec)   # refuses a FIFO or device: it would block
+    _require_finite(feeds, source)
     return feeds[:samples], feeds[samples:], None
+
+
+def _require_finite(feeds: list, source: str) -> None:
+    """A NaN or inf in calibration data leaves no range to fit (the quantizer fails deep inside)."""
+    for index, feed in enumerate(feeds):
+        for name, array in feed.items():
+            if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+                raise UsageError(f"{source}: calibration sample {index} of input {name!r} holds NaN or inf",
+                                 "int8 ranges are fitted to finite values: clean the data or drop those samples")
 
 
 def _image_feeds(spec: ModelSpec, folder: Path, normalize: str) -> list:
@@ -57,9 +70,25 @@ def _image_feeds(spec: ModelSpec, folder: Path, normalize: str) -> list:
     mean, std = (np.asarray(v, np.float32) for v in NORMALIZATIONS[normalize])
     feeds = []
     for file in files:
-        with Image.open(file) as image:
-            array = np.asarray(image.convert("RGB").resize((int(width), int(height))), np.float32) / 255.0
+        array = _decoded_image(file, int(width), int(height))
         array = (array - mean) / std
         array = array.transpose(2, 0, 1) if channels_first else array
         feeds.append({tensor.name: array[None].astype(tensor.dtype)})
     return feeds
+
+
+def _decoded_image(file: Path, width: int, height: int) -> np.ndarray:
+    """One calibration image as float32 RGB in [0, 1] at width x height; a file that is no image, is
+    damaged or would decode to more than MAX_IMAGE_PIXELS is a UsageError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    fix = "remove or re-save it; every file with an image suffix in the folder is read"
+    try:
+        with Image.open(file) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise UsageError(f"{file}: {image.width}x{image.height} pixels is over the {MAX_IMAGE_PIXELS:,}-pixel "
+                                 "limit for a calibration image (a decompression bomb?)", fix)
+            return np.asarray(image.convert("RGB").resize((width, height)), np.float32) / 255.0
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError,
+            EOFError) as exc:
+        raise UsageError(f"{file}: not a readable image ({exception_line(exc)})", fix) from None

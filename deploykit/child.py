@@ -65,7 +65,7 @@ class Stage:
 
 
 LOAD = Stage("load", errors.ModelLoadError, "loading {what}",
-             "raise --timeout if the model is just large; a small file that never loads is damaged",
+             "raise --timeout if the model is just large; a small file that never loads is damaged or loops",
              "the file is corrupt or hits a bug in the runtime; --debug shows the runtime's log",
              Outcome.ARTIFACT_LOAD_FAILED)
 CONVERT = Stage("convert", errors.ConversionError, "the {what} converter",
@@ -113,10 +113,12 @@ def run_child(target: str, request: dict, *, stage: Stage, what: str, timeout: f
         if debug:
             sys.stderr.write(stdout + stderr)
         if (folder / "error.json").exists():
-            raise _child_error(json.loads((folder / "error.json").read_text()), stage, what)
+            error = _child_error(json.loads((folder / "error.json").read_text()), stage, what)
+            raise errors.exhaustion(error.message, stage.describe(what)) or error
         if not (folder / "result.json").exists():
-            raise stage.error(f"{stage.describe(what)} {_describe_exit(returncode)}: {last_line(stderr)}",
-                              stage.failure_remedy, outcome=stage.outcome)
+            raise errors.exhaustion(stderr[-4000:], stage.describe(what)) or stage.error(
+                f"{stage.describe(what)} {_describe_exit(returncode)}: {last_line(stderr)}", stage.failure_remedy,
+                outcome=stage.outcome)
         info = json.loads((folder / "result.json").read_text())
         returned = _load_arrays(folder / "result.npz") if (folder / "result.npz").exists() else {}
     return ChildResult(info, returned, seconds)

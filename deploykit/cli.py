@@ -70,7 +70,7 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
     if not debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        data = action()
+        data = _resources_named(action)
     except DeploykitError as exc:
         if debug:
             import traceback
@@ -81,16 +81,18 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
-        print("error: terminated (SIGTERM)" if terminated else "error: interrupted", file=sys.stderr)
-        raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
+        code, message = (EXIT_TERMINATED, "terminated (SIGTERM)") if terminated else (EXIT_INTERRUPTED, "interrupted")
+        _fail_json(as_json, type(exc).__name__, message, code)
+        print(f"error: {message}", file=sys.stderr)
+        raise typer.Exit(code) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback without --debug
         if debug:
             raise
         from deploykit.text import one_line
 
-        message = one_line(str(exc))
-        print(printable(f"error: internal error: {type(exc).__name__}: {message} — rerun with --debug and report "
-                         "it"), file=sys.stderr)
+        message = f"internal error: {type(exc).__name__}: {one_line(str(exc))}"
+        _fail_json(as_json, "InternalError", message, EXIT_INTERNAL, remedy="rerun with --debug and report it")
+        print(printable(f"error: {message} — rerun with --debug and report it"), file=sys.stderr)
         raise typer.Exit(EXIT_INTERNAL) from None
     if as_json:
         print(json.dumps(data, indent=2, default=str))
@@ -99,6 +101,22 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
     code = exit_code_of(data)
     if code:
         raise typer.Exit(code)
+
+
+def _resources_named(action: Callable[[], dict]) -> dict:
+    """Running out of disk or memory anywhere is said as such (exit 2), not as an internal error."""
+    from deploykit.errors import exhaustion
+
+    try:
+        return action()
+    except (MemoryError, OSError) as exc:
+        raise exhaustion(exc) or exc
+
+
+def _fail_json(as_json: bool, error: str, message: str, code: int, remedy: str = "") -> None:
+    """--json promises a JSON result on stdout, for failures that are not a DeploykitError too."""
+    if as_json:
+        print(json.dumps({"passed": False, "error": error, "message": message, "remedy": remedy, "exit_code": code}))
 
 
 def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, device="cpu", xnnpack=True):
@@ -273,7 +291,13 @@ def bench(
 def _bench_exit_code(data: dict) -> int:
     """1 when cases ran and every one of them failed: a benchmark that measured nothing is not a success."""
     cases = data.get("cases") or []
-    return 1 if cases and all("error" in case for case in cases) else 0
+    if not cases or any("error" not in case for case in cases):
+        return 0
+    first = str(cases[0]["error"])
+    print(printable(f"error: every benchmark case failed ({len(cases)}); the first: {first}"
+                    if " — " in first else f"error: every benchmark case failed ({len(cases)}); the first: {first} — "
+                    "run with --debug for the runtimes' logs"), file=sys.stderr)
+    return 1
 
 
 @app.command("report")
@@ -397,20 +421,35 @@ def main() -> None:
     SIGTERM is handled like Ctrl-C (exit 143 instead of 130)."""
     import signal
 
+    from deploykit.fsutil import private_tempdir
+
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        code = app(standalone_mode=False)
+        with private_tempdir():
+            code = app(standalone_mode=False)
     except _usage_error_types() as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":
             exc.show()
             sys.exit(0)
         where = exc.ctx.command_path if exc.ctx else "deploykit"
         print(printable(f"error: {exc.format_message()} — see `{where} --help`"), file=sys.stderr)
-        sys.exit(2)
+        code = 2
     except typer.Abort:
         print("error: interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-    sys.exit(code if isinstance(code, int) else 0)
+        code = EXIT_INTERRUPTED
+    _exit(code if isinstance(code, int) else 0)
+
+
+def _exit(code: int) -> None:
+    """sys.exit, unless a model's code overran --timeout in a thread that cannot be stopped: a normal
+    exit would wait for it forever (deploykit.deadline)."""
+    from deploykit import deadline
+
+    if deadline.abandoned():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ and exits with ``exit_code``; only ``--debug`` shows a traceback.
 
 Exit codes (also in the README):
     0 success · 1 verification failed · 2 bad usage or bad input ·
-    3 missing dependency · 4 conversion failed
+    3 missing dependency · 4 conversion failed · 5 internal error (a bug: please report it) ·
+    130 interrupted (Ctrl-C) · 143 terminated (SIGTERM)
 """
 from __future__ import annotations
 
 import enum
+import errno
 from typing import Optional
 
 EXIT_OK = 0
@@ -113,6 +115,55 @@ class MeasurementError(DeploykitError):
     """A benchmark case could not be measured (its process failed, crashed or timed out)."""
 
     exit_code = EXIT_VERIFY_FAILED
+
+
+class ResourceError(DeploykitError):
+    """The machine ran out of something the work needs (disk space, the file-size limit, memory): not a bad
+    conversion, and no other --opset or route will help."""
+
+    exit_code = EXIT_USAGE
+
+
+# How running out shows in the text of an error from a tool that lost the errno (LLVM, protobuf, C++ allocators).
+_EXHAUSTION_SIGNS = {"no space left on device": "no space left on device", "disk quota exceeded": "disk quota exceeded",
+                     "file too large": "the file-size limit was reached (File too large)",
+                     "cannot allocate memory": "out of memory", "std::bad_alloc": "out of memory",
+                     "memoryerror": "out of memory"}
+_EXHAUSTION_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                      errno.EFBIG: "the file-size limit was reached (File too large)", errno.ENOMEM: "out of memory"}
+
+
+def exhaustion(failure: "BaseException | str | None", where: str = "") -> Optional[ResourceError]:
+    """A ResourceError when ``failure`` (an exception, its cause chain, or a tool's output) shows that the
+    machine ran out of disk, file size or memory; else None."""
+    what = _exhausted(failure)
+    if what is None:
+        return None
+    filename = getattr(failure, "filename", None)
+    where = where or (f"writing {filename}" if filename else "")
+    memory = what == "out of memory"
+    remedy = ("free memory, or give smaller --input shapes or fewer --samples" if memory
+              else "free space on that file system, raise `ulimit -f`, or write elsewhere with -o")
+    return ResourceError(f"{where + ': ' if where else ''}{what}", remedy)
+
+
+def _exhausted(failure) -> Optional[str]:
+    seen = set()
+    while isinstance(failure, BaseException) and id(failure) not in seen:
+        seen.add(id(failure))
+        if isinstance(failure, MemoryError):
+            return "out of memory"
+        if isinstance(failure, OSError) and failure.errno in _EXHAUSTION_ERRNOS:
+            return _EXHAUSTION_ERRNOS[failure.errno]
+        text = str(failure).lower()
+        found = next((said for sign, said in _EXHAUSTION_SIGNS.items() if sign in text), None)
+        if found:
+            return found
+        failure = failure.__cause__ or failure.__context__
+    if isinstance(failure, str):
+        text = failure.lower()
+        return next((said for sign, said in _EXHAUSTION_SIGNS.items() if sign in text), None)
+    return None
 
 
 def from_dict(data: dict) -> DeploykitError:

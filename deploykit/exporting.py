@@ -76,7 +76,14 @@ def default_output(source: str, dst: Format, output: Optional[str] = None) -> st
 
 
 def export_model(source: str, dst: Format, output: Optional[str], plan: ExportPlan) -> ExportResult:
-    """Convert, verify every hop against the source, publish the artifact and its manifest atomically."""
+    """Convert, verify every hop against the source, publish the artifact and its manifest atomically.
+
+    Nothing is left behind on failure: no staged file, and no output folder this export created."""
+    with fsutil.parents_removed_on_failure(default_output(source, dst, output)):
+        return _export(source, dst, output, plan)
+
+
+def _export(source: str, dst: Format, output: Optional[str], plan: ExportPlan) -> ExportResult:
     started = time.perf_counter()
     quantize, verify = plan.quantize, plan.verify
     mode = quantize.mode if quantize else None
@@ -84,9 +91,10 @@ def export_model(source: str, dst: Format, output: Optional[str], plan: ExportPl
     fmt = detect(source)
     model = None if fmt in TORCH_FORMATS else load_model(source, plan.load)
     routes = routing.select_routes(fmt, dst, plan.via, mode, quantize.io_dtype if quantize else "float")
-    out = fsutil.prepare_output(default_output(source, dst, output), plan.force, directory=dst == Format.SAVED_MODEL)
+    out = Path(default_output(source, dst, output)).absolute()
     if Path(source).exists() and fsutil.overlaps(out, source):
         raise UsageError(f"the output {out} is, holds or lies inside the source {source}", "choose another -o")
+    fsutil.prepare_output(out, plan.force, directory=dst == Format.SAVED_MODEL)
     fsutil.prepare_output(manifest.manifest_path(out), plan.force)
     model = model or PendingModel(source, plan.load)
     checker = make_checker(model, verify)

@@ -6,6 +6,7 @@ import os
 import pickletools
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 from deploykit.errors import ModelLoadError, UnsupportedModelError
@@ -36,6 +37,10 @@ TORCH_FORMATS = frozenset({Format.TORCHSCRIPT, Format.EXPORTED_PROGRAM, Format.S
                            Format.TORCH_PICKLE, Format.PYTHON_FACTORY})
 
 _ZIP_MAGIC = b"PK\x03\x04"
+# What zipfile raises on a damaged or crafted archive (RuntimeError: an encrypted member; NotImplementedError:
+# flag bits or a compression it does not support; zlib.error: a broken deflate stream) — found by fuzzing.
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, OSError,
+              ValueError, KeyError, zlib.error)
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 # Protobuf tags of onnx.ModelProto fields (field number << 3 | wire type); a serialized
@@ -68,11 +73,17 @@ def detect(path: "str | os.PathLike") -> Format:
                              "check the path, or give a Python factory as package.module:function")
     if p.is_dir():
         return _detect_dir(p)
+    if not p.is_file():
+        raise ModelLoadError(f"{text} is not a regular file (a FIFO, device or socket)", "give a model file")
     size = p.stat().st_size
     if size == 0:
         raise ModelLoadError(f"{text}: the file is empty", "re-export or re-download the model")
-    with open(p, "rb") as handle:
-        head = handle.read(16)
+    try:
+        with open(p, "rb") as handle:
+            head = handle.read(16)
+    except OSError as exc:
+        raise ModelLoadError(f"{text}: cannot read the file ({exc.strerror or exc})",
+                             "check its permissions, or copy it somewhere readable") from None
     if head.startswith(_ZIP_MAGIC):
         return _detect_zip(p)
     if head.startswith(_HDF5_MAGIC):
@@ -109,12 +120,27 @@ def _detect_zip(p: Path) -> Format:
                 return Format.KERAS
             pickles = [n for n in names if n.endswith("data.pkl")]
             if pickles:
-                return _classify_pickle(archive.read(pickles[0]))
-    except zipfile.BadZipFile as exc:
+                return _classify_pickle(read_member(archive, pickles[0]))
+    except ZIP_ERRORS as exc:
         raise ModelLoadError(f"{p}: truncated or corrupt archive ({exc})",
                              "the file was cut short or damaged: save or copy it again") from None
     raise ModelLoadError(f"{p}: a zip archive that holds no known model",
                          "give a TorchScript, torch.export, state_dict or Keras .keras file")
+
+
+# Members read whole to classify an archive (pickles, JSON configs) are kilobytes in a real model; a larger
+# one is a decompression bomb.
+MAX_MEMBER_BYTES = 64 * 1024**2
+
+
+def read_member(archive: zipfile.ZipFile, name: str) -> bytes:
+    """One archive member, refused when it inflates to more than MAX_MEMBER_BYTES (checked before reading)."""
+    size = archive.getinfo(name).file_size
+    if size > MAX_MEMBER_BYTES:
+        raise ModelLoadError(f"{archive.filename}: the member {name} inflates to {size:,} bytes (the limit is "
+                             f"{MAX_MEMBER_BYTES:,}): a decompression bomb, or no model deploykit reads",
+                             "give the model as its exporter wrote it")
+    return archive.read(name)
 
 
 def _classify_pickle(payload: bytes) -> Format:
@@ -133,11 +159,14 @@ def _classify_pickle(payload: bytes) -> Format:
 def pickled_globals(path: "str | os.PathLike") -> list:
     """The module.class names a torch.save pickle refers to (for the --trust-pickle message)."""
     with zipfile.ZipFile(path) as archive:
-        payload = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+        payload = read_member(archive, next(n for n in archive.namelist() if n.endswith("data.pkl")))
     found = []
-    for opcode, arg, _pos in pickletools.genops(payload):
-        if opcode.name == "GLOBAL" and not _STATE_DICT_GLOBALS.match(str(arg)):
-            found.append(str(arg).replace(" ", "."))
+    try:
+        for opcode, arg, _pos in pickletools.genops(payload):
+            if opcode.name == "GLOBAL" and not _STATE_DICT_GLOBALS.match(str(arg)):
+                found.append(str(arg).replace(" ", "."))
+    except Exception:  # noqa: BLE001 - a pickle broken after its first globals: name those (found by fuzzing)
+        pass
     return sorted(set(found))
 
 
@@ -150,30 +179,45 @@ def pt2_pickled_parts(path: "str | os.PathLike") -> list:
     ``torch.export.save`` writes for ordinary tensors) have none of these. Read from the zip directly: nothing
     is unpickled here.
     """
-    import io
+    found = []
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if name.endswith("_config.json") and "/data/" in name:
+                    found += _pickled_payloads(name, read_member(archive, name))
+                elif "/data/sample_inputs/" in name:
+                    found += _pickled_sample_inputs(name, read_member(archive, name))
+    except ZIP_ERRORS as exc:
+        raise ModelLoadError(f"{path}: truncated or corrupt archive ({exc})",
+                             "the file was cut short or damaged: save or copy it again") from None
+    return found
+
+
+def _pickled_payloads(name: str, payload: bytes) -> list:
+    """Entries of a weights/constants payload config that torch.export.load would unpickle."""
     import json
 
-    found = []
-    with zipfile.ZipFile(path) as archive:
-        for name in archive.namelist():
-            if name.endswith(("data/weights/model_weights_config.json", "data/constants/model_constants_config.json")) \
-                    or (name.endswith("_config.json") and "/data/" in name):
-                try:
-                    config = json.loads(archive.read(name)).get("config", {})
-                except (ValueError, AttributeError):
-                    found.append(f"{name} (unreadable payload config)")
-                    continue
-                for fqn, meta in config.items():
-                    target = str((meta or {}).get("path_name", ""))
-                    if (meta or {}).get("use_pickle") or target.startswith(("custom_obj_", "opaque_obj_")):
-                        found.append(f"{fqn} ({target})")
-            elif "/data/sample_inputs/" in name:
-                payload = archive.read(name)
-                if not payload.startswith(_ZIP_MAGIC):
-                    found.append(f"{name} (a raw pickle)")
-                    continue
-                with zipfile.ZipFile(io.BytesIO(payload)) as inner:
-                    pickles = [n for n in inner.namelist() if n.endswith("data.pkl")]
-                    if not pickles or _classify_pickle(inner.read(pickles[0])) != Format.STATE_DICT:
-                        found.append(f"{name} (sample inputs that name Python classes)")
-    return found
+    try:
+        config = json.loads(payload).get("config", {})
+        entries = [(str(fqn), meta or {}) for fqn, meta in config.items()]
+        flagged = [f"{fqn} ({meta.get('path_name', '')})" for fqn, meta in entries
+                   if meta.get("use_pickle") or str(meta.get("path_name", "")).startswith(("custom_obj_", "opaque_obj_"))]
+    except (ValueError, AttributeError, TypeError, RecursionError):
+        return [f"{name} (unreadable payload config)"]   # not what torch.export.save writes: refused unread
+    return flagged
+
+
+def _pickled_sample_inputs(name: str, payload: bytes) -> list:
+    """Sample inputs are a torch.save zip of tensors; anything else (a raw pickle, named classes) is refused."""
+    import io
+
+    if not payload.startswith(_ZIP_MAGIC):
+        return [f"{name} (a raw pickle)"]
+    try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as inner:
+            pickles = [n for n in inner.namelist() if n.endswith("data.pkl")]
+            if pickles and _classify_pickle(read_member(inner, pickles[0])) == Format.STATE_DICT:
+                return []
+    except ZIP_ERRORS:
+        pass
+    return [f"{name} (sample inputs that name Python classes)"]

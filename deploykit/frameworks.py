@@ -13,3 +13,13 @@ def import_tensorflow():
         import tensorflow as tf
     tf.get_logger().setLevel("ERROR")
     return tf
+
+
+def import_onnxruntime():
+    """onnxruntime with its telemetry events off. Its Linux wheels carry Microsoft's 1DS telemetry client,
+    which also writes a session file (``$TMPDIR/.ses``) at import: deploykit runs keep that in their private
+    temporary folder (``fsutil.private_tempdir``), and no event is sent for a deploykit run."""
+    import onnxruntime
+
+    onnxruntime.disable_telemetry_events()
+    return onnxruntime

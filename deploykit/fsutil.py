@@ -69,6 +69,40 @@ def overlaps(a: "str | Path", b: "str | Path") -> bool:
 
 
 @contextlib.contextmanager
+def parents_removed_on_failure(path: "str | Path"):
+    """The folders that writing ``path`` will create are removed again (when still empty) if the block
+    fails: a failed export leaves no empty output directory behind."""
+    path = Path(path).absolute()
+    missing = [folder for folder in [path.parent, *path.parent.parents] if not folder.exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in missing:          # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+@contextlib.contextmanager
+def private_tempdir():
+    """Point TMPDIR (and Python's tempfile) at a new folder for the duration, removed afterwards with all
+    that is in it: deploykit's child folders, and what libraries drop in the temporary directory and
+    never remove (ONNX Runtime's telemetry session file, compiler caches). A run leaves $TMPDIR as it was."""
+    folder = tempfile.mkdtemp(prefix="deploykit-run-")
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
+    try:
+        yield Path(folder)
+    finally:
+        tempfile.tempdir = saved_tempdir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def staging_dir(final_dir: Path):
     """A temp directory beside the final output (same filesystem, so rename is atomic); always removed."""
     folder = Path(tempfile.mkdtemp(prefix=".deploykit-tmp-", dir=final_dir))

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.errors import UsageError
+from deploykit.formats import ZIP_ERRORS
 from deploykit.spec import FLOAT_DTYPES, ModelSpec, TensorSpec
+from deploykit.text import exception_line
 
 DEFAULT_INT_RANGE = (0, 10)
 # Random feeds are drawn in the parent: past this many bytes (all samples together) deploykit refuses with the
@@ -89,14 +91,7 @@ def load_npz(path: "str | Path", spec: ModelSpec) -> list:
     from deploykit.fsutil import require_regular_file
 
     path = require_regular_file(path, "inputs file", "give an existing .npz file to --inputs")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such inputs file", "give an existing .npz file to --inputs") from None
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise UsageError(f"{path}: not a readable .npz file ({exc})",
-                         "write it with numpy.savez(path, input_name=array)") from None
+    arrays = read_npz(path)
     if len(spec.inputs) == 1 and len(arrays) == 1:
         arrays = {spec.inputs[0].name: next(iter(arrays.values()))}
     missing = [t.name for t in spec.inputs if t.name not in arrays]
@@ -110,6 +105,39 @@ def load_npz(path: "str | Path", spec: ModelSpec) -> list:
                          "give every input the same leading sample axis")
     count = counts.pop()
     return [{name: values[i] for name, values in per_input.items()} for i in range(count)]
+
+
+def read_npz(path: Path) -> dict:
+    """The arrays of an .npz, each member's header checked before anything is allocated: object arrays
+    (pickles) are refused, and so is a declared size over MAX_FEED_BYTES in all (a 100-byte file can
+    declare a terabyte)."""
+    fix = "write it with numpy.savez(path, input_name=array)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(_declared_bytes(archive, info, path) for info in archive.infolist())
+        if declared > MAX_FEED_BYTES:
+            raise UsageError(f"{path}: its arrays declare {declared:,} bytes (the limit is {MAX_FEED_BYTES:,})",
+                             "give fewer or smaller samples")
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except ZIP_ERRORS as exc:
+        raise UsageError(f"{path}: not a readable .npz file ({exception_line(exc)})", fix) from None
+
+
+def _declared_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> int:
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f"member {info.filename}: .npy format version {version} is not supported")
+        shape, _fortran, dtype = reader(member)
+    if dtype.hasobject:
+        raise UsageError(f"{path}: member {info.filename} holds Python objects; reading them would unpickle code",
+                         "save plain numeric arrays")
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    return count * dtype.itemsize
 
 
 def _split_samples(tensor: TensorSpec, array: np.ndarray, path: Path) -> list:

@@ -59,11 +59,54 @@ def dumps(manifest: dict) -> str:
 
 
 def read(artifact: "str | Path") -> Optional[dict]:
-    """The manifest beside ``artifact``, or None when there is none (a file from another tool)."""
+    """The manifest beside ``artifact``, or None when there is none (a file from another tool) or it is
+    not one deploykit could have written (bad JSON, wrong types, a layout that is no permutation): a
+    sidecar file is as untrusted as the artifact, and a malformed one is ignored rather than obeyed."""
     path = manifest_path(artifact)
-    if not path.exists():
+    if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            return None
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
+    return data if well_formed(data) else None
+
+
+MAX_MANIFEST_BYTES = 16 * 1024**2
+# The JSON type of each section deploykit writes; a manifest with another type in one of them is not ours.
+_SECTIONS = {"schema_version": int, "artifact": dict, "source": dict, "signature": dict, "layout": dict,
+             "route": list, "routes": list, "parity": (dict, type(None)), "warnings": list, "precision": str,
+             "versions": dict, "calibration": (dict, type(None)), "created": str}
+
+
+def well_formed(data) -> bool:
+    """True when ``data`` has the shape of a deploykit manifest (only what readers rely on is checked)."""
+    if not isinstance(data, dict):
+        return False
+    if any(key in data and not isinstance(data[key], kind) for key, kind in _SECTIONS.items()):
+        return False
+    if not all(isinstance(hop, dict) for hop in data.get("route", []) + data.get("routes", [])):
+        return False
+    signature = data.get("signature") or {}
+    if not all(isinstance(signature.get(kind, []), list) and all(isinstance(t, dict) for t in signature.get(kind, []))
+               for kind in ("inputs", "outputs")):
+        return False
+    if not all(isinstance((data.get(section) or {}).get("sha256"), (str, type(None))) for section in ("artifact", "source")):
+        return False
+    return _layout_ok(data.get("layout") or {})
+
+
+def _layout_ok(layout: dict) -> bool:
+    """Every recorded layout is {"inputs"|"outputs": {name: permutation of 0..n-1 or null}}."""
+    for kind, perms in layout.items():
+        if kind not in ("inputs", "outputs") or not isinstance(perms, dict):
+            return False
+        for perm in perms.values():
+            if perm is None:
+                continue
+            if not isinstance(perm, list) or sorted(perm) != list(range(len(perm))) \
+                    or not all(type(axis) is int for axis in perm):
+                return False
+    return True

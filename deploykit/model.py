@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from deploykit import registry
+from deploykit.child import LOAD, in_child, run_child
+from deploykit.deadline import Pending, call_within
 from deploykit.formats import Format, detect
 from deploykit.spec import ModelSpec, TensorSpec
 
@@ -63,23 +65,33 @@ def load_model(path: str, options: Optional[LoadOptions] = None) -> LoadedModel:
     """Detect the format of ``path`` and load it with the registered loader.
 
     Formats whose runtime can crash natively on a bad file (the registry's ``isolated``
-    loaders, e.g. TFLite) are described in a child process, under ``options.timeout``.
+    loaders, e.g. TFLite) are described in a child process, under ``options.timeout``. The
+    others load (and run once, to probe their outputs) in this process under the same limit
+    (``deploykit.deadline``): a TorchScript ``while True`` is a ModelLoadError, not a hang.
     """
     options = options or LoadOptions()
     fmt = detect(path)
     entry = registry.loader_for(fmt)
     registry.require(entry.requires, f"needed to load {fmt.value} models")
-    from deploykit.child import LOAD, in_child, run_child
-
     if entry.isolated and not in_child():
         info = run_child("deploykit.model:describe_job", {"path": str(path), "load": options.to_dict()},
-                         stage=LOAD, what=Path(str(path)).name, timeout=options.timeout).info
+                         stage=LOAD, what=_name(path), timeout=options.timeout).info
         model = LoadedModel(path, fmt, ModelSpec.from_dict(info["spec"]), details=info["details"])
+    elif in_child():     # the child's own time limit applies, and kills it
+        model = _load_here(entry, path, fmt, options)
     else:
-        with _LOADING:     # one framework load at a time: a background load (PendingModel) and this one never race
-            model = registry.resolve(entry.target)(path, fmt, options)
+        model = call_within(lambda: _load_here(entry, path, fmt, options), options.timeout, LOAD, _name(path))
     model.load = options
     return _with_manifest_layouts(model)
+
+
+def _load_here(entry, path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
+    with _LOADING:     # one framework load at a time: a background load (PendingModel) and this one never race
+        return registry.resolve(entry.target)(path, fmt, options)
+
+
+def _name(path) -> str:
+    return Path(str(path)).name or str(path)
 
 
 def describe_job(request: dict, arrays: dict) -> dict:
@@ -138,25 +150,20 @@ class PendingModel:
     """
 
     def __init__(self, path: str, options: LoadOptions):
-        import concurrent.futures
-
         self.path, self.load, self.weights = path, options, options.weights
         self.format = detect(path)
         registry.require(registry.loader_for(self.format).requires, f"needed to load {self.format.value} models")
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="deploykit-load")
-        self._future = self._pool.submit(load_model, path, options)
-        self._pool.shutdown(wait=False)
+        # load_model bounds itself by options.timeout, so waiting for this thread is bounded too.
+        self._pending = Pending(lambda: load_model(path, options), name="deploykit-source-load")
 
     def result(self) -> LoadedModel:
         """The loaded model (waits for it); raises the loader's own error."""
-        return self._future.result()
+        return self._pending.result(None, LOAD, _name(self.path))
 
     def failure(self) -> Optional[BaseException]:
         """The loader's error once it has failed, else None (never waits): a child converting the same
         source can be stopped at once."""
-        if self._future.done():
-            return self._future.exception()
-        return None
+        return self._pending.exception()
 
     def __getattr__(self, name: str):
         return getattr(self.result(), name)

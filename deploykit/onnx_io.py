@@ -10,6 +10,9 @@ import os
 from deploykit.errors import ModelLoadError
 from deploykit.text import one_line
 
+# protobuf refuses to parse a message over 2 GiB; checking first spares reading a 12 GB file whole.
+MAX_PROTO_BYTES = 2**31 - 1
+
 
 def read_onnx(path: str, with_weights: bool = False):
     """The parsed and checked ModelProto of ``path``; a corrupt or truncated file raises ModelLoadError.
@@ -18,6 +21,10 @@ def read_onnx(path: str, with_weights: bool = False):
     parse a file once between them. Treat the result as read-only.
     """
     stat = os.stat(path)
+    if stat.st_size > MAX_PROTO_BYTES:
+        raise ModelLoadError(f"{path}: {stat.st_size:,} bytes is over the 2 GiB that one ONNX protobuf can hold, "
+                             "so it is no valid ONNX file", "save large models with external data "
+                             "(onnx.save(model, path, save_as_external_data=True)) and give the .onnx beside its data")
     return _read(os.path.abspath(path), stat.st_size, stat.st_mtime_ns, with_weights)
 
 

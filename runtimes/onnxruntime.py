@@ -7,6 +7,7 @@ import numpy as np
 
 from deploykit.errors import ModelLoadError, UsageError
 from deploykit.formats import Format
+from deploykit.frameworks import import_onnxruntime
 from deploykit.machine import gpu_present
 from deploykit.model import LoadedModel, LoadOptions
 from deploykit.onnx_io import read_onnx
@@ -49,7 +50,7 @@ def _gather_table_sizes(graph, initializers: dict) -> dict:
 
 
 def providers_for(device: str) -> list:
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     available = ort.get_available_providers()
     if device == "auto":
@@ -69,7 +70,7 @@ class OnnxRuntimeRunner(RunnerBase):
         self.model, self.options, self.session = model, options, None
 
     def open(self) -> None:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

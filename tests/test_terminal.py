@@ -32,3 +32,24 @@ def test_a_hostile_onnx_file_cannot_write_escapes_to_the_terminal(tmp_path):
     assert "\x1b" not in proc.stderr and "\\x1b[31m" in proc.stderr
     proc = run_cli("inspect", str(path), "--json")
     assert proc.returncode == 0 and "\x1b" not in proc.stdout     # JSON escapes it as \\u001b
+
+
+def test_json_is_printed_for_an_internal_error_too(monkeypatch, capsys):
+    """--json promises JSON on stdout: a bug (exit 5) is reported as JSON as well, without a traceback."""
+    import json
+    import sys
+
+    from deploykit import api, cli
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug\nover two lines")
+
+    monkeypatch.setattr(api, "doctor", broken)
+    monkeypatch.setattr(sys, "argv", ["deploykit", "doctor", "--json"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 5
+    data = json.loads(out)
+    assert data["exit_code"] == 5 and data["error"] == "InternalError" and "RuntimeError: a bug" in data["message"]
+    assert err.count("\n") == 1 and "Traceback" not in err
