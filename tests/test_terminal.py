@@ -53,3 +53,40 @@ def test_json_is_printed_for_an_internal_error_too(monkeypatch, capsys):
     data = json.loads(out)
     assert data["exit_code"] == 5 and data["error"] == "InternalError" and "RuntimeError: a bug" in data["message"]
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("failure, said", [
+    (MemoryError(), "out of memory"),
+    (OSError(28, "No space left on device"), "no space left on device"),
+    (OSError(27, "File too large", "/out/model.onnx"), "writing /out/model.onnx: the file-size limit"),
+])
+def test_running_out_is_said_as_such_not_as_an_internal_error(monkeypatch, capsys, failure, said):
+    import sys
+
+    from deploykit import api, cli
+
+    def exhausted(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(api, "doctor", exhausted)
+    monkeypatch.setattr(sys, "argv", ["deploykit", "doctor"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    _out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and err.startswith(f"error: {said}") and " — " in err and "internal" not in err
+
+
+def test_an_unreadable_model_file_is_exit_2_not_a_crash(monkeypatch, tmp_path):
+    """Root reads any file, so the permission error is simulated where detect opens the file."""
+    from deploykit import formats
+    from deploykit.errors import ModelLoadError
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"\x08\x08")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(formats, "open", denied, raising=False)
+    with pytest.raises(ModelLoadError, match="cannot read the file \\(Permission denied\\)"):
+        formats.detect(model)
