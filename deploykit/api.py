@@ -20,7 +20,7 @@ from deploykit.model import LoadOptions
 from deploykit.child import check_timeout
 from deploykit.options import QuantizeOptions, VerifyOptions
 
-__all__ = ["export", "verify", "bench", "inspect", "doctor", "report", "samples", "build_samples", "demo",
+__all__ = ["export", "verify", "verify_bundle", "package", "bench", "inspect", "doctor", "report", "samples", "build_samples", "demo",
            "load_options", "VerifyOptions", "QuantizeOptions", "LoadOptions", "BenchOptions"]
 
 
@@ -94,7 +94,35 @@ def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions]
     """
     from deploykit.checking import verify_artifacts
 
+    if not artifacts:
+        from deploykit.packaging import is_bundle
+
+        if is_bundle(source):
+            return verify_bundle(source, timeout=options.timeout)
     return verify_artifacts(source, list(artifacts), load or LoadOptions(timeout=options.timeout), options)
+
+
+def verify_bundle(folder: str, timeout: float = 600.0):
+    """A bundle's model against its golden vectors (and its files against their recorded sha256): what
+    ``python app.py selftest`` does on the device, here on deploykit's runner. Returns a VerifyResult."""
+    import time
+
+    from deploykit.checking import VerifyResult
+    from deploykit.packaging import verify_bundle as check
+
+    check_timeout(timeout)
+    started = time.perf_counter()
+    return VerifyResult(folder, [check(folder, timeout)], time.perf_counter() - started)
+
+
+def package(artifact: str, output: str, options=None, *, force: bool = False) -> dict:
+    """Bundle ``artifact`` for a device app into the folder ``output``: the model with its contract in its
+    metadata (ONNX), contract.json, labels, golden vectors from the source, and a runtime-only app.py whose
+    ``selftest`` proves the model on the device. ``options`` is a PackageOptions (labels, normalize, task,
+    samples, source). Returns the bundle's description (files, bytes, contract, runtime requirements)."""
+    from deploykit.packaging import PackageOptions, package as write_bundle
+
+    return write_bundle(artifact, output, options or PackageOptions(), force=force)
 
 
 def bench(models: Sequence[str], options=None, *, load: Optional[LoadOptions] = None, report_dir: Optional[str] = None,

@@ -1,11 +1,13 @@
 """Calibration data for quantization: the user's .npz, a folder of images, or (with a warning) random data."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from deploykit.contract import parse_normalize
 from deploykit.errors import UsageError
 from deploykit.inputs import load_npz, random_feeds
 from deploykit.spec import ModelSpec
@@ -14,7 +16,6 @@ from deploykit.text import exception_line
 # Calibration images are resized to the model's input; one larger than this is a decompression bomb, not a photo.
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-NORMALIZATIONS = {"unit": (0.0, 1.0), "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 RANDOM_WARNING = ("no --calibration data: int8 ranges were calibrated on random inputs, so the accuracy numbers of "
                   "this artifact say little about real data — give --calibration data.npz or an image folder")
 
@@ -52,8 +53,7 @@ def _require_finite(feeds: list, source: str) -> None:
 def _image_feeds(spec: ModelSpec, folder: Path, normalize: str) -> list:
     from PIL import Image
 
-    if normalize not in NORMALIZATIONS:
-        raise UsageError(f"unknown --calibration-normalize {normalize!r}", f"use {' or '.join(NORMALIZATIONS)}")
+    mean, std = (np.asarray(v, np.float32) for v in parse_normalize(normalize, "--calibration-normalize"))
     images = [t for t in spec.inputs if len(t.shape) == 4 and t.dtype.startswith("float")]
     if len(spec.inputs) != 1 or not images:
         raise UsageError("an image folder calibrates only models with one 4-D float input",
@@ -67,7 +67,6 @@ def _image_feeds(spec: ModelSpec, folder: Path, normalize: str) -> list:
              for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise UsageError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})", "add images, or give an .npz")
-    mean, std = (np.asarray(v, np.float32) for v in NORMALIZATIONS[normalize])
     feeds = []
     for file in files:
         array = _decoded_image(file, int(width), int(height))
@@ -84,7 +83,10 @@ def _decoded_image(file: Path, width: int, height: int) -> np.ndarray:
 
     fix = "remove or re-save it; every file with an image suffix in the folder is read"
     try:
-        with Image.open(file) as image:
+        with warnings.catch_warnings():      # our own pixel limit below says it in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(file)
+        with image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise UsageError(f"{file}: {image.width}x{image.height} pixels is over the {MAX_IMAGE_PIXELS:,}-pixel "
                                  "limit for a calibration image (a decompression bomb?)", fix)

@@ -153,8 +153,8 @@ def export(
                            "Without it: random data, with a warning.")] = None,
     calibration_samples: Annotated[int, typer.Option("--calibration-samples", help="How many calibration "
                                    "samples to use.")] = 100,
-    calibration_normalize: Annotated[str, typer.Option("--calibration-normalize", help="Images: unit ([0, 1]) or "
-                                     "imagenet (mean/std).")] = "unit",
+    calibration_normalize: Annotated[str, typer.Option("--calibration-normalize", help="Images: unit ([0, 1]), "
+                                     "imagenet, symmetric ([-1, 1]) or mean=A,B,C,std=D,E,F (on [0, 1] pixels).")] = "unit",
     io_dtype: Annotated[str, typer.Option("--io-dtype", help="int8 TFLite: float or int8 inputs/outputs "
                         "(int8 also opens litert-torch's PT2E route for PyTorch programs).")] = "float",
     report: Annotated[Optional[str], typer.Option("--report", help="With --quantize all: write precisions.html "
@@ -210,8 +210,9 @@ def terminal_safe(data):
 @app.command()
 def verify(
     source: Annotated[str, typer.Argument(help="The reference model (what the artifacts must match).")],
-    artifacts: Annotated[List[str], typer.Argument(help="One or more artifacts; each is compared with the source, "
-                                                        "and each with the previous one.")],
+    artifacts: Annotated[Optional[List[str]], typer.Argument(help="One or more artifacts; each is compared with "
+                         "the source, and each with the previous one. None when SOURCE is a bundle folder "
+                         "(`deploykit package`): its model is checked against its golden vectors.")] = None,
     inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False, samples: Samples = 5,
     seed: Seed = 0, npz: Npz = None, precision: Precision = None, atol: Atol = None, rtol: Rtol = None,
     timeout: Timeout = 600.0, device: Device = "cpu",
@@ -223,16 +224,53 @@ def verify(
 
     Every artifact is compared with the source, and each with the previous one (a chain
     report); recorded layout permutations (manifest) are applied.
-    Example: deploykit verify model.pt2 model.onnx model.tflite
+    Examples: deploykit verify model.pt2 model.onnx model.tflite ; deploykit verify bundle/
     """
     def action() -> dict:
         from deploykit import api
 
-        return api.verify(source, artifacts, load=api.load_options(inputs or (), weights, trust_pickle, timeout),
+        return api.verify(source, artifacts or (), load=api.load_options(inputs or (), weights, trust_pickle, timeout),
                           options=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, device,
                                                   xnnpack)).to_dict()
 
     _run(action, as_json, debug, _lazy("print_verify"), lambda data: 0 if data["passed"] else 1)
+
+
+@app.command()
+def package(
+    artifact: Annotated[str, typer.Argument(help="An .onnx or .tflite artifact (its deploykit manifest names the "
+                                               "source that makes the golden vectors).")],
+    output: Annotated[str, typer.Option("-o", "--output", help="The bundle folder to write.")],
+    app_kind: Annotated[str, typer.Option("--app", help="The app to generate: python (numpy + the one runtime).")]
+    = "python",
+    labels: Annotated[Optional[str], typer.Option("--labels", help="Class names, one per line, in class order "
+                                                  "(makes the task classify).")] = None,
+    normalize: Annotated[Optional[str], typer.Option("--normalize", help="Image inputs: unit ([0, 1]), imagenet, "
+                         "symmetric ([-1, 1]) or mean=A,B,C,std=D,E,F on [0, 1] pixels (default: as calibrated, "
+                         "else unit).")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="classify, embed or raw (default: inferred from "
+                                                "the outputs, and said so in the contract).")] = None,
+    source: Annotated[Optional[str], typer.Option("--source", help="The source model, when the artifact has no "
+                                                  "manifest naming it.")] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Golden vectors: seeded input samples.")] = 8,
+    seed: Seed = 0, npz: Npz = None, timeout: Timeout = 600.0, force: Annotated[bool, typer.Option(
+        "--force", help="Replace a bundle folder deploykit wrote before.")] = False,
+    as_json: Json = False, debug: Debug = False,
+) -> None:
+    """Bundle an artifact for a device app: model (contract in its metadata), contract.json, labels, golden
+    vectors, app.py and requirements.txt. On the device: python app.py selftest ; python app.py predict photo.jpg
+
+    Example: deploykit package mobilenet_v2.onnx -o bundle/ --labels labels.txt --normalize imagenet
+    """
+    def action() -> dict:
+        from deploykit import api
+        from deploykit.packaging import PackageOptions
+
+        options = PackageOptions(app=app_kind, labels=labels, normalize=normalize, task=task, samples=samples,
+                                 source=source, verify=_verify_options(samples, seed, npz, None, None, None, timeout))
+        return api.package(artifact, output, options, force=force)
+
+    _run(action, as_json, debug, _lazy("print_bundle"))
 
 
 def _int_list(text: str, option: str) -> tuple:

@@ -58,8 +58,10 @@ def require_regular_file(path: "str | Path", what: str, fix: str) -> Path:
 
 
 def _written_by_deploykit(folder: Path) -> bool:
-    """A SavedModel folder that deploykit exported: saved_model.pb inside, its manifest beside it."""
-    return (folder / "saved_model.pb").is_file() and folder.with_name(folder.name + ".deploykit.json").is_file()
+    """A SavedModel folder that deploykit exported (saved_model.pb inside, its manifest beside it), or a bundle
+    that `deploykit package` wrote (its deploykit-bundle.json inside)."""
+    saved_model = (folder / "saved_model.pb").is_file() and folder.with_name(folder.name + ".deploykit.json").is_file()
+    return saved_model or (folder / "deploykit-bundle.json").is_file()
 
 
 def overlaps(a: "str | Path", b: "str | Path") -> bool:

@@ -54,7 +54,21 @@ def _onnx_graph_facts(path: str) -> dict:
         params += count
     return {"parameters": params, "ops": dict(histogram.most_common()), "nodes": sum(histogram.values()),
             "opset": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
-            "producer": f"{proto.producer_name} {proto.producer_version}".strip(), "ir_version": proto.ir_version}
+            "producer": f"{proto.producer_name} {proto.producer_version}".strip(), "ir_version": proto.ir_version,
+            **_carried_contract({p.key: p.value for p in proto.metadata_props})}
+
+
+def _carried_contract(props: dict) -> dict:
+    """The deploykit contract an ONNX model carries in its metadata_props (none if absent or not one)."""
+    import json
+
+    from deploykit.contract import ONNX_KEY, validate
+    from deploykit.errors import UsageError
+
+    try:
+        return {"contract": validate(json.loads(props[ONNX_KEY]))} if ONNX_KEY in props else {}
+    except (ValueError, UsageError):
+        return {"contract_problem": f"its {ONNX_KEY} metadata is not a valid contract"}
 
 
 def _count_nodes(graph, histogram) -> None:

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 from deploykit.child import check_timeout
+from deploykit.contract import parse_normalize
 from deploykit.errors import UsageError
 from deploykit.parity import tolerance_for
 
 DEVICES = ("cpu", "cuda", "auto")
 QUANTIZE_MODES = ("fp16", "dynamic", "int8")
 IO_DTYPES = ("float", "int8")
-NORMALIZATIONS = ("unit", "imagenet")
 ROUTES = ("first", "all")
 # --quantize mode -> the tolerance preset its artifact is judged with against the float source
 PRECISION_OF = {"fp16": "fp16", "dynamic": "int8", "int8": "int8", None: "fp32"}
@@ -52,13 +52,13 @@ class QuantizeOptions:
     mode: str                              # fp16 | dynamic | int8 | all
     calibration: Optional[str] = None      # .npz or image folder; None = random data, with a warning
     samples: int = 100
-    normalize: str = "unit"                # images: unit ([0, 1]) or imagenet (mean/std)
+    normalize: str = "unit"                # images: unit, imagenet, symmetric or mean=..,std=.. (contract.py)
     io_dtype: str = "float"                # int8 TFLite: float or int8 inputs/outputs
 
     def __post_init__(self) -> None:
         check_choice(self.mode, QUANTIZE_MODES + ("all",), "--quantize")
         check_choice(self.io_dtype, IO_DTYPES, "--io-dtype")
-        check_choice(self.normalize, NORMALIZATIONS, "--calibration-normalize")
+        parse_normalize(self.normalize, "--calibration-normalize")
         if not isinstance(self.samples, int) or self.samples < 1:
             raise UsageError(f"--calibration-samples must be at least 1 (got {self.samples!r})",
                              "e.g. --calibration-samples 100")

@@ -138,6 +138,10 @@ def print_inspect(info: dict) -> None:
     for key in ("opset", "producer"):
         if info.get(key):
             console.print(f"{key}: {info[key]}")
+    if info.get("contract"):
+        print_contract(info["contract"])
+    if info.get("contract_problem"):
+        console.print(f"contract: {info['contract_problem']}")
     if info.get("manifest"):
         console.print(f"manifest: route {info['manifest']['route']}, parity passed: {info['manifest']['parity_passed']}")
 
@@ -220,3 +224,21 @@ def print_bench(result: dict) -> None:
 
 def print_report(result: dict) -> None:
     console.print(f"report: {result['html']}\n{result['headline']}")
+
+
+def print_contract(contract: dict) -> None:
+    from deploykit.contract import summary
+
+    console.print("[bold]contract[/bold] (deploykit.contract v1)")
+    for line in summary(contract):
+        console.print(f"  {line}")
+
+
+def print_bundle(info: dict) -> None:
+    console.print(f"[bold]{info['bundle']}[/bold]  {info['bytes'] / 1e6:.2f} MB, model {info['model']} on "
+                  f"{info['runtime']}")
+    console.print("files: " + ", ".join(info["files"]))
+    console.print("the app needs: " + " ".join(info["runtime_requirements"]))
+    print_contract(info["contract"])
+    console.print(f"on the device: cd {info['bundle']} && pip install -r requirements.txt && "
+                  "python app.py selftest")

@@ -5,7 +5,7 @@ from typing import Mapping
 
 import numpy as np
 
-from deploykit.errors import ModelLoadError, UsageError
+from deploykit.errors import ModelLoadError, UnsupportedModelError, UsageError
 from deploykit.formats import Format
 from deploykit.frameworks import import_onnxruntime
 from deploykit.machine import gpu_present
@@ -32,9 +32,16 @@ def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
 def _tensor_spec(value, value_range=None) -> TensorSpec:
     from onnx import helper
 
+    if value.type.WhichOneof("value") != "tensor_type":
+        raise UnsupportedModelError(f"graph input/output {value.name!r} is a {value.type.WhichOneof('value')}, "
+                                    "not a tensor", "deploykit runs models whose inputs and outputs are tensors")
     tensor_type = value.type.tensor_type
     dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor_type.shape.dim)
-    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+    try:   # the checker accepts any number here; only the defined ones map to numpy (found by fuzzing)
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+    except (KeyError, TypeError, ValueError):
+        raise ModelLoadError(f"graph input/output {value.name!r} has element type {tensor_type.elem_type}, which ONNX "
+                             "does not define", "the file is damaged or was written by a broken exporter") from None
     return TensorSpec(value.name, dims, dtype, value_range=value_range)
 
 

@@ -31,8 +31,11 @@ def payload_pickle() -> bytes:
 
 
 def tiny_onnx(path: Path, input_name: str = "x", shape=(1, 4), producer: str = "deploykit-tests",
-              output_name: str = "y", external: str = "", doc: str = "") -> Path:
-    """x[1,4] @ W[4,3] -> Relu -> y; ``external`` makes W an external-data tensor at that location."""
+              output_name: str = "y", external: str = "", doc: str = "", elem_type: int = 1,
+              sequence_input: bool = False) -> Path:
+    """x[1,4] @ W[4,3] -> Relu -> y; ``external`` makes W an external-data tensor at that location;
+    ``elem_type`` is the input's declared element type (1 = float; 65 is none ONNX defines); ``sequence_input``
+    declares the input a sequence of tensors."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -46,7 +49,8 @@ def tiny_onnx(path: Path, input_name: str = "x", shape=(1, 4), producer: str = "
             entry.key, entry.value = key, value
     graph = helper.make_graph(
         [helper.make_node("MatMul", [input_name, "W"], ["h"]), helper.make_node("Relu", ["h"], [output_name])],
-        "tiny", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(shape))],
+        "tiny", [helper.make_tensor_sequence_value_info(input_name, TensorProto.FLOAT, list(shape)) if sequence_input
+                 else helper.make_tensor_value_info(input_name, elem_type, list(shape))],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, list(shape[:-1]) + [3])], [weight])
     model = helper.make_model(graph, producer_name=producer, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

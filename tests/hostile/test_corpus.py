@@ -107,8 +107,8 @@ def test_hostile_case(case, tmp_path, capfd, monkeypatch):
     if code == 1 and not err.strip():      # a verdict (verification failed), not an error: stdout says why
         assert re.search(case.message, out), shown
     elif code:
-        errors = [line for line in err.splitlines() if line.startswith("error: ")]
-        assert len(errors) == 1 and re.search(case.message, errors[0]), shown
+        errors = [line for line in err.splitlines() if line.strip()]     # nothing but the one line: no warnings
+        assert len(errors) == 1 and errors[0].startswith("error: ") and re.search(case.message, errors[0]), shown
         assert " — " in errors[0], "an error line names the fix after ' — '\n" + shown
     else:
         assert re.search(case.message, out), shown

@@ -1,0 +1,219 @@
+"""The model contract: what an app must feed a model and how to read what it returns.
+
+One schema (``deploykit.contract``, version 1), written as ``contract.json`` into a bundle and into the
+artifact's own metadata (ONNX ``metadata_props``), so that an app — or a tool that never heard of
+deploykit — does not guess the layout, value range, normalisation, colour order or label order:
+
+    {"schema": "deploykit.contract", "version": 1, "task": "classify" | "embed" | "raw",
+     "inputs":  [{"name", "shape", "dtype", "layout": "NCHW" | "NHWC" | null, "value_range": [lo, hi] | null,
+                  "image": null | {"height", "width", "channels", "color_order": "RGB", "resize": "stretch",
+                                   "scale": 1/255, "mean": [..], "std": [..]}}],
+     "outputs": [{"name", "shape", "dtype", "meaning": "class_scores" | "embedding" | "raw",
+                  "labels": "labels.txt" | null, "postprocess": "softmax" | "none", "top_k": int}],
+     "inferred": ["what deploykit inferred rather than was told, in words", ...]}
+
+An image input is fed as ``(pixels_in_RGB * scale - mean) / std`` after resizing the picture to
+height x width (stretching), in the recorded layout. Values given by the user (``--labels``,
+``--normalize``, ``--task``) win over inferred ones; every inference is listed in ``inferred``.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+from deploykit.errors import UsageError
+from deploykit.spec import ModelSpec, TensorSpec
+
+SCHEMA, VERSION = "deploykit.contract", 1
+TASKS = ("classify", "embed", "raw")
+NORMALIZATIONS = {"unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+                  "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                  "symmetric": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+ONNX_KEY = "deploykit.contract"
+_MEAN_STD = re.compile(r"^mean=([-\d.eE,+]+),std=([-\d.eE,+]+)$")
+
+
+def parse_normalize(text: str, option: str = "--normalize") -> tuple:
+    """``unit`` | ``imagenet`` | ``symmetric`` | ``mean=a,b,c,std=d,e,f`` -> (mean, std) per channel, in [0, 1] units."""
+    if text in NORMALIZATIONS:
+        return NORMALIZATIONS[text]
+    found = _MEAN_STD.match(str(text).replace(" ", ""))
+    if not found:
+        raise UsageError(f"{option} {text!r} is not understood",
+                         f"use {', '.join(NORMALIZATIONS)} or mean=0.485,0.456,0.406,std=0.229,0.224,0.225")
+    try:
+        mean, std = (tuple(float(v) for v in group.split(",")) for group in found.groups())
+    except ValueError:
+        raise UsageError(f"{option} {text!r} has a value that is not a number", "e.g. mean=0.5,std=0.5") from None
+    if len(mean) != len(std) or len(mean) not in (1, 3) or any(not s > 0 for s in std):
+        raise UsageError(f"{option} {text!r}: give 1 or 3 means and as many positive stds", "e.g. mean=0.5,std=0.5")
+    return (mean * 3, std * 3) if len(mean) == 1 else (mean, std)
+
+
+def read_labels(path: str) -> list:
+    """One label per line (blank lines at the end ignored)."""
+    from deploykit.fsutil import require_regular_file
+
+    require_regular_file(path, "labels file", "give a text file with one class name per line")
+    try:
+        labels = Path(path).read_text(encoding="utf-8").rstrip("\n").split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not a readable UTF-8 labels file ({exc})", "one class name per line") from None
+    if not labels or labels == [""]:
+        raise UsageError(f"{path} holds no labels", "one class name per line")
+    return [label.strip() for label in labels]
+
+
+def image_layout(tensor: TensorSpec) -> Optional[str]:
+    """NCHW / NHWC when ``tensor`` can take a picture: 4-D float with 1 or 3 channels where its layout says."""
+    if tensor.shape is None or len(tensor.shape) != 4 or not tensor.dtype.startswith("float"):
+        return None
+    layout = tensor.layout or ("NHWC" if tensor.shape[3] in (1, 3) and tensor.shape[1] not in (1, 3) else "NCHW")
+    channels = tensor.shape[1] if layout == "NCHW" else tensor.shape[3]
+    return layout if channels in (1, 3) else None
+
+
+def build(spec: ModelSpec, *, task: Optional[str] = None, labels: Optional[list] = None,
+          normalize: Optional[str] = None, calibration_normalize: Optional[str] = None,
+          probabilities: Optional[bool] = None, labels_file: str = "labels.txt") -> dict:
+    """The contract of a model with signature ``spec`` (the artifact's, with layouts recorded).
+
+    ``calibration_normalize`` is what calibrated it (from its manifest); ``probabilities`` whether its
+    class-score output already sums to 1 (from golden outputs), deciding the app's softmax.
+    """
+    if task is not None and task not in TASKS:
+        raise UsageError(f"unknown --task {task!r}", f"use {', '.join(TASKS)}")
+    inferred: list = []
+    inputs = [_input(t, normalize, calibration_normalize, inferred) for t in spec.inputs]
+    if normalize and not any(i["image"] for i in inputs):
+        raise UsageError(f"--normalize applies to image inputs, and {', '.join(spec.input_names)} "
+                         "is no 4-D float input with 1 or 3 channels", "drop --normalize for this model")
+    task = task or _inferred_task(spec, labels, inferred)
+    outputs = [_output(t, task, labels, probabilities, labels_file, inferred) for t in spec.outputs]
+    return {"schema": SCHEMA, "version": VERSION, "task": task, "inputs": inputs, "outputs": outputs,
+            "inferred": inferred}
+
+
+def _input(tensor: TensorSpec, normalize, calibration_normalize, inferred: list) -> dict:
+    layout = image_layout(tensor)
+    entry = {"name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype, "layout": tensor.layout or layout,
+             "value_range": list(tensor.value_range) if tensor.value_range else None, "image": None}
+    if layout is None:
+        return entry
+    if tensor.layout is None:
+        inferred.append(f"{tensor.name} is {layout}: a 4-D float input with its channel axis where {layout} has it")
+    chosen = normalize or calibration_normalize or "unit"
+    if not normalize:
+        inferred.append(f"{tensor.name} is normalised '{chosen}'" + (" (as it was calibrated)" if calibration_normalize
+                                                                    else " (the default: pixels / 255)"))
+    mean, std = parse_normalize(chosen)
+    height, width = (tensor.shape[2], tensor.shape[3]) if layout == "NCHW" else (tensor.shape[1], tensor.shape[2])
+    channels = tensor.shape[1] if layout == "NCHW" else tensor.shape[3]
+    entry["image"] = {"height": height, "width": width, "channels": channels, "color_order": "RGB",
+                      "resize": "stretch", "scale": 1 / 255, "mean": list(mean)[:channels], "std": list(std)[:channels]}
+    low = min((0 - m) / s for m, s in zip(mean, std))
+    high = max((1 - m) / s for m, s in zip(mean, std))
+    entry["value_range"] = [round(low, 6), round(high, 6)]
+    return entry
+
+
+def _inferred_task(spec: ModelSpec, labels, inferred: list) -> str:
+    if labels:
+        return "classify"
+    scores = [t for t in spec.outputs if t.shape and len(t.shape) == 2 and isinstance(t.shape[1], int)
+              and t.shape[1] > 1]
+    if len(spec.outputs) == 1 and scores:
+        inferred.append(f"{scores[0].name} holds class scores: one output of shape {tuple(scores[0].shape)} "
+                        "(give --task raw or embed if it is not)")
+        return "classify"
+    return "raw"
+
+
+def _output(tensor: TensorSpec, task: str, labels, probabilities, labels_file: str, inferred: list) -> dict:
+    entry = {"name": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype, "meaning": "raw",
+             "labels": None, "postprocess": "none", "top_k": 0}
+    if task == "embed":
+        entry["meaning"] = "embedding"
+    if task != "classify":
+        return entry
+    classes = tensor.shape[-1] if tensor.shape else None
+    if labels is not None and classes != len(labels):
+        raise UsageError(f"{len(labels)} labels for an output of {classes} classes ({tensor.name} "
+                         f"{tuple(tensor.shape)})", "give one label per class, in the model's class order")
+    entry.update(meaning="class_scores", labels=labels_file if labels else None,
+                 postprocess="none" if probabilities else "softmax", top_k=min(5, classes or 5))
+    if probabilities is not None:
+        inferred.append(f"{tensor.name} {'already sums to 1: no softmax' if probabilities else 'is logits: apply softmax'}"
+                        " (from the golden outputs)")
+    return entry
+
+
+def validate(contract) -> dict:
+    """``contract`` if it has the version-1 shape (what an app relies on), else UsageError."""
+    problem = _problem(contract)
+    if problem:
+        raise UsageError(f"not a deploykit contract: {problem}", "write it with `deploykit package`")
+    return contract
+
+
+def _problem(contract) -> str:
+    if not isinstance(contract, dict) or contract.get("schema") != SCHEMA:
+        return "the schema is not deploykit.contract"
+    if contract.get("version") != VERSION:
+        return f"version {contract.get('version')!r} (this deploykit reads version {VERSION})"
+    if contract.get("task") not in TASKS:
+        return f"task {contract.get('task')!r}"
+    for kind in ("inputs", "outputs"):
+        tensors = contract.get(kind)
+        if not isinstance(tensors, list) or not tensors or not all(isinstance(t, dict) and t.get("name")
+                                                                   for t in tensors):
+            return f"{kind} must be a list of named tensors"
+    return ""
+
+
+def to_json(contract: dict) -> str:
+    return json.dumps(contract, indent=2) + "\n"
+
+
+def onnx_metadata(contract: dict) -> dict:
+    """``metadata_props`` for an ONNX model: the whole contract under ``deploykit.contract``, plus the ONNX image
+    conventions (``Image.BitmapPixelFormat``, ``Image.ColorSpaceGamma``, ``Image.NominalPixelRange``) where the
+    model has one image input they can describe."""
+    props = {ONNX_KEY: json.dumps(contract, separators=(",", ":"))}
+    images = [i for i in contract["inputs"] if i.get("image")]
+    if len(images) == 1 and images[0]["image"]["channels"] == 3:
+        image = images[0]["image"]
+        props["Image.BitmapPixelFormat"] = "Rgb8"
+        props["Image.ColorSpaceGamma"] = "SRGB"
+        # The ONNX convention names ranges of the tensor's values; a mean/std normalisation is none of them.
+        unit = all(m == 0 for m in image["mean"]) and all(s == 1 for s in image["std"])
+        symmetric = all(m == 0.5 for m in image["mean"]) and all(s == 0.5 for s in image["std"])
+        pixel_range = "Normalized_0_1" if unit else "Normalized_1_1" if symmetric else None
+        if pixel_range:     # left out for other mean/std: the contract itself carries them
+            props["Image.NominalPixelRange"] = pixel_range
+    return props
+
+
+def summary(contract: dict) -> list:
+    """The contract in a few lines of words, for `inspect`, `verify` and `package` output."""
+    lines = [f"task: {contract['task']}"]
+    for tensor in contract["inputs"]:
+        image = tensor.get("image")
+        text = f"input {tensor['name']}: {'x'.join(map(str, tensor['shape']))} {tensor['dtype']}"
+        if tensor.get("layout"):
+            text += f" {tensor['layout']}"
+        if image:
+            text += (f", image {image['width']}x{image['height']} {image['color_order']} resized by {image['resize']}, "
+                     f"(pixels/255 - mean {image['mean']}) / std {image['std']}")
+        elif tensor.get("value_range"):
+            text += f", values in {tensor['value_range']}"
+        lines.append(text)
+    for tensor in contract["outputs"]:
+        text = f"output {tensor['name']}: {tensor['meaning']}"
+        if tensor["meaning"] == "class_scores":
+            text += f", {tensor['postprocess']} then top-{tensor['top_k']}" + (
+                f", labels {tensor['labels']}" if tensor["labels"] else ", no labels (class indices)")
+        lines.append(text)
+    return lines + [f"inferred: {item}" for item in contract.get("inferred", [])]

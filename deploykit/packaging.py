@@ -1,0 +1,287 @@
+"""`deploykit package`: a folder an engineer copies to a device — the model with its contract inside, the
+contract as JSON, labels, golden vectors from the source framework, and a runtime-only app that proves itself.
+
+    bundle/
+      model.onnx | model.tflite   the artifact (ONNX: the contract in its metadata_props; parity re-checked)
+      contract.json               what the app feeds and reads (deploykit.contract)
+      labels.txt                  with --labels
+      golden.npz, golden.json     inputs and the source's outputs, in the artifact's layout; the tolerance preset
+      app.py, requirements.txt    `python app.py selftest` / `predict`; numpy + one runtime (+ Pillow for images)
+      deploykit-bundle.json       what made it, and the sha256 of every file
+
+Golden vectors need the source model: it is found through the artifact's manifest (its sha256 must still
+match) or given with ``source``.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from deploykit import contract as contracts
+from deploykit import fsutil, manifest, parity
+from deploykit.artifact import Artifact
+from deploykit.checking import make_checker
+from deploykit.errors import ParityError, UsageError
+from deploykit.formats import Format
+from deploykit.model import LoadOptions, load_model
+from deploykit.options import PRECISION_OF, VerifyOptions
+
+APPS = ("python",)
+BUNDLE_FILE = "deploykit-bundle.json"
+RUNTIME_OF = {Format.ONNX: ("onnxruntime", "onnxruntime"), Format.TFLITE: ("litert", "ai-edge-litert")}
+
+
+@dataclass
+class PackageOptions:
+    """What the bundle says beyond the artifact: labels, normalisation, task, how many golden vectors."""
+
+    app: str = "python"
+    labels: Optional[str] = None           # text file, one class name per line, in class order
+    normalize: Optional[str] = None        # unit | imagenet | symmetric | mean=..,std=.. (image inputs)
+    task: Optional[str] = None             # classify | embed | raw (inferred when not given)
+    samples: int = 8                       # golden vectors
+    source: Optional[str] = None           # the source model, when the artifact's manifest does not name it
+    verify: VerifyOptions = field(default_factory=VerifyOptions)
+
+    def __post_init__(self) -> None:
+        if self.app not in APPS:
+            raise UsageError(f"unknown --app {self.app!r}", f"use {', '.join(APPS)} (Android/iOS apps read the "
+                             "contract from the model's metadata)")
+        if not isinstance(self.samples, int) or not 1 <= self.samples <= 1000:
+            raise UsageError(f"--samples must be between 1 and 1000 for golden vectors (got {self.samples!r})",
+                             "e.g. --samples 8")
+        if self.normalize is not None:
+            contracts.parse_normalize(self.normalize)
+
+
+def package(artifact_path: str, output: str, options: PackageOptions, force: bool = False) -> dict:
+    """Write the bundle of ``artifact_path`` into the folder ``output`` (atomically); returns its description."""
+    artifact = Artifact.open(artifact_path)
+    if artifact.format not in RUNTIME_OF:
+        raise UsageError(f"{artifact_path} is a {artifact.format.value}; bundles carry .onnx or .tflite models",
+                         "export to onnx or tflite first")
+    stored = manifest.read(artifact_path) or {}
+    source = _source(artifact_path, stored, options)
+    labels = contracts.read_labels(options.labels) if options.labels else None
+    out = Path(output).absolute()
+    fsutil.prepare_output(out, force, directory=True)
+    if fsutil.overlaps(out, artifact_path) or fsutil.overlaps(out, source.path):
+        raise UsageError(f"the bundle folder {out} holds the artifact or its source", "choose another -o")
+    precision = stored.get("precision") or "fp32"
+    verify = VerifyOptions(**{**options.verify.__dict__, "samples": options.samples,
+                              "precision": options.verify.precision or PRECISION_OF.get(precision, precision)})
+    golden_inputs, golden_outputs, tolerance = golden_vectors(source, artifact, verify)
+    contract = contracts.build(_with_source_ranges(artifact.spec, source.spec), task=options.task, labels=labels, normalize=options.normalize,
+                               calibration_normalize=_calibration_normalize(stored),
+                               probabilities=_probabilities(golden_outputs, artifact))
+    with fsutil.parents_removed_on_failure(out), fsutil.staging_dir(out.parent) as stage:
+        folder = stage / out.name
+        folder.mkdir()
+        model_file = _write_model(artifact, folder, contract)
+        _check_bundle_model(folder / model_file, artifact, golden_inputs, golden_outputs, tolerance, verify)
+        _write_files(folder, artifact, model_file, contract, labels, golden_inputs, golden_outputs, tolerance, source)
+        fsutil.publish([(folder, out)], force=force)
+    return describe_bundle(out)
+
+
+def _source(artifact_path: str, stored: dict, options: PackageOptions):
+    """The source model: given, or the one the manifest names, if its file is still the one that was exported."""
+    recorded = stored.get("source") or {}
+    path = options.source or recorded.get("path")
+    if not path:
+        raise UsageError(f"{artifact_path} has no deploykit manifest naming its source, and golden vectors are the "
+                         "source's outputs", "give the source model with --source MODEL (or export the artifact "
+                         "with `deploykit export`)")
+    if not options.source and recorded.get("sha256") and fsutil.sha256_of(path) != recorded["sha256"]:
+        raise UsageError(f"the source recorded in {artifact_path}'s manifest ({path}) is missing or has changed",
+                         "give the source model with --source MODEL")
+    weights = (recorded.get("weights") or {}).get("path") if not options.source else None
+    return load_model(path, LoadOptions(weights=weights, timeout=options.verify.timeout))
+
+
+def golden_vectors(source, artifact: Artifact, verify: VerifyOptions) -> tuple:
+    """(inputs, outputs, tolerance): seeded feeds (plus --inputs) in the artifact's layout, and the *source's*
+    outputs for them, permuted and named as the artifact returns them."""
+    checker = make_checker(source, verify)
+    keyed = checker.feeds(verify.samples)
+    references = checker.reference.outputs_for(keyed)
+    layout = artifact.layout or {}
+    inputs = [checker.feeds_for(artifact, feeds, layout) for _key, feeds in keyed]
+    names = artifact.spec.output_names
+    outputs = []
+    for reference in references:
+        if len(reference) != len(names):
+            raise UsageError(f"the source returns {len(reference)} outputs and {artifact.label} {len(names)}",
+                             "package an artifact of this source")
+        renamed = dict(zip(names, reference.values())) if set(reference) != set(names) else reference
+        outputs.append({name: _inverse_permute(value, (layout.get("outputs") or {}).get(name))
+                        for name, value in renamed.items()})
+    return inputs, outputs, checker.tolerance
+
+
+def _inverse_permute(value: np.ndarray, perm) -> np.ndarray:
+    """The artifact's own layout of a source-layout output (the recorded perm maps artifact -> source)."""
+    return np.transpose(value, np.argsort(perm)) if perm else value
+
+
+def _with_source_ranges(spec, source_spec):
+    """Value ranges a file format cannot record (a TFLite token-id input's vocabulary size) from the source, by
+    input position: golden vectors and the contract then agree on what the app may feed."""
+    from dataclasses import replace
+
+    from deploykit.spec import ModelSpec
+
+    inputs = [replace(tensor, value_range=original.value_range) if tensor.value_range is None and original.value_range
+              else tensor for tensor, original in zip(spec.inputs, source_spec.inputs)]
+    return ModelSpec(tuple(inputs) + tuple(spec.inputs[len(inputs):]), spec.outputs)
+
+
+def _calibration_normalize(stored: dict) -> Optional[str]:
+    calibration = stored.get("calibration") or {}
+    return calibration.get("normalize") if calibration.get("source") not in (None, "random") else None
+
+
+def _probabilities(outputs: list, artifact: Artifact) -> Optional[bool]:
+    """Whether the one 2-D output already holds probabilities (non-negative rows summing to 1)."""
+    if len(artifact.spec.outputs) != 1 or not outputs:
+        return None
+    values = np.concatenate([np.asarray(o[artifact.spec.output_names[0]], np.float64) for o in outputs])
+    if values.ndim != 2:
+        return None
+    return bool((values >= 0).all() and np.allclose(values.sum(axis=1), 1.0, atol=1e-3))
+
+
+def _write_model(artifact: Artifact, folder: Path, contract: dict) -> str:
+    """The model file in the bundle; an ONNX model gets the contract into its metadata_props."""
+    name = "model" + Path(artifact.path).suffix
+    if artifact.format != Format.ONNX:
+        shutil.copyfile(artifact.path, folder / name)
+        return name
+    import onnx
+
+    proto = onnx.load(artifact.path, load_external_data=True)
+    props = contracts.onnx_metadata(contract)
+    kept = [p for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(folder / name))
+    return name
+
+
+def _check_bundle_model(path: Path, artifact: Artifact, inputs: list, outputs: list, tolerance, verify) -> None:
+    """The bundle's model (whose bytes changed when metadata went in) reproduces the golden outputs."""
+    bundled = Artifact.open(path, layout={})
+    result = bundled.run(inputs, timeout=verify.timeout)
+    report = parity.compare(outputs, result.outputs, tolerance, "golden (source)", f"bundled {path.name}")
+    if not report.passed:
+        raise ParityError(f"the bundled model does not reproduce its golden vectors: {report.summary()}",
+                          "verify the artifact against its source first (`deploykit verify`)",
+                          details={"parity": report.to_dict()})
+
+
+def _write_files(folder: Path, artifact: Artifact, model_file: str, contract: dict, labels, inputs: list,
+                 outputs: list, tolerance, source) -> None:
+    arrays = {f"input/{i}/{k}": v for i, feeds in enumerate(inputs) for k, v in feeds.items()}
+    arrays.update({f"output/{i}/{k}": v for i, out in enumerate(outputs) for k, v in out.items()})
+    np.savez(folder / "golden.npz", **arrays)
+    golden = {"samples": len(inputs), "tolerance": {"preset": tolerance.preset, "atol": tolerance.atol,
+              "rtol": tolerance.rtol, "min_cosine": tolerance.min_cosine, "max_mismatch": tolerance.max_mismatch,
+              "scale_by_reference": tolerance.scale_by_reference},
+              "source": {"path": str(source.path), "format": source.format.value}}
+    (folder / "golden.json").write_text(json.dumps(golden, indent=2) + "\n")
+    (folder / "contract.json").write_text(contracts.to_json(contract))
+    if labels:
+        (folder / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+    runtime, distribution = RUNTIME_OF[artifact.format]
+    image = any(i.get("image") for i in contract["inputs"])
+    (folder / "app.py").write_text(render_app(model_file, runtime, distribution, image, source.path))
+    (folder / "requirements.txt").write_text(requirements(distribution, image))
+    files = {f.name: fsutil.sha256_of(f) for f in sorted(folder.iterdir())}
+    (folder / BUNDLE_FILE).write_text(json.dumps({"bundle": 1, "model": model_file, "runtime": runtime,
+                                                  "files": files}, indent=2) + "\n")
+
+
+def render_app(model_file: str, runtime: str, distribution: str, image: bool, source: str) -> str:
+    """app.py from the shared template and the runtime's block (no deploykit import in either)."""
+    templates = resources.files("deploykit") / "app_templates"
+    block = (templates / f"runtime_{runtime}.py.txt").read_text()
+    return (templates / "app.py.txt").read_text().format(
+        model_file=model_file, runtime_block=block.strip(), runtime_distribution=distribution,
+        pillow_note=", Pillow" if image else "", source=Path(str(source)).name,
+        predict_input="an image file, or an .npz with one array per input" if image else "an .npz (or .npy) with "
+        "one array per input", deploykit_version=_version("deploykit") or "dev",
+        created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"))
+
+
+def requirements(distribution: str, image: bool) -> str:
+    """Exact pins of what the app imports, as installed here (where the bundle was verified)."""
+    wanted = ["numpy", distribution] + (["pillow"] if image else [])
+    lines = []
+    for name in wanted:
+        version = _version(name)
+        if version is None:
+            raise UsageError(f"{name} is not installed here, so the bundle's pin cannot be taken from what was "
+                             "verified", f"pip install {name}")
+        lines.append(f"{name}=={version}")
+    return "\n".join(lines) + "\n"
+
+
+def _version(distribution: str) -> Optional[str]:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def is_bundle(path: "str | Path") -> bool:
+    return (Path(path) / BUNDLE_FILE).is_file()
+
+
+def describe_bundle(folder: "str | Path") -> dict:
+    folder = Path(folder)
+    info = json.loads((folder / BUNDLE_FILE).read_text())
+    contract = json.loads((folder / "contract.json").read_text())
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    return {"bundle": str(folder), "model": info["model"], "runtime": info["runtime"], "bytes": size,
+            "files": sorted(info["files"]) + [BUNDLE_FILE], "contract": contract,
+            "runtime_requirements": (folder / "requirements.txt").read_text().split()}
+
+
+def verify_bundle(folder: "str | Path", timeout: float = 600.0) -> parity.ParityReport:
+    """The bundle's model against its golden vectors, on deploykit's runner (what `app.py selftest` does on a
+    device). A file whose sha256 no longer matches the bundle's record is reported too."""
+    folder = Path(folder)
+    info = json.loads((folder / BUNDLE_FILE).read_text())
+    golden = json.loads((folder / "golden.json").read_text())
+    with np.load(folder / "golden.npz", allow_pickle=False) as data:
+        inputs, outputs = _unpack_golden(data, golden["samples"])
+    tolerance = parity.Tolerance(**{k: golden["tolerance"][k] for k in ("atol", "rtol", "min_cosine", "max_mismatch",
+                                                                         "scale_by_reference", "preset")})
+    model = Artifact.open(folder / info["model"], layout={})
+    result = model.run(inputs, timeout=timeout)
+    report = parity.compare(outputs, result.outputs, tolerance, "golden vectors", f"{folder.name}/{info['model']}")
+    changed = [name for name, digest in info["files"].items() if fsutil.sha256_of(folder / name) != digest]
+    if changed:
+        report.problems.append(f"changed since packaging: {', '.join(changed)}")
+    report.notes.append(f"ran on {result.ran_on}")
+    return report
+
+
+def _unpack_golden(data, samples: int) -> tuple:
+    inputs, outputs = [{} for _ in range(samples)], [{} for _ in range(samples)]
+    for key in data.files:
+        kind, index, name = key.split("/", 2)
+        (inputs if kind == "input" else outputs)[int(index)][name] = data[key]
+    return inputs, outputs
+

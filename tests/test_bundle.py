@@ -1,0 +1,221 @@
+"""Device-app bundles (`deploykit package`): the contract, golden vectors from the source, an app.py that needs no
+deploykit and proves the model with `selftest`, and the errors of a bundle that cannot be made honestly."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploykit import contract as contracts
+from deploykit.errors import UsageError
+from deploykit.spec import ModelSpec, TensorSpec
+from tests.conftest import assert_clean_error, run_cli
+from tests.hostile import builders
+
+IMAGE = ModelSpec((TensorSpec("image", (1, 224, 224, 3), "float32", "NHWC"),),
+                  (TensorSpec("scores", (1, 10), "float32"),))
+
+
+def test_contract_of_an_image_classifier_says_what_was_inferred():
+    labels = [f"c{i}" for i in range(10)]
+    made = contracts.build(IMAGE, labels=labels, calibration_normalize="imagenet", probabilities=False)
+    image = made["inputs"][0]["image"]
+    assert made["task"] == "classify" and made["inputs"][0]["layout"] == "NHWC"
+    assert (image["height"], image["width"], image["channels"]) == (224, 224, 3)
+    assert image["mean"] == [0.485, 0.456, 0.406] and image["std"] == [0.229, 0.224, 0.225]
+    assert made["outputs"][0] == {"name": "scores", "shape": [1, 10], "dtype": "float32", "meaning": "class_scores",
+                                  "labels": "labels.txt", "postprocess": "softmax", "top_k": 5}
+    assert any("as it was calibrated" in line for line in made["inferred"])
+    assert contracts.validate(json.loads(contracts.to_json(made))) == made
+
+
+def test_contract_inferences_and_user_choices():
+    raw = contracts.build(ModelSpec((TensorSpec("ids", (1, 16), "int64", value_range=(0, 100)),),
+                                    (TensorSpec("h", (1, 16, 32), "float32"),)))
+    assert raw["task"] == "raw" and raw["inputs"][0]["image"] is None and raw["inputs"][0]["value_range"] == [0, 100]
+    embed = contracts.build(IMAGE, task="embed", normalize="mean=0.5,std=0.25")
+    assert embed["outputs"][0]["meaning"] == "embedding" and embed["inputs"][0]["image"]["std"] == [0.25] * 3
+    assert embed["inputs"][0]["value_range"] == [-2.0, 2.0]
+    assert contracts.parse_normalize("symmetric") == ((0.5,) * 3, (0.5,) * 3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"labels": ["a", "b"]}, "2 labels for an output of 10 classes"),
+    ({"task": "segment"}, "unknown --task"),
+    ({"normalize": "mean=0.5"}, "not understood"),
+    ({"normalize": "mean=0.5,std=0"}, "positive stds"),
+])
+def test_contract_errors_name_the_problem(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        contracts.build(IMAGE, **kwargs)
+
+
+def test_normalize_on_a_model_without_an_image_input_is_refused():
+    spec = ModelSpec((TensorSpec("x", (1, 4), "float32"),), (TensorSpec("y", (1, 3), "float32"),))
+    with pytest.raises(UsageError, match="applies to image inputs"):
+        contracts.build(spec, normalize="imagenet")
+
+
+def test_onnx_metadata_follows_the_image_conventions_where_they_fit():
+    props = contracts.onnx_metadata(contracts.build(IMAGE, normalize="unit"))
+    assert props["Image.BitmapPixelFormat"] == "Rgb8" and props["Image.NominalPixelRange"] == "Normalized_0_1"
+    assert json.loads(props[contracts.ONNX_KEY])["task"] == "classify"
+    assert "Image.NominalPixelRange" not in contracts.onnx_metadata(contracts.build(IMAGE, normalize="imagenet"))
+
+
+@pytest.mark.parametrize("runtime, distribution", [("onnxruntime", "onnxruntime"), ("litert", "ai-edge-litert")])
+def test_generated_app_is_plain_python_without_deploykit(runtime, distribution):
+    from deploykit.packaging import render_app
+
+    code = render_app("model.x", runtime, distribution, True, "m.pt2")
+    tree = ast.parse(code)
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"argparse", "json", "sys", "pathlib", "numpy", "PIL", "importlib", "onnxruntime",
+                        "ai_edge_litert"}, imported
+    assert "deploykit" not in imported
+
+
+@pytest.fixture()
+def onnx_bundle(tmp_path):
+    """A bundle of a small ONNX model (its own source: no conversion), with labels."""
+    builders.tiny_onnx(tmp_path / "tiny.onnx")
+    (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
+    result = run_cli("package", str(tmp_path / "tiny.onnx"), "--source", str(tmp_path / "tiny.onnx"),
+                     "-o", str(tmp_path / "bundle"), "--labels", str(tmp_path / "labels.txt"), "--samples", "3",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    return tmp_path / "bundle", json.loads(result.stdout)
+
+
+@pytest.mark.onnxruntime
+def test_bundle_selftest_predict_and_verify(onnx_bundle, tmp_path):
+    bundle, info = onnx_bundle
+    assert info["runtime"] == "onnxruntime" and info["contract"]["outputs"][0]["labels"] == "labels.txt"
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(info["files"])
+    assert (bundle / "requirements.txt").read_text().splitlines()[1].startswith("onnxruntime==")
+    selftest = subprocess.run([sys.executable, "-P", "app.py", "selftest", "--json"], cwd=bundle,
+                              capture_output=True, text=True, timeout=120)
+    assert selftest.returncode == 0, selftest.stderr
+    report = json.loads(selftest.stdout)
+    assert report["passed"] and len(report["rows"]) == 3 and report["tolerance"]["preset"] == "fp32"
+    np.savez(tmp_path / "in.npz", x=np.array([[1.0, 2.0, 3.0, 4.0]], np.float32))
+    predict = subprocess.run([sys.executable, "-P", "app.py", "predict", str(tmp_path / "in.npz"), "--json"],
+                             cwd=bundle, capture_output=True, text=True, timeout=120)
+    top = json.loads(predict.stdout)["y"]
+    assert [entry["label"] for entry in top] == ["bird", "dog", "cat"]     # x @ W grows with the column index
+    assert abs(sum(entry["score"] for entry in top) - 1.0) < 1e-5         # softmax over the three logits
+    verified = run_cli("verify", str(bundle), "--json")
+    assert verified.returncode == 0 and json.loads(verified.stdout)["passed"]
+
+
+@pytest.mark.onnxruntime
+def test_a_tampered_model_fails_selftest_and_verify(onnx_bundle):
+    import onnx
+    from onnx import numpy_helper
+
+    bundle, _info = onnx_bundle
+    model = onnx.load(bundle / "model.onnx")
+    weight = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    weight[0, 0] += 0.5                                                     # one weight changed
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(weight, "W"))
+    onnx.save(model, bundle / "model.onnx")
+    selftest = subprocess.run([sys.executable, "-P", "app.py", "selftest"], cwd=bundle, capture_output=True,
+                              text=True, timeout=120)
+    assert selftest.returncode == 1 and "FAIL" in selftest.stdout and "selftest FAILED" in selftest.stdout
+    verified = run_cli("verify", str(bundle))
+    assert verified.returncode == 1 and "changed since packaging: model.onnx" in verified.stdout
+
+
+@pytest.mark.onnxruntime
+def test_bundle_errors_are_one_line_exit_2(tmp_path):
+    builders.tiny_onnx(tmp_path / "tiny.onnx")
+    (tmp_path / "two.txt").write_text("a\nb\n")
+    cases = [
+        (["package", "tiny.onnx", "-o", "b"], "has no deploykit manifest naming its source"),
+        (["package", "tiny.onnx", "--source", "tiny.onnx", "-o", "b", "--labels", "missing.txt"], "no such labels file"),
+        (["package", "tiny.onnx", "--source", "tiny.onnx", "-o", "b", "--labels", "two.txt"],
+         "2 labels for an output of 3 classes"),
+        (["package", "tiny.onnx", "--source", "tiny.onnx", "-o", "b", "--normalize", "imagenet"],
+         "applies to image inputs"),
+        (["package", "tiny.onnx", "--source", "tiny.onnx", "-o", "b", "--app", "android"], "unknown --app"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args, cwd=tmp_path)
+        assert_clean_error(result, 2, message)
+        assert not (tmp_path / "b").exists()
+
+
+@pytest.fixture(scope="module")
+def runtime_only_python(tmp_path_factory):
+    """One venv with only what bundles pin — numpy, onnxruntime, ai-edge-litert, Pillow, at this checkout's
+    versions — and no torch, TensorFlow or deploykit; shared by the runtime-only tests (a venv costs a minute)."""
+    from deploykit.packaging import requirements
+
+    folder = tmp_path_factory.mktemp("runtime_only")
+    pins = sorted(set(requirements("onnxruntime", True).split()) | set(requirements("ai-edge-litert", True).split()))
+    (folder / "requirements.txt").write_text("\n".join(pins) + "\n")
+    subprocess.run([sys.executable, "-m", "venv", str(folder / "venv")], check=True, timeout=300)
+    python = folder / "venv" / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r",
+                              str(folder / "requirements.txt")], capture_output=True, text=True, timeout=900)
+    assert install.returncode == 0, install.stderr[-3000:]
+    return python
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.onnxruntime
+@pytest.mark.litert
+@pytest.mark.parametrize("to", ["onnx", "tflite"])
+def test_mobilenet_bundle_proves_itself_in_a_runtime_only_venv(samples_dir, exported, tmp_path, to,
+                                                              runtime_only_python):
+    """The trained MobileNetV2 (shapes task): labelled top-k on a real picture and golden vectors pass in a venv
+    that holds numpy, the runtimes and Pillow — and nothing of the research environment."""
+    from sample_models.shapes import CLASSES
+
+    artifact = exported("mobilenet_v2.pt2", to)
+    (tmp_path / "labels.txt").write_text("\n".join(CLASSES) + "\n")
+    bundle = tmp_path / "bundle"
+    made = run_cli("package", artifact.artifact, "-o", str(bundle), "--labels", str(tmp_path / "labels.txt"),
+                   "--normalize", "unit", "--json")
+    assert made.returncode == 0, made.stderr
+    python, env = runtime_only_python, {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    modules = subprocess.run([str(python), "-c", "import importlib.util as u; print([m for m in ('torch', "
+                              "'tensorflow', 'deploykit') if u.find_spec(m)])"], cwd=bundle, env=env,
+                             capture_output=True, text=True)
+    assert modules.stdout.strip() == "[]", modules.stdout + modules.stderr
+    selftest = subprocess.run([str(python), "app.py", "selftest"], cwd=bundle, env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert selftest.returncode == 0, selftest.stdout + selftest.stderr
+    picture = next((samples_dir / "shapes").glob("*_diamond.png"))
+    predict = subprocess.run([str(python), "app.py", "predict", str(picture), "--json"], cwd=bundle, env=env,
+                             capture_output=True, text=True, timeout=300)
+    top = json.loads(predict.stdout)
+    assert next(iter(top.values()))[0]["label"] == "diamond", predict.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.onnxruntime
+@pytest.mark.litert
+@pytest.mark.parametrize("to", ["onnx", "tflite"])
+def test_transformer_bundle_takes_token_ids(exported, tmp_path, to):
+    artifact = exported("tiny_transformer.pt2", to)
+    bundle = tmp_path / "bundle"
+    made = run_cli("package", artifact.artifact, "-o", str(bundle), "--samples", "4", "--json")
+    assert made.returncode == 0, made.stderr
+    contract = json.loads(made.stdout)["contract"]
+    ids = contract["inputs"][0]
+    assert ids["dtype"].startswith("int") and ids["image"] is None and ids["value_range"][0] == 0
+    selftest = subprocess.run([sys.executable, "-P", "app.py", "selftest"], cwd=bundle, capture_output=True,
+                              text=True, timeout=300)
+    assert selftest.returncode == 0, selftest.stdout + selftest.stderr
+    assert run_cli("verify", str(bundle)).returncode == 0
