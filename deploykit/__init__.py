@@ -2,9 +2,11 @@
 
 The public API, re-exported lazily so that ``import deploykit`` stays cheap (no framework, no numpy):
 
-* functions — ``export``, ``verify``, ``bench``, ``inspect``, ``doctor``, ``report``, ``load_options``
+* functions — ``export``, ``verify``, ``verify_bundle``, ``package``, ``bench``, ``inspect``, ``doctor``,
+  ``report``, ``load_options``
   (see :mod:`deploykit.api`; the CLI is a thin face over them);
-* options — ``VerifyOptions``, ``QuantizeOptions``, ``BenchOptions``, ``LoadOptions``, ``Timing``;
+* options — ``VerifyOptions``, ``QuantizeOptions``, ``BenchOptions``, ``LoadOptions``, ``PackageOptions``,
+  ``Timing``;
 * objects — ``Artifact`` (a model file that runs itself), ``ModelSpec``, ``TensorSpec``, ``Tolerance``;
 * errors — ``DeploykitError`` and its subclasses carry an exit code and a remedy (``deploykit.errors``).
 """
@@ -15,6 +17,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "export": ("deploykit.api", "export"),
     "verify": ("deploykit.api", "verify"),
+    "verify_bundle": ("deploykit.api", "verify_bundle"),
+    "package": ("deploykit.api", "package"),
     "bench": ("deploykit.api", "bench"),
     "inspect": ("deploykit.api", "inspect"),
     "doctor": ("deploykit.api", "doctor"),
@@ -24,6 +28,7 @@ _EXPORTS = {
     "QuantizeOptions": ("deploykit.options", "QuantizeOptions"),
     "BenchOptions": ("deploykit.bench", "BenchOptions"),
     "LoadOptions": ("deploykit.model", "LoadOptions"),
+    "PackageOptions": ("deploykit.packaging", "PackageOptions"),
     "Timing": ("deploykit.harness", "Timing"),
     "Artifact": ("deploykit.artifact", "Artifact"),
     "ModelSpec": ("deploykit.spec", "ModelSpec"),

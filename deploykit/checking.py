@@ -155,7 +155,7 @@ def verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: V
     """Compare every artifact against the source, and each against the previous one, on the same inputs."""
     started = time.perf_counter()
     if not artifacts:
-        raise UsageError("no artifact to verify", "give the source and at least one artifact")
+        raise UsageError("no artifact to verify", "give the source and at least one artifact, or a bundle folder alone")
     model = load_model(source, load)
     checker = make_checker(model, options)
     opened = [Artifact.open(a, load=LoadOptions(timeout=options.timeout)) for a in artifacts]

@@ -15,7 +15,7 @@ import pytest
 from deploykit import contract as contracts
 from deploykit.errors import UsageError
 from deploykit.spec import ModelSpec, TensorSpec
-from tests.conftest import assert_clean_error, run_cli
+from tests.conftest import run_cli
 from tests.hostile import builders
 
 IMAGE = ModelSpec((TensorSpec("image", (1, 224, 224, 3), "float32", "NHWC"),),
@@ -85,14 +85,15 @@ def test_generated_app_is_plain_python_without_deploykit(runtime, distribution):
 
 @pytest.fixture()
 def onnx_bundle(tmp_path):
-    """A bundle of a small ONNX model (its own source: no conversion), with labels."""
+    """A bundle of a small ONNX model (its own source: no conversion), with labels, made through the Python API
+(the CLI path is the corpus's and the slow tests')."""
     builders.tiny_onnx(tmp_path / "tiny.onnx")
     (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
-    result = run_cli("package", str(tmp_path / "tiny.onnx"), "--source", str(tmp_path / "tiny.onnx"),
-                     "-o", str(tmp_path / "bundle"), "--labels", str(tmp_path / "labels.txt"), "--samples", "3",
-                     "--json")
-    assert result.returncode == 0, result.stderr
-    return tmp_path / "bundle", json.loads(result.stdout)
+    from deploykit import api
+    from deploykit.packaging import PackageOptions
+
+    options = PackageOptions(labels=str(tmp_path / "labels.txt"), samples=3, source=str(tmp_path / "tiny.onnx"))
+    return tmp_path / "bundle", api.package(str(tmp_path / "tiny.onnx"), str(tmp_path / "bundle"), options)
 
 
 @pytest.mark.onnxruntime
@@ -132,25 +133,6 @@ def test_a_tampered_model_fails_selftest_and_verify(onnx_bundle):
     assert selftest.returncode == 1 and "FAIL" in selftest.stdout and "selftest FAILED" in selftest.stdout
     verified = run_cli("verify", str(bundle))
     assert verified.returncode == 1 and "changed since packaging: model.onnx" in verified.stdout
-
-
-@pytest.mark.onnxruntime
-def test_bundle_errors_are_one_line_exit_2(tmp_path):
-    builders.tiny_onnx(tmp_path / "tiny.onnx")
-    (tmp_path / "two.txt").write_text("a\nb\n")
-    cases = [
-        (["package", "tiny.onnx", "-o", "b"], "has no deploykit manifest naming its source"),
-        (["package", "tiny.onnx", "--source", "tiny.onnx", "-o", "b", "--labels", "missing.txt"], "no such labels file"),
-        (["package", "tiny.onnx", "--source", "tiny.onnx", "-o", "b", "--labels", "two.txt"],
-         "2 labels for an output of 3 classes"),
-        (["package", "tiny.onnx", "--source", "tiny.onnx", "-o", "b", "--normalize", "imagenet"],
-         "applies to image inputs"),
-        (["package", "tiny.onnx", "--source", "tiny.onnx", "-o", "b", "--app", "android"], "unknown --app"),
-    ]
-    for args, message in cases:
-        result = run_cli(*args, cwd=tmp_path)
-        assert_clean_error(result, 2, message)
-        assert not (tmp_path / "b").exists()
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ def test_usage_errors_exit_2(samples_dir, tmp_path):
     np.savez(tmp_path / "wrong.npz", z=np.zeros((64, 1000), np.float32), w=np.zeros(3))
     assert_clean_error(run_cli("export", src, "--inputs", str(tmp_path / "wrong.npz"), "-o",
                                str(tmp_path / "b.onnx")), 2, "lacks input")
-    assert_clean_error(run_cli("verify", src), 2, "Missing argument")
+    assert_clean_error(run_cli("verify", src), 2, "no artifact to verify", "or a bundle folder alone")
     assert_clean_error(run_cli("verify", src, src, "--device", "tpu"), 2, "unknown --device")
     assert_clean_error(run_cli("export", src, "--quantize", "int8", "--report", str(tmp_path / "r")), 2,
                        "--report on export needs --quantize all")

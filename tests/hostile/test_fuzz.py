@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 @pytest.mark.onnxruntime
 def test_seeded_fuzz_run_finds_no_crash(tmp_path):
     pytest.importorskip("atheris")
