@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import importlib.metadata
 import os
 import platform
@@ -27,8 +28,12 @@ def inspect_model(path: str, load: LoadOptions = LoadOptions()) -> dict:
     if model.format == Format.ONNX:
         info.update(_onnx_graph_facts(path))
     elif model.format == Format.TFLITE:
+        from deploykit.tflite_metadata import packed_contract
+
         ops = model.details.get("ops", {})
         info.update({"ops": ops, "nodes": sum(ops.values())})
+        carried = packed_contract(path)
+        info.update(_carried_contract({"deploykit.contract": json.dumps(carried)}) if carried else {})
     elif model.format.framework == "torch":
         info.update(_torch_graph_facts(model))
     elif model.handle is not None and hasattr(model.handle, "count_params"):
@@ -59,9 +64,7 @@ def _onnx_graph_facts(path: str) -> dict:
 
 
 def _carried_contract(props: dict) -> dict:
-    """The deploykit contract an ONNX model carries in its metadata_props (none if absent or not one)."""
-    import json
-
+    """The deploykit contract a model carries (ONNX metadata_props; TFLite: its packed contract file)."""
     from deploykit.contract import ONNX_KEY, validate
     from deploykit.errors import UsageError
 

@@ -2,7 +2,8 @@
 contract as JSON, labels, golden vectors from the source framework, and a runtime-only app that proves itself.
 
     bundle/
-      model.onnx | model.tflite   the artifact (ONNX: the contract in its metadata_props; parity re-checked)
+      model.onnx | model.tflite   the artifact with the contract inside (ONNX metadata_props / TFLite Metadata with
+                                  the labels packed in); re-run on the golden vectors, since its bytes changed
       contract.json               what the app feeds and reads (deploykit.contract)
       labels.txt                  with --labels
       golden.npz, golden.json     inputs and the source's outputs, in the artifact's layout; the tolerance preset
@@ -84,7 +85,7 @@ def package(artifact_path: str, output: str, options: PackageOptions, force: boo
     with fsutil.parents_removed_on_failure(out), fsutil.staging_dir(out.parent) as stage:
         folder = stage / out.name
         folder.mkdir()
-        model_file = _write_model(artifact, folder, contract)
+        model_file = _write_model(artifact, folder, contract, labels)
         _check_bundle_model(folder / model_file, artifact, golden_inputs, golden_outputs, tolerance, verify)
         _write_files(folder, artifact, model_file, contract, labels, golden_inputs, golden_outputs, tolerance, source)
         fsutil.publish([(folder, out)], force=force)
@@ -158,9 +159,17 @@ def _probabilities(outputs: list, artifact: Artifact) -> Optional[bool]:
     return bool((values >= 0).all() and np.allclose(values.sum(axis=1), 1.0, atol=1e-3))
 
 
-def _write_model(artifact: Artifact, folder: Path, contract: dict) -> str:
-    """The model file in the bundle; an ONNX model gets the contract into its metadata_props."""
+def _write_model(artifact: Artifact, folder: Path, contract: dict, labels_text: Optional[list]) -> str:
+    """The model file in the bundle with the contract inside: ONNX metadata_props, or TFLite Metadata (with the
+    labels and contract.json packed into the file)."""
     name = "model" + Path(artifact.path).suffix
+    if artifact.format == Format.TFLITE:
+        from deploykit.tflite_metadata import embed
+
+        labels = _labels_of(contract, labels_text)
+        (folder / name).write_bytes(embed(Path(artifact.path).read_bytes(), contract, labels, Path(artifact.path).stem,
+                                          f"{contract['task']} model packaged by deploykit"))
+        return name
     if artifact.format != Format.ONNX:
         shutil.copyfile(artifact.path, folder / name)
         return name
@@ -175,6 +184,10 @@ def _write_model(artifact: Artifact, folder: Path, contract: dict) -> str:
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(folder / name))
     return name
+
+
+def _labels_of(contract: dict, labels: Optional[list]) -> Optional[list]:
+    return labels if any(o.get("labels") for o in contract["outputs"]) else None
 
 
 def _check_bundle_model(path: Path, artifact: Artifact, inputs: list, outputs: list, tolerance, verify) -> None:

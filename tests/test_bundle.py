@@ -152,13 +152,70 @@ def runtime_only_python(tmp_path_factory):
     return python
 
 
+@pytest.fixture(scope="module")
+def google_metadata_reader(tmp_path_factory):
+    """An independent reader of TFLite Metadata: the flatbuffers code Google generated from metadata_schema.fbs,
+    taken from the tflite-support 0.4.4 wheel (its pure-Python part; the package itself cannot be installed beside
+    TensorFlow 2.21: it pins protobuf < 4)."""
+    import importlib.util
+    import zipfile
+
+    folder = tmp_path_factory.mktemp("tflite_support")
+    fetched = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
+                              "tflite-support==0.4.4", "-d", str(folder)], capture_output=True, text=True, timeout=600)
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    member = "tensorflow_lite_support/metadata/metadata_schema_py_generated.py"
+    with zipfile.ZipFile(next(folder.glob("tflite_support-*.whl"))) as wheel:
+        (folder / "metadata_schema.py").write_bytes(wheel.read(member))
+    spec = importlib.util.spec_from_file_location("google_metadata_schema", folder / "metadata_schema.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read_tflite_metadata(path: Path, reader):
+    from ai_edge_litert import schema_py_generated as tflite
+
+    model = tflite.Model.GetRootAsModel(bytearray(path.read_bytes()), 0)
+    entries = [model.Metadata(i) for i in range(model.MetadataLength())]
+    found = [e for e in entries if e.Name() == b"TFLITE_METADATA"]
+    assert len(found) == 1, [e.Name() for e in entries]
+    raw = model.Buffers(found[0].Buffer()).DataAsNumpy().tobytes()
+    assert reader.ModelMetadata.ModelMetadataBufferHasIdentifier(raw, 0)
+    return reader.ModelMetadataT.InitFromObj(reader.ModelMetadata.GetRootAsModelMetadata(raw, 0))
+
+
+def _assert_contract_inside(model_file: Path, reader) -> None:
+    """The model file itself carries the contract, readable by tools that never heard of deploykit."""
+    import zipfile
+
+    if model_file.suffix == ".onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(model_file).metadata_props}
+        assert props["Image.BitmapPixelFormat"] == "Rgb8" and props["Image.NominalPixelRange"] == "Normalized_0_1"
+        assert json.loads(props["deploykit.contract"])["outputs"][0]["labels"] == "labels.txt"
+        return
+    metadata = _read_tflite_metadata(model_file, reader)
+    tensor = metadata.subgraphMetadata[0].inputTensorMetadata[0]
+    assert tensor.content.contentPropertiesType == reader.ContentProperties.ImageProperties
+    assert tensor.content.contentProperties.colorSpace == reader.ColorSpaceType.RGB
+    assert tensor.content.contentProperties.defaultSize.width == 224
+    options = tensor.processUnits[0].options                        # unit: (pixel - 0) / 255
+    assert list(options.mean) == [0.0] * 3 and list(options.std) == [255.0] * 3
+    labels = metadata.subgraphMetadata[0].outputTensorMetadata[0].associatedFiles[0]
+    assert (labels.name, labels.type) == (b"labels.txt", reader.AssociatedFileType.TENSOR_AXIS_LABELS)
+    with zipfile.ZipFile(model_file) as packed:                     # associated files are zipped into the model
+        assert packed.read("labels.txt").decode().split()[8] == "diamond"
+
+
 @pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.onnxruntime
 @pytest.mark.litert
 @pytest.mark.parametrize("to", ["onnx", "tflite"])
 def test_mobilenet_bundle_proves_itself_in_a_runtime_only_venv(samples_dir, exported, tmp_path, to,
-                                                              runtime_only_python):
+                                                              runtime_only_python, google_metadata_reader):
     """The trained MobileNetV2 (shapes task): labelled top-k on a real picture and golden vectors pass in a venv
     that holds numpy, the runtimes and Pillow — and nothing of the research environment."""
     from sample_models.shapes import CLASSES
@@ -169,6 +226,7 @@ def test_mobilenet_bundle_proves_itself_in_a_runtime_only_venv(samples_dir, expo
     made = run_cli("package", artifact.artifact, "-o", str(bundle), "--labels", str(tmp_path / "labels.txt"),
                    "--normalize", "unit", "--json")
     assert made.returncode == 0, made.stderr
+    _assert_contract_inside(bundle / json.loads(made.stdout)["model"], google_metadata_reader)
     python, env = runtime_only_python, {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     modules = subprocess.run([str(python), "-c", "import importlib.util as u; print([m for m in ('torch', "
                               "'tensorflow', 'deploykit') if u.find_spec(m)])"], cwd=bundle, env=env,
