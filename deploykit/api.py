@@ -47,7 +47,8 @@ def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force
            load: Optional[LoadOptions] = None, verify: VerifyOptions = VerifyOptions(),
            opset: Optional[int] = None, dynamic_batch: bool = False, optimize: bool = True,
            via: Optional[str] = None, route: str = "first", keep_layout: bool = False,
-           quantize: Optional[QuantizeOptions] = None, report: Optional[str] = None, debug: bool = False):
+           quantize: Optional[QuantizeOptions] = None, report: Optional[str] = None, debug: bool = False,
+           contract=None):
     """Convert ``source`` to ``to`` (onnx, tflite, saved_model), verify it against the source, write
     the artifact and its manifest. Returns an ExportResult (``.passed``, ``.artifact``, ``.to_dict()``).
 
@@ -56,14 +57,16 @@ def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force
     ``route="all"`` builds and verifies every route and keeps the best (parity, then 1-thread
     latency). ``quantize=QuantizeOptions("int8", calibration=...)`` quantizes; mode ``"all"`` builds
     every precision and returns their comparison table (``report`` = folder for precisions.html).
-    Raises ConversionError (exit 4) when no route gives an artifact that matches.
+    ``contract=ContractChoices(labels_file=, normalize=, task=)`` records what the model's inputs and outputs
+    mean in the manifest's contract (`package` builds on it). Raises ConversionError (exit 4) when no route gives
+    an artifact that matches.
     """
     from deploykit.exporting import ExportPlan, export_model
 
     dst = registry.target_format(to)
     plan = ExportPlan(force=force, load=load or LoadOptions(timeout=verify.timeout), verify=verify, opset=opset,
                       dynamic_batch=dynamic_batch, optimize=optimize, via=via, route=route, keep_layout=keep_layout,
-                      quantize=quantize, debug=debug)
+                      quantize=quantize, debug=debug, contract=contract)
     if report and not (quantize and quantize.mode == "all"):
         raise UsageError("--report on export needs --quantize all",
                          "add --quantize all, or use `deploykit bench SOURCE ARTIFACT --report DIR`")

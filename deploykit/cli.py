@@ -5,27 +5,14 @@ Exit codes: 0 success · 1 verification failed · 2 bad usage or bad input ·
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import typer
 from typing_extensions import Annotated
 
-from deploykit.text import printable
-
-EXIT_INTERNAL = 5
-EXIT_INTERRUPTED = 130     # Ctrl-C
-EXIT_TERMINATED = 143      # SIGTERM: `timeout`, CI cancellation, container stops
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM unwinds like Ctrl-C: the running child's process group is killed, staging folders removed."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise Terminated()
+from deploykit.cli_support import (EXIT_INTERRUPTED, _exit, _lazy, _on_sigterm, _run, _usage_error_types,
+                                   printable, terminal_safe)
 
 app = typer.Typer(
     name="deploykit", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -58,65 +45,15 @@ Precision = Annotated[Optional[str], typer.Option("--precision", help="Tolerance
                                                                    "(default: fp32, or a quantized artifact's own).")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds a child process may run a model before it "
                                                           "is stopped.")]
+Labels = Annotated[Optional[str], typer.Option("--labels", help="Class names, one per line, in class order "
+                                               "(recorded in the model contract; makes the task classify).")]
+Normalize = Annotated[Optional[str], typer.Option("--normalize", help="Image inputs: unit ([0, 1]), imagenet, "
+                      "symmetric ([-1, 1]) or mean=A,B,C,std=D,E,F on [0, 1] pixels (default: as calibrated, else "
+                      "unit).")]
+Task = Annotated[Optional[str], typer.Option("--task", help="classify, embed or raw (default: inferred from the "
+                                             "outputs, and said so in the contract).")]
 Device = Annotated[str, typer.Option("--device", help="Where ONNX artifacts run for verification: cpu, cuda "
                                                       "(ONNX Runtime CUDA EP) or auto (CUDA when present).")]
-
-
-def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callable[[dict], None],
-         exit_code_of: Callable[[dict], int] = lambda data: 0) -> None:
-    """Run a command body: JSON or human output, DeploykitError -> one line + its exit code."""
-    from deploykit.errors import DeploykitError
-
-    if not debug:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        data = _resources_named(action)
-    except DeploykitError as exc:
-        if debug:
-            import traceback
-            traceback.print_exc()
-        if as_json:
-            print(json.dumps({"passed": False, **exc.to_dict()}))
-        print(printable(exc.one_line()), file=sys.stderr)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, Terminated)
-        code, message = (EXIT_TERMINATED, "terminated (SIGTERM)") if terminated else (EXIT_INTERRUPTED, "interrupted")
-        _fail_json(as_json, type(exc).__name__, message, code)
-        print(f"error: {message}", file=sys.stderr)
-        raise typer.Exit(code) from None
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback without --debug
-        if debug:
-            raise
-        from deploykit.text import one_line
-
-        message = f"internal error: {type(exc).__name__}: {one_line(str(exc))}"
-        _fail_json(as_json, "InternalError", message, EXIT_INTERNAL, remedy="rerun with --debug and report it")
-        print(printable(f"error: {message} — rerun with --debug and report it"), file=sys.stderr)
-        raise typer.Exit(EXIT_INTERNAL) from None
-    if as_json:
-        print(json.dumps(data, indent=2, default=str))
-    else:
-        printer(terminal_safe(data))
-    code = exit_code_of(data)
-    if code:
-        raise typer.Exit(code)
-
-
-def _resources_named(action: Callable[[], dict]) -> dict:
-    """Running out of disk or memory anywhere is said as such (exit 2), not as an internal error."""
-    from deploykit.errors import exhaustion
-
-    try:
-        return action()
-    except (MemoryError, OSError) as exc:
-        raise exhaustion(exc) or exc
-
-
-def _fail_json(as_json: bool, error: str, message: str, code: int, remedy: str = "") -> None:
-    """--json promises a JSON result on stdout, for failures that are not a DeploykitError too."""
-    if as_json:
-        print(json.dumps({"passed": False, "error": error, "message": message, "remedy": remedy, "exit_code": code}))
 
 
 def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, device="cpu", xnnpack=True):
@@ -161,6 +98,7 @@ def export(
                       "(size, latency and agreement of every precision, plotted) into this folder.")] = None,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Simplify the graph with onnxslim "
                                            "(kept only if parity still holds).")] = True,
+    labels: Labels = None, normalize: Normalize = None, task: Task = None,
     inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False, samples: Samples = 5,
     seed: Seed = 0, npz: Npz = None, precision: Precision = None, atol: Atol = None, rtol: Rtol = None,
     timeout: Timeout = 600.0, as_json: Json = False, debug: Debug = False,
@@ -173,6 +111,7 @@ def export(
     """
     def action() -> dict:
         from deploykit import api
+        from deploykit.contract import ContractChoices
 
         plan = api.QuantizeOptions(mode=quantize, calibration=calibration, samples=calibration_samples,
                                    normalize=calibration_normalize, io_dtype=io_dtype) if quantize else None
@@ -180,31 +119,11 @@ def export(
                           load=api.load_options(inputs or (), weights, trust_pickle, timeout),
                           verify=_verify_options(samples, seed, npz, precision, atol, rtol, timeout), opset=opset,
                           dynamic_batch=dynamic_batch, optimize=optimize, via=via, route=route,
-                          keep_layout=keep_layout, quantize=plan, report=report, debug=debug).to_dict()
+                          keep_layout=keep_layout, quantize=plan, report=report, debug=debug,
+                          contract=ContractChoices(labels, normalize, task) if labels or normalize or task
+                          else None).to_dict()
 
     _run(action, as_json, debug, _lazy("print_export"), lambda data: 0 if data.get("passed", True) else 1)
-
-
-def _lazy(name: str) -> Callable[[dict], None]:
-    def printer(data: dict) -> None:
-        from deploykit import render
-        getattr(render, name)(data)
-    return printer
-
-
-def terminal_safe(data):
-    """Every string of a result, as the terminal may show it: control characters escaped (a model file's tensor
-    names and producer strings are not trusted) and rich markup escaped (a name like `x[/red]` is text).
-    --json needs neither: JSON escapes control characters itself."""
-    from rich.markup import escape
-
-    if isinstance(data, str):
-        return escape(printable(data))
-    if isinstance(data, dict):
-        return {terminal_safe(key): terminal_safe(value) for key, value in data.items()}
-    if isinstance(data, (list, tuple)):
-        return type(data)(terminal_safe(value) for value in data)
-    return data
 
 
 @app.command()
@@ -243,13 +162,7 @@ def package(
     output: Annotated[str, typer.Option("-o", "--output", help="The bundle folder to write.")],
     app_kind: Annotated[str, typer.Option("--app", help="The app to generate: python (numpy + the one runtime).")]
     = "python",
-    labels: Annotated[Optional[str], typer.Option("--labels", help="Class names, one per line, in class order "
-                                                  "(makes the task classify).")] = None,
-    normalize: Annotated[Optional[str], typer.Option("--normalize", help="Image inputs: unit ([0, 1]), imagenet, "
-                         "symmetric ([-1, 1]) or mean=A,B,C,std=D,E,F on [0, 1] pixels (default: as calibrated, "
-                         "else unit).")] = None,
-    task: Annotated[Optional[str], typer.Option("--task", help="classify, embed or raw (default: inferred from "
-                                                "the outputs, and said so in the contract).")] = None,
+    labels: Labels = None, normalize: Normalize = None, task: Task = None,
     source: Annotated[Optional[str], typer.Option("--source", help="The source model, when the artifact has no "
                                                   "manifest naming it.")] = None,
     samples: Annotated[int, typer.Option("--samples", help="Golden vectors: seeded input samples.")] = 8,
@@ -441,19 +354,6 @@ def demo(
     _run(action, as_json, debug, lambda data: None, lambda data: 0 if data["passed"] else 1)
 
 
-def _usage_error_types() -> tuple:
-    """click's UsageError; typer >= 0.2x vendors click, so look in both places."""
-    import importlib
-
-    found = []
-    for module in ("typer._click.exceptions", "click.exceptions"):
-        try:
-            found.append(importlib.import_module(module).UsageError)
-        except (ImportError, AttributeError):
-            continue
-    return tuple(found)
-
-
 def main() -> None:
     """Entry point: click's usage errors become the same one-line `error: … — …` as ours (exit 2);
     SIGTERM is handled like Ctrl-C (exit 143 instead of 130)."""
@@ -476,18 +376,6 @@ def main() -> None:
         print("error: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
     _exit(code if isinstance(code, int) else 0)
-
-
-def _exit(code: int) -> None:
-    """sys.exit, unless a model's code overran --timeout in a thread that cannot be stopped: a normal
-    exit would wait for it forever (deploykit.deadline)."""
-    from deploykit import deadline
-
-    if deadline.abandoned():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -64,6 +65,50 @@ def read_labels(path: str) -> list:
     if not labels or labels == [""]:
         raise UsageError(f"{path} holds no labels", "one class name per line")
     return [label.strip() for label in labels]
+
+
+@dataclass(frozen=True)
+class ContractChoices:
+    """What the user said about a model (``--labels``, ``--normalize``, ``--task``), checked when made; recorded in
+    an artifact's manifest at export and used by `package` unless it is given other choices."""
+
+    labels_file: Optional[str] = None
+    normalize: Optional[str] = None
+    task: Optional[str] = None
+    labels: Optional[tuple] = None         # read from labels_file (or from a manifest)
+
+    def __post_init__(self) -> None:
+        if self.task is not None and self.task not in TASKS:
+            raise UsageError(f"unknown --task {self.task!r}", f"use {', '.join(TASKS)}")
+        if self.normalize is not None:
+            parse_normalize(self.normalize)
+        if self.labels_file and self.labels is None:
+            object.__setattr__(self, "labels", tuple(read_labels(self.labels_file)))
+
+    def to_dict(self) -> dict:
+        return {"labels": list(self.labels) if self.labels else None, "normalize": self.normalize, "task": self.task}
+
+    @classmethod
+    def from_dict(cls, data) -> "ContractChoices":
+        data = data if isinstance(data, dict) else {}
+        labels = data.get("labels")
+        labels = tuple(str(label) for label in labels) if isinstance(labels, list) and labels else None
+        normalize, task = data.get("normalize"), data.get("task")
+        return cls(normalize=normalize if isinstance(normalize, str) else None,
+                   task=task if task in TASKS else None, labels=labels)
+
+    def over(self, recorded: "ContractChoices") -> "ContractChoices":
+        """These choices, completed by ``recorded`` ones where these say nothing."""
+        return ContractChoices(normalize=self.normalize or recorded.normalize, task=self.task or recorded.task,
+                               labels=self.labels or recorded.labels)
+
+
+def with_source_ranges(spec: ModelSpec, source_spec: ModelSpec) -> ModelSpec:
+    """Value ranges a file format cannot record (a TFLite token-id input's vocabulary size) from the source, by
+    input position: golden vectors and the contract then agree on what the app may feed."""
+    inputs = [replace(tensor, value_range=original.value_range) if tensor.value_range is None and original.value_range
+              else tensor for tensor, original in zip(spec.inputs, source_spec.inputs)]
+    return ModelSpec(tuple(inputs) + tuple(spec.inputs[len(inputs):]), spec.outputs)
 
 
 def image_layout(tensor: TensorSpec) -> Optional[str]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from deploykit import contract as contracts
 from deploykit import fsutil, manifest, registry, routing
 from deploykit.checking import Checker, make_checker
 from deploykit.conversion import ExportOptions
@@ -39,6 +40,7 @@ class ExportPlan:
     keep_layout: bool = False
     quantize: Optional[QuantizeOptions] = None
     debug: bool = False
+    contract: Optional[contracts.ContractChoices] = None     # --labels / --normalize / --task, recorded in the manifest
 
     def __post_init__(self) -> None:
         check_choice(self.route, ROUTES, "--route")
@@ -97,6 +99,8 @@ def _export(source: str, dst: Format, output: Optional[str], plan: ExportPlan) -
     fsutil.prepare_output(out, plan.force, directory=dst == Format.SAVED_MODEL)
     fsutil.prepare_output(manifest.manifest_path(out), plan.force)
     model = model or PendingModel(source, plan.load)
+    if plan.contract:      # labels that do not fit, or --normalize without an image input: say so before converting
+        _contract(model, model, plan.contract, {})
     checker = make_checker(model, verify)
     options = ExportOptions(opset=plan.opset, dynamic_batch=plan.dynamic_batch, optimize=plan.optimize,
                             samples=verify.samples, timeout=verify.timeout, debug=plan.debug,
@@ -120,11 +124,13 @@ def _export(source: str, dst: Format, output: Optional[str], plan: ExportPlan) -
         if route_all:
             _measure_latency(runs, checker, verify.timeout)
         chosen = routing.choose(runs, route_all)
+        contract = _contract(chosen.artifact, model, plan.contract, calibration_info)   # before anything is published
         final = chosen.final
         moves = [(f, out.parent / f.name) for f in final.extra_files] + [(final.path, out)]
         fsutil.publish(moves, force=plan.force)
     artifact = chosen.artifact.moved_to(out)
-    data = _write_manifest(artifact, model, chosen, runs, [m[1] for m in moves[:-1]], mode, calibration_info)
+    data = _write_manifest(artifact, model, chosen, runs, [m[1] for m in moves[:-1]], mode, calibration_info,
+                           contract, plan.contract)
     warnings = [w for hop in chosen.hops for w in hop.warnings] + calibration_info.get("warnings", [])
     return ExportResult(str(out), str(manifest.manifest_path(out)), data["route"], data["parity"], warnings,
                         time.perf_counter() - started, data["routes"], artifact)
@@ -145,8 +151,19 @@ def _measure_latency(runs: list, checker: Checker, timeout: float) -> None:
                                              timeout)
 
 
+def _contract(artifact, model: LoadedModel, choices: Optional[contracts.ContractChoices], calibration_info: dict) -> dict:
+    """The artifact's contract as far as export knows it (`package` adds what golden outputs tell)."""
+    choices = choices or contracts.ContractChoices()
+    calibrated = (calibration_info or {}).get("normalize") if (calibration_info or {}).get("source") not in \
+        (None, "random") else None
+    return contracts.build(contracts.with_source_ranges(artifact.spec, model.spec), task=choices.task,
+                           labels=list(choices.labels) if choices.labels else None, normalize=choices.normalize,
+                           calibration_normalize=calibrated)
+
+
 def _write_manifest(artifact, model: LoadedModel, chosen, runs: list, extra_files: list,
-                    mode: Optional[str] = None, calibration_info: Optional[dict] = None) -> dict:
+                    mode: Optional[str] = None, calibration_info: Optional[dict] = None,
+                    contract: Optional[dict] = None, choices: Optional[contracts.ContractChoices] = None) -> dict:
     route_info = [{key: hop[key] for key in ("edge", "tool", "outcome", "attempts", "notes", "parity_vs_source",
                                              "artifact_sha256")} for hop in chosen.to_dict()["hops"]]
     final = chosen.final
@@ -158,6 +175,9 @@ def _write_manifest(artifact, model: LoadedModel, chosen, runs: list, extra_file
                           artifact_sha256=artifact.sha256)
     data["routes"] = [dict(r.to_dict(), chosen=r is chosen) for r in runs]
     data["precision"] = mode or "fp32"
+    data["contract"] = contract
+    if choices:
+        data["contract_choices"] = choices.to_dict()
     if mode:
         data["calibration"] = calibration_info
         data["warnings"] = data["warnings"] + (calibration_info or {}).get("warnings", [])

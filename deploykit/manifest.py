@@ -78,7 +78,8 @@ MAX_MANIFEST_BYTES = 16 * 1024**2
 # The JSON type of each section deploykit writes; a manifest with another type in one of them is not ours.
 _SECTIONS = {"schema_version": int, "artifact": dict, "source": dict, "signature": dict, "layout": dict,
              "route": list, "routes": list, "parity": (dict, type(None)), "warnings": list, "precision": str,
-             "versions": dict, "calibration": (dict, type(None)), "created": str}
+             "versions": dict, "calibration": (dict, type(None)), "created": str, "contract": (dict, type(None)),
+             "contract_choices": dict}
 
 
 def well_formed(data) -> bool:

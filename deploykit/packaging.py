@@ -16,6 +16,7 @@ match) or given with ``source``.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -51,15 +52,18 @@ class PackageOptions:
     source: Optional[str] = None           # the source model, when the artifact's manifest does not name it
     verify: VerifyOptions = field(default_factory=VerifyOptions)
 
+    @functools.cached_property
+    def choices(self) -> "contracts.ContractChoices":
+        return contracts.ContractChoices(labels_file=self.labels, normalize=self.normalize, task=self.task)
+
     def __post_init__(self) -> None:
+        self.choices      # a bad --labels, --normalize or --task fails here, before anything runs
         if self.app not in APPS:
             raise UsageError(f"unknown --app {self.app!r}", f"use {', '.join(APPS)} (Android/iOS apps read the "
                              "contract from the model's metadata)")
         if not isinstance(self.samples, int) or not 1 <= self.samples <= 1000:
             raise UsageError(f"--samples must be between 1 and 1000 for golden vectors (got {self.samples!r})",
                              "e.g. --samples 8")
-        if self.normalize is not None:
-            contracts.parse_normalize(self.normalize)
 
 
 def package(artifact_path: str, output: str, options: PackageOptions, force: bool = False) -> dict:
@@ -70,7 +74,9 @@ def package(artifact_path: str, output: str, options: PackageOptions, force: boo
                          "export to onnx or tflite first")
     stored = manifest.read(artifact_path) or {}
     source = _source(artifact_path, stored, options)
-    labels = contracts.read_labels(options.labels) if options.labels else None
+    # The user's choices now, else those recorded at export ("editable later").
+    choices = options.choices.over(contracts.ContractChoices.from_dict(stored.get("contract_choices")))
+    labels = list(choices.labels) if choices.labels else None
     out = Path(output).absolute()
     fsutil.prepare_output(out, force, directory=True)
     if fsutil.overlaps(out, artifact_path) or fsutil.overlaps(out, source.path):
@@ -79,7 +85,8 @@ def package(artifact_path: str, output: str, options: PackageOptions, force: boo
     verify = VerifyOptions(**{**options.verify.__dict__, "samples": options.samples,
                               "precision": options.verify.precision or PRECISION_OF.get(precision, precision)})
     golden_inputs, golden_outputs, tolerance = golden_vectors(source, artifact, verify)
-    contract = contracts.build(_with_source_ranges(artifact.spec, source.spec), task=options.task, labels=labels, normalize=options.normalize,
+    contract = contracts.build(contracts.with_source_ranges(artifact.spec, source.spec), task=choices.task,
+                               labels=labels, normalize=choices.normalize,
                                calibration_normalize=_calibration_normalize(stored),
                                probabilities=_probabilities(golden_outputs, artifact))
     with fsutil.parents_removed_on_failure(out), fsutil.staging_dir(out.parent) as stage:
@@ -130,18 +137,6 @@ def golden_vectors(source, artifact: Artifact, verify: VerifyOptions) -> tuple:
 def _inverse_permute(value: np.ndarray, perm) -> np.ndarray:
     """The artifact's own layout of a source-layout output (the recorded perm maps artifact -> source)."""
     return np.transpose(value, np.argsort(perm)) if perm else value
-
-
-def _with_source_ranges(spec, source_spec):
-    """Value ranges a file format cannot record (a TFLite token-id input's vocabulary size) from the source, by
-    input position: golden vectors and the contract then agree on what the app may feed."""
-    from dataclasses import replace
-
-    from deploykit.spec import ModelSpec
-
-    inputs = [replace(tensor, value_range=original.value_range) if tensor.value_range is None and original.value_range
-              else tensor for tensor, original in zip(spec.inputs, source_spec.inputs)]
-    return ModelSpec(tuple(inputs) + tuple(spec.inputs[len(inputs):]), spec.outputs)
 
 
 def _calibration_normalize(stored: dict) -> Optional[str]:

@@ -62,6 +62,17 @@ def test_normalize_on_a_model_without_an_image_input_is_refused():
         contracts.build(spec, normalize="imagenet")
 
 
+def test_choices_recorded_at_export_are_completed_and_overridden_at_package(tmp_path):
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    recorded = contracts.ContractChoices.from_dict({"labels": ["x", "y"], "normalize": "imagenet", "task": "classify"})
+    given = contracts.ContractChoices(labels_file=str(tmp_path / "labels.txt"))
+    merged = given.over(recorded)
+    assert merged.labels == ("a", "b") and merged.normalize == "imagenet" and merged.task == "classify"
+    assert contracts.ContractChoices.from_dict({"labels": "not a list", "task": 5}) == contracts.ContractChoices()
+    with pytest.raises(UsageError, match="unknown --task"):
+        contracts.ContractChoices(task="detect")
+
+
 def test_onnx_metadata_follows_the_image_conventions_where_they_fit():
     props = contracts.onnx_metadata(contracts.build(IMAGE, normalize="unit"))
     assert props["Image.BitmapPixelFormat"] == "Rgb8" and props["Image.NominalPixelRange"] == "Normalized_0_1"
@@ -247,7 +258,7 @@ def test_mobilenet_bundle_proves_itself_in_a_runtime_only_venv(samples_dir, expo
 @pytest.mark.onnxruntime
 @pytest.mark.litert
 @pytest.mark.parametrize("to", ["onnx", "tflite"])
-def test_transformer_bundle_takes_token_ids(exported, tmp_path, to):
+def test_transformer_bundle_takes_token_ids(exported, tmp_path, to, runtime_only_python):
     artifact = exported("tiny_transformer.pt2", to)
     bundle = tmp_path / "bundle"
     made = run_cli("package", artifact.artifact, "-o", str(bundle), "--samples", "4", "--json")
@@ -255,7 +266,34 @@ def test_transformer_bundle_takes_token_ids(exported, tmp_path, to):
     contract = json.loads(made.stdout)["contract"]
     ids = contract["inputs"][0]
     assert ids["dtype"].startswith("int") and ids["image"] is None and ids["value_range"][0] == 0
-    selftest = subprocess.run([sys.executable, "-P", "app.py", "selftest"], cwd=bundle, capture_output=True,
-                              text=True, timeout=300)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    selftest = subprocess.run([str(runtime_only_python), "app.py", "selftest"], cwd=bundle, env=env,
+                              capture_output=True, text=True, timeout=300)
     assert selftest.returncode == 0, selftest.stdout + selftest.stderr
+    with np.load(bundle / "golden.npz") as golden:
+        np.savez(tmp_path / "ids.npz", **{ids["name"]: golden[f"input/0/{ids['name']}"]})
+        expected = golden[f"output/0/{contract['outputs'][0]['name']}"]
+    predict = subprocess.run([str(runtime_only_python), "app.py", "predict", str(tmp_path / "ids.npz"), "--json"],
+                             cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
+    got = json.loads(predict.stdout)[contract["outputs"][0]["name"]]
+    if contract["outputs"][0]["meaning"] == "class_scores":                # top-k, led by the source's own argmax
+        assert got[0]["class"] == int(np.argmax(expected.reshape(-1, expected.shape[-1])[0])), got
+    else:
+        np.testing.assert_allclose(np.asarray(got, np.float32), expected, rtol=1e-3, atol=1e-4)
     assert run_cli("verify", str(bundle)).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.onnxruntime
+def test_contract_recorded_at_export_is_packaged_and_editable_later(samples_dir, tmp_path):
+    artifact = tmp_path / "two.onnx"
+    made = run_cli("export", str(samples_dir / "two_layer_net.pt2"), "-o", str(artifact), "--task", "embed")
+    assert made.returncode == 0, made.stderr
+    recorded = json.loads((tmp_path / "two.onnx.deploykit.json").read_text())
+    assert recorded["contract"]["outputs"][0]["meaning"] == "embedding"
+    assert recorded["contract_choices"]["task"] == "embed"
+    packaged = run_cli("package", str(artifact), "-o", str(tmp_path / "b1"), "--samples", "2", "--json")
+    assert json.loads(packaged.stdout)["contract"]["task"] == "embed"
+    edited = run_cli("package", str(artifact), "-o", str(tmp_path / "b2"), "--samples", "2", "--task", "raw", "--json")
+    assert json.loads(edited.stdout)["contract"]["task"] == "raw"
