@@ -169,6 +169,7 @@ def verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: V
                                  _artifact_tolerance(stored, options))
         if why:
             report.notes.append(why)
+        report.notes.extend(_contract_notes(artifact))
         reports.append(report)
         if previous is not None:
             hop_report = checker.compare(previous[1], outputs, previous[0].label, artifact.label)
@@ -216,3 +217,12 @@ def _int8_feeds(model: LoadedModel, stored: dict, options: VerifyOptions) -> Opt
     if options.inputs_npz:
         feeds += load_npz(options.inputs_npz, model.spec)
     return ("normal/uniform (int8)", feeds)
+
+
+def _contract_notes(artifact: Artifact) -> list:
+    """What the deploykit contract an artifact carries says (verify shows it beside the parity it checks)."""
+    from deploykit.contract import summary
+    from deploykit.tflite_metadata import carried_contract
+
+    carried = carried_contract(str(artifact.path), artifact.format) if Path(str(artifact.path)).is_file() else None
+    return [f"carries a deploykit contract: {'; '.join(summary(carried)[:3])}"] if carried else []

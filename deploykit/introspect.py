@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import collections
-import json
 import importlib.metadata
 import os
 import platform
@@ -15,6 +14,7 @@ from deploykit.machine import gpu_present
 from deploykit.manifest import library_versions, read as read_manifest
 from deploykit.model import LoadOptions, load_model
 from deploykit.onnx_io import read_onnx
+from deploykit.tflite_metadata import carried_contract
 
 
 def inspect_model(path: str, load: LoadOptions = LoadOptions()) -> dict:
@@ -28,16 +28,16 @@ def inspect_model(path: str, load: LoadOptions = LoadOptions()) -> dict:
     if model.format == Format.ONNX:
         info.update(_onnx_graph_facts(path))
     elif model.format == Format.TFLITE:
-        from deploykit.tflite_metadata import packed_contract
-
         ops = model.details.get("ops", {})
         info.update({"ops": ops, "nodes": sum(ops.values())})
-        carried = packed_contract(path)
-        info.update(_carried_contract({"deploykit.contract": json.dumps(carried)}) if carried else {})
+
     elif model.format.framework == "torch":
         info.update(_torch_graph_facts(model))
     elif model.handle is not None and hasattr(model.handle, "count_params"):
         info["parameters"] = int(model.handle.count_params())
+    carried = carried_contract(path, model.format) if Path(path).is_file() else None
+    if carried:
+        info["contract"] = carried
     info["details"] = {k: v for k, v in model.details.items()
                        if k != "ops" and isinstance(v, (str, int, float, bool, dict, list))}
     stored = read_manifest(path) if Path(path).exists() else None
@@ -59,19 +59,7 @@ def _onnx_graph_facts(path: str) -> dict:
         params += count
     return {"parameters": params, "ops": dict(histogram.most_common()), "nodes": sum(histogram.values()),
             "opset": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
-            "producer": f"{proto.producer_name} {proto.producer_version}".strip(), "ir_version": proto.ir_version,
-            **_carried_contract({p.key: p.value for p in proto.metadata_props})}
-
-
-def _carried_contract(props: dict) -> dict:
-    """The deploykit contract a model carries (ONNX metadata_props; TFLite: its packed contract file)."""
-    from deploykit.contract import ONNX_KEY, validate
-    from deploykit.errors import UsageError
-
-    try:
-        return {"contract": validate(json.loads(props[ONNX_KEY]))} if ONNX_KEY in props else {}
-    except (ValueError, UsageError):
-        return {"contract_problem": f"its {ONNX_KEY} metadata is not a valid contract"}
+            "producer": f"{proto.producer_name} {proto.producer_version}".strip(), "ir_version": proto.ir_version}
 
 
 def _count_nodes(graph, histogram) -> None:

@@ -283,6 +283,7 @@ def verify_bundle(folder: "str | Path", timeout: float = 600.0) -> parity.Parity
     if changed:
         report.problems.append(f"changed since packaging: {', '.join(changed)}")
     report.notes.append(f"ran on {result.ran_on}")
+    report.notes.append("contract: " + "; ".join(contracts.summary(json.loads((folder / "contract.json").read_text()))))
     return report
 
 

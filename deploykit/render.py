@@ -140,8 +140,6 @@ def print_inspect(info: dict) -> None:
             console.print(f"{key}: {info[key]}")
     if info.get("contract"):
         print_contract(info["contract"])
-    if info.get("contract_problem"):
-        console.print(f"contract: {info['contract_problem']}")
     if info.get("manifest"):
         console.print(f"manifest: route {info['manifest']['route']}, parity passed: {info['manifest']['parity_passed']}")
 

@@ -60,6 +60,28 @@ def embed(model_bytes: bytes, contract: dict, labels: Optional[list], name: str,
     return packed.getvalue()
 
 
+def carried_contract(path: str, fmt) -> Optional[dict]:
+    """The deploykit contract a model file carries — ONNX ``metadata_props``, a .tflite's packed contract file —
+    or None; a damaged one is ignored (it is metadata beside the model, as untrusted as the file)."""
+    from deploykit.contract import ONNX_KEY, validate
+    from deploykit.errors import DeploykitError
+    from deploykit.formats import Format
+
+    try:
+        if fmt == Format.ONNX:
+            from deploykit.onnx_io import read_onnx
+
+            props = {p.key: p.value for p in read_onnx(path).metadata_props}
+            found = json.loads(props[ONNX_KEY]) if ONNX_KEY in props else None
+        elif fmt == Format.TFLITE:
+            found = packed_contract(path)
+        else:
+            return None
+        return validate(found) if found is not None else None
+    except (DeploykitError, ValueError, RecursionError):
+        return None
+
+
 def packed_contract(path: str) -> Optional[dict]:
     """The contract a .tflite carries among its associated files (None when it carries none, or a damaged one).
     zipfile reads the archive from the file's end: the model itself is not read."""

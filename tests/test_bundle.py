@@ -126,6 +126,10 @@ def test_bundle_selftest_predict_and_verify(onnx_bundle, tmp_path):
     assert abs(sum(entry["score"] for entry in top) - 1.0) < 1e-5         # softmax over the three logits
     verified = run_cli("verify", str(bundle), "--json")
     assert verified.returncode == 0 and json.loads(verified.stdout)["passed"]
+    notes = json.loads(verified.stdout)["comparisons"][0]["notes"]
+    assert any(note.startswith("contract: task: classify") for note in notes), notes
+    shown = run_cli("inspect", str(bundle / "model.onnx"), "--json")          # the model file carries it too
+    assert json.loads(shown.stdout)["contract"]["outputs"][0]["labels"] == "labels.txt"
 
 
 @pytest.mark.onnxruntime
