@@ -162,11 +162,11 @@ def verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: V
     reports, previous, source_hash = [], None, {}
     for artifact in opened:
         # Each artifact's manifest records its layout relative to the source it was exported from.
-        stored, why = _trusted_manifest(artifact, model, source_hash)
+        stored, why = trusted_manifest(artifact, model, source_hash)
         references, outputs = checker.run_both(artifact, options.samples, layout=artifact.layout,
-                                               feeds=_int8_feeds(model, stored, options))
+                                               feeds=int8_feeds(model, stored, options))
         report = checker.compare(references, outputs, model.label, artifact.label, artifact.layout,
-                                 _artifact_tolerance(stored, options))
+                                 artifact_tolerance(stored, options))
         if why:
             report.notes.append(why)
         report.notes.extend(_contract_notes(artifact))
@@ -179,7 +179,7 @@ def verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: V
     return VerifyResult(model.label, reports, time.perf_counter() - started)
 
 
-def _trusted_manifest(artifact: Artifact, source: LoadedModel, source_hash: dict) -> tuple:
+def trusted_manifest(artifact: Artifact, source: LoadedModel, source_hash: dict) -> tuple:
     """(the manifest whose precision may pick the tolerance, a note saying why or why not).
 
     A sidecar file is not evidence: a manifest decides the preset only when the artifact's bytes and the
@@ -200,14 +200,14 @@ def _trusted_manifest(artifact: Artifact, source: LoadedModel, source_hash: dict
         "the fp32 preset (give --precision to choose one)")
 
 
-def _artifact_tolerance(stored: dict, options: VerifyOptions):
+def artifact_tolerance(stored: dict, options: VerifyOptions):
     """Without --precision, a quantized artifact is judged with its precision's preset (from its manifest)."""
     if options.precision is not None or stored.get("precision") in (None, "fp32"):
         return None
     return tolerance_for(PRECISION_OF.get(stored["precision"], "fp32"), options.atol, options.rtol)
 
 
-def _int8_feeds(model: LoadedModel, stored: dict, options: VerifyOptions) -> Optional[tuple]:
+def int8_feeds(model: LoadedModel, stored: dict, options: VerifyOptions) -> Optional[tuple]:
     """An int8 artifact is verified on normal and uniform samples (plus --inputs), not the 3-sigma and
     negated ones that exercise float branches: int8 clips what its calibration never saw."""
     if stored.get("precision") != "int8" or options.precision is not None:

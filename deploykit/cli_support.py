@@ -69,10 +69,17 @@ def _resources_named(action: Callable[[], dict]) -> dict:
     """Running out of disk or memory anywhere is said as such (exit 2), not as an internal error."""
     from deploykit.errors import exhaustion
 
+    from deploykit.errors import UsageError
+
     try:
         return action()
     except (MemoryError, OSError) as exc:
-        raise exhaustion(exc) or exc
+        full = exhaustion(exc)
+        if full is None and isinstance(exc, OSError) and exc.strerror:
+            # EACCES, EROFS, ENAMETOOLONG, ...: the machine refused a path the user gave, not a deploykit bug
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise UsageError(f"{where}{exc.strerror}", "check the path, its permissions and the file system") from None
+        raise full or exc
 
 
 def _fail_json(as_json: bool, error: str, message: str, code: int, remedy: str = "") -> None:

@@ -117,7 +117,10 @@ def image_layout(tensor: TensorSpec) -> Optional[str]:
         return None
     layout = tensor.layout or ("NHWC" if tensor.shape[3] in (1, 3) and tensor.shape[1] not in (1, 3) else "NCHW")
     channels = tensor.shape[1] if layout == "NCHW" else tensor.shape[3]
-    return layout if channels in (1, 3) else None
+    height, width = (tensor.shape[2], tensor.shape[3]) if layout == "NCHW" else (tensor.shape[1], tensor.shape[2])
+    # A picture is resized to a fixed size: symbolic height or width makes it no image input of the contract.
+    fixed = all(isinstance(d, int) and d > 0 for d in (height, width))
+    return layout if channels in (1, 3) and fixed else None
 
 
 def build(spec: ModelSpec, *, task: Optional[str] = None, labels: Optional[list] = None,

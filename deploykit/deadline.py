@@ -44,7 +44,12 @@ class Pending:
     def result(self, timeout: float, stage, what: str):
         """The call's value, or its own exception; ``stage.error`` when it has not finished after
         ``timeout`` seconds (the thread is then abandoned)."""
-        if not self._done.wait(timeout):
+        try:
+            finished = self._done.wait(timeout)
+        except BaseException:          # Ctrl-C / SIGTERM while waiting: the thread runs on, unstoppable
+            _ABANDONED.append(self._thread)
+            raise
+        if not finished:
             _ABANDONED.append(self._thread)
             raise stage.error(f"{stage.describe(what)} did not finish within {timeout:g} s", stage.timeout_remedy,
                               outcome=stage.outcome)

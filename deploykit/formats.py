@@ -135,12 +135,21 @@ MAX_MEMBER_BYTES = 64 * 1024**2
 
 def read_member(archive: zipfile.ZipFile, name: str) -> bytes:
     """One archive member, refused when it inflates to more than MAX_MEMBER_BYTES (checked before reading)."""
-    size = archive.getinfo(name).file_size
+    info = archive.getinfo(name)
+    size = info.file_size
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise ModelLoadError(f"{archive.filename}: the member {name} uses compression method {info.compress_type}; "
+                             "model archives are stored or deflated", "give the model as its exporter wrote it")
     if size > MAX_MEMBER_BYTES:
         raise ModelLoadError(f"{archive.filename}: the member {name} inflates to {size:,} bytes (the limit is "
                              f"{MAX_MEMBER_BYTES:,}): a decompression bomb, or no model deploykit reads",
                              "give the model as its exporter wrote it")
-    return archive.read(name)
+    with archive.open(info) as member:      # the declared size can lie: never inflate past the limit
+        data = member.read(MAX_MEMBER_BYTES + 1)
+    if len(data) > MAX_MEMBER_BYTES:
+        raise ModelLoadError(f"{archive.filename}: the member {name} inflates past {MAX_MEMBER_BYTES:,} bytes: a "
+                             "decompression bomb, or no model deploykit reads", "give the model as its exporter wrote it")
+    return data
 
 
 def _classify_pickle(payload: bytes) -> Format:

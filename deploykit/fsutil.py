@@ -130,7 +130,10 @@ def publish(moves: list, force: bool = True) -> None:
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
             os.replace(source, target)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)     # --force turned a file into a folder artifact
         else:
             os.replace(source, target)
 

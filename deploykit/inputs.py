@@ -136,6 +136,8 @@ def _declared_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path)
                          "save plain numeric arrays")
     count = 1
     for dim in shape:
+        if int(dim) < 0:
+            raise ValueError(f"member {info.filename} declares a negative dimension {shape}")
         count *= int(dim)
     return count * dtype.itemsize
 

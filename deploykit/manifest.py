@@ -94,7 +94,11 @@ def well_formed(data) -> bool:
     if not all(isinstance(signature.get(kind, []), list) and all(isinstance(t, dict) for t in signature.get(kind, []))
                for kind in ("inputs", "outputs")):
         return False
-    if not all(isinstance((data.get(section) or {}).get("sha256"), (str, type(None))) for section in ("artifact", "source")):
+    if not all(isinstance((data.get(section) or {}).get(key), (str, type(None)))
+               for section in ("artifact", "source") for key in ("sha256", "path")):
+        return False
+    if not isinstance((data.get("source") or {}).get("weights") or {}, dict) \
+            or not isinstance((data.get("calibration") or {}).get("normalize") or "", str):
         return False
     return _layout_ok(data.get("layout") or {})
 
@@ -107,7 +111,7 @@ def _layout_ok(layout: dict) -> bool:
         for perm in perms.values():
             if perm is None:
                 continue
-            if not isinstance(perm, list) or sorted(perm) != list(range(len(perm))) \
-                    or not all(type(axis) is int for axis in perm):
+            if not isinstance(perm, list) or not all(type(axis) is int for axis in perm) \
+                    or sorted(perm) != list(range(len(perm))):
                 return False
     return True

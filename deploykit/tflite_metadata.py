@@ -41,6 +41,7 @@ def embed(model_bytes: bytes, contract: dict, labels: Optional[list], name: str,
     if any(getattr(buffer, "offset", 0) > 1 for buffer in model.buffers or []):
         raise UnsupportedModelError("the .tflite keeps its weights outside the flatbuffer (a model over 2 GB): "
                                     "deploykit cannot re-pack it with metadata", "ship contract.json beside it")
+    contract = _in_tensor_order(model, contract)
     metadata = schema.BufferT()
     metadata.data = np.frombuffer(_metadata_flatbuffer(contract, labels is not None, name, description), np.uint8)
     model.buffers = (model.buffers or []) + [metadata]
@@ -58,6 +59,24 @@ def embed(model_bytes: bytes, contract: dict, labels: Optional[list], name: str,
             archive.writestr("labels.txt", "\n".join(labels) + "\n")
         archive.writestr(CONTRACT_FILE, json.dumps(contract, indent=2) + "\n")
     return packed.getvalue()
+
+
+def _in_tensor_order(model, contract: dict) -> dict:
+    """The contract's tensors in the order of the subgraph's inputs/outputs, as the metadata schema requires (the
+    contract follows the signature's names; the signature maps them to tensor indices)."""
+    signatures = model.signatureDefs or []
+    if not signatures:
+        return contract
+    signature = signatures[0]
+    subgraph = model.subgraphs[signature.subgraphIndex or 0]
+    ordered = dict(contract)
+    for kind, entries, order in (("inputs", signature.inputs, subgraph.inputs),
+                                 ("outputs", signature.outputs, subgraph.outputs)):
+        index_of = {_text(entry.name): entry.tensorIndex for entry in entries or []}
+        position = {int(tensor): i for i, tensor in enumerate(list(order) if order is not None else [])}
+        if all(t["name"] in index_of and index_of[t["name"]] in position for t in contract[kind]):
+            ordered[kind] = sorted(contract[kind], key=lambda t: position[index_of[t["name"]]])
+    return ordered
 
 
 def carried_contract(path: str, fmt) -> Optional[dict]:
@@ -125,19 +144,17 @@ def _tensor(builder, tensor: dict, with_labels: bool) -> int:
     image = tensor.get("image")
     fields = {"name": builder.CreateString(tensor["name"]),
               "description": builder.CreateString(_description(tensor))}
-    if image:
+    if image and tensor.get("layout") == "NCHW":
+        # Task Library reads ImageProperties as NHWC pixels; an NCHW input is described, normalised, as a feature.
+        fields["content"] = _content(builder, _FEATURE_PROPERTIES, _table(builder, {}, {}))
+        fields["process_units"] = _offsets(builder, [_normalization(builder, image)])
+    elif image:
         size = _table(builder, {"width": 0, "height": 1}, {}, uint32={"width": image["width"],
                                                                      "height": image["height"]})
         properties = _table(builder, {"color_space": 0, "default_size": 1}, {"default_size": size},
                             int8={"color_space": _RGB if image["channels"] == 3 else _GRAYSCALE})
         fields["content"] = _content(builder, _IMAGE_PROPERTIES, properties)
-        # TFLite Metadata normalises raw 0..255 pixels: (pixel - mean) / std; the contract's are on [0, 1] pixels.
-        mean = _floats(builder, [m / image["scale"] for m in image["mean"]])
-        std = _floats(builder, [s / image["scale"] for s in image["std"]])
-        options = _table(builder, {"mean": 0, "std": 1}, {"mean": mean, "std": std})
-        unit = _table(builder, {"options_type": 0, "options": 1}, {"options": options},
-                      uint8={"options_type": _NORMALIZATION_OPTIONS})
-        fields["process_units"] = _offsets(builder, [unit])
+        fields["process_units"] = _offsets(builder, [_normalization(builder, image)])
     else:
         fields["content"] = _content(builder, _FEATURE_PROPERTIES, _table(builder, {}, {}))
     if tensor.get("value_range") and tensor["dtype"].startswith("float"):
@@ -149,6 +166,16 @@ def _tensor(builder, tensor: dict, with_labels: bool) -> int:
                            _TENSOR_AXIS_LABELS)
         fields["associated_files"] = _offsets(builder, [label_file])
     return _table(builder, _TENSOR, fields)
+
+
+def _normalization(builder, image: dict) -> int:
+    """A ProcessUnit with NormalizationOptions: TFLite Metadata normalises raw 0..255 pixels, (pixel - mean) / std;
+    the contract's mean/std are on [0, 1] pixels."""
+    mean = _floats(builder, [m / image["scale"] for m in image["mean"]])
+    std = _floats(builder, [s / image["scale"] for s in image["std"]])
+    options = _table(builder, {"mean": 0, "std": 1}, {"mean": mean, "std": std})
+    return _table(builder, {"options_type": 0, "options": 1}, {"options": options},
+                  uint8={"options_type": _NORMALIZATION_OPTIONS})
 
 
 def _description(tensor: dict) -> str:

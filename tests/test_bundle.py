@@ -94,6 +94,36 @@ def test_generated_app_is_plain_python_without_deploykit(runtime, distribution):
     assert "deploykit" not in imported
 
 
+@pytest.mark.onnxruntime
+def test_the_apps_rule_is_deploykits_rule():
+    """app.py judges golden vectors as deploykit.parity does: pooled over samples, integers exactly, matching
+    infinities pass, a sign flip or a NaN fails."""
+    from deploykit import parity
+    from deploykit.packaging import render_app
+
+    namespace: dict = {"__file__": "/nowhere/app.py", "__name__": "app"}
+    code = render_app("m.onnx", "onnxruntime", "onnxruntime", False, "s.pt2")
+    exec(compile(code.replace('CONTRACT = json.loads((HERE / "contract.json").read_text())', "CONTRACT = {}"),
+                 "app.py", "exec"), namespace)
+    tolerance = parity.PRESETS["fp32"]
+    as_dict = {"atol": tolerance.atol, "rtol": tolerance.rtol, "min_cosine": tolerance.min_cosine,
+               "max_mismatch": tolerance.max_mismatch, "scale_by_reference": tolerance.scale_by_reference}
+    rng = np.random.default_rng(0)
+    small, large = rng.standard_normal(10).astype("f4"), 3 * rng.standard_normal(10).astype("f4")
+    cases = [
+        ([small, large], [small + 2e-4, large]),                    # within atol scaled by the pooled max
+        ([small], [small + 1e-2]),                                   # outside
+        ([np.array([999, 3])], [np.array([998, 3])]),                 # integers: exact
+        ([np.array([np.inf, -np.inf, 1.0], "f4")], [np.array([np.inf, -np.inf, 1.0], "f4")]),
+        ([np.array([np.inf, 1.0], "f4")], [np.array([-np.inf, 1.0], "f4")]),
+        ([np.array([np.nan, 1.0], "f4")], [np.array([np.nan, 1.0], "f4")]),
+    ]
+    for references, results in cases:
+        ours = parity.compare([{"y": r} for r in references], [{"y": g} for g in results], tolerance).passed
+        _detail, app_says = namespace["judge"](references, results, as_dict)
+        assert app_says == ours, (references, results, ours)
+
+
 @pytest.fixture()
 def onnx_bundle(tmp_path):
     """A bundle of a small ONNX model (its own source: no conversion), with labels, made through the Python API
@@ -117,7 +147,8 @@ def test_bundle_selftest_predict_and_verify(onnx_bundle, tmp_path):
                               capture_output=True, text=True, timeout=120)
     assert selftest.returncode == 0, selftest.stderr
     report = json.loads(selftest.stdout)
-    assert report["passed"] and len(report["rows"]) == 3 and report["tolerance"]["preset"] == "fp32"
+    assert report["passed"] and report["samples"] == 3 and report["tolerance"]["preset"] == "fp32"
+    assert [o["output"] for o in report["outputs"]] == ["y"] and report["outputs"][0]["passed"]
     np.savez(tmp_path / "in.npz", x=np.array([[1.0, 2.0, 3.0, 4.0]], np.float32))
     predict = subprocess.run([sys.executable, "-P", "app.py", "predict", str(tmp_path / "in.npz"), "--json"],
                              cwd=bundle, capture_output=True, text=True, timeout=120)
@@ -213,9 +244,14 @@ def _assert_contract_inside(model_file: Path, reader) -> None:
         return
     metadata = _read_tflite_metadata(model_file, reader)
     tensor = metadata.subgraphMetadata[0].inputTensorMetadata[0]
-    assert tensor.content.contentPropertiesType == reader.ContentProperties.ImageProperties
-    assert tensor.content.contentProperties.colorSpace == reader.ColorSpaceType.RGB
-    assert tensor.content.contentProperties.defaultSize.width == 224
+    layout = json.loads((model_file.parent / "contract.json").read_text())["inputs"][0]["layout"]
+    if layout == "NHWC":                                            # what Task Library reads as pixels
+        assert tensor.content.contentPropertiesType == reader.ContentProperties.ImageProperties
+        assert tensor.content.contentProperties.colorSpace == reader.ColorSpaceType.RGB
+        assert tensor.content.contentProperties.defaultSize.width == 224
+    else:                                                           # NCHW (litert-torch keeps it): a feature
+        assert tensor.content.contentPropertiesType == reader.ContentProperties.FeatureProperties
+        assert b"224x224 RGB image" in tensor.description and b"NCHW" in tensor.description
     options = tensor.processUnits[0].options                        # unit: (pixel - 0) / 255
     assert list(options.mean) == [0.0] * 3 and list(options.std) == [255.0] * 3
     labels = metadata.subgraphMetadata[0].outputTensorMetadata[0].associatedFiles[0]
