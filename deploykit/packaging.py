@@ -133,7 +133,8 @@ def golden_vectors(source, artifact: Artifact, verify: VerifyOptions, stored: Op
     outputs for them, permuted and named as the artifact returns them. An int8 artifact gets the feeds verify
     judges it on (normal and uniform: int8 clips what its calibration never saw)."""
     checker = make_checker(source, verify)
-    chosen = int8_feeds(source, stored or {}, replace(verify, precision=None))
+    chosen = _calibration_golden(source, stored or {}, verify.samples) or \
+        int8_feeds(source, stored or {}, replace(verify, precision=None))
     keyed = [((chosen[0], i), f) for i, f in enumerate(chosen[1])] if chosen else checker.feeds(verify.samples)
     references = checker.reference.outputs_for(keyed)
     layout = artifact.layout or {}
@@ -149,6 +150,21 @@ def golden_vectors(source, artifact: Artifact, verify: VerifyOptions, stored: Op
         outputs.append({name: _inverse_permute(value, (layout.get("outputs") or {}).get(name))
                         for name, value in renamed.items()})
     return inputs, outputs, checker.tolerance
+
+
+def _calibration_golden(source, stored: dict, samples: int) -> Optional[tuple]:
+    """A quantized artifact's golden inputs come from the data it was calibrated with (held-out items first), when
+    that data is still there: it is judged on its distribution, as export judged it, not on random inputs it clips."""
+    from deploykit.calibration import calibration_feeds
+
+    calibration = stored.get("calibration") or {}
+    data = calibration.get("source")
+    if stored.get("precision") in (None, "fp32") or not isinstance(data, str) or data == "random" \
+            or not Path(data).exists():
+        return None
+    used, held_out, _warning = calibration_feeds(source.spec, data, int(calibration.get("samples") or 1),
+                                                 calibration.get("normalize") or "unit")
+    return ("calibration data", (held_out + used)[:samples])
 
 
 def _as_input_dtype(value: np.ndarray, artifact: Artifact, name: str) -> np.ndarray:
@@ -218,7 +234,7 @@ def _check_bundle_model(path: Path, artifact: Artifact, inputs: list, outputs: l
     report = parity.compare(outputs, result.outputs, tolerance, "golden (source)", f"bundled {path.name}")
     if not report.problems and all(o.status in ("pass", "uninformative") for o in report.outputs):
         return      # an input-independent output (anchors, a constant) matches; it just proves little
-        raise ParityError(f"the bundled model does not reproduce its golden vectors: {report.summary()}",
+    raise ParityError(f"the bundled model does not reproduce its golden vectors: {report.summary()}",
                           "verify the artifact against its source first (`deploykit verify`)",
                           details={"parity": report.to_dict()})
 

@@ -337,3 +337,46 @@ def test_contract_recorded_at_export_is_packaged_and_editable_later(samples_dir,
     assert json.loads(packaged.stdout)["contract"]["task"] == "embed"
     edited = run_cli("package", str(artifact), "-o", str(tmp_path / "b2"), "--samples", "2", "--task", "raw", "--json")
     assert json.loads(edited.stdout)["contract"]["task"] == "raw"
+
+
+@pytest.mark.onnxruntime
+def test_an_artifact_that_does_not_match_its_source_is_not_bundled(tmp_path):
+    """The bundled model must reproduce the source's golden outputs; else exit 1 and no folder."""
+    import onnx
+    from onnx import numpy_helper
+
+    builders.tiny_onnx(tmp_path / "source.onnx")
+    other = onnx.load(builders.tiny_onnx(tmp_path / "other.onnx"))
+    weight = numpy_helper.to_array(other.graph.initializer[0]) + 1.0
+    other.graph.initializer[0].CopyFrom(numpy_helper.from_array(weight, "W"))
+    onnx.save(other, tmp_path / "other.onnx")
+    result = run_cli("package", str(tmp_path / "other.onnx"), "--source", str(tmp_path / "source.onnx"),
+                     "-o", str(tmp_path / "b"))
+    assert result.returncode == 1 and "does not reproduce its golden vectors" in result.stderr
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.onnxruntime
+def test_a_quantized_artifact_gets_golden_vectors_from_its_calibration_data(tmp_path):
+    """int8 is judged on the distribution it was calibrated for (held-out items first), as export judged it."""
+    from deploykit import api
+
+    builders.image_onnx(tmp_path / "m.onnx")
+    data = np.random.default_rng(0).random((12, 1, 3, 8, 8)).astype("float32")
+    np.savez(tmp_path / "cal.npz", x=data)
+    api.export(str(tmp_path / "m.onnx"), "onnx", str(tmp_path / "q.onnx"),
+               quantize=api.QuantizeOptions("int8", calibration=str(tmp_path / "cal.npz"), samples=8))
+    bundle = api.package(str(tmp_path / "q.onnx"), str(tmp_path / "b"), deploykit_options(samples=3))
+    assert bundle["contract"]["inputs"][0]["image"] is not None
+    with np.load(tmp_path / "b" / "golden.npz") as golden:
+        np.testing.assert_allclose(golden["input/0/x"], data[8], rtol=1e-6)     # the first held-out item
+    selftest = subprocess.run([sys.executable, "-P", "app.py", "selftest"], cwd=tmp_path / "b", capture_output=True,
+                              text=True, timeout=120)
+    assert selftest.returncode == 0, selftest.stdout
+
+
+def deploykit_options(**kwargs):
+    from deploykit.packaging import PackageOptions
+
+    return PackageOptions(**kwargs)
