@@ -28,6 +28,8 @@ ROWS = (
     ("litert", "litert", {"xnnpack": True}, {Format.TFLITE}, False),
     ("litert_no_xnnpack", "litert", {"xnnpack": False}, {Format.TFLITE}, False),
     ("tensorflow", "tensorflow", {}, {Format.KERAS, Format.KERAS_H5, Format.SAVED_MODEL}, False),
+    ("onnxruntime-web", "onnxruntime-web", {}, {Format.ONNX}, False),
+    ("litert-js", "litert-js", {}, {Format.TFLITE}, False),
 )
 RESEARCH_ROWS = ("torch", "torch_compile", "tensorflow")
 MOBILE_DISCLAIMER = ("--profile mobile: LiteRT + XNNPACK on 1 and 2 pinned cores of this desktop/server CPU — "
@@ -93,9 +95,9 @@ def _wanted(row: str, options: BenchOptions) -> bool:
 
 def _unavailable(runtime: str, gpu: bool) -> str:
     entry = next(e for e in registry.RUNTIMES if e.name == runtime)
-    missing = registry.missing_packages(entry.requires)
-    if missing:
-        return f"{', '.join(missing)} not installed"
+    reason = entry.unavailable_reason()
+    if reason:
+        return reason
     if gpu and not gpu_present():
         return "no NVIDIA GPU on this machine"
     return ""
@@ -203,13 +205,25 @@ def headline(rows: list) -> Optional[dict]:
         for base in research:
             same = [r for r in ok if r["row"] not in RESEARCH_ROWS and r["options"].get("threads") ==
                     base["options"].get("threads") and r["batch"] == base["batch"]]
-            if not same:
+            native = [r for r in same if r["row"] not in registry.BROWSER_RUNTIMES]
+            if not native:
                 continue
-            best = min(same, key=lambda r: r["latency_ms"]["p50"])
-            return {"research": f"{base['row']} ({Path(base['model']).name})",
+            best = min(native, key=lambda r: r["latency_ms"]["p50"])
+            return {"browser": _browser_column(base, best, same),"research": f"{base['row']} ({Path(base['model']).name})",
                     "production": f"{best['row']} ({Path(best['model']).name})",
                     "threads": base["options"].get("threads"), "batch": base["batch"],
                     "speedup": round(base["latency_ms"]["p50"] / best["latency_ms"]["p50"], 2),
                     "memory_ratio": round(base["peak_rss_bytes"] / best["peak_rss_bytes"], 2),
                     "startup_ratio": round(base["time_to_first_result_s"] / best["time_to_first_result_s"], 2)}
     return None
+
+
+def _browser_column(research: dict, native: dict, same: list) -> Optional[dict]:
+    """The fastest browser row beside the same research and native rows: how it compares with each."""
+    browser = [r for r in same if r["row"] in registry.BROWSER_RUNTIMES]
+    if not browser:
+        return None
+    best = min(browser, key=lambda r: r["latency_ms"]["p50"])
+    return {"row": f"{best['row']} ({Path(best['model']).name})", "p50_ms": best["latency_ms"]["p50"],
+            "speedup_vs_research": round(research["latency_ms"]["p50"] / best["latency_ms"]["p50"], 2),
+            "slowdown_vs_native": round(best["latency_ms"]["p50"] / native["latency_ms"]["p50"], 2)}

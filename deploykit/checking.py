@@ -56,6 +56,7 @@ class Checker:
         self.reference = ReferenceRunner(source, timeout, device)
         self.timeout, self.device = timeout, device
         self.runtime_options: dict = {}     # e.g. {"xnnpack": False} for LiteRT
+        self.runtimes: tuple = ()           # --runtime: candidates run there when it runs their format
         self.last_runtime = ""
 
     def feeds(self, samples: int, batch: Optional[int] = None) -> list:
@@ -94,7 +95,7 @@ class Checker:
         return report
 
     def run_both(self, candidate: Artifact, samples: int, batch: Optional[int] = None,
-                 layout: Optional[dict] = None, feeds: Optional[tuple] = None) -> tuple:
+                 layout: Optional[dict] = None, feeds: Optional[tuple] = None, runtime: Optional[str] = None) -> tuple:
         """Source outputs and candidate outputs (permuted back to the source's layout) on the same feeds.
 
         ``feeds`` = (label, [feed, ...]) replaces the seeded random samples (a quantized artifact is
@@ -104,9 +105,15 @@ class Checker:
         references = self.reference.outputs_for(keyed)
         layout = layout or {}
         feeds_for_candidate = [self.feeds_for(candidate, feeds, layout) for _key, feeds in keyed]
-        result = candidate.run(feeds_for_candidate, self.runner_options, timeout=self.timeout)
+        result = candidate.run(feeds_for_candidate, self.runner_options, runtime=runtime, timeout=self.timeout)
         self.last_runtime = result.ran_on
         return references, [parity.permute(o, layout.get("outputs")) for o in result.outputs]
+
+    def runtimes_for(self, candidate: Artifact) -> list:
+        """Every --runtime that runs the candidate's format, in order ([None]: the format's default runtime)."""
+        names = [name for name in self.runtimes
+                 if any(e.name == name and candidate.format in e.formats for e in registry.RUNTIMES)]
+        return names or [None]
 
     @property
     def runner_options(self) -> RunnerOptions:
@@ -133,6 +140,7 @@ def make_checker(model: LoadedModel, options: VerifyOptions) -> Checker:
     user_feeds = load_npz(options.inputs_npz, model.spec) if options.inputs_npz else None
     checker = Checker(model, tolerance, options.seed, user_feeds, options.timeout, options.device)
     checker.runtime_options = {"xnnpack": options.xnnpack}
+    checker.runtimes = tuple(options.runtimes)
     return checker
 
 
@@ -159,24 +167,36 @@ def verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: V
     model = load_model(source, load)
     checker = make_checker(model, options)
     opened = [Artifact.open(a, load=LoadOptions(timeout=options.timeout)) for a in artifacts]
+    runs = [(artifact, runtime) for artifact in opened for runtime in checker.runtimes_for(artifact)]
+    _check_runtimes_used(options.runtimes, runs)
     reports, previous, source_hash = [], None, {}
-    for artifact in opened:
+    for artifact, runtime in runs:
         # Each artifact's manifest records its layout relative to the source it was exported from.
         stored, why = trusted_manifest(artifact, model, source_hash)
+        label = f"{artifact.label} on {runtime}" if runtime else artifact.label
         references, outputs = checker.run_both(artifact, options.samples, layout=artifact.layout,
-                                               feeds=int8_feeds(model, stored, options))
-        report = checker.compare(references, outputs, model.label, artifact.label, artifact.layout,
+                                               feeds=int8_feeds(model, stored, options), runtime=runtime)
+        report = checker.compare(references, outputs, model.label, label, artifact.layout,
                                  artifact_tolerance(stored, options))
         if why:
             report.notes.append(why)
         report.notes.extend(_contract_notes(artifact))
         reports.append(report)
         if previous is not None:
-            hop_report = checker.compare(previous[1], outputs, previous[0].label, artifact.label)
+            hop_report = checker.compare(previous[1], outputs, previous[0], label)
             hop_report.notes.append("hop: both sides in the source's layout")
             reports.append(hop_report)
-        previous = (artifact, outputs)
+        previous = (label, outputs)
     return VerifyResult(model.label, reports, time.perf_counter() - started)
+
+
+def _check_runtimes_used(named: tuple, runs: list) -> None:
+    used = {runtime for _artifact, runtime in runs}
+    for name in named:
+        if name not in used:
+            formats = ", ".join(sorted(f.value for e in registry.RUNTIMES if e.name == name for f in e.formats))
+            raise UsageError(f"--runtime {name} runs {formats} models, and none of the artifacts is one",
+                             "give an artifact of that format, or drop --runtime " + name)
 
 
 def trusted_manifest(artifact: Artifact, source: LoadedModel, source_hash: dict) -> tuple:

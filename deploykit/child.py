@@ -139,9 +139,25 @@ def _launch(folder: Path, timeout: float, stage: Stage, what: str, abort=None) -
     pythonpath = os.pathsep.join(p for p in (code_root(), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONPATH=pythonpath, **{IN_CHILD_ENV: "1"})
     # -P: the working directory is not put on sys.path, so nothing in it is imported by accident.
-    process = subprocess.Popen([sys.executable, "-P", "-m", "deploykit.child", str(folder)], env=env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               errors="replace", start_new_session=True)
+    return _wait([sys.executable, "-P", "-m", "deploykit.child", str(folder)], env, None, timeout, stage, what, abort)
+
+
+def run_tool(argv: list, *, cwd: Path, timeout: float, what: str, stage: Optional[Stage] = None) -> str:
+    """Run an external tool (``npm ci``) with the children's guarantees: its own process group, killed as a
+    whole on a time-out or interrupt, output kept out of the terminal. Returns its stdout; a non-zero exit
+    is ``stage.error`` (LOAD by default) with the tool's last line."""
+    stage = stage or LOAD
+    returncode, stdout, stderr = _wait(argv, dict(os.environ), cwd, timeout, stage, what)
+    if returncode != 0:
+        raise errors.exhaustion(stderr[-4000:], what) or stage.error(
+            f"{what} {_describe_exit(returncode)}: {last_line(stderr) or last_line(stdout)}",
+            "check that the npm registry is reachable, then run again", outcome=stage.outcome)
+    return stdout
+
+
+def _wait(argv: list, env: dict, cwd, timeout: float, stage: Stage, what: str, abort=None) -> tuple:
+    process = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -165,11 +181,33 @@ def _launch(folder: Path, timeout: float, stage: Stage, what: str, abort=None) -
 
 
 def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    # Some descendants start a session of their own (Playwright launches Chromium detached): they
+    # are found by parentage before the group dies, since afterwards they would be orphans.
+    strays = descendants(process.pid)
+    for pid in [process.pid] + strays:
+        try:
+            (os.killpg if pid == process.pid else os.kill)(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     process.communicate()
+
+
+def descendants(pid: int) -> list:
+    """Every process below ``pid`` (from /proc; [] where there is none)."""
+    children: dict = {}
+    for entry in Path("/proc").iterdir() if Path("/proc/self").exists() else ():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
 
 
 def _describe_exit(code: int) -> str:

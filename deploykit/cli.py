@@ -56,11 +56,11 @@ Device = Annotated[str, typer.Option("--device", help="Where ONNX artifacts run 
                                                       "(ONNX Runtime CUDA EP) or auto (CUDA when present).")]
 
 
-def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, device="cpu", xnnpack=True):
+def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, device="cpu", xnnpack=True, runtimes=()):
     from deploykit.api import VerifyOptions
 
     return VerifyOptions(samples=samples, seed=seed, inputs_npz=npz, precision=precision, atol=atol, rtol=rtol,
-                         timeout=timeout, device=device, xnnpack=xnnpack)
+                         timeout=timeout, device=device, xnnpack=xnnpack, runtimes=tuple(runtimes or ()))
 
 
 @app.command()
@@ -137,20 +137,25 @@ def verify(
     timeout: Timeout = 600.0, device: Device = "cpu",
     xnnpack: Annotated[bool, typer.Option("--xnnpack/--no-xnnpack", help="Run TFLite artifacts with LiteRT's "
                                           "XNNPACK delegate (default) or with its builtin kernels only.")] = True,
+    runtime: Annotated[Optional[List[str]], typer.Option("--runtime", help="Run each artifact on this runtime "
+                       "where it runs the artifact's format (repeatable; each gives its own report): onnxruntime, "
+                       "litert, and the browser runtimes onnxruntime-web (.onnx) and litert-js (.tflite) in "
+                       "headless Chromium. Default: the format's native runtime.")] = None,
     as_json: Json = False, debug: Debug = False,
 ) -> None:
     """Numerical parity of artifacts against their source. Exit 0 if all match, 1 if not.
 
     Every artifact is compared with the source, and each with the previous one (a chain
     report); recorded layout permutations (manifest) are applied.
-    Examples: deploykit verify model.pt2 model.onnx model.tflite ; deploykit verify bundle/
+    Examples: deploykit verify model.pt2 model.onnx model.tflite ; deploykit verify bundle/ ;
+    deploykit verify model.pt2 model.onnx --runtime onnxruntime --runtime onnxruntime-web
     """
     def action() -> dict:
         from deploykit import api
 
         return api.verify(source, artifacts or (), load=api.load_options(inputs or (), weights, trust_pickle, timeout),
                           options=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, device,
-                                                  xnnpack)).to_dict()
+                                                  xnnpack, runtime)).to_dict()
 
     _run(action, as_json, debug, _lazy("print_verify"), lambda data: 0 if data["passed"] else 1)
 
@@ -205,7 +210,8 @@ def bench(
                                                      ".tflite, .keras, SavedModel dir).")],
     runtime: Annotated[Optional[List[str]], typer.Option("--runtime", help="Only these rows (repeatable): torch, "
                        "torch_compile, torch_cuda, onnxruntime, onnxruntime_cuda, litert, litert_no_xnnpack, "
-                       "tensorflow. Default: every row that runs the model.")] = None,
+                       "tensorflow, and in headless Chromium onnxruntime-web and litert-js (timed in the page; memory "
+                       "is the page's renderer). Default: every row that runs the model and is available here.")] = None,
     threads: Annotated[str, typer.Option("--threads", help="Intra-op thread counts, comma-separated.")] = "1",
     batch: Annotated[Optional[str], typer.Option("--batch", help="Batch sizes, comma-separated. Default: the model's "
                                                  "own. A model with a fixed batch gives an error row for other sizes "

@@ -23,3 +23,13 @@ def import_onnxruntime():
 
     onnxruntime.disable_telemetry_events()
     return onnxruntime
+
+
+def import_playwright():
+    """Playwright's sync API (``sync_playwright``); MissingDependency with the extra when absent."""
+    from deploykit.registry import require
+
+    require(("playwright",), "needed to run models in a browser")
+    from playwright.sync_api import sync_playwright
+
+    return sync_playwright

@@ -36,8 +36,15 @@ class VerifyOptions:
     timeout: float = 600.0
     device: str = "cpu"        # where artifacts run: cpu, cuda (ORT CUDA EP) or auto
     xnnpack: bool = True       # LiteRT artifacts run with the XNNPACK delegate (LiteRT's default)
+    runtimes: tuple = ()       # run artifacts on these (e.g. onnxruntime-web), each where it runs the format
 
     def __post_init__(self) -> None:
+        from deploykit.registry import RUNTIMES
+
+        unknown = [name for name in self.runtimes if name not in {entry.name for entry in RUNTIMES}]
+        if unknown:
+            raise UsageError(f"unknown --runtime {unknown[0]!r}",
+                             f"use one of {', '.join(entry.name for entry in RUNTIMES)}")
         if not isinstance(self.samples, int) or self.samples < 0 or (self.samples < 1 and not self.inputs_npz):
             raise UsageError(f"--samples must be at least 1 (got {self.samples!r})", "e.g. --samples 5")
         check_timeout(self.timeout)

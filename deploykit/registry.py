@@ -40,6 +40,7 @@ PACKAGE_TABLE = (
     Package("litert_torch", "litert-torch", "litert"),
     Package("jax", "jax", "litert"),
     Package("matplotlib", "matplotlib", "report", heavy=False),
+    Package("playwright", "playwright", "browser", marker="browser"),
 )
 PACKAGES = {p.module: (p.distribution, p.extra) for p in PACKAGE_TABLE}
 
@@ -128,10 +129,17 @@ class RuntimeEntry:
     target: str
     requires: tuple
     description: str = ""
+    check: str = ""         # "module:function" -> why it cannot run here beyond packages ("" = it can)
 
     @property
     def available(self) -> bool:
-        return not missing_packages(self.requires)
+        return not self.unavailable_reason()
+
+    def unavailable_reason(self) -> str:
+        missing = missing_packages(self.requires)
+        if missing:
+            return f"{', '.join(missing)} not installed"
+        return resolve(self.check)() if self.check else ""
 
 
 TF_FORMATS = frozenset({Format.KERAS, Format.KERAS_H5, Format.SAVED_MODEL})
@@ -180,11 +188,20 @@ RUNTIMES = (
                  "LiteRT interpreter (XNNPACK delegate on by default)"),
     RuntimeEntry("tensorflow", TF_FORMATS, "runtimes.tensorflow:TensorFlowRunner", ("tensorflow",),
                  "TensorFlow: Keras call / SavedModel serving signature"),
+    # Browser runtimes come last: a format's default runtime stays the native one.
+    RuntimeEntry("onnxruntime-web", frozenset({Format.ONNX}), "runtimes.onnxruntime_web:OnnxRuntimeWebRunner",
+                 ("playwright",), "onnxruntime-web WASM in headless Chromium (browser / web view)",
+                 check="deploykit.browser:unavailable_reason"),
+    RuntimeEntry("litert-js", frozenset({Format.TFLITE}), "runtimes.litert_js:LiteRtJsRunner", ("playwright",),
+                 "LiteRT.js WASM (XNNPACK) in headless Chromium (browser / web view)",
+                 check="deploykit.browser:unavailable_reason"),
 )
+BROWSER_RUNTIMES = ("onnxruntime-web", "litert-js")
 
 def runtime_distributions() -> dict:
     """What a device app needs for each runtime: runtime name -> the pip distributions it requires."""
-    return {entry.name: tuple(PACKAGES.get(m, (m, ""))[0] for m in entry.requires) for entry in RUNTIMES}
+    return {entry.name: tuple(PACKAGES.get(m, (m, ""))[0] for m in entry.requires) for entry in RUNTIMES
+            if entry.name not in BROWSER_RUNTIMES}    # those ship as web assets (package --app web), not pip
 
 
 TARGETS = {"onnx": Format.ONNX, "tflite": Format.TFLITE, "saved_model": Format.SAVED_MODEL}

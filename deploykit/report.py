@@ -64,7 +64,12 @@ def headline_text(bench: dict, parity: Optional[dict]) -> str:
     text = (f"production vs research: {head['speedup']}× faster, {head['memory_ratio']}× less memory, "
             f"{head['startup_ratio']}× faster to start ({head['production']} vs {head['research']}, "
             f"{head['threads']} thread(s))")
-    return text + (f", with max error {error:.2e}" if error is not None else ", parity not measured")
+    text += f", with max error {error:.2e}" if error is not None else ", parity not measured"
+    browser = head.get("browser")
+    if browser:
+        text += (f"; in the browser: {browser['row']} {browser['p50_ms']:.3g} ms, {browser['speedup_vs_research']}× "
+                 f"vs research, {browser['slowdown_vs_native']}× the native time")
+    return text
 
 
 def _max_error(parity: Optional[dict]):

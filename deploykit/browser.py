@@ -1,0 +1,374 @@
+"""Headless Chromium as a runtime host: the pinned npm runtimes, a local server, and a driven page.
+
+The browser runtimes (``runtimes/onnxruntime_web.py``, ``runtimes/litert_js.py``) are runners
+like any other: the core opens them in a child process, where :class:`BrowserSession` starts
+
+* the npm packages pinned in ``deploykit/web/package-lock.json``, installed once with ``npm ci``
+  into ``~/.cache/deploykit/web-<lock hash>`` (no CDN at run time);
+* a static server bound to 127.0.0.1 that sends COOP/COEP headers (a cross-origin-isolated
+  page gets SharedArrayBuffer, so WASM threads), see :func:`serve`;
+* Debian's ``chromium`` driven by Playwright (its own browser download cannot work here), on
+  ``deploykit/web/harness.html``, which calls ``deploykit/web/backends.js``.
+
+Every step has its own time limit and its own one-line error naming the stage.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Mapping, Optional
+
+from deploykit.errors import MissingDependency, ModelLoadError, ParityError, UnsupportedModelError, UsageError
+
+WEB_DIR = Path(__file__).with_name("web")
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
+                     "Cross-Origin-Resource-Policy": "same-origin", "Cache-Control": "no-store"}
+NPM_TIMEOUT_S = 600.0
+
+
+def chromium_path() -> str:
+    """The system Chromium (``DEPLOYKIT_CHROMIUM`` overrides); MissingDependency with the install line if none."""
+    configured = os.environ.get("DEPLOYKIT_CHROMIUM")
+    for candidate in ((configured,) if configured else CHROMIUM_CANDIDATES):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise MissingDependency("no Chromium browser found" + (f" at {configured}" if configured else ""),
+                            "install Debian's chromium (`apt-get install chromium`; ./run does it) or set "
+                            "DEPLOYKIT_CHROMIUM to a Chromium/Chrome executable")
+
+
+def unavailable_reason() -> str:
+    """Why the browser runtimes cannot run here ("" when they can); imports nothing heavy."""
+    try:
+        chromium_path()
+    except MissingDependency as exc:
+        return exc.message
+    if not (packages_ready() or shutil.which("npm")):
+        return "npm is missing (needed once to install the pinned browser runtimes)"
+    return ""
+
+
+def cache_dir() -> Path:
+    lock = (WEB_DIR / "package-lock.json").read_bytes()
+    root = Path(os.environ.get("DEPLOYKIT_CACHE", Path.home() / ".cache" / "deploykit"))
+    return root / f"web-{hashlib.sha256(lock).hexdigest()[:12]}"
+
+
+def packages_ready() -> bool:
+    return (cache_dir() / "node_modules" / ".deploykit-complete").is_file()
+
+
+def node_modules(timeout: float = NPM_TIMEOUT_S) -> Path:
+    """The pinned runtimes' node_modules, installed with ``npm ci`` on first use (atomically: a failed or
+    interrupted install leaves nothing that looks complete)."""
+    target = cache_dir()
+    if packages_ready():
+        return target / "node_modules"
+    npm = shutil.which("npm")
+    if npm is None:
+        raise MissingDependency("npm is missing: the browser runtimes are installed from the npm registry once",
+                                "install Node.js and npm (`apt-get install npm`; ./run does it)")
+    from deploykit.child import run_tool
+
+    staging = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for name in ("package.json", "package-lock.json"):
+            shutil.copyfile(WEB_DIR / name, staging / name)
+        run_tool([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"], cwd=staging,
+                 timeout=timeout, what="npm ci (browser runtimes)")
+        (staging / "node_modules" / ".deploykit-complete").write_text("ok\n")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target / "node_modules"
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    """Static files from a few mounted folders, with the cross-origin-isolation headers; no listings."""
+
+    mounts: dict = {}
+    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript", ".js": "text/javascript",
+                      ".wasm": "application/wasm", ".tflite": "application/octet-stream",
+                      ".onnx": "application/octet-stream", ".json": "application/json"}
+
+    def translate_path(self, path: str) -> str:
+        url_path = path.split("?", 1)[0].split("#", 1)[0]
+        for prefix, folder in sorted(self.mounts.items(), key=lambda kv: -len(kv[0])):
+            if url_path.startswith(prefix):
+                self.directory = str(folder)
+                return super().translate_path("/" + url_path[len(prefix):])
+        return str(Path(os.devnull) / "missing")   # not under a mount: 404
+
+    def list_directory(self, path):
+        self.send_error(404, "no listing")
+        return None
+
+    def end_headers(self) -> None:
+        for name, value in ISOLATION_HEADERS.items():
+            self.send_header(name, value)
+        super().end_headers()
+
+    def log_message(self, *args) -> None:   # the terminal is the user's: no request log
+        pass
+
+
+class Server:
+    """A static server on 127.0.0.1 (an ephemeral port unless given), in a daemon thread."""
+
+    def __init__(self, mounts: Mapping[str, Path], port: int = 0):
+        handler = type("Handler", (_Handler,), {"mounts": {k: Path(v) for k, v in mounts.items()}})
+        try:
+            self.httpd = ThreadingHTTPServer(("127.0.0.1", port), partial(handler, directory=str(WEB_DIR)))
+        except OSError as exc:
+            raise UsageError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}", "choose another --port") from None
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> "Server":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def serve(folder: Path, port: int = 0) -> Server:
+    """A server for one static folder (a web bundle), with the headers its runtimes need."""
+    return Server({"/": folder}, port)
+
+
+class BrowserSession:
+    """One headless Chromium page on the harness, with a model loaded: ``open`` -> ``call`` ... -> ``close``."""
+
+    def __init__(self, model_path: str, timeout_s: float = 120.0):
+        self.model_path = Path(model_path).resolve()
+        self.timeout_ms = timeout_s * 1e3
+        self.console: list = []
+        self._server = self._playwright = self._browser = self.page = None
+
+    def open(self) -> None:
+        from deploykit.frameworks import import_playwright
+
+        sync_playwright = import_playwright()
+        executable = chromium_path()
+        modules = node_modules()
+        mounts = {"/deploykit/": WEB_DIR, "/node_modules/": modules, "/model/": self.model_path.parent}
+        self._server = Server(mounts).__enter__()
+        self._playwright = sync_playwright().start()
+        try:
+            self._browser = self._playwright.chromium.launch(
+                executable_path=executable, headless=True, timeout=self.timeout_ms,
+                args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        except Exception as exc:  # noqa: BLE001 - playwright raises its own Error types
+            self.close()
+            raise ModelLoadError(f"starting Chromium ({executable}) failed: {_first(exc)}",
+                                 "check that `chromium --headless --version` runs on this machine") from None
+        self.page = self._browser.new_page()
+        self.page.set_default_timeout(self.timeout_ms)
+        self.page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
+        self.page.on("pageerror", lambda error: self.console.append(f"pageerror: {error}"))
+        self.page.goto(self._server.url + "/deploykit/harness.html", wait_until="load")
+        self.page.wait_for_function("window.deploykit !== undefined")
+
+    @property
+    def model_url(self) -> str:
+        return "/model/" + self.model_path.name
+
+    def call(self, stage: str, expression: str, argument=None, *, error=ParityError):
+        """Await ``expression`` (a JS function of one argument) in the page; a throw, a crash or a time-out
+        becomes ``error`` naming the stage, with the page's last console line."""
+        try:
+            return self.page.evaluate(expression, argument)
+        except Exception as exc:  # noqa: BLE001 - TimeoutError, Error("Target crashed"), JS exceptions
+            raise error(f"{stage} in Chromium failed: {_first(exc)}", self.remedy(exc)) from None
+
+    def remedy(self, exc: BaseException) -> str:
+        text = str(exc)
+        if "crash" in text.lower():
+            return "the page crashed (often out of memory: WASM memory is at most 4 GiB); try a smaller model"
+        if "Timeout" in type(exc).__name__ or "timeout" in text.lower():
+            return "the page did not answer in time: raise --timeout, or check the model in native runtimes first"
+        return "run with --debug for the page's console log"
+
+    def renderer_peak_rss(self) -> Optional[int]:
+        """Peak resident memory (VmHWM) of this page's renderer process, from /proc."""
+        from deploykit.child import descendants
+
+        peaks = [_peak_rss(pid) for pid in descendants(os.getpid()) if _is_renderer(pid)]
+        peaks = [p for p in peaks if p]
+        return max(peaks) if peaks else None
+
+    def close(self) -> None:
+        for closer in (lambda: self._browser and self._browser.close(),
+                       lambda: self._playwright and self._playwright.stop(),
+                       lambda: self._server and self._server.__exit__(None, None, None)):
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - closing after a crash must not mask the first error
+                pass
+        self._browser = self._playwright = self._server = self.page = None
+
+
+def _first(exc: BaseException) -> str:
+    from deploykit.text import first_line
+
+    text = str(exc).replace("Error: ", "", 1) if str(exc).startswith("Error: ") else str(exc)
+    return first_line(text, 300) or type(exc).__name__
+
+
+def _is_renderer(pid: int) -> bool:
+    try:
+        return b"--type=renderer" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _peak_rss(pid: int) -> Optional[int]:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class BrowserRunner:
+    """The Runner contract (``deploykit.runner``) on a browser runtime; ``runtimes/<name>.py`` subclass it,
+    naming ``RUNTIME`` (the key in backends.js) and explaining the runtime's load errors.
+
+    Beyond the contract it has ``time_calls(feeds, timing)``: the page times its own calls, because a call
+    from Python crosses to the browser and back and that trip would be timed too; and ``memory()``.
+    """
+
+    RUNTIME = ""
+
+    def __init__(self, model, options=None):
+        from deploykit.runner import RunnerOptions
+
+        self.model, self.options = model, options or RunnerOptions()
+        self.session: Optional[BrowserSession] = None
+        self.info: dict = {}
+        self.last_ms: Optional[float] = None
+
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def open(self) -> None:
+        self.session = BrowserSession(self.model.path)
+        self.session.open()
+        try:
+            self.info = self.session.page.evaluate(
+                "([runtime, url, threads]) => window.deploykit.open(runtime, url, threads)",
+                [self.RUNTIME, self.session.model_url, self.options.threads or 1])
+        except Exception as exc:  # noqa: BLE001 - the page's own error text says what the runtime refused
+            message = _first(exc)
+            self.close()
+            raise self.load_error(message) from None
+
+    def load_error(self, message: str) -> Exception:
+        """The error for a model the runtime refuses at load (subclasses name the missing op)."""
+        return ModelLoadError(f"{self.RUNTIME} cannot load {Path(self.model.path).name}: {message}",
+                              "run it natively first (deploykit verify without --runtime); --debug shows the page log")
+
+    @property
+    def active_providers(self) -> list:
+        threads = self.info.get("threads", 1)
+        return [f"{self.info.get('backend', 'wasm')}, {threads} thread{'s' if threads != 1 else ''}",
+                _browser_name(self.info.get("user_agent", ""))]
+
+    def spec(self):
+        return self.model.spec
+
+    def run(self, feeds: Mapping) -> dict:
+        result = self.session.call(f"running {Path(self.model.path).name}",
+                                   "(wire) => window.deploykit.run(wire)", self._wire(feeds))
+        self.last_ms = result["ms"]
+        return {t["name"]: _array(t) for t in result["outputs"]}
+
+    def run_many(self, feeds_list: list) -> list:
+        return [self.run(feeds) for feeds in feeds_list]
+
+    def time_calls(self, feeds: Mapping, timing) -> list:
+        """Per-call latencies (ms) measured in the page, with the harness's Timing semantics."""
+        return self.session.call(f"timing {Path(self.model.path).name}",
+                                 "([wire, timing]) => window.deploykit.time(wire, timing)",
+                                 [self._wire(feeds), timing.to_dict()], error=_measurement_error())
+
+    def memory(self) -> dict:
+        heap = self.session.call("reading memory", "() => window.deploykit.memory()")
+        return {"page_peak_rss_bytes": self.session.renderer_peak_rss(), **heap}
+
+    def _wire(self, feeds: Mapping) -> list:
+        import base64
+
+        import numpy as np
+
+        wire = []
+        for detail in self.info["inputs"]:
+            dtype = _numpy_dtype(detail["dtype"]) or np.asarray(feeds[detail["name"]]).dtype
+            given = np.asarray(feeds[detail["name"]])
+            if given.dtype.kind == "f" and np.dtype(dtype).kind in "iu" and np.dtype(dtype).itemsize == 1:
+                raise UnsupportedModelError(f"input {detail['name']!r} is quantized ({dtype}); the browser runners "
+                                            "do not quantize feeds", "verify the float artifact in the browser, "
+                                            "or give --inputs with values already in int8")
+            value = np.ascontiguousarray(given, dtype=dtype)
+            wire.append({"name": detail["name"], "dtype": np.dtype(dtype).name, "shape": list(value.shape),
+                         "b64": base64.b64encode(value.tobytes()).decode("ascii")})
+        return wire
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        self.session = None
+
+
+_WEB_DTYPES = {"float32": "float32", "float64": "float64", "float16": "float16", "int64": "int64", "int32": "int32",
+               "int16": "int16", "int8": "int8", "uint8": "uint8", "uint16": "uint16", "bool": "bool"}
+
+
+def _numpy_dtype(web_dtype: str) -> Optional[str]:
+    return _WEB_DTYPES.get(web_dtype)
+
+
+def _array(wire: dict):
+    import base64
+
+    import numpy as np
+
+    dtype = _numpy_dtype(wire["dtype"])
+    if dtype is None:
+        raise ParityError(f"the browser returned output {wire['name']!r} as {wire['dtype']}, which deploykit cannot "
+                          "compare", "give the model float or integer outputs")
+    return np.frombuffer(base64.b64decode(wire["b64"]), dtype=dtype).reshape(wire["shape"]).copy()
+
+
+def _measurement_error():
+    from deploykit.errors import MeasurementError
+
+    return MeasurementError
+
+
+def _browser_name(user_agent: str) -> str:
+    import re
+
+    match = re.search(r"(HeadlessChrome|Chrome)/([\d.]+)", user_agent)
+    return f"Chromium {match.group(2)}" if match else "Chromium"
