@@ -264,6 +264,7 @@ class BrowserRunner:
         self.session: Optional[BrowserSession] = None
         self.info: dict = {}
         self.last_ms: Optional[float] = None
+        self.warmup_calls: Optional[int] = None     # the asked warm-up plus the rounds until WASM tiered up
 
     def __enter__(self):
         self.open()
@@ -309,9 +310,11 @@ class BrowserRunner:
 
     def time_calls(self, feeds: Mapping, timing) -> list:
         """Per-call latencies (ms) measured in the page, with the harness's Timing semantics."""
-        return self.session.call(f"timing {Path(self.model.path).name}",
-                                 "([wire, timing]) => window.deploykit.time(wire, timing)",
-                                 [self._wire(feeds), timing.to_dict()], error=_measurement_error())
+        result = self.session.call(f"timing {Path(self.model.path).name}",
+                                   "([wire, timing]) => window.deploykit.time(wire, timing)",
+                                   [self._wire(feeds), timing.to_dict()], error=_measurement_error())
+        self.warmup_calls = result["warmup_calls"]
+        return result["times"]
 
     def memory(self) -> dict:
         heap = self.session.call("reading memory", "() => window.deploykit.memory()")

@@ -165,8 +165,9 @@ def package(
     artifact: Annotated[str, typer.Argument(help="An .onnx or .tflite artifact (its deploykit manifest names the "
                                                "source that makes the golden vectors).")],
     output: Annotated[str, typer.Option("-o", "--output", help="The bundle folder to write.")],
-    app_kind: Annotated[str, typer.Option("--app", help="The app to generate: python (numpy + the one runtime).")]
-    = "python",
+    app_kind: Annotated[str, typer.Option("--app", help="The app to generate: python (app.py: numpy + the one "
+                        "runtime) or web (a static site: onnxruntime-web / LiteRT.js in the browser, a self-test "
+                        "page; serve it with `deploykit serve DIR`).")] = "python",
     labels: Labels = None, normalize: Normalize = None, task: Task = None,
     source: Annotated[Optional[str], typer.Option("--source", help="The source model, when the artifact has no "
                                                   "manifest naming it.")] = None,
@@ -178,7 +179,8 @@ def package(
     """Bundle an artifact for a device app: model (contract in its metadata), contract.json, labels, golden
     vectors, app.py and requirements.txt. On the device: python app.py selftest ; python app.py predict photo.jpg
 
-    Example: deploykit package mobilenet_v2.onnx -o bundle/ --labels labels.txt --normalize imagenet
+    Examples: deploykit package mobilenet_v2.onnx -o bundle/ --labels labels.txt --normalize imagenet ;
+    deploykit package mobilenet_v2.tflite --app web -o site/ --labels labels.txt && deploykit serve site/
     """
     def action() -> dict:
         from deploykit import api
@@ -189,6 +191,24 @@ def package(
         return api.package(artifact, output, options, force=force)
 
     _run(action, as_json, debug, _lazy("print_bundle"))
+
+
+@app.command()
+def serve(
+    folder: Annotated[str, typer.Argument(help="A web bundle (`deploykit package --app web`) or any static folder.")],
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free one).")] = 8000,
+    debug: Debug = False,
+) -> None:
+    """Serve a folder on 127.0.0.1 with the COOP/COEP headers that multi-threaded WASM needs; Ctrl-C stops.
+
+    Example: deploykit serve site/  (then open http://127.0.0.1:8000/ , or /selftest.html)
+    """
+    def action() -> dict:
+        from deploykit.cli_support import serve_until_interrupted
+
+        return serve_until_interrupted(folder, port)
+
+    _run(action, False, debug, lambda data: None)
 
 
 def _int_list(text: str, option: str) -> tuple:

@@ -133,3 +133,30 @@ def _exit(code: int) -> None:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def serve_until_interrupted(folder: str, port: int) -> dict:
+    """`deploykit serve`: the folder on 127.0.0.1 with COOP/COEP headers until Ctrl-C or SIGTERM (exit 0)."""
+    import signal
+    import time
+    from pathlib import Path
+
+    from deploykit.browser import serve
+    from deploykit.errors import UsageError
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise UsageError(f"{folder} is not a folder", "give the folder `deploykit package --app web -o DIR` wrote")
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0..65535 (got {port!r})", "e.g. --port 8000")
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    with serve(root.resolve(), port) as server:
+        page = "" if (root / "index.html").exists() else " (no index.html here: not a web bundle)"
+        print(f"serving {root} at {server.url}/{page} — cross-origin isolated (COOP/COEP), so WASM may use "
+              f"threads; self-test: {server.url}/selftest.html ; Ctrl-C stops", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopped", flush=True)
+    return {}

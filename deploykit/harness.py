@@ -141,6 +141,8 @@ def measure_job(request: dict, arrays: dict) -> dict:
               "providers": list(getattr(runner, "active_providers", [])),
               "threads_configured": request["options"].get("threads"), "os_threads": _os_threads(),
               "affinity": sorted(os.sched_getaffinity(0)), "input_shapes": {k: list(v.shape) for k, v in feeds.items()}}
+    if getattr(runner, "warmup_calls", None) is not None:
+        result["warmup_calls"] = runner.warmup_calls
     if hasattr(runner, "memory"):     # a browser page: its renderer's memory, not this driver process's
         page = runner.memory()
         result.update(page, memory_of="the browser page's renderer process",

@@ -33,11 +33,11 @@ from deploykit import fsutil, manifest, parity
 from deploykit.artifact import Artifact
 from deploykit.checking import int8_feeds, make_checker, trusted_manifest
 from deploykit.errors import ParityError, UsageError
-from deploykit.formats import Format
+from deploykit.formats import Format, detect
 from deploykit.model import LoadOptions, load_model
 from deploykit.options import PRECISION_OF, VerifyOptions
 
-APPS = ("python",)
+APPS = ("python", "web")
 BUNDLE_FILE = "deploykit-bundle.json"
 RUNTIME_OF = {Format.ONNX: ("onnxruntime", "onnxruntime"), Format.TFLITE: ("litert", "ai-edge-litert")}
 
@@ -104,8 +104,9 @@ def _package(artifact: Artifact, source, stored: dict, choices, out: Path, optio
         folder = stage / out.name
         folder.mkdir()
         model_file = _write_model(artifact, folder, contract, labels)
-        _check_bundle_model(folder / model_file, artifact, golden_inputs, golden_outputs, tolerance, verify)
-        _write_files(folder, artifact, model_file, contract, labels, golden_inputs, golden_outputs, tolerance, source)
+        _check_bundle_model(folder / model_file, golden_inputs, golden_outputs, tolerance, verify, options.app)
+        _write_files(folder, artifact, model_file, contract, labels, golden_inputs, golden_outputs, tolerance, source,
+                     options.app, verify.timeout)
         fsutil.publish([(folder, out)], force=force)
     return describe_bundle(out)
 
@@ -231,26 +232,31 @@ def _labels_of(contract: dict, labels: Optional[list]) -> Optional[list]:
     return labels if any(o.get("labels") for o in contract["outputs"]) else None
 
 
-def _check_bundle_model(path: Path, artifact: Artifact, inputs: list, outputs: list, tolerance, verify) -> None:
+def _check_bundle_model(path: Path, inputs: list, outputs: list, tolerance, verify, app: str) -> None:
     """The bundle's model (whose bytes changed when metadata went in) reproduces the golden outputs — judged
-    exactly as `verify BUNDLE` and `app.py selftest` will judge it."""
-    report = golden_report(path, inputs, outputs, tolerance, verify.timeout)
+    exactly as `verify BUNDLE` and `app.py selftest` will judge it; a web app's in the browser runtime."""
+    from deploykit.web_bundle import RUNTIME_OF as WEB_RUNTIME_OF
+
+    runtime = WEB_RUNTIME_OF[detect(path)] if app == "web" else None
+    report = golden_report(path, inputs, outputs, tolerance, verify.timeout, runtime)
     if not report.passed:
         raise ParityError(f"the bundled model does not reproduce its golden vectors: {report.summary()}",
                           "verify the artifact against its source first (`deploykit verify`)",
                           details={"parity": report.to_dict()})
 
 
-def golden_report(path: Path, inputs: list, outputs: list, tolerance, timeout: float) -> parity.ParityReport:
-    """The model at ``path`` run on golden inputs (through deploykit's runner) and compared with golden outputs."""
-    result = Artifact.open(path, layout={}).run(inputs, timeout=timeout)
+def golden_report(path: Path, inputs: list, outputs: list, tolerance, timeout: float,
+                  runtime: Optional[str] = None) -> parity.ParityReport:
+    """The model at ``path`` run on golden inputs (through deploykit's runner, on ``runtime`` or the format's
+    default) and compared with golden outputs."""
+    result = Artifact.open(path, layout={}).run(inputs, runtime=runtime, timeout=timeout)
     report = parity.compare(outputs, result.outputs, tolerance, "golden vectors", f"{path.parent.name}/{path.name}")
     report.notes.append(f"ran on {result.ran_on}")
     return report
 
 
 def _write_files(folder: Path, artifact: Artifact, model_file: str, contract: dict, labels, inputs: list,
-                 outputs: list, tolerance, source) -> None:
+                 outputs: list, tolerance, source, app: str = "python", timeout: float = 600.0) -> None:
     arrays = {f"input/{i}/{k}": v for i, feeds in enumerate(inputs) for k, v in feeds.items()}
     arrays.update({f"output/{i}/{k}": v for i, out in enumerate(outputs) for k, v in out.items()})
     np.savez(folder / "golden.npz", **arrays)
@@ -262,9 +268,15 @@ def _write_files(folder: Path, artifact: Artifact, model_file: str, contract: di
         (folder / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
     runtime, distribution = RUNTIME_OF[artifact.format]
     image = any(i.get("image") for i in contract["inputs"])
-    (folder / "app.py").write_text(render_app(model_file, runtime, distribution, image, source.path))
-    (folder / "requirements.txt").write_text(requirements(distribution, image))
-    files = {f.name: fsutil.sha256_of(f) for f in sorted(folder.iterdir())}
+    if app == "web":
+        from deploykit.web_bundle import write_web_app
+
+        runtime = write_web_app(folder, model_file, artifact.format, inputs, outputs, tolerance,
+                                f"{Path(str(source.path)).stem} ({contract['task']})", timeout)
+    else:
+        (folder / "app.py").write_text(render_app(model_file, runtime, distribution, image, source.path))
+        (folder / "requirements.txt").write_text(requirements(distribution, image))
+    files = {f.relative_to(folder).as_posix(): fsutil.sha256_of(f) for f in sorted(folder.rglob("*")) if f.is_file()}
     (folder / BUNDLE_FILE).write_text(json.dumps({"bundle": 1, "model": model_file, "runtime": runtime,
                                                   "files": files}, indent=2) + "\n")
 
@@ -312,10 +324,12 @@ def describe_bundle(folder: "str | Path") -> dict:
     folder = Path(folder)
     info = json.loads((folder / BUNDLE_FILE).read_text())
     contract = json.loads((folder / "contract.json").read_text())
-    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    requirements_file = folder / "requirements.txt"
     return {"bundle": str(folder), "model": info["model"], "runtime": info["runtime"], "bytes": size,
             "files": sorted(info["files"]) + [BUNDLE_FILE], "contract": contract,
-            "runtime_requirements": (folder / "requirements.txt").read_text().split()}
+            "runtime_requirements": requirements_file.read_text().split() if requirements_file.exists() else [],
+            "app": "web" if (folder / "web.json").exists() else "python"}
 
 
 def verify_bundle(folder: "str | Path", timeout: float = 600.0) -> parity.ParityReport:
@@ -326,7 +340,10 @@ def verify_bundle(folder: "str | Path", timeout: float = 600.0) -> parity.Parity
     golden = json.loads((folder / "golden.json").read_text())
     with np.load(folder / "golden.npz", allow_pickle=False) as data:
         inputs, outputs = _unpack_golden(data, golden["samples"])
-    report = golden_report(folder / info["model"], inputs, outputs, parity.Tolerance(**golden["tolerance"]), timeout)
+    # A web bundle is checked where it will run: its browser runtime, in headless Chromium.
+    runtime = info["runtime"] if (folder / "web.json").exists() else None
+    report = golden_report(folder / info["model"], inputs, outputs, parity.Tolerance(**golden["tolerance"]), timeout,
+                           runtime)
     changed = [name for name, digest in info["files"].items() if fsutil.sha256_of(folder / name) != digest]
     if changed:
         report.problems.append(f"changed since packaging: {', '.join(changed)}")

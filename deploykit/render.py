@@ -236,6 +236,11 @@ def print_bundle(info: dict) -> None:
     console.print(f"[bold]{info['bundle']}[/bold]  {info['bytes'] / 1e6:.2f} MB, model {info['model']} on "
                   f"{info['runtime']}")
     console.print("files: " + ", ".join(info["files"]))
+    if info.get("app") == "web":
+        print_contract(info["contract"])
+        console.print(f"in a browser: deploykit serve {info['bundle']}  (then open /, or /selftest.html for the "
+                      "golden vectors); any static host works, single-threaded without COOP/COEP headers")
+        return
     console.print("the app needs: " + " ".join(info["runtime_requirements"]))
     print_contract(info["contract"])
     console.print(f"on the device: cd {info['bundle']} && pip install -r requirements.txt && "
