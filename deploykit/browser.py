@@ -23,7 +23,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Mapping, Optional
 
-from deploykit.errors import MissingDependency, ModelLoadError, ParityError, UnsupportedModelError, UsageError
+from deploykit.errors import (MissingDependency, ModelLoadError, ParityError, ResourceError, UnsupportedModelError,
+                              UsageError)
 
 WEB_DIR = Path(__file__).with_name("web")
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
@@ -194,7 +195,12 @@ class BrowserSession:
         try:
             return self.page.evaluate(expression, argument)
         except Exception as exc:  # noqa: BLE001 - TimeoutError, Error("Target crashed"), JS exceptions
-            raise error(f"{stage} in Chromium failed: {_first(exc)}", self.remedy(exc)) from None
+            message = _first(exc)
+            if out_of_memory(message) or "crash" in message.lower():
+                raise ResourceError(f"{stage} in Chromium ran out of memory: {message}",
+                                    "a browser's WASM heap holds at most 4 GiB: run it natively, or lower the "
+                                    "batch or input size") from None
+            raise error(f"{stage} in Chromium failed: {message}", self.remedy(exc)) from None
 
     def remedy(self, exc: BaseException) -> str:
         text = str(exc)
@@ -224,10 +230,23 @@ class BrowserSession:
 
 
 def _first(exc: BaseException) -> str:
+    """The page's error in one line, without Playwright's call prefix or the runtime's build paths."""
+    import re
+
     from deploykit.text import first_line
 
-    text = str(exc).replace("Error: ", "", 1) if str(exc).startswith("Error: ") else str(exc)
+    text = re.sub(r"^(?:[\w.]+: )?(?:Error: )+", "", str(exc).strip())
+    text = re.sub(r"(?:/[\w.+-]+)+\.(?:h|cc|cpp|c):\d+ (?:[^ ]+ )*?(?=[A-Z])", "", text)   # build paths, C++ frames
     return first_line(text, 300) or type(exc).__name__
+
+
+# How WASM runtimes say a 32-bit heap (at most 4 GiB) cannot hold what the model needs.
+_OUT_OF_MEMORY = ("Integer overflow", "Out of memory", "out of memory", "Aborted(OOM)", "Cannot enlarge memory",
+                  "failed to allocate", "Failed to allocate", "Array buffer allocation failed", "bad_alloc")
+
+
+def out_of_memory(message: str) -> bool:
+    return any(sign in message for sign in _OUT_OF_MEMORY)
 
 
 def _is_renderer(pid: int) -> bool:
@@ -273,8 +292,12 @@ class BrowserRunner:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    def model_file(self) -> str:
+        """The file the page loads (subclasses may give a prepared copy)."""
+        return self.model.path
+
     def open(self) -> None:
-        self.session = BrowserSession(self.model.path)
+        self.session = BrowserSession(self.model_file())
         self.session.open()
         try:
             self.info = self.session.page.evaluate(

@@ -93,7 +93,7 @@ def open_runner(model_request: dict, runtime: Optional[str], options: dict):
         reason = entry.unavailable_reason()
         if reason:
             raise MissingDependency(f"the {entry.name} runtime cannot run here: {reason}",
-                                    "install what it names (./run installs chromium and npm), or drop --runtime")
+                                    entry.remedy or f"drop --runtime {entry.name}")
     return model, entry, registry.resolve(entry.target)(model, RunnerOptions(**options))
 
 

@@ -130,6 +130,7 @@ class RuntimeEntry:
     requires: tuple
     description: str = ""
     check: str = ""         # "module:function" -> why it cannot run here beyond packages ("" = it can)
+    remedy: str = ""        # what to do when ``check`` says why not
 
     @property
     def available(self) -> bool:
@@ -179,6 +180,8 @@ EDGES = (
 )
 QUANTIZE_MODES = ("fp16", "dynamic", "int8")
 
+BROWSER_REMEDY = ("install Debian's chromium and npm (`apt-get install chromium npm`; ./run does it), "
+                  "or set DEPLOYKIT_CHROMIUM to a Chromium executable")
 RUNTIMES = (
     RuntimeEntry("torch", TORCH_FORMATS, "runtimes.torch_eager:TorchEagerRunner", ("torch",),
                  "PyTorch eager / TorchScript / torch.export (research)"),
@@ -191,10 +194,10 @@ RUNTIMES = (
     # Browser runtimes come last: a format's default runtime stays the native one.
     RuntimeEntry("onnxruntime-web", frozenset({Format.ONNX}), "runtimes.onnxruntime_web:OnnxRuntimeWebRunner",
                  ("playwright",), "onnxruntime-web WASM in headless Chromium (browser / web view)",
-                 check="deploykit.browser:unavailable_reason"),
+                 check="deploykit.browser:unavailable_reason", remedy=BROWSER_REMEDY),
     RuntimeEntry("litert-js", frozenset({Format.TFLITE}), "runtimes.litert_js:LiteRtJsRunner", ("playwright",),
                  "LiteRT.js WASM (XNNPACK) in headless Chromium (browser / web view)",
-                 check="deploykit.browser:unavailable_reason"),
+                 check="deploykit.browser:unavailable_reason", remedy=BROWSER_REMEDY),
 )
 BROWSER_RUNTIMES = ("onnxruntime-web", "litert-js")
 

@@ -225,3 +225,32 @@ def _table(builder, slots: dict, offsets: dict, int8: dict = None, uint8: dict =
     for field, value in (uint8 or {}).items():
         builder.PrependUint8Slot(slots[field], int(value), 0)
     return builder.EndObject()
+
+
+def pin_input_shapes(model_bytes: bytes, shapes: dict) -> bytes:
+    """``model_bytes`` with dynamic input dims (-1 in shape_signature) fixed: to ``shapes[name]`` (signature
+    or tensor names) where given, else to the placeholder the file stores (1). For runtimes that cannot
+    resize inputs (LiteRT.js): every op recomputes its output shapes from its inputs when tensors are
+    allocated, so only the inputs change."""
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    graph = model.subgraphs[0]
+    names = {index: _text(graph.tensors[index].name) for index in graph.inputs}
+    for signature in model.signatureDefs or []:
+        names.update({entry.tensorIndex: _text(entry.name) for entry in signature.inputs or []})
+    for index in graph.inputs:
+        tensor = graph.tensors[index]
+        if tensor.shapeSignature is None or (np.asarray(tensor.shapeSignature) >= 0).all():
+            continue
+        wanted = shapes.get(names[index])
+        fixed = list(wanted) if wanted is not None else [int(d) if s < 0 else int(s) for d, s in
+                                                           zip(tensor.shape, tensor.shapeSignature)]
+        tensor.shape = np.asarray(fixed, np.int32)
+        tensor.shapeSignature = np.asarray(fixed, np.int32)
+    import flatbuffers
+
+    builder = flatbuffers.Builder(len(model_bytes) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
