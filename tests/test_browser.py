@@ -233,7 +233,7 @@ def test_a_tampered_model_fails_in_the_browser_too(samples_dir, exported, tmp_pa
     bad = _tampered_tflite(tflite, tmp_path / "tampered.tflite")
     proc = run_cli("verify", str(samples_dir / "two_layer_net.pt2"), str(bad), "--runtime", "litert-js", "--json")
     assert proc.returncode == 1, proc.stderr[-2000:]
-    report = json.loads(proc.stdout)["reports"][0]
+    report = json.loads(proc.stdout)["comparisons"][0]
     assert not report["passed"] and report["candidate"].endswith("on litert-js")
     src = builders.division_onnx(tmp_path / "plus.onnx", 1.0)
     flipped = builders.division_onnx(tmp_path / "minus.onnx", -1.0)
@@ -295,7 +295,7 @@ def test_missing_wasm_files_name_the_stage(tmp_path, monkeypatch):
     (broken / ".deploykit-complete").write_text("ok\n")
     model = builders.tiny_onnx(tmp_path / "m.onnx")
     assert_clean_error(run_cli("verify", str(model), str(model), "--runtime", "onnxruntime-web"), 2,
-                       "onnxruntime-web cannot load m.onnx")
+                       "onnxruntime-web found no WASM backend", "reinstall")
 
 
 
@@ -315,3 +315,78 @@ def test_bench_times_in_the_page_and_the_headline_gains_a_browser_column(samples
     browser = data["headline"]["browser"]
     assert browser["row"].startswith("onnxruntime-web") and browser["slowdown_vs_native"] > 0
 
+
+
+def _open_pages(bundle: Path):
+    """(server, playwright, browser) on a web bundle; the caller closes them in reverse."""
+    from playwright.sync_api import sync_playwright
+
+    from deploykit.browser import chromium_path, serve
+
+    server = serve(bundle).__enter__()
+    playwright = sync_playwright().start()
+    browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+    return server, playwright, browser
+
+
+def _selftest(browser, url: str) -> dict:
+    page = browser.new_page()
+    page.goto(url + "/selftest.html")
+    page.wait_for_function("document.body.dataset.result !== undefined", timeout=120_000)
+    result = page.evaluate("window.selftest")
+    result["status"] = page.inner_text("#status")
+    page.close()
+    return result
+
+
+@pytest.mark.torch
+@pytest.mark.litert
+@pytest.mark.parametrize("to", ["onnx", "tflite"])
+@in_chromium
+def test_web_bundle_selftest_passes_and_the_page_classifies_a_real_picture(samples_dir, exported, tmp_path, to):
+    from sample_models.shapes import CLASSES
+
+    artifact = exported("mobilenet_v2.pt2", to).artifact
+    (tmp_path / "labels.txt").write_text("\n".join(CLASSES) + "\n")
+    bundle = tmp_path / "site"
+    made = run_cli("package", artifact, "--app", "web", "-o", str(bundle), "--labels", str(tmp_path / "labels.txt"),
+                   "--normalize", "unit", "--json")
+    assert made.returncode == 0, made.stderr[-2000:]
+    info = json.loads(made.stdout)
+    assert info["app"] == "web" and info["runtime"] == {"onnx": "onnxruntime-web", "tflite": "litert-js"}[to]
+    assert {"index.html", "selftest.html", "backends.js", "web.json", "golden.bin"} <= set(info["files"])
+    assert not (bundle / "app.py").exists() and any(f.endswith(".wasm") for f in info["files"])
+    picture = next((samples_dir / "shapes").glob("*_diamond.png"))
+    server, playwright, browser = _open_pages(bundle)
+    try:
+        result = _selftest(browser, server.url)
+        assert result["passed"], result
+        assert "self-test passed" in result["status"] and "thread" in result["status"]
+        page = browser.new_page()
+        page.goto(server.url + "/index.html")
+        page.wait_for_function("document.body.dataset.ready === 'yes'", timeout=120_000)
+        page.set_input_files("#file", str(picture))
+        page.wait_for_function("document.body.dataset.predicted === 'yes'", timeout=60_000)
+        rows = page.inner_text("#results").split("\n")
+        assert rows[1].split("\t")[0] == "diamond", rows
+        assert page.evaluate("crossOriginIsolated") is True
+        # A changed model fails the same page, and `verify BUNDLE` (which runs it in the browser runtime too).
+        model = bundle / info["model"]
+        tampered = _tampered_tflite(model, tmp_path / "t") if to == "tflite" else None
+        if tampered is None:
+            import onnx
+            from onnx import numpy_helper
+
+            proto = onnx.load(str(model))
+            biggest = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))
+            biggest.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(biggest), biggest.name))
+            onnx.save(proto, str(tmp_path / "t"))
+        model.write_bytes((tmp_path / "t").read_bytes())
+        assert not _selftest(browser, server.url)["passed"]
+    finally:
+        browser.close()
+        playwright.stop()
+        server.__exit__(None, None, None)
+    verify = run_cli("verify", str(bundle), "--json")
+    assert verify.returncode == 1
+    assert "changed since packaging: " + info["model"] in json.dumps(json.loads(verify.stdout))
