@@ -193,8 +193,8 @@ def _cmdline(pid: int) -> bytes:
 
 
 @pytest.mark.parametrize("source, via_keras", [
-    ("mobilenet_v2.pt2", False), ("tiny_transformer.pt2", False), ("two_layer_net.pt2", False),
-    ("two_layer_custom_relu.pt2", False), ("keras_two_layer_net.keras", True)])
+    ("mobilenet_v2.pt2", False), ("tiny_transformer.pt2", False), ("two_layer_custom_relu.pt2", False),
+    ("keras_two_layer_net.keras", True)])
 @pytest.mark.torch
 @pytest.mark.litert
 @in_chromium

@@ -181,6 +181,7 @@ def test_trained_cnn_sample_keeps_its_answers_in_int8(samples_dir, tmp_path):
     assert output["top1_agreement"] >= 0.9 and output["cosine"] >= 0.98, output
 
 
+@pytest.mark.slow      # builds a Keras model (TensorFlow import, ~10 s): not for the quick loop
 def test_keras_twin_carries_the_trained_torch_weights():
     from sample_models import get
     from sample_models.build import build_model
