@@ -97,12 +97,21 @@ def doctor() -> dict:
     edges = [{"edge": e.name, "from": sorted(f.value for f in e.src), "to": e.dst.value, "available": e.available,
               "missing": registry.missing_packages(e.requires), "hint": _hint(e.requires)} for e in registry.EDGES]
     runtimes = [{"runtime": r.name, "formats": sorted(f.value for f in r.formats), "available": r.available,
-                 "missing": registry.missing_packages(r.requires), "hint": _hint(r.requires),
+                 "missing": registry.missing_packages(r.requires), "hint": _runtime_hint(r),
                  "description": r.description} for r in registry.RUNTIMES]
     return {"platform": f"{platform.system()} {platform.machine()}", "python": platform.python_version(),
             "cpus": os.cpu_count(), "gpu": "NVIDIA GPU present" if gpu_present() else "none detected",
             "versions": library_versions(registry.tracked_distributions()), "routes": edges,
             "runtimes": runtimes, "deploykit": _own_version()}
+
+
+def _runtime_hint(entry) -> str:
+    """The pip line for missing packages, else why the runtime cannot run here and what to do (no browser)."""
+    hint = _hint(entry.requires)
+    if hint or not entry.check:
+        return hint
+    reason = entry.unavailable_reason()
+    return f"{reason}: {entry.remedy}" if reason else ""
 
 
 def _hint(requires: tuple) -> str:
