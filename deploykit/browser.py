@@ -212,9 +212,9 @@ class BrowserSession:
 
     def renderer_peak_rss(self) -> Optional[int]:
         """Peak resident memory (VmHWM) of this page's renderer process, from /proc."""
-        from deploykit.child import descendants
+        from deploykit.child import descendants, status_bytes
 
-        peaks = [_peak_rss(pid) for pid in descendants(os.getpid()) if _is_renderer(pid)]
+        peaks = [status_bytes("VmHWM", pid) for pid in descendants(os.getpid()) if _is_renderer(pid)]
         peaks = [p for p in peaks if p]
         return max(peaks) if peaks else None
 
@@ -254,16 +254,6 @@ def _is_renderer(pid: int) -> bool:
         return b"--type=renderer" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-
-
-def _peak_rss(pid: int) -> Optional[int]:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 class BrowserRunner:

@@ -262,11 +262,15 @@ def in_child() -> bool:
     return os.environ.get(IN_CHILD_ENV) == "1"
 
 
-def _rss_bytes() -> int:
+def status_bytes(field: str, pid: "int | str" = "self") -> int:
+    """A memory field of /proc/PID/status in bytes (VmRSS now, VmHWM the peak), 0 where there is none.
+
+    VmHWM belongs to the address space, which exec replaces: unlike getrusage's ru_maxrss (kept across exec on
+    Linux, so a child started from a 600 MB parent would report 600 MB), it is the child's own peak."""
     try:
-        with open("/proc/self/status") as status:
+        with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -296,5 +300,5 @@ def _child_main(folder: Path) -> int:
 
 
 if __name__ == "__main__":
-    RSS_AT_START = _rss_bytes()
+    RSS_AT_START = status_bytes("VmRSS")
     sys.exit(_child_main(Path(sys.argv[1])))

@@ -119,6 +119,7 @@ def measure_job(request: dict, arrays: dict) -> dict:
     import os
     import resource
 
+    from deploykit.child import status_bytes
     from deploykit.inputs import random_feeds
 
     if request.get("affinity"):
@@ -136,7 +137,7 @@ def measure_job(request: dict, arrays: dict) -> dict:
     times = timed(runner, feeds, Timing(**request["timing"]))
     result = {"times_ms": times, "model_load_s": model_load_s, "cold_start_s": cold_start_s,
               "first_inference_ms": first_ms, "time_to_first_result_s": cold_start_s + first_ms / 1e3,
-              "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+              "peak_rss_bytes": status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
               "rss_at_start_bytes": request.get("_rss_at_start"),
               "providers": list(getattr(runner, "active_providers", [])),
               "threads_configured": request["options"].get("threads"), "os_threads": _os_threads(),

@@ -122,3 +122,17 @@ def test_batch_sizes_need_a_dynamic_batch(samples_dir, tmp_path):
     assert "fixed batch of 1" in by_model[fixed]["error"]
     assert by_model[dynamic]["input_shapes"]["ids"] == [4, 32]
     assert by_model[dynamic]["throughput_per_s"] > 0
+
+
+@pytest.mark.onnxruntime
+def test_a_case_reports_its_own_peak_memory_not_its_parents(tmp_path):
+    """Was: ru_maxrss survives exec on Linux, so a bench started from a 600 MB Python (torch loaded) reported
+    600 MB for every ONNX Runtime case. The child's VmHWM is its own."""
+    from tests.hostile import builders
+
+    ballast = bytearray(400 * 2**20)          # the parent holds 400 MiB, touched
+    ballast[::4096] = b"\1" * len(ballast[::4096])
+    model = builders.tiny_onnx(tmp_path / "m.onnx")
+    result = api.bench([str(model)], BenchOptions(runtimes=("onnxruntime",), iterations=3, warmup=0))
+    assert result["cases"][0]["peak_rss_bytes"] < 300 * 2**20, result["cases"][0]["peak_rss_bytes"]
+    del ballast
