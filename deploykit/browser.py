@@ -86,8 +86,9 @@ def node_modules(timeout: float = NPM_TIMEOUT_S) -> Path:
         run_tool([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"], cwd=staging,
                  timeout=timeout, what="npm ci (browser runtimes)")
         (staging / "node_modules" / ".deploykit-complete").write_text("ok\n")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
+        if not packages_ready():       # another process may have finished the same install meanwhile
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target / "node_modules"
@@ -178,12 +179,19 @@ class BrowserSession:
             self.close()
             raise ModelLoadError(f"starting Chromium ({executable}) failed: {_first(exc)}",
                                  "check that `chromium --headless --version` runs on this machine") from None
-        self.page = self._browser.new_page()
-        self.page.set_default_timeout(self.timeout_ms)
-        self.page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
-        self.page.on("pageerror", lambda error: self.console.append(f"pageerror: {error}"))
-        self.page.goto(self._server.url + "/deploykit/harness.html", wait_until="load")
-        self.page.wait_for_function("window.deploykit !== undefined")
+        try:
+            self.page = self._browser.new_page()
+            self.page.set_default_timeout(self.timeout_ms)
+            self.page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
+            self.page.on("pageerror", lambda error: self.console.append(f"pageerror: {error}"))
+            self.page.goto(self._server.url + "/deploykit/harness.html", wait_until="load")
+            self.page.wait_for_function("window.deploykit !== undefined")
+        except Exception as exc:  # noqa: BLE001 - the harness page itself did not come up
+            log = (self.console or [""])[-1]
+            self.close()
+            raise ModelLoadError(f"the harness page did not start in Chromium: {_first(exc)} {log}".strip(),
+                                 "delete ~/.cache/deploykit/web-* to reinstall the runtimes; --debug shows the "
+                                 "page log") from None
 
     @property
     def model_url(self) -> str:
@@ -219,6 +227,12 @@ class BrowserSession:
         return max(peaks) if peaks else None
 
     def close(self) -> None:
+        # The page's console goes to this child's stderr, which deploykit shows with --debug (kept out otherwise).
+        import sys
+
+        if self.console:
+            sys.stderr.write("".join(f"[chromium] {line}\n" for line in self.console))
+            self.console = []
         for closer in (lambda: self._browser and self._browser.close(),
                        lambda: self._playwright and self._playwright.stop(),
                        lambda: self._server and self._server.__exit__(None, None, None)):

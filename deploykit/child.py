@@ -45,6 +45,7 @@ from deploykit.errors import Outcome
 from deploykit.text import exception_line, last_line
 
 IN_CHILD_ENV = "DEPLOYKIT_CHILD"        # set in every child: code that would isolate itself need not
+DEBUG_ENV = "DEPLOYKIT_DEBUG"           # set by --debug: every child's output is shown, whichever command ran it
 POLL_S = 0.25                           # how often an `abort` callback is asked while a child runs
 RSS_AT_START: Optional[int] = None     # the child's resident memory before its job imported anything
 
@@ -110,7 +111,7 @@ def run_child(target: str, request: dict, *, stage: Stage, what: str, timeout: f
         started = time.perf_counter()
         returncode, stdout, stderr = _launch(folder, timeout, stage, what, abort)
         seconds = time.perf_counter() - started
-        if debug:
+        if debug or os.environ.get(DEBUG_ENV):
             sys.stderr.write(stdout + stderr)
         if (folder / "error.json").exists():
             error = _child_error(json.loads((folder / "error.json").read_text()), stage, what)

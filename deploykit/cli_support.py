@@ -31,6 +31,10 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
 
     if not debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    else:
+        from deploykit.child import DEBUG_ENV
+
+        os.environ[DEBUG_ENV] = "1"
     try:
         data = _resources_named(action)
     except DeploykitError as exc:
