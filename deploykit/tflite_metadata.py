@@ -254,3 +254,13 @@ def pin_input_shapes(model_bytes: bytes, shapes: dict) -> bytes:
     builder = flatbuffers.Builder(len(model_bytes) + 4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def custom_ops(model_bytes: bytes) -> list:
+    """Names of the custom (non-builtin) ops a .tflite file uses: a runtime without their kernels cannot run it."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    custom = schema.BuiltinOperator.CUSTOM
+    return sorted({_text(code.customCode) for code in model.operatorCodes or []
+                   if max(code.builtinCode or 0, code.deprecatedBuiltinCode or 0) == custom})

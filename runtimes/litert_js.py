@@ -27,6 +27,21 @@ class LiteRtJsRunner(BrowserRunner):
     RUNTIME = "litert-js"
     _pinned: Optional[dict] = None      # input shapes of the loaded copy; None: the file as it is
 
+    def open(self) -> None:
+        # LiteRT.js has no way to register custom op kernels, and runs a model that needs one anyway: on a model
+        # with an unresolved custom op it returned garbage (cosine 2e-6 against the source) where native LiteRT
+        # refuses at allocation. So the file's custom ops are named before it is loaded.
+        from deploykit.tflite_metadata import custom_ops
+
+        needed = custom_ops(Path(self.model.path).read_bytes())
+        if needed:
+            raise UnsupportedModelError(
+                f"LiteRT.js cannot run custom op{'s' if len(needed) > 1 else ''} {', '.join(needed)} used by "
+                f"{Path(self.model.path).name} (it has no custom-op kernels)",
+                "convert by a route that lowers it to builtin ops (e.g. --via litert), or run it with native "
+                "LiteRT with the op registered")
+        super().open()
+
     def model_file(self) -> str:
         if not any(not isinstance(d, int) or d < 0 for t in self.model.spec.inputs for d in t.shape):
             return self.model.path

@@ -390,3 +390,23 @@ def test_web_bundle_selftest_passes_and_the_page_classifies_a_real_picture(sampl
     verify = run_cli("verify", str(bundle), "--json")
     assert verify.returncode == 1
     assert "changed since packaging: " + info["model"] in json.dumps(json.loads(verify.stdout))
+
+
+@pytest.mark.tensorflow
+@in_chromium
+def test_a_custom_op_litert_js_cannot_run_is_named_before_it_returns_garbage(tmp_path):
+    """LiteRT.js ran a model with an unresolved custom op and returned garbage (cosine 2e-6 against the source)
+    where native LiteRT refuses it: deploykit names the op before loading."""
+    import tensorflow as tf
+    from onnx import helper
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+    def igamma(x):
+        return tf.math.igamma(x, x + 1.0)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([igamma.get_concrete_function()], igamma)
+    converter.allow_custom_ops = True
+    (tmp_path / "custom.tflite").write_bytes(converter.convert())
+    source = builders.division_onnx(tmp_path / "source.onnx", 1.0)     # any source with a [1, 4] float input
+    assert_clean_error(run_cli("verify", str(source), str(tmp_path / "custom.tflite"), "--runtime", "litert-js"), 2,
+                       "LiteRT.js cannot run custom op Igamma used by custom.tflite")
