@@ -88,7 +88,11 @@ def node_modules(timeout: float = NPM_TIMEOUT_S) -> Path:
         (staging / "node_modules" / ".deploykit-complete").write_text("ok\n")
         if not packages_ready():       # another process may have finished the same install meanwhile
             shutil.rmtree(target, ignore_errors=True)
-            os.replace(staging, target)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                if not packages_ready():
+                    raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target / "node_modules"
@@ -105,10 +109,24 @@ class _Handler(SimpleHTTPRequestHandler):
     def translate_path(self, path: str) -> str:
         url_path = path.split("?", 1)[0].split("#", 1)[0]
         for prefix, folder in sorted(self.mounts.items(), key=lambda kv: -len(kv[0])):
+            if folder.is_file():      # a one-file mount (the model): that URL and nothing beside it
+                if url_path == prefix:
+                    return str(folder)
+                continue
             if url_path.startswith(prefix):
                 self.directory = str(folder)
                 return super().translate_path("/" + url_path[len(prefix):])
         return str(Path(os.devnull) / "missing")   # not under a mount: 404
+
+    def parse_request(self) -> bool:
+        # Only this machine's loopback names: a DNS-rebinding page cannot read the served files.
+        if not super().parse_request():
+            return False
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
+        if host not in ("127.0.0.1", "localhost", "[::1]"):
+            self.send_error(403, "unexpected Host")
+            return False
+        return True
 
     def list_directory(self, path):
         self.send_error(404, "no listing")
@@ -168,7 +186,8 @@ class BrowserSession:
         sync_playwright = import_playwright()
         executable = chromium_path()
         modules = node_modules()
-        mounts = {"/deploykit/": WEB_DIR, "/node_modules/": modules, "/model/": self.model_path.parent}
+        # The model alone is served (not its folder, which may be the user's home).
+        mounts = {"/deploykit/": WEB_DIR, "/node_modules/": modules, "/model/" + self.model_path.name: self.model_path}
         self._server = Server(mounts).__enter__()
         self._playwright = sync_playwright().start()
         try:
@@ -302,7 +321,11 @@ class BrowserRunner:
 
     def open(self) -> None:
         self.session = BrowserSession(self.model_file())
-        self.session.open()
+        try:
+            self.session.open()
+        except BaseException:
+            self.close()
+            raise
         try:
             self.info = self.session.page.evaluate(
                 "([runtime, url, threads]) => window.deploykit.open(runtime, url, threads)",
@@ -356,10 +379,10 @@ class BrowserRunner:
         for detail in self.info["inputs"]:
             dtype = _numpy_dtype(detail["dtype"]) or np.asarray(feeds[detail["name"]]).dtype
             given = np.asarray(feeds[detail["name"]])
-            if given.dtype.kind == "f" and np.dtype(dtype).kind in "iu" and np.dtype(dtype).itemsize == 1:
-                raise UnsupportedModelError(f"input {detail['name']!r} is quantized ({dtype}); the browser runners "
-                                            "do not quantize feeds", "verify the float artifact in the browser, "
-                                            "or give --inputs with values already in int8")
+            if given.dtype.kind == "f" and np.dtype(dtype).kind in "iu":
+                raise UnsupportedModelError(f"input {detail['name']!r} takes {dtype} and the feed is float: the "
+                                            "browser runners do not quantize feeds", "verify the float artifact in "
+                                            "the browser, or give --inputs with values already in that type")
             value = np.ascontiguousarray(given, dtype=dtype)
             wire.append({"name": detail["name"], "dtype": np.dtype(dtype).name, "shape": list(value.shape),
                          "b64": base64.b64encode(value.tobytes()).decode("ascii")})

@@ -117,15 +117,24 @@ def run_job(request: dict, arrays: dict) -> dict:
 def measure_job(request: dict, arrays: dict) -> dict:
     """Child side of one benchmark case: load, first run, warm-up, timed loop, memory."""
     import os
-    import resource
-
-    from deploykit.child import status_bytes
-    from deploykit.inputs import random_feeds
 
     if request.get("affinity"):
         os.sched_setaffinity(0, set(request["affinity"]))
     started = time.perf_counter()
     model, _entry, runner = open_runner(request["model"], request["runtime"], request["options"])
+    try:
+        return _measure(request, model, runner, started)
+    finally:
+        runner.close()
+
+
+def _measure(request: dict, model, runner, started: float) -> dict:
+    import os
+    import resource
+
+    from deploykit.child import status_bytes
+    from deploykit.inputs import random_feeds
+
     runner.open()
     model_load_s = time.perf_counter() - started
     cold_start_s = time.time() - request["_spawned_at"]
@@ -148,7 +157,6 @@ def measure_job(request: dict, arrays: dict) -> dict:
         page = runner.memory()
         result.update(page, memory_of="the browser page's renderer process",
                       peak_rss_bytes=page.get("page_peak_rss_bytes") or result["peak_rss_bytes"], rss_at_start_bytes=0)
-    runner.close()
     return result
 
 

@@ -70,10 +70,27 @@ def test_the_server_sends_isolation_headers_and_serves_nothing_outside_its_mount
         with urllib.request.urlopen(server.url + "/") as response:      # a folder serves its index.html
             assert response.read() == b"<p>hi</p>"
         (tmp_path / "site" / "sub").mkdir()
+        rebound = urllib.request.Request(server.url + "/index.html", headers={"Host": "evil.example"})
+        with pytest.raises(urllib.error.HTTPError) as refused:      # DNS rebinding: only loopback names
+            urllib.request.urlopen(rebound)
+        assert refused.value.code == 403
         for path in ("/../secret.txt", "/%2e%2e/secret.txt", "/sub/"):   # no way out, no listings
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(server.url + path)
             assert refused.value.code == 404
+
+
+def test_a_one_file_mount_serves_that_file_and_nothing_beside_it(tmp_path):
+    from deploykit.browser import Server
+
+    (tmp_path / "m.onnx").write_bytes(b"model")
+    (tmp_path / "private.txt").write_text("no")
+    with Server({"/model/m.onnx": tmp_path / "m.onnx"}) as server:
+        with urllib.request.urlopen(server.url + "/model/m.onnx") as response:
+            assert response.read() == b"model"
+        for path in ("/model/private.txt", "/model/", "/model/m.onnx/x"):
+            with pytest.raises(urllib.error.HTTPError):
+                urllib.request.urlopen(server.url + path)
 
 
 def test_golden_vectors_for_the_web_are_raw_bytes_at_aligned_offsets(tmp_path):

@@ -8,7 +8,8 @@
 // A tensor is {dtype, shape, data: TypedArray}; run() takes and returns them by name.
 
 const TYPED = {
-  float32: Float32Array, float64: Float64Array, int32: Int32Array, int64: BigInt64Array,
+  float32: Float32Array, float64: Float64Array, float16: globalThis.Float16Array ?? Uint16Array,
+  int32: Int32Array, int64: BigInt64Array,
   int16: Int16Array, int8: Int8Array, uint8: Uint8Array, uint16: Uint16Array, bool: Uint8Array,
 };
 

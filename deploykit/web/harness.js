@@ -44,6 +44,7 @@ window.deploykit = {
     // V8 first runs WASM from its baseline compiler and tiers hot functions up to TurboFan while they run,
     // so after the asked warm-up the page goes on warming in rounds of 5 calls until a round's median is
     // no longer 3% faster than the one before (at most 40 rounds or 30 s): latencies are then steady-state.
+    // --warmup 0 means none at all (a cold measurement), as in the harness.
     const feeds = await feedsFrom(wire);
     let calls = 0;
     const call = async () => { const t0 = performance.now(); await model.run(feeds); calls++; return performance.now() - t0; };
@@ -51,7 +52,7 @@ window.deploykit = {
     const median = (xs) => xs.slice().sort((a, b) => a - b)[xs.length >> 1];
     const warmUntil = performance.now() + 30e3;
     let previous = Infinity;
-    for (let round = 0; round < 40 && performance.now() < warmUntil; round++) {
+    for (let round = 0; timing.warmup > 0 && round < 40 && performance.now() < warmUntil; round++) {
       const times = [];
       for (let i = 0; i < 5; i++) times.push(await call());
       const current = median(times);

@@ -24,7 +24,8 @@ export function judge(references, results, tolerance) {
   }
   if (!isFloat(references[0])) {
     let differ = 0;
-    references.forEach((r, i) => r.data.forEach((v, j) => { if (v !== results[i].data[j]) differ++; }));
+    // Number(): an int64 reference (BigInt) against an int32 result compares by value, as numpy does.
+    references.forEach((r, i) => r.data.forEach((v, j) => { if (Number(v) !== Number(results[i].data[j])) differ++; }));
     return {detail: `${differ} integer value(s) differ`, ok: differ === 0};
   }
   const ref = references.flatMap((r) => Array.from(r.data, Number));
