@@ -209,7 +209,7 @@ def headline(rows: list) -> Optional[dict]:
             if not native:
                 continue
             best = min(native, key=lambda r: r["latency_ms"]["p50"])
-            return {"browser": _browser_column(base, best, same),"research": f"{base['row']} ({Path(base['model']).name})",
+            return {"browser": _browser_column(base, best, same), "research": f"{base['row']} ({Path(base['model']).name})",
                     "production": f"{best['row']} ({Path(best['model']).name})",
                     "threads": base["options"].get("threads"), "batch": base["batch"],
                     "speedup": round(base["latency_ms"]["p50"] / best["latency_ms"]["p50"], 2),

@@ -23,8 +23,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Mapping, Optional
 
-from deploykit.errors import (MissingDependency, ModelLoadError, ParityError, ResourceError, UnsupportedModelError,
-                              UsageError)
+from deploykit.errors import (MeasurementError, MissingDependency, ModelLoadError, ParityError, ResourceError,
+                              UnsupportedModelError, UsageError)
+from deploykit.runner import RunnerBase, RunnerOptions
 
 WEB_DIR = Path(__file__).with_name("web")
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
@@ -289,7 +290,7 @@ def _is_renderer(pid: int) -> bool:
         return False
 
 
-class BrowserRunner:
+class BrowserRunner(RunnerBase):
     """The Runner contract (``deploykit.runner``) on a browser runtime; ``runtimes/<name>.py`` subclass it,
     naming ``RUNTIME`` (the key in backends.js) and explaining the runtime's load errors.
 
@@ -299,21 +300,12 @@ class BrowserRunner:
 
     RUNTIME = ""
 
-    def __init__(self, model, options=None):
-        from deploykit.runner import RunnerOptions
-
+    def __init__(self, model, options: Optional[RunnerOptions] = None):
         self.model, self.options = model, options or RunnerOptions()
         self.session: Optional[BrowserSession] = None
         self.info: dict = {}
         self.last_ms: Optional[float] = None
         self.warmup_calls: Optional[int] = None     # the asked warm-up plus the rounds until WASM tiered up
-
-    def __enter__(self):
-        self.open()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     def model_file(self) -> str:
         """The file the page loads (subclasses may give a prepared copy)."""
@@ -355,14 +347,11 @@ class BrowserRunner:
         self.last_ms = result["ms"]
         return {t["name"]: _array(t) for t in result["outputs"]}
 
-    def run_many(self, feeds_list: list) -> list:
-        return [self.run(feeds) for feeds in feeds_list]
-
     def time_calls(self, feeds: Mapping, timing) -> list:
         """Per-call latencies (ms) measured in the page, with the harness's Timing semantics."""
         result = self.session.call(f"timing {Path(self.model.path).name}",
                                    "([wire, timing]) => window.deploykit.time(wire, timing)",
-                                   [self._wire(feeds), timing.to_dict()], error=_measurement_error())
+                                   [self._wire(feeds), timing.to_dict()], error=MeasurementError)
         self.warmup_calls = result["warmup_calls"]
         return result["times"]
 
@@ -412,12 +401,6 @@ def _array(wire: dict):
         raise ParityError(f"the browser returned output {wire['name']!r} as {wire['dtype']}, which deploykit cannot "
                           "compare", "give the model float or integer outputs")
     return np.frombuffer(base64.b64decode(wire["b64"]), dtype=dtype).reshape(wire["shape"]).copy()
-
-
-def _measurement_error():
-    from deploykit.errors import MeasurementError
-
-    return MeasurementError
 
 
 def _browser_name(user_agent: str) -> str:

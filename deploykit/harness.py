@@ -8,6 +8,7 @@ process of its own. The harness times; runners only run.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -86,14 +87,9 @@ def open_runner(model_request: dict, runtime: Optional[str], options: dict):
 
     model = model_from_request(model_request)
     entry = registry.runtime_for(model.format, runtime)
-    registry.require(entry.requires, f"needed to run {model.format.value} models")
-    if entry.check:
-        from deploykit.errors import MissingDependency
-
-        reason = entry.unavailable_reason()
-        if reason:
-            raise MissingDependency(f"the {entry.name} runtime cannot run here: {reason}",
-                                    entry.remedy or f"drop --runtime {entry.name}")
+    problem = registry.runtime_problem(entry, f"needed to run {model.format.value} models")
+    if problem:
+        raise problem
     return model, entry, registry.resolve(entry.target)(model, RunnerOptions(**options))
 
 
@@ -116,8 +112,6 @@ def run_job(request: dict, arrays: dict) -> dict:
 
 def measure_job(request: dict, arrays: dict) -> dict:
     """Child side of one benchmark case: load, first run, warm-up, timed loop, memory."""
-    import os
-
     if request.get("affinity"):
         os.sched_setaffinity(0, set(request["affinity"]))
     started = time.perf_counter()
@@ -129,7 +123,6 @@ def measure_job(request: dict, arrays: dict) -> dict:
 
 
 def _measure(request: dict, model, runner, started: float) -> dict:
-    import os
     import resource
 
     from deploykit.child import status_bytes

@@ -108,10 +108,8 @@ def doctor() -> dict:
 def _runtime_hint(entry) -> str:
     """The pip line for missing packages, else why the runtime cannot run here and what to do (no browser)."""
     hint = _hint(entry.requires)
-    if hint or not entry.check:
-        return hint
-    reason = entry.unavailable_reason()
-    return f"{reason}: {entry.remedy}" if reason else ""
+    problem = None if hint else registry.runtime_problem(entry, "")
+    return hint or (f"{problem.message}: {problem.remedy}" if problem else "")
 
 
 def _hint(requires: tuple) -> str:

@@ -33,9 +33,10 @@ from deploykit import fsutil, manifest, parity
 from deploykit.artifact import Artifact
 from deploykit.checking import int8_feeds, make_checker, trusted_manifest
 from deploykit.errors import ParityError, UsageError
-from deploykit.formats import Format, detect
+from deploykit.formats import Format
 from deploykit.model import LoadOptions, load_model
 from deploykit.options import PRECISION_OF, VerifyOptions
+from deploykit.registry import browser_runtime_for
 
 APPS = ("python", "web")
 BUNDLE_FILE = "deploykit-bundle.json"
@@ -104,7 +105,8 @@ def _package(artifact: Artifact, source, stored: dict, choices, out: Path, optio
         folder = stage / out.name
         folder.mkdir()
         model_file = _write_model(artifact, folder, contract, labels)
-        _check_bundle_model(folder / model_file, golden_inputs, golden_outputs, tolerance, verify, options.app)
+        _check_bundle_model(folder / model_file, golden_inputs, golden_outputs, tolerance, verify,
+                            browser_runtime_for(artifact.format).name if options.app == "web" else None)
         _write_files(folder, artifact, model_file, contract, labels, golden_inputs, golden_outputs, tolerance, source,
                      options.app, verify.timeout)
         fsutil.publish([(folder, out)], force=force)
@@ -232,12 +234,9 @@ def _labels_of(contract: dict, labels: Optional[list]) -> Optional[list]:
     return labels if any(o.get("labels") for o in contract["outputs"]) else None
 
 
-def _check_bundle_model(path: Path, inputs: list, outputs: list, tolerance, verify, app: str) -> None:
+def _check_bundle_model(path: Path, inputs: list, outputs: list, tolerance, verify, runtime: Optional[str]) -> None:
     """The bundle's model (whose bytes changed when metadata went in) reproduces the golden outputs — judged
-    exactly as `verify BUNDLE` and `app.py selftest` will judge it; a web app's in the browser runtime."""
-    from deploykit.web_bundle import RUNTIME_OF as WEB_RUNTIME_OF
-
-    runtime = WEB_RUNTIME_OF[detect(path)] if app == "web" else None
+    exactly as `verify BUNDLE` and `app.py selftest` will judge it; a web app's on its browser runtime."""
     report = golden_report(path, inputs, outputs, tolerance, verify.timeout, runtime)
     if not report.passed:
         raise ParityError(f"the bundled model does not reproduce its golden vectors: {report.summary()}",
@@ -277,7 +276,7 @@ def _write_files(folder: Path, artifact: Artifact, model_file: str, contract: di
         (folder / "app.py").write_text(render_app(model_file, runtime, distribution, image, source.path))
         (folder / "requirements.txt").write_text(requirements(distribution, image))
     files = {f.relative_to(folder).as_posix(): fsutil.sha256_of(f) for f in sorted(folder.rglob("*")) if f.is_file()}
-    (folder / BUNDLE_FILE).write_text(json.dumps({"bundle": 1, "model": model_file, "runtime": runtime,
+    (folder / BUNDLE_FILE).write_text(json.dumps({"bundle": 1, "app": app, "model": model_file, "runtime": runtime,
                                                   "files": files}, indent=2) + "\n")
 
 
@@ -329,7 +328,7 @@ def describe_bundle(folder: "str | Path") -> dict:
     return {"bundle": str(folder), "model": info["model"], "runtime": info["runtime"], "bytes": size,
             "files": sorted(info["files"]) + [BUNDLE_FILE], "contract": contract,
             "runtime_requirements": requirements_file.read_text().split() if requirements_file.exists() else [],
-            "app": "web" if (folder / "web.json").exists() else "python"}
+            "app": info.get("app", "python")}
 
 
 def verify_bundle(folder: "str | Path", timeout: float = 600.0) -> parity.ParityReport:
@@ -341,7 +340,7 @@ def verify_bundle(folder: "str | Path", timeout: float = 600.0) -> parity.Parity
     with np.load(folder / "golden.npz", allow_pickle=False) as data:
         inputs, outputs = _unpack_golden(data, golden["samples"])
     # A web bundle is checked where it will run: its browser runtime, in headless Chromium.
-    runtime = info["runtime"] if (folder / "web.json").exists() else None
+    runtime = info["runtime"] if info.get("app") == "web" else None
     report = golden_report(folder / info["model"], inputs, outputs, parity.Tolerance(**golden["tolerance"]), timeout,
                            runtime)
     changed = [name for name, digest in info["files"].items() if fsutil.sha256_of(folder / name) != digest]

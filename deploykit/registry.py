@@ -71,10 +71,17 @@ def missing_packages(requires: tuple) -> list:
 
 def require(requires: tuple, why: str) -> None:
     """Raise MissingDependency naming the first missing package and its extra."""
+    problem = _missing(requires, why)
+    if problem:
+        raise problem
+
+
+def _missing(requires: tuple, why: str) -> Optional[MissingDependency]:
     missing = missing_packages(requires)
-    if missing:
-        dist, extra = PACKAGES.get(missing[0], (missing[0], "all"))
-        raise MissingDependency.for_package(dist, extra, why)
+    if not missing:
+        return None
+    dist, extra = PACKAGES.get(missing[0], (missing[0], "all"))
+    return MissingDependency.for_package(dist, extra, why)
 
 
 def resolve(target: str):
@@ -131,6 +138,7 @@ class RuntimeEntry:
     description: str = ""
     check: str = ""         # "module:function" -> why it cannot run here beyond packages ("" = it can)
     remedy: str = ""        # what to do when ``check`` says why not
+    browser: bool = False   # runs in a browser page (ships as web assets, `package --app web`)
 
     @property
     def available(self) -> bool:
@@ -194,17 +202,32 @@ RUNTIMES = (
     # Browser runtimes come last: a format's default runtime stays the native one.
     RuntimeEntry("onnxruntime-web", frozenset({Format.ONNX}), "runtimes.onnxruntime_web:OnnxRuntimeWebRunner",
                  ("playwright",), "onnxruntime-web WASM in headless Chromium (browser / web view)",
-                 check="deploykit.browser:unavailable_reason", remedy=BROWSER_REMEDY),
+                 check="deploykit.browser:unavailable_reason", remedy=BROWSER_REMEDY, browser=True),
     RuntimeEntry("litert-js", frozenset({Format.TFLITE}), "runtimes.litert_js:LiteRtJsRunner", ("playwright",),
                  "LiteRT.js WASM (XNNPACK) in headless Chromium (browser / web view)",
-                 check="deploykit.browser:unavailable_reason", remedy=BROWSER_REMEDY),
+                 check="deploykit.browser:unavailable_reason", remedy=BROWSER_REMEDY, browser=True),
 )
-BROWSER_RUNTIMES = ("onnxruntime-web", "litert-js")
+BROWSER_RUNTIMES = tuple(entry.name for entry in RUNTIMES if entry.browser)
+
+
+def browser_runtime_for(fmt: Format) -> RuntimeEntry:
+    """The browser runtime that runs ``fmt`` (a web bundle's runtime)."""
+    return next(entry for entry in RUNTIMES if entry.browser and fmt in entry.formats)
+
+
+def runtime_problem(entry: RuntimeEntry, why: str) -> Optional[MissingDependency]:
+    """Why ``entry`` cannot run here, as the error to raise (None when it can): a missing package with its
+    extra, or what its own check found with its remedy (no Chromium for a browser runtime)."""
+    problem = _missing(entry.requires, why)
+    if problem:
+        return problem
+    reason = resolve(entry.check)() if entry.check else ""
+    return MissingDependency(f"the {entry.name} runtime cannot run here: {reason}", entry.remedy) if reason else None
 
 def runtime_distributions() -> dict:
     """What a device app needs for each runtime: runtime name -> the pip distributions it requires."""
     return {entry.name: tuple(PACKAGES.get(m, (m, ""))[0] for m in entry.requires) for entry in RUNTIMES
-            if entry.name not in BROWSER_RUNTIMES}    # those ship as web assets (package --app web), not pip
+            if not entry.browser}    # those ship as web assets (package --app web), not pip
 
 
 TARGETS = {"onnx": Format.ONNX, "tflite": Format.TFLITE, "saved_model": Format.SAVED_MODEL}

@@ -8,7 +8,11 @@ A runtime plug-in (``runtimes/<name>.py``) provides, and registers in ``deployki
   ``spec()``, ``run(feeds) -> {output name: ndarray}`` and ``close()``; it is a context manager.
 
 The harness (``deploykit.harness``) times; runners never do: timing leaking into a runner makes
-its return type depend on the caller. Runners of files a runtime could crash on are opened in a
+its return type depend on the caller. The one exception is a runner whose every call crosses a process
+boundary (a browser page, ``deploykit.browser.BrowserRunner``): it may offer
+``time_calls(feeds, Timing) -> [ms]`` (timed on its side with the harness's Timing semantics),
+``last_ms`` (its own time of the last run) and ``memory() -> dict`` (the memory of the process that
+really runs the model); the harness uses them when present. Runners of files a runtime could crash on are opened in a
 child process by the core (``deploykit.child``), never by the runtime module itself.
 """
 from __future__ import annotations

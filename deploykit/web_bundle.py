@@ -22,8 +22,8 @@ import numpy as np
 
 from deploykit.browser import WEB_DIR, node_modules
 from deploykit.formats import Format
+from deploykit.registry import browser_runtime_for
 
-RUNTIME_OF = {Format.ONNX: "onnxruntime-web", Format.TFLITE: "litert-js"}
 # What each runtime loads (ort.wasm.min.mjs is the WASM-only build; LiteRT.js picks among its builds by the
 # browser's features, so all but JSPI go along), and the licence files that must travel with them.
 VENDOR = {
@@ -41,7 +41,7 @@ VENDOR = {
 def write_web_app(folder: Path, model_file: str, fmt: Format, inputs: list, outputs: list, tolerance,
                   title: str, timeout: float) -> str:
     """Write the web app's files into the bundle ``folder``; returns the runtime's name."""
-    runtime = RUNTIME_OF[fmt]
+    runtime = browser_runtime_for(fmt).name
     modules = node_modules(timeout)
     for name in ("index.html", "app.js", "style.css", "selftest.html", "selftest.js", "golden.js"):
         shutil.copyfile(WEB_DIR / "app" / name, folder / name)
