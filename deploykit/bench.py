@@ -28,6 +28,7 @@ ROWS = (
     ("litert", "litert", {"xnnpack": True}, {Format.TFLITE}, False),
     ("litert_no_xnnpack", "litert", {"xnnpack": False}, {Format.TFLITE}, False),
     ("tensorflow", "tensorflow", {}, {Format.KERAS, Format.KERAS_H5, Format.SAVED_MODEL}, False),
+    ("executorch", "executorch", {}, {Format.EXECUTORCH}, False),
     ("onnxruntime-web", "onnxruntime-web", {}, {Format.ONNX}, False),
     ("litert-js", "litert-js", {}, {Format.TFLITE}, False),
 )
@@ -156,8 +157,22 @@ def bench(models: list, options: BenchOptions = BenchOptions(), load: Optional[d
     if noisy:
         notes.append(f"{len(noisy)} case(s) had a wide spread (p90 more than {NOISY_SPREAD:.0%} above p50): the "
                      "machine was busy; rerun with more --iterations or on a quiet machine")
+    notes += _bindings_notes(results)
     return {"schema_version": 1, "machine": machine, "options": options.__dict__, "cases": results,
             "skipped": skipped, "flops": flops, "notes": notes, "headline": headline(results)}
+
+
+def _bindings_notes(rows: list) -> list:
+    """A runtime reached through heavy Python bindings pays their import at every cold start; an app does not."""
+    timed = [r for r in rows if r.get("bindings_import_s") is not None]
+    if not timed:
+        return []
+    slowest: dict = {}
+    for row in timed:
+        slowest[row["row"]] = max(slowest.get(row["row"], 0.0), row["bindings_import_s"])
+    seconds = ", ".join(f"{name} up to {value:.1f} s" for name, value in slowest.items())
+    return [f"cold start includes importing the Python bindings ({seconds} of it): a cost of the Python binding "
+            "only — an app links the C++ runtime and does not pay it"]
 
 
 def model_flops(models: list, timeout: float) -> dict:

@@ -67,7 +67,8 @@ def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, device="
 def export(
     source: Annotated[str, typer.Argument(help="Model file (TorchScript .pt, torch.export .pt2, Keras .keras/.h5, "
                                                "SavedModel dir, ONNX, TFLite) or package.module:factory.")],
-    to: Annotated[str, typer.Option("--to", help="Target format: onnx, tflite or saved_model.")] = "onnx",
+    to: Annotated[str, typer.Option("--to", help="Target format: onnx, tflite, saved_model or executorch (.pte, "
+                                    "XNNPACK-delegated; from PyTorch sources).")] = "onnx",
     via: Annotated[Optional[str], typer.Option("--via", help="Only routes through this format or tool, e.g. "
                                                "litert (litert-torch) or onnx (via ONNX + onnx2tf).")] = None,
     route: Annotated[str, typer.Option("--route", help="first: keep the first route whose artifact matches "
@@ -107,6 +108,7 @@ def export(
 
     Examples: deploykit export model.pt2 --to onnx -o model.onnx ;
     deploykit export model.pt2 --to tflite --route all ; deploykit export model.keras --to tflite ;
+    deploykit export model.pt2 --to executorch --quantize int8 --calibration images/ ;
     deploykit export model.pt2 --to tflite --quantize all --calibration images/ -o m.tflite --report precisions/
     """
     def action() -> dict:

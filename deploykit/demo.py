@@ -1,4 +1,4 @@
-"""`deploykit demo`: the main job end to end on the bundled samples (PyTorch -> ONNX and TFLite)."""
+"""`deploykit demo`: the main job end to end on the bundled samples (PyTorch -> ONNX, TFLite and ExecuTorch)."""
 from __future__ import annotations
 
 import time
@@ -27,7 +27,8 @@ def _prepare_dir(output: str) -> Path:
 
 
 def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = False) -> dict:
-    registry.require(("torch", "onnx", "onnxscript", "onnxruntime", "ai_edge_litert", "litert_torch", "onnx2tf"),
+    registry.require(("torch", "onnx", "onnxscript", "onnxruntime", "ai_edge_litert", "litert_torch", "onnx2tf",
+                      "executorch"),
                      "needed by the demo")
     from deploykit import render
     from sample_models.build import build_samples
@@ -42,10 +43,12 @@ def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = Fa
     steps.append({"step": "samples", "built": [b["name"] for b in built]})
 
     exports = [("two_layer_net.pt", "TorchScript"), ("mobilenet_v2.pt2", "torch.export")]
+    exported = {}      # (sample, Format) -> ExportResult, reused by the last step's table
     for number, (name, kind) in enumerate(exports, start=2):
         say(f"[bold]{number}. export[/bold] {name} ({kind}) → ONNX, verified on 5 seeded samples")
         result = export_model(str(folder / name), Format.ONNX, str(folder / Path(name).with_suffix(".onnx").name),
                               ExportPlan(force=True, debug=debug))
+        exported[(Path(name).stem, Format.ONNX)] = result
         if echo:
             render.print_export(result.to_dict())
         steps.append({"step": f"export {name}", **result.to_dict()})
@@ -54,6 +57,7 @@ def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = Fa
         "else ONNX + onnx2tf)")
     tflite = export_model(str(folder / "mobilenet_v2.pt2"), Format.TFLITE, str(folder / "mobilenet_v2.tflite"),
                           ExportPlan(force=True, debug=debug))
+    exported[("mobilenet_v2", Format.TFLITE)] = tflite
     if echo:
         render.print_export(tflite.to_dict())
     steps.append({"step": "export mobilenet_v2.pt2 to tflite", **tflite.to_dict()})
@@ -74,6 +78,7 @@ def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = Fa
 
     steps.append(_quantize_step(folder, say, echo, debug))
     steps.append(_dynamic_step(folder, say, debug))
+    steps.append(_seed_story_step(folder, exported, say, echo, debug))
     passed = all(s.get("passed", True) for s in steps)
     seconds = time.perf_counter() - started
     say(f"[bold]{'demo passed' if passed else 'demo FAILED'}[/bold] in {seconds:.1f} s — files in {folder}/")
@@ -112,3 +117,17 @@ def _dynamic_step(folder: Path, say, debug: bool) -> dict:
         return {"step": "export dynamic_gate", "passed": True, "expected_failure": exc.to_dict()}
     say("   [red]the dynamic model exported without a verdict: this is a bug[/red]")
     return {"step": "export dynamic_gate", "passed": False}
+
+
+def _seed_story_step(folder: Path, exported: dict, say, echo: bool, debug: bool) -> dict:
+    """The lecture's claim, measured: PyTorch for research; ONNX Runtime, LiteRT or ExecuTorch for production."""
+    from deploykit import render
+    from deploykit.seed_story import seed_story
+
+    say("[bold]9. research vs production[/bold]: the two-layer net and MobileNetV2 exported to ONNX, TFLite and "
+        "ExecuTorch (each verified), then each benchmarked in its own process at 1 thread")
+    table = seed_story(folder, {"two_layer_net": folder / "two_layer_net.pt", "mobilenet_v2": folder / "mobilenet_v2.pt2"},
+                       exported, debug, echo=say)
+    if echo:
+        render.print_seed_story(table)
+    return {"step": "research vs production", **table}

@@ -23,6 +23,7 @@ class Format(str, enum.Enum):
     KERAS = "keras"
     KERAS_H5 = "keras_h5"
     SAVED_MODEL = "saved_model"
+    EXECUTORCH = "executorch"              # a .pte program (flatbuffer "ET12")
 
     @property
     def framework(self) -> str:
@@ -42,6 +43,8 @@ _ZIP_MAGIC = b"PK\x03\x04"
 ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, OSError,
               ValueError, KeyError, zlib.error)
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# An ExecuTorch program is a flatbuffer whose file identifier (bytes 4..8) is "ET" and a schema version ("ET12").
+_PTE_IDENTIFIER = re.compile(rb"^ET\d\d$")
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 # Protobuf tags of onnx.ModelProto fields (field number << 3 | wire type); a serialized
 # model starts with one of them, almost always ir_version (0x08).
@@ -90,6 +93,8 @@ def detect(path: "str | os.PathLike") -> Format:
         return Format.KERAS_H5
     if len(head) >= 8 and head[4:8] == b"TFL3":
         return Format.TFLITE
+    if len(head) >= 8 and _PTE_IDENTIFIER.match(head[4:8]):
+        return Format.EXECUTORCH
     if head[:1] == b"\x80":
         raise UnsupportedModelError(
             f"{text}: legacy (pre-1.6, non-zip) torch.save file",
@@ -98,7 +103,8 @@ def detect(path: "str | os.PathLike") -> Format:
         return Format.ONNX
     raise ModelLoadError(
         f"{text}: unknown model format (first bytes {head[:8].hex()})",
-        "give a TorchScript (.pt), torch.export (.pt2), state_dict, ONNX, Keras, SavedModel or TFLite file")
+        "give a TorchScript (.pt), torch.export (.pt2), state_dict, ONNX, Keras, SavedModel, TFLite or ExecuTorch (.pte) "
+        "file")
 
 
 def _detect_dir(p: Path) -> Format:

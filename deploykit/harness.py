@@ -144,6 +144,8 @@ def _measure(request: dict, model, runner, started: float) -> dict:
               "providers": list(getattr(runner, "active_providers", [])),
               "threads_configured": request["options"].get("threads"), "os_threads": _os_threads(),
               "affinity": sorted(os.sched_getaffinity(0)), "input_shapes": {k: list(v.shape) for k, v in feeds.items()}}
+    if getattr(runner, "bindings_import_s", None) is not None:    # ExecuTorch: torch + its C++ extension
+        result["bindings_import_s"] = round(runner.bindings_import_s, 3)
     if getattr(runner, "warmup_calls", None) is not None:
         result["warmup_calls"] = runner.warmup_calls
     if hasattr(runner, "memory"):     # a browser page: its renderer's memory, not this driver process's

@@ -30,7 +30,10 @@ def inspect_model(path: str, load: LoadOptions = LoadOptions()) -> dict:
     elif model.format == Format.TFLITE:
         ops = model.details.get("ops", {})
         info.update({"ops": ops, "nodes": sum(ops.values())})
-
+    elif model.format == Format.EXECUTORCH:      # instructions: delegate calls by backend, portable kernels by op
+        placement = model.details.get("delegation") or {}
+        ops = {**placement.get("delegate_calls", {}), **placement.get("portable_ops", {})}
+        info.update({"ops": ops, "nodes": sum(ops.values())})
     elif model.format.framework == "torch":
         info.update(_torch_graph_facts(model))
     elif model.handle is not None and hasattr(model.handle, "count_params"):

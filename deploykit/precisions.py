@@ -26,9 +26,13 @@ def export_all_precisions(source: str, dst: Format, output: str, plan: ExportPla
         registry.require(("matplotlib",), "needed to draw the report's plots")
         for name in FILES:
             fsutil.prepare_output(Path(report_dir) / name, plan.force)
+    from deploykit.routing import quantize_modes
+
     out = Path(output)
     rows = []
-    for mode in MODES:
+    offered = quantize_modes(dst)
+    skipped = [{"precision": m, "reason": f"no edge into {dst.value} applies it"} for m in MODES if m and m not in offered]
+    for mode in (m for m in MODES if m is None or m in offered):
         target = out if mode is None else out.with_name(f"{out.stem}.{mode}{out.suffix}")
         options = replace(plan.quantize, mode=mode) if mode else None
         try:
@@ -44,7 +48,8 @@ def export_all_precisions(source: str, dst: Format, output: str, plan: ExportPla
         if baseline and "error" not in row:
             row["size_vs_fp32"] = round(row["bytes"] / baseline["bytes"], 3)
             row["speed_vs_fp32"] = round(baseline["latency_ms"] / row["latency_ms"], 2) if row["latency_ms"] else None
-    table = {"passed": all(r.get("passed") for r in rows), "source": source, "precisions": rows}
+    table = {"passed": all(r.get("passed") for r in rows), "source": source, "precisions": rows,
+             "skipped": skipped}
     if report_dir:
         from deploykit.precision_report import build_precision_report
 

@@ -41,6 +41,7 @@ PACKAGE_TABLE = (
     Package("jax", "jax", "litert"),
     Package("matplotlib", "matplotlib", "report", heavy=False),
     Package("playwright", "playwright", "browser", marker="browser"),
+    Package("executorch", "executorch", "executorch", marker="executorch"),
 )
 PACKAGES = {p.module: (p.distribution, p.extra) for p in PACKAGE_TABLE}
 
@@ -158,9 +159,11 @@ LOADERS = (
     LoaderEntry(frozenset({Format.ONNX}), "runtimes.onnxruntime:load_model", ("onnx",)),
     LoaderEntry(TF_FORMATS, "runtimes.tensorflow:load_model", ("tensorflow",)),
     LoaderEntry(frozenset({Format.TFLITE}), "runtimes.litert:load_model", ("ai_edge_litert",), isolated=True),
+    LoaderEntry(frozenset({Format.EXECUTORCH}), "runtimes.executorch:load_model", ("executorch", "torch"),
+                isolated=True),
 )
 # Formats a runner runs from the file and its signature alone (no framework object to rebuild).
-FILE_FORMATS = frozenset({Format.ONNX, Format.TFLITE})
+FILE_FORMATS = frozenset({Format.ONNX, Format.TFLITE, Format.EXECUTORCH})
 
 # Order matters among routes of equal length: the first that passes verification is kept.
 EDGES = (
@@ -170,6 +173,9 @@ EDGES = (
     ConverterEdge("torch_to_tflite", TORCH_FORMATS - {Format.TORCHSCRIPT}, Format.TFLITE,
                   "converters.torch_to_tflite:convert", ("torch", "litert_torch", "ai_edge_litert"), tag="litert",
                   quantizes=("dynamic", "int8"), int8_io=True),
+    # torch.export + XNNPACK partitioner; TorchScript goes through torch's TS→ExportedProgram converter.
+    ConverterEdge("torch_to_executorch", TORCH_FORMATS, Format.EXECUTORCH, "converters.torch_to_executorch:convert",
+                  ("torch", "executorch"), tag="executorch", quantizes=("dynamic", "int8")),
     ConverterEdge("onnx_to_tflite", frozenset({Format.ONNX}), Format.TFLITE, "converters.onnx_to_tflite:convert",
                   ("onnx2tf", "tensorflow", "onnx", "ai_edge_litert"), tag="onnx2tf"),
     ConverterEdge("onnx_to_saved_model", frozenset({Format.ONNX}), Format.SAVED_MODEL,
@@ -199,6 +205,8 @@ RUNTIMES = (
                  "LiteRT interpreter (XNNPACK delegate on by default)"),
     RuntimeEntry("tensorflow", TF_FORMATS, "runtimes.tensorflow:TensorFlowRunner", ("tensorflow",),
                  "TensorFlow: Keras call / SavedModel serving signature"),
+    RuntimeEntry("executorch", frozenset({Format.EXECUTORCH}), "runtimes.executorch:ExecuTorchRunner",
+                 ("executorch", "torch"), "ExecuTorch (XNNPACK delegate + portable kernels) via its Python bindings"),
     # Browser runtimes come last: a format's default runtime stays the native one.
     RuntimeEntry("onnxruntime-web", frozenset({Format.ONNX}), "runtimes.onnxruntime_web:OnnxRuntimeWebRunner",
                  ("playwright",), "onnxruntime-web WASM in headless Chromium (browser / web view)",
@@ -230,7 +238,8 @@ def runtime_distributions() -> dict:
             if not entry.browser}    # those ship as web assets (package --app web), not pip
 
 
-TARGETS = {"onnx": Format.ONNX, "tflite": Format.TFLITE, "saved_model": Format.SAVED_MODEL}
+TARGETS = {"onnx": Format.ONNX, "tflite": Format.TFLITE, "saved_model": Format.SAVED_MODEL,
+           "executorch": Format.EXECUTORCH}
 
 
 def target_format(name: str) -> Format:

@@ -87,6 +87,8 @@ def print_precisions(result: dict) -> None:
             console.print(f"{row['precision']}: {row['artifact']} via {row['route']}")
         elif "error" in row:
             console.print(f"{row['precision']}: not written — {row['error']}")
+    for row in result.get("skipped") or []:
+        console.print(f"{row['precision']}: not offered — {row['reason']}")
     for row in result["precisions"]:
         for warning in row.get("warnings", []):
             console.print(f"[yellow]warning ({row['precision']}):[/yellow] {warning}")
@@ -103,6 +105,8 @@ def print_export(result: dict) -> None:
         print_routes(result["routes"])
     for hop in result["route"]:
         console.print(f"route: {hop['edge']} via {hop['tool']}")
+        for note in hop.get("notes") or []:
+            console.print(f"  {note}")
     for warning in result["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(f"[green]exported[/green] {result['artifact']} (+ {result['manifest']}) "
@@ -245,3 +249,24 @@ def print_bundle(info: dict) -> None:
     print_contract(info["contract"])
     console.print(f"on the device: cd {info['bundle']} && pip install -r requirements.txt && "
                   "python app.py selftest")
+
+
+def print_seed_story(table: dict) -> None:
+    """One row per (model, runtime): 1-thread latency, speed-up over PyTorch, size, cold start, parity."""
+    out = Table(title="PyTorch for research; for production: ONNX Runtime, LiteRT or ExecuTorch (1 thread)",
+                title_justify="left")
+    for column in ("model", "runtime", "file", "p50 ms", "× torch", "MB", "cold start s", "peak MiB", "max_abs vs source"):
+        out.add_column(column, justify="left" if column in ("model", "runtime", "file") else "right")
+    for row in table["rows"]:
+        if "error" in row:
+            out.add_row(row["model"], row["runtime"], row["file"], "[red]error[/red]", "", "", "", "", row["error"][:60])
+            continue
+        parity = "source" if row["runtime"] == "torch" else _fmt(row["max_abs"])
+        out.add_row(row["model"], row["runtime"], row["file"], _fmt(row["p50_ms"]), _fmt(row.get("speedup_vs_torch")),
+                    f"{row['size_bytes'] / 1e6:.2f}", f"{row['cold_start_s']:.2f}",
+                    f"{row['peak_rss_bytes'] / 2**20:.0f}", parity)
+    console.print(out)
+    imports = [r for r in table["rows"] if r.get("bindings_import_s")]
+    if imports:
+        console.print(f"  ExecuTorch's cold start includes {max(r['bindings_import_s'] for r in imports):.1f} s of "
+                      "importing its Python bindings (torch + the extension): an app links the C++ runtime instead")

@@ -19,7 +19,8 @@ from deploykit.model import LoadedModel
 # Set by the test suite for tests not marked `slow`: a conversion there is a mislabelled test.
 FORBID_ENV = "DEPLOYKIT_TEST_FORBID_CONVERSION"
 
-SUFFIXES = {Format.ONNX: ".onnx", Format.TFLITE: ".tflite", Format.SAVED_MODEL: "_saved_model"}
+SUFFIXES = {Format.ONNX: ".onnx", Format.TFLITE: ".tflite", Format.SAVED_MODEL: "_saved_model",
+            Format.EXECUTORCH: ".pte"}
 
 
 @dataclass
@@ -120,11 +121,21 @@ def _quantized_routes(src: Format, dst: Format, quantize: str, io_dtype: str) ->
         float_routes = registry.plan(src, dst)
         shortest = min((len(r) for r in float_routes), default=0)
         return [r + [step] for r in float_routes if len(r) == shortest]
-    if dst == Format.TFLITE:
+    if dst in (Format.TFLITE, Format.EXECUTORCH):
         # An edge whose int8 makes int8 inputs/outputs cannot serve --io-dtype float.
-        return [r for r in registry.plan(src, dst, max_hops=3) if quantize in r[-1].quantizes
-                and (quantize != "int8" or not r[-1].int8_io or io_dtype == "int8")]
-    raise UsageError(f"--quantize applies to --to onnx or --to tflite, not {dst.value}", "drop --quantize")
+        routes = [r for r in registry.plan(src, dst, max_hops=3) if quantize in r[-1].quantizes
+                  and (quantize != "int8" or not r[-1].int8_io or io_dtype == "int8")]
+        modes = quantize_modes(dst)
+        if not routes and quantize not in modes:
+            raise UsageError(f"--quantize {quantize} is not available for --to {dst.value}",
+                             f"use --quantize {' or '.join(modes)}")
+        return routes
+    raise UsageError(f"--quantize applies to --to onnx, tflite or executorch, not {dst.value}", "drop --quantize")
+
+
+def quantize_modes(dst: Format) -> tuple:
+    """The --quantize modes some edge into ``dst`` applies, in registry order."""
+    return tuple(m for m in registry.QUANTIZE_MODES if any(m in e.quantizes for e in registry.EDGES if e.dst == dst))
 
 
 def run_route(route: list, model: LoadedModel, out: Path, options, checker, calibration: Optional[list] = None,

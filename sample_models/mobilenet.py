@@ -63,7 +63,8 @@ class MobileNetV2(nn.Module):
 
     def forward(self, image):
         features = self.features(image)
-        return self.classifier(features.mean(dim=(2, 3)))
+        # Global average pooling as torchvision writes it (keepdim, then flatten): XNNPACK's mean takes only that form.
+        return self.classifier(features.mean(dim=(2, 3), keepdim=True).flatten(1))
 
     def example_inputs(self):
         image, _label = shapes.dataset(1, self.image_size, seed=7)

@@ -45,14 +45,30 @@ def test_unsupported_target_route_is_a_usage_error(exported, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_can_run_again(tmp_path):
+@pytest.mark.executorch
+def test_demo_runs_end_to_end_with_the_research_vs_production_table(tmp_path):
     from deploykit.demo import run_demo
 
     result = run_demo(str(tmp_path / "demo"), echo=False)
     assert result["passed"], result
-    assert result["steps"][-1]["expected_failure"]["exit_code"] == 4
-    assert run_demo(str(tmp_path / "demo"), echo=False)["passed"]
+    assert result["steps"][-2]["expected_failure"]["exit_code"] == 4
+    story = result["steps"][-1]
+    assert {(r["model"], r["runtime"]) for r in story["rows"]} == \
+        {(m, r) for m in ("two_layer_net", "mobilenet_v2") for r in ("torch", "onnxruntime", "litert", "executorch")}
+    for row in story["rows"]:
+        assert row["p50_ms"] > 0 and row["size_bytes"] > 0 and row["cold_start_s"] > 0, row
+        assert row["runtime"] == "torch" or (row["parity_passed"] and row["max_abs"] < 1e-3), row
+    assert any(r["bindings_import_s"] for r in story["rows"] if r["runtime"] == "executorch")
+
+
+def test_demo_folder_is_reused_but_a_users_folder_is_refused(tmp_path):
+    from deploykit.demo import MARKER, _prepare_dir
+
+    first = _prepare_dir(str(tmp_path / "demo"))
+    (first / "two_layer_net.onnx").write_text("from the last run")
+    assert _prepare_dir(str(tmp_path / "demo")) == first and (first / MARKER).exists()   # a second run may replace
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("user data")
     with pytest.raises(UsageError, match="not made by"):
-        run_demo(str(tmp_path / "mine"), echo=False)
+        _prepare_dir(str(tmp_path / "mine"))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "user data"

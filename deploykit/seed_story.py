@@ -1,0 +1,67 @@
+"""The seed's story, measured: "PyTorch for research; for production: ONNX Runtime, LiteRT or ExecuTorch".
+
+The two-layer net and MobileNetV2 are exported to ONNX, TFLite and ExecuTorch (each verified against its
+source on export), then every artifact and its PyTorch source is benchmarked in its own child process at
+1 thread: one table of latency, size, cold start and parity. `deploykit demo` runs it as its last step.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from deploykit.bench import BenchOptions, bench
+from deploykit.exporting import ExportPlan, export_model
+from deploykit.formats import Format
+from deploykit.routing import SUFFIXES
+
+TARGETS = (Format.ONNX, Format.TFLITE, Format.EXECUTORCH)
+ROWS = ("torch", "onnxruntime", "litert", "executorch")
+# Few iterations: the demo shows the gap (10× and more), not the third digit; `deploykit bench` measures that.
+TIMING = {"warmup": 5, "iterations": 30}
+
+
+def seed_story(folder: Path, sources: dict, exported: dict, debug: bool = False, echo: Callable = None) -> dict:
+    """Export what ``exported`` lacks ({(model, Format): ExportResult}), bench everything, return the table.
+
+    ``sources`` maps a model name to its PyTorch file (the research row and the exports' source).
+    """
+    for name, source in sources.items():
+        for fmt in TARGETS:
+            if (name, fmt) not in exported:
+                out = folder / f"{name}{SUFFIXES[fmt]}"
+                if echo:
+                    echo(f"   export {Path(source).name} → {out.name}")
+                exported[(name, fmt)] = export_model(str(source), fmt, str(out), ExportPlan(force=True, debug=debug))
+    rows = []
+    for name, source in sources.items():
+        files = [str(source)] + [exported[(name, fmt)].artifact for fmt in TARGETS]
+        measured = bench(files, BenchOptions(runtimes=ROWS, threads=(1,), **TIMING))
+        for case in measured["cases"]:
+            rows.append(_row(name, case, exported))
+    return with_speedups({"rows": rows, "timing": TIMING,
+                          "passed": all(r["parity_passed"] is not False and "error" not in r for r in rows)})
+
+
+def _row(name: str, case: dict, exported: dict) -> dict:
+    parity = next((r.parity for (model, _fmt), r in exported.items()
+                   if model == name and Path(r.artifact).resolve() == Path(case["model"]).resolve()), None)
+    outputs = (parity or {}).get("outputs") or []
+    row = {"model": name, "runtime": case["row"], "file": Path(case["model"]).name,
+           "parity_passed": parity.get("passed") if parity else None,
+           "max_abs": max((o["max_abs"] for o in outputs), default=None) if parity else None}
+    if "error" in case:
+        return {**row, "error": case["error"]}
+    return {**row, "p50_ms": case["latency_ms"]["p50"], "size_bytes": case["size_bytes"],
+            "cold_start_s": case["cold_start_s"], "first_result_s": case["time_to_first_result_s"],
+            "peak_rss_bytes": case["peak_rss_bytes"], "ran_on": ", ".join(case.get("providers") or []),
+            "bindings_import_s": case.get("bindings_import_s")}
+
+
+def with_speedups(table: dict) -> dict:
+    """Each production row's speed-up over its model's PyTorch row (same thread count)."""
+    research = {r["model"]: r.get("p50_ms") for r in table["rows"] if r["runtime"] == "torch"}
+    for row in table["rows"]:
+        base = research.get(row["model"])
+        if base and row.get("p50_ms") and row["runtime"] != "torch":
+            row["speedup_vs_torch"] = round(base / row["p50_ms"], 2)
+    return table
