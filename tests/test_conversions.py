@@ -56,6 +56,19 @@ def _covering_cases() -> list:
 CASES = _covering_cases()
 
 
+def _params() -> list:
+    """The cases, each marked with the markers of the packages its edges need (an ExecuTorch case skips alone
+    where ExecuTorch is not installed)."""
+    markers = registry.test_markers()
+    params = []
+    for src, route, mode in CASES:
+        needed = {package for edge in route for package in edge.requires}
+        marks = [getattr(pytest.mark, m) for m, modules in markers.items() if needed & set(modules)]
+        params.append(pytest.param(src, route, mode, marks=marks,
+                                   id=f"{src.value}:{'+'.join(e.name for e in route)}{':' + mode if mode else ''}"))
+    return params
+
+
 def test_every_registered_edge_has_a_case():
     covered = {edge.name for _src, route, _mode in CASES for edge in route}
     missing = {edge.name for edge in registry.EDGES} - covered
@@ -77,8 +90,7 @@ def source_file(samples_dir, keras_samples_dir, exported):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("src, route, mode", CASES,
-                         ids=[f"{s.value}:{'+'.join(e.name for e in r)}{':' + m if m else ''}" for s, r, m in CASES])
+@pytest.mark.parametrize("src, route, mode", _params())
 def test_route_converts_and_every_hop_is_verified(source_file, tmp_path, src, route, mode):
     model = load_model(source_file(src), LoadOptions())
     checker = make_checker(model, VerifyOptions(samples=3))
