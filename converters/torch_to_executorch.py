@@ -20,12 +20,11 @@ import contextlib
 from pathlib import Path
 
 from deploykit.child import CONVERT, pack_samples, run_child, unpack_samples
-from deploykit.constructs import DATA_DEPENDENT_REMEDY, data_dependent_site
+from deploykit.constructs import data_dependence_named
 from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.errors import ConversionError
 from deploykit.formats import Format
 from deploykit.model import LoadedModel, LoadOptions
-from deploykit.text import exception_chain
 
 EXAMPLE_SEED = 1234
 REMEDY = "run with --debug for exir's log; try --to onnx or --to tflite, or report the model to ExecuTorch"
@@ -68,18 +67,12 @@ def job(request: dict, arrays: dict) -> dict:
     inputs = model.spec.inputs
     feeds = random_feeds(ModelSpec(inputs), samples=1, seed=EXAMPLE_SEED)[0]
     example = tuple(torch.from_numpy(feeds[t.name]) for t in inputs)
-    try:
+    with data_dependence_named("ExecuTorch's exporter"):
         program = _exported(model, example)
         if request.get("quantize"):
             calibration = [tuple(torch.from_numpy(f[t.name]) for t in inputs) for f in unpack_samples(arrays)]
             program = _quantized(program, example, request["quantize"], calibration)
         delegated, left_out = _lower_and_write(program, request["out"])
-    except Exception as exc:  # noqa: BLE001 - name the construct when torch.export is what failed
-        site = data_dependent_site(exception_chain(exc))
-        if site:
-            raise ConversionError(f"data-dependent control flow at {site}: torch.export (inside ExecuTorch's "
-                                  "exporter) cannot capture it", DATA_DEPENDENT_REMEDY) from None
-        raise
     artifact = _source_names(describe_file(request["out"]), model.spec)
     placement = artifact["details"]["delegation"]
     return {"tool": f"executorch {et_version} to_edge_transform_and_lower + XnnpackPartitioner "

@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.child import CONVERT, run_child
-from deploykit.constructs import DATA_DEPENDENT_REMEDY, data_dependent_site
+from deploykit.constructs import data_dependence_named
 from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.errors import ConversionError
 from deploykit.formats import Format
 from deploykit.model import LoadedModel, LoadOptions
-from deploykit.text import exception_chain
 
 EXAMPLE_SEED = 1234
 
@@ -67,17 +66,11 @@ def job(request: dict, arrays: dict) -> dict:
     feeds = random_feeds(ModelSpec(inputs), samples=1, seed=EXAMPLE_SEED)[0]
     example = tuple(torch.from_numpy(feeds[t.name]) for t in inputs)
     module = model.details["exported_program"].module() if "exported_program" in model.details else model.handle
-    try:
+    with data_dependence_named("litert-torch"):
         if request.get("quantize"):
             _convert_quantized(module, example, request["quantize"], arrays, [t.name for t in inputs], request["out"])
         else:
             litert_torch.convert(module, example).export(request["out"])
-    except Exception as exc:  # noqa: BLE001 - name the construct when torch.export is what failed
-        site = data_dependent_site(exception_chain(exc))
-        if site:
-            raise ConversionError(f"data-dependent control flow at {site}: torch.export (inside litert-torch) "
-                                  "cannot capture it", DATA_DEPENDENT_REMEDY) from None
-        raise
     version = getattr(litert_torch, "__version__", "")
     return {"tool": f"litert-torch {version} (torch {torch.__version__})".replace("  ", " "),
             "artifact": describe_file(request["out"])}

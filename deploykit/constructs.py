@@ -5,6 +5,7 @@ Framework-free: they read error text and warnings, so any converter may use them
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -25,3 +26,20 @@ def data_dependent_site(error_text, baked_warnings=()) -> str:
         if "boolean" in str(warning.message) or "Python value" in str(warning.message):
             return f"{os.path.basename(warning.filename)}:{warning.lineno} (a tensor converted to a Python value)"
     return ""
+
+
+@contextlib.contextmanager
+def data_dependence_named(tool: str):
+    """Inside a converter child: a torch.export failure on data-dependent control flow becomes a ConversionError
+    naming the user's line and the remedy; any other failure passes through unchanged."""
+    from deploykit.errors import ConversionError
+    from deploykit.text import exception_chain
+
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - the exporters raise many types
+        site = data_dependent_site(exception_chain(exc))
+        if site:
+            raise ConversionError(f"data-dependent control flow at {site}: torch.export (inside {tool}) cannot "
+                                  "capture it", DATA_DEPENDENT_REMEDY) from None
+        raise
