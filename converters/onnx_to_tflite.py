@@ -41,7 +41,8 @@ def convert_saved_model(model: LoadedModel, out_path: Path, options: ExportOptio
 
 def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check, saved_model: bool):
     nhwc = _channels_last_inputs(model)
-    payload = {"onnx": model.path, "out": str(out_path), "saved_model": saved_model, "keep_nhwc": nhwc,
+    pins = _pins(model)
+    payload = {"onnx": model.path, "out": str(out_path), "saved_model": saved_model, "keep_nhwc": nhwc, "pins": pins,
                "keep_nchw": [t.name for t in model.spec.inputs if len(t.shape or ()) in NCHW_TO_NHWC
                              and t.name not in nhwc] if options.keep_layout else []}
     info = run_child("converters.onnx_to_tflite:job", payload, stage=CONVERT, what="onnx2tf", timeout=options.timeout,
@@ -56,10 +57,46 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
     result.input_perms = _perms(model.spec.inputs, written.inputs, to_artifact=True)
     result.output_perms = _perms(model.spec.outputs, written.outputs, to_artifact=False)
     layout = {"inputs": result.input_perms, "outputs": result.output_perms}
+    if pins:
+        result.notes.append("dynamic dims pinned in the graph onnx2tf received (from --input / the feeds' shapes): "
+                            + ", ".join(f"{name}[{axis}]={size}" for name, dims in pins.items()
+                                        for axis, size in dims.items()))
     accept(result, check, options, "onnx2tf", "onnx2tf", "try --via litert, or simplify the ONNX graph first", layout)
     if any(result.output_perms.values()):
         result.notes.append(f"onnx2tf made outputs channels-last; recorded permutations {result.output_perms}")
     return result
+
+
+def _pins(model: LoadedModel) -> dict:
+    """{input: {axis: size}} for the dims the file leaves dynamic (beyond the batch axis) but the model's signature
+    makes concrete — the user's --input, which is law: onnx2tf must receive a graph with those dims, or it fails
+    inside on unknown shapes (or writes a model with dynamic dims deploykit cannot feed)."""
+    graph = read_onnx(model.path).graph
+    declared = {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+                for i in graph.input}
+    pins = {}
+    for tensor in model.spec.inputs:
+        dims = declared.get(tensor.name) or []
+        fixed = {axis: size for axis, (size, had) in enumerate(zip(tensor.shape, dims))
+                 if had is None and isinstance(size, int) and size > 0 and axis > 0}
+        if fixed:
+            pins[tensor.name] = fixed
+    return pins
+
+
+def _pin_dims(path: Path, pins: dict) -> None:
+    """Write the concrete dims into the graph's inputs and infer every shape downstream (onnx's shape inference)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    for graph_input in proto.graph.input:
+        for axis, size in (pins.get(graph_input.name) or {}).items():
+            dim = graph_input.type.tensor_type.shape.dim[int(axis)]
+            dim.ClearField("dim_param")
+            dim.dim_value = int(size)
+    for value in proto.graph.value_info:       # stale symbolic shapes would contradict the pinned ones
+        value.type.tensor_type.ClearField("shape")
+    onnx.save(onnx.shape_inference.infer_shapes(proto), str(path))
 
 
 def _channels_last_inputs(model: LoadedModel) -> list:
@@ -118,6 +155,8 @@ def job(payload: dict, arrays: dict) -> dict:
         scratch = Path(tmp)
         source = scratch / "model.onnx"
         shutil.copyfile(payload["onnx"], source)
+        if payload.get("pins"):
+            _pin_dims(source, payload["pins"])
         np.save(scratch / CALIBRATION_FILE, np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
         folder = scratch / "out"
         import os

@@ -102,6 +102,8 @@ def _export(source: str, dst: Format, output: Optional[str], plan: ExportPlan) -
     if plan.contract:      # labels that do not fit, or --normalize without an image input: say so before converting
         _contract(model, model, plan.contract, {})
     checker = make_checker(model, verify)
+    if not isinstance(model, PendingModel):
+        checker.feeds(1)    # a dim only the user can fix fails now, named in the source's layout — not after converting
     options = ExportOptions(opset=plan.opset, dynamic_batch=plan.dynamic_batch, optimize=plan.optimize,
                             samples=verify.samples, timeout=verify.timeout, debug=plan.debug,
                             keep_layout=plan.keep_layout, quantize=mode,

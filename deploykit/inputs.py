@@ -85,7 +85,8 @@ def _random_tensor(tensor: TensorSpec, rng: np.random.Generator, kind: str, batc
 def load_npz(path: "str | Path", spec: ModelSpec) -> list:
     """Load user inputs from ``.npz``: one array per input name.
 
-    An array may carry one extra leading axis of K samples; each becomes one feed.
+    An array may carry one extra leading axis of K samples; each becomes one feed. For an input whose batch is 1,
+    K samples stacked on the batch axis itself ((K, 32) for (1, 32)) are K feeds as well.
     A single-input model accepts any one array name.
     """
     from deploykit.fsutil import require_regular_file
@@ -146,6 +147,9 @@ def _split_samples(tensor: TensorSpec, array: np.ndarray, path: Path) -> list:
     rank = len(tensor.shape)
     if array.ndim == rank + 1:
         candidates = list(array)
+    elif _stacked_on_batch(tensor, array):
+        # Samples stacked on a batch axis of 1, (N, 32) for a (1, 32) input: onnx2tf's and most tutorials' form.
+        candidates = [array[i:i + 1] for i in range(len(array))]
     elif array.ndim == rank:
         candidates = [array]
     else:
@@ -154,6 +158,15 @@ def _split_samples(tensor: TensorSpec, array: np.ndarray, path: Path) -> list:
     for value in candidates:
         _check_shape(tensor, value, path)
     return [_cast(tensor, value, path) for value in candidates]
+
+
+def _stacked_on_batch(tensor: TensorSpec, array: np.ndarray) -> bool:
+    """True when the array can only mean N samples of a batch-1 input: same rank, a batch of 1 in the signature,
+    more than one row here, and every other concrete dim matching."""
+    shape = tuple(tensor.shape)
+    if not shape or array.ndim != len(shape) or shape[0] != 1 or array.shape[0] < 2:
+        return False
+    return all(not (isinstance(want, int) and want >= 0) or want == got for want, got in zip(shape[1:], array.shape[1:]))
 
 
 def _check_shape(tensor: TensorSpec, value: np.ndarray, path: Path) -> None:

@@ -33,6 +33,23 @@ def test_npz_with_sample_axis_and_casting(tmp_path):
     assert len(feeds) == 3 and feeds[0]["x"].dtype == np.float32 and feeds[0]["ids"].dtype == np.int64
 
 
+def test_npz_samples_stacked_on_a_batch_of_one_are_separate_feeds(tmp_path):
+    """(N, 32) for a (1, 32) input is onnx2tf's and most tutorials' calibration form: N feeds of (1, 32)."""
+    spec = ModelSpec((TensorSpec("ids", (1, 32), "int64"),))
+    np.savez(tmp_path / "stacked.npz", ids=np.arange(5 * 32).reshape(5, 32))
+    feeds = load_npz(tmp_path / "stacked.npz", spec)
+    assert len(feeds) == 5 and feeds[2]["ids"].shape == (1, 32) and feeds[2]["ids"][0, 0] == 64
+    np.savez(tmp_path / "documented.npz", ids=np.zeros((5, 1, 32), np.int64))       # the documented form still works
+    assert len(load_npz(tmp_path / "documented.npz", spec)) == 5
+    np.savez(tmp_path / "single.npz", ids=np.zeros((1, 32), np.int64))
+    assert len(load_npz(tmp_path / "single.npz", spec)) == 1
+    np.savez(tmp_path / "wrong.npz", ids=np.zeros((5, 33), np.int64))                # not unambiguous: refused
+    with pytest.raises(UsageError, match=r"shape \(5, 33\)"):
+        load_npz(tmp_path / "wrong.npz", spec)
+    dynamic = ModelSpec((TensorSpec("ids", ("batch", 32), "int64"),))                # a real batch: one feed of 5
+    assert len(load_npz(tmp_path / "stacked.npz", dynamic)) == 1
+
+
 @pytest.mark.parametrize("arrays, message", [
     ({"x": np.ones((2, 3), np.float32)}, "lacks input"),
     ({"x": np.ones((2, 4), np.float32), "ids": np.zeros((2, 5), np.int64)}, "shape"),
