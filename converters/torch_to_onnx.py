@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from deploykit.constructs import data_dependent_site
-from deploykit.conversion import Check, ConversionResult, ExportOptions
+from deploykit.conversion import Check, ConversionResult, ExportOptions, acceptable
 from deploykit.errors import ConversionError, Outcome, exhaustion
 from deploykit.formats import Format
 from deploykit.inputs import random_feeds
@@ -52,7 +52,7 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
         baked += [w for w in caught if _is_user_tracer_warning(w)]
         report = check(out_path, samples)
         _record(result, name, report.passed, report.summary())
-        if report.passed:
+        if acceptable(report, options):
             result.tool, result.parity = tool, report
             _explain_fallback(result, name, dynamo_error, baked, samples)
             break
@@ -155,7 +155,7 @@ def _optimize(out_path: Path, options: ExportOptions, result: ConversionResult, 
         slim_path.unlink(missing_ok=True)
         return
     report = check(slim_path, options.samples)
-    if report.passed:
+    if acceptable(report, options):
         os.replace(slim_path, out_path)
         for side in slim_path.parent.iterdir():      # external data, when the model is that large
             os.replace(side, out_path.parent / side.name)

@@ -48,7 +48,7 @@ def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force
            opset: Optional[int] = None, dynamic_batch: bool = False, optimize: bool = True,
            via: Optional[str] = None, route: str = "first", keep_layout: bool = False,
            quantize: Optional[QuantizeOptions] = None, report: Optional[str] = None, debug: bool = False,
-           contract=None):
+           contract=None, keep_unverified: bool = False):
     """Convert ``source`` to ``to`` (onnx, tflite, saved_model), verify it against the source, write
     the artifact and its manifest. Returns an ExportResult (``.passed``, ``.artifact``, ``.to_dict()``).
 
@@ -59,14 +59,15 @@ def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force
     every precision and returns their comparison table (``report`` = folder for precisions.html).
     ``contract=ContractChoices(labels_file=, normalize=, task=)`` records what the model's inputs and outputs
     mean in the manifest's contract (`package` builds on it). Raises ConversionError (exit 4) when no route gives
-    an artifact that matches.
+    an artifact that matches. ``keep_unverified`` keeps an artifact whose parity cannot tell (the source's output
+    does not depend on its input), marked ``unverified`` in the result and the manifest (CLI exit 6).
     """
     from deploykit.exporting import ExportPlan, export_model
 
     dst = registry.target_format(to)
     plan = ExportPlan(force=force, load=load or LoadOptions(timeout=verify.timeout), verify=verify, opset=opset,
                       dynamic_batch=dynamic_batch, optimize=optimize, via=via, route=route, keep_layout=keep_layout,
-                      quantize=quantize, debug=debug, contract=contract)
+                      quantize=quantize, debug=debug, contract=contract, keep_unverified=keep_unverified)
     if report and not (quantize and quantize.mode == "all"):
         raise UsageError("--report on export needs --quantize all",
                          "add --quantize all, or use `deploykit bench SOURCE ARTIFACT --report DIR`")

@@ -109,6 +109,16 @@ class Checker:
         self.last_runtime = result.ran_on
         return references, [parity.permute(o, layout.get("outputs")) for o in result.outputs]
 
+    def uninformative_reason(self) -> str:
+        """Why the source's outputs on the feeds checked so far prove nothing ("" when they can): an output that is
+        ~0, constant, or the same for every sample (a random-init network's collapse)."""
+        outputs = list(self.reference._cache.values())
+        if len(outputs) < 2:
+            return ""
+        reasons = [f"{name}: {why}" for name in outputs[0]
+                   for why in [parity.degenerate_reason([o[name] for o in outputs if name in o])] if why]
+        return "; ".join(reasons) if len(reasons) == len(outputs[0]) else ""
+
     def runtimes_for(self, candidate: Artifact) -> list:
         """Every --runtime that runs the candidate's format, in order ([None]: the format's default runtime)."""
         names = [name for name in self.runtimes

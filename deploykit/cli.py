@@ -63,6 +63,13 @@ def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, device="
                          timeout=timeout, device=device, xnnpack=xnnpack, runtimes=tuple(runtimes or ()))
 
 
+def _export_exit_code(data: dict) -> int:
+    """0 verified; 6 kept with --keep-unverified (parity proves nothing); 1 a failed check."""
+    if data.get("unverified"):
+        return 6
+    return 0 if data.get("passed", True) else 1
+
+
 @app.command()
 def export(
     source: Annotated[str, typer.Argument(help="Model file (TorchScript .pt, torch.export .pt2, Keras .keras/.h5, "
@@ -97,6 +104,9 @@ def export(
                         "(int8 also opens litert-torch's PT2E route for PyTorch programs).")] = "float",
     report: Annotated[Optional[str], typer.Option("--report", help="With --quantize all: write precisions.html "
                       "(size, latency and agreement of every precision, plotted) into this folder.")] = None,
+    keep_unverified: Annotated[bool, typer.Option("--keep-unverified", help="Keep an artifact whose parity cannot "
+                               "tell (the source's output does not depend on its input: random-init weights, say), "
+                               "marked unverified in the manifest; exit 6.")] = False,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Simplify the graph with onnxslim "
                                            "(kept only if parity still holds).")] = True,
     labels: Labels = None, normalize: Normalize = None, task: Task = None,
@@ -123,9 +133,9 @@ def export(
                           dynamic_batch=dynamic_batch, optimize=optimize, via=via, route=route,
                           keep_layout=keep_layout, quantize=plan, report=report, debug=debug,
                           contract=ContractChoices(labels, normalize, task) if labels or normalize or task
-                          else None).to_dict()
+                          else None, keep_unverified=keep_unverified).to_dict()
 
-    _run(action, as_json, debug, _lazy("print_export"), lambda data: 0 if data.get("passed", True) else 1)
+    _run(action, as_json, debug, _lazy("print_export"), _export_exit_code)
 
 
 @app.command()

@@ -42,6 +42,13 @@ class ExportOptions:
     io_dtype: str = "float"         # int8 TFLite: float or int8 inputs/outputs
     # Calibration feeds for the edge's input model (renamed and permuted by the routing).
     calibration_feeds: Optional[Callable] = None
+    keep_unverified: bool = False   # accept an artifact whose parity cannot tell (a reference that ignores its input)
+
+
+def acceptable(report: ParityReport, options: ExportOptions) -> bool:
+    """A check's report lets the hop stand: it passed, or (with --keep-unverified) nothing differed but the
+    reference could not tell — the artifact is kept and marked unverified."""
+    return report.passed or (options.keep_unverified and report.uninformative_only)
 
 
 @dataclass
@@ -88,7 +95,7 @@ def accept(result: ConversionResult, check: Check, options: ExportOptions, tag: 
                               outcome=outcome or Outcome.ARTIFACT_RUN_FAILED) from None
     result.attempts.append({"tool": tag, "ok": report.passed, "why": report.summary()})
     result.parity, result.artifact = report, artifact
-    if not report.passed:
+    if not acceptable(report, options):
         raise ConversionError(f"the {what} model does not match the source: {report.summary()}", remedy,
                               details={"parity": report.to_dict()}, outcome=Outcome.MISMATCH)
     return result

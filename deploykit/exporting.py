@@ -41,6 +41,7 @@ class ExportPlan:
     quantize: Optional[QuantizeOptions] = None
     debug: bool = False
     contract: Optional[contracts.ContractChoices] = None     # --labels / --normalize / --task, recorded in the manifest
+    keep_unverified: bool = False     # keep an artifact whose parity cannot tell, marked unverified (exit 6)
 
     def __post_init__(self) -> None:
         check_choice(self.route, ROUTES, "--route")
@@ -59,13 +60,14 @@ class ExportResult:
     seconds: float = 0.0
     routes: list = field(default_factory=list)    # every route tried: passed, outcome, error, metrics, latency
     opened: object = None                         # the published Artifact object (runs itself; not in JSON)
+    unverified: bool = False                      # kept with --keep-unverified: its parity proves nothing
 
     @property
     def passed(self) -> bool:
         return bool(self.parity.get("passed"))
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "artifact": self.artifact, "manifest": self.manifest, "route": self.route,
+        return {"passed": self.passed, "unverified": self.unverified, "artifact": self.artifact, "manifest": self.manifest, "route": self.route,
                 "parity": self.parity, "warnings": self.warnings, "seconds": round(self.seconds, 3),
                 "routes": self.routes}
 
@@ -107,7 +109,7 @@ def _export(source: str, dst: Format, output: Optional[str], plan: ExportPlan) -
     options = ExportOptions(opset=plan.opset, dynamic_batch=plan.dynamic_batch, optimize=plan.optimize,
                             samples=verify.samples, timeout=verify.timeout, debug=plan.debug,
                             keep_layout=plan.keep_layout, quantize=mode,
-                            io_dtype=quantize.io_dtype if quantize else "float")
+                            io_dtype=quantize.io_dtype if quantize else "float", keep_unverified=plan.keep_unverified)
     calibration, calibration_info = _calibration(model, quantize)
     final_tolerance = tolerance_for(PRECISION_OF[mode], verify.atol, verify.rtol) if mode else None
     final_feeds = _judging_feeds(model, quantize, calibration, calibration_info, verify)
@@ -121,6 +123,7 @@ def _export(source: str, dst: Format, output: Optional[str], plan: ExportPlan) -
                                           calibration[0] if calibration else None, final_tolerance, final_feeds))
             if runs[-1].passed and not route_all:
                 break
+            _refuse_uninformative(runs[-1], checker, plan.keep_unverified)
         if isinstance(model, PendingModel):
             model.result()        # a source that does not load is the error to report, not the routes
         if route_all:
@@ -134,8 +137,24 @@ def _export(source: str, dst: Format, output: Optional[str], plan: ExportPlan) -
     data = _write_manifest(artifact, model, chosen, runs, [m[1] for m in moves[:-1]], mode, calibration_info,
                            contract, plan.contract)
     warnings = [w for hop in chosen.hops for w in hop.warnings] + calibration_info.get("warnings", [])
+    if chosen.unverified:
+        warnings.append(f"UNVERIFIED (kept with --keep-unverified): {chosen.final.parity.summary()}")
     return ExportResult(str(out), str(manifest.manifest_path(out)), data["route"], data["parity"], warnings,
-                        time.perf_counter() - started, data["routes"], artifact)
+                        time.perf_counter() - started, data["routes"], artifact, unverified=chosen.unverified)
+
+
+UNINFORMATIVE_REMEDY = ("give trained weights (random-init networks collapse to ~0), realistic inputs with --inputs, "
+                        "or an output before its softmax; or --keep-unverified to keep the artifact, marked unverified "
+                        "(exit 6)")
+
+
+def _refuse_uninformative(run, checker: Checker, keep_unverified: bool) -> None:
+    """A route that failed because the source's output ignores its input: no other route can do better, and
+    "conversion failed" would be the wrong cause. Say what was seen and stop."""
+    why = "" if run.passed or keep_unverified else checker.uninformative_reason()
+    if why:
+        raise UsageError(f"the source's output does not depend on its input, so no export can be verified: {why}",
+                         UNINFORMATIVE_REMEDY)
 
 
 def measure_latency(artifact, feeds: dict, timeout: float) -> Optional[float]:
@@ -177,6 +196,7 @@ def _write_manifest(artifact, model: LoadedModel, chosen, runs: list, extra_file
                           artifact_sha256=artifact.sha256)
     data["routes"] = [dict(r.to_dict(), chosen=r is chosen) for r in runs]
     data["precision"] = mode or "fp32"
+    data["verified"] = not chosen.unverified     # False: kept with --keep-unverified, its parity proves nothing
     data["contract"] = contract
     if choices:
         data["contract_choices"] = choices.to_dict()

@@ -103,6 +103,13 @@ class ParityReport:
         return not self.problems and all(o.passed for o in self.outputs)
 
     @property
+    def uninformative_only(self) -> bool:
+        """Nothing differs, but some output cannot tell (a constant or ~0 reference): unverified, not failed."""
+        return (not self.problems and bool(self.outputs) and all(o.status in ("pass", "uninformative")
+                                                                  for o in self.outputs)
+                and any(o.status == "uninformative" for o in self.outputs))
+
+    @property
     def failing_samples(self) -> list:
         return sorted({s for o in self.outputs for s in o.failing_samples})
 
@@ -213,8 +220,9 @@ def _compare_float(result: OutputResult, refs: list, cands: list, tol: Tolerance
                                                                                                   got_all))
     elif degenerate:
         result.status = "uninformative"
-        result.reason = (f"{degenerate}, so matching proves nothing — compare logits instead of "
-                         "probabilities, or give realistic inputs with --inputs")
+        result.reason = (f"{degenerate} (max |reference| {scale:.3g} over {len(refs)} samples), so matching proves "
+                         "nothing — give trained weights (random-init networks collapse), realistic inputs with "
+                         "--inputs, or logits rather than probabilities")
     return result
 
 
@@ -276,6 +284,16 @@ def _fill_topk(result: OutputResult, refs: list, cands: list) -> None:
     if result.shape[1] >= 5:
         got_top5 = np.argsort(-got, axis=1)[:, :5]
         result.top5_agreement = float(np.mean([t in row for t, row in zip(ref_top1, got_top5)]))
+
+
+def degenerate_reason(refs: list) -> str:
+    """Why one output's reference values (one array per sample) cannot tell a right candidate from a wrong one,
+    with the largest |value| seen; "" when they can."""
+    ref_all = np.concatenate([np.asarray(r, np.float64).ravel() for r in refs]) if refs else np.zeros(0)
+    finite = ref_all[np.isfinite(ref_all)]
+    scale = float(np.abs(finite).max()) if finite.size else 0.0
+    reason = _degenerate_reason(refs, ref_all, scale) if ref_all.size else ""
+    return f"{reason} (max |reference| {scale:.3g} over {len(refs)} samples)" if reason else ""
 
 
 def _degenerate_reason(refs: list, ref_all: np.ndarray, scale: float) -> str:

@@ -32,6 +32,7 @@ class RouteRun:
     error: Optional[ConversionError] = None
     latency_ms: Optional[float] = None
     outcome: Outcome = Outcome.OK                  # of the hop that ended the route (OK when it passed)
+    keep_unverified: bool = False                  # --keep-unverified: a route whose parity cannot tell stands
 
     @property
     def name(self) -> str:
@@ -39,8 +40,14 @@ class RouteRun:
 
     @property
     def passed(self) -> bool:
-        return self.error is None and bool(self.hops) and self.hops[-1].parity is not None \
-            and self.hops[-1].parity.passed
+        final = self.hops[-1].parity if self.hops else None
+        return self.error is None and final is not None and (
+            final.passed or (self.keep_unverified and final.uninformative_only))
+
+    @property
+    def unverified(self) -> bool:
+        """Kept under --keep-unverified although its parity proves nothing."""
+        return self.passed and not self.hops[-1].parity.passed
 
     @property
     def final(self):
@@ -148,7 +155,7 @@ def run_route(route: list, model: LoadedModel, out: Path, options, checker, cali
     if os.environ.get(FORBID_ENV) and any(edge.target.startswith("converters.") for edge in route):
         getattr(model, "result", lambda: None)()     # a source that does not load fails as itself first
         raise AssertionError("this test converts a model: mark it `slow` (the quick loop never converts)")
-    run, current, started = RouteRun(route), model, time.perf_counter()
+    run, current, started = RouteRun(route, keep_unverified=options.keep_unverified), model, time.perf_counter()
     previous_layout: dict = {}
     try:
         for index, edge in enumerate(route):

@@ -119,9 +119,11 @@ def exported(samples_dir, tmp_path_factory) -> dict:
     return get
 
 
-def run_cli(*args: str, cwd: "Path | None" = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the real command in a child process: exit code, stdout and stderr as a user sees them."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def run_cli(*args: str, cwd: "Path | None" = None, timeout: float = 600,
+            extra_path: "str | None" = None) -> subprocess.CompletedProcess:
+    """Run the real command in a child process: exit code, stdout and stderr as a user sees them (``extra_path``:
+    a folder of the user's own modules, e.g. a model factory, on PYTHONPATH)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [extra_path, str(ROOT)])))
     return subprocess.run([sys.executable, "-m", "deploykit.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=timeout)
 

@@ -44,3 +44,40 @@ def test_input_shapes_pin_an_onnx_sources_dynamic_dims_for_onnx2tf(tmp_path):
     notes = [n for hop in json.loads(Path(result.manifest).read_text())["route"] for n in hop["notes"]]
     assert any("pinned" in n and "x[1]=32" in n for n in notes), notes
     assert result.opened.spec.inputs[0].shape in ((1, 32, 16), (1, 16, 32))     # onnx2tf may move channels last
+
+
+COLLAPSING_FACTORY = '''
+import torch
+
+def collapsing_net():
+    """Ten tiny random linear layers: the output is ~1e-30 whatever the input (a random-init net's collapse)."""
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(10):
+        layer = torch.nn.Linear(16, 16)
+        torch.nn.init.normal_(layer.weight, std=1e-3)
+        torch.nn.init.zeros_(layer.bias)
+        layers += [layer, torch.nn.Tanh()]
+    return torch.nn.Sequential(*layers).eval()
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.onnxruntime
+def test_an_output_that_ignores_its_input_is_named_and_can_be_kept_unverified(tmp_path):
+    (tmp_path / "collapsing.py").write_text(COLLAPSING_FACTORY)
+    env_path = str(tmp_path)
+    args = ["export", "collapsing:collapsing_net", "--input", "input:1x16", "--to", "onnx"]
+    proc = run_cli(*args, "-o", str(tmp_path / "refused.onnx"), cwd=tmp_path, extra_path=env_path)
+    assert_clean_error(proc, 2, "the source's output does not depend on its input", "max |reference|",
+                       "near) zero everywhere", "trained weights", "--keep-unverified")
+    assert "every route failed" not in proc.stderr and "--opset" not in proc.stderr
+    assert not (tmp_path / "refused.onnx").exists()
+    proc = run_cli(*args, "-o", str(tmp_path / "kept.onnx"), "--keep-unverified", "--json", cwd=tmp_path,
+                   extra_path=env_path)
+    assert proc.returncode == 6, proc.stderr[-2000:]
+    data = json.loads(proc.stdout)
+    assert data["unverified"] and not data["passed"] and any("UNVERIFIED" in w for w in data["warnings"])
+    manifest = json.loads((tmp_path / "kept.onnx.deploykit.json").read_text())
+    assert manifest["verified"] is False and (tmp_path / "kept.onnx").exists()
