@@ -65,8 +65,10 @@ def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, device="
 
 def _export_exit_code(data: dict) -> int:
     """0 verified; 6 kept with --keep-unverified (parity proves nothing); 1 a failed check."""
+    from deploykit.errors import EXIT_UNVERIFIED
+
     if data.get("unverified"):
-        return 6
+        return EXIT_UNVERIFIED
     return 0 if data.get("passed", True) else 1
 
 

@@ -19,6 +19,7 @@ EXIT_VERIFY_FAILED = 1
 EXIT_USAGE = 2
 EXIT_MISSING_DEPENDENCY = 3
 EXIT_CONVERSION_FAILED = 4
+EXIT_UNVERIFIED = 6            # export --keep-unverified kept an artifact whose parity proves nothing
 
 
 class Outcome(str, enum.Enum):
