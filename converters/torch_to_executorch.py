@@ -20,7 +20,7 @@ import contextlib
 from pathlib import Path
 
 from deploykit.child import CONVERT, pack_samples, run_child, unpack_samples
-from deploykit.constructs import data_dependence_named
+from deploykit.constructs import data_dependence_named, refuse_fused_fastpath
 from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.errors import ConversionError
 from deploykit.formats import Format
@@ -98,7 +98,9 @@ def _exported(model: LoadedModel, example: tuple):
     if "exported_program" in model.details:
         return model.details["exported_program"]
     if model.format == Format.TORCHSCRIPT:
-        from torch._export.converter import TS2EPConverter   # private; the ONNX edge's fallback uses it too
+        from torch._export.converter import TS2EPConverter
+
+        refuse_fused_fastpath(model.handle, "torch's TorchScript converter (hence ExecuTorch)")   # private; the ONNX edge's fallback uses it too
 
         return TS2EPConverter(model.handle, example).convert()
     return torch.export.export(model.handle.eval(), example)

@@ -11,7 +11,7 @@ import os
 import warnings
 from pathlib import Path
 
-from deploykit.constructs import data_dependent_site
+from deploykit.constructs import data_dependent_site, refuse_fused_fastpath
 from deploykit.conversion import Check, ConversionResult, ExportOptions, acceptable
 from deploykit.errors import ConversionError, Outcome, exhaustion
 from deploykit.formats import Format
@@ -29,6 +29,7 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
     external = _weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
     example = _example_args(model, options)
     if model.format == Format.TORCHSCRIPT:
+        refuse_fused_fastpath(model.handle, "the ONNX exporters")
         # torch.export cannot read a ScriptModule: the TorchScript exporter is its native path, and
         # torch's TorchScript -> ExportedProgram converter feeds the dynamo exporter when that fails.
         strategies = [("torchscript", _export_legacy, options.samples), ("ts2ep+dynamo", _export_ts2ep, options.samples)]

@@ -43,3 +43,34 @@ def data_dependence_named(tool: str):
             raise ConversionError(f"data-dependent control flow at {site}: torch.export (inside {tool}) cannot "
                                   "capture it", DATA_DEPENDENT_REMEDY) from None
         raise
+
+
+# PyTorch's fused inference fast path (nn.TransformerEncoder / MultiheadAttention in eval mode, no grad): a trace
+# records these single ops, which no exporter (ONNX, torch.export consumers) converts.
+FASTPATH_OPS = ("aten::_transformer_encoder_layer_fwd", "aten::_native_multi_head_attention",
+                "aten::_transformer_decoder_only_layer_fwd")
+FASTPATH_REMEDY = ("trace the model again with the fast path off — torch.backends.mha.set_fastpath_enabled(False) "
+                   "before torch.jit.trace — or export it with torch.export (.pt2), which does not take the fast path")
+
+
+def fused_fastpath_ops(module) -> dict:
+    """{op: count} of PyTorch's fused fast-path ops in a TorchScript module's graph ({} for anything else)."""
+    graph = getattr(module, "inlined_graph", None)
+    if graph is None:
+        return {}
+    found: dict = {}
+    for node in graph.nodes():
+        if node.kind() in FASTPATH_OPS:
+            found[node.kind()] = found.get(node.kind(), 0) + 1
+    return found
+
+
+def refuse_fused_fastpath(module, what: str) -> None:
+    """Raise ConversionError naming the fused fast-path ops a traced module carries, and the remedy."""
+    from deploykit.errors import ConversionError
+
+    found = fused_fastpath_ops(module)
+    if found:
+        ops = ", ".join(f"{op} ×{count}" for op, count in found.items())
+        raise ConversionError(f"the TorchScript archive was traced through PyTorch's fused fast path ({ops}), which "
+                              f"{what} cannot convert", FASTPATH_REMEDY)
