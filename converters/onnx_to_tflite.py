@@ -16,6 +16,7 @@ onnx2tf's traps (FIELD-NOTES) and how they are handled here:
 """
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -57,6 +58,9 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
     result.input_perms = _perms(model.spec.inputs, written.inputs, to_artifact=True)
     result.output_perms = _perms(model.spec.outputs, written.outputs, to_artifact=False)
     layout = {"inputs": result.input_perms, "outputs": result.output_perms}
+    if info.get("renamed"):
+        examples = ", ".join(f"{old!r} → {new!r}" for old, new in list(info["renamed"].items())[:3])
+        result.notes.append(f"renamed {len(info['renamed'])} tensor name(s) onnx2tf cannot take, e.g. {examples}")
     if pins:
         result.notes.append("dynamic dims pinned in the graph onnx2tf received (from --input / the feeds' shapes): "
                             + ", ".join(f"{name}[{axis}]={size}" for name, dims in pins.items()
@@ -84,19 +88,59 @@ def _pins(model: LoadedModel) -> dict:
     return pins
 
 
-def _pin_dims(path: Path, pins: dict) -> None:
-    """Write the concrete dims into the graph's inputs and infer every shape downstream (onnx's shape inference)."""
+def _prepare_copy(path: Path, pins: dict) -> dict:
+    """Make onnx2tf's scratch copy of the graph one it can take: the user's dims pinned (and every shape downstream
+    inferred by onnx's shape inference), and tensor names it cannot take renamed. Returns {old: new} names."""
     import onnx
 
     proto = onnx.load(str(path))
-    for graph_input in proto.graph.input:
-        for axis, size in (pins.get(graph_input.name) or {}).items():
-            dim = graph_input.type.tensor_type.shape.dim[int(axis)]
-            dim.ClearField("dim_param")
-            dim.dim_value = int(size)
-    for value in proto.graph.value_info:       # stale symbolic shapes would contradict the pinned ones
-        value.type.tensor_type.ClearField("shape")
-    onnx.save(onnx.shape_inference.infer_shapes(proto), str(path))
+    if pins:
+        for graph_input in proto.graph.input:
+            for axis, size in (pins.get(graph_input.name) or {}).items():
+                dim = graph_input.type.tensor_type.shape.dim[int(axis)]
+                dim.ClearField("dim_param")
+                dim.dim_value = int(size)
+        for value in proto.graph.value_info:       # stale symbolic shapes would contradict the pinned ones
+            value.type.tensor_type.ClearField("shape")
+    renamed = _sanitize_names(proto.graph)
+    onnx.save(onnx.shape_inference.infer_shapes(proto) if pins else proto, str(path))
+    return renamed
+
+
+_NAME_OK = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*$")
+
+
+def _sanitize_names(graph) -> dict:
+    """Rename tensors (and nodes) whose names onnx2tf cannot take — TensorFlow-style "input:0", "@", a leading
+    digit — to close, unique names; the converted model is matched to the source by position, as any renaming
+    converter's is. Subgraphs (If/Loop bodies) are left alone."""
+    used = {v for v in _tensor_names(graph)} | {n.name for n in graph.node}
+    renames = {}
+    for name in _tensor_names(graph):
+        if name and not _NAME_OK.match(name) and name not in renames:
+            renames[name] = _fresh(re.sub(r"[^A-Za-z0-9_./-]", "_", name), used)
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+        if node.name and not _NAME_OK.match(node.name):
+            node.name = _fresh(re.sub(r"[^A-Za-z0-9_./-]", "_", node.name), used)
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info) + list(graph.initializer):
+        value.name = renames.get(value.name, value.name)
+    return renames
+
+
+def _tensor_names(graph) -> list:
+    names = [v.name for v in list(graph.input) + list(graph.output) + list(graph.initializer)]
+    return list(dict.fromkeys(names + [n for node in graph.node for n in list(node.input) + list(node.output)]))
+
+
+def _fresh(base: str, used: set) -> str:
+    base = base if re.match(r"^[A-Za-z_/]", base) else "t_" + base
+    name, index = base, 1
+    while name in used:
+        name, index = f"{base}_{index}", index + 1
+    used.add(name)
+    return name
 
 
 def _channels_last_inputs(model: LoadedModel) -> list:
@@ -155,8 +199,7 @@ def job(payload: dict, arrays: dict) -> dict:
         scratch = Path(tmp)
         source = scratch / "model.onnx"
         shutil.copyfile(payload["onnx"], source)
-        if payload.get("pins"):
-            _pin_dims(source, payload["pins"])
+        renamed = _prepare_copy(source, payload.get("pins") or {})
         np.save(scratch / CALIBRATION_FILE, np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
         folder = scratch / "out"
         import os
@@ -167,16 +210,17 @@ def job(payload: dict, arrays: dict) -> dict:
             # copy_onnx_input_output_names_to_tflite is not used: it needs flatc and a download.
             onnx2tf.convert(input_onnx_file_path=str(source), output_folder_path=str(folder), not_use_onnxsim=True,
                             not_use_opname_auto_generate=True, output_signaturedefs=True,
-                            keep_ncw_or_nchw_or_ncdhw_input_names=payload["keep_nchw"] or None,
-                            keep_nwc_or_nhwc_or_ndhwc_input_names=payload["keep_nhwc"] or None, non_verbose=True)
+                            keep_ncw_or_nchw_or_ncdhw_input_names=[renamed.get(n, n) for n in payload["keep_nchw"]] or None,
+                            keep_nwc_or_nhwc_or_ndhwc_input_names=[renamed.get(n, n) for n in payload["keep_nhwc"]] or None,
+                            non_verbose=True)
         finally:
             os.chdir(cwd)
         if payload["saved_model"]:
             shutil.move(str(folder), str(out))
             for stray in out.glob("*.tflite"):
                 stray.unlink()
-            return {"tool": f"onnx2tf {onnx2tf.__version__}"}
+            return {"tool": f"onnx2tf {onnx2tf.__version__}", "renamed": renamed}
         shutil.move(str(folder / "model_float32.tflite"), str(out))
     from deploykit.model import describe_file
 
-    return {"tool": f"onnx2tf {onnx2tf.__version__}", "artifact": describe_file(str(out))}
+    return {"tool": f"onnx2tf {onnx2tf.__version__}", "artifact": describe_file(str(out)), "renamed": renamed}

@@ -113,3 +113,29 @@ def test_a_trace_through_the_fused_fast_path_is_named_with_its_remedy(tmp_path):
     result = api.export(str(tmp_path / "plain.pt"), "onnx", str(tmp_path / "plain.onnx"),
                         load=api.load_options(["src:1x10x32"]))
     assert result.passed, result.parity
+
+
+@pytest.mark.slow
+@pytest.mark.onnxruntime
+@pytest.mark.tensorflow
+@pytest.mark.litert
+def test_tensor_names_onnx2tf_cannot_take_are_renamed_on_its_copy(tmp_path):
+    """tf2onnx-style names ("input:0"), "@" and leading digits made onnx2tf fail inside ("ValueError: in user code")."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32),
+                                      "dense/kernel:0")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input:0", "dense/kernel:0"], ["h@1"], name="MatMul:0"),
+         helper.make_node("Relu", ["h@1"], ["1output@2"], name="3relu")], "names",
+        [helper.make_tensor_value_info("input:0", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("1output@2", TensorProto.FLOAT, [1, 8])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "names.onnx"))
+    result = api.export(str(tmp_path / "names.onnx"), "tflite", str(tmp_path / "names.tflite"))
+    assert result.passed, result.parity
+    notes = [n for hop in result.route for n in hop["notes"]]
+    assert any("renamed 4 tensor name(s)" in n and "'input:0' → 'input_0'" in n for n in notes), notes
+    assert onnx.load(str(tmp_path / "names.onnx")).graph.input[0].name == "input:0"      # the source is untouched
