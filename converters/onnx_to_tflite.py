@@ -16,7 +16,6 @@ onnx2tf's traps (FIELD-NOTES) and how they are handled here:
 """
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ from deploykit.child import CONVERT, run_child
 from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.model import LoadedModel
 from deploykit.onnx_io import read_onnx
+from deploykit.onnx_prep import prepare
 from deploykit.spec import ModelSpec
 
 CALIBRATION_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -42,14 +42,17 @@ def convert_saved_model(model: LoadedModel, out_path: Path, options: ExportOptio
 
 def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check, saved_model: bool):
     nhwc = _channels_last_inputs(model)
-    pins = _pins(model)
-    payload = {"onnx": model.path, "out": str(out_path), "saved_model": saved_model, "keep_nhwc": nhwc, "pins": pins,
-               "keep_nchw": [t.name for t in model.spec.inputs if len(t.shape or ()) in NCHW_TO_NHWC
-                             and t.name not in nhwc] if options.keep_layout else []}
+    keep_nchw = [t.name for t in model.spec.inputs if len(t.shape or ()) in NCHW_TO_NHWC
+                 and t.name not in nhwc] if options.keep_layout else []
+    prepared = prepare(model, out_path.parent / f"{out_path.name}.prepared", options, check)
+    renamed = prepared.renamed
+    payload = {"onnx": prepared.path, "out": str(out_path), "saved_model": saved_model,
+               "keep_nhwc": [renamed.get(n, n) for n in nhwc], "keep_nchw": [renamed.get(n, n) for n in keep_nchw]}
     info = run_child("converters.onnx_to_tflite:job", payload, stage=CONVERT, what="onnx2tf", timeout=options.timeout,
                      debug=options.debug).info
     result = ConversionResult(path=out_path, converter="onnx_to_saved_model" if saved_model else "onnx_to_tflite",
                               tool=info["tool"], description=info.get("artifact"))
+    result.notes.extend(prepared.notes)
     if info.get("artifact"):
         written = ModelSpec.from_dict(info["artifact"]["spec"])
     else:                    # a SavedModel is read by its loader in this process (TensorFlow), once: accept reuses it
@@ -58,89 +61,10 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
     result.input_perms = _perms(model.spec.inputs, written.inputs, to_artifact=True)
     result.output_perms = _perms(model.spec.outputs, written.outputs, to_artifact=False)
     layout = {"inputs": result.input_perms, "outputs": result.output_perms}
-    if info.get("renamed"):
-        examples = ", ".join(f"{old!r} → {new!r}" for old, new in list(info["renamed"].items())[:3])
-        result.notes.append(f"renamed {len(info['renamed'])} tensor name(s) onnx2tf cannot take, e.g. {examples}")
-    if pins:
-        result.notes.append("dynamic dims pinned in the graph onnx2tf received (from --input / the feeds' shapes): "
-                            + ", ".join(f"{name}[{axis}]={size}" for name, dims in pins.items()
-                                        for axis, size in dims.items()))
     accept(result, check, options, "onnx2tf", "onnx2tf", "try --via litert, or simplify the ONNX graph first", layout)
     if any(result.output_perms.values()):
         result.notes.append(f"onnx2tf made outputs channels-last; recorded permutations {result.output_perms}")
     return result
-
-
-def _pins(model: LoadedModel) -> dict:
-    """{input: {axis: size}} for the dims the file leaves dynamic (beyond the batch axis) but the model's signature
-    makes concrete — the user's --input, which is law: onnx2tf must receive a graph with those dims, or it fails
-    inside on unknown shapes (or writes a model with dynamic dims deploykit cannot feed)."""
-    graph = read_onnx(model.path).graph
-    declared = {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
-                for i in graph.input}
-    pins = {}
-    for tensor in model.spec.inputs:
-        dims = declared.get(tensor.name) or []
-        fixed = {axis: size for axis, (size, had) in enumerate(zip(tensor.shape, dims))
-                 if had is None and isinstance(size, int) and size > 0 and axis > 0}
-        if fixed:
-            pins[tensor.name] = fixed
-    return pins
-
-
-def _prepare_copy(path: Path, pins: dict) -> dict:
-    """Make onnx2tf's scratch copy of the graph one it can take: the user's dims pinned (and every shape downstream
-    inferred by onnx's shape inference), and tensor names it cannot take renamed. Returns {old: new} names."""
-    import onnx
-
-    proto = onnx.load(str(path))
-    if pins:
-        for graph_input in proto.graph.input:
-            for axis, size in (pins.get(graph_input.name) or {}).items():
-                dim = graph_input.type.tensor_type.shape.dim[int(axis)]
-                dim.ClearField("dim_param")
-                dim.dim_value = int(size)
-        for value in proto.graph.value_info:       # stale symbolic shapes would contradict the pinned ones
-            value.type.tensor_type.ClearField("shape")
-    renamed = _sanitize_names(proto.graph)
-    onnx.save(onnx.shape_inference.infer_shapes(proto) if pins else proto, str(path))
-    return renamed
-
-
-_NAME_OK = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*$")
-
-
-def _sanitize_names(graph) -> dict:
-    """Rename tensors (and nodes) whose names onnx2tf cannot take — TensorFlow-style "input:0", "@", a leading
-    digit — to close, unique names; the converted model is matched to the source by position, as any renaming
-    converter's is. Subgraphs (If/Loop bodies) are left alone."""
-    used = {v for v in _tensor_names(graph)} | {n.name for n in graph.node}
-    renames = {}
-    for name in _tensor_names(graph):
-        if name and not _NAME_OK.match(name) and name not in renames:
-            renames[name] = _fresh(re.sub(r"[^A-Za-z0-9_./-]", "_", name), used)
-    for node in graph.node:
-        node.input[:] = [renames.get(n, n) for n in node.input]
-        node.output[:] = [renames.get(n, n) for n in node.output]
-        if node.name and not _NAME_OK.match(node.name):
-            node.name = _fresh(re.sub(r"[^A-Za-z0-9_./-]", "_", node.name), used)
-    for value in list(graph.input) + list(graph.output) + list(graph.value_info) + list(graph.initializer):
-        value.name = renames.get(value.name, value.name)
-    return renames
-
-
-def _tensor_names(graph) -> list:
-    names = [v.name for v in list(graph.input) + list(graph.output) + list(graph.initializer)]
-    return list(dict.fromkeys(names + [n for node in graph.node for n in list(node.input) + list(node.output)]))
-
-
-def _fresh(base: str, used: set) -> str:
-    base = base if re.match(r"^[A-Za-z_/]", base) else "t_" + base
-    name, index = base, 1
-    while name in used:
-        name, index = f"{base}_{index}", index + 1
-    used.add(name)
-    return name
 
 
 def _channels_last_inputs(model: LoadedModel) -> list:
@@ -199,7 +123,6 @@ def job(payload: dict, arrays: dict) -> dict:
         scratch = Path(tmp)
         source = scratch / "model.onnx"
         shutil.copyfile(payload["onnx"], source)
-        renamed = _prepare_copy(source, payload.get("pins") or {})
         np.save(scratch / CALIBRATION_FILE, np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
         folder = scratch / "out"
         import os
@@ -210,17 +133,16 @@ def job(payload: dict, arrays: dict) -> dict:
             # copy_onnx_input_output_names_to_tflite is not used: it needs flatc and a download.
             onnx2tf.convert(input_onnx_file_path=str(source), output_folder_path=str(folder), not_use_onnxsim=True,
                             not_use_opname_auto_generate=True, output_signaturedefs=True,
-                            keep_ncw_or_nchw_or_ncdhw_input_names=[renamed.get(n, n) for n in payload["keep_nchw"]] or None,
-                            keep_nwc_or_nhwc_or_ndhwc_input_names=[renamed.get(n, n) for n in payload["keep_nhwc"]] or None,
-                            non_verbose=True)
+                            keep_ncw_or_nchw_or_ncdhw_input_names=payload["keep_nchw"] or None,
+                            keep_nwc_or_nhwc_or_ndhwc_input_names=payload["keep_nhwc"] or None, non_verbose=True)
         finally:
             os.chdir(cwd)
         if payload["saved_model"]:
             shutil.move(str(folder), str(out))
             for stray in out.glob("*.tflite"):
                 stray.unlink()
-            return {"tool": f"onnx2tf {onnx2tf.__version__}", "renamed": renamed}
+            return {"tool": f"onnx2tf {onnx2tf.__version__}"}
         shutil.move(str(folder / "model_float32.tflite"), str(out))
     from deploykit.model import describe_file
 
-    return {"tool": f"onnx2tf {onnx2tf.__version__}", "artifact": describe_file(str(out)), "renamed": renamed}
+    return {"tool": f"onnx2tf {onnx2tf.__version__}", "artifact": describe_file(str(out))}

@@ -139,3 +139,37 @@ def test_tensor_names_onnx2tf_cannot_take_are_renamed_on_its_copy(tmp_path):
     notes = [n for hop in result.route for n in hop["notes"]]
     assert any("renamed 4 tensor name(s)" in n and "'input:0' → 'input_0'" in n for n in notes), notes
     assert onnx.load(str(tmp_path / "names.onnx")).graph.input[0].name == "input:0"      # the source is untouched
+
+
+@pytest.mark.slow
+@pytest.mark.onnxruntime
+@pytest.mark.tensorflow
+@pytest.mark.litert
+def test_shape_arithmetic_is_folded_once_dims_are_pinned(tmp_path):
+    """x [1, seq, 16] flattened by a Reshape whose target is computed from Shape(x) (what exporters write for a
+    dynamic axis): pinned, then folded by onnxslim — each step checked against the source and noted."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    const = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+             (("one", [1]), ("axis1", [1]), ("axis2", [2]), ("zero_axes", [0]))]
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "axis1"], ["seq"], axis=0),
+             helper.make_node("Gather", ["shape", "axis2"], ["width"], axis=0),
+             helper.make_node("Mul", ["seq", "width"], ["flat"]),
+             helper.make_node("Concat", ["one", "flat"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["flattened"]),
+             helper.make_node("ReduceSum", ["flattened", "axis1"], ["y"], keepdims=1)]
+    graph = helper.make_graph(nodes, "flatten", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "seq", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], const)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "flatten.onnx"))
+    result = api.export(str(tmp_path / "flatten.onnx"), "tflite", str(tmp_path / "flatten.tflite"),
+                        load=api.load_options(["x:1x8x16"]))
+    assert result.passed, result.parity
+    notes = [n for hop in result.route for n in hop["notes"]]
+    assert any(n.startswith("prepared the ONNX graph: pinned dynamic dims from --input: x[1]=8 (checked: PASS")
+               for n in notes), notes
+    assert any("folded constants and shape arithmetic with onnxslim" in n and "7 → " in n and "checked: PASS" in n
+               for n in notes), notes

@@ -1,0 +1,171 @@
+"""Preparing an ONNX graph before an ONNX → X converter (onnx2tf): what field files need and deploykit's own do not.
+
+Graphs made by other exporters (Paddle2ONNX, tf2onnx, torch dynamo with dynamic axes) reach a converter with
+unknown dims, unfolded shape arithmetic and names it cannot take, and the converter fails inside. Each step here
+works on a copy, is checked against the *source* with the export's one parity engine, and is kept only if parity
+holds (as onnxslim after the ONNX exporter is):
+
+1. pin: the user's shapes are law — dims the file leaves dynamic but ``--input`` makes concrete are written into
+   the graph, and onnx's shape inference carries them downstream;
+2. names: tensor and node names a converter cannot take (tf2onnx's ``input:0``, ``@``, a leading digit) are
+   renamed; the converted model is matched to the source by position, as any renaming converter's is;
+3. fold: onnxslim folds constants and shape arithmetic, when the graph computes shapes at all (``Shape`` ops).
+
+A graph that needs none of them is passed on as it is, at no cost. ``onnx`` is imported inside the functions.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploykit.conversion import Check, ExportOptions, acceptable
+from deploykit.model import LoadedModel
+from deploykit.onnx_io import read_onnx
+
+_NAME_OK = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*$")
+_BAD_CHARS = re.compile(r"[^A-Za-z0-9_./-]")
+
+
+@dataclass
+class Prepared:
+    """The graph a converter should read, the renames made in it, and what each step did (the route's notes)."""
+
+    path: str
+    renamed: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Check) -> Prepared:
+    """Apply the steps a converter needs to a copy in ``folder``; each kept only if the copy still matches."""
+    proto = read_onnx(model.path)
+    prepared = Prepared(str(model.path))
+    pins = dynamic_dims_given(model, proto)
+    bad_names = [n for n in _tensor_names(proto.graph) if n and not _NAME_OK.match(n)]
+    if pins or bad_names:
+        folder.mkdir(exist_ok=True)
+        candidate = _copy(proto)
+        if pins:
+            _pin(candidate, pins)
+        renamed = _sanitize_names(candidate.graph)
+        _keep_if_it_matches(candidate, folder / "prepared.onnx", prepared, check, options,
+                            _pin_and_name_note(pins, renamed), renamed)
+    if any(node.op_type == "Shape" for node in read_onnx(prepared.path).graph.node):
+        folder.mkdir(exist_ok=True)
+        _fold(prepared, folder / "folded.onnx", check, options)
+    return prepared
+
+
+def dynamic_dims_given(model: LoadedModel, proto=None) -> dict:
+    """{input: {axis: size}} for dims the file leaves dynamic (beyond the batch axis) that the model's signature
+    (the user's --input) makes concrete."""
+    graph = (proto or read_onnx(model.path)).graph
+    declared = {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+                for i in graph.input}
+    pins = {}
+    for tensor in model.spec.inputs:
+        fixed = {axis: size for axis, (size, had) in enumerate(zip(tensor.shape, declared.get(tensor.name) or []))
+                 if had is None and isinstance(size, int) and size > 0 and axis > 0}
+        if fixed:
+            pins[tensor.name] = fixed
+    return pins
+
+
+def _copy(proto):
+    import onnx
+
+    candidate = onnx.ModelProto()
+    candidate.CopyFrom(proto)
+    return candidate
+
+
+def _pin(proto, pins: dict) -> None:
+    """Write the concrete dims into the graph's inputs and infer every shape downstream."""
+    import onnx
+
+    for graph_input in proto.graph.input:
+        for axis, size in (pins.get(graph_input.name) or {}).items():
+            dim = graph_input.type.tensor_type.shape.dim[int(axis)]
+            dim.ClearField("dim_param")
+            dim.dim_value = int(size)
+    del proto.graph.value_info[:]          # stale symbolic shapes would contradict the pinned ones
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    proto.CopyFrom(inferred)
+
+
+def _keep_if_it_matches(proto, path: Path, prepared: Prepared, check: Check, options: ExportOptions, note: str,
+                        renamed: dict) -> bool:
+    import onnx
+
+    onnx.save(proto, str(path))
+    report = check(path, options.samples)
+    if acceptable(report, options):
+        prepared.path, prepared.renamed = str(path), {**prepared.renamed, **renamed}
+        prepared.notes.append(f"{note} (checked: {report.summary()})")
+        return True
+    prepared.notes.append(f"not applied, it changed the results: {note} ({report.summary()})")
+    path.unlink(missing_ok=True)
+    return False
+
+
+def _pin_and_name_note(pins: dict, renamed: dict) -> str:
+    parts = []
+    if pins:
+        parts.append("pinned dynamic dims from --input: " + ", ".join(
+            f"{name}[{axis}]={size}" for name, dims in pins.items() for axis, size in dims.items()))
+    if renamed:
+        examples = ", ".join(f"{old!r} → {new!r}" for old, new in list(renamed.items())[:3])
+        parts.append(f"renamed {len(renamed)} tensor name(s) a converter cannot take, e.g. {examples}")
+    return "prepared the ONNX graph: " + "; ".join(parts)
+
+
+def _fold(prepared: Prepared, path: Path, check: Check, options: ExportOptions) -> None:
+    """onnxslim's constant and shape folding, kept only if the folded graph still matches."""
+    try:
+        import onnxslim
+    except ImportError:
+        return
+    source = read_onnx(prepared.path)
+    try:
+        folded = onnxslim.slim(prepared.path)
+    except Exception as exc:  # noqa: BLE001 - an optional step: never fails an export
+        from deploykit.text import brief, exception_chain
+
+        prepared.notes.append(f"onnxslim could not fold the graph ({brief(exception_chain(exc))}); left as it was")
+        return
+    before, after = len(source.graph.node), len(folded.graph.node)
+    _keep_if_it_matches(folded, path, prepared, check, options,
+                        f"folded constants and shape arithmetic with onnxslim {onnxslim.__version__}: {before} → "
+                        f"{after} nodes", {})
+
+
+def _sanitize_names(graph) -> dict:
+    """Rename tensors (and nodes) whose names a converter cannot take to close, unique names; {old: new}.
+    Subgraphs (If/Loop bodies) are left alone."""
+    used = set(_tensor_names(graph)) | {n.name for n in graph.node}
+    renames = {}
+    for name in _tensor_names(graph):
+        if name and not _NAME_OK.match(name):
+            renames[name] = _fresh(_BAD_CHARS.sub("_", name), used)
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+        if node.name and not _NAME_OK.match(node.name):
+            node.name = _fresh(_BAD_CHARS.sub("_", node.name), used)
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info) + list(graph.initializer):
+        value.name = renames.get(value.name, value.name)
+    return renames
+
+
+def _tensor_names(graph) -> list:
+    names = [v.name for v in list(graph.input) + list(graph.output) + list(graph.initializer)]
+    return list(dict.fromkeys(names + [n for node in graph.node for n in list(node.input) + list(node.output)]))
+
+
+def _fresh(base: str, used: set) -> str:
+    base = base if re.match(r"^[A-Za-z_/]", base) else "t_" + base
+    name, index = base, 1
+    while name in used:
+        name, index = f"{base}_{index}", index + 1
+    used.add(name)
+    return name
