@@ -40,7 +40,7 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
     """Apply the steps a converter needs to a copy in ``folder``; each kept only if the copy still matches."""
     proto = read_onnx(model.path)
     prepared = Prepared(str(model.path))
-    pins = dynamic_dims_given(model, proto)
+    pins = dynamic_dims_given(model, proto, keep_batch=options.dynamic_batch)
     bad_names = [n for n in _tensor_names(proto.graph) if n and not _NAME_OK.match(n)]
     if pins or bad_names:
         folder.mkdir(exist_ok=True)
@@ -56,16 +56,17 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
     return prepared
 
 
-def dynamic_dims_given(model: LoadedModel, proto=None) -> dict:
-    """{input: {axis: size}} for dims the file leaves dynamic (beyond the batch axis) that the model's signature
-    (the user's --input) makes concrete."""
+def dynamic_dims_given(model: LoadedModel, proto=None, keep_batch: bool = False) -> dict:
+    """{input: {axis: size}} for dims the file leaves dynamic that the model's signature makes concrete — only the
+    user's --input does that; the batch axis too (a converter guessing an unknown batch mislays axes), unless
+    ``keep_batch`` (--dynamic-batch)."""
     graph = (proto or read_onnx(model.path)).graph
     declared = {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
                 for i in graph.input}
     pins = {}
     for tensor in model.spec.inputs:
         fixed = {axis: size for axis, (size, had) in enumerate(zip(tensor.shape, declared.get(tensor.name) or []))
-                 if had is None and isinstance(size, int) and size > 0 and axis > 0}
+                 if had is None and isinstance(size, int) and size > 0 and (axis > 0 or not keep_batch)}
         if fixed:
             pins[tensor.name] = fixed
     return pins
