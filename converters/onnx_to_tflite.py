@@ -16,6 +16,7 @@ onnx2tf's traps (FIELD-NOTES) and how they are handled here:
 """
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,6 +26,7 @@ from deploykit.child import CONVERT, run_child
 from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.model import LoadedModel
 from deploykit.onnx_io import read_onnx
+from deploykit.quiet import captured_output
 from deploykit.onnx_prep import prepare
 from deploykit.spec import ModelSpec
 
@@ -113,6 +115,46 @@ def _same_dims(a: tuple, b: tuple) -> bool:
     return len(a) == len(b) and all(x == y or isinstance(x, str) or isinstance(y, str) for x, y in zip(a, b))
 
 
+_NODE_IN_LOG = re.compile(r"onnx_op_name:\s*(\S+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _failed_at_node(exc: Exception, log: str, onnx_path: Path):
+    """onnx2tf logs the ONNX node it failed on ("onnx_op_name: node_Conv_29"): the verdict names that node and its
+    op type, where the exception alone says only which TensorFlow layer broke."""
+    from deploykit.errors import ConversionError
+    from deploykit.text import first_line
+
+    log = _ANSI.sub("", log)
+    match = _NODE_IN_LOG.search(log)
+    if not match:
+        return None
+    node = match.group(1)
+    op = next((n.op_type for n in _all_nodes(read_onnx(str(onnx_path)).graph) if n.name == node), "?")
+    detail = first_line(_reason_in_log(log) or str(exc), 240)
+    return ConversionError(f"onnx2tf failed at ONNX node {node} ({op}): {detail}",
+                           "run with --debug for onnx2tf's log; a converter through PyTorch or another opset may take "
+                           "this node, or rewrite that part of the model")
+
+
+def _all_nodes(graph):
+    """Every node, those of If/Loop bodies included."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for sub in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
+                yield from _all_nodes(sub)
+
+
+def _reason_in_log(log: str) -> str:
+    """TensorFlow's own reason, the line after Keras's 'Exception encountered when calling layer …'."""
+    lines = [line.strip() for line in log.splitlines()]
+    for index, line in enumerate(lines):
+        if "Exception encountered when calling layer" in line:
+            return next((follow for follow in lines[index + 1:] if follow), "")
+    return ""
+
+
 def job(payload: dict, arrays: dict) -> dict:
     """Child side: run onnx2tf on a copy of the ONNX file in a scratch directory; describe a .tflite result."""
     import numpy as np
@@ -130,11 +172,20 @@ def job(payload: dict, arrays: dict) -> dict:
         cwd = os.getcwd()
         os.chdir(scratch)
         try:
-            # copy_onnx_input_output_names_to_tflite is not used: it needs flatc and a download.
-            onnx2tf.convert(input_onnx_file_path=str(source), output_folder_path=str(folder), not_use_onnxsim=True,
-                            not_use_opname_auto_generate=True, output_signaturedefs=True,
-                            keep_ncw_or_nchw_or_ncdhw_input_names=payload["keep_nchw"] or None,
-                            keep_nwc_or_nhwc_or_ndhwc_input_names=payload["keep_nhwc"] or None, non_verbose=True)
+            with captured_output(echo=True) as log:      # echoed to the child's stderr: --debug shows it
+                try:
+                    # copy_onnx_input_output_names_to_tflite is not used: it needs flatc and a download.
+                    onnx2tf.convert(input_onnx_file_path=str(source), output_folder_path=str(folder),
+                                    not_use_onnxsim=True, not_use_opname_auto_generate=True, output_signaturedefs=True,
+                                    keep_ncw_or_nchw_or_ncdhw_input_names=payload["keep_nchw"] or None,
+                                    keep_nwc_or_nhwc_or_ndhwc_input_names=payload["keep_nhwc"] or None,
+                                    non_verbose=True)
+                except Exception as exc:  # noqa: BLE001 - onnx2tf raises anything; name the node it stopped at
+                    failure = exc
+                else:
+                    failure = None
+            if failure is not None:
+                raise _failed_at_node(failure, "".join(log), Path(payload["onnx"])) or failure
         finally:
             os.chdir(cwd)
         if payload["saved_model"]:

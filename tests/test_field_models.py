@@ -173,3 +173,29 @@ def test_shape_arithmetic_is_folded_once_dims_are_pinned(tmp_path):
                for n in notes), notes
     assert any("folded constants and shape arithmetic with onnxslim" in n and "7 → " in n and "checked: PASS" in n
                for n in notes), notes
+
+
+@pytest.mark.onnxruntime
+def test_an_onnx2tf_failure_names_the_onnx_node_and_op_it_stopped_at(tmp_path):
+    """onnx2tf's exception names only a TensorFlow layer; its log names the ONNX node (inside an If body, as in
+    silero-vad's op18 graph): the verdict carries the node, its op type and TensorFlow's own reason."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from converters.onnx_to_tflite import _failed_at_node
+
+    body = helper.make_graph([helper.make_node("Relu", ["x"], ["y_then"], name="node_Conv_29")], "then", [],
+                             [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph([helper.make_node("If", ["c"], ["y"], name="node_cond__1", then_branch=body,
+                                                else_branch=body)], "g",
+                              [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                               helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "g.onnx"))
+    log = ('ValueError: Exception encountered when calling layer "tf.nn.convolution" (type TFOpLambda).\n\n'
+           "Depth of output (258) is not a multiple of the number of groups (576) for Conv2D\n"
+           "\x1b[31mERROR:\x1b[0m onnx_op_name: node_Conv_29\n")
+    error = _failed_at_node(ValueError("Exception encountered"), log, tmp_path / "g.onnx")
+    assert error.exit_code == 4 and error.message.startswith("onnx2tf failed at ONNX node node_Conv_29 (Relu): Depth "
+                                                             "of output (258) is not a multiple"), error.message
+    assert _failed_at_node(ValueError("x"), "no node named here", tmp_path / "g.onnx") is None
