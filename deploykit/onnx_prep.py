@@ -23,8 +23,10 @@ from deploykit.conversion import Check, ExportOptions, acceptable
 from deploykit.model import LoadedModel
 from deploykit.onnx_io import read_onnx
 
-_NAME_OK = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*$")
-_BAD_CHARS = re.compile(r"[^A-Za-z0-9_./-]")
+# What breaks onnx2tf (seen on tf2onnx and jax2tf files): a TensorFlow-style ":0" suffix, "@", a leading digit.
+# torch's "onnx::Gemm_5" passes (every sample route takes it): renaming it would cost a check for nothing.
+_NAME_BAD = re.compile(r"(?<!:):\d+$|@|^\d")
+_BAD_CHARS = re.compile(r"[^A-Za-z0-9_./:-]|(?<!:):(?!:)")
 
 
 @dataclass
@@ -41,7 +43,7 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
     proto = read_onnx(model.path)
     prepared = Prepared(str(model.path))
     pins = dynamic_dims_given(model, proto, keep_batch=options.dynamic_batch)
-    bad_names = [n for n in _tensor_names(proto.graph) if n and not _NAME_OK.match(n)]
+    bad_names = [n for n in _tensor_names(proto.graph) if n and _NAME_BAD.search(n)]
     if pins or bad_names:
         folder.mkdir(exist_ok=True)
         candidate = _copy(proto)
@@ -146,12 +148,12 @@ def _sanitize_names(graph) -> dict:
     used = set(_tensor_names(graph)) | {n.name for n in graph.node}
     renames = {}
     for name in _tensor_names(graph):
-        if name and not _NAME_OK.match(name):
+        if name and _NAME_BAD.search(name):
             renames[name] = _fresh(_BAD_CHARS.sub("_", name), used)
     for node in graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]
         node.output[:] = [renames.get(n, n) for n in node.output]
-        if node.name and not _NAME_OK.match(node.name):
+        if node.name and _NAME_BAD.search(node.name):
             node.name = _fresh(_BAD_CHARS.sub("_", node.name), used)
     for value in list(graph.input) + list(graph.output) + list(graph.value_info) + list(graph.initializer):
         value.name = renames.get(value.name, value.name)
@@ -164,7 +166,7 @@ def _tensor_names(graph) -> list:
 
 
 def _fresh(base: str, used: set) -> str:
-    base = base if re.match(r"^[A-Za-z_/]", base) else "t_" + base
+    base = "t_" + base if re.match(r"^\d", base) else base
     name, index = base, 1
     while name in used:
         name, index = f"{base}_{index}", index + 1
