@@ -94,6 +94,10 @@ def _export(source: str, dst: Format, output: Optional[str], plan: ExportPlan) -
     # A file source is read (and validated) first; a PyTorch one loads in the background after the cheap checks.
     fmt = detect(source)
     model = None if fmt in TORCH_FORMATS else load_model(source, plan.load)
+    if model is not None and verify.inputs_npz:     # the user's data pins what --input left dynamic
+        from deploykit.inputs import shapes_from_npz
+
+        model.spec = shapes_from_npz(model.spec, verify.inputs_npz)
     routes = routing.select_routes(fmt, dst, plan.via, mode, quantize.io_dtype if quantize else "float")
     out = Path(default_output(source, dst, output)).absolute()
     if Path(source).exists() and fsutil.overlaps(out, source):

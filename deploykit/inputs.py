@@ -108,6 +108,27 @@ def load_npz(path: "str | Path", spec: ModelSpec) -> list:
     return [{name: values[i] for name, values in per_input.items()} for i in range(count)]
 
 
+def shapes_from_npz(spec: ModelSpec, path: "str | Path") -> ModelSpec:
+    """The signature with dims it leaves dynamic taken from the arrays of an .npz (one sample per array, or a leading
+    sample axis): the user's data says what shapes the model runs at, as --input would. Concrete dims never change."""
+    from dataclasses import replace
+
+    arrays = read_npz(Path(path))
+    if len(spec.inputs) == 1 and len(arrays) == 1:
+        arrays = {spec.inputs[0].name: next(iter(arrays.values()))}
+    pinned = []
+    for tensor in spec.inputs:
+        array = arrays.get(tensor.name)
+        dynamic = any(not (isinstance(d, int) and d >= 0) for d in tensor.shape)
+        if array is None or not dynamic or array.ndim not in (len(tensor.shape), len(tensor.shape) + 1):
+            pinned.append(tensor)
+            continue
+        shape = array.shape[-len(tensor.shape):] if tensor.shape else ()
+        pinned.append(replace(tensor, shape=tuple(d if isinstance(d, int) and d >= 0 else int(n)
+                                                  for d, n in zip(tensor.shape, shape))))
+    return ModelSpec(tuple(pinned), spec.outputs)
+
+
 def read_npz(path: Path) -> dict:
     """The arrays of an .npz, each member's header checked before anything is allocated: object arrays
     (pickles) are refused, and so is a declared size over MAX_FEED_BYTES in all (a 100-byte file can

@@ -44,6 +44,10 @@ def test_input_shapes_pin_an_onnx_sources_dynamic_dims_for_onnx2tf(tmp_path):
     notes = [n for hop in json.loads(Path(result.manifest).read_text())["route"] for n in hop["notes"]]
     assert any("pinned" in n and "x[1]=32" in n for n in notes), notes
     assert result.opened.spec.inputs[0].shape in ((1, 32, 16), (1, 16, 32))     # onnx2tf may move channels last
+    np.savez(tmp_path / "data.npz", x=np.random.default_rng(1).standard_normal((1, 24, 16)).astype(np.float32))
+    result = api.export(str(source), "tflite", str(tmp_path / "from_data.tflite"),
+                        verify=api.VerifyOptions(inputs_npz=str(tmp_path / "data.npz")))     # --inputs pins too
+    assert result.passed and any("x[1]=24" in n for hop in result.route for n in hop["notes"]), result.route
 
 
 COLLAPSING_FACTORY = '''

@@ -104,3 +104,14 @@ def test_fifos_are_never_read_as_data(tmp_path):
     os.mkfifo(images / "cat.png")
     with pytest.raises(UsageError, match="cat.png is not a regular file"):
         calibration_feeds(spec, str(images), 10)
+
+
+def test_npz_shapes_pin_the_dims_a_signature_leaves_dynamic(tmp_path):
+    from deploykit.inputs import shapes_from_npz
+
+    spec = ModelSpec((TensorSpec("x", (1, "seq", 16), "float32"), TensorSpec("ids", ("batch", 8), "int64")))
+    np.savez(tmp_path / "one.npz", x=np.zeros((1, 32, 16), np.float32), ids=np.zeros((3, 2, 8), np.int64))
+    pinned = shapes_from_npz(spec, tmp_path / "one.npz")
+    assert [t.shape for t in pinned.inputs] == [(1, 32, 16), (2, 8)]     # a sample axis is not a dim
+    np.savez(tmp_path / "other.npz", x=np.zeros((5,), np.float32))         # a rank that fits nothing: left as it was
+    assert shapes_from_npz(ModelSpec(spec.inputs[:1]), tmp_path / "other.npz").inputs[0].shape == (1, "seq", 16)
