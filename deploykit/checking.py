@@ -102,12 +102,24 @@ class Checker:
         judged on the distribution it was calibrated for, not on 3-sigma inputs it clips).
         """
         keyed = [((feeds[0], i), f) for i, f in enumerate(feeds[1])] if feeds else self.feeds(samples, batch)
-        references = self.reference.outputs_for(keyed)
+        references = self._reference_outputs(keyed)
         layout = layout or {}
         feeds_for_candidate = [self.feeds_for(candidate, feeds, layout) for _key, feeds in keyed]
         result = candidate.run(feeds_for_candidate, self.runner_options, runtime=runtime, timeout=self.timeout)
         self.last_runtime = result.ran_on
         return references, [parity.permute(o, layout.get("outputs")) for o in result.outputs]
+
+    def _reference_outputs(self, keyed: list) -> list:
+        """The source's outputs; a source that fails on the feeds is the user's inputs' problem, not the candidate's
+        (a file source runs in a child, whose failure would otherwise read as "the converted model does not run")."""
+        from deploykit.errors import ParityError
+
+        try:
+            return self.reference.outputs_for(keyed)
+        except ParityError as exc:
+            raise UsageError(f"the source {self.source.label} fails on the inputs deploykit feeds it: {exc.message}",
+                             "give the values it expects: a range with --input NAME:SHAPE:DTYPE:LOW..HIGH (e.g. a "
+                             "sample rate), or real data with --inputs data.npz") from None
 
     def uninformative_reason(self) -> str:
         """Why the source's outputs on the feeds checked so far prove nothing ("" when they can): an output that is

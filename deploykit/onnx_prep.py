@@ -46,12 +46,15 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
     bad_names = [n for n in _tensor_names(proto.graph) if n and _NAME_BAD.search(n)]
     if pins or bad_names:
         folder.mkdir(exist_ok=True)
-        candidate = _copy(proto)
-        if pins:
-            _pin(candidate, pins)
-        renamed = _sanitize_names(candidate.graph)
-        _keep_if_it_matches(candidate, folder / "prepared.onnx", prepared, check, options,
-                            _pin_and_name_note(pins, renamed), renamed)
+        # With shape inference first; without, if onnx's inference breaks the graph (it can, inside If bodies).
+        for infer in ((True, False) if pins else (False,)):
+            candidate = _copy(proto)
+            if pins:
+                _pin(candidate, pins, infer)
+            renamed = _sanitize_names(candidate.graph)
+            note = _pin_and_name_note(pins, renamed) + ("" if infer or not pins else " (without shape inference)")
+            if _keep_if_it_matches(candidate, folder / "prepared.onnx", prepared, check, options, note, renamed):
+                break
     if any(node.op_type == "Shape" for node in read_onnx(prepared.path).graph.node):
         folder.mkdir(exist_ok=True)
         _fold(prepared, folder / "folded.onnx", check, options)
@@ -63,8 +66,9 @@ def dynamic_dims_given(model: LoadedModel, proto=None, keep_batch: bool = False)
     user's --input does that; the batch axis too (a converter guessing an unknown batch mislays axes), unless
     ``keep_batch`` (--dynamic-batch)."""
     graph = (proto or read_onnx(model.path)).graph
-    declared = {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
-                for i in graph.input}
+    # Paddle2ONNX writes a dynamic dim as dim_value -1, not as a dim_param.
+    declared = {i.name: [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
+                         for d in i.type.tensor_type.shape.dim] for i in graph.input}
     pins = {}
     for tensor in model.spec.inputs:
         fixed = {axis: size for axis, (size, had) in enumerate(zip(tensor.shape, declared.get(tensor.name) or []))
@@ -82,8 +86,8 @@ def _copy(proto):
     return candidate
 
 
-def _pin(proto, pins: dict) -> None:
-    """Write the concrete dims into the graph's inputs and infer every shape downstream."""
+def _pin(proto, pins: dict, infer: bool = True) -> None:
+    """Write the concrete dims into the graph's inputs (and with ``infer``, every shape downstream)."""
     import onnx
 
     for graph_input in proto.graph.input:
@@ -92,16 +96,27 @@ def _pin(proto, pins: dict) -> None:
             dim.ClearField("dim_param")
             dim.dim_value = int(size)
     del proto.graph.value_info[:]          # stale symbolic shapes would contradict the pinned ones
-    inferred = onnx.shape_inference.infer_shapes(proto)
-    proto.CopyFrom(inferred)
+    for graph_output in proto.graph.output:   # a -1 (Paddle2ONNX's "dynamic") is no dim: left for inference
+        for dim in graph_output.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.ClearField("dim_value")
+    if infer:
+        proto.CopyFrom(onnx.shape_inference.infer_shapes(proto))
 
 
 def _keep_if_it_matches(proto, path: Path, prepared: Prepared, check: Check, options: ExportOptions, note: str,
                         renamed: dict) -> bool:
     import onnx
 
+    from deploykit.errors import DeploykitError
+
     onnx.save(proto, str(path))
-    report = check(path, options.samples)
+    try:
+        report = check(path, options.samples)
+    except DeploykitError as exc:        # the step broke the graph: it is not applied
+        prepared.notes.append(f"not applied, the graph no longer runs: {note} ({exc.message[:200]})")
+        path.unlink(missing_ok=True)
+        return False
     if acceptable(report, options):
         prepared.path, prepared.renamed = str(path), {**prepared.renamed, **renamed}
         prepared.notes.append(f"{note} (checked: {report.summary()})")
