@@ -222,3 +222,55 @@ def test_googles_magika_model_converts_to_tflite(tmp_path):
     assert output["max_abs"] < 1e-5 and output["top1_agreement"] == 1.0, output
     notes = " ".join(n for hop in result.route for n in hop["notes"])
     assert "bytes[0]=1" in notes and "renamed" in notes and "onnxslim" in notes, notes
+
+
+def _gather_model(path: Path, dim) -> Path:
+    """y = table[idx]: a 4-entry table indexed by an int64 input (dim: how the exporter wrote idx's length)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.arange(4, dtype=np.float32), "table")
+    idx = helper.make_tensor_value_info("idx", TensorProto.INT64, [1])
+    idx.type.tensor_type.shape.dim[0].Clear()
+    if isinstance(dim, int):
+        idx.type.tensor_type.shape.dim[0].dim_value = dim
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "idx"], ["y"])], "lookup", [idx],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])], [table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.onnxruntime
+def test_a_source_that_fails_on_the_fed_inputs_is_named_as_the_source(tmp_path):
+    """A 12-value table reshaped to a shape given as an int64 input: random shapes make ONNX Runtime fail on the
+    *source*. Before, that read as "the converted model does not run"; now it is the inputs' problem, with how to
+    give the values the model expects."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploykit.errors import UsageError
+
+    table = numpy_helper.from_array(np.arange(12, dtype=np.float32), "table")
+    graph = helper.make_graph([helper.make_node("Reshape", ["table", "target"], ["y"])], "reshape",
+                              [helper.make_tensor_value_info("target", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])], [table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "reshape.onnx"))
+    source = str(tmp_path / "reshape.onnx")
+    with pytest.raises(UsageError, match=r"the source reshape.onnx \(onnx\) fails on the inputs deploykit feeds") as info:
+        api.verify(source, [source])
+    assert "LOW..HIGH" in info.value.remedy
+
+
+@pytest.mark.onnxruntime
+def test_paddle2onnx_minus_one_dims_are_dynamic_and_pinned_by_the_users_shape(tmp_path):
+    from deploykit.model import load_model
+    from deploykit.onnx_prep import dynamic_dims_given
+
+    source = _gather_model(tmp_path / "paddle.onnx", -1)       # Paddle2ONNX writes dynamic dims as dim_value -1
+    model = load_model(str(source), api.load_options(["idx:3:int64:0..4"]))
+    assert dynamic_dims_given(model) == {"idx": {0: 3}}
+    assert dynamic_dims_given(model, keep_batch=True) == {}     # --dynamic-batch keeps the batch axis free
