@@ -98,10 +98,9 @@ def _exported(model: LoadedModel, example: tuple):
     if "exported_program" in model.details:
         return model.details["exported_program"]
     if model.format == Format.TORCHSCRIPT:
-        from torch._export.converter import TS2EPConverter
+        from torch._export.converter import TS2EPConverter   # private; the ONNX edge's fallback uses it too
 
-        refuse_fused_fastpath(model.handle, "torch's TorchScript converter (hence ExecuTorch)")   # private; the ONNX edge's fallback uses it too
-
+        refuse_fused_fastpath(model.handle, "torch's TorchScript converter (hence ExecuTorch)")
         return TS2EPConverter(model.handle, example).convert()
     return torch.export.export(model.handle.eval(), example)
 

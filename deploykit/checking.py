@@ -35,6 +35,10 @@ class ReferenceRunner:
                 self._cache[key] = outputs
         return [self._cache[key] for key, _feeds in keyed]
 
+    def seen_outputs(self) -> list:
+        """The source's outputs on every feed it has run so far (in the order first seen)."""
+        return list(self._cache.values())
+
     def _run(self, feeds_list: list) -> list:
         if self.model.handle is None:
             self._artifact = self._artifact or Artifact.of(self.model, layout={})
@@ -124,11 +128,15 @@ class Checker:
     def uninformative_reason(self) -> str:
         """Why the source's outputs on the feeds checked so far prove nothing ("" when they can): an output that is
         ~0, constant, or the same for every sample (a random-init network's collapse)."""
-        outputs = list(self.reference._cache.values())
+        outputs = self.reference.seen_outputs()
         if len(outputs) < 2:
             return ""
-        reasons = [f"{name}: {why}" for name in outputs[0]
-                   for why in [parity.degenerate_reason([o[name] for o in outputs if name in o])] if why]
+        reasons = []
+        for name, first in outputs[0].items():
+            # Only samples shaped like the first (a --dynamic-batch check runs other batch sizes).
+            why = parity.degenerate_reason([o[name] for o in outputs if name in o and o[name].shape == first.shape])
+            if why:
+                reasons.append(f"{name}: {why}")
         return "; ".join(reasons) if len(reasons) == len(outputs[0]) else ""
 
     def runtimes_for(self, candidate: Artifact) -> list:

@@ -67,8 +67,8 @@ class ExportResult:
         return bool(self.parity.get("passed"))
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "unverified": self.unverified, "artifact": self.artifact, "manifest": self.manifest, "route": self.route,
-                "parity": self.parity, "warnings": self.warnings, "seconds": round(self.seconds, 3),
+        return {"passed": self.passed, "unverified": self.unverified, "artifact": self.artifact,
+                "manifest": self.manifest, "route": self.route, "parity": self.parity, "warnings": self.warnings, "seconds": round(self.seconds, 3),
                 "routes": self.routes}
 
 

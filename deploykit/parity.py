@@ -220,9 +220,9 @@ def _compare_float(result: OutputResult, refs: list, cands: list, tol: Tolerance
                                                                                                   got_all))
     elif degenerate:
         result.status = "uninformative"
-        result.reason = (f"{degenerate} (max |reference| {scale:.3g} over {len(refs)} samples), so matching proves "
-                         "nothing — give trained weights (random-init networks collapse), realistic inputs with "
-                         "--inputs, or logits rather than probabilities")
+        result.reason = (f"{_seen(degenerate, scale, len(refs))}, so matching proves nothing — give trained weights "
+                         "(random-init networks collapse), realistic inputs with --inputs, or logits rather than "
+                         "probabilities")
     return result
 
 
@@ -293,7 +293,11 @@ def degenerate_reason(refs: list) -> str:
     finite = ref_all[np.isfinite(ref_all)]
     scale = float(np.abs(finite).max()) if finite.size else 0.0
     reason = _degenerate_reason(refs, ref_all, scale) if ref_all.size else ""
-    return f"{reason} (max |reference| {scale:.3g} over {len(refs)} samples)" if reason else ""
+    return _seen(reason, scale, len(refs)) if reason else ""
+
+
+def _seen(reason: str, scale: float, samples: int) -> str:
+    return f"{reason} (max |reference| {scale:.3g} over {samples} samples)"
 
 
 def _degenerate_reason(refs: list, ref_all: np.ndarray, scale: float) -> str:

@@ -12,7 +12,9 @@ its return type depend on the caller. The one exception is a runner whose every 
 boundary (a browser page, ``deploykit.browser.BrowserRunner``): it may offer
 ``time_calls(feeds, Timing) -> [ms]`` (timed on its side with the harness's Timing semantics),
 ``last_ms`` (its own time of the last run) and ``memory() -> dict`` (the memory of the process that
-really runs the model); the harness uses them when present. Runners of files a runtime could crash on are opened in a
+really runs the model); the harness uses them when present. A runner reached through heavy Python bindings
+(ExecuTorch) may set ``bindings_import_s`` (their first import in the process), which `bench` reports as part of
+the cold start that an app linking the C++ runtime does not pay. Runners of files a runtime could crash on are opened in a
 child process by the core (``deploykit.child``), never by the runtime module itself.
 """
 from __future__ import annotations
