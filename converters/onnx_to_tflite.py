@@ -66,7 +66,8 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
     layout = {"inputs": result.input_perms, "outputs": result.output_perms}
     accept(result, check, options, "onnx2tf", "onnx2tf", "try --via litert, or simplify the ONNX graph first", layout)
     if any(result.output_perms.values()):
-        result.notes.append(f"onnx2tf changed the layout of outputs (channels-last, or axes reordered); recorded permutations {result.output_perms}")
+        result.notes.append("onnx2tf changed the layout of outputs (channels-last, or axes reordered); recorded "
+                            f"permutations {result.output_perms}")
     return result
 
 
