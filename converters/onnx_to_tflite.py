@@ -24,6 +24,7 @@ from pathlib import Path
 from deploykit.artifact import Artifact
 from deploykit.child import CONVERT, run_child
 from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
+from deploykit.errors import ConversionError
 from deploykit.model import LoadedModel
 from deploykit.onnx_io import every_node, read_onnx
 from deploykit.quiet import captured_output
@@ -47,9 +48,32 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
     keep_nchw = [t.name for t in model.spec.inputs if len(t.shape or ()) in NCHW_TO_NHWC
                  and t.name not in nhwc] if options.keep_layout else []
     prepared = prepare(model, out_path.parent / f"{out_path.name}.prepared", options, check)
+    keep = {"keep_nhwc": nhwc, "keep_nchw": keep_nchw, "keep_exact": []}
+    try:
+        return _attempt(model, prepared, out_path, options, check, saved_model, keep)
+    except ConversionError as first:
+        # onnx2tf moves the channels of every 3-D/5-D input last; a state or sequence input is no image, and
+        # its own remedy for that is -kat (keep_shape_absolutely_input_names): one more try with it.
+        exact = [t.name for t in model.spec.inputs if len(t.shape or ()) in (3, 5)
+                 and t.name not in nhwc + keep_nchw and t.name not in model.spec.fixed_inputs]
+        if not exact:
+            raise
+        _remove(out_path)
+        try:
+            result = _attempt(model, prepared, out_path, options, check, saved_model, {**keep, "keep_exact": exact})
+        except ConversionError:
+            raise first from None
+        result.notes.append(f"onnx2tf kept {', '.join(exact)} in the ONNX layout (keep_shape_absolutely_input_names)"
+                            f": the channels-last try failed ({first.message[:160]})")
+        return result
+
+
+def _attempt(model: LoadedModel, prepared, out_path: Path, options: ExportOptions, check: Check, saved_model: bool,
+             keep: dict) -> ConversionResult:
+    """One onnx2tf run on the prepared graph with these layout options, checked against the source."""
     renamed = prepared.renamed
     payload = {"onnx": prepared.path, "out": str(out_path), "saved_model": saved_model,
-               "keep_nhwc": [renamed.get(n, n) for n in nhwc], "keep_nchw": [renamed.get(n, n) for n in keep_nchw]}
+               **{key: [renamed.get(n, n) for n in names] for key, names in keep.items()}}
     info = run_child("converters.onnx_to_tflite:job", payload, stage=CONVERT, what="onnx2tf", timeout=options.timeout,
                      debug=options.debug).info
     result = ConversionResult(path=out_path, converter="onnx_to_saved_model" if saved_model else "onnx_to_tflite",
@@ -69,6 +93,13 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
         result.notes.append("onnx2tf changed the layout of outputs (channels-last, or axes reordered); recorded "
                             f"permutations {result.output_perms}")
     return result
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _channels_last_inputs(model: LoadedModel) -> list:
@@ -157,7 +188,6 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 def _failed_at_node(exc: Exception, log: str, onnx_path: Path):
     """onnx2tf logs the ONNX node it failed on ("onnx_op_name: node_Conv_29"): the verdict names that node and its
     op type, where the exception alone says only which TensorFlow layer broke."""
-    from deploykit.errors import ConversionError
     from deploykit.text import first_line
 
     log = _ANSI.sub("", log)
@@ -208,6 +238,7 @@ def job(payload: dict, arrays: dict) -> dict:
                                     not_use_onnxsim=True, not_use_opname_auto_generate=True, output_signaturedefs=True,
                                     keep_ncw_or_nchw_or_ncdhw_input_names=payload["keep_nchw"] or None,
                                     keep_nwc_or_nhwc_or_ndhwc_input_names=payload["keep_nhwc"] or None,
+                                    keep_shape_absolutely_input_names=payload.get("keep_exact") or None,
                                     non_verbose=True)
                 except Exception as exc:  # noqa: BLE001 - onnx2tf raises anything; name the node it stopped at
                     failure = exc

@@ -158,6 +158,12 @@ class Checker:
         names = candidate.spec.input_names
         if set(names) == set(feeds):
             return feeds
+        # An input the user fixed to one value may have been specialised away (onnx_prep): it is not fed.
+        dropped = [n for n in self.source.spec.fixed_inputs if n in feeds and n not in names]
+        if dropped and len(names) == len(feeds) - len(dropped):
+            feeds = {name: value for name, value in feeds.items() if name not in dropped}
+            if set(names) == set(feeds):
+                return feeds
         if len(names) != len(feeds):
             raise UsageError(f"{candidate.label} takes {len(names)} input(s) ({', '.join(names)}) but the source "
                              f"takes {len(feeds)} ({', '.join(feeds)})", "compare models with the same inputs")

@@ -6,7 +6,9 @@ works on a copy, is checked against the *source* with the export's one parity en
 holds (as onnxslim after the ONNX exporter is):
 
 1. pin: the user's shapes are law — dims the file leaves dynamic but ``--input`` makes concrete are written into
-   the graph, and onnx's shape inference carries them downstream;
+   the graph, and onnx's shape inference carries them downstream; so are values: an integer input whose declared
+   range holds one value (``sr::int64:16000..16001``) becomes a constant, which lets onnxslim fold the ``If`` on it
+   (silero-vad's 16 kHz / 8 kHz branches) — the artifact then has no such input, and the check does not feed it;
 2. names: tensor and node names a converter cannot take (tf2onnx's ``input:0``, ``@``, a leading digit) are
    renamed; the converted model is matched to the source by position, as any renaming converter's is;
 3. fold: onnxslim folds constants and shape arithmetic, when the graph computes shapes at all (``Shape`` ops);
@@ -46,19 +48,26 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
     proto = read_onnx(model.path)
     prepared = Prepared(str(model.path))
     pins = dynamic_dims_given(model, proto, keep_batch=options.dynamic_batch)
+    fixed = {name: value for name, value in model.spec.fixed_inputs.items()
+             if name in {i.name for i in proto.graph.input}}
     bad_names = [n for n in _tensor_names(proto.graph) if n and _NAME_BAD.search(n)]
-    if pins or bad_names:
+    if pins or bad_names or fixed:
         folder.mkdir(exist_ok=True)
         # With shape inference first; without, if onnx's inference breaks the graph (it can, inside If bodies).
-        for infer in ((True, False) if pins else (False,)):
+        for infer in ((True, False) if pins or fixed else (False,)):
             candidate = _copy(proto)
-            if pins:
+            _fix_values(candidate, fixed)
+            if pins or fixed:
                 _pin(candidate, pins, infer)
+            if fixed:       # fold the If on a fixed input at once: ONNX Runtime crashed (SIGSEGV) on it unfolded
+                candidate = _slimmed(candidate)
             renamed = _sanitize_names(candidate.graph)
-            note = _pin_and_name_note(pins, renamed) + ("" if infer or not pins else " (without shape inference)")
+            note = _pin_and_name_note(pins, renamed, fixed) + ("" if infer or not (pins or fixed)
+                                                                else " (without shape inference)")
             if _keep_if_it_matches(candidate, folder / "prepared.onnx", prepared, check, options, note, renamed):
                 break
-    if any(node.op_type == "Shape" for node in read_onnx(prepared.path).graph.node):
+    graph = read_onnx(prepared.path).graph
+    if any(node.op_type == "Shape" for node in graph.node) or fixed and any(n.op_type == "If" for n in graph.node):
         folder.mkdir(exist_ok=True)
         _fold(prepared, folder / "folded.onnx", check, options)
     if any(node.op_type in ("LSTM", "Slice") for node in read_onnx(prepared.path).graph.node):
@@ -132,8 +141,36 @@ def _keep_if_it_matches(proto, path: Path, prepared: Prepared, check: Check, opt
     return False
 
 
-def _pin_and_name_note(pins: dict, renamed: dict) -> str:
+def _slimmed(proto):
+    """onnxslim's folding of ``proto``, or ``proto`` itself when onnxslim is missing or fails on it."""
+    try:
+        import onnxslim
+
+        return onnxslim.slim(proto)
+    except Exception:  # noqa: BLE001 - ImportError or onnxslim's own; the check judges the unfolded graph then
+        return proto
+
+
+def _fix_values(proto, fixed: dict) -> None:
+    """Each fixed input becomes an initializer of its value (shape and type as the graph declares the input)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    for graph_input in [i for i in proto.graph.input if i.name in fixed]:
+        tensor_type = graph_input.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tensor_type.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        proto.graph.input.remove(graph_input)
+        proto.graph.initializer.append(
+            numpy_helper.from_array(np.full(shape, fixed[graph_input.name], dtype=dtype), graph_input.name))
+
+
+def _pin_and_name_note(pins: dict, renamed: dict, fixed: dict = None) -> str:
     parts = []
+    if fixed:
+        parts.append("fixed inputs whose declared range holds one value and folded what depends on them with "
+                     "onnxslim (the artifact does not take them): " +
+                     ", ".join(f"{name}={value}" for name, value in fixed.items()))
     if pins:
         parts.append("pinned dynamic dims from --input: " + ", ".join(
             f"{name}[{axis}]={size}" for name, dims in pins.items() for axis, size in dims.items()))

@@ -75,6 +75,13 @@ class ModelSpec:
     def output_names(self) -> list:
         return [t.name for t in self.outputs]
 
+    @property
+    def fixed_inputs(self) -> dict:
+        """{name: value} for integer inputs whose declared range holds one value (``sr::int64:16000..16001``):
+        the user has said the input never changes, so a converter may specialise the graph to it and drop it."""
+        return {t.name: t.value_range[0] for t in self.inputs
+                if t.value_range and t.value_range[1] - t.value_range[0] == 1 and "int" in (t.dtype or "")}
+
     def to_dict(self) -> dict:
         return {"inputs": [t.to_dict() for t in self.inputs],
                 "outputs": [t.to_dict() for t in self.outputs]}

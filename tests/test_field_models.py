@@ -300,3 +300,52 @@ def test_field_corpus_models(tmp_path, name, target, expected):
         assert row["passed"] and row["cosine"] > 0.9999, row
     else:
         assert not row["passed"] and row["exit_code"] == 4 and expected in row["verdict"], row
+
+
+def _gated_state_model(path: Path) -> Path:
+    """silero-vad's two constructs in small: an If on an integer input (its 16 kHz / 8 kHz branches) and a state
+    input read with Gather(axis 0) into a Gemm, which onnx2tf's channels-last state breaks."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "W"),
+               numpy_helper.from_array(np.array(1, np.int64), "one"),
+               numpy_helper.from_array(np.array(16000, np.int64), "rate16k")]
+
+    def branch(name, op):
+        return helper.make_graph([helper.make_node(op, ["h"], [f"{name}_y"])], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [1, 4])])
+
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["state", "one"], ["s1"], axis=0), helper.make_node("Gemm", ["s1", "W"], ["h"]),
+         helper.make_node("Equal", ["sr", "rate16k"], ["is16k"]),
+         helper.make_node("If", ["is16k"], ["y"], then_branch=branch("then", "Relu"), else_branch=branch("else", "Neg"))],
+        "gated_state",
+        [helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 8]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.onnxruntime
+@pytest.mark.tensorflow
+@pytest.mark.litert
+def test_an_input_fixed_to_one_value_is_folded_away_and_a_state_keeps_its_layout(tmp_path):
+    source = _gated_state_model(tmp_path / "gated.onnx")
+    shapes = ["state:2x1x8", "sr::int64:16000..16001"]       # a range of one value: the user fixes sr
+    result = api.export(str(source), "tflite", str(tmp_path / "gated.tflite"), load=api.load_options(shapes))
+    assert result.passed, result.parity
+    assert result.opened.spec.input_names == ["state"]                  # sr specialised away, If folded
+    notes = [n for hop in result.route for n in hop["notes"]]
+    assert any("fixed inputs" in n and "sr=16000" in n and "checked: PASS" in n for n in notes), notes
+    assert any("kept state in the ONNX layout" in n for n in notes), notes   # the channels-last try failed
+    inputs = sum((["--input", s] for s in shapes), [])
+    proc = run_cli("verify", str(source), str(tmp_path / "gated.tflite"), *inputs)
+    assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stderr        # verify does not feed sr either
+    proc = run_cli("verify", str(source), str(tmp_path / "gated.tflite"), "--input", "state:2x1x8")
+    assert_clean_error(proc, 2, "takes 1 input(s) (state) but the source takes 2")   # sr not fixed: no silent drop
