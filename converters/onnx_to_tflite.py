@@ -48,6 +48,7 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
     keep_nchw = [t.name for t in model.spec.inputs if len(t.shape or ()) in NCHW_TO_NHWC
                  and t.name not in nhwc] if options.keep_layout else []
     prepared = prepare(model, out_path.parent / f"{out_path.name}.prepared", options, check)
+    _refuse_ops_onnx2tf_lacks(prepared.path)          # after preparing: folding may remove some
     keep = {"keep_nhwc": nhwc, "keep_nchw": keep_nchw, "keep_exact": []}
     try:
         return _attempt(model, prepared, out_path, options, check, saved_model, keep)
@@ -66,6 +67,32 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
         result.notes.append(f"onnx2tf kept {', '.join(exact)} in the ONNX layout (keep_shape_absolutely_input_names)"
                             f": the channels-last try failed ({first.message[:160]})")
         return result
+
+
+def _refuse_ops_onnx2tf_lacks(onnx_path: str) -> None:
+    """Every op type onnx2tf has no converter for, named at once with its count and first node, before it runs
+    (onnx2tf itself stops at the first, after building everything before it). onnx2tf looks a node's converter up
+    as the module ``onnx2tf.ops.<OpType>``, so its ops folder is the list — read without importing TensorFlow."""
+    import importlib.util
+    from collections import Counter
+
+    spec = importlib.util.find_spec("onnx2tf")
+    if spec is None or not spec.submodule_search_locations:
+        return                                       # not installed: the child says so with the install hint
+    folder = Path(list(spec.submodule_search_locations)[0]) / "ops"
+    known = {f.stem for f in folder.glob("*.py")}
+    if not known:
+        return
+    lacking, first = Counter(), {}
+    for node in every_node(read_onnx(onnx_path).graph):
+        if node.op_type not in known:
+            lacking[node.op_type] += 1
+            first.setdefault(node.op_type, node.name or "(unnamed)")
+    if lacking:
+        ops = ", ".join(f"{op} ×{count} (first: {first[op]})" for op, count in sorted(lacking.items()))
+        raise ConversionError(f"onnx2tf has no converter for {len(lacking)} op type(s) in this graph: {ops}",
+                              "export the source with standard ops (another opset or exporter), or rewrite those "
+                              "parts; --to onnx keeps them for ONNX Runtime")
 
 
 def _attempt(model: LoadedModel, prepared, out_path: Path, options: ExportOptions, check: Check, saved_model: bool,

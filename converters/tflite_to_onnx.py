@@ -20,8 +20,36 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
     info = run_child("converters.tflite_to_onnx:job", payload, stage=CONVERT, what="tf2onnx", timeout=options.timeout,
                      debug=options.debug).info
     result = ConversionResult(path=out_path, converter="tflite_to_onnx", tool=info["tool"])
+    _refuse_leftover_ops(out_path, model.path)
     return accept(result, check, options, "tf2onnx", "tf2onnx (from TFLite)",
                   "the TFLite file may use fused TFLite-only ops; convert from the original model instead")
+
+
+def _refuse_leftover_ops(onnx_path: Path, tflite_path: str) -> None:
+    """Every TFLite-only op tf2onnx left in the graph, named at once with its count (not just the first that ONNX
+    Runtime trips on), beside the custom ops the .tflite file declares."""
+    from collections import Counter
+
+    import onnx
+
+    from deploykit.errors import ConversionError
+    from deploykit.onnx_io import every_node
+    from deploykit.tflite_metadata import custom_ops
+
+    try:
+        nodes = list(every_node(onnx.load(str(onnx_path)).graph))   # unchecked: the checker stops at the first op
+    except Exception:  # noqa: BLE001 - a file that does not parse: accept says so
+        return
+    left = Counter(n.op_type for n in nodes if n.op_type.startswith("TFL_") or n.domain not in ("", "ai.onnx"))
+    if not left:
+        return
+    declared = custom_ops(Path(tflite_path).read_bytes())
+    ops = ", ".join(f"{op} ×{count}" for op, count in sorted(left.items()))
+    raise ConversionError(
+        f"tf2onnx (from TFLite) left {len(left)} op type(s) ONNX has no kernel for: {ops}"
+        + (f"; the .tflite declares custom op(s) {', '.join(declared)} (fused by the app's own runtime)"
+           if declared else ""),
+        "convert from the model the .tflite was made from, or run the .tflite itself on LiteRT with those kernels")
 
 
 def job(payload: dict, arrays: dict) -> dict:

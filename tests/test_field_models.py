@@ -281,7 +281,7 @@ FIELD_CASES = [   # (corpus model, target, True = converts and matches, else a f
     ("silero-vad fp16", "tflite", True),            # state in and out, LSTM unrolled, Slice narrowed, state permuted
     ("face detection short range", "onnx", True),   # MediaPipe TFLite → tf2onnx
     ("hand landmark lite", "onnx", True),
-    ("selfie segmentation", "onnx", "TFL_Convolution2DTransposeBias"),   # MediaPipe's fused custom op, named
+    ("selfie segmentation", "onnx", "ONNX has no kernel for: TFL_Convolution2DTransposeBias"),   # MediaPipe custom op
 ]
 
 
@@ -349,3 +349,27 @@ def test_an_input_fixed_to_one_value_is_folded_away_and_a_state_keeps_its_layout
     assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stderr        # verify does not feed sr either
     proc = run_cli("verify", str(source), str(tmp_path / "gated.tflite"), "--input", "state:2x1x8")
     assert_clean_error(proc, 2, "takes 1 input(s) (state) but the source takes 2")   # sr not fixed: no silent drop
+
+
+@pytest.mark.slow
+@pytest.mark.onnxruntime
+@pytest.mark.tensorflow
+def test_every_op_onnx2tf_lacks_is_named_at_once_with_its_count(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("BitwiseNot", ["bits"], ["flipped"], name="flip"),
+         helper.make_node("CastLike", ["flipped", "like"], ["as_float"], name="cast_a"),
+         helper.make_node("CastLike", ["as_float", "like"], ["y"], name="cast_b")], "lacking",
+        [helper.make_tensor_value_info("bits", TensorProto.INT32, [1, 4]),
+         helper.make_tensor_value_info("like", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "lacking.onnx"))
+    out = tmp_path / "lacking.tflite"
+    proc = run_cli("export", str(tmp_path / "lacking.onnx"), "--to", "tflite", "-o", str(out))
+    assert_clean_error(proc, 4, "onnx2tf has no converter for 2 op type(s) in this graph: BitwiseNot ×1 (first: flip), "
+                                "CastLike ×2 (first: cast_a)", "--to onnx keeps them")
+    assert not out.exists()
