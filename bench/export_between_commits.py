@@ -6,7 +6,7 @@ own models, which need none of its steps.
 Each commit is checked out with ``git worktree`` into a temporary folder and runs ``deploykit export`` on the same
 sample files (built once with the current tree's ``deploykit samples build``) in a fresh process, so a number is
 what a user waits for: interpreter start, imports, conversion, and the parity check. The best of ``--repeat`` runs
-is kept, the commits taking turns (this is a shared 2-core host; the best run is the one least disturbed). Prints a markdown table.
+is kept, the commits taking turns in A B B A order (this is a shared 2-core host; the best run is the one least disturbed). Prints a markdown table.
 """
 from __future__ import annotations
 
@@ -65,8 +65,8 @@ def main() -> None:
             rows = []
             for sample, target, flags in CASES:
                 times = {ref: [] for ref in trees}
-                for _ in range(args.repeat):           # interleaved: a slow spell of the host hits both commits
-                    for ref, tree in trees.items():
+                for turn in range(args.repeat):        # A B B A …: a slow spell, or the run just before, hits both
+                    for ref, tree in list(trees.items())[::(-1) ** turn]:
                         times[ref].append(_export_seconds(tree, samples / sample, target, flags, work / f"out.{target}"))
                 best = {ref: min(values) for ref, values in times.items()}
                 rows.append((sample, target, " ".join(flags), best[args.before], best[args.after]))
