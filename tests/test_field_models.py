@@ -11,11 +11,11 @@ import pytest
 
 from deploykit import api
 from tests.conftest import assert_clean_error, run_cli
+from tests.hostile.builders import save_graph
 
 
 def _sequence_model(path: Path) -> Path:
     """x [1, seq, 16] → MatMul → Relu → mean over seq → y [1, 8]: one dynamic non-batch axis."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weights = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32), "W")
@@ -24,10 +24,7 @@ def _sequence_model(path: Path) -> Path:
          helper.make_node("ReduceMean", ["r"], ["y"], axes=[1], keepdims=0)], "sequence_mean",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "seq", 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [weights])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path)
 
 
 @pytest.mark.slow
@@ -135,9 +132,7 @@ def test_tensor_names_onnx2tf_cannot_take_are_renamed_on_its_copy(tmp_path):
          helper.make_node("Relu", ["h@1"], ["1output@2"], name="3relu")], "names",
         [helper.make_tensor_value_info("input:0", TensorProto.FLOAT, [1, 16])],
         [helper.make_tensor_value_info("1output@2", TensorProto.FLOAT, [1, 8])], [weights])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "names.onnx"))
+    save_graph(graph, tmp_path / "names.onnx")
     result = api.export(str(tmp_path / "names.onnx"), "tflite", str(tmp_path / "names.tflite"))
     assert result.passed, result.parity
     notes = [n for hop in result.route for n in hop["notes"]]
@@ -152,7 +147,6 @@ def test_tensor_names_onnx2tf_cannot_take_are_renamed_on_its_copy(tmp_path):
 def test_shape_arithmetic_is_folded_once_dims_are_pinned(tmp_path):
     """x [1, seq, 16] flattened by a Reshape whose target is computed from Shape(x) (what exporters write for a
     dynamic axis): pinned, then folded by onnxslim — each step checked against the source and noted."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     const = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
@@ -166,9 +160,7 @@ def test_shape_arithmetic_is_folded_once_dims_are_pinned(tmp_path):
              helper.make_node("ReduceSum", ["flattened", "axis1"], ["y"], keepdims=1)]
     graph = helper.make_graph(nodes, "flatten", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "seq", 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], const)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "flatten.onnx"))
+    save_graph(graph, tmp_path / "flatten.onnx")
     result = api.export(str(tmp_path / "flatten.onnx"), "tflite", str(tmp_path / "flatten.tflite"),
                         load=api.load_options(["x:1x8x16"]))
     assert result.passed, result.parity
@@ -226,7 +218,6 @@ def test_googles_magika_model_converts_to_tflite(tmp_path):
 
 def _gather_model(path: Path, dim) -> Path:
     """y = table[idx]: a 4-entry table indexed by an int64 input (dim: how the exporter wrote idx's length)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     table = numpy_helper.from_array(np.arange(4, dtype=np.float32), "table")
@@ -236,10 +227,7 @@ def _gather_model(path: Path, dim) -> Path:
         idx.type.tensor_type.shape.dim[0].dim_value = dim
     graph = helper.make_graph([helper.make_node("Gather", ["table", "idx"], ["y"])], "lookup", [idx],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])], [table])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path)
 
 
 @pytest.mark.onnxruntime
@@ -247,7 +235,6 @@ def test_a_source_that_fails_on_the_fed_inputs_is_named_as_the_source(tmp_path):
     """A 12-value table reshaped to a shape given as an int64 input: random shapes make ONNX Runtime fail on the
     *source*. Before, that read as "the converted model does not run"; now it is the inputs' problem, with how to
     give the values the model expects."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from deploykit.errors import UsageError
@@ -256,9 +243,7 @@ def test_a_source_that_fails_on_the_fed_inputs_is_named_as_the_source(tmp_path):
     graph = helper.make_graph([helper.make_node("Reshape", ["table", "target"], ["y"])], "reshape",
                               [helper.make_tensor_value_info("target", TensorProto.INT64, [2])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])], [table])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "reshape.onnx"))
+    save_graph(graph, tmp_path / "reshape.onnx")
     source = str(tmp_path / "reshape.onnx")
     with pytest.raises(UsageError, match=r"the source reshape.onnx \(onnx\) fails on the inputs deploykit feeds") as info:
         api.verify(source, [source])
@@ -305,7 +290,6 @@ def test_field_corpus_models(tmp_path, name, target, expected):
 def _gated_state_model(path: Path) -> Path:
     """silero-vad's two constructs in small: an If on an integer input (its 16 kHz / 8 kHz branches) and a state
     input read with Gather(axis 0) into a Gemm, which onnx2tf's channels-last state breaks."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -325,10 +309,7 @@ def _gated_state_model(path: Path) -> Path:
         [helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 8]),
          helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path)
 
 
 @pytest.mark.slow
@@ -355,7 +336,6 @@ def test_an_input_fixed_to_one_value_is_folded_away_and_a_state_keeps_its_layout
 @pytest.mark.onnxruntime
 @pytest.mark.tensorflow
 def test_every_op_onnx2tf_lacks_is_named_at_once_with_its_count(tmp_path):
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -365,9 +345,7 @@ def test_every_op_onnx2tf_lacks_is_named_at_once_with_its_count(tmp_path):
         [helper.make_tensor_value_info("bits", TensorProto.INT32, [1, 4]),
          helper.make_tensor_value_info("like", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "lacking.onnx"))
+    save_graph(graph, tmp_path / "lacking.onnx", 18)
     out = tmp_path / "lacking.tflite"
     proc = run_cli("export", str(tmp_path / "lacking.onnx"), "--to", "tflite", "-o", str(out))
     assert_clean_error(proc, 4, "onnx2tf has no converter for 2 op type(s) in this graph: BitwiseNot ×1 (first: flip), "

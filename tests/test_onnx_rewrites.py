@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from deploykit.onnx_rewrites import narrow_slices, unroll_lstms
+from tests.hostile.builders import onnx_model
 
 pytestmark = pytest.mark.onnxruntime
 
@@ -35,8 +36,7 @@ def _lstm_model(steps=3, batch=2, features=5, hidden=4, states=True, bias=True, 
               "Y_c": [directions, batch, hidden]}
     graph = helper.make_graph([node], "lstm", inputs,
                               [helper.make_tensor_value_info(o, TensorProto.FLOAT, shapes[o]) for o in outputs], weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = onnx_model(graph)
     return onnx.shape_inference.infer_shapes(model)
 
 
@@ -96,8 +96,7 @@ def _slice_model(axes=(0, 1, 2), starts=(0, 0, 0), ends=(2**63 - 1, 3, 2**63 - 1
     graph = helper.make_graph([helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"], name="cut")],
                               "slice", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 5])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], params)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = onnx_model(graph)
     return onnx.shape_inference.infer_shapes(model)
 
 

@@ -37,7 +37,6 @@ def tiny_onnx(path: Path, input_name: str = "x", shape=(1, 4), producer: str = "
     ``elem_type`` is the input's declared element type (1 = float; 65 is none ONNX defines); ``sequence_input``
     declares the input a sequence of tensors."""
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weight = numpy_helper.from_array(np.arange(shape[-1] * 3, dtype=np.float32).reshape(shape[-1], 3) / 10, "W")
@@ -52,9 +51,7 @@ def tiny_onnx(path: Path, input_name: str = "x", shape=(1, 4), producer: str = "
         "tiny", [helper.make_tensor_sequence_value_info(input_name, TensorProto.FLOAT, list(shape)) if sequence_input
                  else helper.make_tensor_value_info(input_name, elem_type, list(shape))],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, list(shape[:-1]) + [3])], [weight])
-    model = helper.make_model(graph, producer_name=producer, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    model.doc_string = doc
+    model = onnx_model(graph, producer_name=producer, doc_string=doc)
     path.write_bytes(model.SerializeToString())
     return path
 
@@ -69,24 +66,32 @@ def division_onnx(path: Path, sign: float) -> Path:
     graph = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["h"]), helper.make_node("Div", ["h", "z"], ["y"])],
                               "division", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], constants)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.write_bytes(model.SerializeToString())
-    return path
+    return save_graph(graph, path)
 
 
 def image_onnx(path: Path, shape=(1, 3, 8, 8)) -> Path:
     """x[1,3,8,8] -> Relu -> y: a 4-D float input that an image folder can calibrate."""
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "image",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return save_graph(graph, path)
+
+
+def onnx_model(graph, opset: int = 17, **fields):
+    """A ModelProto of ``graph`` at ``opset``, with the IR version every installed runtime reads (8)."""
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], **fields)
     model.ir_version = 8
-    path.write_bytes(model.SerializeToString())
-    return path
+    return model
+
+
+def save_graph(graph, path: Path, opset: int = 17) -> Path:
+    """``graph`` written to ``path`` as a model (see onnx_model)."""
+    path.write_bytes(onnx_model(graph, opset).SerializeToString())
+    return Path(path)
 
 
 def zip_file(path: Path, members: dict, compression=zipfile.ZIP_STORED) -> Path:
