@@ -60,8 +60,10 @@ def main() -> None:
         if not args.samples:
             subprocess.run([sys.executable, "-m", "deploykit.cli", "samples", "build", "-o", str(samples)],
                            cwd=ROOT, check=True, capture_output=True)
-        trees = {ref: _worktree(ref, work / f"tree-{i}") for i, ref in enumerate((args.before, args.after))}
+        trees = {}
         try:
+            for index, ref in enumerate((args.before, args.after)):
+                trees[ref] = _worktree(ref, work / f"tree-{index}")
             rows = []
             for sample, target, flags in CASES:
                 times = {ref: [] for ref in trees}

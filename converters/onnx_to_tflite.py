@@ -57,13 +57,14 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
         # its own remedy for that is -kat (keep_shape_absolutely_input_names): one more try with it.
         exact = [t.name for t in model.spec.inputs if len(t.shape or ()) in (3, 5)
                  and t.name not in nhwc + keep_nchw and t.name not in model.spec.fixed_inputs]
-        if not exact:
+        if not exact or "did not finish within" in first.message:     # a timeout is no layout problem
             raise
         _remove(out_path)
         try:
             result = _attempt(model, prepared, out_path, options, check, saved_model, {**keep, "keep_exact": exact})
-        except ConversionError:
-            raise first from None
+        except ConversionError as second:
+            raise ConversionError(f"{first.message}; again with {', '.join(exact)} kept in the ONNX layout: "
+                                  f"{second.message}", first.remedy, first.details, outcome=first.outcome) from None
         result.notes.append(f"onnx2tf kept {', '.join(exact)} in the ONNX layout (keep_shape_absolutely_input_names)"
                             f": the channels-last try failed ({first.message[:160]})")
         return result
@@ -190,14 +191,17 @@ def _known_outputs(onnx_path: str, outputs: tuple) -> list:
 
 
 def _only_permutation(start: tuple, goal: tuple):
-    """The one axis order that turns shape ``start`` into ``goal``, or None when none or several do."""
+    """The axis order that turns shape ``start`` into ``goal``, or None when none or several (that move data
+    differently) do."""""
     import itertools
 
     if len(start) != len(goal) or len(start) > 6:
         return None
     found = [list(p) for p in itertools.permutations(range(len(start)))
              if _same_dims(tuple(start[i] for i in p), tuple(goal))]     # a named (dynamic) dim matches any size
-    return found[0] if len(found) == 1 else None
+    # Orders that differ only in where size-1 axes go move the same data: one of them is as good as another.
+    moved = {tuple(i for i in p if start[i] != 1) for p in found}
+    return found[0] if found and len(moved) == 1 else None
 
 
 def _ambiguous(shape: tuple, nhwc: list) -> bool:

@@ -40,7 +40,9 @@ def _refuse_leftover_ops(onnx_path: Path, tflite_path: str) -> None:
         nodes = list(every_node(onnx.load(str(onnx_path)).graph))   # unchecked: the checker stops at the first op
     except Exception:  # noqa: BLE001 - a file that does not parse: accept says so
         return
-    left = Counter(n.op_type for n in nodes if n.op_type.startswith("TFL_") or n.domain not in ("", "ai.onnx"))
+    # ai.onnx.ml and com.microsoft ops run on ONNX Runtime: only what tf2onnx could not translate is named
+    runnable = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+    left = Counter(n.op_type for n in nodes if n.op_type.startswith("TFL_") or n.domain not in runnable)
     if not left:
         return
     declared = custom_ops(Path(tflite_path).read_bytes())

@@ -26,7 +26,7 @@ __all__ = ["export", "verify", "verify_bundle", "package", "bench", "inspect", "
 
 def load_options(inputs: Sequence[str] = (), weights: Optional[str] = None, trust_pickle: bool = False,
                  timeout: float = 600.0) -> LoadOptions:
-    """LoadOptions from command-line style values: ``--input NAME:DIMS[:DTYPE[:LOW..HIGH]]`` texts, weights path."""
+    """LoadOptions from command-line style values: ``--input NAME:DIMS[:DTYPE[:LOW..HIGH]]`` or ``NAME:DIMS:DTYPE=VALUE`` texts, weights path."""
     from deploykit.spec import parse_input_arg
 
     specs = []

@@ -158,7 +158,7 @@ class Checker:
         names = candidate.spec.input_names
         if set(names) == set(feeds):
             return feeds
-        # An input the user fixed to one value may have been specialised away (onnx_prep): it is not fed.
+        # An input the user fixed (--input sr::int64=16000) may have been specialised away (onnx_prep): not fed.
         dropped = [n for n in self.source.spec.fixed_inputs if n in feeds and n not in names]
         if dropped and len(names) == len(feeds) - len(dropped):
             feeds = {name: value for name, value in feeds.items() if name not in dropped}

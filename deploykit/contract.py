@@ -107,7 +107,7 @@ def with_source_ranges(spec: ModelSpec, source_spec: ModelSpec) -> ModelSpec:
     """Value ranges a file format cannot record (a TFLite token-id input's vocabulary size) from the source, by
     input position: golden vectors and the contract then agree on what the app may feed."""
     inputs = [replace(tensor, value_range=original.value_range) if tensor.value_range is None and original.value_range
-              else tensor for tensor, original in zip(spec.inputs, source_spec.inputs)]
+              else tensor for tensor, original in zip(spec.inputs, source_spec.counterparts(spec.inputs))]
     return ModelSpec(tuple(inputs) + tuple(spec.inputs[len(inputs):]), spec.outputs)
 
 

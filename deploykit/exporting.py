@@ -215,7 +215,7 @@ def _artifact_signature(source: LoadedModel, artifact: LoadedModel, layout: dict
     """The artifact's signature, with the source's layout labels carried over by position
     (and permuted where the route recorded a permutation: NCHW becomes NHWC, say)."""
     signature = artifact.spec.to_dict()
-    for kind, tensors in (("inputs", source.spec.inputs), ("outputs", source.spec.outputs)):
+    for kind, tensors in (("inputs", source.spec.counterparts(artifact.spec.inputs)), ("outputs", source.spec.outputs)):
         perms = layout.get(kind) or {}
         for entry, src in zip(signature[kind], tensors):
             label, perm = src.layout, perms.get(entry["name"])

@@ -6,9 +6,9 @@ works on a copy, is checked against the *source* with the export's one parity en
 holds (as onnxslim after the ONNX exporter is):
 
 1. pin: the user's shapes are law — dims the file leaves dynamic but ``--input`` makes concrete are written into
-   the graph, and onnx's shape inference carries them downstream; so are values: an integer input whose declared
-   range holds one value (``sr::int64:16000..16001``) becomes a constant, which lets onnxslim fold the ``If`` on it
-   (silero-vad's 16 kHz / 8 kHz branches) — the artifact then has no such input, and the check does not feed it;
+   the graph, and onnx's shape inference carries them downstream; so are values: an integer input the user fixes
+   (``--input sr::int64=16000``) becomes a constant, which lets onnxslim fold the ``If`` on it (silero-vad's
+   16 kHz / 8 kHz branches) — the artifact then has no such input, and the check does not feed it;
 2. names: tensor and node names a converter cannot take (tf2onnx's ``input:0``, ``@``, a leading digit) are
    renamed; the converted model is matched to the source by position, as any renaming converter's is;
 3. fold: onnxslim folds constants and shape arithmetic, when the graph computes shapes at all (``Shape`` ops);
@@ -56,7 +56,7 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
         # With shape inference first; without, if onnx's inference breaks the graph (it can, inside If bodies).
         for infer in ((True, False) if pins or fixed else (False,)):
             candidate = _copy(proto)
-            _fix_values(candidate, fixed)
+            _fix_values(candidate, fixed, model.spec)
             if pins or fixed:
                 _pin(candidate, pins, infer)
             if fixed:       # fold the If on a fixed input at once: ONNX Runtime crashed (SIGSEGV) on it unfolded
@@ -70,7 +70,9 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
     if any(node.op_type == "Shape" for node in graph.node) or fixed and any(n.op_type == "If" for n in graph.node):
         folder.mkdir(exist_ok=True)
         _fold(prepared, folder / "folded.onnx", check, options)
-    if any(node.op_type in ("LSTM", "Slice") for node in read_onnx(prepared.path).graph.node):
+    from deploykit.onnx_rewrites import has_candidates
+
+    if has_candidates(read_onnx(prepared.path)):
         folder.mkdir(exist_ok=True)
         _rewrite(prepared, folder / "rewritten.onnx", check, options)
     return prepared
@@ -151,14 +153,17 @@ def _slimmed(proto):
         return proto
 
 
-def _fix_values(proto, fixed: dict) -> None:
-    """Each fixed input becomes an initializer of its value (shape and type as the graph declares the input)."""
+def _fix_values(proto, fixed: dict, spec) -> None:
+    """Each fixed input becomes an initializer of its value: the user's shape (else the graph's, dynamic dims 1)
+    and the graph's type."""
     import numpy as np
     from onnx import helper, numpy_helper
 
+    user_shapes = {t.name: t.shape for t in spec.inputs if t.is_static}
     for graph_input in [i for i in proto.graph.input if i.name in fixed]:
         tensor_type = graph_input.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tensor_type.shape.dim]
+        shape = user_shapes.get(graph_input.name) or [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                                                      else 1 for d in tensor_type.shape.dim]
         dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         proto.graph.input.remove(graph_input)
         proto.graph.initializer.append(
@@ -168,8 +173,8 @@ def _fix_values(proto, fixed: dict) -> None:
 def _pin_and_name_note(pins: dict, renamed: dict, fixed: dict = None) -> str:
     parts = []
     if fixed:
-        parts.append("fixed inputs whose declared range holds one value and folded what depends on them with "
-                     "onnxslim (the artifact does not take them): " +
+        parts.append("fixed inputs (--input NAME::DTYPE=VALUE) and folded what depends on them with onnxslim "
+                     "(the artifact does not take them): " +
                      ", ".join(f"{name}={value}" for name, value in fixed.items()))
     if pins:
         parts.append("pinned dynamic dims from --input: " + ", ".join(
@@ -204,9 +209,18 @@ def _rewrite(prepared: Prepared, path: Path, check: Check, options: ExportOption
     """LSTM nodes written out as their equations and Slice nodes narrowed, kept only if the result still matches."""
     from deploykit.onnx_rewrites import MAX_STEPS, narrow_slices, unroll_lstms
 
-    proto = _inferred(_copy(read_onnx(prepared.path, with_weights=True)))   # the cached proto is read-only
-    fused = sum(node.op_type == "LSTM" for node in proto.graph.node)
-    narrowed, unrolled = narrow_slices(proto), unroll_lstms(proto)
+    import onnx
+
+    try:
+        # A copy (the cached proto is read-only), weights included, unchecked: the source was checked on loading.
+        proto = _inferred(onnx.load(prepared.path))
+        fused = sum(node.op_type == "LSTM" for node in proto.graph.node)
+        narrowed, unrolled = narrow_slices(proto), unroll_lstms(proto)
+    except Exception as exc:  # noqa: BLE001 - an optional step never ends an export: it is noted and skipped
+        from deploykit.text import brief, exception_chain
+
+        prepared.notes.append(f"ops not rewritten ({brief(exception_chain(exc))})")
+        return
     if fused > unrolled:
         prepared.notes.append(f"{fused - unrolled} LSTM node(s) left fused: the sequence length is unknown (give it "
                               f"with --input) or over {MAX_STEPS} steps, or the node uses options not unrolled")

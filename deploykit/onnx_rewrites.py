@@ -28,6 +28,13 @@ MAX_STEPS = 64          # unrolling grows the graph by ~14 nodes a step: past th
 _DEFAULTS = {"direction": b"forward", "layout": 0, "input_forget": 0}
 
 
+def has_candidates(proto) -> bool:
+    """Whether ``proto``'s main graph has a node either rewrite may change (cheap: no weights are read)."""
+    stored = {init.name for init in proto.graph.initializer}
+    return any(node.op_type == "LSTM" or node.op_type == "Slice" and len(node.input) > 3 and
+               all(name in stored for name in node.input[1:4] if name) for node in proto.graph.node)
+
+
 def narrow_slices(proto) -> int:
     """Drop the full-range axes of every Slice whose parameters are stored in the file; returns how many changed."""
     from onnx import numpy_helper
@@ -43,13 +50,13 @@ def narrow_slices(proto) -> int:
         shape = shapes.get(node.input[0])
         starts, ends, axes = (numpy_helper.to_array(weights[p]) for p in params[:3])
         steps = numpy_helper.to_array(weights[params[3]]) if len(params) > 3 and params[3] else [1] * len(starts)
-        if shape is None or len(starts) < 2:
+        if shape is None or len(starts) < 2 or any(not -len(shape) <= int(a) < len(shape) for a in axes):
             continue
         keep = [i for i in range(len(starts)) if not _full_range(starts[i], ends[i], steps[i], shape[axes[i]])]
         if len(keep) == len(starts) or not keep:
             continue
         for index, values in enumerate((starts, ends, axes, steps)):
-            name = f"{node.name or node.output[0]}/narrowed_{('starts', 'ends', 'axes', 'steps')[index]}"
+            name = f"{node.name or node.output[0]}/narrowed{changed}_{('starts', 'ends', 'axes', 'steps')[index]}"
             graph.initializer.append(numpy_helper.from_array(np.asarray(values)[keep].astype(np.int64), name))
             if index < len(node.input) - 1:
                 node.input[index + 1] = name
@@ -62,7 +69,7 @@ def narrow_slices(proto) -> int:
 
 
 def _full_range(start, end, step, size) -> bool:
-    return int(start) == 0 and int(step) == 1 and isinstance(size, int) and int(end) >= size
+    return int(start) == 0 and int(step) == 1 and isinstance(size, int) and size > 0 and int(end) >= size
 
 
 def unroll_lstms(proto) -> int:
@@ -76,7 +83,7 @@ def unroll_lstms(proto) -> int:
         if sizes is None:
             nodes.append(node)
             continue
-        new_nodes, new_weights = _unroll(node, *sizes, weights)
+        new_nodes, new_weights = _unroll(node, *sizes, weights, f"{node.name or node.output[0]}/unrolled{unrolled}")
         nodes.extend(new_nodes)
         graph.initializer.extend(new_weights)
         unrolled += 1
@@ -90,15 +97,21 @@ def unroll_lstms(proto) -> int:
 def _drop_unused_initializers(graph) -> None:
     """The fused op's W, R and B are now read by nobody: runtimes warn about them and they double the file."""
     used = {name for node in every_node(graph) for name in node.input} | {o.name for o in graph.output}
-    kept = [init for init in graph.initializer if init.name in used]
+    dropped = {init.name for init in graph.initializer if init.name not in used}
+    kept = [init for init in graph.initializer if init.name not in dropped]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+    inputs = [i for i in graph.input if i.name not in dropped]    # older exporters list initializers as inputs too
+    del graph.input[:]
+    graph.input.extend(inputs)
 
 
 def _known_shapes(graph) -> dict:
     values = list(graph.input) + list(graph.value_info) + list(graph.output)
-    return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-            for v in values if v.type.HasField("tensor_type")}
+    # A dim_value of 0 or -1 (Paddle2ONNX's "dynamic") is no known size; a tensor without a shape is not listed.
+    return {v.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                     for d in v.type.tensor_type.shape.dim]
+            for v in values if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
 
 
 def _supported_sizes(node, weights: dict, shapes: dict):
@@ -123,7 +136,7 @@ def _supported_sizes(node, weights: dict, shapes: dict):
     return steps, batch if isinstance(batch, int) and batch > 0 else -1
 
 
-def _unroll(node, steps: int, batch: int, weights: dict):
+def _unroll(node, steps: int, batch: int, weights: dict, prefix: str):
     from onnx import helper, numpy_helper
 
     inputs = list(node.input) + [""] * (8 - len(node.input))
@@ -131,7 +144,6 @@ def _unroll(node, steps: int, batch: int, weights: dict):
     r = numpy_helper.to_array(weights[inputs[2]])[0]          # [4H, H]
     hidden = r.shape[1]
     bias = (numpy_helper.to_array(weights[inputs[3]])[0] if inputs[3] else None)
-    prefix = (node.name or node.output[0]) + "/unrolled"
     new_weights, made = [], []
 
     def weight(name, array):

@@ -22,7 +22,8 @@ class TensorSpec:
     """One input or output: name, shape (ints or symbols), numpy dtype name, layout.
 
     ``value_range`` is a half-open [low, high) range for integer inputs such as
-    token ids, so that random inputs stay valid for an embedding table.
+    token ids, so that random inputs stay valid for an embedding table. ``fixed``: the user said the input only
+    ever takes one value (``--input sr::int64=16000``), so a converter may specialise the graph to it and drop it.
     """
 
     name: str
@@ -30,6 +31,7 @@ class TensorSpec:
     dtype: str = "float32"
     layout: Optional[str] = None
     value_range: Optional[tuple] = None
+    fixed: bool = False
 
     @property
     def is_static(self) -> bool:
@@ -41,7 +43,9 @@ class TensorSpec:
     def describe(self) -> str:
         dims = "x".join(str(d) for d in self.shape) or "scalar"
         text = f"{self.name}: {dims} {self.dtype}"
-        if self.value_range:
+        if self.fixed and self.value_range:
+            text += f" = {self.value_range[0]}"
+        elif self.value_range:
             text += f" [{self.value_range[0]}..{self.value_range[1]})"
         return text
 
@@ -56,7 +60,7 @@ class TensorSpec:
         rng = data.get("value_range")
         return cls(
             name=data["name"], shape=tuple(data["shape"]), dtype=data.get("dtype", "float32"),
-            layout=data.get("layout"), value_range=tuple(rng) if rng else None,
+            layout=data.get("layout"), value_range=tuple(rng) if rng else None, fixed=bool(data.get("fixed")),
         )
 
 
@@ -77,10 +81,15 @@ class ModelSpec:
 
     @property
     def fixed_inputs(self) -> dict:
-        """{name: value} for integer inputs whose declared range holds one value (``sr::int64:16000..16001``):
-        the user has said the input never changes, so a converter may specialise the graph to it and drop it."""
-        return {t.name: t.value_range[0] for t in self.inputs
-                if t.value_range and t.value_range[1] - t.value_range[0] == 1 and "int" in (t.dtype or "")}
+        """{name: value} for the inputs the user fixed (``--input sr::int64=16000``): a converter may specialise
+        the graph to the value and drop the input; the check then does not feed it."""
+        return {t.name: t.value_range[0] for t in self.inputs if t.fixed and t.value_range}
+
+    def counterparts(self, artifact_inputs: tuple) -> list:
+        """This (source) spec's inputs as an artifact's inputs line up with them: by position (converters rename),
+        after the fixed inputs the artifact no longer takes (specialised away) are left out."""
+        names = {t.name for t in artifact_inputs}
+        return [t for t in self.inputs if not (t.fixed and t.name not in names)]
 
     def to_dict(self) -> dict:
         return {"inputs": [t.to_dict() for t in self.inputs],
@@ -106,13 +115,17 @@ _RANGE_RE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
 
 def parse_input_arg(text: str) -> TensorSpec:
-    """Parse ``name:1x3x224x224[:float32[:low..high]]`` into a TensorSpec.
+    """Parse ``name:1x3x224x224[:float32[:low..high]]`` or ``name:DIMS:int64=VALUE`` (a fixed integer input) into
+    a TensorSpec.
 
     Without a dtype the spec's dtype is "" (keep the model's, see merge_user_specs).
     Raises ValueError with a message that shows the expected form.
     """
-    form = "expected name:DIMS[:DTYPE[:LOW..HIGH]], e.g. x:1x3x224x224:float32 or ids:1x16:int64:0..1000"
+    form = ("expected name:DIMS[:DTYPE[:LOW..HIGH]] or name:DIMS:DTYPE=VALUE, e.g. x:1x3x224x224:float32, "
+            "ids:1x16:int64:0..1000 or sr::int64=16000")
     parts = text.split(":")
+    if len(parts) == 3 and "=" in parts[2]:          # NAME:DIMS:DTYPE=VALUE, a fixed input
+        parts = parts[:2] + [parts[2].split("=", 1)[0], "=" + parts[2].split("=", 1)[1]]
     if len(parts) < 2 or len(parts) > 4 or not parts[0]:
         raise ValueError(f"bad --input {text!r}: {form}")
     name, dims = parts[0], parts[1].lower()
@@ -124,6 +137,11 @@ def parse_input_arg(text: str) -> TensorSpec:
         raise ValueError(f"bad shape {parts[1]!r} in --input {text!r}: {form}")
     dtype = normalize_dtype(parts[2]) if len(parts) >= 3 and parts[2] else ""   # "": the model's own
     value_range = None
+    if len(parts) == 4 and parts[3].startswith("="):
+        if not re.fullmatch(r"=-?\d+", parts[3]) or "int" not in (dtype or "int"):
+            raise ValueError(f"bad fixed value {parts[3]!r} in --input {text!r}: an integer input only: {form}")
+        value = int(parts[3][1:])
+        return TensorSpec(name=name, shape=shape, dtype=dtype, value_range=(value, value + 1), fixed=True)
     if len(parts) == 4:
         match = _RANGE_RE.match(parts[3])
         if not match or int(match.group(1)) >= int(match.group(2)):
@@ -153,5 +171,5 @@ def merge_user_specs(inputs: "list | tuple", user_specs: tuple) -> list:
             merged.append(tensor)
             continue
         merged.append(TensorSpec(tensor.name, user.shape, user.dtype or tensor.dtype or "float32", tensor.layout,
-                                 user.value_range or tensor.value_range))
+                                 user.value_range or tensor.value_range, user.fixed))
     return merged

@@ -121,12 +121,56 @@ def test_a_slice_that_cuts_only_what_it_names_is_left_alone(variant):
     assert narrow_slices(rewritten) == 0 and rewritten == model
 
 
+def test_a_dynamic_or_unknown_dim_is_never_taken_for_a_full_range():
+    """Paddle2ONNX writes a dynamic dim as -1; a tensor may have no shape at all: neither is a known size."""
+    import onnx
+
+    from onnx import numpy_helper
+
+    model = _slice_model(axes=(0, 1, 2), starts=(0, 0, 2), ends=(1, 2**63 - 1, 5))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    rewritten = _copy(model)
+    assert narrow_slices(rewritten) == 1                            # axis 1 is full; axis 0 (-1) is kept
+    weights = {i.name: numpy_helper.to_array(i) for i in rewritten.graph.initializer}
+    assert weights[rewritten.graph.node[0].input[3]].tolist() == [0, 2]
+    shapeless = _copy(model)
+    shapeless.graph.input[0].type.tensor_type.ClearField("shape")
+    del shapeless.graph.value_info[:]
+    assert narrow_slices(shapeless) == 0                            # no shape: nothing to judge, nothing raised
+    onnx.checker.check_model(rewritten)
+
+
+def test_rewrites_keep_names_unique_and_drop_inputs_that_listed_the_fused_weights():
+    """Two unnamed LSTMs get their own names; an older exporter's initializers listed as graph inputs go too."""
+    import onnx
+    from onnx import helper
+
+    model = _lstm_model(outputs=("Y_h",))
+    lstm = model.graph.node[0]
+    lstm.name = ""
+    second = helper.make_node("LSTM", list(lstm.input), ["", "Y_h2"], hidden_size=4)
+    model.graph.node.append(second)
+    model.graph.output.append(helper.make_tensor_value_info("Y_h2", onnx.TensorProto.FLOAT, [1, 2, 4]))
+    model.graph.input.extend(helper.make_tensor_value_info(w.name, w.data_type, list(w.dims))
+                             for w in model.graph.initializer)
+    model = onnx.shape_inference.infer_shapes(model)
+    rewritten = _copy(model)
+    assert unroll_lstms(rewritten) == 2
+    onnx.checker.check_model(rewritten)
+    assert {i.name for i in rewritten.graph.input} == {"x", "h0", "c0"}
+    feeds = _feeds(rewritten)
+    for want, got in zip(_run(model, {**feeds, **{w.name: onnx.numpy_helper.to_array(w)
+                                                   for w in model.graph.initializer}}), _run(rewritten, feeds)):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_layout_permutations_are_read_from_shapes_only_when_one_fits():
     from converters.onnx_to_tflite import _only_permutation
 
     assert _only_permutation((1, 128, 2), (2, 1, 128)) == [2, 0, 1]       # a stacked state written on the last axis
     assert _only_permutation((1, 128, 2), (2, "batch", 128)) == [2, 0, 1]  # a named dim matches what is left
-    assert _only_permutation((1, 1, 128), (1, 128, 1)) is None            # two orders fit: no guess
+    assert _only_permutation((1, 1, 8, 64), (8, 1, 1, 64)) == [2, 0, 1, 3]   # size-1 axes: any order is the same
+    assert _only_permutation((2, 3, 3), (3, 2, 3)) is None                # two orders that move data differently
     assert _only_permutation((3, 4), (5, 3)) is None
 
 
