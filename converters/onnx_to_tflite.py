@@ -192,7 +192,7 @@ def _known_outputs(onnx_path: str, outputs: tuple) -> list:
 
 def _only_permutation(start: tuple, goal: tuple):
     """The axis order that turns shape ``start`` into ``goal``, or None when none or several (that move data
-    differently) do."""""
+    differently) do."""
     import itertools
 
     if len(start) != len(goal) or len(start) > 6:

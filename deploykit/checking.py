@@ -159,11 +159,11 @@ class Checker:
         if set(names) == set(feeds):
             return feeds
         # An input the user fixed (--input sr::int64=16000) may have been specialised away (onnx_prep): not fed.
-        dropped = [n for n in self.source.spec.fixed_inputs if n in feeds and n not in names]
-        if dropped and len(names) == len(feeds) - len(dropped):
-            feeds = {name: value for name, value in feeds.items() if name not in dropped}
-            if set(names) == set(feeds):
-                return feeds
+        counterparts = [t.name for t in self.source.spec.counterparts(candidate.spec.inputs) if t.name in feeds]
+        if len(counterparts) == len(names):
+            feeds = {name: feeds[name] for name in counterparts}
+        if set(names) == set(feeds):
+            return feeds
         if len(names) != len(feeds):
             raise UsageError(f"{candidate.label} takes {len(names)} input(s) ({', '.join(names)}) but the source "
                              f"takes {len(feeds)} ({', '.join(feeds)})", "compare models with the same inputs")

@@ -68,8 +68,8 @@ class ExportResult:
 
     def to_dict(self) -> dict:
         return {"passed": self.passed, "unverified": self.unverified, "artifact": self.artifact,
-                "manifest": self.manifest, "route": self.route, "parity": self.parity, "warnings": self.warnings, "seconds": round(self.seconds, 3),
-                "routes": self.routes}
+                "manifest": self.manifest, "route": self.route, "parity": self.parity, "warnings": self.warnings,
+                "seconds": round(self.seconds, 3), "routes": self.routes}
 
 
 def default_output(source: str, dst: Format, output: Optional[str] = None) -> str:
@@ -215,7 +215,8 @@ def _artifact_signature(source: LoadedModel, artifact: LoadedModel, layout: dict
     """The artifact's signature, with the source's layout labels carried over by position
     (and permuted where the route recorded a permutation: NCHW becomes NHWC, say)."""
     signature = artifact.spec.to_dict()
-    for kind, tensors in (("inputs", source.spec.counterparts(artifact.spec.inputs)), ("outputs", source.spec.outputs)):
+    inputs = source.spec.counterparts(artifact.spec.inputs)       # without fixed inputs the artifact dropped
+    for kind, tensors in (("inputs", inputs), ("outputs", source.spec.outputs)):
         perms = layout.get(kind) or {}
         for entry, src in zip(signature[kind], tensors):
             label, perm = src.layout, perms.get(entry["name"])

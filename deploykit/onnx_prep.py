@@ -60,14 +60,13 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
             if pins or fixed:
                 _pin(candidate, pins, infer)
             if fixed:       # fold the If on a fixed input at once: ONNX Runtime crashed (SIGSEGV) on it unfolded
-                candidate = _slimmed(candidate)
+                candidate = _slim(candidate)[0] or candidate
             renamed = _sanitize_names(candidate.graph)
             note = _pin_and_name_note(pins, renamed, fixed) + ("" if infer or not (pins or fixed)
                                                                 else " (without shape inference)")
             if _keep_if_it_matches(candidate, folder / "prepared.onnx", prepared, check, options, note, renamed):
                 break
-    graph = read_onnx(prepared.path).graph
-    if any(node.op_type == "Shape" for node in graph.node) or fixed and any(n.op_type == "If" for n in graph.node):
+    if any(node.op_type == "Shape" for node in read_onnx(prepared.path).graph.node):
         folder.mkdir(exist_ok=True)
         _fold(prepared, folder / "folded.onnx", check, options)
     from deploykit.onnx_rewrites import has_candidates
@@ -143,16 +142,6 @@ def _keep_if_it_matches(proto, path: Path, prepared: Prepared, check: Check, opt
     return False
 
 
-def _slimmed(proto):
-    """onnxslim's folding of ``proto``, or ``proto`` itself when onnxslim is missing or fails on it."""
-    try:
-        import onnxslim
-
-        return onnxslim.slim(proto)
-    except Exception:  # noqa: BLE001 - ImportError or onnxslim's own; the check judges the unfolded graph then
-        return proto
-
-
 def _fix_values(proto, fixed: dict, spec) -> None:
     """Each fixed input becomes an initializer of its value: the user's shape (else the graph's, dynamic dims 1)
     and the graph's type."""
@@ -187,22 +176,32 @@ def _pin_and_name_note(pins: dict, renamed: dict, fixed: dict = None) -> str:
 
 def _fold(prepared: Prepared, path: Path, check: Check, options: ExportOptions) -> None:
     """onnxslim's constant and shape folding, kept only if the folded graph still matches."""
-    try:
-        import onnxslim
-    except ImportError:
+    folded, why = _slim(prepared.path)
+    if folded is None:
+        if why:
+            prepared.notes.append(f"onnxslim could not fold the graph ({why}); left as it was")
         return
-    source = read_onnx(prepared.path)
-    try:
-        folded = onnxslim.slim(prepared.path)
-    except Exception as exc:  # noqa: BLE001 - an optional step: never fails an export
-        from deploykit.text import brief, exception_chain
+    import onnxslim
 
-        prepared.notes.append(f"onnxslim could not fold the graph ({brief(exception_chain(exc))}); left as it was")
-        return
-    before, after = len(source.graph.node), len(folded.graph.node)
+    before, after = len(read_onnx(prepared.path).graph.node), len(folded.graph.node)
     _keep_if_it_matches(folded, path, prepared, check, options,
                         f"folded constants and shape arithmetic with onnxslim {onnxslim.__version__}: {before} → "
                         f"{after} nodes", {})
+
+
+def _slim(model):
+    """onnxslim's folding of ``model`` (a ModelProto or a path): (folded, "") or (None, why not; "" when onnxslim
+    is not installed — an optional step)."""
+    try:
+        import onnxslim
+    except ImportError:
+        return None, ""
+    try:
+        return onnxslim.slim(model), ""
+    except Exception as exc:  # noqa: BLE001 - an optional step: never fails an export
+        from deploykit.text import brief, exception_chain
+
+        return None, brief(exception_chain(exc))
 
 
 def _rewrite(prepared: Prepared, path: Path, check: Check, options: ExportOptions) -> None:
