@@ -104,3 +104,11 @@ class Artifact(LoadedModel):
         outputs = [{n: o[n] for n in order if n in o} for o in unpack_samples(child.arrays, len(feeds_list))]
         return RunResult(outputs, child.info.get("runtime", "?"), child.info.get("providers") or [],
                          child.info.get("latency_ms"), child.info.get("timing", ""))
+
+    def capture(self, feeds_list: list, options: RunnerOptions = RunnerOptions(), *,
+                timeout: float = DEFAULT_TIMEOUT_S) -> tuple:
+        """(graph view dict, per sample {layer output: value}) for ``deploykit.locate``, in a child process."""
+        request = {"model": self.description(), "options": options.__dict__, "samples": len(feeds_list)}
+        child = run_child("deploykit.harness:capture_job", request, arrays=pack_samples(feeds_list), stage=RUN,
+                          what=self.name, timeout=timeout)
+        return child.info["graph"], unpack_samples(child.arrays, len(feeds_list))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -105,13 +105,41 @@ class Checker:
         ``feeds`` = (label, [feed, ...]) replaces the seeded random samples (a quantized artifact is
         judged on the distribution it was calibrated for, not on 3-sigma inputs it clips).
         """
-        keyed = [((feeds[0], i), f) for i, f in enumerate(feeds[1])] if feeds else self.feeds(samples, batch)
+        keyed = self._keyed(samples, batch, feeds)
         references = self._reference_outputs(keyed)
         layout = layout or {}
         feeds_for_candidate = [self.feeds_for(candidate, feeds, layout) for _key, feeds in keyed]
         result = candidate.run(feeds_for_candidate, self.runner_options, runtime=runtime, timeout=self.timeout)
         self.last_runtime = result.ran_on
         return references, [parity.permute(o, layout.get("outputs")) for o in result.outputs]
+
+    def _keyed(self, samples: int, batch: Optional[int], feeds: Optional[tuple]) -> list:
+        return [((feeds[0], i), f) for i, f in enumerate(feeds[1])] if feeds else self.feeds(samples, batch)
+
+    def locate(self, candidate: Artifact, samples: int, feeds: Optional[tuple] = None,
+               tolerance: Optional[parity.Tolerance] = None):
+        """The layer-by-layer comparison (``deploykit.locate``) on the feeds ``run_both`` uses: one more run of
+        the source and of the candidate, with every layer's output kept."""
+        from deploykit.locate import locate
+
+        source_feeds = [f for _key, f in self._keyed(samples, None, feeds)]
+        candidate_feeds = [self.feeds_for(candidate, f, candidate.layout) for f in source_feeds]
+        return locate(self._capture_source, lambda fs: candidate.capture(fs, self.runner_options, timeout=self.timeout),
+                      (source_feeds, candidate_feeds), tolerance or self.tolerance,
+                      (self.source.label, candidate.label))
+
+    def _capture_source(self, feeds_list: list) -> tuple:
+        """The source's graph and layer outputs: a framework model here, a file in a child like any artifact."""
+        from deploykit.errors import UnsupportedModelError
+
+        if self.source.handle is None:
+            return Artifact.of(self.source, layout={}).capture(feeds_list, RunnerOptions(), timeout=self.timeout)
+        runner = registry.resolve(registry.runtime_for(self.source.format).target)(self.source)
+        if not hasattr(runner, "capture"):
+            raise UnsupportedModelError(f"--locate cannot follow a {self.source.format.value} source layer by layer",
+                                        "locate from the PyTorch model (.pt2, module) or from an ONNX/TFLite file")
+        runner.open()
+        return runner.capture(feeds_list)
 
     def _reference_outputs(self, keyed: list) -> list:
         """The source's outputs; a source that fails on the feeds is the user's inputs' problem, not the candidate's
@@ -185,14 +213,18 @@ class VerifyResult:
     source: str
     reports: list           # ParityReport per artifact vs source, then hop vs previous hop
     seconds: float = 0.0
+    locations: list = field(default_factory=list)   # LocateReport per artifact (--locate)
 
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.reports)
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "source": self.source, "seconds": round(self.seconds, 3),
+        data = {"passed": self.passed, "source": self.source, "seconds": round(self.seconds, 3),
                 "comparisons": [r.to_dict() for r in self.reports]}
+        if self.locations:
+            data["locate"] = [location.to_dict() for location in self.locations]
+        return data
 
 
 def verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: VerifyOptions) -> VerifyResult:
@@ -205,7 +237,7 @@ def verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: V
     opened = [Artifact.open(a, load=LoadOptions(timeout=options.timeout)) for a in artifacts]
     runs = [(artifact, runtime) for artifact in opened for runtime in checker.runtimes_for(artifact)]
     _check_runtimes_used(options.runtimes, runs)
-    reports, previous, source_hash = [], None, {}
+    reports, previous, source_hash, locations = [], None, {}, []
     for artifact, runtime in runs:
         # Each artifact's manifest records its layout relative to the source it was exported from.
         stored, why = trusted_manifest(artifact, model, source_hash)
@@ -217,13 +249,18 @@ def verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: V
         if why:
             report.notes.append(why)
         report.notes.extend(_contract_notes(artifact))
+        if options.locate and all(loc.candidate != artifact.label for loc in locations):   # native runtime, once
+            location = checker.locate(artifact, options.samples, int8_feeds(model, stored, options),
+                                      report.tolerance)
+            report.notes.append(f"locate: {location.summary()}")
+            locations.append(location)
         reports.append(report)
         if previous is not None:
             hop_report = checker.compare(previous[1], outputs, previous[0], label)
             hop_report.notes.append("hop: both sides in the source's layout")
             reports.append(hop_report)
         previous = (label, outputs)
-    return VerifyResult(model.label, reports, time.perf_counter() - started)
+    return VerifyResult(model.label, reports, time.perf_counter() - started, locations)
 
 
 def _check_runtimes_used(named: tuple, runs: list) -> None:

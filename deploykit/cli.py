@@ -36,6 +36,10 @@ Weights = Annotated[Optional[str], typer.Option(
 TrustPickle = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow loading a fully pickled torch.save(model) file. It runs code from the file: "
                            "only for files from authors you trust.")]
+Locate = Annotated[bool, typer.Option("--locate", help="Also run source and artifact once more keeping every "
+                  "layer's output, match layers by their weights (name, values, or size and order) and name the first "
+                  "layer outside the tolerance preset and the one where the error grows most; layout changes "
+                  "(NCHW/NHWC) are undone. Sources: PyTorch (.pt2, module), ONNX, TFLite.")]
 Samples = Annotated[int, typer.Option("--samples", help="Number of seeded random input samples to compare.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the first random sample (sample i uses seed+i).")]
 Npz = Annotated[Optional[str], typer.Option(
@@ -58,11 +62,12 @@ Device = Annotated[str, typer.Option("--device", help="Where ONNX artifacts run 
                                                       "(ONNX Runtime CUDA EP) or auto (CUDA when present).")]
 
 
-def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, device="cpu", xnnpack=True, runtimes=()):
+def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, device="cpu", xnnpack=True, runtimes=(),
+                    locate=False):
     from deploykit.api import VerifyOptions
 
     return VerifyOptions(samples=samples, seed=seed, inputs_npz=npz, precision=precision, atol=atol, rtol=rtol,
-                         timeout=timeout, device=device, xnnpack=xnnpack, runtimes=tuple(runtimes or ()))
+                         timeout=timeout, device=device, xnnpack=xnnpack, runtimes=tuple(runtimes or ()), locate=locate)
 
 
 def _export_exit_code(data: dict) -> int:
@@ -157,21 +162,23 @@ def verify(
                        "where it runs the artifact's format (repeatable; each gives its own report): onnxruntime, "
                        "litert, and the browser runtimes onnxruntime-web (.onnx) and litert-js (.tflite) in "
                        "headless Chromium. Default: the format's native runtime.")] = None,
+    locate: Locate = False,
     as_json: Json = False, debug: Debug = False,
 ) -> None:
     """Numerical parity of artifacts against their source. Exit 0 if all match, 1 if not.
 
     Every artifact is compared with the source, and each with the previous one (a chain
-    report); recorded layout permutations (manifest) are applied.
+    report); recorded layout permutations (manifest) are applied. With --locate, also layer by layer.
     Examples: deploykit verify model.pt2 model.onnx model.tflite ; deploykit verify bundle/ ;
-    deploykit verify model.pt2 model.onnx --runtime onnxruntime --runtime onnxruntime-web
+    deploykit verify model.pt2 model.onnx --runtime onnxruntime --runtime onnxruntime-web ;
+    deploykit verify model.pt2 model.tflite --locate
     """
     def action() -> dict:
         from deploykit import api
 
         return api.verify(source, artifacts or (), load=api.load_options(inputs or (), weights, trust_pickle, timeout),
                           options=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, device,
-                                                  xnnpack, runtime)).to_dict()
+                                                  xnnpack, runtime, locate)).to_dict()
 
     _run(action, as_json, debug, _lazy("print_verify"), lambda data: 0 if data["passed"] else 1)
 

@@ -110,6 +110,21 @@ def run_job(request: dict, arrays: dict) -> dict:
     return {**info, "arrays": pack_samples(outputs)}
 
 
+def capture_job(request: dict, arrays: dict) -> dict:
+    """Child side of Artifact.capture: the model's graph view and its layers' outputs on every sample."""
+    from deploykit.child import pack_samples, unpack_samples
+    from deploykit.errors import UnsupportedModelError
+
+    feeds = unpack_samples(arrays, request["samples"])
+    model, entry, runner = open_runner(request["model"], request.get("runtime"), request.get("options") or {})
+    if not hasattr(runner, "capture"):
+        raise UnsupportedModelError(f"{entry.name} cannot show the intermediate tensors of a {model.format.value} "
+                                    "model", "locate with an ONNX or TFLite artifact on its native runtime")
+    with runner:
+        view, values = runner.capture(feeds)
+    return {"runtime": entry.name, "graph": view, "arrays": pack_samples(values)}
+
+
 def measure_job(request: dict, arrays: dict) -> dict:
     """Child side of one benchmark case: load, first run, warm-up, timed loop, memory."""
     if request.get("affinity"):

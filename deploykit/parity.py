@@ -156,6 +156,11 @@ def compare(references: list, candidates: list, tolerance: Tolerance, reference:
     return report
 
 
+def compare_tensor(name: str, candidate_name: str, refs: list, cands: list, tolerance: Tolerance) -> OutputResult:
+    """One tensor over every sample, judged as ``compare`` judges an output (the locator's per-layer verdict)."""
+    return _compare_output(name, candidate_name, refs, cands, tolerance)
+
+
 def _pair_outputs(ref_names: list, cand_names: list, report: ParityReport) -> list:
     if set(ref_names) <= set(cand_names):
         return [(n, n) for n in ref_names]

@@ -116,8 +116,41 @@ def print_export(result: dict) -> None:
 def print_verify(result: dict) -> None:
     for report in result["comparisons"]:
         print_parity(report)
+    for location in result.get("locate", []):
+        print_locate(location)
     verdict = "[green]verified[/green]" if result["passed"] else "[red]verification FAILED[/red]"
     console.print(f"{verdict}: {len(result['comparisons'])} comparison(s) in {result['seconds']:.1f} s")
+
+
+def print_locate(location: dict) -> None:
+    """The layer table of ``--locate``: the source's layers in order, each against its artifact counterpart
+    (plain columns: a rich table squeezes the layer paths, which are the point of it)."""
+    if location["problems"]:
+        console.print(f"[yellow]locate {location['candidate']}:[/yellow] {location['summary']}")
+        return
+    console.print(f"[bold]layers[/bold] of {location['candidate']} vs {location['reference']} "
+                  f"({location['preset']} preset, {location['samples']} sample(s))")
+    by = {"weight name": "name", "weight values": "values", "weight size and order": "order"}
+    rows = [("#", "layer", "op", "shape", "max_abs", "cosine", "rel err", "by", "artifact tensor", "status")]
+    for index, row in enumerate(location["rows"]):
+        rows.append((str(index), row["layer"], row["op"].split(" → ")[0], "x".join(map(str, row["shape"])),
+                     _fmt(row["max_abs"], 2), "—" if row["cosine"] is None else f"{row['cosine']:.6f}",
+                     _fmt(row["relative_error"], 2), by.get(row["matched_by"], row["matched_by"]), _clip(row["artifact_tensor"], 32), row["status"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    marks = {location["first_diverging"]: " ◀ first outside the preset", location["largest_growth"]: " ◀ grows most"}
+    if location["first_diverging"] is not None and location["first_diverging"] == location["largest_growth"]:
+        marks[location["first_diverging"]] = " ◀ first outside the preset, grows most"
+    for index, row in enumerate(rows):
+        cells = "  ".join(c.rjust(w) if i in (0, 4, 5, 6) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        style = {"pass": "green", "fail": "red"}.get(row[-1], "yellow" if index else "bold")
+        console.print(f"  {cells}  [{style}]{row[-1]}[/{style}]{marks.get(index - 1, '')}", soft_wrap=True)
+    console.print(f"  {location['summary']}")
+    for note in location["notes"]:
+        console.print(f"  note: {note}")
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def print_inspect(info: dict) -> None:

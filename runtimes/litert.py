@@ -166,3 +166,68 @@ class LiteRTRunner(RunnerBase):
 
     def close(self) -> None:
         self.runner, self.interpreter = None, None
+
+    def capture(self, feeds_list: list) -> tuple:
+        """(GraphView dict, per sample {tensor: value}): LiteRT's builtin kernels with every tensor preserved
+        (a delegate's intermediates are never materialised); quantized values come back as float."""
+        from ai_edge_litert import interpreter as litert
+
+        from deploykit.graphview import view_points
+
+        interpreter = litert.Interpreter(
+            model_path=self.model.path, num_threads=self.options.threads, experimental_preserve_all_tensors=True,
+            experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        _allocate_or_explain(interpreter, self.model.path)
+        view, index_of = tflite_view(interpreter)
+        points = view_points(view)
+        details = {d["index"]: d for d in interpreter.get_tensor_details()}
+        self.interpreter = interpreter
+        key = self.model.details.get("signature_key")
+        self.runner = interpreter.get_signature_runner(key) if key else None
+        values = []
+        for feeds in feeds_list:
+            self.run(feeds)
+            values.append({name: _dequantized(interpreter.get_tensor(index_of[name]), details[index_of[name]])
+                           for name in points})
+        return view.to_dict(), values
+
+
+def tflite_view(interpreter) -> tuple:
+    """(GraphView, {tensor key: index}) of an allocated interpreter: its ops (delegate nodes skipped) and the
+    values of its constant tensors. Tensor keys are names, made unique with '#index' where names repeat."""
+    from deploykit.graphview import Constant, GraphView, Op, digest
+
+    details = interpreter.get_tensor_details()
+    seen: dict = {}
+    key_of = {}
+    for detail in details:
+        name = detail["name"] or f"tensor{detail['index']}"
+        key_of[detail["index"]] = name if name not in seen else f"{name}#{detail['index']}"
+        seen[name] = True
+    ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    produced = {int(i) for op in ops for i in op["outputs"]}
+    feeds = {d["index"] for d in interpreter.get_input_details()}
+    constants = {}
+    for detail in details:
+        index = detail["index"]
+        if index in produced or index in feeds:
+            continue
+        try:
+            value = interpreter.get_tensor(index)
+        except ValueError:       # a tensor without data (a variable, an unused slot)
+            continue
+        constants[key_of[index]] = Constant(list(value.shape), digest(value) if value.size > 1 else "", key_of[index],
+                                         value.dtype.name)
+    view_ops = [Op(f"{op['op_name']}#{op['index']}", op["op_name"], [key_of[int(i)] for i in op["inputs"] if i >= 0],
+                   [key_of[int(i)] for i in op["outputs"]], key_of[int(op["outputs"][0])]) for op in ops]
+    outputs = [key_of[d["index"]] for d in interpreter.get_output_details()]
+    return GraphView(view_ops, constants, outputs), {key: index for index, key in key_of.items()}
+
+
+def _dequantized(value: np.ndarray, detail: dict) -> np.ndarray:
+    """An int8/int16 activation as float (per-tensor scale and zero point), comparable with a float graph."""
+    params = detail.get("quantization_parameters") or {}
+    scales, zero_points = params.get("scales"), params.get("zero_points")
+    if value.dtype.kind in "iu" and scales is not None and len(scales) == 1:
+        return ((value.astype(np.float32) - float(zero_points[0])) * float(scales[0])).astype(np.float32)
+    return value.copy()

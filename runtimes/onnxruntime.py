@@ -109,6 +109,27 @@ class OnnxRuntimeRunner(RunnerBase):
     def close(self) -> None:
         self.session = None
 
+    def capture(self, feeds_list: list) -> tuple:
+        """(GraphView dict, per sample {tensor: value}) with every layer's output exposed as a graph output
+        (what ORT's qdq_loss_debug does); a layer whose output is kept cannot be fused away, so values are exact."""
+        import onnx
+
+        from deploykit.graphview import onnx_view, view_points
+
+        model = onnx.load(self.model.path)
+        view = onnx_view(model)
+        points = view_points(view)
+        present = {o.name for o in model.graph.output}
+        model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in points if name not in present)
+        ort = import_onnxruntime()
+        session = ort.InferenceSession(model.SerializeToString(), providers=providers_for(self.options.device))
+        wanted = {i.name: i.type for i in session.get_inputs()}
+        values = []
+        for feeds in feeds_list:
+            got = session.run(points, {name: _as_ort_type(feeds[name], kind) for name, kind in wanted.items()})
+            values.append(dict(zip(points, got)))
+        return view.to_dict(), values
+
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool",

@@ -284,3 +284,78 @@ class TorchEagerRunner(RunnerBase):
     def run(self, feeds: Mapping) -> dict:
         outputs = call_module(self.module, list(self.model.spec.inputs), feeds, self.device)
         return dict(zip(self.model.spec.output_names, outputs.values()))
+
+    def capture(self, feeds_list: list) -> tuple:
+        """(GraphView dict, per sample {FX node: value}): the exported graph interpreted node by node, so every
+        layer's output is the value eager PyTorch computes. Needs a graph: a .pt2 has one; a module is exported."""
+        from deploykit.graphview import view_points
+
+        graph_module = self._graph_module(feeds_list[0])
+        view = fx_view(graph_module)
+        points = set(view_points(view))
+        inputs = list(self.model.spec.inputs)
+        values = []
+        for feeds in feeds_list:
+            recorded: dict = {}
+            args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in inputs]
+            with torch.inference_mode():
+                _Recorder(graph_module, points, recorded).run(*args)
+            values.append(recorded)
+        return view.to_dict(), values
+
+    def _graph_module(self, feeds: Mapping):
+        program = self.model.details.get("exported_program")
+        if program is not None:
+            return program.module()
+        if isinstance(self.module, torch.jit.ScriptModule):
+            raise UnsupportedModelError("a TorchScript source has no graph that --locate can follow layer by layer",
+                                        "give the model as a torch.export archive (.pt2) or module:factory + weights")
+        args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.model.spec.inputs)
+        try:
+            return torch.export.export(self.module, args, strict=False).module()
+        except Exception as exc:  # noqa: BLE001 - torch.export raises many types
+            raise UnsupportedModelError(f"torch.export cannot capture the source's graph ({first_line(exc)}), so "
+                                        "--locate cannot follow it layer by layer", "give a .pt2 archive") from None
+
+
+class _Recorder(torch.fx.Interpreter):
+    """Runs a GraphModule node by node and keeps the tensors named in ``points``."""
+
+    def __init__(self, module, points: set, recorded: dict):
+        super().__init__(module)
+        self.points, self.recorded = points, recorded
+
+    def run_node(self, node):
+        result = super().run_node(node)
+        if node.name in self.points and isinstance(result, torch.Tensor):
+            self.recorded[node.name] = result.detach().cpu().numpy()
+        return result
+
+
+def fx_view(graph_module):
+    """The GraphView of an (unlifted) FX GraphModule: get_attr parameters and buffers are its constants,
+    named after their module path (``features.3.conv.0.weight``), which is what ONNX exporters call them."""
+    from deploykit.graphview import Constant, GraphView, Op, digest, fold_constant_ops
+
+    constants, ops, outputs = {}, [], []
+    for node in graph_module.graph.nodes:
+        if node.op == "get_attr":
+            value = _attribute(graph_module, node.target)
+            if isinstance(value, torch.Tensor):
+                array = value.detach().cpu().numpy()
+                constants[node.name] = Constant(list(array.shape), digest(array) if array.size > 1 else "",
+                                                node.target, array.dtype.name)
+        elif node.op in ("call_function", "call_method", "call_module"):
+            stack = node.meta.get("nn_module_stack") or {}
+            path = list(stack.values())[-1][0] if stack else ""
+            ops.append(Op(node.name, str(node.target), [a.name for a in node.all_input_nodes], [node.name],
+                          path or node.name))
+        elif node.op == "output":
+            outputs = [a.name for a in node.all_input_nodes]
+    return GraphView(fold_constant_ops(ops, constants), constants, outputs)
+
+
+def _attribute(module, target: str):
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module
