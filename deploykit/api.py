@@ -91,19 +91,30 @@ class _Table(dict):
 
 
 def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions] = None,
-           options: VerifyOptions = VerifyOptions()):
+           options: VerifyOptions = VerifyOptions(), report_dir: Optional[str] = None, force: bool = False):
     """Compare every artifact against the source, and each against the previous one, on the same inputs.
 
-    Returns a VerifyResult (``.passed``, ``.reports``, ``.to_dict()``); recorded layouts are applied.
+    Returns a VerifyResult (``.passed``, ``.reports``, ``.locations``, ``.to_dict()``); recorded layouts are
+    applied. ``options.locate`` also compares layer by layer (``.locations``); ``report_dir`` then gets
+    locate.html with the error along depth plotted.
     """
     from deploykit.checking import verify_artifacts
 
+    if report_dir:
+        if not options.locate:
+            raise UsageError("--report on verify draws the --locate layer tables", "add --locate")
+        registry.require(("matplotlib",), "needed to draw the report's plots")
     if not artifacts:
         from deploykit.packaging import is_bundle
 
         if is_bundle(source):
             return verify_bundle(source, timeout=options.timeout)
-    return verify_artifacts(source, list(artifacts), load or LoadOptions(timeout=options.timeout), options)
+    result = verify_artifacts(source, list(artifacts), load or LoadOptions(timeout=options.timeout), options)
+    if report_dir:
+        from deploykit.locate_report import build_locate_report
+
+        result.report = build_locate_report(result.to_dict(), report_dir, force)
+    return result
 
 
 def verify_bundle(folder: str, timeout: float = 600.0):

@@ -62,6 +62,7 @@ class Checker:
         self.runtime_options: dict = {}     # e.g. {"xnnpack": False} for LiteRT
         self.runtimes: tuple = ()           # --runtime: candidates run there when it runs their format
         self.last_runtime = ""
+        self.locate_failures = False        # export --locate: a check that fails also locates its first bad layer
 
     def feeds(self, samples: int, batch: Optional[int] = None) -> list:
         generated = random_feeds(self.source.spec, samples, self.seed, batch)
@@ -82,6 +83,8 @@ class Checker:
         report = self.compare(references, outputs, self.source.label, candidate.label, layout, tolerance)
         if feeds:
             report.notes.append(f"compared on {len(feeds[1])} {feeds[0]} sample(s)")
+        if self.locate_failures and not report.passed and batch is None:
+            report.location = self.locate(candidate.with_layout(layout or {}), samples, feeds, tolerance).to_dict()
         return report
 
     def compare(self, references: list, outputs: list, reference_label: str, candidate_label: str,
@@ -205,6 +208,7 @@ def make_checker(model: LoadedModel, options: VerifyOptions) -> Checker:
     checker = Checker(model, tolerance, options.seed, user_feeds, options.timeout, options.device)
     checker.runtime_options = {"xnnpack": options.xnnpack}
     checker.runtimes = tuple(options.runtimes)
+    checker.locate_failures = options.locate
     return checker
 
 
@@ -214,6 +218,7 @@ class VerifyResult:
     reports: list           # ParityReport per artifact vs source, then hop vs previous hop
     seconds: float = 0.0
     locations: list = field(default_factory=list)   # LocateReport per artifact (--locate)
+    report: Optional[dict] = None                    # the files of --report (locate.html)
 
     @property
     def passed(self) -> bool:
@@ -224,6 +229,8 @@ class VerifyResult:
                 "comparisons": [r.to_dict() for r in self.reports]}
         if self.locations:
             data["locate"] = [location.to_dict() for location in self.locations]
+        if self.report:
+            data["report"] = self.report
         return data
 
 

@@ -121,7 +121,11 @@ def export(
     labels: Labels = None, normalize: Normalize = None, task: Task = None,
     inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False, samples: Samples = 5,
     seed: Seed = 0, npz: Npz = None, precision: Precision = None, atol: Atol = None, rtol: Rtol = None,
-    timeout: Timeout = 600.0, as_json: Json = False, debug: Debug = False,
+    timeout: Timeout = 600.0, locate: Annotated[bool, typer.Option("--locate", help="When a converted model fails "
+                                                                 "its parity check, also compare it with the source "
+                                                                 "layer by layer and name the first layer outside the "
+                                                                 "preset (as verify --locate does).")] = False,
+    as_json: Json = False, debug: Debug = False,
 ) -> None:
     """Convert a model, verify the artifact against the source, write it with a manifest.
 
@@ -138,7 +142,8 @@ def export(
                                    normalize=calibration_normalize, io_dtype=io_dtype) if quantize else None
         return api.export(source, to, output, force=force,
                           load=api.load_options(inputs or (), weights, trust_pickle, timeout),
-                          verify=_verify_options(samples, seed, npz, precision, atol, rtol, timeout), opset=opset,
+                          verify=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, locate=locate),
+                          opset=opset,
                           dynamic_batch=dynamic_batch, optimize=optimize, via=via, route=route,
                           keep_layout=keep_layout, quantize=plan, report=report, debug=debug,
                           contract=ContractChoices(labels, normalize, task) if labels or normalize or task
@@ -163,6 +168,9 @@ def verify(
                        "litert, and the browser runtimes onnxruntime-web (.onnx) and litert-js (.tflite) in "
                        "headless Chromium. Default: the format's native runtime.")] = None,
     locate: Locate = False,
+    report: Annotated[Optional[str], typer.Option("--report", help="With --locate: write locate.html (error along "
+                      "depth plotted, every layer table), locate.png and locate.json into this folder.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace report files written before.")] = False,
     as_json: Json = False, debug: Debug = False,
 ) -> None:
     """Numerical parity of artifacts against their source. Exit 0 if all match, 1 if not.
@@ -178,7 +186,7 @@ def verify(
 
         return api.verify(source, artifacts or (), load=api.load_options(inputs or (), weights, trust_pickle, timeout),
                           options=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, device,
-                                                  xnnpack, runtime, locate)).to_dict()
+                                                  xnnpack, runtime, locate), report_dir=report, force=force).to_dict()
 
     _run(action, as_json, debug, _lazy("print_verify"), lambda data: 0 if data["passed"] else 1)
 

@@ -41,8 +41,13 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
         if debug:
             import traceback
             traceback.print_exc()
+        location = (exc.details.get("parity") or {}).get("location")
         if as_json:
-            print(json.dumps({"passed": False, **exc.to_dict()}))
+            print(json.dumps({"passed": False, **exc.to_dict(), **({"locate": [location]} if location else {})}))
+        elif location:      # export --locate: the layer table of the check that failed, before the one line
+            from deploykit.render import print_locate
+
+            print_locate(terminal_safe(location))
         print(printable(exc.one_line()), file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:

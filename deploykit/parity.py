@@ -97,6 +97,7 @@ class ParityReport:
     outputs: list = field(default_factory=list)
     problems: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    location: Optional[dict] = None       # the layer table of deploykit.locate, when it was asked for
 
     @property
     def passed(self) -> bool:
@@ -120,7 +121,8 @@ class ParityReport:
         reasons = self.problems + [f"{o.name}: {o.reason}" for o in self.outputs if not o.passed]
         where = f" on sample(s) {', '.join(map(str, self.failing_samples))} of {self.samples}" \
             if self.failing_samples else ""
-        return f"FAIL{where}: " + "; ".join(reasons)
+        located = f" — {self.location['summary']}" if self.location else ""
+        return f"FAIL{where}: " + "; ".join(reasons) + located
 
     def to_dict(self) -> dict:
         return {
@@ -128,6 +130,7 @@ class ParityReport:
             "samples": self.samples, "tolerance": asdict(self.tolerance),
             "outputs": [asdict(o) for o in self.outputs], "problems": list(self.problems),
             "notes": list(self.notes), "summary": self.summary(),
+            **({"location": self.location} if self.location else {}),
         }
 
 

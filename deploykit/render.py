@@ -118,6 +118,8 @@ def print_verify(result: dict) -> None:
         print_parity(report)
     for location in result.get("locate", []):
         print_locate(location)
+    if result.get("report"):
+        console.print(f"report: {result['report']['html']}")
     verdict = "[green]verified[/green]" if result["passed"] else "[red]verification FAILED[/red]"
     console.print(f"{verdict}: {len(result['comparisons'])} comparison(s) in {result['seconds']:.1f} s")
 

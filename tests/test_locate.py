@@ -191,3 +191,22 @@ def test_align_drops_size_one_axes_and_refuses_what_no_layout_explains():
     assert align(np.zeros((64, 100)), (1, 64, 100)).shape == (1, 64, 100)
     assert align(np.zeros((64, 100)), (100, 64)) is None          # rank 2: a transpose would be a guess
     assert align(np.zeros((6, 5)), (5, 7)) is None
+
+
+def test_verify_report_draws_error_along_depth(tmp_path):
+    source, damaged = _conv_net(tmp_path / "net.onnx"), _conv_net(tmp_path / "bad.onnx", scale_conv2=1.05)
+    result = api.verify(str(source), [str(damaged)], options=api.VerifyOptions(locate=True),
+                        report_dir=str(tmp_path / "report"))
+    page = (tmp_path / "report" / "locate.html").read_text()
+    assert "error along depth" in page and "first layer outside the fp32 preset: conv2" in page
+    assert json.loads((tmp_path / "report" / "locate.json").read_text())["locate"][0]["first_diverging"] == 1
+    assert (tmp_path / "report" / "locate.png").stat().st_size > 1000 and result.to_dict()["report"]["html"]
+    again = run_cli("verify", str(source), str(damaged), "--locate", "--report", str(tmp_path / "report"))
+    assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_verify_report_without_locate_is_refused_before_running(tmp_path):
+    source = _conv_net(tmp_path / "net.onnx")
+    proc = run_cli("verify", str(source), str(source), "--report", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "add --locate" in proc.stderr
+    assert not (tmp_path / "r").exists()

@@ -116,3 +116,14 @@ def test_a_wrong_int8_scale_is_located_in_a_full_integer_tflite(int8_two_layer, 
     _result, location = _located(samples_dir / "two_layer_net.pt2", tmp_path / "bad.tflite", precision="int8",
                                  samples=0, inputs_npz=str(samples_dir / "two_layer_net.inputs.npz"))
     _assert_located(location, "linear2")
+
+
+def test_export_locate_names_the_first_layer_when_the_check_fails(samples_dir, tmp_path):
+    """An impossible tolerance makes every route's check fail: with --locate, the error names where."""
+    from tests.conftest import run_cli
+
+    proc = run_cli("export", str(samples_dir / "two_layer_net.pt2"), "--to", "onnx", "-o", str(tmp_path / "m.onnx"),
+                   "--atol", "1e-12", "--rtol", "0", "--via", "torch.onnx", "--locate", "--no-optimize")
+    assert proc.returncode == 4, proc.stderr
+    assert "first layer outside the fp32+custom preset: linear1" in proc.stderr
+    assert not list(tmp_path.iterdir())          # nothing left after a failure
