@@ -3,12 +3,17 @@
 Static QDQ is the int8 default for ONNX: ORT's dynamic int8 runs convolutions as
 ConvInteger, which made a CNN ~13x slower here (FIELD-NOTES), so `dynamic` on a
 conv-heavy graph comes with that warning.
+
+A static int8 model that fails its preset is repaired by a bounded, logged search
+(``deploykit.int8_repair``): other calibration methods, then only the weighted layers quantized,
+then the layers where ``deploykit.locate`` measured the error growing most kept in float.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
+from deploykit.errors import ConversionError, Outcome
 from deploykit.frameworks import import_onnxruntime
 from deploykit.quiet import captured_output
 
@@ -18,6 +23,22 @@ MODES = ("fp16", "dynamic", "int8")
 def convert(model, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
     with captured_output(echo=options.debug):   # ORT's quantizer logs advice on the root logger
         result = _quantize(model, out_path, options)
+    try:
+        return _accept(result, check, options)
+    except ConversionError as exc:
+        if options.quantize != "int8" or not options.repair or exc.outcome != Outcome.MISMATCH:
+            raise
+        failed = exc.details.get("parity") or {}
+    from deploykit.int8_repair import repair
+
+    with captured_output(echo=options.debug):
+        repair(result, check, options, lambda settings: _quantize_static(model, out_path, options, settings),
+               failed)
+    result.artifact = None       # the file was quantized again: the checked artifact is read anew
+    return _accept(result, check, options)
+
+
+def _accept(result: ConversionResult, check: Check, options: ExportOptions) -> ConversionResult:
     return accept(result, check, options, "ort_quantization", f"ONNX Runtime {options.quantize} quantization",
                   "try another --quantize mode, or give representative --calibration data")
 
@@ -50,8 +71,11 @@ def _quantize(model, out_path: Path, options: ExportOptions) -> ConversionResult
     return result
 
 
-def _quantize_static(model, out_path: Path, options: ExportOptions) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def _quantize_static(model, out_path: Path, options: ExportOptions, settings=None) -> None:
+    """QDQ int8; ``settings`` (an int8_repair.Settings) picks the calibration method, the op types quantized and
+    the nodes kept in float."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
 
     feeds = options.calibration_feeds(model)
 
@@ -63,8 +87,15 @@ def _quantize_static(model, out_path: Path, options: ExportOptions) -> None:
             return next(self.items, None)
 
     # U8 activations (post-ReLU values are non-negative, asymmetric ranges fit them), S8 per-channel weights.
+    chosen = {}
+    if settings is not None:
+        chosen = {"calibrate_method": getattr(CalibrationMethod, settings.method.capitalize() if settings.method !=
+                                              "minmax" else "MinMax"),
+                  "nodes_to_exclude": list(settings.float_nodes)}
+        if settings.op_types:
+            chosen["op_types_to_quantize"] = list(settings.op_types)
     quantize_static(model.path, str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **chosen)
 
 
 def _conv_count(path: str) -> int:

@@ -71,7 +71,7 @@ class Checker:
 
     def check(self, candidate: Union[str, Path, Artifact], samples: int, batch: Optional[int] = None,
               layout: Optional[dict] = None, tolerance: Optional[parity.Tolerance] = None,
-              feeds: Optional[tuple] = None) -> parity.ParityReport:
+              feeds: Optional[tuple] = None, locate: bool = False) -> parity.ParityReport:
         """Run the candidate (in a child) and the source on the same feeds and compare.
 
         ``layout`` is the candidate's recorded permutation relative to the source
@@ -83,7 +83,7 @@ class Checker:
         report = self.compare(references, outputs, self.source.label, candidate.label, layout, tolerance)
         if feeds:
             report.notes.append(f"compared on {len(feeds[1])} {feeds[0]} sample(s)")
-        if self.locate_failures and not report.passed and batch is None:
+        if (locate or self.locate_failures) and not report.passed and batch is None:
             report.location = self.locate(candidate.with_layout(layout or {}), samples, feeds, tolerance).to_dict()
         return report
 

@@ -21,9 +21,10 @@ from deploykit.errors import (ConversionError, DeploykitError, MissingDependency
                               ParityError, UnsupportedModelError)
 from deploykit.parity import ParityReport
 
-# check(candidate: Path | Artifact, samples, batch=None, layout=None) -> ParityReport against the source;
-# the export API provides it so that an edge can verify its own intermediate results (exporter
-# fallbacks, graph optimizations) with the one parity engine.
+# check(candidate: Path | Artifact, samples, batch=None, layout=None, locate=False) -> ParityReport against the
+# source; the export API provides it so that an edge can verify its own intermediate results (exporter
+# fallbacks, graph optimizations, an int8 repair) with the one parity engine. ``locate=True`` adds the layer
+# table of deploykit.locate to a report that fails (``report.location``).
 Check = Callable[..., ParityReport]
 
 
@@ -43,6 +44,7 @@ class ExportOptions:
     # Calibration feeds for the edge's input model (renamed and permuted by the routing).
     calibration_feeds: Optional[Callable] = None
     keep_unverified: bool = False   # accept an artifact whose parity cannot tell (a reference that ignores its input)
+    repair: bool = True             # int8 that fails its preset: search calibration and float layers (onnx_quantize)
 
 
 def acceptable(report: ParityReport, options: ExportOptions) -> bool:
@@ -65,6 +67,7 @@ class ConversionResult:
     notes: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     attempts: list = field(default_factory=list)     # [{"tool":..., "ok":..., "why":...}]
+    kept_float: list = field(default_factory=list)   # layers an int8 repair left in float (source names)
     artifact: object = None                          # the Artifact of the file (set by a converter that opened it,
                                                      # else by accept); accept reuses it rather than reading again
     description: Optional[dict] = None               # a converter child's description of the file it wrote

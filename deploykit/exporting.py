@@ -113,7 +113,8 @@ def _export(source: str, dst: Format, output: Optional[str], plan: ExportPlan) -
     options = ExportOptions(opset=plan.opset, dynamic_batch=plan.dynamic_batch, optimize=plan.optimize,
                             samples=verify.samples, timeout=verify.timeout, debug=plan.debug,
                             keep_layout=plan.keep_layout, quantize=mode,
-                            io_dtype=quantize.io_dtype if quantize else "float", keep_unverified=plan.keep_unverified)
+                            io_dtype=quantize.io_dtype if quantize else "float", keep_unverified=plan.keep_unverified,
+                            repair=quantize.repair if quantize else True)
     calibration, calibration_info = _calibration(model, quantize)
     final_tolerance = tolerance_for(PRECISION_OF[mode], verify.atol, verify.rtol) if mode else None
     final_feeds = _judging_feeds(model, quantize, calibration, calibration_info, verify)

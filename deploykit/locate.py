@@ -34,6 +34,7 @@ class LayerRow:
     max_abs: Optional[float] = None
     cosine: Optional[float] = None
     relative_error: Optional[float] = None     # rmse / rms(reference)
+    growth: Optional[float] = None             # relative error here minus the worst of the layers feeding it
     reason: str = ""
     artifact_op: str = ""        # the artifact's op name (ONNX node, TFLite op): what a repair can exclude
 
@@ -90,6 +91,7 @@ def locate(reference, candidate, feeds: tuple, tolerance: parity.Tolerance, labe
     for layer in ref_layers:
         match = pairs.get(layer.index)
         report.rows.append(_row(layer, _label(ref_view, layer), match, ref_values, cand_values, tolerance))
+    _growth(report.rows, feeding_layers(ref_view, ref_layers))
     _mark(report)
     if len(cand_layers) > len(pairs):
         report.notes.append(f"{len(cand_layers) - len(pairs)} weighted layer(s) of the artifact have no source "
@@ -99,23 +101,49 @@ def locate(reference, candidate, feeds: tuple, tolerance: parity.Tolerance, labe
 
 def match_layers(ref_view: GraphView, ref_layers: list, cand_view: GraphView, cand_layers: list) -> dict:
     """{reference layer index: (candidate Layer, how)}: by weight name, then weight values, then weight size
-    and order (when both sides have the same number of unmatched layers of that size, paired in order)."""
+    and order (paired in order where both sides have as many unmatched layers of that size between the same
+    two matched layers: a layer present on one side only, such as an unused pooler, spoils only its stretch)."""
     pairs: dict = {}
     keys = (("weight name", lambda view, layer: view.constants[layer.weight].origin),
             ("weight values", lambda view, layer: view.constants[layer.weight].digest))
     for how, key in keys:
         _pair_unique(pairs, how, [(layer, key(ref_view, layer)) for layer in ref_layers if layer.index not in pairs],
                      [(layer, key(cand_view, layer)) for layer in cand_layers if not _taken(pairs, layer)])
-    size = lambda view, layer: view.constants[layer.weight].count  # noqa: E731
-    left_ref = [layer for layer in ref_layers if layer.index not in pairs]
-    left_cand = [layer for layer in cand_layers if not _taken(pairs, layer)]
-    for count in {size(ref_view, layer) for layer in left_ref}:
-        group_ref = [layer for layer in left_ref if size(ref_view, layer) == count]
-        group_cand = [layer for layer in left_cand if size(cand_view, layer) == count]
-        if len(group_ref) == len(group_cand):
-            for ref, cand in zip(group_ref, group_cand):
-                pairs[ref.index] = (cand, "weight size and order")
+    sizes = ({layer.index: ref_view.constants[layer.weight].count for layer in ref_layers},
+             {layer.index: cand_view.constants[layer.weight].count for layer in cand_layers})
+    while _pair_in_order(pairs, ref_layers, cand_layers, sizes):
+        pass
     return pairs
+
+
+def _pair_in_order(pairs: dict, ref_layers: list, cand_layers: list, sizes: tuple) -> bool:
+    """One pass of size-and-order pairing within each stretch between consecutive matched layers; True if any
+    layer was paired (new pairs split the stretches further)."""
+    bounds = [(-1, -1)] + _monotone(sorted((ref, cand.index) for ref, (cand, _how) in pairs.items()))
+    bounds.append((len(ref_layers), len(cand_layers)))
+    taken = {cand.index for cand, _how in pairs.values()}
+    paired = False
+    for (ref_from, cand_from), (ref_to, cand_to) in zip(bounds, bounds[1:]):
+        refs = [layer for layer in ref_layers if ref_from < layer.index < ref_to and layer.index not in pairs]
+        cands = [layer for layer in cand_layers if cand_from < layer.index < cand_to and layer.index not in taken]
+        for count in {sizes[0][layer.index] for layer in refs}:
+            group_ref = [layer for layer in refs if sizes[0][layer.index] == count]
+            group_cand = [layer for layer in cands if sizes[1][layer.index] == count]
+            if len(group_ref) == len(group_cand):
+                for ref, cand in zip(group_ref, group_cand):
+                    pairs[ref.index] = (cand, "weight size and order")
+                paired = True
+    return paired
+
+
+def _monotone(anchors: list) -> list:
+    """The matched pairs, sorted by reference order, that also go forward in the candidate (others are skipped)."""
+    kept, last = [], -1
+    for ref, cand in anchors:
+        if cand > last:
+            kept.append((ref, cand))
+            last = cand
+    return kept
 
 
 def _taken(pairs: dict, layer: Layer) -> bool:
@@ -154,14 +182,16 @@ def _row(layer: Layer, label: str, match, ref_values: list, cand_values: list,
         return row
     cand, row.matched_by = match
     row.artifact_op = cand.op.name
-    first = None
+    tried = []
     for ref_point, cand_point in dict.fromkeys([(layer.end, cand.end), (layer.start, cand.start),
                                                 (layer.start, cand.end), (layer.end, cand.start)]):
         judged = _judge(ref_point, cand_point, ref_values, cand_values, tolerance)
-        first = first or judged
         if judged.status == "pass":
             return _filled(row, judged, ref_point, cand_point)
-    return _filled(row, first, layer.end, cand.end)
+        tried.append((judged.relative_error if judged.relative_error is not None else float("inf"), len(tried),
+                      judged, ref_point, cand_point))
+    _error, _order, judged, ref_point, cand_point = min(tried)    # outside the preset at every point: the closest
+    return _filled(row, judged, ref_point, cand_point)
 
 
 def _filled(row: LayerRow, judged: LayerRow, ref_point: str, cand_point: str) -> LayerRow:
@@ -225,15 +255,42 @@ def _relative_error(refs: list, cands: list) -> float:
     return float(np.sqrt(np.mean(np.square(got - ref))) / scale)
 
 
+def feeding_layers(view: GraphView, layers: list) -> dict:
+    """{layer index: indices of the nearest layers upstream of it} (through ops without weights: q, k and v feed
+    the attention's output projection; the previous block's output feeds q, k and v)."""
+    producer = {name: op for op in view.ops for name in op.outputs}
+    owner = {}
+    for layer in layers:
+        owner[layer.start], owner[layer.end] = layer.index, layer.index
+    feeding = {}
+    for layer in layers:
+        found, seen, stack = set(), set(), [n for n in layer.op.inputs if n not in view.constants]
+        while stack:
+            tensor = stack.pop()
+            if tensor in seen:
+                continue
+            seen.add(tensor)
+            if tensor in owner and owner[tensor] != layer.index:
+                found.add(owner[tensor])
+            elif tensor in producer:
+                stack.extend(n for n in producer[tensor].inputs if n and n not in view.constants)
+        feeding[layer.index] = sorted(found)
+    return feeding
+
+
+def _growth(rows: list, feeding: dict) -> None:
+    """Each compared layer's own share of the error: its relative error minus the largest among the layers that
+    feed it (so a layer is not blamed for the error it receives)."""
+    for index, row in enumerate(rows):
+        if row.relative_error is None:
+            continue
+        upstream = [rows[i].relative_error for i in feeding.get(index, []) if rows[i].relative_error is not None]
+        row.growth = row.relative_error - max(upstream, default=0.0)
+
+
 def _mark(report: LocateReport) -> None:
     """The first layer outside the preset, and the layer where the relative error grows most."""
     compared = [(i, row) for i, row in enumerate(report.rows) if row.status in ("pass", "fail")]
     report.first_diverging = next((i for i, row in compared if row.status == "fail"), None)
-    growth, previous = [], 0.0
-    for i, row in compared:
-        growth.append((row.relative_error - previous, i))
-        previous = row.relative_error
-    best = max(growth, default=(0.0, None))
+    best = max(((row.growth, i) for i, row in compared if row.growth is not None), default=(0.0, None))
     report.largest_growth = best[1] if best[0] > 0 else None
-
-

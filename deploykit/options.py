@@ -62,6 +62,7 @@ class QuantizeOptions:
     samples: int = 100
     normalize: str = "unit"                # images: unit, imagenet, symmetric or mean=..,std=.. (contract.py)
     io_dtype: str = "float"                # int8 TFLite: float or int8 inputs/outputs
+    repair: bool = True                    # int8 ONNX failing its preset: search calibration, then float layers
 
     def __post_init__(self) -> None:
         check_choice(self.mode, QUANTIZE_MODES + ("all",), "--quantize")

@@ -84,6 +84,7 @@ def _hop_dict(edge, hop) -> dict:
     artifact = hop.artifact
     return {"edge": edge.name, "tool": hop.tool, "outcome": Outcome.OK.value, "attempts": hop.attempts,
             "notes": hop.notes, "parity_vs_source": hop.parity.summary() if hop.parity else None,
+            **({"kept_float": hop.kept_float} if hop.kept_float else {}),
             "artifact_sha256": artifact.sha256 if artifact is not None else None}
 
 
@@ -164,10 +165,10 @@ def run_route(route: list, model: LoadedModel, out: Path, options, checker, cali
 
             tolerance, given = (final_tolerance, final_feeds) if last else (None, None)
 
-            def check(candidate, samples, batch=None, layout=None, _prev=previous_layout, _tol=tolerance,
-                      _feeds=given):
+            def check(candidate, samples, batch=None, layout=None, locate=False, _prev=previous_layout,
+                      _tol=tolerance, _feeds=given):
                 return checker.check(candidate, samples, batch, layout=compose(_prev, layout or {}), tolerance=_tol,
-                                     feeds=_feeds)
+                                     feeds=_feeds, locate=locate)
 
             def calibrate(edge_input, _prev=previous_layout):
                 return [checker.feeds_for(edge_input, feeds, _prev) for feeds in calibration or []]

@@ -1,0 +1,156 @@
+"""int8 that fails its preset, repaired by a bounded and logged search instead of given up.
+
+The steps, each a fresh quantization judged by the export's own check (the one parity engine, against the
+source, on the judging data):
+
+1. the calibration methods: min-max (done), percentile, entropy;
+2. only the weighted layers quantized (Conv, Gemm, MatMul, Gather), the ops between them (Softmax, the
+   attention mask's Add, LayerNorm) left in float — where a transformer's int8 usually breaks;
+3. the layers where ``deploykit.locate`` measures the error growing most kept in float, re-measured after
+   each step: 1, 2, 4, … of them, then the fewest that pass (bisected), within MAX_ATTEMPTS quantizations.
+
+The converter supplies ``quantize(settings)``; the result records every attempt, and the layers kept in
+float by their source names (``ConversionResult.kept_float``, in the manifest's route).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Optional
+
+from deploykit.conversion import Check, ConversionResult, ExportOptions
+from deploykit.errors import ConversionError, Outcome
+
+MAX_ATTEMPTS = 10
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather")
+
+
+@dataclass(frozen=True)
+class Settings:
+    method: str = "minmax"        # minmax | percentile | entropy
+    op_types: tuple = ()          # op types quantized; () = every op the quantizer can
+    float_nodes: tuple = ()       # the artifact's node names kept in float
+    float_layers: tuple = ()      # the same layers in the source's names
+
+    def describe(self) -> str:
+        parts = [self.method]
+        if self.op_types:
+            parts.append("weighted layers only")
+        if self.float_layers:
+            parts.append(f"{len(self.float_layers)} layer(s) float")
+        return ", ".join(parts)
+
+
+class _Search:
+    """The attempts so far and the best one (highest worst-output cosine)."""
+
+    def __init__(self, result: ConversionResult, check: Check, options: ExportOptions, quantize: Callable):
+        self.result, self.check, self.options, self.quantize = result, check, options, quantize
+        self.count, self.best = 0, None
+
+    def attempt(self, settings: Settings, locate: bool = False):
+        """The check's report of one quantization, or a failed stand-in when the quantizer itself fails (ORT's
+        entropy calibration refuses some activation ranges): the search goes on."""
+        from deploykit.parity import ParityReport, tolerance_for
+
+        self.count += 1
+        try:
+            self.quantize(settings)
+        except Exception as exc:  # noqa: BLE001 - the quantizer raises many types
+            failed = ParityReport("source", "int8", 0, tolerance_for("int8"))
+            failed.problems.append(f"the quantizer failed: {type(exc).__name__}: {str(exc)[:150]}")
+            self.result.attempts.append({"tool": f"int8 repair: {settings.describe()}", "ok": False,
+                                         "why": failed.problems[0]})
+            return failed
+        report = self.check(self.result.path, self.options.samples, locate=locate)
+        cosine = min((o.cosine for o in report.outputs if o.cosine is not None), default=float("nan"))
+        self.result.attempts.append({"tool": f"int8 repair: {settings.describe()}", "ok": report.passed,
+                                     "why": report.summary()[:300]})
+        if self.best is None or cosine > self.best[0]:
+            self.best = (cosine, settings, report)
+        return report
+
+    @property
+    def exhausted(self) -> bool:
+        return self.count >= MAX_ATTEMPTS
+
+
+def repair(result: ConversionResult, check: Check, options: ExportOptions, quantize: Callable,
+           failed: dict) -> None:
+    """After the plain (min-max) int8 model failed its check (``failed``: that ParityReport as a dict), leave a
+    passing int8 model at ``result.path`` with its repair recorded in ``result``, or raise ConversionError
+    naming the best attempt."""
+    search = _Search(result, check, options, quantize)
+    cosines = [o["cosine"] for o in failed.get("outputs", []) if o.get("cosine") is not None]
+    search.best = (min(cosines, default=float("-inf")), Settings(), None)
+    for method in ("percentile", "entropy"):
+        if search.attempt(Settings(method)).passed:
+            return _kept(search, Settings(method))
+    settings = replace(search.best[1], op_types=WEIGHTED_OPS)
+    report = search.attempt(settings, locate=True)
+    if report.passed:
+        return _kept(search, settings)
+    passing = _float_layers(search, settings, report.location)
+    if passing is None:
+        _give_up(search)
+    _kept(search, passing)
+
+
+def _ranking(location: Optional[dict]) -> list:
+    """Matched layers by their own share of the error (``growth``: what they add to what they receive), largest
+    first."""
+    rows = [r for r in (location or {}).get("rows", []) if r["artifact_op"] and r.get("growth") is not None]
+    return sorted(rows, key=lambda row: -row["growth"])
+
+
+def _float_layers(search: _Search, base: Settings, location: Optional[dict]) -> Optional[Settings]:
+    """The layers to keep in float, chosen greedily: each step re-measures the model it has and doubles the float
+    set with the layers adding the most error now (1, 2, 4, …); once one passes, the fewest of them, in the order
+    chosen, that still pass (bisected)."""
+    def settings_for(rows: list) -> Settings:
+        return replace(base, float_nodes=tuple(r["artifact_op"] for r in rows),
+                       float_layers=tuple(r["layer"] for r in rows))
+
+    chosen, failed = [], 0
+    while not search.exhausted:
+        ranking = [r for r in _ranking(location) if r["artifact_op"] not in {c["artifact_op"] for c in chosen}]
+        if not ranking:
+            return None
+        failed = len(chosen)
+        chosen += ranking[:max(1, len(chosen))]
+        report = search.attempt(settings_for(chosen), locate=True)
+        if report.passed:
+            break
+        location = report.location
+    else:
+        return None
+    passed = len(chosen)
+    while passed - failed > 1 and not search.exhausted:
+        middle = (failed + passed) // 2
+        if search.attempt(settings_for(chosen[:middle])).passed:
+            passed = middle
+        else:
+            failed = middle
+    return settings_for(chosen[:passed])
+
+
+def _kept(search: _Search, settings: Settings) -> None:
+    """Leave the passing settings' model in place (the last attempt may have been a failing bisection step)."""
+    last = search.result.attempts[-1]
+    if not (last["ok"] and last["tool"] == f"int8 repair: {settings.describe()}"):
+        search.quantize(settings)
+    search.result.kept_float = list(settings.float_layers)
+    kept = (f"; kept {len(settings.float_layers)} layer(s) in float: {', '.join(settings.float_layers)}"
+            if settings.float_layers else "")
+    search.result.notes.append(f"int8 repaired after {search.count + 1} quantization(s): {settings.describe()}{kept}")
+
+
+def _give_up(search: _Search) -> None:
+    cosine, settings, report = search.best
+    if report is None:      # nothing beat the plain model
+        raise ConversionError(f"int8 fails its preset after {search.count + 1} quantization(s) (best: the plain "
+                              f"min-max model, cosine {cosine:.4f})", "give more representative --calibration "
+                              "data, or use --quantize dynamic / fp16", outcome=Outcome.MISMATCH)
+    raise ConversionError(f"int8 fails its preset after {search.count + 1} quantization(s); the best ({settings.describe()}) "
+                          f"reaches cosine {cosine:.4f}: {report.summary()}",
+                          "give more representative --calibration data, or use --quantize dynamic / fp16",
+                          details={"parity": report.to_dict()}, outcome=Outcome.MISMATCH)
