@@ -191,7 +191,8 @@ def _write_manifest(artifact, model: LoadedModel, chosen, runs: list, extra_file
                     mode: Optional[str] = None, calibration_info: Optional[dict] = None,
                     contract: Optional[dict] = None, choices: Optional[contracts.ContractChoices] = None) -> dict:
     route_info = [{key: hop[key] for key in ("edge", "tool", "outcome", "attempts", "notes", "parity_vs_source",
-                                             "artifact_sha256")} for hop in chosen.to_dict()["hops"]]
+                                             "artifact_sha256", "kept_float") if key in hop}
+                  for hop in chosen.to_dict()["hops"]]
     final = chosen.final
     data = manifest.build(Path(artifact.path), artifact.format.value, model, route_info,
                           _artifact_signature(model, artifact, chosen.layout), chosen.layout,
