@@ -20,7 +20,7 @@ class FakeChecker:
     def __init__(self, verdict):
         self.verdict = verdict
 
-    def check(self, candidate, samples, batch=None, layout=None, tolerance=None, feeds=None):
+    def check(self, candidate, samples, batch=None, layout=None, tolerance=None, feeds=None, locate=False):
         if isinstance(self.verdict, Exception):
             raise self.verdict
         values = np.array([[0.5, -1.5]], np.float32)
