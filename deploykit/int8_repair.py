@@ -48,20 +48,19 @@ class _Search:
         self.count, self.best = 0, None
 
     def attempt(self, settings: Settings, locate: bool = False):
-        """The check's report of one quantization, or a failed stand-in when the quantizer itself fails (ORT's
-        entropy calibration refuses some activation ranges): the search goes on."""
+        """The check's report of one quantization, or a failed stand-in when the quantizer fails (ORT's entropy
+        calibration refuses some activation ranges) or its model does not run (TFLite's int8 DIV aborts)."""
+        from deploykit.errors import DeploykitError
         from deploykit.parity import ParityReport, tolerance_for
 
         self.count += 1
         try:
             self.quantize(settings)
-        except Exception as exc:  # noqa: BLE001 - the quantizer raises many types
-            failed = ParityReport("source", "int8", 0, tolerance_for("int8"))
-            failed.problems.append(f"the quantizer failed: {type(exc).__name__}: {str(exc)[:150]}")
-            self.result.attempts.append({"tool": f"int8 repair: {settings.describe()}", "ok": False,
-                                         "why": failed.problems[0]})
-            return failed
-        report = self.check(self.result.path, self.options.samples, locate=locate)
+            report = self.check(self.result.path, self.options.samples, locate=locate)
+        except Exception as exc:  # noqa: BLE001 - quantizers raise many types; a crashing model is a failed attempt
+            report = ParityReport("source", "int8", 0, tolerance_for("int8"))
+            why = exc.message if isinstance(exc, DeploykitError) else f"{type(exc).__name__}: {str(exc)[:150]}"
+            report.problems.append(f"the quantized model failed: {why}")
         cosine = min((o.cosine for o in report.outputs if o.cosine is not None), default=float("nan"))
         self.result.attempts.append({"tool": f"int8 repair: {settings.describe()}", "ok": report.passed,
                                      "why": report.summary()[:300]})
@@ -75,14 +74,14 @@ class _Search:
 
 
 def repair(result: ConversionResult, check: Check, options: ExportOptions, quantize: Callable,
-           failed: dict) -> None:
+           failed: dict, methods: tuple = ("percentile", "entropy")) -> None:
     """After the plain (min-max) int8 model failed its check (``failed``: that ParityReport as a dict), leave a
     passing int8 model at ``result.path`` with its repair recorded in ``result``, or raise ConversionError
     naming the best attempt."""
     search = _Search(result, check, options, quantize)
     cosines = [o["cosine"] for o in failed.get("outputs", []) if o.get("cosine") is not None]
     search.best = (min(cosines, default=float("-inf")), Settings(), None)
-    for method in ("percentile", "entropy"):
+    for method in methods:     # () for a quantizer with one calibration method (TFLiteConverter)
         if search.attempt(Settings(method)).passed:
             return _kept(search, Settings(method))
     settings = replace(search.best[1], op_types=WEIGHTED_OPS)

@@ -7,36 +7,17 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 
-from deploykit import fsutil
-from deploykit.errors import MissingDependency
-from deploykit.report import STYLE, html_table
+from deploykit.report import STYLE, html_table, plotted_page
 
 FILES = ("locate.html", "locate.json", "locate.png")
 
 
 def build_locate_report(verify: dict, out_dir: "str | Path", force: bool = False) -> dict:
     """Write the page for a verify result that carries ``locate`` tables; returns the files written."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise MissingDependency.for_package("matplotlib", "report", "needed to draw the report's plots") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    for name in FILES:
-        fsutil.prepare_output(out / name, force)
-    plot = out / "locate.png"
-    figure = _plot(verify["locate"])
-    figure.savefig(plot.with_suffix(".tmp.png"), dpi=110, bbox_inches="tight")
-    plot.with_suffix(".tmp.png").replace(plot)
-    plt.close(figure)
-    fsutil.write_text_atomic(out / "locate.json", json.dumps(verify, indent=2, default=str))
-    fsutil.write_text_atomic(out / "locate.html", _render(verify, plot))
-    return {"html": str(out / "locate.html"), "json": str(out / "locate.json"), "plot": str(plot)}
+    return plotted_page(out_dir, "locate", verify, lambda: _plot(verify["locate"]),
+                        lambda plot: _render(verify, plot), force)
 
 
 def _plot(locations: list):

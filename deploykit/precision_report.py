@@ -7,35 +7,17 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 
-from deploykit import fsutil
-from deploykit.errors import MissingDependency
+from deploykit.report import plotted_page
 
 FILES = ("precisions.html", "precisions.json", "precisions.png")
 
 
 def build_precision_report(table: dict, out_dir: "str | Path", force: bool = False) -> dict:
-    try:
-        import matplotlib
-    except ImportError:
-        raise MissingDependency.for_package("matplotlib", "report", "needed to draw the report's plots") from None
-    matplotlib.use("Agg")
-    out = Path(out_dir)
-    for name in FILES:
-        fsutil.prepare_output(out / name, force)
-    plot = out / "precisions.png"
-    figure = _plot(table["precisions"])
-    figure.savefig(plot.with_suffix(".tmp.png"), dpi=110, bbox_inches="tight")
-    plot.with_suffix(".tmp.png").replace(plot)
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
-    fsutil.write_text_atomic(out / "precisions.json", json.dumps(table, indent=2, default=str))
-    fsutil.write_text_atomic(out / "precisions.html", render(table, plot))
-    return {"html": str(out / "precisions.html"), "json": str(out / "precisions.json"), "plot": str(plot),
-            "headline": headline(table)}
+    written = plotted_page(out_dir, "precisions", table, lambda: _plot(table["precisions"]),
+                           lambda plot: render(table, plot), force)
+    return {**written, "headline": headline(table)}
 
 
 def headline(table: dict) -> str:

@@ -19,11 +19,7 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{bor
 def build_report(bench: dict, out_dir: "str | Path", parity: Optional[dict] = None, footprint: Optional[dict] = None,
                  force: bool = False) -> dict:
     """Write report.html, report.json and one PNG per plot into ``out_dir``; returns the paths."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise MissingDependency.for_package("matplotlib", "report", "needed to draw the report's plots") from None
-    matplotlib.use("Agg")
+    _matplotlib()
     out = Path(out_dir)
     targets = [out / "report.html", out / "report.json"] + [out / f"{name}.png" for name in PLOTS]
     for target in targets:
@@ -35,17 +31,45 @@ def build_report(bench: dict, out_dir: "str | Path", parity: Optional[dict] = No
                "size": _plot_size, "footprint": _plot_footprint}
     images = {}
     for name in PLOTS:
-        figure = drawers[name](ok, footprint)
         path = out / f"{name}.png"
-        figure.savefig(path.with_suffix(".tmp.png"), dpi=110, bbox_inches="tight")
-        path.with_suffix(".tmp.png").replace(path)
+        save_figure(drawers[name](ok, footprint), path)
         images[name] = path
-        import matplotlib.pyplot as plt
-        plt.close(figure)
     fsutil.write_text_atomic(out / "report.json", json.dumps(data, indent=2, default=str))
     fsutil.write_text_atomic(out / "report.html", render_html(data, images))
     return {"html": str(out / "report.html"), "json": str(out / "report.json"),
             "plots": {k: str(v) for k, v in images.items()}, "headline": data["headline_text"]}
+
+
+def plotted_page(out_dir: "str | Path", stem: str, data: dict, draw, render, force: bool = False) -> dict:
+    """Write ``<stem>.png`` (``draw()``'s figure), ``<stem>.json`` (``data``) and ``<stem>.html`` (``render(png)``)
+    into ``out_dir``, atomically, never over existing files without ``force``; returns their paths."""
+    _matplotlib()
+    out = Path(out_dir)
+    for suffix in (".html", ".json", ".png"):
+        fsutil.prepare_output(out / f"{stem}{suffix}", force)
+    plot = out / f"{stem}.png"
+    save_figure(draw(), plot)
+    fsutil.write_text_atomic(out / f"{stem}.json", json.dumps(data, indent=2, default=str))
+    fsutil.write_text_atomic(out / f"{stem}.html", render(plot))
+    return {"html": str(out / f"{stem}.html"), "json": str(out / f"{stem}.json"), "plot": str(plot)}
+
+
+def _matplotlib():
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependency.for_package("matplotlib", "report", "needed to draw the report's plots") from None
+    matplotlib.use("Agg")
+    return matplotlib
+
+
+def save_figure(figure, path: Path) -> None:
+    """Save a matplotlib figure atomically (a temporary file renamed over ``path``) and release it."""
+    import matplotlib.pyplot as plt
+
+    figure.savefig(path.with_suffix(".tmp.png"), dpi=110, bbox_inches="tight")
+    path.with_suffix(".tmp.png").replace(path)
+    plt.close(figure)
 
 
 def runtime_footprints() -> dict:

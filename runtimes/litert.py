@@ -218,7 +218,8 @@ def tflite_view(interpreter) -> tuple:
             continue
         constants[key_of[index]] = Constant(list(value.shape), digest(value) if value.size > 1 else "", key_of[index],
                                          value.dtype.name)
-    view_ops = [Op(f"{op['op_name']}#{op['index']}", op["op_name"], [key_of[int(i)] for i in op["inputs"] if i >= 0],
+    # An op is named by its first output tensor: the name TFLite's QuantizationDebugger takes in denylisted_nodes.
+    view_ops = [Op(key_of[int(op["outputs"][0])], op["op_name"], [key_of[int(i)] for i in op["inputs"] if i >= 0],
                    [key_of[int(i)] for i in op["outputs"]], key_of[int(op["outputs"][0])]) for op in ops]
     outputs = [key_of[d["index"]] for d in interpreter.get_output_details()]
     return GraphView(view_ops, constants, outputs), {key: index for index, key in key_of.items()}

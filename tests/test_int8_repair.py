@@ -65,7 +65,7 @@ def test_the_layers_adding_most_error_are_kept_float_and_the_set_is_bisected_dow
     tools = [a["tool"] for a in result.attempts]
     assert tools[:3] == ["int8 repair: percentile", "int8 repair: entropy",
                          "int8 repair: minmax, weighted layers only"]          # best of the failed methods kept
-    assert "the quantizer failed: ValueError" in result.attempts[1]["why"]     # entropy: recorded, search goes on
+    assert "the quantized model failed: ValueError" in result.attempts[1]["why"]     # entropy: recorded, search goes on
     assert len(scripted.quantized) <= int8_repair.MAX_ATTEMPTS
     assert "kept 2 layer(s) in float: ffn.down, attn.out" in result.notes[0]
 
