@@ -78,3 +78,70 @@ def test_nothing_passes_within_the_budget_gives_a_verdict_with_the_best_attempt(
     # percentile, entropy, weighted only, then 1, 2, 4 and all 5 layers float: every layer tried, then a verdict
     assert "after 8 quantization(s); the best (minmax, weighted layers only, 5 layer(s) float)" in error.message
     assert "--quantize dynamic" in error.remedy
+
+
+# --- end to end: a model whose plain int8 fails, repaired by the export itself ---
+
+def _outlier_model(folder: Path) -> tuple:
+    """fc1 has one unit 2000 above the rest, which fc2 ignores: per-tensor int8 activations keep the outlier and
+    round away the units that matter — plain int8 fails, whatever the calibration method."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+
+    class Outlier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(32, 64), torch.nn.Linear(64, 8)
+            with torch.no_grad():
+                self.fc1.weight[0] *= 0
+                self.fc1.bias[0] = 2000.0
+                self.fc2.weight[:, 0] = 0
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    source = folder / "outlier.pt2"
+    torch.export.save(torch.export.export(Outlier().eval(), (torch.randn(1, 32),)), str(source))
+    calibration = folder / "outlier.calibration.npz"
+    np.savez(calibration, x=np.random.default_rng(0).standard_normal((64, 1, 32)).astype(np.float32))
+    return source, calibration
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.onnxruntime
+def test_an_int8_onnx_export_that_fails_is_repaired_and_says_what_stayed_float(tmp_path):
+    import json
+
+    from deploykit import api
+
+    source, calibration = _outlier_model(tmp_path)
+    with pytest.raises(ConversionError, match="does not match the source"):      # --no-repair: as before
+        api.export(str(source), "onnx", str(tmp_path / "plain.onnx"),
+                   quantize=api.QuantizeOptions("int8", calibration=str(calibration), repair=False))
+    result = api.export(str(source), "onnx", str(tmp_path / "repaired.onnx"),
+                        quantize=api.QuantizeOptions("int8", calibration=str(calibration)))
+    assert result.passed
+    hop = json.loads(Path(result.manifest).read_text())["route"][-1]
+    assert hop["kept_float"] and set(hop["kept_float"]) <= {"fc1", "fc2"}
+    repairs = [a for a in hop["attempts"] if a["tool"].startswith("int8 repair")]
+    assert repairs and repairs[-1]["ok"] and len(repairs) < int8_repair.MAX_ATTEMPTS
+    assert any(n.startswith("int8 repaired after") for n in hop["notes"])
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.tensorflow
+def test_a_full_integer_tflite_the_search_cannot_fix_ends_in_a_verdict(tmp_path):
+    """TFLite quantizes tensors, not ops: the outlier activation between fc1 and fc2 stays int8 whichever layers the
+    QuantizationDebugger keeps in float, so the search ends — with the best attempt named, nothing written."""
+    from deploykit import api
+
+    source, calibration = _outlier_model(tmp_path)
+    with pytest.raises(ConversionError, match=r"int8 fails its preset after \d+ quantization\(s\)") as caught:
+        api.export(str(source), "tflite", str(tmp_path / "m.tflite"),
+                   quantize=api.QuantizeOptions("int8", calibration=str(calibration)))
+    assert "best" in caught.value.message and "cosine" in caught.value.message
+    assert not list(tmp_path.glob("m.tflite*"))
