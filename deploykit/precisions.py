@@ -42,13 +42,15 @@ def export_all_precisions(source: str, dst: Format, output: str, plan: ExportPla
             rows.append({"precision": mode or "fp32", "passed": False, "error": exc.one_line(),
                          "judged_on": _judged_on(parity), **_metrics(parity.get("outputs", []))})
             continue
+        rows.extend(_unrepaired(mode, result))
         rows.append(_row(mode, result, plan.verify.timeout))
     baseline = next((r for r in rows if r["precision"] == "fp32" and "error" not in r), None)
     for row in rows:
         if baseline and "error" not in row:
             row["size_vs_fp32"] = round(row["bytes"] / baseline["bytes"], 3)
             row["speed_vs_fp32"] = round(baseline["latency_ms"] / row["latency_ms"], 2) if row["latency_ms"] else None
-    table = {"passed": all(r.get("passed") for r in rows), "source": source, "precisions": rows,
+    table = {"passed": all(r.get("passed") for r in rows if not r.get("superseded")), "source": source,
+             "precisions": rows,
              "skipped": skipped}
     if report_dir:
         from deploykit.precision_report import build_precision_report
@@ -65,10 +67,23 @@ def _row(mode: Optional[str], result, timeout: float) -> dict:
     artifact = result.opened
     latency = measure_latency(artifact, random_feeds(artifact.spec, 1)[0], timeout)
     worst = _metrics(result.parity["outputs"])
-    return {"precision": mode or "fp32", "artifact": result.artifact, "passed": result.passed,
+    kept = [layer for hop in result.route for layer in hop.get("kept_float", [])]
+    label = f"{mode} ({len(kept)} layer(s) float)" if kept else (mode or "fp32")
+    return {"precision": label, "artifact": result.artifact, "passed": result.passed, "kept_float": kept,
             "bytes": artifact_size(result.artifact), "latency_ms": latency,
             "route": " → ".join(h["edge"] for h in result.route), "warnings": result.warnings,
             "judged_on": _judged_on(result.parity), **worst}
+
+
+def _unrepaired(mode: Optional[str], result) -> list:
+    """A repaired int8 export's first, failing model as its own row (the repair's log keeps its verdict)."""
+    hop = next((h for h in result.route if h.get("kept_float") or any(
+        n.startswith("int8 repaired") for n in h.get("notes", []))), None)
+    if hop is None:
+        return []
+    first = next((a for a in hop["attempts"] if not a["ok"]), {})
+    return [{"precision": f"{mode} before repair", "passed": False, "superseded": True,
+             "error": first.get("why", "failed its preset")}]
 
 
 def _judged_on(parity: dict) -> str:

@@ -145,3 +145,21 @@ def test_a_full_integer_tflite_the_search_cannot_fix_ends_in_a_verdict(tmp_path)
                    quantize=api.QuantizeOptions("int8", calibration=str(calibration)))
     assert "best" in caught.value.message and "cosine" in caught.value.message
     assert not list(tmp_path.glob("m.tflite*"))
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.onnxruntime
+def test_quantize_all_shows_int8_before_and_after_repair_as_rows(tmp_path):
+    from deploykit import api
+
+    source, calibration = _outlier_model(tmp_path)
+    table = api.export(str(source), "onnx", str(tmp_path / "m.onnx"),
+                       quantize=api.QuantizeOptions("all", calibration=str(calibration))).to_dict()
+    rows = {row["precision"]: row for row in table["precisions"]}
+    before = rows["int8 before repair"]
+    assert not before["passed"] and "FAIL" in before["error"]
+    after = next(row for name, row in rows.items() if name.startswith("int8 (") and "layer(s) float)" in name)
+    assert after["passed"] and after["kept_float"] and after["bytes"] > 0 and after["latency_ms"] > 0
+    assert before["superseded"]           # the table's verdict counts the repaired row, not the one it replaced
+    assert table["passed"] == all(r["passed"] for r in table["precisions"] if not r.get("superseded"))
