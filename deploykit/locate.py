@@ -104,7 +104,7 @@ def match_layers(ref_view: GraphView, ref_layers: list, cand_view: GraphView, ca
     and order (paired in order where both sides have as many unmatched layers of that size between the same
     two matched layers: a layer present on one side only, such as an unused pooler, spoils only its stretch)."""
     pairs: dict = {}
-    keys = (("weight name", lambda view, layer: view.constants[layer.weight].origin),
+    keys = (("weight name", _name_key),
             ("weight values", lambda view, layer: view.constants[layer.weight].digest))
     for how, key in keys:
         _pair_unique(pairs, how, [(layer, key(ref_view, layer)) for layer in ref_layers if layer.index not in pairs],
@@ -114,6 +114,13 @@ def match_layers(ref_view: GraphView, ref_layers: list, cand_view: GraphView, ca
     while _pair_in_order(pairs, ref_layers, cand_layers, sizes):
         pass
     return pairs
+
+
+def _name_key(view: GraphView, layer: Layer):
+    """A weight's name with its number of values: generated names (``onnx::MatMul_12``) recur across files by
+    chance, a parameter path with the same size does not."""
+    weight = view.constants[layer.weight]
+    return (weight.origin, weight.count) if weight.origin else None
 
 
 def _pair_in_order(pairs: dict, ref_layers: list, cand_layers: list, sizes: tuple) -> bool:
