@@ -100,10 +100,16 @@ def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions]
     """
     from deploykit.checking import verify_artifacts
 
-    if report_dir:
+    if report_dir:      # refused before minutes of running, not after
+        from pathlib import Path
+
+        from deploykit import fsutil
+
         if not options.locate:
             raise UsageError("--report on verify draws the --locate layer tables", "add --locate")
         registry.require(("matplotlib",), "needed to draw the report's plots")
+        for name in ("locate.html", "locate.json", "locate.png"):
+            fsutil.prepare_output(Path(report_dir) / name, force)
     if not artifacts:
         from deploykit.packaging import is_bundle
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from deploykit import api
+from deploykit.errors import OutputExistsError
 from deploykit.graphview import Constant, GraphView, Op, kind
 from deploykit.locate import align, match_layers
 from tests.conftest import run_cli
@@ -76,15 +77,19 @@ def test_an_identical_artifact_passes_every_layer(tmp_path):
     assert "every matched layer is within the fp32 preset" in location.summary()
 
 
-def test_verify_locate_cli_prints_the_table_and_json(tmp_path):
+def test_verify_locate_cli_prints_the_table_and_json(tmp_path, capsys):
+    from deploykit.render import print_verify
+
     source, damaged = _conv_net(tmp_path / "net.onnx"), _conv_net(tmp_path / "bad.onnx", scale_conv2=1.05)
-    text = run_cli("verify", str(source), str(damaged), "--locate")
-    assert text.returncode == 1, text.stderr
-    assert "◀ first outside the preset" in text.stdout and "conv2" in text.stdout
-    data = json.loads(run_cli("verify", str(source), str(damaged), "--locate", "--json").stdout)
+    proc = run_cli("verify", str(source), str(damaged), "--locate", "--json")
+    assert proc.returncode == 1, proc.stderr
+    data = json.loads(proc.stdout)
     location = data["locate"][0]
     assert location["rows"][location["first_diverging"]]["layer"] == "conv2"
     assert any(n.startswith("locate: ") for n in data["comparisons"][0]["notes"])
+    print_verify(data)                      # the human form of the same result
+    text = capsys.readouterr().out
+    assert "conv2" in text and "◀ first outside the preset" in text and "layers of bad.onnx" in text
 
 
 @pytest.mark.torch
@@ -201,8 +206,9 @@ def test_verify_report_draws_error_along_depth(tmp_path):
     assert "error along depth" in page and "first layer outside the fp32 preset: conv2" in page
     assert json.loads((tmp_path / "report" / "locate.json").read_text())["locate"][0]["first_diverging"] == 1
     assert (tmp_path / "report" / "locate.png").stat().st_size > 1000 and result.to_dict()["report"]["html"]
-    again = run_cli("verify", str(source), str(damaged), "--locate", "--report", str(tmp_path / "report"))
-    assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr
+    with pytest.raises(OutputExistsError, match="already exists"):     # refused before anything runs
+        api.verify(str(source), [str(damaged)], options=api.VerifyOptions(locate=True),
+                   report_dir=str(tmp_path / "report"))
 
 
 def test_verify_report_without_locate_is_refused_before_running(tmp_path):
