@@ -119,7 +119,7 @@ def _float_layers(search: _Search, base: Settings, location: Optional[dict]) -> 
         report = search.attempt(settings_for(chosen), locate=True)
         if report.passed:
             break
-        location = report.location
+        location = report.location or location     # a model that did not run: keep the last measurement
     else:
         return None
     passed = len(chosen)
