@@ -89,9 +89,9 @@ def _quantize_static(model, out_path: Path, options: ExportOptions, settings=Non
     # U8 activations (post-ReLU values are non-negative, asymmetric ranges fit them), S8 per-channel weights.
     chosen = {}
     if settings is not None:
-        chosen = {"calibrate_method": getattr(CalibrationMethod, settings.method.capitalize() if settings.method !=
-                                              "minmax" else "MinMax"),
-                  "nodes_to_exclude": list(settings.float_nodes)}
+        methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                   "entropy": CalibrationMethod.Entropy}
+        chosen = {"calibrate_method": methods[settings.method], "nodes_to_exclude": list(settings.float_nodes)}
         if settings.op_types:
             chosen["op_types_to_quantize"] = list(settings.op_types)
     quantize_static(model.path, str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,

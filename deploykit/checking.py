@@ -141,7 +141,6 @@ class Checker:
         if not hasattr(runner, "capture"):
             raise UnsupportedModelError(f"--locate cannot follow a {self.source.format.value} source layer by layer",
                                         "locate from the PyTorch model (.pt2, module) or from an ONNX/TFLite file")
-        runner.open()
         return runner.capture(feeds_list)
 
     def _reference_outputs(self, keyed: list) -> list:

@@ -111,10 +111,11 @@ def export(
                                      "imagenet, symmetric ([-1, 1]) or mean=A,B,C,std=D,E,F (on [0, 1] pixels).")] = "unit",
     io_dtype: Annotated[str, typer.Option("--io-dtype", help="int8 TFLite: float or int8 inputs/outputs "
                         "(int8 also opens litert-torch's PT2E route for PyTorch programs).")] = "float",
-    repair: Annotated[bool, typer.Option("--repair/--no-repair", help="int8 ONNX that fails its preset: search "
-                      "calibration methods (percentile, entropy), then quantize only the weighted layers, then keep "
-                      "the layers where the error grows most (measured layer by layer) in float — at most 10 "
-                      "quantizations; the manifest records what stayed float.")] = True,
+    repair: Annotated[bool, typer.Option("--repair/--no-repair", help="int8 that fails its preset (ONNX Runtime "
+                      "static QDQ, TFLiteConverter full integer): try other calibration methods (ONNX), then quantize "
+                      "only the weighted layers, then keep the layers where the error grows most (measured layer by "
+                      "layer) in float — at most 10 quantizations after the plain one; the manifest records what "
+                      "stayed float.")] = True,
     report: Annotated[Optional[str], typer.Option("--report", help="With --quantize all: write precisions.html "
                       "(size, latency and agreement of every precision, plotted) into this folder.")] = None,
     keep_unverified: Annotated[bool, typer.Option("--keep-unverified", help="Keep an artifact whose parity cannot "

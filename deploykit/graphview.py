@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -185,10 +184,3 @@ def view_points(view: GraphView) -> list:
     ends = [name for layer in view.layers() for name in (layer.start, layer.end)]
     return list(dict.fromkeys(ends + list(view.outputs)))
 
-
-def as_float(value: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """A captured tensor worth comparing (floating point, more than one value), as float32; else None."""
-    if value is None:
-        return None
-    value = np.asarray(value)
-    return value.astype(np.float32) if value.dtype.kind == "f" and value.size > 1 else None

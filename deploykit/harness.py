@@ -120,8 +120,10 @@ def capture_job(request: dict, arrays: dict) -> dict:
     if not hasattr(runner, "capture"):
         raise UnsupportedModelError(f"{entry.name} cannot show the intermediate tensors of a {model.format.value} "
                                     "model", "locate with an ONNX or TFLite artifact on its native runtime")
-    with runner:
+    try:                # capture builds its own instrumented session: open() would build a second one
         view, values = runner.capture(feeds)
+    finally:
+        runner.close()
     return {"runtime": entry.name, "graph": view, "arrays": pack_samples(values)}
 
 

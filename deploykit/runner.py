@@ -14,7 +14,9 @@ boundary (a browser page, ``deploykit.browser.BrowserRunner``): it may offer
 ``last_ms`` (its own time of the last run) and ``memory() -> dict`` (the memory of the process that
 really runs the model); the harness uses them when present. A runner reached through heavy Python bindings
 (ExecuTorch) may set ``bindings_import_s`` (their first import in the process), which `bench` reports as part of
-the cold start that an app linking the C++ runtime does not pay. Runners of files a runtime could crash on are opened in a
+the cold start that an app linking the C++ runtime does not pay. A runner may offer
+``capture(feeds_list) -> (GraphView dict, [{tensor: value}] per sample)`` for ``--locate``: called without
+``open()``, it builds its own session that keeps every layer's output (``deploykit.graphview.view_points``). Runners of files a runtime could crash on are opened in a
 child process by the core (``deploykit.child``), never by the runtime module itself.
 """
 from __future__ import annotations

@@ -77,6 +77,10 @@ class OnnxRuntimeRunner(RunnerBase):
         self.model, self.options, self.session = model, options, None
 
     def open(self) -> None:
+        self.session = self._session(self.model.path)
+
+    def _session(self, model):
+        """An InferenceSession of ``model`` (a path, or serialized bytes) with this runner's options."""
         ort = import_onnxruntime()
 
         session_options = ort.SessionOptions()
@@ -85,8 +89,7 @@ class OnnxRuntimeRunner(RunnerBase):
         if self.options.threads:
             session_options.intra_op_num_threads = self.options.threads
         try:
-            self.session = ort.InferenceSession(self.model.path, session_options,
-                                                providers=providers_for(self.options.device))
+            return ort.InferenceSession(model, session_options, providers=providers_for(self.options.device))
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
             detail = one_line(str(exc))
             raise ModelLoadError(f"ONNX Runtime cannot load {self.model.path}: {detail}",
@@ -121,8 +124,7 @@ class OnnxRuntimeRunner(RunnerBase):
         points = view_points(view)
         present = {o.name for o in model.graph.output}
         model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in points if name not in present)
-        ort = import_onnxruntime()
-        session = ort.InferenceSession(model.SerializeToString(), providers=providers_for(self.options.device))
+        session = self._session(model.SerializeToString())
         wanted = {i.name: i.type for i in session.get_inputs()}
         values = []
         for feeds in feeds_list:

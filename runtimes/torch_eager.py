@@ -304,9 +304,8 @@ class TorchEagerRunner(RunnerBase):
         return view.to_dict(), values
 
     def _graph_module(self, feeds: Mapping):
-        program = self.model.details.get("exported_program")
-        if program is not None:
-            return program.module()
+        if isinstance(self.module, torch.fx.GraphModule):       # a .pt2: its program's module, unlifted once
+            return self.module
         if isinstance(self.module, torch.jit.ScriptModule):
             raise UnsupportedModelError("a TorchScript source has no graph that --locate can follow layer by layer",
                                         "give the model as a torch.export archive (.pt2) or module:factory + weights")
