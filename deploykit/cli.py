@@ -247,6 +247,44 @@ def serve(
     _run(action, False, debug, lambda data: None)
 
 
+@app.command()
+def matrix(
+    spec: Annotated[str, typer.Argument(help="TOML or YAML spec: [matrix] targets/precisions/route/bench and "
+                                             "[[models]] path/factory/folder with their export flags (README).")],
+    output: Annotated[str, typer.Option("-o", "--output", help="Results folder, or shared storage as a URI "
+                                        "(file:///shared/zoo, s3://...): cells/, artifacts/, matrix.html, "
+                                        "matrix.json. Rerun into it to resume.")] = "deploykit-matrix",
+    executor: Annotated[str, typer.Option("--executor", help="local: a child process per cell, --workers at "
+                                          "once; ray: Ray tasks (pip install 'deploykit[ray]').")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", help="A running Ray cluster (host:port); "
+                       "default: a Ray instance on this machine.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Cells at once (default: one per core; "
+                       "with --address the cluster's CPUs decide).")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run again the cells a previous run "
+                            "recorded as failed or crashed.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Ignore every stored result and run all cells.")] = False,
+    as_json: Json = False, debug: Debug = False,
+) -> None:
+    """Every model × target × precision of a spec: convert, verify, bench — one independent cell each.
+
+    Cells are keyed by content (model, options, tool versions): finished ones are skipped on a rerun and
+    survive Ctrl-C. Prints a progress line per cell and "N passed, N failed, N unsupported"; exit 1 when
+    a cell failed unexpectedly. Example: deploykit matrix zoo.toml -o zoo-out --executor ray
+    """
+    def action() -> dict:
+        from deploykit.matrix import run_matrix
+        from deploykit.render import MatrixProgress
+
+        with MatrixProgress() as progress:
+            result = run_matrix(spec, output, executor=executor, address=address, workers=workers,
+                                retry_failed=retry_failed, force=force, progress=progress)
+        if as_json:      # the CI line, also when stdout is the JSON document
+            print(f"matrix: {result['summary_line']}", file=sys.stderr)
+        return result
+
+    _run(action, as_json, debug, _lazy("print_matrix"), lambda data: 0 if data["passed"] else 1)
+
+
 def _int_list(text: str, option: str) -> tuple:
     """Comma-separated integers (text parsing only: BenchOptions judges the values)."""
     from deploykit.errors import UsageError

@@ -42,6 +42,7 @@ PACKAGE_TABLE = (
     Package("matplotlib", "matplotlib", "report", heavy=False),
     Package("playwright", "playwright", "browser", marker="browser"),
     Package("executorch", "executorch", "executorch", marker="executorch"),
+    Package("ray", "ray", "ray", marker="ray"),
 )
 PACKAGES = {p.module: (p.distribution, p.extra) for p in PACKAGE_TABLE}
 

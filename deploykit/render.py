@@ -6,6 +6,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from deploykit.text import printable
+
 import sys
 
 # Piped output gets rich's default of 80 columns, too narrow for the metric tables.
@@ -305,3 +307,61 @@ def print_seed_story(table: dict) -> None:
     if imports:
         console.print(f"  ExecuTorch's cold start includes {max(r['bindings_import_s'] for r in imports):.1f} s of "
                       "importing its Python bindings (torch + the extension): an app links the C++ runtime instead")
+
+
+STATUS_STYLE = {"passed": "green", "failed": "red", "crashed": "red", "error": "red", "xfail": "yellow",
+                "xpass": "cyan", "unsupported": "dim", "not run": "dim"}
+
+
+class MatrixProgress:
+    """`deploykit matrix` while it runs, on stderr: a progress bar on a terminal, else a line per finished cell
+    (what a CI log keeps). Called as ``progress(record, done, total)``."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.err = Console(stderr=True, highlight=False)
+
+    def __enter__(self) -> "MatrixProgress":
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("matrix"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                TextColumn("{task.description}"), console=self.err, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("", total=None)
+        return self
+
+    def __call__(self, record: dict, done: int, total: int) -> None:
+        from rich.markup import escape
+
+        status = record["status"]
+        line = (f"[{done}/{total}] {escape(printable(record['model']))} → {record['target']} {record['precision']}: "
+                f"[{STATUS_STYLE.get(status, '')}]{status}[/]")
+        if record.get("verdict") and status != "passed":
+            line += f" — {escape(printable(_clip(record['verdict'], 110)))}"
+        if self.bar is not None:
+            self.bar.update(self.task, total=total, completed=done, description=f"{record['model']} {status}")
+            self.bar.console.print(line)
+        else:
+            self.err.print(line, soft_wrap=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def print_matrix(result: dict) -> None:
+    table = Table(title=f"matrix {result['name']}: {result['summary_line']}", title_justify="left")
+    for column in ("model", "target", "precision", "status", "cosine", "artifact ms", "speedup", "verdict"):
+        table.add_column(column, justify="right" if column in ("cosine", "artifact ms", "speedup") else "left")
+    for cell in result["cells"]:
+        metrics, status = cell.get("metrics") or {}, cell["status"]
+        table.add_row(cell["model"], cell["target"], cell["precision"],
+                      f"[{STATUS_STYLE.get(status, '')}]{status}[/]" + (" (reused)" if cell.get("reused") else ""),
+                      _fmt(metrics.get("cosine"), 6), _fmt(metrics.get("artifact_p50_ms")),
+                      _fmt(metrics.get("speedup")), _clip(cell.get("verdict") or "", 70) if status != "passed" else "")
+    console.print(table)
+    executor = result["executor"]
+    console.print(f"{result['output']}: matrix.html, matrix.json ({executor['executor']}, "
+                  f"{executor.get('workers')} worker(s), {result['seconds']} s)")
+    console.print(f"matrix: {result['summary_line']}")

@@ -1,0 +1,218 @@
+"""`deploykit matrix SPEC`: every model × target × precision of a spec as independent cells, on an executor.
+
+    from deploykit.matrix import run_matrix
+    result = run_matrix("zoo.toml", "zoo-out", executor="local")     # or executor="ray", address="head:6379"
+    print(result["summary_line"])            # "12 passed, 1 failed, 3 unsupported"
+
+A cell is convert → verify → bench through the public API (deploykit.api), one child process per phase
+(deploykit.matrix_cell), so its record holds what `deploykit export/verify/bench --json` print for it. This
+module is the API of the matrix; it composes deploykit.api, which is why it sits above it in the layers.
+Finished cells are stored under their content key (deploykit.matrix_keys) as they finish: a re-run, or a run
+after Ctrl-C, does only what is left.
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+from deploykit.errors import UsageError
+from deploykit.matrix_keys import cell_identity, plan_cell, unsupported_record
+from deploykit.matrix_spec import Cell, MatrixSpec, load_spec
+from deploykit.matrix_store import Store, open_store
+
+EXECUTORS = ("local", "ray")
+FAILING = ("failed", "crashed", "error")       # an unexpected failure: exit 1
+STATUSES = ("passed", "failed", "unsupported", "crashed", "error", "xfail", "xpass")
+
+
+def run_matrix(spec_path: str, output: str = "deploykit-matrix", *, executor: str = "local",
+               address: Optional[str] = None, workers: Optional[int] = None, retry_failed: bool = False,
+               force: bool = False, progress: Optional[Callable[[dict, int, int], None]] = None) -> dict:
+    """Run every cell of the spec not already finished in ``output``; write matrix.json and matrix.html there.
+
+    ``executor`` is "local" (a process per cell, ``workers`` at once; default one per core) or "ray" (Ray
+    tasks; ``address`` of a running cluster, else a Ray instance on this machine). ``retry_failed`` runs cells
+    whose stored result failed; ``force`` ignores every stored result. ``progress(record, done, total)`` is
+    called as each cell ends. Returns the matrix document (``cells``, ``summary``, ``summary_line``, ``report``).
+    """
+    if executor not in EXECUTORS:
+        raise UsageError(f"unknown --executor {executor!r}", "use local or ray")
+    if address and executor != "ray":
+        raise UsageError("--address is for --executor ray", "add --executor ray, or drop --address")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise UsageError(f"--workers must be a positive integer (got {workers!r})", "e.g. --workers 2")
+    spec = load_spec(spec_path)
+    store = open_store(output)
+    _check_output(store)
+    runner = _executor(executor, address, workers, spec)
+    started = time.perf_counter()
+    board = _Board(spec, store, progress)
+    jobs = board.plan(retry_failed, force)
+    try:
+        runner.run(jobs, board.finish)
+    except KeyboardInterrupt:
+        board.write(runner, time.perf_counter() - started, interrupted=True)   # what finished stays, and shows
+        raise
+    return board.write(runner, time.perf_counter() - started)
+
+
+def _executor(name: str, address: Optional[str], workers: Optional[int], spec: MatrixSpec):
+    from deploykit.matrix_exec import LocalExecutor, RayExecutor
+
+    if name == "ray":
+        return RayExecutor(address, workers, spec.memory_mb, spec.retries)
+    return LocalExecutor(workers)
+
+
+def _check_output(store: Store) -> None:
+    """A folder that holds other things is not a matrix's store: refuse it rather than mix files into it."""
+    folder = store.local_folder()
+    if folder is None or not folder.exists():
+        return
+    ours = {"cells", "artifacts", "running", "matrix.json", "matrix.html"}
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in ours)
+    if foreign:
+        raise UsageError(f"-o {folder} holds files a matrix did not write ({', '.join(foreign[:3])})",
+                         "give a new folder, or the folder of an earlier matrix run to resume it")
+
+
+class _Board:
+    """The cells of one run: planned, reused, finished; what is written to the store."""
+
+    def __init__(self, spec: MatrixSpec, store: Store, progress) -> None:
+        self.spec, self.store, self.progress = spec, store, progress
+        self.records: dict = {}          # key -> record
+        self.order: list = []            # (cell, key) in spec order
+        self.versions: dict = {}
+        self.done = 0
+
+    def plan(self, retry_failed: bool, force: bool) -> list:
+        jobs = []
+        for cell in self.spec.cells():
+            key, versions, unsupported = plan_cell(cell, self.spec)
+            if any(key == k for _, k in self.order):
+                continue
+            self.order.append((cell, key))
+            self.versions[key] = versions
+            stored = None if force else self.store.finished(key)
+            if stored and not (retry_failed and stored.get("status") in FAILING + ("xfail",)):
+                self.records[key] = {**stored, "reused": True}
+            elif unsupported:
+                self._save(cell, key, unsupported_record(cell, key, unsupported, versions))
+            else:
+                jobs.append(self._job(cell, key))
+        self.done = len(self.records)
+        return jobs
+
+    def _job(self, cell: Cell, key: str) -> dict:
+        from deploykit.exporting import default_output
+        from deploykit.registry import target_format
+
+        for phase in ("convert", "bench"):     # a fresh budget of attempts for this run
+            self.store.write_text(f"running/{key}.{phase}.attempts", "0")
+        name = Path(default_output(cell.model.source, target_format(cell.target))).name
+        request = {"key": key, "label": cell.label, "source": cell.model.source, "target": cell.target,
+                   "precision": cell.precision, "options": cell.model.options, "settings": self.spec.settings(),
+                   "store": self.store.location, "timeout": self.spec.timeout, "retries": self.spec.retries,
+                   "artifact_name": name}
+        return {"cell": cell, "key": key, "request": request}
+
+    def finish(self, job: dict, phases: dict) -> None:
+        """A cell's phases are in: make its record, store it at once (Ctrl-C later loses nothing of it)."""
+        self._save(job["cell"], job["key"], record_of(job["cell"], job["key"], phases, self.versions[job["key"]]))
+
+    def _save(self, cell: Cell, key: str, record: dict) -> None:
+        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.store.save_cell(record)
+        self.records[key] = record
+        self.done += 1
+        if self.progress:
+            self.progress(record, self.done, len(self.order))
+
+    def write(self, runner, seconds: float, interrupted: bool = False) -> dict:
+        from deploykit.matrix_report import write_report
+
+        cells = [self.records.get(key) or {**cell_identity(cell, key), "status": "not run"}
+                 for cell, key in self.order]
+        summary = summarize(cells)
+        document = {"schema_version": 1, "spec": self.spec.path, "name": self.spec.name,
+                    "executor": runner.describe(), "output": self.store.location, "seconds": round(seconds, 1),
+                    "interrupted": interrupted, "summary": summary, "summary_line": summary_line(summary),
+                    "passed": not any(c["status"] in FAILING for c in cells) and not interrupted,
+                    "skipped_files": list(self.spec.skipped), "cells": cells}
+        document["report"] = write_report(self.store, document)
+        return document
+
+
+def record_of(cell: Cell, key: str, phases: dict, versions: dict) -> dict:
+    """One cell's record from its convert (and bench) phase results."""
+    convert, bench = phases["convert"], phases.get("bench")
+    record = {**cell_identity(cell, key), "versions": versions,
+              **{k: v for k, v in convert.items() if k not in ("phase",)}}
+    record.setdefault("verdict", None)
+    if bench is not None:
+        _add_bench(record, bench)
+    record["metrics"] = metrics(record)
+    if cell.expected_to_fail:
+        record["status"] = "xpass" if record["status"] == "passed" else (
+            "xfail" if record["status"] in FAILING else record["status"])
+    return record
+
+
+def _add_bench(record: dict, bench: dict) -> None:
+    record["bench_attempts"] = bench.get("attempts")
+    if bench.get("status") == "crashed":
+        record.update(status="crashed", verdict=bench["verdict"], exit_code=1)
+        return
+    if bench.get("bench_error"):
+        record.update(status="failed", verdict=f"bench: {bench['bench_error']}", exit_code=1)
+        return
+    record["bench"], record["bench_core"] = bench.get("bench"), bench.get("core")
+    record.setdefault("phases", {})["bench_s"] = bench.get("bench_s")
+    broken = [c for c in (record["bench"] or {}).get("cases", []) if "error" in c]
+    if broken:
+        record.update(status="failed", exit_code=1,
+                      verdict=f"bench: {len(broken)} case(s) failed, the first ({broken[0].get('row')}): "
+                              f"{broken[0]['error']}"[:500])
+
+
+def metrics(record: dict) -> dict:
+    """The numbers a grid cell shows: agreement with the source, size, latency of source and artifact."""
+    found: dict = {}
+    outputs = [o for c in (record.get("verify") or {}).get("comparisons", [])[:1] for o in c.get("outputs", [])]
+    if outputs:
+        found["cosine"] = min(o.get("cosine") or 0.0 for o in outputs)
+        found["max_abs"] = max(o.get("max_abs") or 0.0 for o in outputs)
+    if record.get("artifact_bytes"):
+        found["artifact_bytes"] = record["artifact_bytes"]
+    cases = [c for c in (record.get("bench") or {}).get("cases", []) if "error" not in c]
+    artifact = record.get("artifact")
+    for role, mine in (("artifact", [c for c in cases if c.get("model") == artifact]),
+                       ("source", [c for c in cases if c.get("model") != artifact])):
+        if mine:
+            best = min(mine, key=lambda c: c["latency_ms"]["p50"])
+            found[f"{role}_p50_ms"], found[f"{role}_row"] = best["latency_ms"]["p50"], best["row"]
+    if found.get("artifact_p50_ms") and found.get("source_p50_ms"):
+        found["speedup"] = round(found["source_p50_ms"] / found["artifact_p50_ms"], 2)
+    return found
+
+
+def summarize(cells: list) -> dict:
+    counts = {status: 0 for status in STATUSES + ("not run",)}
+    for cell in cells:
+        counts[cell["status"]] = counts.get(cell["status"], 0) + 1
+    counts["reused"] = sum(1 for c in cells if c.get("reused"))
+    return counts
+
+
+def summary_line(summary: dict) -> str:
+    """The CI line: "N passed, N failed, N unsupported", then what else happened."""
+    failed = summary["failed"] + summary["crashed"] + summary["error"]
+    line = f"{summary['passed']} passed, {failed} failed, {summary['unsupported']} unsupported"
+    extra = [f"{summary[k]} {label}" for k, label in (("crashed", "crashed"), ("error", "internal error"),
+                                                     ("xfail", "expected failure(s)"), ("xpass", "unexpected pass(es)"),
+                                                     ("not run", "not run"), ("reused", "reused from an earlier run"))
+             if summary.get(k)]
+    return line + (f" ({'; '.join(extra)})" if extra else "")

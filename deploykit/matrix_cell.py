@@ -1,0 +1,162 @@
+"""One matrix cell, as child jobs of the one harness: convert + verify, then (apart) bench.
+
+Each phase calls the public API exactly as the commands do, so a cell's record holds what
+`deploykit export --json`, `deploykit verify --json` and `deploykit bench --json` print for it:
+
+    convert_job: api.export(source, --to target, --quantize precision, ...) then api.verify(source, artifact)
+    bench_job:   api.bench([source, artifact]) on the spec's runtime rows, pinned to one core
+
+A phase that raises a DeploykitError ends in a verdict (a record with a status), never an exception: the
+executor retries only what did not answer at all (a crash, a kill, a time-out).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from deploykit.errors import DeploykitError, MissingDependency, UnsupportedModelError
+
+# Verdicts that mean "this cannot be done here" rather than "deploykit tried and the result is wrong".
+UNSUPPORTED_ERRORS = (MissingDependency, UnsupportedModelError)
+
+
+def convert_job(request: dict, arrays: dict) -> dict:
+    """Export the cell's model and verify the artifact; returns the convert part of the cell's record."""
+    from deploykit.matrix_store import open_store
+
+    store = open_store(request["store"])
+    with _running(store, request, "convert"), _workspace(store, request) as folder:
+        started = time.perf_counter()
+        record = {"status": "passed", "phases": {}}
+        try:
+            _export_and_verify(request, folder, record)
+        except DeploykitError as exc:
+            record.update(status=_status_of(exc), verdict=exc.one_line().removeprefix("error: "),
+                          exit_code=exc.exit_code, **({"outcome": exc.outcome.value} if exc.outcome else {}))
+        except Exception as exc:  # noqa: BLE001 - a bug in deploykit is a cell's verdict too, not a lost cell
+            record.update(status="error", verdict=f"internal error: {type(exc).__name__}: {exc}"[:500], exit_code=5)
+        record["phases"]["convert_s"] = round(time.perf_counter() - started, 3)
+        _publish(store, request, folder, record)
+    return record
+
+
+def _export_and_verify(request: dict, folder: Path, record: dict) -> None:
+    from deploykit import api
+    from deploykit.contract import ContractChoices
+
+    options, settings = request["options"], request["settings"]
+    load = api.load_options(options.get("inputs", ()), options.get("weights"), bool(options.get("trust_pickle")),
+                            request["timeout"])
+    verify = api.VerifyOptions(samples=settings["samples"], seed=settings["seed"],
+                               inputs_npz=options.get("inputs_npz"), timeout=request["timeout"])
+    precision = request["precision"]
+    quantize = None if precision == "fp32" else api.QuantizeOptions(
+        mode=precision, calibration=options.get("calibration"), samples=options.get("calibration_samples", 100),
+        normalize=options.get("calibration_normalize", "unit"), io_dtype=options.get("io_dtype", "float"))
+    contract = (ContractChoices(options.get("labels"), options.get("normalize"), options.get("task"))
+                if any(options.get(k) for k in ("labels", "normalize", "task")) else None)
+    exported = api.export(request["source"], request["target"], str(folder / request["artifact_name"]), force=True,
+                          load=load, verify=verify, route=settings["route"], quantize=quantize, contract=contract)
+    record["export"] = exported.to_dict()
+    record["artifact_local"] = exported.artifact
+    if not exported.passed:
+        record.update(status="failed", verdict="the export's parity check failed", exit_code=1)
+        return
+    started = time.perf_counter()
+    checked = api.verify(request["source"], [exported.artifact], load=load,
+                         options=api.VerifyOptions(samples=verify.samples, seed=verify.seed,
+                                                   inputs_npz=verify.inputs_npz, timeout=verify.timeout,
+                                                   runtimes=tuple(settings["verify_runtimes"])))
+    record["verify"] = checked.to_dict()
+    record["phases"]["verify_s"] = round(time.perf_counter() - started, 3)
+    if not checked.passed:
+        worst = next((c for c in checked.to_dict()["comparisons"] if not c.get("passed")), {})
+        record.update(status="failed", exit_code=1,
+                      verdict=f"verify failed: {worst.get('summary') or worst.get('candidate') or 'see the parity table'}")
+
+
+def _status_of(error: DeploykitError) -> str:
+    return "unsupported" if isinstance(error, UNSUPPORTED_ERRORS) else "failed"
+
+
+def bench_job(request: dict, arrays: dict) -> dict:
+    """Time the source and the artifact on the spec's rows, on one core of its own; the bench part of a record."""
+    from deploykit import api
+    from deploykit.matrix_store import open_store
+
+    store = open_store(request["store"])
+    with _running(store, request, "bench"), tempfile.TemporaryDirectory(prefix="deploykit-bench-") as tmp:
+        core = _pin_to_one_core()
+        artifact = store.get_tree(request["artifact"], Path(tmp))
+        options = request["options"]
+        started = time.perf_counter()
+        try:
+            result = api.bench([request["source"], str(artifact)], api.BenchOptions(
+                runtimes=tuple(request["settings"]["bench"]), threads=(1,), warmup=request["settings"]["warmup"],
+                iterations=request["settings"]["iterations"], timeout=request["timeout"]),
+                load=api.load_options(options.get("inputs", ()), options.get("weights"),
+                                      bool(options.get("trust_pickle")), request["timeout"]))
+        except DeploykitError as exc:
+            return {"bench_error": exc.one_line().removeprefix("error: "), "core": core}
+        for case in result.get("cases", []):       # the artifact's place in the store, not the temporary copy
+            if case.get("model") == str(artifact):
+                case["model"] = request["artifact"]
+        return {"bench": result, "core": core, "bench_s": round(time.perf_counter() - started, 3)}
+
+
+def _pin_to_one_core() -> "int | None":
+    """The timed process (and the runs it starts) on the last core it may use: the executor lets one timed
+    phase run per node at a time, so two timed jobs never share a core."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    core = max(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})
+    return core
+
+
+@contextmanager
+def _running(store, request: dict, phase: str):
+    """``running/<key>.<phase>.pid`` while the phase runs (local stores): who to ask, or to kill."""
+    folder = store.local_folder()
+    marker = folder / "running" / f"{request['key']}.{phase}.pid" if folder else None
+    if marker:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        if marker:
+            marker.unlink(missing_ok=True)
+
+
+@contextmanager
+def _workspace(store, request: dict):
+    """Where export writes: the store's own artifact folder when it is local, else a temporary one."""
+    folder = store.local_folder()
+    if folder:
+        target = folder / "artifacts" / request["key"]
+        target.mkdir(parents=True, exist_ok=True)
+        yield target
+        return
+    with tempfile.TemporaryDirectory(prefix="deploykit-cell-") as tmp:
+        yield Path(tmp)
+
+
+def _publish(store, request: dict, folder: Path, record: dict) -> None:
+    """The artifact and its manifest into the store; the record keeps their references, not local paths."""
+    local = record.pop("artifact_local", None)
+    if not local or not Path(local).exists():
+        return
+    name = f"artifacts/{request['key']}/{Path(local).name}"
+    record["artifact"] = store.put_tree(Path(local), name)
+    manifest = Path(record["export"]["manifest"]) if record.get("export", {}).get("manifest") else None
+    if manifest and manifest.exists():
+        record["manifest"] = store.put_tree(manifest, f"artifacts/{request['key']}/{manifest.name}")
+    record["artifact_bytes"] = _size(Path(local))
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size

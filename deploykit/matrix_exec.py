@@ -1,0 +1,247 @@
+"""Executors: who runs a matrix's cells. Both run each phase as a child of the one harness (run_phase).
+
+* ``LocalExecutor`` — a pool of threads, one per core, each waiting on one cell's child process; one timed
+  (bench) phase at a time on this machine.
+* ``RayExecutor`` — Ray tasks (``deploykit[ray]``, imported only here): 1 CPU and ``memory_mb`` per task, timed
+  phases need the per-node resource ``deploykit_bench: 1`` (one at a time per node), models and option files
+  shipped once through Ray's object store when the cluster is not this machine, Ray's own ``max_retries`` for a
+  worker that dies.
+
+A phase is tried at most ``retries + 1`` times in all — counted in the store, so a retry by Ray and a retry here
+draw on the same budget — and then recorded as a ``crashed`` verdict, never left as a hole.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Callable, Optional
+
+from deploykit import errors
+from deploykit.child import Stage, run_child
+from deploykit.errors import DeploykitError, UsageError
+from deploykit.matrix_spec import PATH_KEYS
+from deploykit.matrix_store import open_store, pack, unpack
+
+CELL = Stage("cell", errors.ConversionError, "the matrix cell {what}",
+             "raise timeout in the spec's [matrix] table (seconds per phase)",
+             "run the cell's own `deploykit export` with --debug for its log")
+BENCH_RESOURCE = "deploykit_bench"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in a worker thread when the matrix is stopped: its child is killed, the cell left unfinished."""
+
+
+def run_phase(phase: str, request: dict, abort: Optional[Callable] = None) -> dict:
+    """Run one phase of a cell in a child; a crash or time-out is retried until the cell's budget is spent."""
+    store = open_store(request["store"])
+    counter, last = f"running/{request['key']}.{phase}.attempts", "never started"
+    while True:
+        attempt = int(store.read_text(counter) or 0) + 1
+        if attempt > request["retries"] + 1:
+            return {"status": "crashed", "phase": phase, "attempts": attempt - 1, "exit_code": 1,
+                    "verdict": f"{phase} did not finish in {attempt - 1} attempt(s): {last}"}
+        store.write_text(counter, str(attempt))
+        try:
+            info = run_child(f"deploykit.matrix_cell:{phase}_job", request, stage=CELL, what=request["label"],
+                             timeout=request["timeout"], abort=abort).info
+            return {**info, "attempts": attempt}
+        except DeploykitError as exc:     # the harness's word for a crash, a kill or a time-out
+            last = exc.message
+
+
+class LocalExecutor:
+    """Cells on this machine: ``workers`` at once, one timed phase at a time."""
+
+    name = "local"
+
+    def __init__(self, workers: Optional[int] = None) -> None:
+        self.workers = workers or cores()
+        self._bench = threading.Lock()
+        self._stop = threading.Event()
+
+    def describe(self) -> dict:
+        return {"executor": self.name, "workers": self.workers}
+
+    def run(self, jobs: list, done: Callable[[dict, dict], None]) -> None:
+        """Run every job; ``done(job, phases)`` is called (in this thread) as each cell finishes."""
+        if not jobs:
+            return
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="deploykit-cell") as pool:
+            running = {pool.submit(self._cell, job): job for job in jobs}
+            try:
+                while running:
+                    finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        done(running.pop(future), future.result())
+            except BaseException:
+                self._stop.set()          # every worker's child is killed within a poll; queued cells never start
+                for future in running:
+                    future.cancel()
+                raise
+
+    def _abort(self) -> Optional[BaseException]:
+        return Interrupted() if self._stop.is_set() else None
+
+    def _cell(self, job: dict) -> dict:
+        if self._stop.is_set():
+            raise Interrupted()
+        phases = {"convert": run_phase("convert", job["request"], self._abort)}
+        if wants_bench(job, phases["convert"]):
+            with self._bench:
+                phases["bench"] = run_phase("bench", bench_request(job, phases["convert"]), self._abort)
+        return phases
+
+
+def cores() -> int:
+    """The cores this process may use (its affinity, which a container or `taskset` narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def wants_bench(job: dict, convert: dict) -> bool:
+    return bool(job["request"]["settings"]["bench"]) and convert.get("status") == "passed" and convert.get("artifact")
+
+
+def bench_request(job: dict, convert: dict) -> dict:
+    return {**job["request"], "artifact": convert["artifact"]}
+
+
+class RayExecutor:
+    """Cells as Ray tasks on a running cluster (``address``) or on a Ray instance started here."""
+
+    name = "ray"
+
+    def __init__(self, address: Optional[str] = None, workers: Optional[int] = None, memory_mb: int = 2048,
+                 retries: int = 1) -> None:
+        from deploykit import registry
+
+        registry.require(("ray",), "needed for --executor ray")
+        self.address, self.workers, self.memory_mb, self.retries = address, workers, memory_mb, retries
+        self.ship = address is not None     # another machine may not see our files
+        self.nodes = 0
+
+    def describe(self) -> dict:
+        return {"executor": self.name, "address": self.address or "local instance", "nodes": self.nodes,
+                "workers": self.workers, "models_shipped": self.ship}
+
+    def run(self, jobs: list, done: Callable[[dict, dict], None]) -> None:
+        import ray
+
+        started_here = self._connect(ray)
+        try:
+            self._run(ray, jobs, done)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _connect(self, ray) -> bool:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")     # an offline machine must not phone home
+        from deploykit.child import code_root
+
+        env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, (code_root(), os.environ.get("PYTHONPATH"))))}}
+        common = dict(include_dashboard=False, log_to_driver=False, runtime_env=env, ignore_reinit_error=True)
+        if self.address:
+            try:
+                ray.init(address=self.address, **common)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise UsageError(f"cannot reach the Ray cluster at {self.address}: {' '.join(str(exc).split())[:300]}",
+                                 "check --address (the head's host:port from `ray start --head`)") from None
+        else:
+            ray.init(num_cpus=self.workers or cores(), resources={BENCH_RESOURCE: 1},
+                     object_store_memory=200 * 2**20, **common)
+        resources = ray.cluster_resources()
+        self.workers = int(resources.get("CPU", 0))
+        self.nodes = len([n for n in ray.nodes() if n.get("Alive")])
+        return self.address is None
+
+    def _run(self, ray, jobs: list, done) -> None:
+        convert_task = ray.remote(ray_phase).options(num_cpus=1, memory=self.memory_mb * 2**20,
+                                                     max_retries=self.retries)
+        bench_task = ray.remote(ray_phase).options(num_cpus=1, resources={BENCH_RESOURCE: 1}, max_retries=self.retries)
+        if any(job["request"]["settings"]["bench"] for job in jobs) and not ray.cluster_resources().get(BENCH_RESOURCE):
+            raise UsageError(f"the Ray cluster has no node with the {BENCH_RESOURCE} resource, so no timed phase "
+                             "could ever be scheduled",
+                             f"start each node with: ray start ... --resources '{{\"{BENCH_RESOURCE}\": 1}}'")
+        shipped = self._ship(ray, jobs)
+        pending = {convert_task.remote("convert", job["request"], shipped.get(job["request"]["key"], {})):
+                   (job, {}) for job in jobs}
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+                for ref in ready:
+                    job, phases = pending.pop(ref)
+                    phase = "bench" if "convert" in phases else "convert"
+                    phases[phase] = self._result(ray, ref, phase)
+                    if phase == "convert" and wants_bench(job, phases["convert"]):
+                        request = bench_request(job, phases["convert"])
+                        pending[bench_task.remote("bench", request, shipped.get(request["key"], {}))] = (job, phases)
+                    else:
+                        done(job, phases)
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+
+    def _result(self, ray, ref, phase: str) -> dict:
+        from ray.exceptions import RayError, RayTaskError
+
+        try:
+            return ray.get(ref)
+        except RayTaskError as exc:
+            return {"status": "error", "phase": phase, "exit_code": 5,
+                    "verdict": f"internal error in the Ray task: {' '.join(str(exc.cause).split())[:300]}"}
+        except RayError as exc:           # the worker (or its node) died more often than the retries allow
+            return {"status": "crashed", "phase": phase, "attempts": self.retries + 1, "exit_code": 1,
+                    "verdict": f"{phase}: the Ray worker died {self.retries + 1} time(s): "
+                               f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"}
+
+    def _ship(self, ray, jobs: list) -> dict:
+        """{cell key: {request path key: object ref}}: every model and option file put once into Ray's store."""
+        if not self.ship:
+            return {}
+        refs: dict = {}
+        shipped: dict = {}
+        for job in jobs:
+            for where, path in _local_files(job["request"]).items():
+                if path not in refs:
+                    refs[path] = ray.put(pack({Path(path).name: Path(path)}))
+                shipped.setdefault(job["request"]["key"], {})[where] = refs[path]
+        return shipped
+
+
+def _local_files(request: dict) -> dict:
+    files = {"source": request["source"]} if Path(request["source"]).exists() else {}
+    files.update({f"options.{k}": request["options"][k] for k in PATH_KEYS if request["options"].get(k)})
+    return files
+
+
+def ray_phase(phase: str, request: dict, shipped: dict) -> dict:
+    """The Ray task: files shipped from the driver land in a temporary folder, then the phase runs as a child."""
+    folder = open_store(request["store"]).local_folder()
+    if folder:      # which worker process runs the cell: what a test (or an operator) kills
+        marker = folder / "running" / f"{request['key']}.worker.pid"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{os.getpid()}\n")
+    with tempfile.TemporaryDirectory(prefix="deploykit-ray-") as tmp:
+        request = _unshipped(request, shipped, Path(tmp))
+        return run_phase(phase, request)
+
+
+def _unshipped(request: dict, shipped: dict, folder: Path) -> dict:
+    if not shipped:
+        return request
+    import ray
+
+    request = {**request, "options": dict(request["options"])}
+    for index, (where, ref) in enumerate(sorted(shipped.items())):
+        data = ref if isinstance(ref, bytes) else ray.get(ref)
+        names = unpack(data, folder / str(index))
+        local = str(folder / str(index) / names[0])
+        if where == "source":
+            request["source"] = local
+        else:
+            request["options"][where.partition(".")[2]] = local
+    return request

@@ -1,0 +1,135 @@
+"""What makes a matrix cell the same cell: its content key, and whether it can run at all.
+
+A cell's key is the sha256 of (the model's bytes, the bytes of every file its options name, the cell's options,
+deploykit's version and a digest of its own code, the versions of the libraries on the cell's routes and
+runtimes). Same key, same result: a re-run skips it. Change the model, an option, deploykit, or upgrade onnx2tf,
+and only the cells that depend on it run again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from deploykit.errors import DeploykitError, MissingDependency, UsageError
+from deploykit.matrix_spec import PATH_KEYS, Cell, MatrixSpec, cell_options
+
+CODE_PACKAGES = ("deploykit", "converters", "runtimes")
+
+
+@lru_cache(maxsize=None)
+def code_digest() -> str:
+    """sha256 of deploykit's own Python sources (a changed converter is a different tool)."""
+    from deploykit.child import code_root
+
+    digest = hashlib.sha256()
+    root = Path(code_root())
+    for package in CODE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@lru_cache(maxsize=None)
+def content_digest(source: str) -> str:
+    """sha256 of a file, of a folder's files (names and bytes), or of a factory's module source."""
+    from deploykit.formats import is_factory_reference
+
+    path = Path(source)
+    digest = hashlib.sha256()
+    if path.is_dir():
+        for item in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(item.relative_to(path)).encode() + b"\0")
+            _update_file(digest, item)
+    elif path.is_file():
+        _update_file(digest, path)
+    elif is_factory_reference(source):
+        digest.update(source.encode() + b"\0" + _module_bytes(source.partition(":")[0]))
+    else:
+        digest.update(source.encode())
+    return digest.hexdigest()
+
+
+def _update_file(digest, path: Path) -> None:
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
+def _module_bytes(module: str) -> bytes:
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return b""
+    origin = spec.origin if spec else None
+    return Path(origin).read_bytes() if origin and Path(origin).is_file() else b""
+
+
+def route_libraries(cell: Cell) -> tuple:
+    """(distributions the cell's routes and runtimes use, None) — or ((), why it cannot run here).
+
+    The same route selection `deploykit export` makes, so "unsupported" means what export would refuse."""
+    from deploykit import registry, routing
+    from deploykit.formats import detect
+
+    try:
+        src, dst = detect(cell.model.source), registry.target_format(cell.target)
+        quantize = None if cell.precision == "fp32" else cell.precision
+        routes = routing.select_routes(src, dst, None, quantize, cell.model.options.get("io_dtype", "float"))
+    except (MissingDependency, UsageError) as exc:
+        return (), exc.message
+    except DeploykitError as exc:
+        return (), exc.message
+    requires = [p for route in routes for edge in route for p in edge.requires]
+    for fmt in (src, dst):
+        try:
+            requires += registry.runtime_for(fmt).requires
+        except UsageError:
+            pass
+    return tuple(dict.fromkeys(registry.PACKAGES.get(p, (p, ""))[0] for p in requires)), None
+
+
+def versions(distributions: tuple) -> dict:
+    """deploykit's version and code digest, and the installed version of each distribution."""
+    from importlib import metadata
+
+    from deploykit import __version__
+
+    found = {"deploykit": f"{__version__}+{code_digest()}"}
+    for name in sorted(distributions):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def cell_key(cell: Cell, spec: MatrixSpec, tool_versions: dict) -> str:
+    """The content hash that names the cell's result."""
+    options = cell_options(cell, spec)
+    files = {name: content_digest(cell.model.options[name]) for name in PATH_KEYS if name in cell.model.options}
+    payload = {"model": content_digest(cell.model.source), "files": files, "options": options,
+               "versions": tool_versions}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def plan_cell(cell: Cell, spec: MatrixSpec) -> tuple:
+    """(key, versions, why it is unsupported or None) for one cell."""
+    libraries, unsupported = route_libraries(cell)
+    tool_versions = versions(libraries)
+    return cell_key(cell, spec, tool_versions), tool_versions, unsupported
+
+
+def unsupported_record(cell: Cell, key: str, why: str, tool_versions: Optional[dict] = None) -> dict:
+    """The verdict of a cell that no route can make here, recorded without running anything."""
+    return {**cell_identity(cell, key), "status": "unsupported", "verdict": why, "versions": tool_versions or {},
+            "attempts": 0, "seconds": 0.0}
+
+
+def cell_identity(cell: Cell, key: str) -> dict:
+    return {"key": key, "model": cell.model.name, "source": cell.model.source, "target": cell.target,
+            "precision": cell.precision}

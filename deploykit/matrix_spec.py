@@ -1,0 +1,299 @@
+"""A matrix SPEC (TOML or YAML): models × targets × precisions, expanded into independent cells.
+
+    [matrix]
+    targets = ["onnx", "tflite"]          # required
+    precisions = ["fp32", "dynamic"]      # fp32 (no --quantize), fp16, dynamic, int8; default ["fp32"]
+    route = "first"                       # or "all" (export --route all)
+    bench = ["torch", "onnxruntime"]      # bench rows per cell; default: each format's native row; [] = no bench
+    [[models]]
+    path = "samples/two_layer_net.pt2"    # or factory = "pkg.mod:make" (+ weights), or folder = "zoo/"
+
+Every value is checked here, before any cell runs, and a bad one is a UsageError naming the key and the
+spec file. Relative paths are relative to the spec file's folder. This module imports no framework.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from deploykit.errors import ModelLoadError, UsageError
+
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+NATIVE_BENCH_ROWS = ("torch", "onnxruntime", "litert", "tensorflow", "executorch")
+MATRIX_KEYS = {"targets", "precisions", "route", "bench", "verify_runtimes", "samples", "seed", "timeout",
+               "retries", "iterations", "warmup", "memory_mb", "name"}
+MODEL_KEYS = {"path", "factory", "folder", "name", "inputs", "inputs_npz", "calibration", "calibration_samples",
+              "calibration_normalize", "io_dtype", "weights", "trust_pickle", "labels", "normalize", "task",
+              "targets", "precisions", "expect_fail"}
+OPTION_KEYS = ("inputs", "inputs_npz", "calibration", "calibration_samples", "calibration_normalize", "io_dtype",
+               "weights", "trust_pickle", "labels", "normalize", "task")
+PATH_KEYS = ("inputs_npz", "calibration", "weights", "labels")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the matrix: where it is, and the flags its cells pass to export (``options``)."""
+
+    name: str
+    source: str                     # a file or folder path, or package.module:factory
+    options: dict                   # OPTION_KEYS given for it (paths made absolute)
+    targets: tuple
+    precisions: tuple
+    expect_fail: tuple = ()         # "target/precision" patterns expected to fail (reported xfail, not a failure)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One job: a model to one target at one precision — convert, verify, bench."""
+
+    model: ModelEntry
+    target: str
+    precision: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.name} → {self.target} {self.precision}"
+
+    @property
+    def expected_to_fail(self) -> bool:
+        return any(fnmatch.fnmatch(f"{self.target}/{self.precision}", p) for p in self.model.expect_fail)
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    """The parsed spec: its models and the settings every cell shares."""
+
+    path: str
+    name: str
+    models: tuple
+    route: str = "first"
+    bench: tuple = NATIVE_BENCH_ROWS
+    verify_runtimes: tuple = ()
+    samples: int = 5
+    seed: int = 0
+    timeout: float = 1800.0
+    retries: int = 1
+    iterations: int = 50
+    warmup: int = 5
+    memory_mb: int = 2048
+    skipped: tuple = field(default=())       # files in a scanned folder that are not models, with the reason
+
+    def cells(self) -> list:
+        """Every (model, target, precision), in spec order."""
+        return [Cell(m, t, p) for m in self.models for t in m.targets for p in m.precisions]
+
+    def settings(self) -> dict:
+        """What every cell's result depends on besides its model (part of each cell key)."""
+        return {"route": self.route, "bench": list(self.bench), "verify_runtimes": list(self.verify_runtimes),
+                "samples": self.samples, "seed": self.seed, "iterations": self.iterations, "warmup": self.warmup}
+
+
+def load_spec(path: str) -> MatrixSpec:
+    """Read and check a TOML (.toml) or YAML (.yaml/.yml) matrix spec."""
+    spec_path = Path(path)
+    if not spec_path.is_file():
+        raise UsageError(f"{path}: no such spec file", "give a TOML or YAML matrix spec (see `deploykit matrix --help`)")
+    data = _parse(spec_path)
+    where = spec_path.name
+    if not isinstance(data, dict) or not isinstance(data.get("matrix"), dict):
+        raise UsageError(f"{where} has no [matrix] table", "add [matrix] with targets = [...]")
+    unknown = set(data) - {"matrix", "models"}
+    if unknown:
+        raise UsageError(f"{where}: unknown top-level key {sorted(unknown)[0]!r}", "use [matrix] and [[models]]")
+    settings = _matrix_table(data["matrix"], where)
+    models, skipped = _models(data.get("models"), settings.pop("axes"), spec_path.parent.resolve(), where)
+    return MatrixSpec(path=str(spec_path), name=settings.pop("name", spec_path.stem), models=models,
+                      skipped=tuple(skipped), **settings)
+
+
+def _parse(path: Path) -> dict:
+    text = _read(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise UsageError(f"{path.name} is YAML and PyYAML is not installed",
+                             "pip install pyyaml, or write the spec as TOML") from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path.name} is not valid YAML: {' '.join(str(exc).split())}", "fix the spec") from None
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path.name} is not valid TOML: {exc}", "fix the spec (YAML specs end in .yaml)") from None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path.name} is not UTF-8 text", "give a TOML or YAML matrix spec") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})", "check the path and its permissions") from None
+
+
+def _matrix_table(table: dict, where: str) -> dict:
+    unknown = set(table) - MATRIX_KEYS
+    if unknown:
+        raise UsageError(f"{where}: unknown [matrix] key {sorted(unknown)[0]!r}", f"use {', '.join(sorted(MATRIX_KEYS))}")
+    axes = {"targets": _targets(table.get("targets"), where, "[matrix] targets"),
+            "precisions": _precisions(table.get("precisions", ["fp32"]), where, "[matrix] precisions")}
+    route = table.get("route", "first")
+    if route not in ("first", "all"):
+        raise UsageError(f"{where}: [matrix] route must be \"first\" or \"all\" (got {route!r})", "fix the spec")
+    out = {"route": route}
+    if "bench" in table:
+        out["bench"] = _bench_rows(table["bench"], where)
+    if "verify_runtimes" in table:
+        out["verify_runtimes"] = tuple(_strings(table["verify_runtimes"], where, "[matrix] verify_runtimes"))
+    for key, kind, low in (("samples", int, 1), ("seed", int, 0), ("timeout", float, 1e-9), ("retries", int, 0),
+                           ("iterations", int, 1), ("warmup", int, 0), ("memory_mb", int, 1)):
+        if key in table:
+            out[key] = _number(table[key], kind, low, where, f"[matrix] {key}")
+    if "name" in table:
+        out["name"] = str(table["name"])
+    return {"axes": axes, **out}
+
+
+def _targets(value, where: str, key: str) -> tuple:
+    from deploykit.registry import TARGETS
+
+    names = _strings(value, where, key)
+    if not names:
+        raise UsageError(f"{where}: {key} is missing or empty", f"e.g. targets = [\"onnx\", \"tflite\"]")
+    bad = [n for n in names if n not in TARGETS]
+    if bad:
+        raise UsageError(f"{where}: {key} has unknown target {bad[0]!r}", f"use {', '.join(TARGETS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def _precisions(value, where: str, key: str) -> tuple:
+    names = _strings(value, where, key)
+    bad = [n for n in names if n not in PRECISIONS]
+    if bad or not names:
+        raise UsageError(f"{where}: {key} has unknown precision {bad[0] if bad else '(none)'!r}",
+                         f"use {', '.join(PRECISIONS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def _bench_rows(value, where: str) -> tuple:
+    from deploykit.bench import ROWS
+
+    if value is False:
+        return ()
+    names = _strings(value, where, "[matrix] bench")
+    known = [row[0] for row in ROWS]
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise UsageError(f"{where}: [matrix] bench has unknown runtime {bad[0]!r}", f"use {', '.join(known)}")
+    return tuple(names)
+
+
+def _strings(value, where: str, key: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"{where}: {key} must be a list of strings (got {value!r})", "fix the spec")
+    return value
+
+
+def _number(value, kind: type, low: float, where: str, key: str):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise UsageError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'} (got {value!r})",
+                         "fix the spec")
+    if value < low:
+        raise UsageError(f"{where}: {key} must be at least {low:g} (got {value!r})", "fix the spec")
+    return kind(value)
+
+
+def _models(entries, axes: dict, root: Path, where: str) -> tuple:
+    if not isinstance(entries, list) or not entries:
+        raise UsageError(f"{where} lists no models", "add [[models]] tables with path = \"...\"")
+    found, skipped = [], []
+    for index, entry in enumerate(entries, 1):
+        key = f"models[{index}]"
+        if not isinstance(entry, dict):
+            raise UsageError(f"{where}: {key} must be a table", "write [[models]] with path = \"...\"")
+        found += _entry_models(entry, axes, root, where, key, skipped)
+    names = [m.name for m in found]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"{where}: two models are named {twice[0]!r}", "give each a distinct name = \"...\"")
+    return tuple(found), skipped
+
+
+def _entry_models(entry: dict, axes: dict, root: Path, where: str, key: str, skipped: list) -> list:
+    unknown = set(entry) - MODEL_KEYS
+    if unknown:
+        raise UsageError(f"{where}: unknown {key} key {sorted(unknown)[0]!r}", f"use {', '.join(sorted(MODEL_KEYS))}")
+    kinds = [k for k in ("path", "factory", "folder") if k in entry]
+    if len(kinds) != 1:
+        raise UsageError(f"{where}: {key} needs exactly one of path, factory or folder (got {kinds or 'none'})",
+                         "e.g. path = \"model.pt2\"")
+    options = _options(entry, root, where, key)
+    targets = _targets(entry["targets"], where, f"{key} targets") if "targets" in entry else axes["targets"]
+    precisions = (_precisions(entry["precisions"], where, f"{key} precisions") if "precisions" in entry
+                  else axes["precisions"])
+    expect = tuple(_strings(entry.get("expect_fail"), where, f"{key} expect_fail"))
+    if kinds[0] == "folder":
+        sources = _scan(_path(entry["folder"], root, where, key, must_be_dir=True), skipped)
+        prefix = entry.get("name")
+        return [ModelEntry(f"{prefix}/{s.name}" if prefix else s.name, str(s), options, targets, precisions, expect)
+                for s in sources]
+    source = entry["factory"] if kinds[0] == "factory" else str(_path(entry["path"], root, where, key))
+    name = str(entry.get("name") or (source if kinds[0] == "factory" else Path(source).name))
+    return [ModelEntry(name, source, options, targets, precisions, expect)]
+
+
+def _options(entry: dict, root: Path, where: str, key: str) -> dict:
+    options = {k: entry[k] for k in OPTION_KEYS if k in entry}
+    for name in PATH_KEYS:
+        if name in options:
+            options[name] = str(_path(options[name], root, where, f"{key} {name}"))
+    if "inputs" in options:
+        options["inputs"] = _strings(options["inputs"], where, f"{key} inputs")
+    return options
+
+
+def _path(value, root: Path, where: str, key: str, must_be_dir: bool = False) -> Path:
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{where}: {key} must be a path (got {value!r})", "fix the spec")
+    path = (root / value).resolve()
+    if not path.exists():
+        raise UsageError(f"{where}: {key} {value!r} does not exist (looked in {root})",
+                         "paths in a spec are relative to the spec file's folder")
+    if must_be_dir and not path.is_dir():
+        raise UsageError(f"{where}: {key} folder {value!r} is not a folder", "use path = for a single model")
+    return path
+
+
+def _scan(folder: Path, skipped: list) -> list:
+    """The models in a folder, recognised by their bytes (formats.detect), not their names."""
+    from deploykit.formats import detect
+
+    models = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or entry.name.endswith(".manifest.json"):
+            continue
+        try:
+            detect(entry)
+        except (ModelLoadError, UsageError) as exc:
+            skipped.append({"file": str(entry), "reason": exc.message})
+            continue
+        models.append(entry)
+    if not models:
+        raise UsageError(f"{folder} holds no model file deploykit recognises", "check the folder given as folder =")
+    return models
+
+
+def cell_options(cell: Cell, spec: MatrixSpec) -> Optional[dict]:
+    """The cell's own options: what its key hashes besides the model's bytes."""
+    return {"target": cell.target, "precision": cell.precision, "model_options": cell.model.options,
+            **spec.settings()}
