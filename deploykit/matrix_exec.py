@@ -142,7 +142,11 @@ class RayExecutor:
         from deploykit.child import code_root
 
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, (code_root(), os.environ.get("PYTHONPATH"))))}}
-        common = dict(include_dashboard=False, log_to_driver=False, runtime_env=env, ignore_reinit_error=True)
+        import logging
+
+        quiet = not os.environ.get("DEPLOYKIT_DEBUG")      # Ray's INFO lines are not deploykit's output
+        common = dict(include_dashboard=False, log_to_driver=not quiet, runtime_env=env, ignore_reinit_error=True,
+                      logging_level=logging.ERROR if quiet else logging.INFO)
         if self.address:
             try:
                 ray.init(address=self.address, **common)
