@@ -45,6 +45,7 @@ from deploykit.errors import Outcome
 from deploykit.text import exception_line, last_line
 
 IN_CHILD_ENV = "DEPLOYKIT_CHILD"        # set in every child: code that would isolate itself need not
+PARENT_ENV = "DEPLOYKIT_PARENT_PID"     # the pid that started the child: it dies with that process
 DEBUG_ENV = "DEPLOYKIT_DEBUG"           # set by --debug: every child's output is shown, whichever command ran it
 POLL_S = 0.25                           # how often an `abort` callback is asked while a child runs
 RSS_AT_START: Optional[int] = None     # the child's resident memory before its job imported anything
@@ -138,7 +139,7 @@ def code_root() -> str:
 
 def _launch(folder: Path, timeout: float, stage: Stage, what: str, abort=None) -> tuple:
     pythonpath = os.pathsep.join(p for p in (code_root(), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, PYTHONPATH=pythonpath, **{IN_CHILD_ENV: "1"})
+    env = dict(os.environ, PYTHONPATH=pythonpath, **{IN_CHILD_ENV: "1", PARENT_ENV: str(os.getpid())})
     # -P: the working directory is not put on sys.path, so nothing in it is imported by accident.
     return _wait([sys.executable, "-P", "-m", "deploykit.child", str(folder)], env, None, timeout, stage, what, abort)
 
@@ -300,6 +301,22 @@ def _child_main(folder: Path) -> int:
         return 1
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child when the process that started it dies (a matrix worker killed with
+    SIGKILL leaves no converter running on). Set here, after exec, because a preexec_fn is unsafe in a parent
+    that runs children from several threads."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)       # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.environ.get(PARENT_ENV) and os.getppid() != int(os.environ[PARENT_ENV]):
+        os._exit(1)                         # the parent died before the line above: nobody waits for a result
+
+
 if __name__ == "__main__":
     RSS_AT_START = status_bytes("VmRSS")
+    _die_with_parent()
     sys.exit(_child_main(Path(sys.argv[1])))

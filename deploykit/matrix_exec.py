@@ -128,14 +128,20 @@ class RayExecutor:
                 "workers": self.workers, "models_shipped": self.ship}
 
     def run(self, jobs: list, done: Callable[[dict, dict], None]) -> None:
+        import contextlib
+        import sys
+
         import ray
 
-        started_here = self._connect(ray)
-        try:
-            self._run(ray, jobs, done)
-        finally:
-            if started_here:
-                ray.shutdown()
+        # Ray's driver prints what its workers report ("(raylet) A worker died ...") on stdout, from threads of its
+        # own: stdout belongs to deploykit's result (--json), so while Ray runs, its words go to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            started_here = self._connect(ray)
+            try:
+                self._run(ray, jobs, done)
+            finally:
+                if started_here:
+                    ray.shutdown()
 
     def _connect(self, ray) -> bool:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")     # an offline machine must not phone home
@@ -225,13 +231,16 @@ def _local_files(request: dict) -> dict:
 def ray_phase(phase: str, request: dict, shipped: dict) -> dict:
     """The Ray task: files shipped from the driver land in a temporary folder, then the phase runs as a child."""
     folder = open_store(request["store"]).local_folder()
-    if folder:      # which worker process runs the cell: what a test (or an operator) kills
-        marker = folder / "running" / f"{request['key']}.worker.pid"
+    marker = folder / "running" / f"{request['key']}.{phase}.worker.pid" if folder else None
+    if marker:      # which Ray worker runs the phase: what a test (or an operator) kills
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{os.getpid()}\n")
-    with tempfile.TemporaryDirectory(prefix="deploykit-ray-") as tmp:
-        request = _unshipped(request, shipped, Path(tmp))
-        return run_phase(phase, request)
+    try:
+        with tempfile.TemporaryDirectory(prefix="deploykit-ray-") as tmp:
+            return run_phase(phase, _unshipped(request, shipped, Path(tmp)))
+    finally:
+        if marker:
+            marker.unlink(missing_ok=True)
 
 
 def _unshipped(request: dict, shipped: dict, folder: Path) -> dict:

@@ -80,10 +80,10 @@ def route_libraries(cell: Cell) -> tuple:
         src, dst = detect(cell.model.source), registry.target_format(cell.target)
         quantize = None if cell.precision == "fp32" else cell.precision
         routes = routing.select_routes(src, dst, None, quantize, cell.model.options.get("io_dtype", "float"))
-    except (MissingDependency, UsageError) as exc:
+    except (MissingDependency, UsageError) as exc:      # what `deploykit export` refuses before converting
         return (), exc.message
-    except DeploykitError as exc:
-        return (), exc.message
+    except DeploykitError:      # a file that does not load: the cell runs and its verdict says why, as export's
+        return (), None
     requires = [p for route in routes for edge in route for p in edge.requires]
     for fmt in (src, dst):
         try:
