@@ -2,6 +2,7 @@
 time-out becomes the stage's error with that stage's remedy, and the working directory is never on sys.path."""
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,3 +141,30 @@ def test_sigterm_stops_the_converter_child_and_leaves_nothing(samples_dir, tmp_p
     time.sleep(0.5)
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
     assert list(out.iterdir()) == []
+
+
+def test_a_child_dies_with_the_process_that_started_it():
+    """A matrix worker killed with SIGKILL must not leave its converter running on (PR_SET_PDEATHSIG)."""
+    import subprocess
+    import sys
+
+    from deploykit.child import descendants
+    from tests.conftest import ROOT
+
+    code = ("from deploykit.child import RUN, run_child\n"
+            "run_child('tests.jobs:sleep_job', {'seconds': 60}, stage=RUN, what='x', timeout=120)")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    deadline = time.monotonic() + 30
+    while not descendants(parent.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = descendants(parent.pid)[0]
+    time.sleep(0.5)            # past the child's start-up, where it asks to die with its parent
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        if "zombie" in Path(f"/proc/{child}/status").read_text():
+            break
+        time.sleep(0.05)
+    else:
+        assert not Path(f"/proc/{child}").exists(), "the child outlived its parent"
