@@ -21,6 +21,13 @@ MODES = ("fp16", "dynamic", "int8")
 
 
 def convert(model, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="deploykit-quantize-") as tmp:
+        return _convert(_weights_as_initializers(model, Path(tmp)), out_path, options, check)
+
+
+def _convert(model, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
     with captured_output(echo=options.debug):   # ORT's quantizer logs advice on the root logger
         result = _quantize(model, out_path, options)
     try:
@@ -36,6 +43,23 @@ def convert(model, out_path: Path, options: ExportOptions, check: Check) -> Conv
                failed)
     result.artifact = None       # the file was quantized again: the checked artifact is read anew
     return _accept(result, check, options)
+
+
+def _weights_as_initializers(model, folder: Path):
+    """The source itself, or (when its weights sit in Constant nodes, as Paddle2ONNX writes them) a copy in
+    ``folder`` with those weights as initializers: the only place ORT's quantizer looks for them."""
+    import dataclasses
+
+    import onnx
+
+    from deploykit.onnx_rewrites import constants_as_initializers
+
+    proto = onnx.load(model.path)
+    if not constants_as_initializers(proto):
+        return model
+    prepared = folder / "weights-as-initializers.onnx"
+    onnx.save(proto, str(prepared))
+    return dataclasses.replace(model, path=str(prepared))
 
 
 def _accept(result: ConversionResult, check: Check, options: ExportOptions) -> ConversionResult:

@@ -147,7 +147,7 @@ def bench(models: list, options: BenchOptions = BenchOptions(), load: Optional[d
     flops = model_flops(models, options.timeout)
     results = []
     for case in cases:
-        row = run_case(case, options, load if detect(case["model"]) in TORCH_FORMATS else None)
+        row = run_case(case, options, load if _takes_user_shapes(case["model"], models[0]) else None)
         _add_roofline(row, flops.get(case["model"]), machine)
         results.append(row)
         if echo:
@@ -160,6 +160,14 @@ def bench(models: list, options: BenchOptions = BenchOptions(), load: Optional[d
     notes += _bindings_notes(results)
     return {"schema_version": 1, "machine": machine, "options": options.__dict__, "cases": results,
             "skipped": skipped, "flops": flops, "notes": notes, "headline": headline(results)}
+
+
+def _takes_user_shapes(model: str, first: str) -> bool:
+    """``--input`` applies to a PyTorch model (it has no shapes of its own), and to every model in the first
+    model's format: an ONNX source with a dynamic dim and its quantized ONNX share names and layout. A model
+    in another format keeps its own signature (onnx2tf's TFLite is NHWC, with the dims pinned at export)."""
+    fmt = detect(model)
+    return fmt in TORCH_FORMATS or fmt == detect(first)
 
 
 def _bindings_notes(rows: list) -> list:

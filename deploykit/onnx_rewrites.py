@@ -4,6 +4,10 @@
 for ``x[:, :129]``) is cut down to the axes it really cuts — onnx2tf maps the full-range axes of a channels-first
 tensor to the wrong channels-last axes and slices the wrong one (silero-vad's STFT: a (1, 0, 258) tensor).
 
+``constants_as_initializers``: weights held in ``Constant`` nodes (Paddle2ONNX writes every weight that way) become
+initializers — ONNX Runtime's quantizer looks for weights among the initializers only and stops with "Expected
+conv2d_394.w_0 to be an initializer" otherwise.
+
 ``unroll_lstms``: fused ONNX ``LSTM`` nodes written out as MatMul/Sigmoid/Tanh arithmetic.
 
 onnx2tf lays an LSTM's initial state out channels-last and Keras then refuses it ("An `initial_state` was passed
@@ -33,6 +37,21 @@ def has_candidates(proto) -> bool:
     stored = {init.name for init in proto.graph.initializer}
     return any(node.op_type == "LSTM" or node.op_type == "Slice" and len(node.input) > 3 and
                all(name in stored for name in node.input[1:4] if name) for node in proto.graph.node)
+
+
+def constants_as_initializers(proto) -> int:
+    """Move every main-graph ``Constant`` node with a tensor ``value`` into the initializers; returns how many."""
+    moved = []
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = type(node.attribute[0].t)()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            proto.graph.initializer.append(tensor)
+            moved.append(node)
+    for node in moved:
+        proto.graph.node.remove(node)
+    return len(moved)
 
 
 def narrow_slices(proto) -> int:

@@ -1,6 +1,7 @@
 """deploykit bench and the research-vs-production report."""
 import json
 
+import numpy as np
 import pytest
 
 from deploykit import api
@@ -136,3 +137,24 @@ def test_a_case_reports_its_own_peak_memory_not_its_parents(tmp_path):
     result = api.bench([str(model)], BenchOptions(runtimes=("onnxruntime",), iterations=3, warmup=0))
     assert result["cases"][0]["peak_rss_bytes"] < 300 * 2**20, result["cases"][0]["peak_rss_bytes"]
     del ballast
+
+
+def test_input_shapes_pin_a_dynamic_dim_of_every_model_in_the_sources_format(tmp_path):
+    """`bench m.onnx q.onnx --input x:3x4`: an ONNX model with a dynamic dim (and its quantized copy, same names
+    and layout) runs at the user's shape instead of failing on the dynamic dim."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploykit import api
+
+    weight = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])], [weight])
+    for name in ("a.onnx", "b.onnx"):
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / name)
+    result = api.bench([str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx")],
+                       api.BenchOptions(runtimes=("onnxruntime",), warmup=1, iterations=3),
+                       load=api.load_options(["x:3x4"]))
+    assert [c.get("error") for c in result["cases"]] == [None, None]
+    assert [c["input_shapes"] for c in result["cases"]] == [{"x": [3, 4]}] * 2

@@ -189,3 +189,32 @@ def test_an_lstm_with_initial_states_converts_to_tflite_once_unrolled(tmp_path):
     assert result.passed, result.parity
     notes = [n for hop in json.loads(Path(result.manifest).read_text())["route"] for n in hop["notes"]]
     assert any("unrolled 1 LSTM node(s)" in n and "checked: PASS" in n for n in notes), notes
+
+
+def test_constant_weights_become_initializers_that_ort_quantizes(tmp_path):
+    """Paddle2ONNX keeps weights in Constant nodes; ORT's quantizer finds weights among initializers only."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from deploykit.onnx_rewrites import constants_as_initializers
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "w_value")
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["w"], value=weight), helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    original = tmp_path / "constant.onnx"
+    onnx.save(proto, original)
+    assert constants_as_initializers(proto) == 1
+    assert [n.op_type for n in proto.graph.node] == ["MatMul"] and proto.graph.initializer[0].name == "w"
+    prepared = tmp_path / "prepared.onnx"
+    onnx.save(proto, prepared)
+    x = {"x": np.ones((2, 8), np.float32)}
+    outputs = [ort.InferenceSession(str(p)).run(None, x)[0] for p in (original, prepared)]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    quantize_dynamic(str(prepared), str(tmp_path / "q.onnx"), weight_type=QuantType.QInt8)
+    assert any(n.op_type.startswith("DynamicQuantize") or "Integer" in n.op_type
+               for n in onnx.load(tmp_path / "q.onnx").graph.node)
