@@ -216,3 +216,45 @@ def test_cli_refuses_a_folder_of_other_files_and_a_missing_spec(tmp_path):
     spec = _spec(tmp_path, '[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\n')
     assert_clean_error(run_cli("matrix", str(spec), "-o", str(tmp_path)), 2, "holds files a matrix did not write")
     assert_clean_error(run_cli("matrix", str(tmp_path / "none.toml")), 2, "no such spec file")
+
+
+def test_a_factory_model_is_keyed_by_its_module_source_and_weights(tmp_path):
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"first")
+    spec_path = _spec(tmp_path, '[matrix]\ntargets = ["onnx"]\n[[models]]\nfactory = "sample_models.two_layer:two_layer_net"'
+                                '\nweights = "w.pt"\ninputs = ["x:64x1000"]\n')
+    spec = load_spec(str(spec_path))
+    cell = spec.cells()[0]
+    assert cell.model.name == "sample_models.two_layer:two_layer_net" and cell.model.options["weights"] == str(weights)
+    key = matrix_keys.plan_cell(cell, spec)[0]
+    matrix_keys.content_digest.cache_clear()
+    weights.write_bytes(b"second")
+    assert matrix_keys.plan_cell(cell, spec)[0] != key
+    matrix_keys.content_digest.cache_clear()
+
+
+def test_the_ray_executor_without_ray_names_the_extra(tmp_path, monkeypatch):
+    from deploykit import registry
+    from deploykit.errors import MissingDependency
+
+    _onnx(tmp_path / "a.onnx")
+    spec = _spec(tmp_path, '[matrix]\ntargets = ["tflite"]\n[[models]]\npath = "a.onnx"\n')
+    real = registry.missing_packages
+    monkeypatch.setattr(registry, "missing_packages", lambda names: ["ray"] if "ray" in names else real(names))
+    with pytest.raises(MissingDependency) as caught:
+        run_matrix(str(spec), str(tmp_path / "out"), executor="ray")
+    assert "deploykit[ray]" in caught.value.remedy and not (tmp_path / "out").exists()
+
+
+def test_the_local_executor_never_imports_ray(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    _onnx(tmp_path / "a.onnx")
+    spec = _spec(tmp_path, '[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\n')
+    code = (f"import sys\nfrom deploykit.matrix import run_matrix\nrun_matrix({str(spec)!r}, {str(tmp_path / 'o')!r})\n"
+            "print('ray' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr
