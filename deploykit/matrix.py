@@ -86,24 +86,26 @@ class _Board:
         self.records: dict = {}          # key -> record
         self.order: list = []            # (cell, key) in spec order
         self.versions: dict = {}
-        self.done = 0
+        self.done = self.total = 0
 
     def plan(self, retry_failed: bool, force: bool) -> list:
+        """The jobs to run; stored results are taken, unsupported cells recorded at once."""
+        planned = [(cell, *plan_cell(cell, self.spec)) for cell in self.spec.cells()]
+        self.order = [(cell, key) for cell, key, _, _ in planned]
+        self.total = len({key for _, key in self.order})
         jobs = []
-        for cell in self.spec.cells():
-            key, versions, unsupported = plan_cell(cell, self.spec)
-            if any(key == k for _, k in self.order):
+        for cell, key, versions, unsupported in planned:
+            if key in self.versions:        # the same bytes and options under another name: one job, two rows
                 continue
-            self.order.append((cell, key))
             self.versions[key] = versions
             stored = None if force else self.store.finished(key)
             if stored and not (retry_failed and stored.get("status") in FAILING + ("xfail",)):
                 self.records[key] = {**stored, "reused": True}
+                self.done += 1
             elif unsupported:
                 self._save(cell, key, unsupported_record(cell, key, unsupported, versions))
             else:
                 jobs.append(self._job(cell, key))
-        self.done = len(self.records)
         return jobs
 
     def _job(self, cell: Cell, key: str) -> dict:
@@ -129,13 +131,12 @@ class _Board:
         self.records[key] = record
         self.done += 1
         if self.progress:
-            self.progress(record, self.done, len(self.order))
+            self.progress(record, self.done, self.total)
 
     def write(self, runner, seconds: float, interrupted: bool = False) -> dict:
         from deploykit.matrix_report import write_report
 
-        cells = [self.records.get(key) or {**cell_identity(cell, key), "status": "not run"}
-                 for cell, key in self.order]
+        cells = [{**self.records.get(key, {"status": "not run"}), **cell_identity(cell, key)} for cell, key in self.order]
         summary = summarize(cells)
         document = {"schema_version": 1, "spec": self.spec.path, "name": self.spec.name,
                     "executor": runner.describe(), "output": self.store.location, "seconds": round(seconds, 1),

@@ -139,7 +139,11 @@ def _workspace(store, request: dict):
     if folder:
         target = folder / "artifacts" / request["key"]
         target.mkdir(parents=True, exist_ok=True)
-        yield target
+        try:
+            yield target
+        finally:
+            if not any(target.iterdir()):      # a cell that made no artifact leaves no empty folder
+                target.rmdir()
         return
     with tempfile.TemporaryDirectory(prefix="deploykit-cell-") as tmp:
         yield Path(tmp)

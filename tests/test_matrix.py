@@ -258,3 +258,13 @@ def test_the_local_executor_never_imports_ray(tmp_path):
             "print('ray' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_the_same_model_under_two_names_runs_once_and_shows_twice(tmp_path):
+    _onnx(tmp_path / "a.onnx")
+    spec = _spec(tmp_path, '[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\n'
+                           '[[models]]\npath = "a.onnx"\nname = "alias"\n')
+    seen = []
+    result = run_matrix(str(spec), str(tmp_path / "out"), progress=lambda record, done, total: seen.append((done, total)))
+    assert [c["model"] for c in result["cells"]] == ["a.onnx", "alias"]
+    assert result["cells"][0]["key"] == result["cells"][1]["key"] and seen == [(1, 1)]
