@@ -1,7 +1,7 @@
 """Executors: who runs a matrix's cells. Both run each phase as a child of the one harness (run_phase).
 
-* ``LocalExecutor`` — a pool of threads, one per core, each waiting on one cell's child process; one timed
-  (bench) phase at a time on this machine.
+* ``LocalExecutor`` — threads waiting on the cells' child processes: ``workers`` phases at once (one per core by
+  default) and one timed (bench) phase at a time on this machine.
 * ``RayExecutor`` — Ray tasks (``deploykit[ray]``, imported only here): 1 CPU and ``memory_mb`` per task, timed
   phases need the per-node resource ``deploykit_bench: 1`` (one at a time per node), models and option files
   shipped once through Ray's object store when the cluster is not this machine, Ray's own ``max_retries`` for a
@@ -60,6 +60,9 @@ class LocalExecutor:
 
     def __init__(self, workers: Optional[int] = None) -> None:
         self.workers = workers or cores()
+        # Like Ray's resources: `workers` CPU slots, and one bench slot on top. A cell waiting for the bench slot
+        # holds no CPU slot, so the other workers keep converting meanwhile (one extra thread waits for it).
+        self._cpus = threading.Semaphore(self.workers)
         self._bench = threading.Lock()
         self._stop = threading.Event()
 
@@ -70,7 +73,7 @@ class LocalExecutor:
         """Run every job; ``done(job, phases)`` is called (in this thread) as each cell finishes."""
         if not jobs:
             return
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="deploykit-cell") as pool:
+        with ThreadPoolExecutor(max_workers=self.workers + 1, thread_name_prefix="deploykit-cell") as pool:
             running = {pool.submit(self._cell, job): job for job in jobs}
             try:
                 while running:
@@ -89,9 +92,10 @@ class LocalExecutor:
     def _cell(self, job: dict) -> dict:
         if self._stop.is_set():
             raise Interrupted()
-        phases = {"convert": run_phase("convert", job["request"], self._abort)}
+        with self._cpus:
+            phases = {"convert": run_phase("convert", job["request"], self._abort)}
         if wants_bench(job, phases["convert"]):
-            with self._bench:
+            with self._bench, self._cpus:
                 phases["bench"] = run_phase("bench", bench_request(job, phases["convert"]), self._abort)
         return phases
 
