@@ -14,7 +14,7 @@ from typing import Optional
 from deploykit import registry
 from deploykit.child import MEASURE, check_timeout, run_child
 from deploykit.errors import DeploykitError, UsageError
-from deploykit.formats import TORCH_FORMATS, Format, detect
+from deploykit.formats import TORCH_FORMATS, Format, detect, is_factory_reference
 from deploykit.harness import NOISY_SPREAD, Timing, latency_stats
 from deploykit.machine import gpu_present
 
@@ -106,7 +106,8 @@ def _unavailable(runtime: str, gpu: bool) -> str:
 
 def run_case(case: dict, options: BenchOptions, load: Optional[dict] = None) -> dict:
     """Run one case in a fresh child process; a failure, crash or time-out becomes the row's error."""
-    model = {"path": str(Path(case["model"]).resolve()), "format": case["format"], "load": load or {}}
+    path = Path(case["model"])
+    model = {"path": str(path.resolve()) if path.exists() else case["model"], "format": case["format"], "load": load or {}}
     request = {"model": model, "runtime": case["runtime"], "options": case["options"], "batch": case["batch"],
                "affinity": case["affinity"], "timing": options.timing().to_dict()}
     try:
@@ -140,8 +141,9 @@ def bench(models: list, options: BenchOptions = BenchOptions(), load: Optional[d
     from deploykit.machine import cpu_peak
 
     for path in models:
-        if not Path(path).exists():
-            raise UsageError(f"{path}: no such file or directory", "give model files to benchmark")
+        if not Path(path).exists() and not is_factory_reference(path):
+            raise UsageError(f"{path}: no such file or directory",
+                             "give model files (or a package.module:factory) to benchmark")
     cases, skipped = plan(models, options)
     machine = cpu_peak()
     flops = model_flops(models, options.timeout)

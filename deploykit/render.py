@@ -358,7 +358,7 @@ def print_matrix(result: dict) -> None:
         metrics, status = cell.get("metrics") or {}, cell["status"]
         table.add_row(cell["model"], cell["target"], cell["precision"],
                       f"[{STATUS_STYLE.get(status, '')}]{status}[/]" + (" (reused)" if cell.get("reused") else ""),
-                      _fmt(metrics.get("cosine"), 6), _fmt(metrics.get("artifact_p50_ms")),
+                      "—" if metrics.get("cosine") is None else f"{metrics['cosine']:.6f}", _fmt(metrics.get("artifact_p50_ms")),
                       _fmt(metrics.get("speedup")), _clip(cell.get("verdict") or "", 70) if status != "passed" else "")
     console.print(table)
     executor = result["executor"]

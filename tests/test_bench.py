@@ -158,3 +158,15 @@ def test_input_shapes_pin_a_dynamic_dim_of_every_model_in_the_sources_format(tmp
                        load=api.load_options(["x:3x4"]))
     assert [c.get("error") for c in result["cases"]] == [None, None]
     assert [c["input_shapes"] for c in result["cases"]] == [{"x": [3, 4]}] * 2
+
+
+@pytest.mark.torch
+def test_a_factory_source_is_benchmarked_with_its_weights(samples_dir):
+    """`bench pkg.mod:factory --weights w.pt --input ...`: what a matrix cell of a factory model times."""
+    from deploykit import api
+
+    result = api.bench(["sample_models.two_layer:two_layer_net"],
+                       api.BenchOptions(runtimes=("torch",), warmup=1, iterations=3),
+                       load=api.load_options(["x:64x1000"], str(samples_dir / "two_layer_net.weights.pt")))
+    [case] = result["cases"]
+    assert "error" not in case and case["input_shapes"] == {"x": [64, 1000]} and case["model"].endswith(":two_layer_net")
