@@ -13,6 +13,7 @@ after Ctrl-C, does only what is left.
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
@@ -49,12 +50,14 @@ def run_matrix(spec_path: str, output: str = "deploykit-matrix", *, executor: st
     runner = _executor(executor, address, workers, spec)
     started = time.perf_counter()
     board = _Board(spec, store, progress)
-    jobs = board.plan(retry_failed, force)
-    try:
-        runner.run(jobs, board.finish)
-    except KeyboardInterrupt:
-        board.write(runner, time.perf_counter() - started, interrupted=True)   # what finished stays, and shows
-        raise
+    jobs = board.plan(retry_failed, force)      # reads the store, writes nothing yet
+    with runner.session(jobs):                  # a cluster that cannot take the cells fails here, before any write
+        board.record_refused()
+        try:
+            runner.run(jobs, board.finish)
+        except KeyboardInterrupt:
+            board.write(runner, time.perf_counter() - started, interrupted=True)   # what finished stays, and shows
+            raise
     return board.write(runner, time.perf_counter() - started)
 
 
@@ -86,6 +89,8 @@ class _Board:
         self.records: dict = {}          # key -> record
         self.order: list = []            # (cell, key) in spec order
         self.versions: dict = {}
+        self.refused: list = []          # (cell, key, unsupported record) to store once the run starts
+        self.run_id = uuid.uuid4().hex[:8]
         self.done = self.total = 0
 
     def plan(self, retry_failed: bool, force: bool) -> list:
@@ -103,21 +108,25 @@ class _Board:
                 self.records[key] = {**stored, "reused": True}
                 self.done += 1
             elif unsupported:
-                self._save(cell, key, unsupported_record(cell, key, unsupported, versions))
+                self.refused.append((cell, key, unsupported_record(cell, key, unsupported, versions)))
             else:
                 jobs.append(self._job(cell, key))
         return jobs
+
+    def record_refused(self) -> None:
+        """The cells no route can make here: recorded as they are, nothing to run."""
+        for cell, key, record in self.refused:
+            self._save(cell, key, record)
 
     def _job(self, cell: Cell, key: str) -> dict:
         from deploykit.exporting import default_output
         from deploykit.registry import target_format
 
-        for phase in ("convert", "bench"):     # a fresh budget of attempts for this run
-            self.store.write_text(f"running/{key}.{phase}.attempts", "0")
         name = Path(default_output(cell.model.source, target_format(cell.target))).name
         request = {"key": key, "label": cell.label, "source": cell.model.source, "target": cell.target,
                    "precision": cell.precision, "options": cell.model.options, "settings": self.spec.settings(),
                    "store": self.store.location, "timeout": self.spec.timeout, "retries": self.spec.retries,
+                   "run": self.run_id,        # attempts are counted per run: a rerun gets a fresh budget
                    "artifact_name": name}
         return {"cell": cell, "key": key, "request": request}
 
@@ -144,7 +153,17 @@ class _Board:
                     "passed": not any(c["status"] in FAILING for c in cells) and not interrupted,
                     "skipped_files": list(self.spec.skipped), "cells": cells}
         document["report"] = write_report(self.store, document)
+        self._forget_attempts()
         return document
+
+    def _forget_attempts(self) -> None:
+        """This run's attempt counters (local stores): the records keep the counts."""
+        folder = self.store.local_folder()
+        if folder and (folder / "running").is_dir():
+            for counter in (folder / "running").glob(f"*.{self.run_id}.attempts"):
+                counter.unlink(missing_ok=True)
+            if not any((folder / "running").iterdir()):
+                (folder / "running").rmdir()
 
 
 def record_of(cell: Cell, key: str, phases: dict, versions: dict) -> dict:

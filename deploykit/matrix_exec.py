@@ -12,7 +12,9 @@ draw on the same budget — and then recorded as a ``crashed`` verdict, never le
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -38,7 +40,7 @@ class Interrupted(KeyboardInterrupt):
 def run_phase(phase: str, request: dict, abort: Optional[Callable] = None) -> dict:
     """Run one phase of a cell in a child; a crash or time-out is retried until the cell's budget is spent."""
     store = open_store(request["store"])
-    counter, last = f"running/{request['key']}.{phase}.attempts", "never started"
+    counter, last = f"running/{request['key']}.{phase}.{request['run']}.attempts", "never started"
     while True:
         attempt = int(store.read_text(counter) or 0) + 1
         if attempt > request["retries"] + 1:
@@ -69,6 +71,11 @@ class LocalExecutor:
     def describe(self) -> dict:
         return {"executor": self.name, "workers": self.workers}
 
+    @contextlib.contextmanager
+    def session(self, jobs: list):
+        """Nothing to connect to on this machine."""
+        yield self
+
     def run(self, jobs: list, done: Callable[[dict, dict], None]) -> None:
         """Run every job; ``done(job, phases)`` is called (in this thread) as each cell finishes."""
         if not jobs:
@@ -90,9 +97,9 @@ class LocalExecutor:
         return Interrupted() if self._stop.is_set() else None
 
     def _cell(self, job: dict) -> dict:
-        if self._stop.is_set():
-            raise Interrupted()
         with self._cpus:
+            if self._stop.is_set():       # stopped while this cell waited for a slot: it never starts
+                raise Interrupted()
             phases = {"convert": run_phase("convert", job["request"], self._abort)}
         if wants_bench(job, phases["convert"]):
             with self._bench, self._cpus:
@@ -131,10 +138,12 @@ class RayExecutor:
         return {"executor": self.name, "address": self.address or "local instance", "nodes": self.nodes,
                 "workers": self.workers, "models_shipped": self.ship}
 
-    def run(self, jobs: list, done: Callable[[dict, dict], None]) -> None:
-        import contextlib
-        import sys
-
+    @contextlib.contextmanager
+    def session(self, jobs: list):
+        """Connected to (or running) Ray while the cells run; no connection when every cell finished before."""
+        if not jobs:
+            yield self
+            return
         import ray
 
         # Ray's driver prints what its workers report ("(raylet) A worker died ...") on stdout, from threads of its
@@ -142,10 +151,19 @@ class RayExecutor:
         with contextlib.redirect_stdout(sys.stderr):
             started_here = self._connect(ray)
             try:
-                self._run(ray, jobs, done)
+                self._check_schedulable(ray, jobs)
+                yield self
             finally:
                 if started_here:
                     ray.shutdown()
+
+    def run(self, jobs: list, done: Callable[[dict, dict], None]) -> None:
+        if not jobs:
+            return
+        import ray
+
+        with contextlib.redirect_stdout(sys.stderr):
+            self._run(ray, jobs, done)
 
     def _connect(self, ray) -> bool:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")     # an offline machine must not phone home
@@ -158,6 +176,7 @@ class RayExecutor:
         common = dict(include_dashboard=False, log_to_driver=not quiet, runtime_env=env, ignore_reinit_error=True,
                       logging_level=logging.ERROR if quiet else logging.INFO)
         if self.address:
+            _check_reachable(self.address)
             try:
                 ray.init(address=self.address, **common)
             except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -175,10 +194,6 @@ class RayExecutor:
         convert_task = ray.remote(ray_phase).options(num_cpus=1, memory=self.memory_mb * 2**20,
                                                      max_retries=self.retries)
         bench_task = ray.remote(ray_phase).options(num_cpus=1, resources={BENCH_RESOURCE: 1}, max_retries=self.retries)
-        if any(job["request"]["settings"]["bench"] for job in jobs) and not ray.cluster_resources().get(BENCH_RESOURCE):
-            raise UsageError(f"the Ray cluster has no node with the {BENCH_RESOURCE} resource, so no timed phase "
-                             "could ever be scheduled",
-                             f"start each node with: ray start ... --resources '{{\"{BENCH_RESOURCE}\": 1}}'")
         shipped = self._ship(ray, jobs)
         pending = {convert_task.remote("convert", job["request"], shipped.get(job["request"]["key"], {})):
                    (job, {}) for job in jobs}
@@ -198,6 +213,20 @@ class RayExecutor:
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise
+
+    def _check_schedulable(self, ray, jobs: list) -> None:
+        """Ray waits forever for a task no node can take: say so now instead."""
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        if not any(r.get("CPU", 0) >= 1 for r in nodes):
+            raise UsageError("the Ray cluster has no node with a CPU to give a cell", "add a node with CPUs")
+        if not any(r.get("CPU", 0) >= 1 and r.get("memory", 0) >= self.memory_mb * 2**20 for r in nodes):
+            raise UsageError(f"no node of the Ray cluster can grant memory_mb = {self.memory_mb} to a cell",
+                             "lower memory_mb in the spec's [matrix] table, or add a larger node")
+        if any(job["request"]["settings"]["bench"] for job in jobs) and not any(r.get(BENCH_RESOURCE) for r in nodes):
+            raise UsageError(f"the Ray cluster has no node with the {BENCH_RESOURCE} resource, so no timed phase "
+                             "could ever be scheduled",
+                             f"start each node with: ray start ... --resources '{{\"{BENCH_RESOURCE}\": 1}}', "
+                             "or set bench = [] in the spec")
 
     def _result(self, ray, ref, phase: str) -> dict:
         from ray.exceptions import RayError, RayTaskError
@@ -224,6 +253,20 @@ class RayExecutor:
                     refs[path] = ray.put(pack({Path(path).name: Path(path)}))
                 shipped.setdefault(job["request"]["key"], {})[where] = refs[path]
         return shipped
+
+
+def _check_reachable(address: str, seconds: float = 5.0) -> None:
+    """A HOST:PORT nobody answers at is refused in seconds (ray.init would retry it for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return          # "auto", ray:// client addresses: Ray's own resolution
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as exc:
+        raise UsageError(f"nothing answers at the Ray address {address} ({exc.strerror or exc})",
+                         "check --address: the head's host:port that `ray start --head` printed") from None
 
 
 def _local_files(request: dict) -> dict:

@@ -111,7 +111,7 @@ def test_a_phase_that_keeps_crashing_is_retried_once_then_recorded(tmp_path, mon
         raise ConversionError("the matrix cell m crashed with SIGKILL: ", "")
 
     monkeypatch.setattr(matrix_exec, "run_child", crashing)
-    request = {"key": "k1", "label": "m", "store": str(tmp_path), "retries": 1, "timeout": 5}
+    request = {"key": "k1", "label": "m", "store": str(tmp_path), "retries": 1, "timeout": 5, "run": "r1"}
     record = matrix_exec.run_phase("convert", request)
     assert calls == ["deploykit.matrix_cell:convert_job"] * 2
     assert record["status"] == "crashed" and record["attempts"] == 2
@@ -197,18 +197,20 @@ def test_cli_a_cell_that_fails_gives_exit_1_the_ci_line_and_json(tmp_path):
         "model": "broken.onnx", "target": "tflite", "precision": "fp32", "status": "failed"}
     assert cell["exit_code"] == 2 and cell["attempts"] == 1 and cell["verdict"]
     stored = json.loads((tmp_path / "out" / "cells" / f"{cell['key']}.json").read_text())
-    assert stored["status"] == "failed" and not list((tmp_path / "out" / "running").glob("*.pid"))
+    assert stored["status"] == "failed" and not (tmp_path / "out" / "running").exists()    # no pid, no counter left
 
 
 @pytest.mark.parametrize("args, code, fragment", [
     (["--executor", "spark"], 2, "unknown --executor 'spark'"),
     (["--address", "10.0.0.1:6379"], 2, "--address is for --executor ray"),
     (["--workers", "0"], 2, "--workers must be a positive integer"),
+    (["--executor", "ray", "--address", "127.0.0.1:1"], 2, "nothing answers at the Ray address 127.0.0.1:1"),
 ])
 def test_cli_bad_options_are_one_line(tmp_path, args, code, fragment):
     _onnx(tmp_path / "a.onnx")
-    spec = _spec(tmp_path, '[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\n')
+    spec = _spec(tmp_path, '[matrix]\ntargets = ["tflite"]\n[[models]]\npath = "a.onnx"\n')
     assert_clean_error(run_cli("matrix", str(spec), "-o", str(tmp_path / "out"), *args), code, fragment)
+    assert not (tmp_path / "out").exists()           # refused before anything was written
 
 
 def test_cli_refuses_a_folder_of_other_files_and_a_missing_spec(tmp_path):
