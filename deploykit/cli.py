@@ -278,7 +278,7 @@ def matrix(
         with MatrixProgress() as progress:
             result = run_matrix(spec, output, executor=executor, address=address, workers=workers,
                                 retry_failed=retry_failed, force=force, progress=progress)
-        if as_json:      # the CI line, also when stdout is the JSON document
+        if as_json:      # the CI line on stderr, also when stdout is the JSON document
             print(f"matrix: {result['summary_line']}", file=sys.stderr)
         return result
 

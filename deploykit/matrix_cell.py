@@ -17,10 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from deploykit.errors import DeploykitError, MissingDependency, UnsupportedModelError
-
-# Verdicts that mean "this cannot be done here" rather than "deploykit tried and the result is wrong".
-UNSUPPORTED_ERRORS = (MissingDependency, UnsupportedModelError)
+from deploykit.errors import DeploykitError
 
 
 def convert_job(request: dict, arrays: dict) -> dict:
@@ -34,7 +31,9 @@ def convert_job(request: dict, arrays: dict) -> dict:
         try:
             _export_and_verify(request, folder, record)
         except DeploykitError as exc:
-            record.update(status=_status_of(exc), verdict=exc.one_line().removeprefix("error: "),
+            # Once a cell runs, every verdict is a failure: `unsupported` is only what planning refuses before
+            # anything starts (a runtime that cannot run the artifact's ops after conversion fails the cell).
+            record.update(status="failed", verdict=exc.one_line().removeprefix("error: "),
                           exit_code=exc.exit_code, **({"outcome": exc.outcome.value} if exc.outcome else {}))
         except Exception as exc:  # noqa: BLE001 - a bug in deploykit is a cell's verdict too, not a lost cell
             record.update(status="error", verdict=f"internal error: {type(exc).__name__}: {exc}"[:500], exit_code=5)
@@ -76,10 +75,6 @@ def _export_and_verify(request: dict, folder: Path, record: dict) -> None:
         worst = next((c for c in checked.to_dict()["comparisons"] if not c.get("passed")), {})
         record.update(status="failed", exit_code=1,
                       verdict=f"verify failed: {worst.get('summary') or worst.get('candidate') or 'see the parity table'}")
-
-
-def _status_of(error: DeploykitError) -> str:
-    return "unsupported" if isinstance(error, UNSUPPORTED_ERRORS) else "failed"
 
 
 def bench_job(request: dict, arrays: dict) -> dict:

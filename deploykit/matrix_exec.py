@@ -1,7 +1,7 @@
 """Executors: who runs a matrix's cells. Both run each phase as a child of the one harness (run_phase).
 
 * ``LocalExecutor`` — threads waiting on the cells' child processes: ``workers`` phases at once (one per core by
-  default) and one timed (bench) phase at a time on this machine.
+  default), the timed (bench) phases one at a time on a thread of their own.
 * ``RayExecutor`` — Ray tasks (``deploykit[ray]``, imported only here): 1 CPU and ``memory_mb`` per task, timed
   phases need the per-node resource ``deploykit_bench: 1`` (one at a time per node), models and option files
   shipped once through Ray's object store when the cluster is not this machine, Ray's own ``max_retries`` for a
@@ -28,7 +28,7 @@ from deploykit.matrix_spec import PATH_KEYS
 from deploykit.matrix_store import open_store, pack, unpack
 
 CELL = Stage("cell", errors.ConversionError, "the matrix cell {what}",
-             "raise timeout in the spec's [matrix] table (seconds per phase)",
+             "raise timeout in the spec's [matrix] table (seconds per phase) and rerun with --retry-failed",
              "run the cell's own `deploykit export` with --debug for its log")
 BENCH_RESOURCE = "deploykit_bench"
 
@@ -53,6 +53,10 @@ def run_phase(phase: str, request: dict, abort: Optional[Callable] = None) -> di
             return {**info, "attempts": attempt}
         except DeploykitError as exc:     # the harness's word for a crash, a kill or a time-out
             last = exc.message
+        finally:                          # a killed child never removed its own marker
+            folder = store.local_folder()
+            if folder:
+                (folder / "running" / f"{request['key']}.{phase}.pid").unlink(missing_ok=True)
 
 
 class LocalExecutor:
@@ -62,10 +66,7 @@ class LocalExecutor:
 
     def __init__(self, workers: Optional[int] = None) -> None:
         self.workers = workers or cores()
-        # Like Ray's resources: `workers` CPU slots, and one bench slot on top. A cell waiting for the bench slot
-        # holds no CPU slot, so the other workers keep converting meanwhile (one extra thread waits for it).
         self._cpus = threading.Semaphore(self.workers)
-        self._bench = threading.Lock()
         self._stop = threading.Event()
 
     def describe(self) -> dict:
@@ -77,16 +78,27 @@ class LocalExecutor:
         yield self
 
     def run(self, jobs: list, done: Callable[[dict, dict], None]) -> None:
-        """Run every job; ``done(job, phases)`` is called (in this thread) as each cell finishes."""
+        """Run every job; ``done(job, phases)`` is called (in this thread) as each cell finishes.
+
+        Like Ray's resources: ``workers`` CPU slots, each phase holds one; the timed phases queue on one thread of
+        their own (one at a time on this machine), so a cell waiting to be timed never keeps another from converting.
+        """
         if not jobs:
             return
-        with ThreadPoolExecutor(max_workers=self.workers + 1, thread_name_prefix="deploykit-cell") as pool:
-            running = {pool.submit(self._cell, job): job for job in jobs}
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="deploykit-cell") as pool, \
+                ThreadPoolExecutor(1, thread_name_prefix="deploykit-bench") as timer:
+            running = {pool.submit(self._phase, "convert", job["request"]): (job, {}) for job in jobs}
             try:
                 while running:
                     finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        done(running.pop(future), future.result())
+                        job, phases = running.pop(future)
+                        phases["bench" if phases else "convert"] = future.result()
+                        if "bench" not in phases and wants_bench(job, phases["convert"]):
+                            request = bench_request(job, phases["convert"])
+                            running[timer.submit(self._phase, "bench", request)] = (job, phases)
+                        else:
+                            done(job, phases)
             except BaseException:
                 self._stop.set()          # every worker's child is killed within a poll; queued cells never start
                 for future in running:
@@ -96,15 +108,11 @@ class LocalExecutor:
     def _abort(self) -> Optional[BaseException]:
         return Interrupted() if self._stop.is_set() else None
 
-    def _cell(self, job: dict) -> dict:
+    def _phase(self, phase: str, request: dict) -> dict:
         with self._cpus:
-            if self._stop.is_set():       # stopped while this cell waited for a slot: it never starts
+            if self._stop.is_set():       # stopped while this phase waited for a slot: it never starts
                 raise Interrupted()
-            phases = {"convert": run_phase("convert", job["request"], self._abort)}
-        if wants_bench(job, phases["convert"]):
-            with self._bench, self._cpus:
-                phases["bench"] = run_phase("bench", bench_request(job, phases["convert"]), self._abort)
-        return phases
+            return run_phase(phase, request, self._abort)
 
 
 def cores() -> int:
@@ -113,7 +121,17 @@ def cores() -> int:
 
 
 def wants_bench(job: dict, convert: dict) -> bool:
-    return bool(job["request"]["settings"]["bench"]) and convert.get("status") == "passed" and convert.get("artifact")
+    """A passing cell is timed when one of the spec's bench rows runs its source's or its artifact's format."""
+    if convert.get("status") != "passed" or not convert.get("artifact"):
+        return False
+    from deploykit.bench import ROWS
+    from deploykit.formats import detect
+    from deploykit.registry import target_format
+
+    request = job["request"]
+    formats = {detect(request["source"]), target_format(request["target"])}
+    return any(name in request["settings"]["bench"] and formats & set(row_formats)
+               for name, _runtime, _extra, row_formats, _gpu in ROWS)
 
 
 def bench_request(job: dict, convert: dict) -> dict:

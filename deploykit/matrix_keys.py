@@ -63,7 +63,7 @@ def _module_bytes(module: str) -> bytes:
 
     try:
         spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
+    except Exception:  # noqa: BLE001 - a package that fails to import keys by name; the cell's load says why
         return b""
     origin = spec.origin if spec else None
     return Path(origin).read_bytes() if origin and Path(origin).is_file() else b""

@@ -14,6 +14,7 @@ spec file. Relative paths are relative to the spec file's folder. This module im
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -155,9 +156,22 @@ def _matrix_table(table: dict, where: str) -> dict:
                            ("iterations", int, 1), ("warmup", int, 0), ("memory_mb", int, 1)):
         if key in table:
             out[key] = _number(table[key], kind, low, where, f"[matrix] {key}")
+    if out.get("timeout") is not None and not math.isfinite(out["timeout"]):
+        raise UsageError(f"{where}: [matrix] timeout must be a finite number of seconds (got {table['timeout']!r})",
+                         "e.g. timeout = 1800")
+    _known_runtimes(out.get("verify_runtimes", ()), where)
     if "name" in table:
         out["name"] = str(table["name"])
     return {"axes": axes, **out}
+
+
+def _known_runtimes(names: tuple, where: str) -> None:
+    from deploykit.registry import RUNTIMES
+
+    known = [entry.name for entry in RUNTIMES]
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise UsageError(f"{where}: [matrix] verify_runtimes has unknown runtime {bad[0]!r}", f"use {', '.join(known)}")
 
 
 def _targets(value, where: str, key: str) -> tuple:
@@ -259,7 +273,29 @@ def _options(entry: dict, root: Path, where: str, key: str) -> dict:
             options[name] = str(_path(options[name], root, where, f"{key} {name}"))
     if "inputs" in options:
         options["inputs"] = _strings(options["inputs"], where, f"{key} inputs")
+    if not isinstance(options.get("trust_pickle", False), bool):
+        raise UsageError(f"{where}: {key} trust_pickle must be true or false (got {options['trust_pickle']!r})",
+                         "fix the spec")
+    try:      # the checks the export's own option objects make, now rather than in every cell
+        _check_like_export(options)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {key}: {exc.message}", exc.remedy) from None
     return options
+
+
+def _check_like_export(options: dict) -> None:
+    from deploykit.contract import ContractChoices
+    from deploykit.options import QuantizeOptions
+    from deploykit.spec import parse_input_arg
+
+    for text in options.get("inputs", ()):
+        try:
+            parse_input_arg(text)
+        except ValueError as exc:
+            raise UsageError(f"inputs: {exc}", "fix the --input text in the spec") from None
+    QuantizeOptions("int8", samples=options.get("calibration_samples", 100),
+                    normalize=options.get("calibration_normalize", "unit"), io_dtype=options.get("io_dtype", "float"))
+    ContractChoices(None, options.get("normalize"), options.get("task"))
 
 
 def _path(value, root: Path, where: str, key: str, must_be_dir: bool = False) -> Path:

@@ -168,7 +168,7 @@ class RemoteStore(Store):
 def pack(files: dict) -> bytes:
     """{name in archive: local file or folder} as an uncompressed tar (models are already dense)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
+    with tarfile.open(fileobj=buffer, mode="w", dereference=True) as archive:    # a linked model travels as bytes
         for name, path in files.items():
             archive.add(str(path), arcname=name or Path(path).name)
     return buffer.getvalue()

@@ -340,7 +340,8 @@ class MatrixProgress:
         if record.get("verdict") and status != "passed":
             line += f" — {escape(printable(_clip(record['verdict'], 110)))}"
         if self.bar is not None:
-            self.bar.update(self.task, total=total, completed=done, description=f"{record['model']} {status}")
+            self.bar.update(self.task, total=total, completed=done,
+                            description=f"{escape(printable(record['model']))} {status}")
             self.bar.console.print(line)
         else:
             self.err.print(line, soft_wrap=True)
@@ -364,4 +365,4 @@ def print_matrix(result: dict) -> None:
     executor = result["executor"]
     console.print(f"{result['output']}: matrix.html, matrix.json ({executor['executor']}, "
                   f"{executor.get('workers')} worker(s), {result['seconds']} s)")
-    console.print(f"matrix: {result['summary_line']}")
+    Console(stderr=True, highlight=False).print(f"matrix: {result['summary_line']}")     # the CI line: on stderr

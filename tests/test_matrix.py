@@ -9,7 +9,7 @@ import pytest
 
 from deploykit import matrix_exec, matrix_keys
 from deploykit.errors import ConversionError, UsageError
-from deploykit.matrix import record_of, run_matrix, summarize, summary_line
+from deploykit.matrix import record_of, run_matrix, shown, summarize, summary_line
 from deploykit.matrix_spec import load_spec
 from deploykit.matrix_store import open_store, pack, unpack
 from tests.conftest import assert_clean_error, run_cli
@@ -67,6 +67,12 @@ def test_toml_and_yaml_give_the_same_cells_with_paths_relative_to_the_spec(tmp_p
     ('[matrix]\ntargets = ["onnx"]\nbench = ["torch", "fastest"]\n[[models]]\npath = "a.onnx"\n',
      "unknown runtime 'fastest'"),
     ('[matrix\ntargets = 1', "not valid TOML"),
+    ('[matrix]\ntargets = ["onnx"]\ntimeout = inf\n[[models]]\npath = "a.onnx"\n', "timeout must be a finite"),
+    ('[matrix]\ntargets = ["onnx"]\nverify_runtimes = ["edge"]\n[[models]]\npath = "a.onnx"\n', "unknown runtime 'edge'"),
+    ('[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\ntrust_pickle = "false"\n', "trust_pickle must be true"),
+    ('[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\nio_dtype = "int4"\n', "unknown --io-dtype 'int4'"),
+    ('[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\ninputs = ["x:abc"]\n', "models[1]: inputs:"),
+    ('[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\ntask = "dance"\n', "unknown --task 'dance'"),
 ])
 def test_a_bad_spec_is_refused_naming_the_key(tmp_path, text, fragment):
     _onnx(tmp_path / "a.onnx")
@@ -126,10 +132,12 @@ def test_records_statuses_and_the_ci_line(tmp_path):
                                          'expect_fail = ["onnx/fp32"]\n')))
     cell = spec.cells()[0]
     failed = record_of(cell, "k", {"convert": {"status": "failed", "verdict": "parity"}}, {})
-    assert failed["status"] == "xfail"
+    assert failed["status"] == "failed" and shown(cell, failed)["status"] == "xfail"     # stored plain, shown xfail
     passed = record_of(cell, "k", {"convert": {"status": "passed", "artifact": "a"},
                                    "bench": {"status": "crashed", "verdict": "bench did not finish"}}, {})
-    assert passed["status"] == "xfail"            # expected to fail, and its bench crashed
+    assert shown(cell, passed)["status"] == "xfail"            # expected to fail, and its bench crashed
+    plain = load_spec(str(_spec(tmp_path, '[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\n', "plain.toml")))
+    assert shown(plain.cells()[0], failed)["status"] == "failed"     # expect_fail dropped: the failure shows again
     cells = [{"status": s} for s in ("passed", "passed", "failed", "crashed", "unsupported", "xfail")]
     assert summary_line(summarize(cells)) == "2 passed, 2 failed, 1 unsupported (1 crashed; 1 expected failure(s))"
 
@@ -204,13 +212,15 @@ def test_cli_a_cell_that_fails_gives_exit_1_the_ci_line_and_json(tmp_path):
     (["--executor", "spark"], 2, "unknown --executor 'spark'"),
     (["--address", "10.0.0.1:6379"], 2, "--address is for --executor ray"),
     (["--workers", "0"], 2, "--workers must be a positive integer"),
-    (["--executor", "ray", "--address", "127.0.0.1:1"], 2, "nothing answers at the Ray address 127.0.0.1:1"),
+    (["--executor", "ray", "--address", "127.0.0.1:1"], 2, "is a folder of this machine"),
+    (["--executor", "ray", "--address", "127.0.0.1:1", "-o", "file:///tmp/deploykit-never-written"], 2,
+     "nothing answers at the Ray address 127.0.0.1:1"),
 ])
 def test_cli_bad_options_are_one_line(tmp_path, args, code, fragment):
     _onnx(tmp_path / "a.onnx")
     spec = _spec(tmp_path, '[matrix]\ntargets = ["tflite"]\n[[models]]\npath = "a.onnx"\n')
     assert_clean_error(run_cli("matrix", str(spec), "-o", str(tmp_path / "out"), *args), code, fragment)
-    assert not (tmp_path / "out").exists()           # refused before anything was written
+    assert not (tmp_path / "out").exists() and not Path("/tmp/deploykit-never-written").exists()   # nothing written
 
 
 def test_cli_refuses_a_folder_of_other_files_and_a_missing_spec(tmp_path):
@@ -270,3 +280,20 @@ def test_the_same_model_under_two_names_runs_once_and_shows_twice(tmp_path):
     result = run_matrix(str(spec), str(tmp_path / "out"), progress=lambda record, done, total: seen.append((done, total)))
     assert [c["model"] for c in result["cells"]] == ["a.onnx", "alias"]
     assert result["cells"][0]["key"] == result["cells"][1]["key"] and seen == [(1, 1)]
+
+
+def test_a_cell_is_timed_only_when_a_bench_row_runs_one_of_its_formats(tmp_path):
+    model = _onnx(tmp_path / "a.onnx")
+    job = {"request": {"source": str(model), "target": "tflite", "settings": {"bench": ["torch"]}}}
+    assert not matrix_exec.wants_bench(job, {"status": "passed", "artifact": "a.tflite"})
+    job["request"]["settings"]["bench"] = ["torch", "litert"]
+    assert matrix_exec.wants_bench(job, {"status": "passed", "artifact": "a.tflite"})
+    assert not matrix_exec.wants_bench(job, {"status": "failed"})
+
+
+def test_a_linked_model_is_shipped_as_its_bytes(tmp_path):
+    model = _onnx(tmp_path / "real.onnx")
+    (tmp_path / "link.onnx").symlink_to(model)
+    names = unpack(pack({"link.onnx": tmp_path / "link.onnx"}), tmp_path / "landed")
+    landed = tmp_path / "landed" / names[0]
+    assert not landed.is_symlink() and landed.read_bytes() == model.read_bytes()

@@ -168,7 +168,7 @@ def test_ray_cluster_matrix_matches_local_and_survives_killed_workers(samples_di
     spec = _spec(tmp_path, samples_dir, ["two_layer_net.pt2", "two_layer_custom_relu.pt2"], ["onnx"],
                  bench=["torch", "onnxruntime"])
     out = tmp_path / "ray"
-    proc = _start(str(spec), "-o", str(out), "--executor", "ray", "--address", ray_cluster.address)
+    proc = _start(str(spec), "-o", f"file://{out}", "--executor", "ray", "--address", ray_cluster.address)
     killed = _kill_as_planned(proc, out / "running", ".convert.worker.pid", [1, 2])
     code, data, err = _finish(proc)
     assert code == 1, err
