@@ -161,6 +161,7 @@ def test_input_shapes_pin_a_dynamic_dim_of_every_model_in_the_sources_format(tmp
 
 
 @pytest.mark.torch
+@pytest.mark.slow      # no conversion, but a torch child and a trained sample: ~20 s the quick loop need not pay
 def test_a_factory_source_is_benchmarked_with_its_weights(samples_dir):
     """`bench pkg.mod:factory --weights w.pt --input ...`: what a matrix cell of a factory model times."""
     from deploykit import api
