@@ -167,13 +167,14 @@ class RayExecutor:
         # Ray's driver prints what its workers report ("(raylet) A worker died ...") on stdout, from threads of its
         # own: stdout belongs to deploykit's result (--json), so while Ray runs, its words go to stderr.
         with contextlib.redirect_stdout(sys.stderr):
-            started_here = self._connect(ray)
+            self._connect(ray)
             try:
                 self._check_schedulable(ray, jobs)
                 yield self
             finally:
-                if started_here:
-                    ray.shutdown()
+                # Also from a cluster we only joined (it keeps running): disconnecting here, not at exit, keeps
+                # what Ray still has to say about dead workers on stderr, after the JSON on stdout.
+                ray.shutdown()
 
     def run(self, jobs: list, done: Callable[[dict, dict], None]) -> None:
         if not jobs:
