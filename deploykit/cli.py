@@ -256,8 +256,9 @@ def matrix(
                                         "matrix.json. Rerun into it to resume.")] = "deploykit-matrix",
     executor: Annotated[str, typer.Option("--executor", help="local: a child process per cell, --workers at "
                                           "once; ray: Ray tasks (pip install 'deploykit[ray]').")] = "local",
-    address: Annotated[Optional[str], typer.Option("--address", help="A running Ray cluster (host:port); "
-                       "default: a Ray instance on this machine.")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="A running Ray cluster (host:port; its "
+                       "nodes started with --resources '{\"deploykit_bench\": 1}'); -o must then be a URI every "
+                       "node reaches. Default: a Ray instance on this machine.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Cells at once (default: one per core; "
                        "with --address the cluster's CPUs decide).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run again the cells a previous run "
