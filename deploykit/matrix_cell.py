@@ -160,8 +160,6 @@ def _publish(store, request: dict, folder: Path, record: dict) -> None:
     manifest = Path(record["export"]["manifest"]) if record.get("export", {}).get("manifest") else None
     if manifest and manifest.exists():
         record["manifest"] = store.put_tree(manifest, f"artifacts/{request['key']}/{manifest.name}")
-    record["artifact_bytes"] = _size(Path(local))
+    from deploykit.bench import artifact_size
 
-
-def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    record["artifact_bytes"] = artifact_size(local)
