@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploykit import api  # noqa: E402
-from deploykit.bench import BenchOptions  # noqa: E402
+from deploykit.benchmark.cases import BenchOptions  # noqa: E402
 
 PAIRS = {"onnx": ("onnxruntime", "onnxruntime-web"), "tflite": ("litert", "litert-js")}
 

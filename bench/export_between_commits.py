@@ -39,7 +39,7 @@ def _worktree(ref: str, folder: Path) -> Path:
 def _export_seconds(tree: Path, sample: Path, target: str, flags: tuple, out: Path) -> float:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "deploykit.cli", "export", str(sample), "--to", target, "-o",
+    proc = subprocess.run([sys.executable, "-m", "deploykit.cli.commands", "export", str(sample), "--to", target, "-o",
                            str(out), "--force", *flags], cwd=tree, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
@@ -58,7 +58,7 @@ def main() -> None:
         work = Path(tmp)
         samples = Path(args.samples) if args.samples else work / "samples"
         if not args.samples:
-            subprocess.run([sys.executable, "-m", "deploykit.cli", "samples", "build", "-o", str(samples)],
+            subprocess.run([sys.executable, "-m", "deploykit.cli.commands", "samples", "build", "-o", str(samples)],
                            cwd=ROOT, check=True, capture_output=True)
         trees = {}
         try:

@@ -38,15 +38,15 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        subprocess.run([sys.executable, "-m", "deploykit.cli", "samples", "build", "-o", str(folder),
+        subprocess.run([sys.executable, "-m", "deploykit.cli.commands", "samples", "build", "-o", str(folder),
                         "--only", args.sample], check=True, capture_output=True)
         source = folder / f"{args.sample}.pt2"
         bare, ours = [], []
         for index in range(args.repeats):
             bare.append(timed([sys.executable, "-c", BARE, str(source), str(folder / f"bare{index}.onnx")]))
-            ours.append(timed([sys.executable, "-m", "deploykit.cli", "export", str(source), "-o",
+            ours.append(timed([sys.executable, "-m", "deploykit.cli.commands", "export", str(source), "-o",
                                str(folder / f"ours{index}.onnx")]))
-        help_times = [timed([sys.executable, "-m", "deploykit.cli", "--help"]) for _ in range(5)]
+        help_times = [timed([sys.executable, "-m", "deploykit.cli.commands", "--help"]) for _ in range(5)]
     result = {"sample": args.sample, "repeats": args.repeats,
               "bare_torch_onnx_export_s": [round(t, 2) for t in bare],
               "deploykit_export_verify_s": [round(t, 2) for t in ours],

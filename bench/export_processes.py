@@ -35,7 +35,7 @@ def run_export(checkout: Path, source: Path, out: Path, probe: Path, log: Path) 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(probe), str(checkout)]), DEPLOYKIT_PROCESS_LOG=str(log))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "deploykit.cli", "export", str(source), "--to", "tflite", "--via", "litert",
+    subprocess.run([sys.executable, "-m", "deploykit.cli.commands", "export", str(source), "--to", "tflite", "--via", "litert",
                     "-o", str(out)], check=True, capture_output=True, env=env, cwd=checkout)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -56,7 +56,7 @@ def main() -> None:
         probe = folder / "probe"
         probe.mkdir()
         (probe / "sitecustomize.py").write_text(SITECUSTOMIZE)
-        subprocess.run([sys.executable, "-m", "deploykit.cli", "samples", "build", "-o", str(folder), "--only",
+        subprocess.run([sys.executable, "-m", "deploykit.cli.commands", "samples", "build", "-o", str(folder), "--only",
                         args.sample], check=True, capture_output=True, cwd=checkout,
                        env=dict(os.environ, PYTHONPATH=str(checkout)))
         seconds, cpu, processes = [], [], []

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports(include=["deploykit"]):
     from deploykit import formats, manifest, onnx_io
-    from deploykit.calibration import _decoded_image
+    from deploykit.exporting.calibration import _decoded_image
     from deploykit.errors import DeploykitError
     from deploykit.inputs import load_npz
     from deploykit.model import load_model

@@ -52,7 +52,7 @@ def write_spec(folder: Path, precisions: list) -> Path:
 
 def run_matrix(spec: Path, out: Path, executor: str) -> tuple:
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "deploykit.cli", "matrix", str(spec), "-o", str(out), "--executor",
+    proc = subprocess.run([sys.executable, "-m", "deploykit.cli.commands", "matrix", str(spec), "-o", str(out), "--executor",
                            executor, "--json"], capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if not proc.stdout.strip():
@@ -73,7 +73,7 @@ def single(cell: dict, folder: Path, npz_of: dict) -> dict:
     """The same cell as one `deploykit export --json` command."""
     out = folder / "single" / cell["key"] / Path(cell.get("artifact") or f"m.{cell['target']}").name
     out.parent.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "deploykit.cli", "export", cell["source"], "--to", cell["target"], "-o", str(out),
+    argv = [sys.executable, "-m", "deploykit.cli.commands", "export", cell["source"], "--to", cell["target"], "-o", str(out),
             "--force", "--json"] + (["--quantize", cell["precision"]] if cell["precision"] != "fp32" else [])
     for text in npz_of.get(cell["source"], {}).get("inputs", []):
         argv += ["--input", text]

@@ -42,7 +42,7 @@ def write_spec(folder: Path) -> Path:
 
 def timed_matrix(spec: Path, out: Path, *args: str) -> dict:
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "deploykit.cli", "matrix", str(spec), "-o", str(out), "--force",
+    proc = subprocess.run([sys.executable, "-m", "deploykit.cli.commands", "matrix", str(spec), "-o", str(out), "--force",
                            "--json", *args], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     seconds = time.perf_counter() - started
     data = json.loads(proc.stdout)
@@ -67,7 +67,7 @@ def noop_child(repeats: int = 10) -> float:
 def ray_overheads(model: Path) -> dict:
     import ray
 
-    from deploykit.matrix_store import pack, unpack
+    from deploykit.matrix.store import pack, unpack
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = time.perf_counter()

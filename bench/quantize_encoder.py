@@ -47,7 +47,7 @@ def _plain(fp32: Path, out: Path, mode: str, calibration: Path) -> Path:
 def _measure(source: Path, artifact: Path, judged: Path, precision: str) -> dict:
     from deploykit import api
     from deploykit.artifact import Artifact
-    from deploykit.exporting import measure_latency
+    from deploykit.exporting.pipeline import measure_latency
     from deploykit.inputs import load_npz
 
     options = api.VerifyOptions(samples=0, inputs_npz=str(judged), precision=precision)

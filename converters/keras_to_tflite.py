@@ -5,7 +5,7 @@ TensorFlow's own, so a child process would only add a second 5 s TensorFlow impo
 The layout is unchanged (Keras and TFLite are both channels-last).
 
 Full int8 that fails its preset or does not run (a transformer's attention DIV aborts in LiteRT's int8 kernel)
-is repaired by deploykit.int8_repair through TensorFlow's QuantizationDebugger: unweighted ops in float first,
+is repaired by deploykit.transforms.int8_repair through TensorFlow's QuantizationDebugger: unweighted ops in float first,
 then the layers --locate measures adding the most error (denylisted_nodes).
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
         if options.quantize != "int8" or not options.repair or exc.outcome not in REPAIRABLE:
             raise
         failed = exc.details.get("parity") or {}
-    from deploykit.int8_repair import repair
+    from deploykit.transforms.int8_repair import repair
 
     repair(result, check, options, lambda settings: out_path.write_bytes(_convert(tf, model, options, result, settings)),
            failed, methods=())
@@ -57,7 +57,7 @@ def _accept(result: ConversionResult, check: Check, options: ExportOptions) -> C
 
 
 def _convert(tf, model: LoadedModel, options: ExportOptions, result, settings=None) -> bytes:
-    """The flatbuffer; with int8-repair ``settings`` (deploykit.int8_repair.Settings) TensorFlow's
+    """The flatbuffer; with int8-repair ``settings`` (deploykit.transforms.int8_repair.Settings) TensorFlow's
     QuantizationDebugger keeps the unweighted ops and the named layers in float."""
     try:
         with captured_output(echo=options.debug):

@@ -5,8 +5,8 @@ ConvInteger, which made a CNN ~13x slower here (FIELD-NOTES), so `dynamic` on a
 conv-heavy graph comes with that warning.
 
 A static int8 model that fails its preset is repaired by a bounded, logged search
-(``deploykit.int8_repair``): other calibration methods, then only the weighted layers quantized,
-then the layers where ``deploykit.locate`` measured the error growing most kept in float.
+(``deploykit.transforms.int8_repair``): other calibration methods, then only the weighted layers quantized,
+then the layers where ``deploykit.checking.locate`` measured the error growing most kept in float.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _convert(model, out_path: Path, options: ExportOptions, check: Check) -> Con
         if options.quantize != "int8" or not options.repair or exc.outcome != Outcome.MISMATCH:
             raise
         failed = exc.details.get("parity") or {}
-    from deploykit.int8_repair import repair
+    from deploykit.transforms.int8_repair import repair
 
     with captured_output(echo=options.debug):
         repair(result, check, options, lambda settings: _quantize_static(model, out_path, options, settings),
@@ -52,7 +52,7 @@ def _weights_as_initializers(model, folder: Path):
 
     import onnx
 
-    from deploykit.onnx_rewrites import constants_as_initializers
+    from deploykit.transforms.onnx_rewrites import constants_as_initializers
 
     proto = onnx.load(model.path)
     if not constants_as_initializers(proto):

@@ -28,7 +28,7 @@ from deploykit.errors import ConversionError
 from deploykit.model import LoadedModel
 from deploykit.onnx_io import every_node, read_onnx
 from deploykit.quiet import captured_output
-from deploykit.onnx_prep import prepare
+from deploykit.transforms.onnx_prep import prepare
 from deploykit.spec import ModelSpec
 
 CALIBRATION_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"

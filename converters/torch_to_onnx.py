@@ -13,7 +13,7 @@ from pathlib import Path
 
 from deploykit.constructs import data_dependent_site, refuse_fused_fastpath
 from deploykit.conversion import Check, ConversionResult, ExportOptions, acceptable
-from deploykit.errors import ConversionError, Outcome, exhaustion
+from deploykit.errors import ConversionError, exhaustion
 from deploykit.formats import Format
 from deploykit.inputs import random_feeds
 from deploykit.model import LoadedModel

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Optional, Sequence
 
 from deploykit import registry
-from deploykit.bench import BenchOptions
+from deploykit.benchmark.cases import BenchOptions
 from deploykit.errors import UsageError
 from deploykit.model import LoadOptions
 from deploykit.child import check_timeout
@@ -62,7 +62,7 @@ def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force
     an artifact that matches. ``keep_unverified`` keeps an artifact whose parity cannot tell (the source's output
     does not depend on its input), marked ``unverified`` in the result and the manifest (CLI exit 6).
     """
-    from deploykit.exporting import ExportPlan, export_model
+    from deploykit.exporting.pipeline import ExportPlan, export_model
 
     dst = registry.target_format(to)
     plan = ExportPlan(force=force, load=load or LoadOptions(timeout=verify.timeout), verify=verify, opset=opset,
@@ -72,8 +72,8 @@ def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force
         raise UsageError("--report on export needs --quantize all",
                          "add --quantize all, or use `deploykit bench SOURCE ARTIFACT --report DIR`")
     if quantize and quantize.mode == "all":
-        from deploykit.exporting import default_output
-        from deploykit.precisions import export_all_precisions
+        from deploykit.exporting.pipeline import default_output
+        from deploykit.exporting.precisions import export_all_precisions
 
         return _Table(export_all_precisions(source, dst, default_output(source, dst, output), plan, report))
     return export_model(source, dst, output, plan)
@@ -98,7 +98,7 @@ def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions]
     applied. ``options.locate`` also compares layer by layer (``.locations``); ``report_dir`` then gets
     locate.html with the error along depth plotted.
     """
-    from deploykit.checking import verify_artifacts
+    from deploykit.checking.checker import verify_artifacts
 
     if report_dir:      # refused before minutes of running, not after
         from pathlib import Path
@@ -111,13 +111,13 @@ def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions]
         for name in ("locate.html", "locate.json", "locate.png"):
             fsutil.prepare_output(Path(report_dir) / name, force)
     if not artifacts:
-        from deploykit.packaging import is_bundle
+        from deploykit.bundle.packaging import is_bundle
 
         if is_bundle(source):
             return verify_bundle(source, timeout=options.timeout)
     result = verify_artifacts(source, list(artifacts), load or LoadOptions(timeout=options.timeout), options)
     if report_dir:
-        from deploykit.locate_report import build_locate_report
+        from deploykit.checking.locate_report import build_locate_report
 
         result.report = build_locate_report(result.to_dict(), report_dir, force)
     return result
@@ -128,10 +128,14 @@ def verify_bundle(folder: str, timeout: float = 600.0):
     ``python app.py selftest`` does on the device, here on deploykit's runner. Returns a VerifyResult."""
     import time
 
-    from deploykit.checking import VerifyResult
-    from deploykit.packaging import verify_bundle as check
+    from deploykit.checking.checker import VerifyResult
+    from deploykit.bundle.packaging import BUNDLE_FILE, is_bundle
+    from deploykit.bundle.packaging import verify_bundle as check
 
     check_timeout(timeout)
+    if not is_bundle(folder):
+        raise UsageError(f"{folder} is not a deploykit bundle (no {BUNDLE_FILE} in it)",
+                         "give the folder that `deploykit package` wrote")
     started = time.perf_counter()
     return VerifyResult(folder, [check(folder, timeout)], time.perf_counter() - started)
 
@@ -141,7 +145,7 @@ def package(artifact: str, output: str, options=None, *, force: bool = False) ->
     metadata (ONNX), contract.json, labels, golden vectors from the source, and a runtime-only app.py whose
     ``selftest`` proves the model on the device. ``options`` is a PackageOptions (labels, normalize, task,
     samples, source). Returns the bundle's description (files, bytes, contract, runtime requirements)."""
-    from deploykit.packaging import PackageOptions, package as write_bundle
+    from deploykit.bundle.packaging import PackageOptions, package as write_bundle
 
     return write_bundle(artifact, output, options or PackageOptions(), force=force)
 
@@ -153,7 +157,7 @@ def bench(models: Sequence[str], options=None, *, load: Optional[LoadOptions] = 
     With ``report_dir`` also write the research-vs-production report; when the first model is a
     framework source and others follow, their parity against it fills the report's parity table.
     """
-    from deploykit.bench import bench as run_bench
+    from deploykit.benchmark.cases import bench as run_bench
 
     if not models:
         raise UsageError("no model to benchmark", "give one or more model files")
@@ -178,7 +182,7 @@ def _parity_for_report(models: list, load: Optional[LoadOptions]):
 
 
 def _write_report(result: dict, report_dir: str, parity, force: bool) -> dict:
-    from deploykit.report import build_report
+    from deploykit.benchmark.report import build_report
 
     return build_report(result, report_dir, parity=parity, force=force)
 
@@ -243,6 +247,6 @@ def build_samples(output: str = "samples", only: Sequence[str] = (), force: bool
 
 def demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = False) -> dict:
     """The main job end to end on bundled samples: build, export to ONNX and TFLite, verify the chain, inspect."""
-    from deploykit.demo import run_demo
+    from deploykit.demo.run import run_demo
 
     return run_demo(output, echo=echo, debug=debug)

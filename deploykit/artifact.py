@@ -107,7 +107,7 @@ class Artifact(LoadedModel):
 
     def capture(self, feeds_list: list, options: RunnerOptions = RunnerOptions(), *,
                 timeout: float = DEFAULT_TIMEOUT_S) -> tuple:
-        """(graph view dict, per sample {layer output: value}) for ``deploykit.locate``, in a child process."""
+        """(graph view dict, per sample {layer output: value}) for ``deploykit.checking.locate``, in a child process."""
         request = {"model": self.description(), "options": options.__dict__, "samples": len(feeds_list)}
         child = run_child("deploykit.harness:capture_job", request, arrays=pack_samples(feeds_list), stage=RUN,
                           what=self.name, timeout=timeout)

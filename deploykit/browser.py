@@ -338,9 +338,6 @@ class BrowserRunner(RunnerBase):
         return [f"{self.info.get('backend', 'wasm')}, {threads} thread{'s' if threads != 1 else ''}",
                 _browser_name(self.info.get("user_agent", ""))]
 
-    def spec(self):
-        return self.model.spec
-
     def run(self, feeds: Mapping) -> dict:
         result = self.session.call(f"running {Path(self.model.path).name}",
                                    "(wire) => window.deploykit.run(wire)", self._wire(feeds))

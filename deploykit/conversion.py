@@ -24,7 +24,7 @@ from deploykit.parity import ParityReport
 # check(candidate: Path | Artifact, samples, batch=None, layout=None, locate=False) -> ParityReport against the
 # source; the export API provides it so that an edge can verify its own intermediate results (exporter
 # fallbacks, graph optimizations, an int8 repair) with the one parity engine. ``locate=True`` adds the layer
-# table of deploykit.locate to a report that fails (``report.location``).
+# table of deploykit.checking.locate to a report that fails (``report.location``).
 Check = Callable[..., ParityReport]
 
 

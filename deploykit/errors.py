@@ -14,7 +14,6 @@ import enum
 import errno
 from typing import Optional
 
-EXIT_OK = 0
 EXIT_VERIFY_FAILED = 1
 EXIT_USAGE = 2
 EXIT_MISSING_DEPENDENCY = 3

@@ -1,7 +1,7 @@
 """One view of a model's graph for every format, so that layers can be matched across formats.
 
 A runtime module describes its graph as a GraphView (ops in execution order, constant tensors with
-a fingerprint of their values); the locator (``deploykit.locate``) matches the *weighted layers* of
+a fingerprint of their values); the locator (``deploykit.checking.locate``) matches the *weighted layers* of
 two views and compares their outputs. Framework-free: builders hand in plain names and numpy arrays.
 
 Why weights: exporters rename every tensor (torch FX ``conv2d`` → ONNX ``getitem`` → onnx2tf

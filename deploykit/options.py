@@ -37,7 +37,7 @@ class VerifyOptions:
     device: str = "cpu"        # where artifacts run: cpu, cuda (ORT CUDA EP) or auto
     xnnpack: bool = True       # LiteRT artifacts run with the XNNPACK delegate (LiteRT's default)
     runtimes: tuple = ()       # run artifacts on these (e.g. onnxruntime-web), each where it runs the format
-    locate: bool = False       # also compare layer by layer and name the first diverging layer (deploykit.locate)
+    locate: bool = False       # also compare layer by layer and name the first diverging layer (deploykit.checking.locate)
 
     def __post_init__(self) -> None:
         from deploykit.registry import RUNTIMES

@@ -97,7 +97,7 @@ class ParityReport:
     outputs: list = field(default_factory=list)
     problems: list = field(default_factory=list)
     notes: list = field(default_factory=list)
-    location: Optional[dict] = None       # the layer table of deploykit.locate, when it was asked for
+    location: Optional[dict] = None       # the layer table of deploykit.checking.locate, when it was asked for
 
     @property
     def passed(self) -> bool:

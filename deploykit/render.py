@@ -257,7 +257,7 @@ def print_bench(result: dict) -> None:
         console.print(f"[bold]{result['report']['headline']}[/bold]")
         console.print(f"report: {result['report']['html']}")
     elif result.get("headline"):
-        from deploykit.report import headline_text
+        from deploykit.benchmark.report import headline_text
         console.print(f"[bold]{headline_text(result, None)}[/bold]")
 
 

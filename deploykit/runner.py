@@ -26,7 +26,6 @@ from typing import Mapping, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
-from deploykit.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -43,9 +42,6 @@ class Runner(Protocol):
 
     def open(self) -> None:
         """Create the session/interpreter; raise ModelLoadError (with a remedy) if the runtime refuses the file."""
-
-    def spec(self) -> ModelSpec:
-        """The signature the runtime itself reports."""
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict:
         """Outputs by name for one set of feeds (numpy arrays, in the model's own layout)."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Optional, Union
 
 Dim = Union[int, str]  # an int, or a symbol name for a dynamic dim ("batch", "?")
@@ -36,9 +36,6 @@ class TensorSpec:
     @property
     def is_static(self) -> bool:
         return all(isinstance(d, int) and d >= 0 for d in self.shape)
-
-    def with_shape(self, shape: tuple) -> "TensorSpec":
-        return replace(self, shape=tuple(shape))
 
     def describe(self) -> str:
         dims = "x".join(str(d) for d in self.shape) or "scalar"

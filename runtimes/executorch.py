@@ -200,9 +200,6 @@ class ExecuTorchRunner(RunnerBase):
         info = self.model.details.get("delegation") or {}
         return [coverage_text(info)] if info else []
 
-    def spec(self) -> ModelSpec:
-        return self.model.spec
-
     def run(self, feeds: Mapping) -> dict:
         import torch
 

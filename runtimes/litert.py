@@ -138,9 +138,6 @@ class LiteRTRunner(RunnerBase):
         # LiteRT has no API that reports applied delegates; the op resolver choice decides it.
         return ["XNNPACK"] if self.options.xnnpack else ["builtin kernels (no delegate)"]
 
-    def spec(self) -> ModelSpec:
-        return self.model.spec
-
     def run(self, feeds: Mapping) -> dict:
         if self.runner is None:
             return self._run_without_signature(feeds)

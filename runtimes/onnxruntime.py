@@ -100,9 +100,6 @@ class OnnxRuntimeRunner(RunnerBase):
     def active_providers(self) -> list:
         return self.session.get_providers() if self.session else []
 
-    def spec(self) -> ModelSpec:
-        return self.model.spec
-
     def run(self, feeds: Mapping) -> dict:
         wanted = {i.name: i.type for i in self.session.get_inputs()}
         inputs = {name: _as_ort_type(feeds[name], kind) for name, kind in wanted.items()}

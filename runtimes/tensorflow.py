@@ -108,9 +108,6 @@ class TensorFlowRunner(RunnerBase):
             except RuntimeError:
                 pass  # TensorFlow refuses once it has initialized; the runtime keeps its own count
 
-    def spec(self) -> ModelSpec:
-        return self.model.spec
-
     def run(self, feeds: Mapping) -> dict:
         handle = self.model.handle
         if isinstance(handle, _SavedModelCallable):

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 import json
-import os
-import sys
 from typing import Mapping
 
 import numpy as np
@@ -19,8 +16,8 @@ from deploykit.quiet import captured_output
 from deploykit.runner import RunnerBase, RunnerOptions, first_line
 from deploykit.spec import ModelSpec, TensorSpec, merge_user_specs
 from deploykit.text import one_line
+from deploykit.torch_signature import SPEC_EXTRA_FILE, embedding_sizes, forward_arg_names, with_token_ranges
 
-SPEC_EXTRA_FILE = "deploykit_spec.json"   # written by `samples build` into TorchScript archives
 
 
 def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
@@ -88,13 +85,12 @@ def _load_exported_program(path: str, options: LoadOptions):
 
 def _load_factory(reference: str, options: LoadOptions):
     module_name, _, attribute = reference.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())   # so that a user's own package in the working dir is found
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
         raise ModelLoadError(f"cannot import {reference} ({exc})",
-                             "give package.module:factory importable from the current directory") from None
+                             ("give package.module:factory importable by Python: install the package or put its "
+                              "folder on PYTHONPATH (the current directory is never searched)")) from None
     model = factory()
     if not isinstance(model, torch.nn.Module):
         raise UnsupportedModelError(f"{reference} returned {type(model).__name__}, not a torch.nn.Module",
@@ -147,7 +143,7 @@ def _load_pickle(path: str, options: LoadOptions):
         model = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"{path}: cannot unpickle ({first_line(exc)})",
-                             "the classes it names must be importable from the current directory") from None
+                             "the classes it names must be importable (installed, or their folder on PYTHONPATH)") from None
     if not isinstance(model, torch.nn.Module):
         raise UnsupportedModelError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module",
                                     "save the whole module, or give package.module:factory --weights")
@@ -165,28 +161,8 @@ def _merge_user_specs(inputs: list, user_specs: tuple, path: str) -> list:
     return inputs
 
 
-def embedding_sizes(module) -> list:
-    sizes = []
-    for sub in module.modules():
-        if isinstance(sub, torch.nn.Embedding) or getattr(sub, "original_name", "") == "Embedding":
-            sizes.append(int(sub.weight.shape[0]))
-    graph = getattr(module, "graph", None)
-    if isinstance(graph, torch.fx.Graph) and not sizes:
-        for node in graph.nodes:   # an ExportedProgram's module: look for aten.embedding
-            if node.op == "call_function" and "embedding" in str(node.target):
-                weight = node.args[0].meta.get("val") if hasattr(node.args[0], "meta") else None
-                if weight is not None:
-                    sizes.append(int(weight.shape[0]))
-    return sizes
 
 
-def with_token_ranges(inputs: list, table_sizes: list) -> list:
-    """Integer inputs of a model with embedding tables draw ids below the smallest table size."""
-    if not table_sizes:
-        return inputs
-    high = min(table_sizes)
-    return [TensorSpec(i.name, i.shape, i.dtype, i.layout, (0, high))
-            if i.dtype.startswith("int") and i.value_range is None else i for i in inputs]
 
 
 def _label_layout(tensor: TensorSpec) -> TensorSpec:
@@ -239,9 +215,6 @@ def _flatten_into(value, flat: list) -> None:
                                     "return tensors (or tuples/lists/dicts of tensors) from forward")
 
 
-def forward_arg_names(model) -> list:
-    params = inspect.signature(model.forward).parameters.values()
-    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 def _dtype_name(dtype) -> str:
@@ -277,9 +250,6 @@ class TorchEagerRunner(RunnerBase):
     def active_providers(self) -> list:
         kind = "torch.compile" if self.options.compile else "eager"
         return [f"{kind} on {self.device} ({torch.get_num_threads()} threads)"]
-
-    def spec(self) -> ModelSpec:
-        return self.model.spec
 
     def run(self, feeds: Mapping) -> dict:
         outputs = call_module(self.module, list(self.model.spec.inputs), feeds, self.device)

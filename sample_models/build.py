@@ -47,7 +47,7 @@ def build_sample(sample: SampleModel, out_dir: Path, force: bool = False) -> dic
         return _build_keras(sample, paths, out_dir, force)
     import torch
 
-    from runtimes.torch_eager import SPEC_EXTRA_FILE
+    from deploykit.torch_signature import SPEC_EXTRA_FILE
 
     model, info = build_model(sample)
     example = model.example_inputs()
@@ -92,7 +92,7 @@ def _data(sample: SampleModel, out_dir: Path, force: bool) -> dict:
 
 
 def _signature(model, example: tuple) -> dict:
-    from runtimes.torch_eager import forward_arg_names, with_token_ranges, embedding_sizes
+    from deploykit.torch_signature import embedding_sizes, forward_arg_names, with_token_ranges
     from deploykit.spec import TensorSpec
 
     inputs = [TensorSpec(n, tuple(t.shape), str(t.dtype).replace("torch.", ""))

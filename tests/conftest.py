@@ -44,7 +44,7 @@ def _quick_tests_never_convert(request, monkeypatch):
 
     Enforced, not hoped for: outside `slow` tests every route (in-process or through the CLI) refuses to run.
     """
-    from deploykit.routing import FORBID_ENV
+    from deploykit.exporting.routing import FORBID_ENV
 
     if "slow" not in request.keywords:
         monkeypatch.setenv(FORBID_ENV, "1")
@@ -124,7 +124,7 @@ def run_cli(*args: str, cwd: "Path | None" = None, timeout: float = 600,
     """Run the real command in a child process: exit code, stdout and stderr as a user sees them (``extra_path``:
     a folder of the user's own modules, e.g. a model factory, on PYTHONPATH)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [extra_path, str(ROOT)])))
-    return subprocess.run([sys.executable, "-m", "deploykit.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "deploykit.cli.commands", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=timeout)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from deploykit import api
-from deploykit.bench import BenchOptions, plan, summarize
+from deploykit.benchmark.cases import BenchOptions, plan, summarize
 from deploykit.errors import UsageError
 from deploykit.machine import cpu_peak, install_footprint
 

@@ -46,7 +46,7 @@ def test_a_missing_chromium_makes_the_runtimes_unavailable_with_the_install_line
     assert "no Chromium browser found at /nowhere/chromium" in browser.unavailable_reason()
     entry = next(e for e in registry.RUNTIMES if e.name == "litert-js")
     assert not entry.available
-    from deploykit.bench import BenchOptions, plan
+    from deploykit.benchmark.cases import BenchOptions, plan
 
     (tmp_path / "x.tflite").write_bytes(b"\0" * 4 + b"TFL3" + b"\0" * 64)
     _cases, skipped = plan([str(tmp_path / "x.tflite")], BenchOptions(runtimes=("litert-js",)))
@@ -94,7 +94,7 @@ def test_a_one_file_mount_serves_that_file_and_nothing_beside_it(tmp_path):
 
 
 def test_golden_vectors_for_the_web_are_raw_bytes_at_aligned_offsets(tmp_path):
-    from deploykit.web_bundle import _write_golden
+    from deploykit.bundle.web import _write_golden
 
     inputs = [{"ids": np.array([[1, 2, 3]], np.int64), "x": np.ones((1, 3), np.float32)}]
     outputs = [{"y": np.arange(5, dtype=np.float32), "ok": np.array([True, False])}]
@@ -150,7 +150,7 @@ console.log(JSON.stringify(cases.map((c) => judge(c.refs.map(typed), c.got.map(t
 def test_serve_prints_its_url_serves_the_folder_and_stops_cleanly_on_sigterm(tmp_path):
     (tmp_path / "index.html").write_text("<p>bundle</p>")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "deploykit.cli", "serve", str(tmp_path), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "deploykit.cli.commands", "serve", str(tmp_path), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
@@ -415,7 +415,6 @@ def test_a_custom_op_litert_js_cannot_run_is_named_before_it_returns_garbage(tmp
     """LiteRT.js ran a model with an unresolved custom op and returned garbage (cosine 2e-6 against the source)
     where native LiteRT refuses it: deploykit names the op before loading."""
     import tensorflow as tf
-    from onnx import helper
 
     @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
     def igamma(x):

@@ -82,7 +82,7 @@ def test_onnx_metadata_follows_the_image_conventions_where_they_fit():
 
 @pytest.mark.parametrize("runtime, distribution", [("onnxruntime", "onnxruntime"), ("litert", "ai-edge-litert")])
 def test_generated_app_is_plain_python_without_deploykit(runtime, distribution):
-    from deploykit.packaging import render_app
+    from deploykit.bundle.packaging import render_app
 
     code = render_app("model.x", runtime, distribution, True, "m.pt2")
     tree = ast.parse(code)
@@ -99,7 +99,7 @@ def test_the_apps_rule_is_deploykits_rule():
     """app.py judges golden vectors as deploykit.parity does: pooled over samples, integers exactly, matching
     infinities pass, a sign flip or a NaN fails."""
     from deploykit import parity
-    from deploykit.packaging import render_app
+    from deploykit.bundle.packaging import render_app
 
     namespace: dict = {"__file__": "/nowhere/app.py", "__name__": "app"}
     code = render_app("m.onnx", "onnxruntime", "onnxruntime", False, "s.pt2")
@@ -131,7 +131,7 @@ def onnx_bundle(tmp_path):
     builders.tiny_onnx(tmp_path / "tiny.onnx")
     (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
     from deploykit import api
-    from deploykit.packaging import PackageOptions
+    from deploykit.bundle.packaging import PackageOptions
 
     options = PackageOptions(labels=str(tmp_path / "labels.txt"), samples=3, source=str(tmp_path / "tiny.onnx"))
     return tmp_path / "bundle", api.package(str(tmp_path / "tiny.onnx"), str(tmp_path / "bundle"), options)
@@ -185,7 +185,7 @@ def test_a_tampered_model_fails_selftest_and_verify(onnx_bundle):
 def runtime_only_python(tmp_path_factory):
     """One venv with only what bundles pin — numpy, onnxruntime, ai-edge-litert, Pillow, at this checkout's
     versions — and no torch, TensorFlow or deploykit; shared by the runtime-only tests (a venv costs a minute)."""
-    from deploykit.packaging import requirements
+    from deploykit.bundle.packaging import requirements
 
     folder = tmp_path_factory.mktemp("runtime_only")
     pins = sorted(set(requirements("onnxruntime", True).split()) | set(requirements("ai-edge-litert", True).split()))
@@ -377,6 +377,6 @@ def test_a_quantized_artifact_gets_golden_vectors_from_its_calibration_data(tmp_
 
 
 def deploykit_options(**kwargs):
-    from deploykit.packaging import PackageOptions
+    from deploykit.bundle.packaging import PackageOptions
 
     return PackageOptions(**kwargs)

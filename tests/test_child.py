@@ -122,7 +122,7 @@ def test_sigterm_stops_the_converter_child_and_leaves_nothing(samples_dir, tmp_p
 
     out = tmp_path / "out"
     out.mkdir()
-    cli = subprocess.Popen([sys.executable, "-m", "deploykit.cli", "export", str(samples_dir / "two_layer_net.pt2"),
+    cli = subprocess.Popen([sys.executable, "-m", "deploykit.cli.commands", "export", str(samples_dir / "two_layer_net.pt2"),
                             "--to", "tflite", "--via", "litert", "-o", str(out / "m.tflite")],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=dict(os.environ, PYTHONPATH=str(ROOT)))

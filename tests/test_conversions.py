@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from deploykit import registry, routing
-from deploykit.checking import make_checker
+from deploykit import registry
+
+from deploykit.exporting import routing
+from deploykit.checking.checker import make_checker
 from deploykit.conversion import ExportOptions
 from deploykit.formats import Format
 from deploykit.model import LoadOptions, load_model

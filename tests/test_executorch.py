@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploykit import api, registry, routing
+from deploykit import api, registry
+
+from deploykit.exporting import routing
 from deploykit.errors import UsageError
 from deploykit.formats import Format, detect
 from tests.conftest import assert_clean_error, run_cli
@@ -58,7 +60,7 @@ def test_executorch_is_a_target_with_quantized_routes_from_torch_only():
 
 
 def test_bench_plans_an_executorch_row_and_states_the_binding_cost(tmp_path):
-    from deploykit.bench import BenchOptions, _bindings_notes, plan
+    from deploykit.benchmark.cases import BenchOptions, _bindings_notes, plan
 
     (tmp_path / "m.pte").write_bytes(PTE_HEAD + bytes(64))
     cases, skipped = plan([str(tmp_path / "m.pte")], BenchOptions())

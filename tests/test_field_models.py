@@ -253,7 +253,7 @@ def test_a_source_that_fails_on_the_fed_inputs_is_named_as_the_source(tmp_path):
 @pytest.mark.onnxruntime
 def test_paddle2onnx_minus_one_dims_are_dynamic_and_pinned_by_the_users_shape(tmp_path):
     from deploykit.model import load_model
-    from deploykit.onnx_prep import dynamic_dims_given
+    from deploykit.transforms.onnx_prep import dynamic_dims_given
 
     source = _gather_model(tmp_path / "paddle.onnx", -1)       # Paddle2ONNX writes dynamic dims as dim_value -1
     model = load_model(str(source), api.load_options(["idx:3:int64:0..4"]))

@@ -11,7 +11,7 @@ HEAVY = heavy_modules()
 
 PROBE = """
 import json, sys
-from deploykit.cli import app
+from deploykit.cli.commands import app
 import deploykit, deploykit.api, deploykit.introspect, deploykit.parity, deploykit.registry, sample_models
 for args in (["--help"], ["doctor", "--json"], ["samples", "list", "--json"]):
     try:

@@ -89,7 +89,7 @@ def test_fifos_are_never_read_as_data(tmp_path):
     import os
 
     from deploykit import api
-    from deploykit.calibration import calibration_feeds
+    from deploykit.exporting.calibration import calibration_feeds
     from deploykit.inputs import load_npz
 
     fifo = tmp_path / "data.npz"

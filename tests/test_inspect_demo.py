@@ -47,7 +47,7 @@ def test_unsupported_target_route_is_a_usage_error(exported, tmp_path):
 @pytest.mark.slow
 @pytest.mark.executorch
 def test_demo_runs_end_to_end_with_the_research_vs_production_table(tmp_path):
-    from deploykit.demo import run_demo
+    from deploykit.demo.run import run_demo
 
     result = run_demo(str(tmp_path / "demo"), echo=False)
     assert result["passed"], result
@@ -62,7 +62,7 @@ def test_demo_runs_end_to_end_with_the_research_vs_production_table(tmp_path):
 
 
 def test_demo_folder_is_reused_but_a_users_folder_is_refused(tmp_path):
-    from deploykit.demo import MARKER, _prepare_dir
+    from deploykit.demo.run import MARKER, _prepare_dir
 
     first = _prepare_dir(str(tmp_path / "demo"))
     (first / "two_layer_net.onnx").write_text("from the last run")

@@ -1,4 +1,4 @@
-"""The int8 repair search (deploykit.int8_repair) on a scripted quantizer and check: its order, its budget, what it
+"""The int8 repair search (deploykit.transforms.int8_repair) on a scripted quantizer and check: its order, its budget, what it
 records, and its verdict when nothing passes. The real thing (all-MiniLM-L6-v2, ONNX Runtime) is in bench/ and the
 README; here every step is visible."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploykit import int8_repair
+from deploykit.transforms import int8_repair
 from deploykit.conversion import ConversionResult, ExportOptions
 from deploykit.errors import ConversionError, Outcome
 from deploykit.parity import OutputResult, ParityReport, tolerance_for

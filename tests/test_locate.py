@@ -13,7 +13,7 @@ import pytest
 from deploykit import api
 from deploykit.errors import OutputExistsError
 from deploykit.graphview import Constant, GraphView, Op, kind
-from deploykit.locate import align, match_layers
+from deploykit.checking.locate import align, match_layers
 from tests.conftest import run_cli
 from tests.hostile.builders import save_graph
 

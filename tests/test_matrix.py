@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from deploykit import matrix_exec, matrix_keys
+from deploykit.matrix import executors as matrix_exec
+
+from deploykit.matrix import keys as matrix_keys
 from deploykit.errors import ConversionError, UsageError
-from deploykit.matrix import record_of, run_matrix, shown, summarize, summary_line
-from deploykit.matrix_spec import load_spec
-from deploykit.matrix_store import open_store, pack, unpack
+from deploykit.matrix.run import record_of, run_matrix, shown, summarize, summary_line
+from deploykit.matrix.spec import load_spec
+from deploykit.matrix.store import open_store, pack, unpack
 from tests.conftest import assert_clean_error, run_cli
 
 pytestmark = pytest.mark.onnxruntime
@@ -119,7 +121,7 @@ def test_a_phase_that_keeps_crashing_is_retried_once_then_recorded(tmp_path, mon
     monkeypatch.setattr(matrix_exec, "run_child", crashing)
     request = {"key": "k1", "label": "m", "store": str(tmp_path), "retries": 1, "timeout": 5, "run": "r1"}
     record = matrix_exec.run_phase("convert", request)
-    assert calls == ["deploykit.matrix_cell:convert_job"] * 2
+    assert calls == ["deploykit.matrix.cell:convert_job"] * 2
     assert record["status"] == "crashed" and record["attempts"] == 2
     assert "did not finish in 2 attempt(s)" in record["verdict"] and "SIGKILL" in record["verdict"]
     # the budget is shared: a second executor-level try (Ray re-running a dead worker's task) does not run again
@@ -266,7 +268,7 @@ def test_the_local_executor_never_imports_ray(tmp_path):
 
     _onnx(tmp_path / "a.onnx")
     spec = _spec(tmp_path, '[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\n')
-    code = (f"import sys\nfrom deploykit.matrix import run_matrix\nrun_matrix({str(spec)!r}, {str(tmp_path / 'o')!r})\n"
+    code = (f"import sys\nfrom deploykit.matrix.run import run_matrix\nrun_matrix({str(spec)!r}, {str(tmp_path / 'o')!r})\n"
             "print('ray' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr

@@ -16,7 +16,7 @@ import pytest
 
 from deploykit import api
 from deploykit.child import descendants
-from deploykit.matrix import run_matrix
+from deploykit.matrix.run import run_matrix
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch, pytest.mark.onnxruntime, pytest.mark.tensorflow,
@@ -35,7 +35,7 @@ def _spec(folder: Path, samples: Path, models: list, targets: list, precisions=(
 
 def _start(*args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "deploykit.cli", "matrix", *args, "--json"], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "deploykit.cli.commands", "matrix", *args, "--json"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 
 

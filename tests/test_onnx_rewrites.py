@@ -1,4 +1,4 @@
-"""ONNX rewrites for converters that mishandle a construct (deploykit.onnx_rewrites): each rewritten graph must
+"""ONNX rewrites for converters that mishandle a construct (deploykit.transforms.onnx_rewrites): each rewritten graph must
 compute what the original does on ONNX Runtime, and a form the rewrite does not cover must be left untouched."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploykit.onnx_rewrites import narrow_slices, unroll_lstms
+from deploykit.transforms.onnx_rewrites import narrow_slices, unroll_lstms
 from tests.hostile.builders import onnx_model
 
 pytestmark = pytest.mark.onnxruntime
@@ -198,7 +198,7 @@ def test_constant_weights_become_initializers_that_ort_quantizes(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from deploykit.onnx_rewrites import constants_as_initializers
+    from deploykit.transforms.onnx_rewrites import constants_as_initializers
 
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "w_value")
     graph = helper.make_graph(

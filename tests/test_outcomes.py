@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from deploykit import parity, routing
+from deploykit import parity
+
+from deploykit.exporting import routing
 from deploykit.conversion import ExportOptions
 from deploykit.errors import Outcome, ParityError
 from deploykit.formats import Format

@@ -140,7 +140,7 @@ def test_a_failed_precision_keeps_its_metrics_in_the_table(samples_dir, tmp_path
 
 def test_int8_routes_follow_the_io_dtype():
     from deploykit.formats import Format
-    from deploykit.routing import select_routes
+    from deploykit.exporting.routing import select_routes
 
     def last_edges(mode, io_dtype="float"):
         return [r[-1].name for r in select_routes(Format.EXPORTED_PROGRAM, Format.TFLITE, None, mode, io_dtype)]

@@ -1,8 +1,10 @@
 """Route planning and layout bookkeeping (no framework needed)."""
 import pytest
 
-from deploykit import registry, routing
-from deploykit.exporting import _permuted_label
+from deploykit import registry
+
+from deploykit.exporting import routing
+from deploykit.exporting.pipeline import _permuted_label
 from deploykit.errors import UsageError
 from deploykit.formats import Format
 

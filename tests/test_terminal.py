@@ -39,7 +39,9 @@ def test_json_is_printed_for_an_internal_error_too(monkeypatch, capsys):
     import json
     import sys
 
-    from deploykit import api, cli
+    from deploykit import api
+
+    from deploykit.cli import commands as cli
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug\nover two lines")
@@ -63,7 +65,9 @@ def test_json_is_printed_for_an_internal_error_too(monkeypatch, capsys):
 def test_running_out_is_said_as_such_not_as_an_internal_error(monkeypatch, capsys, failure, said):
     import sys
 
-    from deploykit import api, cli
+    from deploykit import api
+
+    from deploykit.cli import commands as cli
 
     def exhausted(*args, **kwargs):
         raise failure

@@ -1,8 +1,8 @@
 """Runs the hostile corpus (corpus.py) through the real CLI entry point and checks how each case ends.
 
-Cases run in this process (``deploykit.cli.main``, fd-level capture) so that the corpus stays in the quick
+Cases run in this process (``deploykit.cli.commands.main``, fd-level capture) so that the corpus stays in the quick
 loop; a case that must own its process (it leaves a thread spinning, needs a ulimit, or proves what a
-child process sees) runs as ``python -m deploykit.cli``.
+child process sees) runs as ``python -m deploykit.cli.commands``.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def _digest(path: Path) -> str:
 
 
 def run_in_process(args: list, capfd, monkeypatch) -> tuple:
-    from deploykit import cli
+    from deploykit.cli import commands as cli
 
     monkeypatch.setattr(sys, "argv", ["deploykit", *args])
     previous = signal.getsignal(signal.SIGTERM)
@@ -81,7 +81,7 @@ def run_as_process(args: list, work: Path, env: dict, file_limit_kb: int) -> tup
     env = dict(env, PYTHONPATH=str(ROOT))
     # -P: like the `deploykit` console script, whose sys.path[0] is its bin folder, never the working directory
     # (`python -m` alone would import a `runtimes/` from the cwd in the parent, which no user command does).
-    done = subprocess.run([sys.executable, "-P", "-m", "deploykit.cli", *args], cwd=work, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-P", "-m", "deploykit.cli.commands", *args], cwd=work, env=env, capture_output=True,
                           text=True, timeout=300, preexec_fn=limit)
     return done.returncode, done.stdout, done.stderr
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from deploykit.errors import DeploykitError, MissingDependency, UsageError
-from deploykit.matrix_spec import PATH_KEYS, Cell, MatrixSpec, cell_options
+from deploykit.matrix.spec import PATH_KEYS, Cell, MatrixSpec, cell_options
 
 CODE_PACKAGES = ("deploykit", "converters", "runtimes")
 
@@ -73,7 +73,8 @@ def route_libraries(cell: Cell) -> tuple:
     """(distributions the cell's routes and runtimes use, None) — or ((), why it cannot run here).
 
     The same route selection `deploykit export` makes, so "unsupported" means what export would refuse."""
-    from deploykit import registry, routing
+    from deploykit import registry
+    from deploykit.exporting import routing
     from deploykit.formats import detect
 
     try:

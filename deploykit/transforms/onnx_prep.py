@@ -12,7 +12,7 @@ holds (as onnxslim after the ONNX exporter is):
 2. names: tensor and node names a converter cannot take (tf2onnx's ``input:0``, ``@``, a leading digit) are
    renamed; the converted model is matched to the source by position, as any renaming converter's is;
 3. fold: onnxslim folds constants and shape arithmetic, when the graph computes shapes at all (``Shape`` ops);
-4. rewrite (``deploykit.onnx_rewrites``): fused ``LSTM`` nodes become MatMul/Sigmoid/Tanh once their sequence
+4. rewrite (``deploykit.transforms.onnx_rewrites``): fused ``LSTM`` nodes become MatMul/Sigmoid/Tanh once their sequence
    length is known — onnx2tf mislays a fused LSTM's state (a plain ``nn.LSTM`` exported by torch fails without
    this) — and multi-axis ``Slice`` nodes lose their full-range axes, which onnx2tf maps to the wrong axis.
 
@@ -69,7 +69,7 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
     if any(node.op_type == "Shape" for node in read_onnx(prepared.path).graph.node):
         folder.mkdir(exist_ok=True)
         _fold(prepared, folder / "folded.onnx", check, options)
-    from deploykit.onnx_rewrites import has_candidates
+    from deploykit.transforms.onnx_rewrites import has_candidates
 
     if has_candidates(read_onnx(prepared.path)):
         folder.mkdir(exist_ok=True)
@@ -206,7 +206,7 @@ def _slim(model):
 
 def _rewrite(prepared: Prepared, path: Path, check: Check, options: ExportOptions) -> None:
     """LSTM nodes written out as their equations and Slice nodes narrowed, kept only if the result still matches."""
-    from deploykit.onnx_rewrites import MAX_STEPS, narrow_slices, unroll_lstms
+    from deploykit.transforms.onnx_rewrites import MAX_STEPS, narrow_slices, unroll_lstms
 
     import onnx
 

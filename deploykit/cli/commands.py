@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from deploykit.cli_support import (EXIT_INTERRUPTED, _exit, _lazy, _on_sigterm, _run, _usage_error_types,
+from deploykit.cli.support import (EXIT_INTERRUPTED, _exit, _lazy, _on_sigterm, _run, _usage_error_types,
                                    printable, terminal_safe)
 
 app = typer.Typer(
@@ -220,7 +220,7 @@ def package(
     """
     def action() -> dict:
         from deploykit import api
-        from deploykit.packaging import PackageOptions
+        from deploykit.bundle.packaging import PackageOptions
 
         options = PackageOptions(app=app_kind, labels=labels, normalize=normalize, task=task, samples=samples,
                                  source=source, verify=_verify_options(samples, seed, npz, None, None, None, timeout))
@@ -240,7 +240,7 @@ def serve(
     Example: deploykit serve site/  (then open http://127.0.0.1:8000/ , or /selftest.html)
     """
     def action() -> dict:
-        from deploykit.cli_support import serve_until_interrupted
+        from deploykit.cli.support import serve_until_interrupted
 
         return serve_until_interrupted(folder, port)
 
@@ -273,7 +273,7 @@ def matrix(
     a cell failed unexpectedly. Example: deploykit matrix zoo.toml -o zoo-out --executor ray
     """
     def action() -> dict:
-        from deploykit.matrix import run_matrix
+        from deploykit.matrix.run import run_matrix
         from deploykit.render import MatrixProgress
 
         with MatrixProgress() as progress:
@@ -455,9 +455,9 @@ def demo(
     _run(action, as_json, debug, lambda data: None, lambda data: 0 if data["passed"] else 1)
 
 
-def main() -> None:
-    """Entry point: click's usage errors become the same one-line `error: … — …` as ours (exit 2);
-    SIGTERM is handled like Ctrl-C (exit 143 instead of 130)."""
+def main(argv: "list[str] | None" = None) -> None:
+    """Entry point (``argv`` defaults to ``sys.argv[1:]``): click's usage errors become the same one-line
+    `error: … — …` as ours (exit 2); SIGTERM is handled like Ctrl-C (exit 143 instead of 130)."""
     import signal
 
     from deploykit.fsutil import private_tempdir
@@ -465,7 +465,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         with private_tempdir():
-            code = app(standalone_mode=False)
+            code = app(args=argv, prog_name="deploykit", standalone_mode=False)
     except _usage_error_types() as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":
             exc.show()

@@ -22,7 +22,7 @@ from deploykit.errors import DeploykitError
 
 def convert_job(request: dict, arrays: dict) -> dict:
     """Export the cell's model and verify the artifact; returns the convert part of the cell's record."""
-    from deploykit.matrix_store import open_store
+    from deploykit.matrix.store import open_store
 
     store = open_store(request["store"])
     with _running(store, request, "convert"), _workspace(store, request) as folder:
@@ -86,7 +86,7 @@ def _export_and_verify(request: dict, folder: Path, record: dict) -> None:
 def bench_job(request: dict, arrays: dict) -> dict:
     """Time the source and the artifact on the spec's rows, on one core of its own; the bench part of a record."""
     from deploykit import api
-    from deploykit.matrix_store import open_store
+    from deploykit.matrix.store import open_store
 
     store = open_store(request["store"])
     with _running(store, request, "bench"), tempfile.TemporaryDirectory(prefix="deploykit-bench-") as tmp:
@@ -160,6 +160,6 @@ def _publish(store, request: dict, folder: Path, record: dict) -> None:
     manifest = Path(record["export"]["manifest"]) if record.get("export", {}).get("manifest") else None
     if manifest and manifest.exists():
         record["manifest"] = store.put_tree(manifest, f"artifacts/{request['key']}/{manifest.name}")
-    from deploykit.bench import artifact_size
+    from deploykit.benchmark.cases import artifact_size
 
     record["artifact_bytes"] = artifact_size(local)

@@ -5,9 +5,9 @@ import time
 from pathlib import Path
 
 from deploykit import registry
-from deploykit.checking import verify_artifacts
+from deploykit.checking.checker import verify_artifacts
 from deploykit.errors import ConversionError, UsageError
-from deploykit.exporting import ExportPlan, export_model
+from deploykit.exporting.pipeline import ExportPlan, export_model
 from deploykit.formats import Format
 from deploykit.introspect import inspect_model
 from deploykit.model import LoadOptions
@@ -122,7 +122,7 @@ def _dynamic_step(folder: Path, say, debug: bool) -> dict:
 def _seed_story_step(folder: Path, exported: dict, say, echo: bool, debug: bool) -> dict:
     """The lecture's claim, measured: PyTorch for research; ONNX Runtime, LiteRT or ExecuTorch for production."""
     from deploykit import render
-    from deploykit.seed_story import seed_story
+    from deploykit.demo.seed_story import seed_story
 
     say("[bold]9. research vs production[/bold]: the two-layer net and MobileNetV2 exported to ONNX, TFLite and "
         "ExecuTorch (each verified), then each benchmarked in its own process at 1 thread")

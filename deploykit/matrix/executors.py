@@ -24,8 +24,8 @@ from typing import Callable, Optional
 from deploykit import errors
 from deploykit.child import Stage, run_child
 from deploykit.errors import DeploykitError, UsageError
-from deploykit.matrix_spec import PATH_KEYS
-from deploykit.matrix_store import open_store, pack, unpack
+from deploykit.matrix.spec import PATH_KEYS
+from deploykit.matrix.store import open_store, pack, unpack
 
 CELL = Stage("cell", errors.ConversionError, "the matrix cell {what}",
              "raise timeout in the spec's [matrix] table (seconds per phase) and rerun with --retry-failed",
@@ -48,7 +48,7 @@ def run_phase(phase: str, request: dict, abort: Optional[Callable] = None) -> di
                     "verdict": f"{phase} did not finish in {attempt - 1} attempt(s): {last}"}
         store.write_text(counter, str(attempt))
         try:
-            info = run_child(f"deploykit.matrix_cell:{phase}_job", request, stage=CELL, what=request["label"],
+            info = run_child(f"deploykit.matrix.cell:{phase}_job", request, stage=CELL, what=request["label"],
                              timeout=request["timeout"], abort=abort).info
             return {**info, "attempts": attempt}
         except DeploykitError as exc:     # the harness's word for a crash, a kill or a time-out
@@ -124,7 +124,7 @@ def wants_bench(job: dict, convert: dict) -> bool:
     """A passing cell is timed when one of the spec's bench rows runs its source's or its artifact's format."""
     if convert.get("status") != "passed" or not convert.get("artifact"):
         return False
-    from deploykit.bench import ROWS
+    from deploykit.benchmark.cases import ROWS
     from deploykit.formats import detect
     from deploykit.registry import target_format
 

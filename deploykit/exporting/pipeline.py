@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Optional
 
 from deploykit import contract as contracts
-from deploykit import fsutil, manifest, registry, routing
-from deploykit.checking import Checker, make_checker
+from deploykit import fsutil, manifest, registry
+from deploykit.exporting import routing
+from deploykit.checking.checker import Checker, make_checker
 from deploykit.conversion import ExportOptions
 from deploykit.errors import UsageError
 from deploykit.formats import TORCH_FORMATS, Format, detect
@@ -251,7 +252,7 @@ def _calibration(model: LoadedModel, quantize: Optional[QuantizeOptions]) -> tup
     """Calibration feeds (source layout) for int8, and what the manifest says about them."""
     if not quantize or quantize.mode != "int8":
         return None, {}
-    from deploykit.calibration import calibration_feeds
+    from deploykit.exporting.calibration import calibration_feeds
 
     feeds, held_out, warning = calibration_feeds(model.spec, quantize.calibration, quantize.samples,
                                                  quantize.normalize)
@@ -273,7 +274,7 @@ def _judging_feeds(model: LoadedModel, quantize: Optional[QuantizeOptions], cali
     if quantize.mode == "int8":
         return _in_distribution_feeds(model, calibration, info, verify)
     if quantize.calibration and not verify.inputs_npz:
-        from deploykit.calibration import calibration_feeds
+        from deploykit.exporting.calibration import calibration_feeds
 
         feeds, _rest, _warning = calibration_feeds(model.spec, quantize.calibration, HELD_OUT_LIMIT,
                                                    quantize.normalize)

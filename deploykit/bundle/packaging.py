@@ -31,7 +31,7 @@ import numpy as np
 from deploykit import contract as contracts
 from deploykit import fsutil, manifest, parity
 from deploykit.artifact import Artifact
-from deploykit.checking import int8_feeds, make_checker, trusted_manifest
+from deploykit.checking.checker import int8_feeds, make_checker, trusted_manifest
 from deploykit.errors import ParityError, UsageError
 from deploykit.formats import Format
 from deploykit.model import LoadOptions, load_model
@@ -162,7 +162,7 @@ def golden_vectors(source, artifact: Artifact, verify: VerifyOptions, stored: Op
 def _calibration_golden(source, stored: dict, samples: int) -> Optional[tuple]:
     """A quantized artifact's golden inputs come from the data it was calibrated with (held-out items first), when
     that data is still there: it is judged on its distribution, as export judged it, not on random inputs it clips."""
-    from deploykit.calibration import calibration_feeds
+    from deploykit.exporting.calibration import calibration_feeds
 
     calibration = stored.get("calibration") or {}
     data = calibration.get("source")
@@ -268,7 +268,7 @@ def _write_files(folder: Path, artifact: Artifact, model_file: str, contract: di
     runtime, distribution = RUNTIME_OF[artifact.format]
     image = any(i.get("image") for i in contract["inputs"])
     if app == "web":
-        from deploykit.web_bundle import write_web_app
+        from deploykit.bundle.web import write_web_app
 
         runtime = write_web_app(folder, model_file, artifact.format, inputs, outputs, tolerance,
                                 f"{Path(str(source.path)).stem} ({contract['task']})", timeout)
@@ -282,7 +282,7 @@ def _write_files(folder: Path, artifact: Artifact, model_file: str, contract: di
 
 def render_app(model_file: str, runtime: str, distribution: str, image: bool, source: str) -> str:
     """app.py from the shared template and the runtime's block (no deploykit import in either)."""
-    templates = resources.files("deploykit") / "app_templates"
+    templates = resources.files("deploykit.bundle") / "app_templates"
     block = (templates / f"runtime_{runtime}.py.txt").read_text()
     return (templates / "app.py.txt").read_text().format(
         model_file=model_file, runtime_block=block.strip(), runtime_distribution=distribution,

@@ -9,7 +9,7 @@ import base64
 import html
 from pathlib import Path
 
-from deploykit.report import STYLE, html_table, plotted_page
+from deploykit.benchmark.report import STYLE, html_table, plotted_page
 
 FILES = ("locate.html", "locate.json", "locate.png")
 

@@ -121,9 +121,9 @@ class Checker:
 
     def locate(self, candidate: Artifact, samples: int, feeds: Optional[tuple] = None,
                tolerance: Optional[parity.Tolerance] = None):
-        """The layer-by-layer comparison (``deploykit.locate``) on the feeds ``run_both`` uses: one more run of
+        """The layer-by-layer comparison (``deploykit.checking.locate``) on the feeds ``run_both`` uses: one more run of
         the source and of the candidate, with every layer's output kept."""
-        from deploykit.locate import locate
+        from deploykit.checking.locate import locate
 
         source_feeds = [f for _key, f in self._keyed(samples, None, feeds)]
         candidate_feeds = [self.feeds_for(candidate, f, candidate.layout) for f in source_feeds]

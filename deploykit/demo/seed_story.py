@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from deploykit.bench import BenchOptions, bench
-from deploykit.exporting import ExportPlan, export_model
+from deploykit.benchmark.cases import BenchOptions, bench
+from deploykit.exporting.pipeline import ExportPlan, export_model
 from deploykit.formats import Format
-from deploykit.routing import SUFFIXES
+from deploykit.exporting.routing import SUFFIXES
 
 TARGETS = (Format.ONNX, Format.TFLITE, Format.EXECUTORCH)
 ROWS = ("torch", "onnxruntime", "litert", "executorch")

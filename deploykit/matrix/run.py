@@ -1,13 +1,13 @@
 """`deploykit matrix SPEC`: every model × target × precision of a spec as independent cells, on an executor.
 
-    from deploykit.matrix import run_matrix
+    from deploykit.matrix.run import run_matrix
     result = run_matrix("zoo.toml", "zoo-out", executor="local")     # or executor="ray", address="head:6379"
     print(result["summary_line"])            # "12 passed, 1 failed, 3 unsupported"
 
 A cell is convert → verify → bench through the public API (deploykit.api), one child process per phase
-(deploykit.matrix_cell), so its record holds what `deploykit export/verify/bench --json` print for it. This
+(deploykit.matrix.cell), so its record holds what `deploykit export/verify/bench --json` print for it. This
 module is the API of the matrix; it composes deploykit.api, which is why it sits above it in the layers.
-Finished cells are stored under their content key (deploykit.matrix_keys) as they finish: a re-run, or a run
+Finished cells are stored under their content key (deploykit.matrix.keys) as they finish: a re-run, or a run
 after Ctrl-C, does only what is left.
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from deploykit.errors import UsageError
-from deploykit.matrix_keys import cell_identity, plan_cell, unsupported_record
-from deploykit.matrix_spec import Cell, MatrixSpec, load_spec
-from deploykit.matrix_store import Store, open_store
+from deploykit.matrix.keys import cell_identity, plan_cell, unsupported_record
+from deploykit.matrix.spec import Cell, MatrixSpec, load_spec
+from deploykit.matrix.store import Store, open_store
 
 EXECUTORS = ("local", "ray")
 FAILING = ("failed", "crashed", "error")       # an unexpected failure: exit 1
@@ -65,7 +65,7 @@ def run_matrix(spec_path: str, output: str = "deploykit-matrix", *, executor: st
 
 
 def _executor(name: str, address: Optional[str], workers: Optional[int], spec: MatrixSpec):
-    from deploykit.matrix_exec import LocalExecutor, RayExecutor
+    from deploykit.matrix.executors import LocalExecutor, RayExecutor
 
     if name == "ray":
         return RayExecutor(address, workers, spec.memory_mb, spec.retries)
@@ -122,7 +122,7 @@ class _Board:
             self._save(cell, key, record)
 
     def _job(self, cell: Cell, key: str) -> dict:
-        from deploykit.exporting import default_output
+        from deploykit.exporting.pipeline import default_output
         from deploykit.registry import target_format
 
         name = Path(default_output(cell.model.source, target_format(cell.target))).name
@@ -146,7 +146,7 @@ class _Board:
             self.progress(shown(cell, record), self.done, self.total)
 
     def write(self, runner, seconds: float, interrupted: bool = False) -> dict:
-        from deploykit.matrix_report import write_report
+        from deploykit.matrix.report import write_report
 
         cells = [shown(cell, {**self.records.get(key, {"status": "not run"}), **cell_identity(cell, key)})
                  for cell, key in self.order]

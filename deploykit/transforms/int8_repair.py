@@ -6,7 +6,7 @@ source, on the judging data):
 1. the calibration methods: min-max (done), percentile, entropy;
 2. only the weighted layers quantized (Conv, Gemm, MatMul, Gather), the ops between them (Softmax, the
    attention mask's Add, LayerNorm) left in float — where a transformer's int8 usually breaks;
-3. the layers where ``deploykit.locate`` measures the error growing most kept in float, re-measured after
+3. the layers where ``deploykit.checking.locate`` measures the error growing most kept in float, re-measured after
    each step: 1, 2, 4, … of them, then the fewest that pass (bisected), within MAX_ATTEMPTS quantizations.
 
 The converter supplies ``quantize(settings)``; the result records every attempt, and the layers kept in

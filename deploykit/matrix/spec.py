@@ -196,7 +196,7 @@ def _precisions(value, where: str, key: str) -> tuple:
 
 
 def _bench_rows(value, where: str) -> tuple:
-    from deploykit.bench import ROWS
+    from deploykit.benchmark.cases import ROWS
 
     if value is False:
         return ()

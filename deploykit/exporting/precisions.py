@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 from deploykit.errors import DeploykitError, UsageError
-from deploykit.exporting import ExportPlan, export_model
+from deploykit.exporting.pipeline import ExportPlan, export_model
 from deploykit.formats import Format
-from deploykit.routing import SUFFIXES
+from deploykit.exporting.routing import SUFFIXES
 
 MODES = (None, "fp16", "dynamic", "int8")
 
@@ -21,12 +21,12 @@ def export_all_precisions(source: str, dst: Format, output: str, plan: ExportPla
         raise UsageError("--quantize all needs -o with the target's suffix", f"e.g. -o model{SUFFIXES[dst]}")
     if report_dir:   # fail before minutes of converting, not after
         from deploykit import fsutil, registry
-        from deploykit.precision_report import FILES
+        from deploykit.exporting.precision_report import FILES
 
         registry.require(("matplotlib",), "needed to draw the report's plots")
         for name in FILES:
             fsutil.prepare_output(Path(report_dir) / name, plan.force)
-    from deploykit.routing import quantize_modes
+    from deploykit.exporting.routing import quantize_modes
 
     out = Path(output)
     rows = []
@@ -53,15 +53,15 @@ def export_all_precisions(source: str, dst: Format, output: str, plan: ExportPla
              "precisions": rows,
              "skipped": skipped}
     if report_dir:
-        from deploykit.precision_report import build_precision_report
+        from deploykit.exporting.precision_report import build_precision_report
 
         table["report"] = build_precision_report(table, report_dir, plan.force)
     return table
 
 
 def _row(mode: Optional[str], result, timeout: float) -> dict:
-    from deploykit.bench import artifact_size
-    from deploykit.exporting import measure_latency
+    from deploykit.benchmark.cases import artifact_size
+    from deploykit.exporting.pipeline import measure_latency
     from deploykit.inputs import random_feeds
 
     artifact = result.opened

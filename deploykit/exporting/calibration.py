@@ -51,7 +51,6 @@ def _require_finite(feeds: list, source: str) -> None:
 
 
 def _image_feeds(spec: ModelSpec, folder: Path, normalize: str) -> list:
-    from PIL import Image
 
     mean, std = (np.asarray(v, np.float32) for v in parse_normalize(normalize, "--calibration-normalize"))
     images = [t for t in spec.inputs if len(t.shape) == 4 and t.dtype.startswith("float")]

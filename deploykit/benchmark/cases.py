@@ -198,7 +198,7 @@ def model_flops(models: list, timeout: float) -> dict:
     for path in models:
         if detect(path) in TORCH_FORMATS or detect(path) == Format.ONNX:
             try:
-                counts[path] = run_child("deploykit.flops:job", {"path": path}, stage=MEASURE,
+                counts[path] = run_child("deploykit.benchmark.flops:job", {"path": path}, stage=MEASURE,
                                          what=f"the FLOPs of {Path(path).name}", timeout=timeout).info
                 by_hash[sha256_of(path)] = counts[path]
             except DeploykitError as exc:

@@ -9,7 +9,7 @@ import base64
 import html
 from pathlib import Path
 
-from deploykit.report import plotted_page
+from deploykit.benchmark.report import plotted_page
 
 FILES = ("precisions.html", "precisions.json", "precisions.png")
 
@@ -59,7 +59,7 @@ def _plot(rows: list):
 
 
 def render(table: dict, plot: Path) -> str:
-    from deploykit.report import STYLE, html_table
+    from deploykit.benchmark.report import STYLE, html_table
 
     encoded = base64.b64encode(Path(plot).read_bytes()).decode()
     rows = [[r["precision"], "pass" if r.get("passed") else "FAIL", _mib(r), _num(r.get("size_vs_fp32")),

@@ -1,0 +1,1 @@
+"""Benchmark cases, FLOP counts and the bench report."""

@@ -1,0 +1,1 @@
+"""Device-app bundles: package, web bundle, app templates."""

@@ -1,0 +1,1 @@
+"""Parity checks of artifacts against their source, and locating the first diverging layer."""

@@ -1,0 +1,1 @@
+"""The demo: samples, the seed's story, the report."""

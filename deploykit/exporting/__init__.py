@@ -1,0 +1,1 @@
+"""The export pipeline: routing, conversion plans, calibration, precisions."""

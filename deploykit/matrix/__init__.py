@@ -1,0 +1,1 @@
+"""Deploykit matrix: cells, executors, store, report."""
