@@ -84,8 +84,12 @@ def node_modules(timeout: float = NPM_TIMEOUT_S) -> Path:
     try:
         for name in ("package.json", "package-lock.json"):
             shutil.copyfile(WEB_DIR / name, staging / name)
-        run_tool([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"], cwd=staging,
-                 timeout=timeout, what="npm ci (browser runtimes)")
+        from deploykit.progress import Progress
+
+        # One step (npm reports no progress we can read): the start line and the time it took, once per machine.
+        with Progress(f"installing the browser runtimes once with npm ci into {target}", total=None):
+            run_tool([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"], cwd=staging,
+                     timeout=timeout, what="npm ci (browser runtimes)")
         (staging / "node_modules" / ".deploykit-complete").write_text("ok\n")
         if not packages_ready():       # another process may have finished the same install meanwhile
             shutil.rmtree(target, ignore_errors=True)

@@ -16,6 +16,7 @@ from deploykit.exporting import routing
 from deploykit.checking.checker import Checker, make_checker
 from deploykit.conversion import ExportOptions
 from deploykit.errors import UsageError
+from deploykit.progress import Progress
 from deploykit.formats import TORCH_FORMATS, Format, detect
 from deploykit.harness import DEFAULT_TIMING
 from deploykit.model import LoadedModel, LoadOptions, PendingModel, load_model
@@ -120,13 +121,14 @@ def _export(source: str, dst: Format, output: Optional[str], plan: ExportPlan) -
     final_tolerance = tolerance_for(PRECISION_OF[mode], verify.atol, verify.rtol) if mode else None
     final_feeds = _judging_feeds(model, quantize, calibration, calibration_info, verify)
     route_all = plan.route == "all"
-    with fsutil.staging_dir(out.parent) as stage:
+    with fsutil.staging_dir(out.parent) as stage, Progress(f"--route all: {len(routes)} routes", len(routes), enabled=route_all) as progress:
         runs = []
         for index, route in enumerate(routes):
             folder = stage / f"route{index}"
             folder.mkdir()
             runs.append(routing.run_route(route, model, folder / out.name, options, checker,
                                           calibration[0] if calibration else None, final_tolerance, final_feeds))
+            progress.update(index + 1, " → ".join(e.name for e in route) + (" passed" if runs[-1].passed else " failed"))
             if runs[-1].passed and not route_all:
                 break
             _refuse_uninformative(runs[-1], checker, plan.keep_unverified)

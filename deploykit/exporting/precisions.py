@@ -8,6 +8,7 @@ from typing import Optional
 from deploykit.errors import DeploykitError, UsageError
 from deploykit.exporting.pipeline import ExportPlan, export_model
 from deploykit.formats import Format
+from deploykit.progress import Progress
 from deploykit.exporting.routing import SUFFIXES
 
 MODES = (None, "fp16", "dynamic", "int8")
@@ -32,18 +33,11 @@ def export_all_precisions(source: str, dst: Format, output: str, plan: ExportPla
     rows = []
     offered = quantize_modes(dst)
     skipped = [{"precision": m, "reason": f"no edge into {dst.value} applies it"} for m in MODES if m and m not in offered]
-    for mode in (m for m in MODES if m is None or m in offered):
-        target = out if mode is None else out.with_name(f"{out.stem}.{mode}{out.suffix}")
-        options = replace(plan.quantize, mode=mode) if mode else None
-        try:
-            result = export_model(source, dst, str(target), replace(plan, quantize=options))
-        except DeploykitError as exc:
-            parity = exc.details.get("parity") or {}
-            rows.append({"precision": mode or "fp32", "passed": False, "error": exc.one_line(),
-                         "judged_on": _judged_on(parity), **_metrics(parity.get("outputs", []))})
-            continue
-        rows.extend(_unrepaired(mode, result))
-        rows.append(_row(mode, result, plan.verify.timeout))
+    modes = [m for m in MODES if m is None or m in offered]
+    with Progress(f"--quantize all: {len(modes)} precisions", total=len(modes)) as progress:
+        for done, mode in enumerate(modes, start=1):
+            rows.extend(_export_precision(source, dst, out, plan, mode))
+            progress.update(done, f"{mode or 'fp32'} {'passed' if rows[-1].get('passed') else 'failed'}")
     baseline = next((r for r in rows if r["precision"] == "fp32" and "error" not in r), None)
     for row in rows:
         if baseline and "error" not in row:
@@ -57,6 +51,19 @@ def export_all_precisions(source: str, dst: Format, output: str, plan: ExportPla
 
         table["report"] = build_precision_report(table, report_dir, plan.force)
     return table
+
+
+def _export_precision(source: str, dst: Format, out: Path, plan: ExportPlan, mode: Optional[str]) -> list:
+    """The table's rows for one precision: its export (or its error), after the failing model a repair replaced."""
+    target = out if mode is None else out.with_name(f"{out.stem}.{mode}{out.suffix}")
+    options = replace(plan.quantize, mode=mode) if mode else None
+    try:
+        result = export_model(source, dst, str(target), replace(plan, quantize=options))
+    except DeploykitError as exc:
+        parity = exc.details.get("parity") or {}
+        return [{"precision": mode or "fp32", "passed": False, "error": exc.one_line(),
+                 "judged_on": _judged_on(parity), **_metrics(parity.get("outputs", []))}]
+    return _unrepaired(mode, result) + [_row(mode, result, plan.verify.timeout)]
 
 
 def _row(mode: Optional[str], result, timeout: float) -> dict:

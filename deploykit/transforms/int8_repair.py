@@ -43,8 +43,10 @@ class Settings:
 class _Search:
     """The attempts so far and the best one (highest worst-output cosine)."""
 
-    def __init__(self, result: ConversionResult, check: Check, options: ExportOptions, quantize: Callable):
+    def __init__(self, result: ConversionResult, check: Check, options: ExportOptions, quantize: Callable,
+                 progress) -> None:
         self.result, self.check, self.options, self.quantize = result, check, options, quantize
+        self.progress = progress
         self.count, self.best = 0, None
 
     def attempt(self, settings: Settings, locate: bool = False):
@@ -66,6 +68,8 @@ class _Search:
                                      "why": report.summary()[:300]})
         if self.best is None or cosine > self.best[0]:
             self.best = (cosine, settings, report)
+        self.progress.update(self.count, f"{settings.describe()}: {'passed' if report.passed else 'failed'}",
+                             cosine=cosine)
         return report
 
     @property
@@ -78,7 +82,13 @@ def repair(result: ConversionResult, check: Check, options: ExportOptions, quant
     """After the plain (min-max) int8 model failed its check (``failed``: that ParityReport as a dict), leave a
     passing int8 model at ``result.path`` with its repair recorded in ``result``, or raise ConversionError
     naming the best attempt."""
-    search = _Search(result, check, options, quantize)
+    from deploykit.progress import Progress
+
+    with Progress(f"int8 repair (at most {MAX_ATTEMPTS} attempts)", total=None) as progress:
+        _search(_Search(result, check, options, quantize, progress), failed, methods)
+
+
+def _search(search: "_Search", failed: dict, methods: tuple) -> None:
     cosines = [o["cosine"] for o in failed.get("outputs", []) if o.get("cosine") is not None]
     search.best = (min(cosines, default=float("-inf")), Settings(), None)
     for method in methods:     # () for a quantizer with one calibration method (TFLiteConverter)
