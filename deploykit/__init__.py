@@ -5,7 +5,7 @@ The public API, re-exported lazily so that ``import deploykit`` stays cheap (no 
 * functions — ``export``, ``verify``, ``verify_bundle``, ``package``, ``bench``, ``inspect``, ``doctor``,
   ``report``, ``load_options``
   (see :mod:`deploykit.api`; the CLI is a thin face over them);
-* options — ``VerifyOptions``, ``QuantizeOptions``, ``BenchOptions``, ``LoadOptions``, ``PackageOptions``,
+* options — ``ExportRequest`` (one export, every option), ``VerifyOptions``, ``QuantizeOptions``, ``BenchOptions``, ``LoadOptions``, ``PackageOptions``,
   ``Timing``;
 * objects — ``Artifact`` (a model file that runs itself), ``ModelSpec``, ``TensorSpec``, ``Tolerance``;
 * errors — ``DeploykitError`` and its subclasses carry an exit code and a remedy (``deploykit.errors``).
@@ -24,6 +24,7 @@ _EXPORTS = {
     "doctor": ("deploykit.api", "doctor"),
     "report": ("deploykit.api", "report"),
     "load_options": ("deploykit.api", "load_options"),
+    "ExportRequest": ("deploykit.request", "ExportRequest"),
     "VerifyOptions": ("deploykit.options", "VerifyOptions"),
     "QuantizeOptions": ("deploykit.options", "QuantizeOptions"),
     "BenchOptions": ("deploykit.benchmark.cases", "BenchOptions"),

@@ -19,13 +19,18 @@ from deploykit.errors import UsageError
 from deploykit.model import LoadOptions
 from deploykit.child import check_timeout
 from deploykit.options import QuantizeOptions, VerifyOptions
+from deploykit.request import ExportRequest, export_defaults
 
 __all__ = ["export", "verify", "verify_bundle", "package", "bench", "inspect", "doctor", "report", "samples", "build_samples", "demo",
-           "load_options", "VerifyOptions", "QuantizeOptions", "LoadOptions", "BenchOptions"]
+           "load_options", "ExportRequest", "VerifyOptions", "QuantizeOptions", "LoadOptions",
+           "BenchOptions"]
+
+_D = export_defaults()       # export()'s defaults are ExportRequest's fields, declared there once
+_L = LoadOptions()           # load_options()'s are LoadOptions's
 
 
-def load_options(inputs: Sequence[str] = (), weights: Optional[str] = None, trust_pickle: bool = False,
-                 timeout: float = 600.0) -> LoadOptions:
+def load_options(inputs: Sequence[str] = (), weights: Optional[str] = _L.weights, trust_pickle: bool = _L.trust_pickle,
+                 timeout: float = _L.timeout) -> LoadOptions:
     """LoadOptions from command-line style values: ``--input NAME:DIMS[:DTYPE[:LOW..HIGH]]`` or ``NAME:DIMS:DTYPE=VALUE`` texts, weights path."""
     from deploykit.spec import parse_input_arg
 
@@ -43,12 +48,12 @@ def load_options(inputs: Sequence[str] = (), weights: Optional[str] = None, trus
     return LoadOptions(weights=weights, trust_pickle=trust_pickle, input_specs=tuple(specs), timeout=timeout)
 
 
-def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force: bool = False,
-           load: Optional[LoadOptions] = None, verify: VerifyOptions = VerifyOptions(),
-           opset: Optional[int] = None, dynamic_batch: bool = False, optimize: bool = True,
-           via: Optional[str] = None, route: str = "first", keep_layout: bool = False,
-           quantize: Optional[QuantizeOptions] = None, report: Optional[str] = None, debug: bool = False,
-           contract=None, keep_unverified: bool = False):
+def export(source: "str | ExportRequest", to: str = _D.to, output: Optional[str] = _D.output, *,
+           force: bool = _D.force, load: Optional[LoadOptions] = _D.load, verify: VerifyOptions = _D.verify,
+           opset: Optional[int] = _D.opset, dynamic_batch: bool = _D.dynamic_batch, optimize: bool = _D.optimize,
+           via: Optional[str] = _D.via, route: str = _D.route, keep_layout: bool = _D.keep_layout,
+           quantize: Optional[QuantizeOptions] = _D.quantize, report: Optional[str] = _D.report,
+           debug: bool = _D.debug, contract=_D.contract, keep_unverified: bool = _D.keep_unverified):
     """Convert ``source`` to ``to`` (onnx, tflite, saved_model), verify it against the source, write
     the artifact and its manifest. Returns an ExportResult (``.passed``, ``.artifact``, ``.to_dict()``).
 
@@ -61,22 +66,29 @@ def export(source: str, to: str = "onnx", output: Optional[str] = None, *, force
     mean in the manifest's contract (`package` builds on it). Raises ConversionError (exit 4) when no route gives
     an artifact that matches. ``keep_unverified`` keeps an artifact whose parity cannot tell (the source's output
     does not depend on its input), marked ``unverified`` in the result and the manifest (CLI exit 6).
-    """
-    from deploykit.exporting.pipeline import ExportPlan, export_model
 
-    dst = registry.target_format(to)
-    plan = ExportPlan(force=force, load=load or LoadOptions(timeout=verify.timeout), verify=verify, opset=opset,
-                      dynamic_batch=dynamic_batch, optimize=optimize, via=via, route=route, keep_layout=keep_layout,
-                      quantize=quantize, debug=debug, contract=contract, keep_unverified=keep_unverified)
-    if report and not (quantize and quantize.mode == "all"):
-        raise UsageError("--report on export needs --quantize all",
-                         "add --quantize all, or use `deploykit bench SOURCE ARTIFACT --report DIR`")
-    if quantize and quantize.mode == "all":
-        from deploykit.exporting.pipeline import default_output
+    ``source`` may also be an ExportRequest holding all of these (``export(request)``); the other arguments
+    must then be left out.
+    """
+    given = dict(to=to, output=output, force=force, load=load, verify=verify, opset=opset,
+                 dynamic_batch=dynamic_batch, optimize=optimize, via=via, route=route, keep_layout=keep_layout,
+                 quantize=quantize, report=report, debug=debug, contract=contract, keep_unverified=keep_unverified)
+    if isinstance(source, ExportRequest):
+        mixed = sorted(name for name, value in given.items() if value is not getattr(_D, name)
+                       and value != getattr(_D, name))
+        if mixed:
+            raise UsageError(f"export() got an ExportRequest and {mixed[0]}=",
+                             "put every option into the ExportRequest, or pass the source as a string")
+        request = source
+    else:
+        request = ExportRequest(source, **given)
+    if request.all_precisions:
         from deploykit.exporting.precisions import export_all_precisions
 
-        return _Table(export_all_precisions(source, dst, default_output(source, dst, output), plan, report))
-    return export_model(source, dst, output, plan)
+        return _Table(export_all_precisions(request))
+    from deploykit.exporting.pipeline import export_model
+
+    return export_model(request)
 
 
 class _Table(dict):

@@ -46,6 +46,16 @@ class ExportOptions:
     keep_unverified: bool = False   # accept an artifact whose parity cannot tell (a reference that ignores its input)
     repair: bool = True             # int8 that fails its preset: search calibration and float layers (onnx_quantize)
 
+    @classmethod
+    def from_request(cls, request) -> "ExportOptions":
+        """What the converters of an export (a deploykit.request.ExportRequest) are told: derived here only."""
+        quantize = request.quantize
+        return cls(opset=request.opset, dynamic_batch=request.dynamic_batch, optimize=request.optimize,
+                   samples=request.verify.samples, timeout=request.verify.timeout, debug=request.debug,
+                   keep_layout=request.keep_layout, keep_unverified=request.keep_unverified,
+                   **({"quantize": quantize.mode, "io_dtype": quantize.io_dtype, "repair": quantize.repair}
+                      if quantize else {}))
+
 
 def acceptable(report: ParityReport, options: ExportOptions) -> bool:
     """A check's report lets the hop stand: it passed, or (with --keep-unverified) nothing differed but the

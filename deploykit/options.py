@@ -2,13 +2,12 @@
 Python raises the same UsageError (exit 2) as the same value on the command line."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional
 
 from deploykit.child import check_timeout
 from deploykit.contract import parse_normalize
 from deploykit.errors import UsageError
-from deploykit.parity import tolerance_for
 
 DEVICES = ("cpu", "cuda", "auto")
 QUANTIZE_MODES = ("fp16", "dynamic", "int8")
@@ -23,8 +22,32 @@ def check_choice(value, choices: tuple, option: str) -> None:
         raise UsageError(f"unknown {option} {value!r}", f"use {' or '.join(str(c) for c in choices)}")
 
 
+def refuse_unknown_keys(data, names, what: str) -> None:
+    """A dict form (a matrix cell's request, a file) with a key no option has is refused, naming the key: a typo
+    must not silently become a default."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{what} must be a mapping (got {type(data).__name__})", "give the dict that to_dict() wrote")
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise UsageError(f"unknown {what} key {unknown[0]!r}", f"use {', '.join(sorted(names))}")
+
+
+class _DictForm:
+    """to_dict()/from_dict() of a flat frozen option object: tuples travel as JSON lists and come back as tuples."""
+
+    def to_dict(self) -> dict:
+        return {f.name: list(getattr(self, f.name)) if isinstance(getattr(self, f.name), tuple)
+                else getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        names = [f.name for f in fields(cls)]
+        refuse_unknown_keys(data, names, cls.__name__)
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+
+
 @dataclass(frozen=True)
-class VerifyOptions:
+class VerifyOptions(_DictForm):
     """How artifacts are compared with their source (also used by export's checks)."""
 
     samples: int = 5
@@ -50,11 +73,13 @@ class VerifyOptions:
             raise UsageError(f"--samples must be at least 1 (got {self.samples!r})", "e.g. --samples 5")
         check_timeout(self.timeout)
         check_choice(self.device, DEVICES, "--device")
+        from deploykit.parity import tolerance_for      # here, not at import: numpy stays out of the CLI's start
+
         tolerance_for(self.precision or "fp32", self.atol, self.rtol)     # the parity engine's own checks
 
 
 @dataclass(frozen=True)
-class QuantizeOptions:
+class QuantizeOptions(_DictForm):
     """``--quantize``: the mode (or "all" to build every precision), calibration data and IO type."""
 
     mode: str                              # fp16 | dynamic | int8 | all

@@ -13,6 +13,20 @@ from typing_extensions import Annotated
 
 from deploykit.cli.support import (EXIT_INTERRUPTED, _exit, _lazy, _on_sigterm, _run, _usage_error_types,
                                    printable, terminal_safe)
+from deploykit.model import LoadOptions
+from deploykit.options import QuantizeOptions, VerifyOptions
+from deploykit.request import export_defaults, option_default
+
+# Flag defaults are the option objects' field defaults (typer needs them as values here, not their declarations).
+_D = export_defaults()
+
+
+def _q(name: str):
+    return option_default(QuantizeOptions, name)
+
+
+def _v(name: str):
+    return option_default(VerifyOptions, name)
 
 app = typer.Typer(
     name="deploykit", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -62,12 +76,10 @@ Device = Annotated[str, typer.Option("--device", help="Where ONNX artifacts run 
                                                       "(ONNX Runtime CUDA EP) or auto (CUDA when present).")]
 
 
-def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, device="cpu", xnnpack=True, runtimes=(),
-                    locate=False):
-    from deploykit.api import VerifyOptions
-
+def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, **more) -> VerifyOptions:
+    """VerifyOptions from the flags every checking command has; ``more`` (device, runtimes, ...) where it has them."""
     return VerifyOptions(samples=samples, seed=seed, inputs_npz=npz, precision=precision, atol=atol, rtol=rtol,
-                         timeout=timeout, device=device, xnnpack=xnnpack, runtimes=tuple(runtimes or ()), locate=locate)
+                         timeout=timeout, **more)
 
 
 def _export_exit_code(data: dict) -> int:
@@ -84,53 +96,55 @@ def export(
     source: Annotated[str, typer.Argument(help="Model file (TorchScript .pt, torch.export .pt2, Keras .keras/.h5, "
                                                "SavedModel dir, ONNX, TFLite) or package.module:factory.")],
     to: Annotated[str, typer.Option("--to", help="Target format: onnx, tflite, saved_model or executorch (.pte, "
-                                    "XNNPACK-delegated; from PyTorch sources).")] = "onnx",
+                                    "XNNPACK-delegated; from PyTorch sources).")] = _D.to,
     via: Annotated[Optional[str], typer.Option("--via", help="Only routes through this format or tool, e.g. "
-                                               "litert (litert-torch) or onnx (via ONNX + onnx2tf).")] = None,
+                                               "litert (litert-torch) or onnx (via ONNX + onnx2tf).")] = _D.via,
     route: Annotated[str, typer.Option("--route", help="first: keep the first route whose artifact matches "
                                        "(registry order); all: build and verify every route, keep the best "
-                                       "(parity, then 1-thread latency).")] = "first",
+                                       "(parity, then 1-thread latency).")] = _D.route,
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Artifact path (default: "
-                                                  "<source name>.<target suffix> in the current directory).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
-    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default: the exporter's).")] = None,
+                                                  "<source name>.<target suffix> in the current directory).")] = _D.output,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = _D.force,
+    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default: the exporter's).")] = _D.opset,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Make dim 0 of every input symbolic "
-                                                "(verified at a second batch size).")] = False,
+                                                "(verified at a second batch size).")] = _D.dynamic_batch,
     keep_layout: Annotated[bool, typer.Option("--keep-layout", help="Keep the source's input layout (NCHW) at the "
                                               "artifact's boundary where the converter can (onnx2tf); by default "
-                                              "the converter's native layout is used and recorded.")] = False,
+                                              "the converter's native layout is used and recorded.")] = _D.keep_layout,
     quantize: Annotated[Optional[str], typer.Option("--quantize", help="fp16, dynamic (int8 weights), int8 (full "
                         "integer, calibrated) or all (build each and compare size, latency, agreement).")] = None,
     calibration: Annotated[Optional[str], typer.Option("--calibration", help="Representative data: .npz with one "
                            "array per input (leading sample axis), or a folder of images. int8 calibrates on the "
                            "first --calibration-samples and is judged on the rest; fp16/dynamic are judged on it. "
-                           "Without it: random data, with a warning.")] = None,
+                           "Without it: random data, with a warning.")] = _q("calibration"),
     calibration_samples: Annotated[int, typer.Option("--calibration-samples", help="How many calibration "
-                                   "samples to use.")] = 100,
+                                   "samples to use.")] = _q("samples"),
     calibration_normalize: Annotated[str, typer.Option("--calibration-normalize", help="Images: unit ([0, 1]), "
-                                     "imagenet, symmetric ([-1, 1]) or mean=A,B,C,std=D,E,F (on [0, 1] pixels).")] = "unit",
+                                     "imagenet, symmetric ([-1, 1]) or mean=A,B,C,std=D,E,F (on [0, 1] pixels).")] = _q("normalize"),
     io_dtype: Annotated[str, typer.Option("--io-dtype", help="int8 TFLite: float or int8 inputs/outputs "
-                        "(int8 also opens litert-torch's PT2E route for PyTorch programs).")] = "float",
+                        "(int8 also opens litert-torch's PT2E route for PyTorch programs).")] = _q("io_dtype"),
     repair: Annotated[bool, typer.Option("--repair/--no-repair", help="int8 that fails its preset (ONNX Runtime "
                       "static QDQ, TFLiteConverter full integer): try other calibration methods (ONNX), then quantize "
                       "only the weighted layers, then keep the layers where the error grows most (measured layer by "
                       "layer) in float — at most 10 quantizations after the plain one; the manifest records what "
-                      "stayed float.")] = True,
+                      "stayed float.")] = _q("repair"),
     report: Annotated[Optional[str], typer.Option("--report", help="With --quantize all: write precisions.html "
-                      "(size, latency and agreement of every precision, plotted) into this folder.")] = None,
+                      "(size, latency and agreement of every precision, plotted) into this folder.")] = _D.report,
     keep_unverified: Annotated[bool, typer.Option("--keep-unverified", help="Keep an artifact whose parity cannot "
                                "tell (the source's output does not depend on its input: random-init weights, say), "
-                               "marked unverified in the manifest; exit 6.")] = False,
+                               "marked unverified in the manifest; exit 6.")] = _D.keep_unverified,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Simplify the graph with onnxslim "
-                                           "(kept only if parity still holds).")] = True,
+                                           "(kept only if parity still holds).")] = _D.optimize,
     labels: Labels = None, normalize: Normalize = None, task: Task = None,
-    inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False, samples: Samples = 5,
-    seed: Seed = 0, npz: Npz = None, precision: Precision = None, atol: Atol = None, rtol: Rtol = None,
-    timeout: Timeout = 600.0, locate: Annotated[bool, typer.Option("--locate", help="When a converted model fails "
-                                                                 "its parity check, also compare it with the source "
-                                                                 "layer by layer and name the first layer outside the "
-                                                                 "preset (as verify --locate does).")] = False,
-    as_json: Json = False, debug: Debug = False,
+    inputs: Inputs = None, weights: Weights = option_default(LoadOptions, "weights"),
+    trust_pickle: TrustPickle = option_default(LoadOptions, "trust_pickle"), samples: Samples = _v("samples"),
+    seed: Seed = _v("seed"), npz: Npz = _v("inputs_npz"), precision: Precision = _v("precision"),
+    atol: Atol = _v("atol"), rtol: Rtol = _v("rtol"), timeout: Timeout = _v("timeout"),
+    locate: Annotated[bool, typer.Option("--locate", help="When a converted model fails "
+                                         "its parity check, also compare it with the source "
+                                         "layer by layer and name the first layer outside the "
+                                         "preset (as verify --locate does).")] = _v("locate"),
+    as_json: Json = False, debug: Debug = _D.debug,
 ) -> None:
     """Convert a model, verify the artifact against the source, write it with a manifest.
 
@@ -142,17 +156,18 @@ def export(
     def action() -> dict:
         from deploykit import api
         from deploykit.contract import ContractChoices
+        from deploykit.request import ExportRequest
 
-        plan = api.QuantizeOptions(mode=quantize, calibration=calibration, samples=calibration_samples,
-                                   normalize=calibration_normalize, io_dtype=io_dtype, repair=repair) if quantize else None
-        return api.export(source, to, output, force=force,
-                          load=api.load_options(inputs or (), weights, trust_pickle, timeout),
-                          verify=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, locate=locate),
-                          opset=opset,
-                          dynamic_batch=dynamic_batch, optimize=optimize, via=via, route=route,
-                          keep_layout=keep_layout, quantize=plan, report=report, debug=debug,
-                          contract=ContractChoices(labels, normalize, task) if labels or normalize or task
-                          else None, keep_unverified=keep_unverified).to_dict()
+        plan = QuantizeOptions(mode=quantize, calibration=calibration, samples=calibration_samples,
+                               normalize=calibration_normalize, io_dtype=io_dtype, repair=repair) if quantize else None
+        request = ExportRequest(
+            source, to, output, force=force, load=api.load_options(inputs or (), weights, trust_pickle, timeout),
+            verify=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, locate=locate), opset=opset,
+            dynamic_batch=dynamic_batch, optimize=optimize, via=via, route=route, keep_layout=keep_layout,
+            quantize=plan, report=report, debug=debug,
+            contract=ContractChoices(labels, normalize, task) if labels or normalize or task else None,
+            keep_unverified=keep_unverified)
+        return api.export(request).to_dict()
 
     _run(action, as_json, debug, _lazy("print_export"), _export_exit_code)
 
@@ -163,16 +178,17 @@ def verify(
     artifacts: Annotated[Optional[List[str]], typer.Argument(help="One or more artifacts; each is compared with "
                          "the source, and each with the previous one. None when SOURCE is a bundle folder "
                          "(`deploykit package`): its model is checked against its golden vectors.")] = None,
-    inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False, samples: Samples = 5,
-    seed: Seed = 0, npz: Npz = None, precision: Precision = None, atol: Atol = None, rtol: Rtol = None,
-    timeout: Timeout = 600.0, device: Device = "cpu",
+    inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False, samples: Samples = _v("samples"),
+    seed: Seed = _v("seed"), npz: Npz = _v("inputs_npz"), precision: Precision = _v("precision"),
+    atol: Atol = _v("atol"), rtol: Rtol = _v("rtol"), timeout: Timeout = _v("timeout"), device: Device = _v("device"),
     xnnpack: Annotated[bool, typer.Option("--xnnpack/--no-xnnpack", help="Run TFLite artifacts with LiteRT's "
-                                          "XNNPACK delegate (default) or with its builtin kernels only.")] = True,
+                                          "XNNPACK delegate (default) or with its builtin kernels only.")]
+    = _v("xnnpack"),
     runtime: Annotated[Optional[List[str]], typer.Option("--runtime", help="Run each artifact on this runtime "
                        "where it runs the artifact's format (repeatable; each gives its own report): onnxruntime, "
                        "litert, and the browser runtimes onnxruntime-web (.onnx) and litert-js (.tflite) in "
                        "headless Chromium. Default: the format's native runtime.")] = None,
-    locate: Locate = False,
+    locate: Locate = _v("locate"),
     report: Annotated[Optional[str], typer.Option("--report", help="With --locate: write locate.html (error along "
                       "depth plotted, every layer table), locate.png and locate.json into this folder.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace report files written before.")] = False,
@@ -190,8 +206,9 @@ def verify(
         from deploykit import api
 
         return api.verify(source, artifacts or (), load=api.load_options(inputs or (), weights, trust_pickle, timeout),
-                          options=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, device,
-                                                  xnnpack, runtime, locate), report_dir=report, force=force).to_dict()
+                          options=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, device=device,
+                                                  xnnpack=xnnpack, runtimes=tuple(runtime or ()), locate=locate),
+                          report_dir=report, force=force).to_dict()
 
     _run(action, as_json, debug, _lazy("print_verify"), lambda data: 0 if data["passed"] else 1)
 

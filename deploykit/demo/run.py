@@ -7,11 +7,12 @@ from pathlib import Path
 from deploykit import registry
 from deploykit.checking.checker import verify_artifacts
 from deploykit.errors import ConversionError, UsageError
-from deploykit.exporting.pipeline import ExportPlan, export_model
+from deploykit.exporting.pipeline import export_model
 from deploykit.formats import Format
 from deploykit.introspect import inspect_model
 from deploykit.model import LoadOptions
 from deploykit.options import QuantizeOptions, VerifyOptions
+from deploykit.request import ExportRequest
 
 MARKER = ".deploykit-demo"
 
@@ -51,8 +52,8 @@ def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = Fa
     exported = {}      # (sample, Format) -> ExportResult, reused by the last step's table
     for number, (name, kind) in enumerate(exports, start=2):
         say(f"[bold]{number}. export[/bold] {name} ({kind}) → ONNX, verified on 5 seeded samples")
-        result = export_model(str(folder / name), Format.ONNX, str(folder / Path(name).with_suffix(".onnx").name),
-                              ExportPlan(force=True, debug=debug))
+        output = str(folder / Path(name).with_suffix(".onnx").name)
+        result = export_model(ExportRequest(str(folder / name), "onnx", output, force=True, debug=debug))
         exported[(Path(name).stem, Format.ONNX)] = result
         if echo:
             render.print_export(result.to_dict())
@@ -60,8 +61,8 @@ def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = Fa
 
     say("[bold]4. export[/bold] mobilenet_v2.pt2 → TFLite (the first route that verifies: litert-torch, "
         "else ONNX + onnx2tf)")
-    tflite = export_model(str(folder / "mobilenet_v2.pt2"), Format.TFLITE, str(folder / "mobilenet_v2.tflite"),
-                          ExportPlan(force=True, debug=debug))
+    tflite = export_model(ExportRequest(str(folder / "mobilenet_v2.pt2"), "tflite", str(folder / "mobilenet_v2.tflite"),
+                                        force=True, debug=debug))
     exported[("mobilenet_v2", Format.TFLITE)] = tflite
     if echo:
         render.print_export(tflite.to_dict())
@@ -104,8 +105,9 @@ def _quantize_step(folder: Path, say, echo: bool, debug: bool) -> dict:
 
     say("[bold]7. quantize[/bold] mobilenet_v2.pt2 → int8 ONNX (static QDQ), calibrated on 100 of the shapes "
         "images, judged on the 32 held out")
-    plan = ExportPlan(force=True, debug=debug, quantize=QuantizeOptions(mode="int8", calibration=str(folder / "shapes")))
-    result = export_model(str(folder / "mobilenet_v2.pt2"), Format.ONNX, str(folder / "mobilenet_v2.int8.onnx"), plan)
+    result = export_model(ExportRequest(str(folder / "mobilenet_v2.pt2"), "onnx",
+                                        str(folder / "mobilenet_v2.int8.onnx"), force=True, debug=debug,
+                                        quantize=QuantizeOptions(mode="int8", calibration=str(folder / "shapes"))))
     if echo:
         render.print_export(result.to_dict())
     return {"step": "quantize mobilenet_v2 to int8", **result.to_dict()}
@@ -115,8 +117,9 @@ def _dynamic_step(folder: Path, say, debug: bool) -> dict:
     """Data-dependent control flow must be refused with the construct named, not exported wrong."""
     say("[bold]8. export[/bold] the dynamic-graph sample (an `if` on tensor values) — deploykit must refuse it")
     try:
-        export_model("sample_models.dynamic:dynamic_gate", Format.ONNX, str(folder / "dynamic_gate.onnx"),
-                     ExportPlan(force=True, debug=debug, load=LoadOptions(weights=str(folder / "dynamic_gate.weights.pt"))))
+        export_model(ExportRequest("sample_models.dynamic:dynamic_gate", "onnx", str(folder / "dynamic_gate.onnx"),
+                                   force=True, debug=debug,
+                                   load=LoadOptions(weights=str(folder / "dynamic_gate.weights.pt"))))
     except ConversionError as exc:
         say(f"   caught as expected (exit {exc.exit_code}): {exc.one_line()}")
         return {"step": "export dynamic_gate", "passed": True, "expected_failure": exc.to_dict()}

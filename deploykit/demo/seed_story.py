@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Callable
 
 from deploykit.benchmark.cases import BenchOptions, bench
-from deploykit.exporting.pipeline import ExportPlan, export_model
+from deploykit.exporting.pipeline import export_model
 from deploykit.formats import Format
 from deploykit.exporting.routing import SUFFIXES
+from deploykit.request import ExportRequest
 
 TARGETS = (Format.ONNX, Format.TFLITE, Format.EXECUTORCH)
 ROWS = ("torch", "onnxruntime", "litert", "executorch")
@@ -31,7 +32,8 @@ def seed_story(folder: Path, sources: dict, exported: dict, debug: bool = False,
                 out = folder / f"{name}{SUFFIXES[fmt]}"
                 if echo:
                     echo(f"   export {Path(source).name} → {out.name}")
-                exported[(name, fmt)] = export_model(str(source), fmt, str(out), ExportPlan(force=True, debug=debug))
+                exported[(name, fmt)] = export_model(ExportRequest(str(source), fmt.value, str(out), force=True,
+                                                                   debug=debug))
     rows = []
     for name, source in sources.items():
         files = [str(source)] + [exported[(name, fmt)].artifact for fmt in TARGETS]

@@ -16,40 +16,16 @@ from deploykit.exporting import routing
 from deploykit.checking.checker import Checker, make_checker
 from deploykit.conversion import ExportOptions
 from deploykit.errors import UsageError
+from deploykit.request import ExportRequest
 from deploykit.progress import Progress
 from deploykit.formats import TORCH_FORMATS, Format, detect
 from deploykit.harness import DEFAULT_TIMING
-from deploykit.model import LoadedModel, LoadOptions, PendingModel, load_model
-from deploykit.options import PRECISION_OF, ROUTES, QuantizeOptions, VerifyOptions, check_choice
+from deploykit.model import LoadedModel, PendingModel, load_model
+from deploykit.options import PRECISION_OF, QuantizeOptions, VerifyOptions
 from deploykit.parity import tolerance_for
 from deploykit.runner import RunnerOptions
 
 HELD_OUT_LIMIT = 64   # enough for agreement percentages with a resolution of ~1.5 %
-
-
-@dataclass(frozen=True)
-class ExportPlan:
-    """Everything `export` was asked for, besides the source and the target."""
-
-    force: bool = False
-    load: LoadOptions = field(default_factory=LoadOptions)
-    verify: VerifyOptions = field(default_factory=VerifyOptions)
-    opset: Optional[int] = None
-    dynamic_batch: bool = False
-    optimize: bool = True
-    via: Optional[str] = None
-    route: str = "first"
-    keep_layout: bool = False
-    quantize: Optional[QuantizeOptions] = None
-    debug: bool = False
-    contract: Optional[contracts.ContractChoices] = None     # --labels / --normalize / --task, recorded in the manifest
-    keep_unverified: bool = False     # keep an artifact whose parity cannot tell, marked unverified (exit 6)
-
-    def __post_init__(self) -> None:
-        check_choice(self.route, ROUTES, "--route")
-        if self.opset is not None and not 7 <= self.opset <= 23:
-            raise UsageError(f"--opset {self.opset} is outside the opsets the exporters write (7..23)",
-                             "e.g. --opset 17, or leave it out for the exporter's default")
 
 
 @dataclass
@@ -81,46 +57,41 @@ def default_output(source: str, dst: Format, output: Optional[str] = None) -> st
     return name + routing.SUFFIXES[dst]
 
 
-def export_model(source: str, dst: Format, output: Optional[str], plan: ExportPlan) -> ExportResult:
+def export_model(request: ExportRequest) -> ExportResult:
     """Convert, verify every hop against the source, publish the artifact and its manifest atomically.
 
     Nothing is left behind on failure: no staged file, and no output folder this export created."""
-    with fsutil.parents_removed_on_failure(default_output(source, dst, output)):
-        return _export(source, dst, output, plan)
+    with fsutil.parents_removed_on_failure(default_output(request.source, request.target, request.output)):
+        return _export(request)
 
 
-def _export(source: str, dst: Format, output: Optional[str], plan: ExportPlan) -> ExportResult:
+def _export(request: ExportRequest) -> ExportResult:
     started = time.perf_counter()
-    quantize, verify = plan.quantize, plan.verify
-    mode = quantize.mode if quantize else None
+    source, dst, quantize, verify = request.source, request.target, request.quantize, request.verify
+    mode, options = request.mode, ExportOptions.from_request(request)
     # A file source is read (and validated) first; a PyTorch one loads in the background after the cheap checks.
     fmt = detect(source)
-    model = None if fmt in TORCH_FORMATS else load_model(source, plan.load)
+    model = None if fmt in TORCH_FORMATS else load_model(source, request.load)
     if model is not None and verify.inputs_npz:     # the user's data pins what --input left dynamic
         from deploykit.inputs import shapes_from_npz
 
         model.spec = shapes_from_npz(model.spec, verify.inputs_npz)
-    routes = routing.select_routes(fmt, dst, plan.via, mode, quantize.io_dtype if quantize else "float")
-    out = Path(default_output(source, dst, output)).absolute()
+    routes = routing.select_routes(fmt, dst, request.via, mode, options.io_dtype)
+    out = Path(default_output(source, dst, request.output)).absolute()
     if Path(source).exists() and fsutil.overlaps(out, source):
         raise UsageError(f"the output {out} is, holds or lies inside the source {source}", "choose another -o")
-    fsutil.prepare_output(out, plan.force, directory=dst == Format.SAVED_MODEL)
-    fsutil.prepare_output(manifest.manifest_path(out), plan.force)
-    model = model or PendingModel(source, plan.load)
-    if plan.contract:      # labels that do not fit, or --normalize without an image input: say so before converting
-        _contract(model, model, plan.contract, {})
+    fsutil.prepare_output(out, request.force, directory=dst == Format.SAVED_MODEL)
+    fsutil.prepare_output(manifest.manifest_path(out), request.force)
+    model = model or PendingModel(source, request.load)
+    if request.contract:      # labels that do not fit, or --normalize without an image input: say so before converting
+        _contract(model, model, request.contract, {})
     checker = make_checker(model, verify)
     if not isinstance(model, PendingModel):
         checker.feeds(1)    # a dim only the user can fix fails now, named in the source's layout — not after converting
-    options = ExportOptions(opset=plan.opset, dynamic_batch=plan.dynamic_batch, optimize=plan.optimize,
-                            samples=verify.samples, timeout=verify.timeout, debug=plan.debug,
-                            keep_layout=plan.keep_layout, quantize=mode,
-                            io_dtype=quantize.io_dtype if quantize else "float", keep_unverified=plan.keep_unverified,
-                            repair=quantize.repair if quantize else True)
     calibration, calibration_info = _calibration(model, quantize)
     final_tolerance = tolerance_for(PRECISION_OF[mode], verify.atol, verify.rtol) if mode else None
     final_feeds = _judging_feeds(model, quantize, calibration, calibration_info, verify)
-    route_all = plan.route == "all"
+    route_all = request.route == "all"
     with fsutil.staging_dir(out.parent) as stage, Progress(f"--route all: {len(routes)} routes", len(routes), enabled=route_all) as progress:
         runs = []
         for index, route in enumerate(routes):
@@ -131,19 +102,19 @@ def _export(source: str, dst: Format, output: Optional[str], plan: ExportPlan) -
             progress.update(index + 1, " → ".join(e.name for e in route) + (" passed" if runs[-1].passed else " failed"))
             if runs[-1].passed and not route_all:
                 break
-            _refuse_uninformative(runs[-1], checker, plan.keep_unverified)
+            _refuse_uninformative(runs[-1], checker, request.keep_unverified)
         if isinstance(model, PendingModel):
             model.result()        # a source that does not load is the error to report, not the routes
         if route_all:
             _measure_latency(runs, checker, verify.timeout)
         chosen = routing.choose(runs, route_all)
-        contract = _contract(chosen.artifact, model, plan.contract, calibration_info)   # before anything is published
+        contract = _contract(chosen.artifact, model, request.contract, calibration_info)   # before anything is published
         final = chosen.final
         moves = [(f, out.parent / f.name) for f in final.extra_files] + [(final.path, out)]
-        fsutil.publish(moves, force=plan.force)
+        fsutil.publish(moves, force=request.force)
     artifact = chosen.artifact.moved_to(out)
     data = _write_manifest(artifact, model, chosen, runs, [m[1] for m in moves[:-1]], mode, calibration_info,
-                           contract, plan.contract)
+                           contract, request.contract)
     warnings = [w for hop in chosen.hops for w in hop.warnings] + calibration_info.get("warnings", [])
     if chosen.unverified:
         warnings.append(f"UNVERIFIED (kept with --keep-unverified): {chosen.final.parity.summary()}")

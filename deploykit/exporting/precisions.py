@@ -6,18 +6,19 @@ from pathlib import Path
 from typing import Optional
 
 from deploykit.errors import DeploykitError, UsageError
-from deploykit.exporting.pipeline import ExportPlan, export_model
-from deploykit.formats import Format
+from deploykit.exporting.pipeline import default_output, export_model
+from deploykit.request import ExportRequest
 from deploykit.progress import Progress
 from deploykit.exporting.routing import SUFFIXES
 
 MODES = (None, "fp16", "dynamic", "int8")
 
 
-def export_all_precisions(source: str, dst: Format, output: str, plan: ExportPlan,
-                          report_dir: Optional[str] = None) -> dict:
+def export_all_precisions(request: ExportRequest) -> dict:
     """Build one artifact per precision (name.<mode>.<suffix>), verify each, time each (1 thread, the
-    one timing loop); with ``report_dir`` also write precisions.html/.json/.png there."""
+    one timing loop); with ``request.report`` also write precisions.html/.json/.png there."""
+    dst, report_dir = request.target, request.report
+    output = default_output(request.source, dst, request.output)
     if not output.endswith(SUFFIXES[dst]):
         raise UsageError("--quantize all needs -o with the target's suffix", f"e.g. -o model{SUFFIXES[dst]}")
     if report_dir:   # fail before minutes of converting, not after
@@ -26,7 +27,7 @@ def export_all_precisions(source: str, dst: Format, output: str, plan: ExportPla
 
         registry.require(("matplotlib",), "needed to draw the report's plots")
         for name in FILES:
-            fsutil.prepare_output(Path(report_dir) / name, plan.force)
+            fsutil.prepare_output(Path(report_dir) / name, request.force)
     from deploykit.exporting.routing import quantize_modes
 
     out = Path(output)
@@ -36,34 +37,34 @@ def export_all_precisions(source: str, dst: Format, output: str, plan: ExportPla
     modes = [m for m in MODES if m is None or m in offered]
     with Progress(f"--quantize all: {len(modes)} precisions", total=len(modes)) as progress:
         for done, mode in enumerate(modes, start=1):
-            rows.extend(_export_precision(source, dst, out, plan, mode))
+            rows.extend(_export_precision(request, out, mode))
             progress.update(done, f"{mode or 'fp32'} {'passed' if rows[-1].get('passed') else 'failed'}")
     baseline = next((r for r in rows if r["precision"] == "fp32" and "error" not in r), None)
     for row in rows:
         if baseline and "error" not in row:
             row["size_vs_fp32"] = round(row["bytes"] / baseline["bytes"], 3)
             row["speed_vs_fp32"] = round(baseline["latency_ms"] / row["latency_ms"], 2) if row["latency_ms"] else None
-    table = {"passed": all(r.get("passed") for r in rows if not r.get("superseded")), "source": source,
+    table = {"passed": all(r.get("passed") for r in rows if not r.get("superseded")), "source": request.source,
              "precisions": rows,
              "skipped": skipped}
     if report_dir:
         from deploykit.exporting.precision_report import build_precision_report
 
-        table["report"] = build_precision_report(table, report_dir, plan.force)
+        table["report"] = build_precision_report(table, report_dir, request.force)
     return table
 
 
-def _export_precision(source: str, dst: Format, out: Path, plan: ExportPlan, mode: Optional[str]) -> list:
+def _export_precision(request: ExportRequest, out: Path, mode: Optional[str]) -> list:
     """The table's rows for one precision: its export (or its error), after the failing model a repair replaced."""
     target = out if mode is None else out.with_name(f"{out.stem}.{mode}{out.suffix}")
-    options = replace(plan.quantize, mode=mode) if mode else None
+    options = replace(request.quantize, mode=mode) if mode else None
     try:
-        result = export_model(source, dst, str(target), replace(plan, quantize=options))
+        result = export_model(replace(request, output=str(target), quantize=options, report=None))
     except DeploykitError as exc:
         parity = exc.details.get("parity") or {}
         return [{"precision": mode or "fp32", "passed": False, "error": exc.one_line(),
                  "judged_on": _judged_on(parity), **_metrics(parity.get("outputs", []))}]
-    return _unrepaired(mode, result) + [_row(mode, result, plan.verify.timeout)]
+    return _unrepaired(mode, result) + [_row(mode, result, request.verify.timeout)]
 
 
 def _row(mode: Optional[str], result, timeout: float) -> dict:

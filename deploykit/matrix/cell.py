@@ -3,7 +3,7 @@
 Each phase calls the public API exactly as the commands do, so a cell's record holds what
 `deploykit export --json`, `deploykit verify --json` and `deploykit bench --json` print for it:
 
-    convert_job: api.export(source, --to target, --quantize precision, ...) then api.verify(source, artifact)
+    convert_job: api.export(ExportRequest.from_dict(the spec's request)) then api.verify(source, artifact)
     bench_job:   api.bench([source, artifact]) on the spec's runtime rows, pinned to one core
 
 A phase that raises a DeploykitError ends in a verdict (a record with a status), never an exception: the
@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from deploykit.errors import DeploykitError
@@ -44,21 +45,11 @@ def convert_job(request: dict, arrays: dict) -> dict:
 
 def _export_and_verify(request: dict, folder: Path, record: dict) -> None:
     from deploykit import api
-    from deploykit.contract import ContractChoices
+    from deploykit.request import ExportRequest
 
-    options, settings = request["options"], request["settings"]
-    load = api.load_options(options.get("inputs", ()), options.get("weights"), bool(options.get("trust_pickle")),
-                            request["timeout"])
-    verify = api.VerifyOptions(samples=settings["samples"], seed=settings["seed"],
-                               inputs_npz=options.get("inputs_npz"), timeout=request["timeout"])
-    precision = request["precision"]
-    quantize = None if precision == "fp32" else api.QuantizeOptions(
-        mode=precision, calibration=options.get("calibration"), samples=options.get("calibration_samples", 100),
-        normalize=options.get("calibration_normalize", "unit"), io_dtype=options.get("io_dtype", "float"))
-    contract = (ContractChoices(options.get("labels"), options.get("normalize"), options.get("task"))
-                if any(options.get(k) for k in ("labels", "normalize", "task")) else None)
-    exported = api.export(request["source"], request["target"], str(folder / request["artifact_name"]), force=True,
-                          load=load, verify=verify, route=settings["route"], quantize=quantize, contract=contract)
+    export = replace(ExportRequest.from_dict(request["export"]), output=str(folder / request["artifact_name"]))
+    settings = request["settings"]
+    exported = api.export(export)
     record["export"] = exported.to_dict()
     record["artifact_local"] = exported.artifact
     if not exported.passed:
@@ -67,14 +58,12 @@ def _export_and_verify(request: dict, folder: Path, record: dict) -> None:
     if not settings["verify_runtimes"]:
         # The export's check is `deploykit verify` on the artifact's native runtime with the same options: running
         # it again would only repeat it (0.4-15 s a cell). Other runtimes are a verify of their own.
-        record["verify"] = {"passed": exported.passed, "source": request["source"], "comparisons": [exported.parity],
+        record["verify"] = {"passed": exported.passed, "source": export.source, "comparisons": [exported.parity],
                             "from": "the export's check (the artifact's native runtime)"}
         return
     started = time.perf_counter()
-    checked = api.verify(request["source"], [exported.artifact], load=load,
-                         options=api.VerifyOptions(samples=verify.samples, seed=verify.seed,
-                                                   inputs_npz=verify.inputs_npz, timeout=verify.timeout,
-                                                   runtimes=tuple(settings["verify_runtimes"])))
+    checked = api.verify(export.source, [exported.artifact], load=export.load,
+                         options=replace(export.verify, runtimes=tuple(settings["verify_runtimes"])))
     record["verify"] = checked.to_dict()
     record["phases"]["verify_s"] = round(time.perf_counter() - started, 3)
     if not checked.passed:
@@ -87,19 +76,18 @@ def bench_job(request: dict, arrays: dict) -> dict:
     """Time the source and the artifact on the spec's rows, on one core of its own; the bench part of a record."""
     from deploykit import api
     from deploykit.matrix.store import open_store
+    from deploykit.request import ExportRequest
 
     store = open_store(request["store"])
     with _running(store, request, "bench"), tempfile.TemporaryDirectory(prefix="deploykit-bench-") as tmp:
         core = _pin_to_one_core()
         artifact = store.get_tree(request["artifact"], Path(tmp))
-        options = request["options"]
+        export = ExportRequest.from_dict(request["export"])     # the source loads as the export loaded it
         started = time.perf_counter()
         try:
-            result = api.bench([request["source"], str(artifact)], api.BenchOptions(
+            result = api.bench([export.source, str(artifact)], api.BenchOptions(
                 runtimes=tuple(request["settings"]["bench"]), threads=(1,), warmup=request["settings"]["warmup"],
-                iterations=request["settings"]["iterations"], timeout=request["timeout"]),
-                load=api.load_options(options.get("inputs", ()), options.get("weights"),
-                                      bool(options.get("trust_pickle")), request["timeout"]))
+                iterations=request["settings"]["iterations"], timeout=request["timeout"]), load=export.load)
         except DeploykitError as exc:
             return {"bench_error": exc.one_line().removeprefix("error: "), "core": core}
         for case in result.get("cases", []):       # the artifact's place in the store, not the temporary copy

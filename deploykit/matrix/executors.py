@@ -24,7 +24,6 @@ from typing import Callable, Optional
 from deploykit import errors
 from deploykit.child import Stage, run_child
 from deploykit.errors import DeploykitError, UsageError
-from deploykit.matrix.spec import PATH_KEYS
 from deploykit.matrix.store import open_store, pack, unpack
 
 CELL = Stage("cell", errors.ConversionError, "the matrix cell {what}",
@@ -288,9 +287,16 @@ def _check_reachable(address: str, seconds: float = 5.0) -> None:
                          "check --address: the head's host:port that `ray start --head` printed") from None
 
 
+# The files an export request names besides its source: (section of ExportRequest.to_dict(), key). The labels
+# travel as text inside the request, so their file needs no shipping.
+SHIPPED_FILES = (("load", "weights"), ("verify", "inputs_npz"), ("quantize", "calibration"))
+
+
 def _local_files(request: dict) -> dict:
+    export = request["export"]
     files = {"source": request["source"]} if Path(request["source"]).exists() else {}
-    files.update({f"options.{k}": request["options"][k] for k in PATH_KEYS if request["options"].get(k)})
+    files.update({f"{section}.{key}": export[section][key] for section, key in SHIPPED_FILES
+                  if (export.get(section) or {}).get(key)})
     return files
 
 
@@ -314,13 +320,15 @@ def _unshipped(request: dict, shipped: dict, folder: Path) -> dict:
         return request
     import ray
 
-    request = {**request, "options": dict(request["options"])}
+    export = dict(request["export"])
+    request = {**request, "export": export}
     for index, (where, ref) in enumerate(sorted(shipped.items())):
         data = ref if isinstance(ref, bytes) else ray.get(ref)
         names = unpack(data, folder / str(index))
         local = str(folder / str(index) / names[0])
         if where == "source":
-            request["source"] = local
+            request["source"] = export["source"] = local
         else:
-            request["options"][where.partition(".")[2]] = local
+            section, _, key = where.partition(".")
+            export[section] = {**export[section], key: local}
     return request

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 from deploykit.errors import UsageError
 from deploykit.matrix.keys import cell_identity, plan_cell, unsupported_record
-from deploykit.matrix.spec import Cell, MatrixSpec, load_spec
+from deploykit.matrix.spec import Cell, MatrixSpec, cell_export, load_spec
 from deploykit.matrix.store import Store, open_store
 
 EXECUTORS = ("local", "ray")
@@ -123,14 +123,14 @@ class _Board:
 
     def _job(self, cell: Cell, key: str) -> dict:
         from deploykit.exporting.pipeline import default_output
-        from deploykit.registry import target_format
 
-        name = Path(default_output(cell.model.source, target_format(cell.target))).name
+        export = cell_export(cell, self.spec)
         request = {"key": key, "label": cell.label, "source": cell.model.source, "target": cell.target,
-                   "precision": cell.precision, "options": cell.model.options, "settings": self.spec.settings(),
-                   "store": self.store.location, "timeout": self.spec.timeout, "retries": self.spec.retries,
+                   "export": export.to_dict(),      # the child runs ExportRequest.from_dict(...) of it
+                   "settings": self.spec.settings(), "store": self.store.location, "timeout": self.spec.timeout,
+                   "retries": self.spec.retries,
                    "run": self.run_id,        # attempts are counted per run: a rerun gets a fresh budget
-                   "artifact_name": name}
+                   "artifact_name": Path(default_output(export.source, export.target)).name}
         return {"cell": cell, "key": key, "request": request}
 
     def finish(self, job: dict, phases: dict) -> None:

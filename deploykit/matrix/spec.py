@@ -284,18 +284,41 @@ def _options(entry: dict, root: Path, where: str, key: str) -> dict:
 
 
 def _check_like_export(options: dict) -> None:
+    """The checks the export's own request makes (int8 stands in for every precision: it uses every flag)."""
+    export_request("", options, "onnx", "int8")
+
+
+# spec key -> QuantizeOptions field
+QUANTIZE_KEYS = {"calibration": "calibration", "calibration_samples": "samples", "calibration_normalize": "normalize",
+                 "io_dtype": "io_dtype"}
+
+
+def export_request(source: str, options: dict, target: str, precision: str, settings: Optional[dict] = None):
+    """The ExportRequest of one cell: its model's flags (``options``), its target and precision, and the spec's
+    ``settings`` (route, samples, seed, timeout). What a flag leaves out is ExportRequest's own default; the
+    cell's child gets it as ``to_dict()`` and runs ``deploykit.export`` on it."""
+    from deploykit.api import load_options
     from deploykit.contract import ContractChoices
-    from deploykit.options import QuantizeOptions
+    from deploykit.options import QuantizeOptions, VerifyOptions
+    from deploykit.request import ExportRequest
     from deploykit.spec import parse_input_arg
 
-    for text in options.get("inputs", ()):
+    settings = settings or {}
+    for text in options.get("inputs", ()):      # said as a spec value, not as a --input flag
         try:
             parse_input_arg(text)
         except ValueError as exc:
             raise UsageError(f"inputs: {exc}", "fix the --input text in the spec") from None
-    QuantizeOptions("int8", samples=options.get("calibration_samples", 100),
-                    normalize=options.get("calibration_normalize", "unit"), io_dtype=options.get("io_dtype", "float"))
-    ContractChoices(None, options.get("normalize"), options.get("task"))
+    verify = VerifyOptions(**{k: settings[k] for k in ("samples", "seed", "timeout") if k in settings},
+                           **({"inputs_npz": options["inputs_npz"]} if "inputs_npz" in options else {}))
+    load = load_options(options.get("inputs", ()), options.get("weights"), bool(options.get("trust_pickle")),
+                        verify.timeout)
+    quantize = None if precision == "fp32" else QuantizeOptions(
+        precision, **{field: options[key] for key, field in QUANTIZE_KEYS.items() if key in options})
+    contract = (ContractChoices(options.get("labels"), options.get("normalize"), options.get("task"))
+                if any(options.get(k) for k in ("labels", "normalize", "task")) else None)
+    return ExportRequest(source, target, force=True, load=load, verify=verify, quantize=quantize, contract=contract,
+                         **({"route": settings["route"]} if "route" in settings else {}))
 
 
 def _path(value, root: Path, where: str, key: str, must_be_dir: bool = False) -> Path:
@@ -333,3 +356,9 @@ def cell_options(cell: Cell, spec: MatrixSpec) -> Optional[dict]:
     """The cell's own options: what its key hashes besides the model's bytes."""
     return {"target": cell.target, "precision": cell.precision, "model_options": cell.model.options,
             **spec.settings()}
+
+
+def cell_export(cell: Cell, spec: MatrixSpec):
+    """The ExportRequest the cell runs (its output is chosen by the cell's child, where it writes)."""
+    return export_request(cell.model.source, cell.model.options, cell.target, cell.precision,
+                          {"route": spec.route, "samples": spec.samples, "seed": spec.seed, "timeout": spec.timeout})
