@@ -35,7 +35,7 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
         raise ConversionError("the ExecuTorch route exports a fixed batch (XNNPACK's dynamic shapes need upper "
                               "bounds deploykit does not ask for)", "export a fixed batch, or use --to onnx")
     load = model.load or LoadOptions(weights=model.weights, trust_pickle=model.format == Format.TORCH_PICKLE)
-    request = {"source": model.path, "load": load.to_dict(), "out": str(out_path), "quantize": options.quantize}
+    request = {"source": model.path, "format": model.format.value, "load": load.to_dict(), "out": str(out_path), "quantize": options.quantize}
     arrays = pack_samples(options.calibration_feeds(model)) if options.quantize == "int8" else None
     info = run_child("converters.torch_to_executorch:job", request, arrays=arrays, stage=CONVERT,
                      what="ExecuTorch (exir)", timeout=options.timeout, debug=options.debug,
@@ -63,7 +63,7 @@ def job(request: dict, arrays: dict) -> dict:
     from deploykit.model import describe_file, load_model
     from deploykit.spec import ModelSpec
 
-    model = load_model(request["source"], LoadOptions.from_dict(request["load"]))
+    model = load_model(request["source"], LoadOptions.from_dict(request["load"]), Format(request["format"]))
     inputs = model.spec.inputs
     feeds = random_feeds(ModelSpec(inputs), samples=1, seed=EXAMPLE_SEED)[0]
     example = tuple(torch.from_numpy(feeds[t.name]) for t in inputs)

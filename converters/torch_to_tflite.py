@@ -34,7 +34,7 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
                               "use --via onnx with --dynamic-batch, or export a fixed batch")
     # The child loads the source itself, the way the user asked for it: it need not wait for the parent's load.
     load = model.load or LoadOptions(weights=model.weights, trust_pickle=model.format == Format.TORCH_PICKLE)
-    request = {"source": model.path, "load": load.to_dict(), "out": str(out_path), "quantize": options.quantize}
+    request = {"source": model.path, "format": model.format.value, "load": load.to_dict(), "out": str(out_path), "quantize": options.quantize}
     arrays = _stacked(options.calibration_feeds(model), model.spec.input_names) if options.quantize == "int8" else None
     info = run_child("converters.torch_to_tflite:job", request, arrays=arrays, stage=CONVERT, what="litert-torch",
                      timeout=options.timeout, debug=options.debug, abort=getattr(model, "failure", None)).info
@@ -61,7 +61,7 @@ def job(request: dict, arrays: dict) -> dict:
     from deploykit.model import describe_file, load_model
     from deploykit.spec import ModelSpec
 
-    model = load_model(request["source"], LoadOptions.from_dict(request["load"]))
+    model = load_model(request["source"], LoadOptions.from_dict(request["load"]), Format(request["format"]))
     inputs = model.spec.inputs
     feeds = random_feeds(ModelSpec(inputs), samples=1, seed=EXAMPLE_SEED)[0]
     example = tuple(torch.from_numpy(feeds[t.name]) for t in inputs)

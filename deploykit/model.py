@@ -61,8 +61,9 @@ class LoadedModel:
                 "details": details, "load": (self.load or LoadOptions(weights=self.weights)).to_dict()}
 
 
-def load_model(path: str, options: Optional[LoadOptions] = None) -> LoadedModel:
-    """Detect the format of ``path`` and load it with the registered loader.
+def load_model(path: str, options: Optional[LoadOptions] = None, fmt: Optional[Format] = None) -> LoadedModel:
+    """Detect the format of ``path`` (unless ``fmt`` says it: detecting reads the file) and load it with the
+    registered loader.
 
     Formats whose runtime can crash natively on a bad file (the registry's ``isolated``
     loaders, e.g. TFLite) are described in a child process, under ``options.timeout``. The
@@ -70,11 +71,12 @@ def load_model(path: str, options: Optional[LoadOptions] = None) -> LoadedModel:
     (``deploykit.deadline``): a TorchScript ``while True`` is a ModelLoadError, not a hang.
     """
     options = options or LoadOptions()
-    fmt = detect(path)
+    fmt = fmt or detect(path)
     entry = registry.loader_for(fmt)
     registry.require(entry.requires, f"needed to load {fmt.value} models")
     if entry.isolated and not in_child():
-        info = run_child("deploykit.model:describe_job", {"path": str(path), "load": options.to_dict()},
+        info = run_child("deploykit.model:describe_job", {"path": str(path), "format": fmt.value,
+                                                          "load": options.to_dict()},
                          stage=LOAD, what=_name(path), timeout=options.timeout).info
         model = LoadedModel(path, fmt, ModelSpec.from_dict(info["spec"]), details=info["details"])
     elif in_child():     # the child's own time limit applies, and kills it
@@ -96,7 +98,7 @@ def _name(path) -> str:
 
 def describe_job(request: dict, arrays: dict) -> dict:
     """Child side of an isolated load: the signature and JSON-able details."""
-    model = load_model(request["path"], LoadOptions.from_dict(request["load"]))
+    model = load_model(request["path"], LoadOptions.from_dict(request["load"]), Format(request["format"]))
     return {"spec": model.spec.to_dict(), "details": model.description()["details"]}
 
 
@@ -106,7 +108,7 @@ def model_from_request(request: dict) -> LoadedModel:
     if fmt in registry.FILE_FORMATS and request.get("spec"):
         return LoadedModel(request["path"], fmt, ModelSpec.from_dict(request["spec"]),
                            details=request.get("details") or {})
-    return load_model(request["path"], LoadOptions.from_dict(request.get("load") or {}))
+    return load_model(request["path"], LoadOptions.from_dict(request.get("load") or {}), fmt)
 
 
 def _with_manifest_layouts(model: LoadedModel) -> LoadedModel:
@@ -149,12 +151,12 @@ class PendingModel:
     A load error is raised by :meth:`result` and by the first attribute that waits.
     """
 
-    def __init__(self, path: str, options: LoadOptions):
+    def __init__(self, path: str, options: LoadOptions, fmt: Optional[Format] = None):
         self.path, self.load, self.weights = path, options, options.weights
-        self.format = detect(path)
+        self.format = fmt or detect(path)
         registry.require(registry.loader_for(self.format).requires, f"needed to load {self.format.value} models")
         # load_model bounds itself by options.timeout, so waiting for this thread is bounded too.
-        self._pending = Pending(lambda: load_model(path, options), name="deploykit-source-load")
+        self._pending = Pending(lambda: load_model(path, options, self.format), name="deploykit-source-load")
 
     def result(self) -> LoadedModel:
         """The loaded model (waits for it); raises the loader's own error."""

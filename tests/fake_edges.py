@@ -27,3 +27,11 @@ def writes_garbage(model, out_path, options, check):
 def writes_ok(model, out_path, options, check):
     result = ConversionResult(out_path, "fake", "fake", description=_described(out_path))
     return accept(result, check, options, "fake", "the fake tool", "none")
+
+
+def copies(model, out_path, options, check):
+    """A converter that writes the source ONNX file unchanged: a whole export with no tool behind it."""
+    import shutil
+
+    shutil.copyfile(model.path, out_path)
+    return accept(ConversionResult(out_path, "fake", "fake copy"), check, options, "fake", "the fake tool", "none")

@@ -64,3 +64,49 @@ def test_a_failed_route_names_its_outcome_in_the_verdict(tmp_path):
     with pytest.raises(ConversionError, match="every route failed"):
         routing.choose(runs, route_all=False)
     assert [r.to_dict()["outcome"] for r in runs] == ["ARTIFACT_LOAD_FAILED", "CONVERT_FAILED"]
+
+
+def _tiny_onnx(path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.full((4, 2), 2.0, np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.fixture
+def fake_route_export(tmp_path, monkeypatch):
+    """api.export over one fake edge that copies the ONNX source: the whole pipeline, no converter run."""
+    from deploykit import api
+
+    edge = ConverterEdge("fake_copy", frozenset({Format.ONNX}), Format.ONNX, "tests.fake_edges:copies", ())
+    monkeypatch.setattr(routing, "select_routes", lambda *args, **kwargs: [[edge]])
+    source = _tiny_onnx(tmp_path / "tiny.onnx")
+    run = lambda **options: api.export(str(source), "onnx", str(tmp_path / "out" / "tiny.onnx"), **options)  # noqa: E731
+    run.source = str(source)
+    return run
+
+
+@pytest.mark.onnxruntime
+def test_an_export_reads_its_source_format_once(fake_route_export, monkeypatch):
+    import sys
+
+    from deploykit import formats
+
+    detected = []
+    original = formats.detect
+
+    def counting(path):
+        detected.append(str(path))
+        return original(path)
+
+    for module in [m for name, m in sys.modules.items() if name.startswith("deploykit") and m is not None]:
+        if getattr(module, "detect", None) is original:
+            monkeypatch.setattr(module, "detect", counting)
+    result = fake_route_export()
+    assert result.passed
+    assert detected.count(fake_route_export.source) == 1, detected

@@ -71,7 +71,7 @@ def _export(request: ExportRequest) -> ExportResult:
     mode, options = request.mode, ExportOptions.from_request(request)
     # A file source is read (and validated) first; a PyTorch one loads in the background after the cheap checks.
     fmt = detect(source)
-    model = None if fmt in TORCH_FORMATS else load_model(source, request.load)
+    model = None if fmt in TORCH_FORMATS else load_model(source, request.load, fmt)     # detected once, here
     if model is not None and verify.inputs_npz:     # the user's data pins what --input left dynamic
         from deploykit.inputs import shapes_from_npz
 
@@ -82,7 +82,7 @@ def _export(request: ExportRequest) -> ExportResult:
         raise UsageError(f"the output {out} is, holds or lies inside the source {source}", "choose another -o")
     fsutil.prepare_output(out, request.force, directory=dst == Format.SAVED_MODEL)
     fsutil.prepare_output(manifest.manifest_path(out), request.force)
-    model = model or PendingModel(source, request.load)
+    model = model or PendingModel(source, request.load, fmt)
     if request.contract:      # labels that do not fit, or --normalize without an image input: say so before converting
         _contract(model, model, request.contract, {})
     checker = make_checker(model, verify)
