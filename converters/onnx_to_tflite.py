@@ -64,7 +64,8 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
             result = _attempt(model, prepared, out_path, options, check, saved_model, {**keep, "keep_exact": exact})
         except ConversionError as second:
             raise ConversionError(f"{first.message}; again with {', '.join(exact)} kept in the ONNX layout: "
-                                  f"{second.message}", first.remedy, first.details, outcome=first.outcome) from None
+                                  f"{second.message}", first.remedy, first.details, outcome=first.outcome,
+                                  report=first.report) from None
         result.notes.append(f"onnx2tf kept {', '.join(exact)} in the ONNX layout (keep_shape_absolutely_input_names)"
                             f": the channels-last try failed ({first.message[:160]})")
         return result

@@ -78,6 +78,7 @@ class ConversionResult:
     warnings: list = field(default_factory=list)
     attempts: list = field(default_factory=list)     # [{"tool":..., "ok":..., "why":...}]
     kept_float: list = field(default_factory=list)   # layers an int8 repair left in float (source names)
+    repaired: bool = False                           # an int8 repair replaced the first, failing model
     artifact: object = None                          # the Artifact of the file (set by a converter that opened it,
                                                      # else by accept); accept reuses it rather than reading again
     description: Optional[dict] = None               # a converter child's description of the file it wrote
@@ -110,5 +111,5 @@ def accept(result: ConversionResult, check: Check, options: ExportOptions, tag: 
     result.parity, result.artifact = report, artifact
     if not acceptable(report, options):
         raise ConversionError(f"the {what} model does not match the source: {report.summary()}", remedy,
-                              details={"parity": report.to_dict()}, outcome=Outcome.MISMATCH)
+                              details={"parity": report.to_dict()}, outcome=Outcome.MISMATCH, report=report)
     return result

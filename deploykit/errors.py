@@ -39,12 +39,13 @@ class DeploykitError(Exception):
     exit_code = EXIT_USAGE
 
     def __init__(self, message: str, remedy: str = "", details: "dict | None" = None,
-                 outcome: Optional[Outcome] = None) -> None:
+                 outcome: Optional[Outcome] = None, report=None) -> None:
         super().__init__(message)
         self.message = message
         self.remedy = remedy
         self.details = details or {}     # e.g. {"parity": {...}} of the check that failed
         self.outcome = outcome           # set where the error ends a route's hop
+        self.report = report             # the ParityReport behind details["parity"], as an object (not in JSON)
 
     def one_line(self) -> str:
         text = f"error: {self.message}"

@@ -98,6 +98,7 @@ class ParityReport:
     problems: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     location: Optional[dict] = None       # the layer table of deploykit.checking.locate, when it was asked for
+    compared_on: Optional[tuple] = None   # (count, kind) of the feeds it was judged on, when not the seeded samples
 
     @property
     def passed(self) -> bool:

@@ -100,7 +100,7 @@ def test_export_help_names_the_executorch_target():
 @pytest.mark.parametrize("source", ["two_layer_custom_relu.pt2", "mobilenet_v2.pt2", "tiny_transformer.pt2"])
 def test_samples_export_to_pte_and_pass_fp32_parity(samples_dir, tmp_path, source):
     result = api.export(str(samples_dir / source), "executorch", str(tmp_path / "m.pte"))
-    assert result.passed and result.parity["tolerance"]["preset"] == "fp32", result.parity
+    assert result.passed and result.parity.tolerance.preset == "fp32", result.parity
     placement = result.opened.details["delegation"]
     assert placement["delegate_calls"].get("XnnpackBackend", 0) >= 1
     notes = [n for hop in result.route for n in hop["notes"]]
@@ -167,11 +167,11 @@ def test_trained_mobilenet_int8_keeps_its_answers_on_held_out_images(samples_dir
     folder = samples_dir / "shapes"
     result = api.export(str(samples_dir / "mobilenet_v2.pt2"), "executorch", str(tmp_path / "m.int8.pte"),
                         quantize=api.QuantizeOptions(mode="int8", calibration=str(folder), samples=32))
-    assert result.passed, result.parity["summary"]
+    assert result.passed, result.parity.summary()
     assert json.loads(Path(result.manifest).read_text())["calibration"]["held_out"] == 100
-    assert "compared on 64 held-out calibration sample(s)" in result.parity["notes"]
-    output = result.parity["outputs"][0]
-    assert output["top1_agreement"] >= 0.9 and output["cosine"] >= 0.98, output
+    assert "compared on 64 held-out calibration sample(s)" in result.parity.notes
+    output = result.parity.outputs[0]
+    assert output.top1_agreement >= 0.9 and output.cosine >= 0.98, output
     assert Path(result.artifact).stat().st_size < 0.4 * Path(samples_dir / "mobilenet_v2.weights.pt").stat().st_size
 
 

@@ -19,10 +19,10 @@ FILES = [(s.name, f"{s.name}.pt2") for s in TORCH if s.exportable] + [(s.name, f
 @pytest.mark.parametrize("sample, source", FILES, ids=[f for _s, f in FILES])
 def test_every_sample_file_exports_and_verifies(exported, sample, source):
     result = exported(source)
-    assert result.passed, result.parity["summary"]
-    assert result.parity["samples"] >= 5
-    out = result.parity["outputs"][0]
-    assert out["max_abs"] < 1e-3 and out["cosine"] > 0.99999
+    assert result.passed, result.parity.summary()
+    assert result.parity.samples >= 5
+    out = result.parity.outputs[0]
+    assert out.max_abs < 1e-3 and out.cosine > 0.99999
     data = json.loads(open(result.manifest).read())
     assert data["artifact"]["sha256"] == sha256_of(result.artifact)
     assert data["route"][0]["edge"] == "torch_to_onnx"
@@ -138,7 +138,7 @@ def test_models_not_written_for_deploykit(tmp_path, builder, kind):
     else:
         torch.export.save(torch.export.export(model, example), str(path))
     result = api.export(str(path), "onnx", str(tmp_path / "model.onnx"))
-    assert result.passed, result.parity["summary"]
+    assert result.passed, result.parity.summary()
     report = api.verify(str(path), [result.artifact])
     assert report.passed
 

@@ -210,8 +210,8 @@ def test_googles_magika_model_converts_to_tflite(tmp_path):
     result = api.export(str(source), "tflite", str(tmp_path / "magika.tflite"),
                         load=api.load_options(["bytes:1x2048:int32:0..257"]))
     assert result.passed, result.parity
-    output = result.parity["outputs"][0]
-    assert output["max_abs"] < 1e-5 and output["top1_agreement"] == 1.0, output
+    output = result.parity.outputs[0]
+    assert output.max_abs < 1e-5 and output.top1_agreement == 1.0, output
     notes = " ".join(n for hop in result.route for n in hop["notes"])
     assert "bytes[0]=1" in notes and "renamed" in notes and "onnxslim" in notes, notes
 

@@ -87,7 +87,7 @@ def test_local_matrix_equals_the_single_commands_and_resumes(samples_dir, tmp_pa
     alone = api.export(source, "onnx", str(tmp_path / "alone.onnx"), verify=api.VerifyOptions(inputs_npz=npz),
                        quantize=api.QuantizeOptions("dynamic"))
     cell = cells[("onnx", "dynamic")]
-    assert [o["max_abs"] for o in alone.parity["outputs"]] == [o["max_abs"] for o in cell["export"]["parity"]["outputs"]]
+    assert [o.max_abs for o in alone.parity.outputs] == [o["max_abs"] for o in cell["export"]["parity"]["outputs"]]
     checked = api.verify(source, [cell["artifact"]], options=api.VerifyOptions(inputs_npz=npz)).to_dict()
     assert checked["passed"] and cell["verify"]["comparisons"] == [cell["export"]["parity"]]   # not run twice
     page = (tmp_path / "out" / "matrix.html").read_text()

@@ -110,3 +110,21 @@ def test_an_export_reads_its_source_format_once(fake_route_export, monkeypatch):
     result = fake_route_export()
     assert result.passed
     assert detected.count(fake_route_export.source) == 1, detected
+
+
+@pytest.mark.onnxruntime
+def test_the_export_result_holds_objects_and_its_dict_is_the_manifests(fake_route_export):
+    import json
+    import pickle
+
+    from deploykit.parity import ParityReport
+
+    result = fake_route_export()
+    assert isinstance(result.parity, ParityReport) and isinstance(result.chosen, routing.RouteRun)
+    assert result.runs == [result.chosen] and result.unverified is False
+    data = json.loads(json.dumps(result.to_dict(), default=str))
+    manifest = json.loads(open(result.manifest).read())
+    assert data["route"] == manifest["route"] and data["routes"] == manifest["routes"]
+    assert data["parity"] == manifest["parity"] and data["parity"]["passed"] is True
+    again = pickle.loads(pickle.dumps(result))       # the test suite keeps results between workers
+    assert again.to_dict() == result.to_dict()

@@ -28,7 +28,7 @@ def test_onnx_quantization_modes(samples_dir, tmp_path, mode):
     calibration = _calibration_npz(samples_dir, tmp_path) if mode == "int8" else None
     result = api.export(str(samples_dir / "two_layer_net.pt2"), "onnx", str(tmp_path / f"m.{mode}.onnx"),
                         quantize=api.QuantizeOptions(mode=mode, calibration=calibration, samples=8))
-    assert result.passed, result.parity["summary"]
+    assert result.passed, result.parity.summary()
     data = _manifest(result)
     assert data["precision"] == mode and [h["edge"] for h in data["route"]] == ["torch_to_onnx", "onnx_quantize"]
     assert data["parity"]["tolerance"]["preset"] == {"fp16": "fp16"}.get(mode, "int8")
@@ -90,9 +90,9 @@ def test_image_folder_calibration(tmp_path):
 def test_keras_int8_tflite_with_int8_io(keras_samples_dir, tmp_path):
     result = api.export(str(keras_samples_dir / "keras_two_layer_net.keras"), "tflite", str(tmp_path / "k.tflite"),
                         quantize=api.QuantizeOptions(mode="int8", samples=32, io_dtype="int8"))
-    assert result.passed, result.parity["summary"]
+    assert result.passed, result.parity.summary()
     assert _manifest(result)["signature"]["inputs"][0]["dtype"] == "int8"
-    assert result.parity["outputs"][0]["cosine"] > 0.98
+    assert result.parity.outputs[0].cosine > 0.98
 
 
 @pytest.mark.slow
@@ -158,13 +158,13 @@ def test_pytorch_int8_with_int8_io_goes_through_litert_torch_pt2e(samples_dir, t
     result = api.export(str(samples_dir / "two_layer_net.pt2"), "tflite", str(tmp_path / "q.tflite"),
                         quantize=api.QuantizeOptions(mode="int8", calibration=calibration, samples=8,
                                                      io_dtype="int8"))
-    assert result.passed, result.parity["summary"]
+    assert result.passed, result.parity.summary()
     data = _manifest(result)
     assert [h["edge"] for h in data["route"]] == ["torch_to_tflite"]
     assert data["signature"]["inputs"][0]["dtype"] == "int8"
     # 12 calibration samples, 8 fitted: the other 4 judge the artifact.
     assert data["calibration"]["held_out"] == 4
-    assert "compared on 4 held-out calibration sample(s)" in result.parity["notes"]
+    assert "compared on 4 held-out calibration sample(s)" in result.parity.notes
     assert open(result.artifact, "rb").seek(0, 2) < 0.35 * 405_000
 
 
@@ -175,10 +175,10 @@ def test_trained_cnn_sample_keeps_its_answers_in_int8(samples_dir, tmp_path):
     assert len(list(folder.glob("*.png"))) == 132
     result = api.export(str(samples_dir / "mobilenet_v2.pt2"), "onnx", str(tmp_path / "m.int8.onnx"),
                         quantize=api.QuantizeOptions(mode="int8", calibration=str(folder)))
-    assert result.passed, result.parity["summary"]
+    assert result.passed, result.parity.summary()
     assert _manifest(result)["calibration"]["held_out"] == 32
-    output = result.parity["outputs"][0]
-    assert output["top1_agreement"] >= 0.9 and output["cosine"] >= 0.98, output
+    output = result.parity.outputs[0]
+    assert output.top1_agreement >= 0.9 and output.cosine >= 0.98, output
 
 
 @pytest.mark.slow      # builds a Keras model (TensorFlow import, ~10 s): not for the quick loop
@@ -230,7 +230,7 @@ def test_dynamic_is_judged_on_the_given_calibration_data(samples_dir, tmp_path):
     calibration = _calibration_npz(samples_dir, tmp_path, count=6)
     result = api.export(str(samples_dir / "two_layer_net.pt2"), "onnx", str(tmp_path / "d.onnx"),
                         quantize=api.QuantizeOptions(mode="dynamic", calibration=calibration))
-    assert result.passed and "compared on 6 --calibration sample(s)" in result.parity["notes"]
+    assert result.passed and "compared on 6 --calibration sample(s)" in result.parity.notes
     with pytest.raises(UsageError, match="no such calibration"):
         api.export(str(samples_dir / "two_layer_net.pt2"), "onnx", str(tmp_path / "e.onnx"),
                    quantize=api.QuantizeOptions(mode="fp16", calibration=str(tmp_path / "missing")))

@@ -30,7 +30,7 @@ def _manifest(result) -> dict:
 @pytest.mark.parametrize("source, via, first_edge", TORCH_TO_TFLITE, ids=[f"{s}-{v}" for s, v, _ in TORCH_TO_TFLITE])
 def test_torch_samples_to_tflite(exported, source, via, first_edge):
     result = exported(source, "tflite", via)
-    assert result.passed, result.parity["summary"]
+    assert result.passed, result.parity.summary()
     data = _manifest(result)
     assert data["route"][0]["edge"] == first_edge
     assert data["parity"]["outputs"][0]["cosine"] > 0.99999
@@ -86,9 +86,9 @@ def test_feature_map_outputs_are_compared_in_the_source_layout(tmp_path):
 @pytest.mark.slow
 def test_route_all_builds_and_times_every_route(samples_dir, tmp_path):
     result = api.export(str(samples_dir / "two_layer_net.pt2"), "tflite", str(tmp_path / "m.tflite"), route="all")
-    assert {r["route"] for r in result.routes} == {"torch_to_tflite", "torch_to_onnx → onnx_to_tflite"}
-    assert all(r["passed"] and r["latency_ms_1thread"] > 0 for r in result.routes)
-    assert sum(r["chosen"] for r in result.routes) == 1
+    assert {r["route"] for r in result.to_dict()["routes"]} == {"torch_to_tflite", "torch_to_onnx → onnx_to_tflite"}
+    assert all(r["passed"] and r["latency_ms_1thread"] > 0 for r in result.to_dict()["routes"])
+    assert sum(r["chosen"] for r in result.to_dict()["routes"]) == 1
     assert len(_manifest(result)["routes"]) == 2
 
 
@@ -118,7 +118,7 @@ def test_unsupported_cells_fail_with_a_verdict(samples_dir, tmp_path):
 ])
 def test_keras_samples_to_every_target(exported, keras_samples_dir, source, target):
     result = exported(source, target, None, keras_samples_dir)
-    assert result.passed, result.parity["summary"]
+    assert result.passed, result.parity.summary()
     assert _manifest(result)["layout"] == {"inputs": {}, "outputs": {}}
 
 
@@ -179,7 +179,7 @@ def test_reference_architectures_not_written_for_deploykit(tmp_path):
     onnx_file = api.export(str(tmp_path / "mnv3.keras"), "onnx", str(tmp_path / "mnv3.onnx"))
     assert onnx_file.passed
     back = api.export(onnx_file.artifact, "tflite", str(tmp_path / "mnv3.tflite"))
-    assert back.passed, back.parity["summary"]
+    assert back.passed, back.parity.summary()
     report = api.verify(str(tmp_path / "mnv3.keras"), [onnx_file.artifact, back.artifact])
     assert report.passed
 
@@ -189,7 +189,7 @@ def test_reference_architectures_not_written_for_deploykit(tmp_path):
     torch.export.save(torch.export.export(encoder, (torch.randn(1, 12, 32),)), str(tmp_path / "enc.pt2"))
     result = api.export(str(tmp_path / "enc.pt2"), "tflite", str(tmp_path / "enc.tflite"))
     assert result.passed
-    assert np.isfinite(result.parity["outputs"][0]["max_abs"])
+    assert np.isfinite(result.parity.outputs[0].max_abs)
 
 
 @pytest.mark.slow

@@ -82,6 +82,7 @@ class Checker:
         references, outputs = self.run_both(candidate, samples, batch, layout, feeds)
         report = self.compare(references, outputs, self.source.label, candidate.label, layout, tolerance)
         if feeds:
+            report.compared_on = (len(feeds[1]), feeds[0])
             report.notes.append(f"compared on {len(feeds[1])} {feeds[0]} sample(s)")
         if (locate or self.locate_failures) and not report.passed and batch is None:
             report.location = self.locate(candidate.with_layout(layout or {}), samples, feeds, tolerance).to_dict()

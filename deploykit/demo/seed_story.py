@@ -47,10 +47,9 @@ def seed_story(folder: Path, sources: dict, exported: dict, debug: bool = False,
 def _row(name: str, case: dict, exported: dict) -> dict:
     parity = next((r.parity for (model, _fmt), r in exported.items()
                    if model == name and Path(r.artifact).resolve() == Path(case["model"]).resolve()), None)
-    outputs = (parity or {}).get("outputs") or []
     row = {"model": name, "runtime": case["row"], "file": Path(case["model"]).name,
-           "parity_passed": parity.get("passed") if parity else None,
-           "max_abs": max((o["max_abs"] for o in outputs), default=None) if parity else None}
+           "parity_passed": parity.passed if parity else None,
+           "max_abs": max((o.max_abs for o in parity.outputs), default=None) if parity else None}
     if "error" in case:
         return {**row, "error": case["error"]}
     return {**row, "p50_ms": case["latency_ms"]["p50"], "size_bytes": case["size_bytes"],

@@ -12,6 +12,7 @@ from typing import Optional
 
 from deploykit import contract as contracts
 from deploykit import fsutil, manifest, registry
+from deploykit.artifact import Artifact
 from deploykit.exporting import routing
 from deploykit.checking.checker import Checker, make_checker
 from deploykit.conversion import ExportOptions
@@ -22,7 +23,7 @@ from deploykit.formats import TORCH_FORMATS, Format, detect
 from deploykit.harness import DEFAULT_TIMING
 from deploykit.model import LoadedModel, PendingModel, load_model
 from deploykit.options import PRECISION_OF, QuantizeOptions, VerifyOptions
-from deploykit.parity import tolerance_for
+from deploykit.parity import ParityReport, tolerance_for
 from deploykit.runner import RunnerOptions
 
 HELD_OUT_LIMIT = 64   # enough for agreement percentages with a resolution of ~1.5 %
@@ -30,27 +31,45 @@ HELD_OUT_LIMIT = 64   # enough for agreement percentages with a resolution of ~1
 
 @dataclass
 class ExportResult:
+    """What an export made: the published artifact and manifest, the route kept (a RouteRun: its hops, layout and
+    final parity report) and every route tried. Dicts (the --json document) are made by ``to_dict`` only."""
+
     artifact: str
     manifest: str
-    route: list
-    parity: dict
+    chosen: routing.RouteRun
+    runs: list = field(default_factory=list)      # every RouteRun tried, the chosen one among them
     warnings: list = field(default_factory=list)
     seconds: float = 0.0
-    routes: list = field(default_factory=list)    # every route tried: passed, outcome, error, metrics, latency
-    opened: object = None                         # the published Artifact object (runs itself; not in JSON)
-    unverified: bool = False                      # kept with --keep-unverified: its parity proves nothing
+    opened: Optional[Artifact] = None             # the published Artifact object (runs itself; not in JSON)
+
+    @property
+    def parity(self) -> ParityReport:
+        """The artifact's check against the source."""
+        return self.chosen.final.parity
+
+    @property
+    def unverified(self) -> bool:
+        """Kept with --keep-unverified: its parity proves nothing."""
+        return self.chosen.unverified
 
     @property
     def passed(self) -> bool:
-        return bool(self.parity.get("passed"))
+        return self.parity.passed
+
+    @property
+    def route(self) -> list:
+        """The kept route's hops as the manifest records them (edge, tool, outcome, attempts, notes, ...)."""
+        return self.chosen.recorded_hops()
 
     def to_dict(self) -> dict:
         return {"passed": self.passed, "unverified": self.unverified, "artifact": self.artifact,
-                "manifest": self.manifest, "route": self.route, "parity": self.parity, "warnings": self.warnings,
-                "seconds": round(self.seconds, 3), "routes": self.routes}
+                "manifest": self.manifest, "route": self.route, "parity": self.parity.to_dict(),
+                "warnings": self.warnings, "seconds": round(self.seconds, 3),
+                "routes": routing.route_table(self.runs, self.chosen)}
 
 
 def default_output(source: str, dst: Format, output: Optional[str] = None) -> str:
+    """``output``, else <source name>.<target suffix> in the current directory."""
     if output:
         return output
     name = source.rpartition(":")[2] if ":" in source and not Path(source).exists() else Path(source).stem
@@ -65,10 +84,54 @@ def export_model(request: ExportRequest) -> ExportResult:
         return _export(request)
 
 
+@dataclass
+class _Judging:
+    """How the final hop is judged: int8 calibration feeds, the precision's tolerance, the feeds it is judged on."""
+
+    calibration: Optional[tuple] = None       # (fitted feeds, held-out feeds), source layout
+    info: dict = field(default_factory=dict)  # what the manifest says about the calibration
+    tolerance: object = None
+    feeds: Optional[tuple] = None
+
+    @classmethod
+    def of(cls, model: LoadedModel, request: ExportRequest) -> "_Judging":
+        quantize, verify, mode = request.quantize, request.verify, request.mode
+        calibration, info = _calibration(model, quantize)
+        return cls(calibration, info, tolerance_for(PRECISION_OF[mode], verify.atol, verify.rtol) if mode else None,
+                   _judging_feeds(model, quantize, calibration, info, verify))
+
+
 def _export(request: ExportRequest) -> ExportResult:
     started = time.perf_counter()
-    source, dst, quantize, verify = request.source, request.target, request.quantize, request.verify
-    mode, options = request.mode, ExportOptions.from_request(request)
+    model, routes, out = _prepare(request)
+    checker = make_checker(model, request.verify)
+    if not isinstance(model, PendingModel):
+        checker.feeds(1)    # a dim only the user can fix fails now, named in the source's layout — not after converting
+    judging = _Judging.of(model, request)
+    route_all = request.route == "all"
+    with fsutil.staging_dir(out.parent) as stage:
+        runs = _run_routes(request, model, routes, checker, stage, out.name, judging)
+        if isinstance(model, PendingModel):
+            model.result()        # a source that does not load is the error to report, not the routes
+        if route_all:
+            _measure_latency(runs, checker, request.verify.timeout)
+        chosen = routing.choose(runs, route_all)
+        contract = _contract(chosen.artifact, model, request.contract, judging.info)   # before anything is published
+        final = chosen.final
+        moves = [(f, out.parent / f.name) for f in final.extra_files] + [(final.path, out)]
+        fsutil.publish(moves, force=request.force)
+    artifact = chosen.artifact.moved_to(out)
+    _write_manifest(artifact, model, chosen, runs, [m[1] for m in moves[:-1]], request, judging.info, contract)
+    warnings = [w for hop in chosen.hops for w in hop.warnings] + judging.info.get("warnings", [])
+    if chosen.unverified:
+        warnings.append(f"UNVERIFIED (kept with --keep-unverified): {chosen.final.parity.summary()}")
+    return ExportResult(str(out), str(manifest.manifest_path(out)), chosen, runs, warnings,
+                        time.perf_counter() - started, artifact)
+
+
+def _prepare(request: ExportRequest) -> tuple:
+    """(source model, routes to try, output path): everything refused before any conversion starts."""
+    source, dst, verify = request.source, request.target, request.verify
     # A file source is read (and validated) first; a PyTorch one loads in the background after the cheap checks.
     fmt = detect(source)
     model = None if fmt in TORCH_FORMATS else load_model(source, request.load, fmt)     # detected once, here
@@ -76,7 +139,7 @@ def _export(request: ExportRequest) -> ExportResult:
         from deploykit.inputs import shapes_from_npz
 
         model.spec = shapes_from_npz(model.spec, verify.inputs_npz)
-    routes = routing.select_routes(fmt, dst, request.via, mode, options.io_dtype)
+    routes = routing.select_routes(fmt, dst, request.via, request.mode, ExportOptions.from_request(request).io_dtype)
     out = Path(default_output(source, dst, request.output)).absolute()
     if Path(source).exists() and fsutil.overlaps(out, source):
         raise UsageError(f"the output {out} is, holds or lies inside the source {source}", "choose another -o")
@@ -85,41 +148,26 @@ def _export(request: ExportRequest) -> ExportResult:
     model = model or PendingModel(source, request.load, fmt)
     if request.contract:      # labels that do not fit, or --normalize without an image input: say so before converting
         _contract(model, model, request.contract, {})
-    checker = make_checker(model, verify)
-    if not isinstance(model, PendingModel):
-        checker.feeds(1)    # a dim only the user can fix fails now, named in the source's layout — not after converting
-    calibration, calibration_info = _calibration(model, quantize)
-    final_tolerance = tolerance_for(PRECISION_OF[mode], verify.atol, verify.rtol) if mode else None
-    final_feeds = _judging_feeds(model, quantize, calibration, calibration_info, verify)
-    route_all = request.route == "all"
-    with fsutil.staging_dir(out.parent) as stage, Progress(f"--route all: {len(routes)} routes", len(routes), enabled=route_all) as progress:
-        runs = []
+    return model, routes, out
+
+
+def _run_routes(request: ExportRequest, model, routes: list, checker: Checker, stage: Path, name: str,
+                judging: _Judging) -> list:
+    """Run the routes in order (each in a folder of the staging folder): until one passes, or all with --route all."""
+    options, route_all = ExportOptions.from_request(request), request.route == "all"
+    runs = []
+    with Progress(f"--route all: {len(routes)} routes", len(routes), enabled=route_all) as progress:
         for index, route in enumerate(routes):
             folder = stage / f"route{index}"
             folder.mkdir()
-            runs.append(routing.run_route(route, model, folder / out.name, options, checker,
-                                          calibration[0] if calibration else None, final_tolerance, final_feeds))
-            progress.update(index + 1, " → ".join(e.name for e in route) + (" passed" if runs[-1].passed else " failed"))
+            runs.append(routing.run_route(route, model, folder / name, options, checker,
+                                          judging.calibration[0] if judging.calibration else None, judging.tolerance,
+                                          judging.feeds))
+            progress.update(index + 1, f"{runs[-1].name} {'passed' if runs[-1].passed else 'failed'}")
             if runs[-1].passed and not route_all:
                 break
             _refuse_uninformative(runs[-1], checker, request.keep_unverified)
-        if isinstance(model, PendingModel):
-            model.result()        # a source that does not load is the error to report, not the routes
-        if route_all:
-            _measure_latency(runs, checker, verify.timeout)
-        chosen = routing.choose(runs, route_all)
-        contract = _contract(chosen.artifact, model, request.contract, calibration_info)   # before anything is published
-        final = chosen.final
-        moves = [(f, out.parent / f.name) for f in final.extra_files] + [(final.path, out)]
-        fsutil.publish(moves, force=request.force)
-    artifact = chosen.artifact.moved_to(out)
-    data = _write_manifest(artifact, model, chosen, runs, [m[1] for m in moves[:-1]], mode, calibration_info,
-                           contract, request.contract)
-    warnings = [w for hop in chosen.hops for w in hop.warnings] + calibration_info.get("warnings", [])
-    if chosen.unverified:
-        warnings.append(f"UNVERIFIED (kept with --keep-unverified): {chosen.final.parity.summary()}")
-    return ExportResult(str(out), str(manifest.manifest_path(out)), data["route"], data["parity"], warnings,
-                        time.perf_counter() - started, data["routes"], artifact, unverified=chosen.unverified)
+    return runs
 
 
 UNINFORMATIVE_REMEDY = ("give trained weights (random-init networks collapse to ~0), realistic inputs with --inputs, "
@@ -161,25 +209,21 @@ def _contract(artifact, model: LoadedModel, choices: Optional[contracts.Contract
                            calibration_normalize=calibrated)
 
 
-def _write_manifest(artifact, model: LoadedModel, chosen, runs: list, extra_files: list,
-                    mode: Optional[str] = None, calibration_info: Optional[dict] = None,
-                    contract: Optional[dict] = None, choices: Optional[contracts.ContractChoices] = None) -> dict:
-    route_info = [{key: hop[key] for key in ("edge", "tool", "outcome", "attempts", "notes", "parity_vs_source",
-                                             "artifact_sha256", "kept_float") if key in hop}
-                  for hop in chosen.to_dict()["hops"]]
-    final = chosen.final
-    data = manifest.build(Path(artifact.path), artifact.format.value, model, route_info,
+def _write_manifest(artifact, model: LoadedModel, chosen, runs: list, extra_files: list, request: ExportRequest,
+                    calibration_info: dict, contract: Optional[dict]) -> dict:
+    final, mode = chosen.final, request.mode
+    data = manifest.build(Path(artifact.path), artifact.format.value, model, chosen.recorded_hops(),
                           _artifact_signature(model, artifact, chosen.layout), chosen.layout,
                           final.parity.to_dict() if final.parity else None,
                           [w for hop in chosen.hops for w in hop.warnings], extra_files,
                           _libraries_used(chosen.route, " ".join(h.tool for h in chosen.hops)),
                           artifact_sha256=artifact.sha256)
-    data["routes"] = [dict(r.to_dict(), chosen=r is chosen) for r in runs]
+    data["routes"] = routing.route_table(runs, chosen)
     data["precision"] = mode or "fp32"
     data["verified"] = not chosen.unverified     # False: kept with --keep-unverified, its parity proves nothing
     data["contract"] = contract
-    if choices:
-        data["contract_choices"] = choices.to_dict()
+    if request.contract:
+        data["contract_choices"] = request.contract.to_dict()
     if mode:
         data["calibration"] = calibration_info
         data["warnings"] = data["warnings"] + (calibration_info or {}).get("warnings", [])

@@ -63,7 +63,7 @@ def _export_precision(request: ExportRequest, out: Path, mode: Optional[str]) ->
     except DeploykitError as exc:
         parity = exc.details.get("parity") or {}
         return [{"precision": mode or "fp32", "passed": False, "error": exc.one_line(),
-                 "judged_on": _judged_on(parity), **_metrics(parity.get("outputs", []))}]
+                 "judged_on": _judged_on(exc.report), **_metrics(parity.get("outputs", []))}]
     return _unrepaired(mode, result) + [_row(mode, result, request.verify.timeout)]
 
 
@@ -74,32 +74,32 @@ def _row(mode: Optional[str], result, timeout: float) -> dict:
 
     artifact = result.opened
     latency = measure_latency(artifact, random_feeds(artifact.spec, 1)[0], timeout)
-    worst = _metrics(result.parity["outputs"])
-    kept = [layer for hop in result.route for layer in hop.get("kept_float", [])]
+    worst = _metrics([vars(output) for output in result.parity.outputs])
+    kept = [layer for hop in result.chosen.hops for layer in hop.kept_float]
     label = f"{mode} ({len(kept)} layer(s) float)" if kept else (mode or "fp32")
     return {"precision": label, "artifact": result.artifact, "passed": result.passed, "kept_float": kept,
-            "bytes": artifact_size(result.artifact), "latency_ms": latency,
-            "route": " → ".join(h["edge"] for h in result.route), "warnings": result.warnings,
-            "judged_on": _judged_on(result.parity), **worst}
+            "bytes": artifact_size(result.artifact), "latency_ms": latency, "route": result.chosen.name,
+            "warnings": result.warnings, "judged_on": _judged_on(result.parity), **worst}
 
 
 def _unrepaired(mode: Optional[str], result) -> list:
     """A repaired int8 export's first, failing model as its own row (the repair's log keeps its verdict)."""
-    hop = next((h for h in result.route if h.get("kept_float") or any(
-        n.startswith("int8 repaired") for n in h.get("notes", []))), None)
+    hop = next((h for h in result.chosen.hops if h.repaired), None)
     if hop is None:
         return []
-    first = next((a for a in hop["attempts"] if not a["ok"]), {})
+    first = next((a for a in hop.attempts if not a["ok"]), {})
     return [{"precision": f"{mode} before repair", "passed": False, "superseded": True,
              "error": first.get("why", "failed its preset")}]
 
 
-def _judged_on(parity: dict) -> str:
-    """'32 held-out calibration samples', from the parity engine's note, else the sample count."""
-    for note in parity.get("notes", []):
-        if note.startswith("compared on "):
-            return note[len("compared on "):].replace("sample(s)", "samples")
-    return f"{parity['samples']} samples" if parity.get("samples") else ""
+def _judged_on(report) -> str:
+    """'32 held-out calibration samples' (the feeds a ParityReport was judged on), else its sample count."""
+    if report is None:
+        return ""
+    if report.compared_on:
+        count, kind = report.compared_on
+        return f"{count} {kind} samples"
+    return f"{report.samples} samples" if report.samples else ""
 
 
 def _metrics(outputs: list) -> dict:

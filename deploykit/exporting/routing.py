@@ -19,6 +19,8 @@ from deploykit.model import LoadedModel
 # Set by the test suite for tests not marked `slow`: a conversion there is a mislabelled test.
 FORBID_ENV = "DEPLOYKIT_TEST_FORBID_CONVERSION"
 
+# What a manifest keeps of each hop of the route it records.
+RECORDED_HOP_KEYS = ("edge", "tool", "outcome", "attempts", "notes", "parity_vs_source", "artifact_sha256", "kept_float")
 SUFFIXES = {Format.ONNX: ".onnx", Format.TFLITE: ".tflite", Format.SAVED_MODEL: "_saved_model",
             Format.EXECUTORCH: ".pte"}
 
@@ -71,6 +73,10 @@ class RouteRun:
                 "latency_ms_1thread": self.latency_ms,
                 "hops": self.hop_dicts()}
 
+    def recorded_hops(self) -> list:
+        """The route's hops as the manifest (and the export's result) record them."""
+        return [{key: hop[key] for key in RECORDED_HOP_KEYS if key in hop} for hop in self.hop_dicts()]
+
     def hop_dicts(self) -> list:
         """Every edge of the route: the hops made (with their hash) and the one that failed, if any."""
         made = [_hop_dict(edge, hop) for edge, hop in zip(self.route, self.hops)]
@@ -78,6 +84,11 @@ class RouteRun:
             made.append({"edge": self.route[len(self.hops)].name, "outcome": self.outcome.value,
                          "error": self.error.message, "artifact_sha256": None})
         return made
+
+
+def route_table(runs: list, chosen: RouteRun) -> list:
+    """Every route tried, as the manifest's and --json's "routes" table (the kept one marked chosen)."""
+    return [dict(run.to_dict(), chosen=run is chosen) for run in runs]
 
 
 def _hop_dict(edge, hop) -> dict:
@@ -248,7 +259,7 @@ def choose(runs: list, route_all: bool) -> RouteRun:
         first = next((r.error for r in runs if r.error), None)
         raise ConversionError(f"every route failed: {messages}",
                               first.remedy if first else "run with --debug for the converters' logs",
-                              details=first.details if first else None)
+                              details=first.details if first else None, report=first.report if first else None)
     if not route_all:
         return passing[0]
     # Parity first (by order of magnitude of the worst error, so noise does not decide), then latency.

@@ -58,7 +58,7 @@ def _export_and_verify(request: dict, folder: Path, record: dict) -> None:
     if not settings["verify_runtimes"]:
         # The export's check is `deploykit verify` on the artifact's native runtime with the same options: running
         # it again would only repeat it (0.4-15 s a cell). Other runtimes are a verify of their own.
-        record["verify"] = {"passed": exported.passed, "source": export.source, "comparisons": [exported.parity],
+        record["verify"] = {"passed": exported.passed, "source": export.source, "comparisons": [exported.parity.to_dict()],
                             "from": "the export's check (the artifact's native runtime)"}
         return
     started = time.perf_counter()

@@ -148,6 +148,7 @@ def _kept(search: _Search, settings: Settings) -> None:
     if not (last["ok"] and last["tool"] == f"int8 repair: {settings.describe()}"):
         search.quantize(settings)
     search.result.kept_float = list(settings.float_layers)
+    search.result.repaired = True
     kept = (f"; kept {len(settings.float_layers)} layer(s) in float: {', '.join(settings.float_layers)}"
             if settings.float_layers else "")
     search.result.notes.append(f"int8 repaired after {search.count + 1} quantization(s): {settings.describe()}{kept}")
@@ -162,4 +163,4 @@ def _give_up(search: _Search) -> None:
     raise ConversionError(f"int8 fails its preset after {search.count + 1} quantization(s); the best ({settings.describe()}) "
                           f"reaches cosine {cosine:.4f}: {report.summary()}",
                           "give more representative --calibration data, or use --quantize dynamic / fp16",
-                          details={"parity": report.to_dict()}, outcome=Outcome.MISMATCH)
+                          details={"parity": report.to_dict()}, outcome=Outcome.MISMATCH, report=report)
