@@ -3,10 +3,15 @@ missing, a guard that keeps the quick loop free of conversions, and the sample m
 built once per test session, each only when a test first names it."""
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import importlib.util
 import os
+import pickle
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +28,8 @@ def _has(*packages: str) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip tests whose dependency is missing; CI installs everything, so nothing skips there."""
+    """Skip tests whose dependency is missing (CI installs everything, so nothing skips there); serial last."""
+    _serial_last(items)
     for item in items:
         for marker, packages in _MARKER_PACKAGES.items():
             if marker in item.keywords and not _has(*packages):
@@ -36,6 +42,52 @@ def _gpu_present() -> bool:
     from deploykit.machine import gpu_present
 
     return gpu_present()
+
+
+_SERIAL_LOCKS: list = []
+
+
+def _serial_locks():
+    """(turnstile, room) lock files shared by the workers of one xdist run; None outside xdist."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
+        return None
+    if not _SERIAL_LOCKS:
+        folder = Path(tempfile.gettempdir()) / f"deploykit-tests-{run}"
+        folder.mkdir(exist_ok=True)
+        _SERIAL_LOCKS.extend(open(folder / name, "a+") for name in ("turnstile", "room"))
+    return _SERIAL_LOCKS
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """`serial` tests (timings, time-outs, killed workers) run alone: a readers-writer lock over the workers.
+
+    Every other test holds the room shared; a serial test holds it exclusively, so no parallel test distorts
+    what it measures. The turnstile gives the writer priority: a waiting serial test stops new tests from
+    entering, so it never starves behind the other worker's stream of tests. Held from setup to teardown.
+    """
+    locks = _serial_locks()
+    if locks is None:
+        yield
+        return
+    turnstile, room = locks
+    serial = item.get_closest_marker("serial") is not None
+    fcntl.flock(turnstile, fcntl.LOCK_EX)
+    if not serial:
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+    fcntl.flock(room, fcntl.LOCK_EX if serial else fcntl.LOCK_SH)
+    try:
+        yield
+    finally:
+        fcntl.flock(room, fcntl.LOCK_UN)
+        if serial:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+
+
+def _serial_last(items) -> None:
+    """Serial tests go last, where one worker runs them while the other drains the rest: less waiting."""
+    items.sort(key=lambda item: item.get_closest_marker("serial") is not None)
 
 
 @pytest.fixture(autouse=True)
@@ -59,61 +111,125 @@ class _SampleFolder(type(Path())):
         return Path(self) / name
 
 
-_BUILT: set = set()
+def _shared_root(tmp_path_factory) -> Path:
+    """One folder for the whole run: under pytest-xdist every worker gets its own basetemp below a shared
+    parent, so exports and samples made by one worker are reused by the other."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _locked(path: Path):
+    """An exclusive lock between workers (and runs) on ``path``.lock (filelock: flock on Linux)."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock")
+
+
+def _sample_cache() -> Path:
+    """Built samples kept across runs, keyed by what decides their bytes: the sample code, the pins, Python."""
+    digest = hashlib.sha256()
+    for file in sorted((ROOT / "sample_models").glob("*.py")) + [ROOT / "deploykit" / "torch_signature.py",
+                                                                   ROOT / "constraints.txt"]:
+        digest.update(file.name.encode() + file.read_bytes())
+    digest.update(sys.version.encode())
+    root = os.environ.get("DEPLOYKIT_CACHE_DIR", str(Path.home() / ".cache" / "deploykit")) or str(ROOT / ".cache")
+    return Path(root) / "test-samples" / digest.hexdigest()[:16]
 
 
 def _ensure_sample(folder: Path, file_name: str) -> None:
+    """Copy a sample's files into the run's folder from the machine's sample cache, building them there first
+    (once per machine and sample code) under a lock, so parallel workers build each sample once."""
     from sample_models import SAMPLES
-    from sample_models.build import build_sample, _resolve
 
     framework = folder.name.split("_samples")[0]
-    if file_name == "shapes":        # the shapes images, without training the CNN that comes with them
-        key = (folder, "shapes")
-        if key not in _BUILT:
-            _resolve("sample_models.shapes:write_images")(folder, False)
-            _BUILT.add(key)
+    wanted = "shapes" if file_name == "shapes" else next(
+        (s.name for s in sorted(SAMPLES, key=lambda s: -len(s.name))
+         if s.framework == framework and file_name.startswith(s.name + ".")), None)
+    if wanted is None or (folder / f".copied-{wanted}").exists():
         return
-    for sample in sorted(SAMPLES, key=lambda s: -len(s.name)):
-        if sample.framework == framework and file_name.startswith(sample.name + "."):
-            if (folder, sample.name) not in _BUILT:
-                build_sample(sample, folder, force=True)
-                _BUILT.add((folder, sample.name))
-            return
+    cached = _sample_cache() / framework / wanted
+    with _locked(cached):
+        if not (cached / ".complete").exists():
+            _build_into(cached, wanted)
+    with _locked(folder / f".copy-{wanted}"):
+        if not (folder / f".copied-{wanted}").exists():
+            shutil.copytree(cached, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".complete"))
+            (folder / f".copied-{wanted}").touch()
+
+
+def _build_into(cached: Path, name: str) -> None:
+    from sample_models import get
+    from sample_models.build import _resolve, build_sample
+
+    shutil.rmtree(cached, ignore_errors=True)
+    staging = cached.with_name(cached.name + f".tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    if name == "shapes":          # the shapes images, without training the CNN that comes with them
+        _resolve("sample_models.shapes:write_images")(staging, False)
+    else:
+        build_sample(get(name), staging, force=True)
+    (staging / ".complete").touch()
+    os.replace(staging, cached)
 
 
 def _build_samples(tmp_path_factory, framework: str, package: str) -> Path:
     if not _has(package):
         pytest.skip(f"needs {package}")
-    return _SampleFolder(tmp_path_factory.mktemp(f"{framework}_samples"))
+    folder = _shared_root(tmp_path_factory) / f"{framework}_samples"
+    folder.mkdir(exist_ok=True)
+    return _SampleFolder(folder)
 
 
 @pytest.fixture(scope="session")
 def samples_dir(tmp_path_factory) -> Path:
-    """Every PyTorch sample written once per session (TorchScript, .pt2, weights, inputs)."""
+    """Every PyTorch sample, copied from the machine's sample cache when a test first names it."""
     return _build_samples(tmp_path_factory, "torch", "torch")
 
 
 @pytest.fixture(scope="session")
 def keras_samples_dir(tmp_path_factory) -> Path:
-    """The Keras samples (.keras, .h5, inputs) written once per session."""
+    """The Keras samples (.keras, .h5, inputs), copied from the machine's sample cache when first named."""
     return _build_samples(tmp_path_factory, "tensorflow", "tensorflow")
 
 
+def _resolved_route(source: Path, to: str, via: "str | None") -> str:
+    """The route an export takes first, as its edge names: `via=None`, `via="litert"` (and `via="onnx"`,
+    `via="onnx2tf"`) name the same export when they select the same route, so it is made once."""
+    from deploykit.exporting.routing import select_routes
+    from deploykit.formats import detect
+    from deploykit.registry import target_format
+
+    return "+".join(edge.name for edge in select_routes(detect(str(source)), target_format(to), via)[0])
+
+
 @pytest.fixture(scope="session")
-def exported(samples_dir, tmp_path_factory) -> dict:
-    """ONNX exports of the samples, keyed by source file name; built lazily, once each."""
+def exported(samples_dir, tmp_path_factory):
+    """Exports of the samples, keyed by source, *resolved* route and target: made once per run, shared by every
+    test and every xdist worker (the result is kept beside the artifact, under a file lock)."""
     from deploykit import api
 
-    folder = tmp_path_factory.mktemp("onnx")
+    folder = _shared_root(tmp_path_factory) / "exports"
     cache: dict = {}
 
     def get(source_name: str, to: str = "onnx", via: "str | None" = None, source_dir: "Path | None" = None):
-        key = (source_name, to, via)
+        source = (source_dir or samples_dir) / source_name
+        key = (str(source), to, _resolved_route(source, to, via))
         if key not in cache:
             suffix = {"onnx": ".onnx", "tflite": ".tflite", "saved_model": "_saved_model"}[to]
-            out = folder / (source_name.replace(".", "_") + f"_{via or 'default'}{suffix}")
-            cache[key] = api.export(str((source_dir or samples_dir) / source_name), to, str(out), via=via)
-            assert cache[key].passed
+            out = folder / (source_name.replace(".", "_") + f"_{key[2]}{suffix}")
+            if source_dir is not None and source_dir != samples_dir:
+                out = out.with_name(f"{Path(source_dir).name}_{out.name}")
+            with _locked(out):
+                stored = out.with_name(out.name + ".result.pickle")
+                if stored.exists():
+                    cache[key] = pickle.loads(stored.read_bytes())
+                else:
+                    cache[key] = api.export(str(source), to, str(out), via=via)
+                    assert cache[key].passed
+                    assert "+".join(hop["edge"] for hop in cache[key].route) == key[2], cache[key].route
+                    stored.write_bytes(pickle.dumps(cache[key]))
         return cache[key]
 
     return get
@@ -126,6 +242,33 @@ def run_cli(*args: str, cwd: "Path | None" = None, timeout: float = 600,
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [extra_path, str(ROOT)])))
     return subprocess.run([sys.executable, "-m", "deploykit.cli.commands", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=timeout)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """The command in this process (``deploykit.cli.main(argv)``): exit code, stdout and stderr as
+    ``run_cli`` returns them, without a Python start-up per call. For error paths and quick commands; keep
+    ``run_cli`` where the process is the point (signals, ``-P``, a time-out's abandoned thread, child death)."""
+    import signal
+
+    from deploykit.cli import main
+
+    def invoke(*args: str, cwd: "Path | None" = None) -> subprocess.CompletedProcess:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        handler = signal.getsignal(signal.SIGTERM)
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            signal.signal(signal.SIGTERM, handler)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["deploykit", *args], code, out, err)
+
+    return invoke
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> None:

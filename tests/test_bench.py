@@ -54,6 +54,7 @@ def test_statistics_are_a_distribution_and_flag_wide_spread():
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_bench_measures_every_field_in_child_processes(trio):
     result = api.bench(trio, BenchOptions(runtimes=("torch", "onnxruntime", "litert", "litert_no_xnnpack"), **QUICK))
     assert len(result["cases"]) == 4 and not any("error" in c for c in result["cases"])
@@ -73,6 +74,7 @@ def test_bench_measures_every_field_in_child_processes(trio):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_report_is_self_contained_with_plots_and_parity(trio, tmp_path):
     result = api.bench(trio, BenchOptions(runtimes=("torch", "onnxruntime", "litert"), **QUICK),
                        report_dir=str(tmp_path / "report"))
@@ -88,6 +90,7 @@ def test_report_is_self_contained_with_plots_and_parity(trio, tmp_path):
         api.bench(trio[:1], BenchOptions(runtimes=("torch",), **QUICK), report_dir=str(tmp_path / "report"))
 
 
+@pytest.mark.serial
 def test_machine_peak_and_footprint_are_measured_not_assumed():
     peak = cpu_peak()
     assert peak["fp32_lanes"] in (4, 8, 16) and "lanes" in peak["assumption"]
@@ -97,6 +100,7 @@ def test_machine_peak_and_footprint_are_measured_not_assumed():
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_cli_bench_json_and_report_errors(trio, tmp_path):
     from tests.conftest import assert_clean_error, run_cli
 
@@ -126,6 +130,7 @@ def test_batch_sizes_need_a_dynamic_batch(samples_dir, tmp_path):
 
 
 @pytest.mark.onnxruntime
+@pytest.mark.serial
 def test_a_case_reports_its_own_peak_memory_not_its_parents(tmp_path):
     """Was: ru_maxrss survives exec on Linux, so a bench started from a 600 MB Python (torch loaded) reported
     600 MB for every ONNX Runtime case. The child's VmHWM is its own."""
@@ -162,6 +167,7 @@ def test_input_shapes_pin_a_dynamic_dim_of_every_model_in_the_sources_format(tmp
 
 @pytest.mark.torch
 @pytest.mark.slow      # no conversion, but a torch child and a trained sample: ~20 s the quick loop need not pay
+@pytest.mark.serial
 def test_a_factory_source_is_benchmarked_with_its_weights(samples_dir):
     """`bench pkg.mod:factory --weights w.pt --input ...`: what a matrix cell of a factory model times."""
     from deploykit import api

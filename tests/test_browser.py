@@ -147,6 +147,7 @@ console.log(JSON.stringify(cases.map((c) => judge(c.refs.map(typed), c.got.map(t
     assert web_says == ours == [True, False, False, True, False, False]
 
 
+@pytest.mark.serial
 def test_serve_prints_its_url_serves_the_folder_and_stops_cleanly_on_sigterm(tmp_path):
     (tmp_path / "index.html").write_text("<p>bundle</p>")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -291,6 +292,7 @@ def test_an_op_the_web_runtime_lacks_is_named_and_a_model_over_its_memory_is_ref
 
 
 @in_chromium
+@pytest.mark.serial
 def test_a_page_that_never_answers_is_a_time_out_and_no_browser_is_left(tmp_path):
     model = builders.tiny_onnx(tmp_path / "m.onnx")
     proc = run_cli("verify", str(model), str(model), "--runtime", "onnxruntime-web", "--timeout", "2")
@@ -318,6 +320,7 @@ def test_missing_wasm_files_name_the_stage(tmp_path, monkeypatch):
 
 @pytest.mark.torch
 @in_chromium
+@pytest.mark.serial
 def test_bench_times_in_the_page_and_the_headline_gains_a_browser_column(samples_dir, exported, tmp_path):
     onnx = exported("two_layer_net.pt2", "onnx").artifact
     proc = run_cli("bench", str(samples_dir / "two_layer_net.pt2"), onnx, "--runtime", "torch", "--runtime",

@@ -26,6 +26,7 @@ def test_a_job_returns_its_info_and_arrays_exactly():
     (RUN, errors.ParityError, 1, "running m.onnx", "--timeout"),
     (MEASURE, errors.MeasurementError, 1, "measuring m.onnx", "--iterations"),
 ])
+@pytest.mark.serial
 def test_a_hang_is_the_stage_error_with_the_stage_remedy(stage, cls, code, words, remedy):
     what = {"convert": "onnx2tf", "load": "m.tflite"}.get(stage.name, "m.onnx")
     started = time.perf_counter()
@@ -39,6 +40,7 @@ def test_a_hang_is_the_stage_error_with_the_stage_remedy(stage, cls, code, words
         assert "--via" not in info.value.remedy and "converter" not in info.value.message
 
 
+@pytest.mark.serial
 def test_a_time_out_kills_the_grandchildren_too(tmp_path):
     pid_file = tmp_path / "pid"
     with pytest.raises(errors.ConversionError):
@@ -110,6 +112,7 @@ def test_one_child_launcher_in_the_code():
 @pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.litert
+@pytest.mark.serial
 def test_sigterm_stops_the_converter_child_and_leaves_nothing(samples_dir, tmp_path):
     """SIGTERM (timeout, CI cancellation) is handled like Ctrl-C: exit 143, the child's group killed, no staging."""
     import signal
@@ -143,6 +146,7 @@ def test_sigterm_stops_the_converter_child_and_leaves_nothing(samples_dir, tmp_p
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.serial
 def test_a_child_dies_with_the_process_that_started_it():
     """A matrix worker killed with SIGKILL must not leave its converter running on (PR_SET_PDEATHSIG)."""
     import subprocess

@@ -35,10 +35,10 @@ def test_human_output_shows_the_metrics_table(samples_dir, tmp_path):
     (b"", "empty"), (b"PK\x03\x04junkjunkjunkjunkjunk", "truncated or corrupt"),
     (b"\x00\x01\x02\x03garbage", "unknown model format"), (b"\x08\x07\x12\x03abc\xff\xff", "not a valid ONNX"),
 ])
-def test_bad_model_files_exit_2(tmp_path, content, fragment):
+def test_bad_model_files_exit_2(cli, tmp_path, content, fragment):
     path = tmp_path / "model.onnx"
     path.write_bytes(content)
-    assert_clean_error(run_cli("export", str(path), "-o", str(tmp_path / "o.onnx")), 2, fragment)
+    assert_clean_error(cli("export", str(path), "-o", str(tmp_path / "o.onnx")), 2, fragment)
     assert not (tmp_path / "o.onnx").exists()
 
 
@@ -49,18 +49,18 @@ def test_truncated_onnx_exits_2(samples_dir, tmp_path, exported):
     assert_clean_error(run_cli("inspect", str(tmp_path / "cut.onnx")), 2, "not a valid ONNX")
 
 
-def test_usage_errors_exit_2(samples_dir, tmp_path):
+def test_usage_errors_exit_2(cli, samples_dir, tmp_path):
     src = str(samples_dir / "two_layer_net.pt2")
-    assert_clean_error(run_cli("export", src, "--input", "x:64by1000"), 2, "bad shape")
-    assert_clean_error(run_cli("export", src, "--to", "coreml"), 2, "unknown target")
-    assert_clean_error(run_cli("export", src, "--input", "y:64x1000", "-o", str(tmp_path / "a.onnx")), 2,
+    assert_clean_error(cli("export", src, "--input", "x:64by1000"), 2, "bad shape")
+    assert_clean_error(cli("export", src, "--to", "coreml"), 2, "unknown target")
+    assert_clean_error(cli("export", src, "--input", "y:64x1000", "-o", str(tmp_path / "a.onnx")), 2,
                        "--input names y")
     np.savez(tmp_path / "wrong.npz", z=np.zeros((64, 1000), np.float32), w=np.zeros(3))
-    assert_clean_error(run_cli("export", src, "--inputs", str(tmp_path / "wrong.npz"), "-o",
+    assert_clean_error(cli("export", src, "--inputs", str(tmp_path / "wrong.npz"), "-o",
                                str(tmp_path / "b.onnx")), 2, "lacks input")
-    assert_clean_error(run_cli("verify", src), 2, "no artifact to verify", "or a bundle folder alone")
-    assert_clean_error(run_cli("verify", src, src, "--device", "tpu"), 2, "unknown --device")
-    assert_clean_error(run_cli("export", src, "--quantize", "int8", "--report", str(tmp_path / "r")), 2,
+    assert_clean_error(cli("verify", src), 2, "no artifact to verify", "or a bundle folder alone")
+    assert_clean_error(cli("verify", src, src, "--device", "tpu"), 2, "unknown --device")
+    assert_clean_error(cli("export", src, "--quantize", "int8", "--report", str(tmp_path / "r")), 2,
                        "--report on export needs --quantize all")
     assert not (tmp_path / "r").exists()
 
@@ -77,16 +77,16 @@ def test_users_own_factory_needs_input_shapes(tmp_path):
     assert (tmp_path / "m.onnx").exists() and (tmp_path / "m.onnx.deploykit.json").exists()
 
 
-def test_output_exists_and_unwritable_dir(samples_dir, tmp_path):
+def test_output_exists_and_unwritable_dir(cli, samples_dir, tmp_path):
     src = str(samples_dir / "two_layer_net.pt2")
     existing = tmp_path / "exists.onnx"
     existing.write_text("precious")
-    assert_clean_error(run_cli("export", src, "-o", str(existing)), 2, "already exists", "--force")
+    assert_clean_error(cli("export", src, "-o", str(existing)), 2, "already exists", "--force")
     assert existing.read_text() == "precious"
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert_clean_error(run_cli("export", src, "-o", str(blocker / "out.onnx")), 2, "is a file")
-    assert_clean_error(run_cli("export", src, "-o", "/proc/deploykit-test/out.onnx"), 2, "output directory")
+    assert_clean_error(cli("export", src, "-o", str(blocker / "out.onnx")), 2, "is a file")
+    assert_clean_error(cli("export", src, "-o", "/proc/deploykit-test/out.onnx"), 2, "output directory")
 
 
 @pytest.mark.slow
@@ -102,10 +102,10 @@ def test_pickled_module_is_refused_unless_trusted(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_state_dict_alone_and_mismatched_weights(samples_dir, tmp_path):
+def test_state_dict_alone_and_mismatched_weights(cli, samples_dir, tmp_path):
     weights = str(samples_dir / "two_layer_net.weights.pt")
-    assert_clean_error(run_cli("export", weights), 2, "only weights", "--weights")
-    proc = run_cli("export", "sample_models.transformer:tiny_transformer", "--weights", weights, "-o",
+    assert_clean_error(cli("export", weights), 2, "only weights", "--weights")
+    proc = cli("export", "sample_models.transformer:tiny_transformer", "--weights", weights, "-o",
                    str(tmp_path / "x.onnx"))
     assert_clean_error(proc, 2, "does not fit the model")
 
@@ -127,11 +127,11 @@ def test_verify_failure_exits_1(samples_dir, exported, tmp_path):
     assert proc.returncode == 1 and "FAIL" in proc.stdout and "Traceback" not in proc.stderr
 
 
-def test_doctor_and_samples_list():
-    proc = run_cli("doctor", "--json")
+def test_doctor_and_samples_list(cli):
+    proc = cli("doctor", "--json")
     data = json.loads(proc.stdout)
     assert proc.returncode == 0 and {r["edge"] for r in data["routes"]} >= {"torch_to_onnx"}
     assert all(r["available"] for r in data["runtimes"])
-    proc = run_cli("samples", "list", "--json")
+    proc = cli("samples", "list", "--json")
     assert {s["name"] for s in json.loads(proc.stdout)["samples"]} >= {"two_layer_net", "mobilenet_v2"}
-    assert_clean_error(run_cli("samples", "build", "--only", "resnet"), 2, "unknown sample")
+    assert_clean_error(cli("samples", "build", "--only", "resnet"), 2, "unknown sample")

@@ -15,6 +15,7 @@ def test_value_and_own_error_come_back():
         deadline.call_within(lambda: 1 / 0, 5, LOAD, "m.pt")
 
 
+@pytest.mark.serial
 def test_an_overrun_is_the_stages_error_at_the_deadline_and_is_remembered(monkeypatch):
     monkeypatch.setattr(deadline, "_ABANDONED", [])
     release = threading.Event()

@@ -130,6 +130,7 @@ def test_torchscript_source_runs_in_the_child_runner_with_threads(pte):
 
 
 @exporting
+@pytest.mark.serial
 def test_verify_and_bench_cli_on_a_pte(pte, samples_dir, tmp_path):
     proc = run_cli("verify", str(samples_dir / "two_layer_net.pt"), pte.artifact, "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]

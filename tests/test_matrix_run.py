@@ -72,6 +72,7 @@ def _finish(proc: subprocess.Popen, timeout: float = 600) -> tuple:
     return proc.returncode, (json.loads(out) if out.strip() else {}), err
 
 
+@pytest.mark.serial
 def test_local_matrix_equals_the_single_commands_and_resumes(samples_dir, tmp_path):
     spec = _spec(tmp_path, samples_dir, ["two_layer_net.pt2"], ["onnx", "tflite"], ["fp32", "dynamic"],
                  bench=["torch", "onnxruntime", "litert"])
@@ -99,6 +100,7 @@ def test_local_matrix_equals_the_single_commands_and_resumes(samples_dir, tmp_pa
     assert again["summary"]["reused"] == 4 and time.perf_counter() - started < 10
 
 
+@pytest.mark.serial
 def test_local_worker_killed_mid_job_is_retried_then_recorded(samples_dir, tmp_path):
     spec = _spec(tmp_path, samples_dir, ["two_layer_net.pt2", "two_layer_custom_relu.pt2"], ["onnx"])
     out = tmp_path / "out"
@@ -127,6 +129,7 @@ def _assert_gone(pids: list) -> None:
     assert not alive, alive
 
 
+@pytest.mark.serial
 def test_ctrl_c_keeps_finished_cells_and_a_rerun_does_the_rest(samples_dir, tmp_path):
     spec = _spec(tmp_path, samples_dir, ["two_layer_net.pt2"], ["onnx", "tflite"])
     out = tmp_path / "out"
@@ -164,6 +167,7 @@ def ray_cluster():
 
 
 @pytest.mark.ray
+@pytest.mark.serial
 def test_ray_cluster_matrix_matches_local_and_survives_killed_workers(samples_dir, tmp_path, ray_cluster):
     spec = _spec(tmp_path, samples_dir, ["two_layer_net.pt2", "two_layer_custom_relu.pt2"], ["onnx"],
                  bench=["torch", "onnxruntime"])

@@ -84,6 +84,7 @@ def test_feature_map_outputs_are_compared_in_the_source_layout(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_route_all_builds_and_times_every_route(samples_dir, tmp_path):
     result = api.export(str(samples_dir / "two_layer_net.pt2"), "tflite", str(tmp_path / "m.tflite"), route="all")
     assert {r["route"] for r in result.to_dict()["routes"]} == {"torch_to_tflite", "torch_to_onnx → onnx_to_tflite"}
