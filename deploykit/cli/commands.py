@@ -1,7 +1,8 @@
 """The `deploykit` command. Each command imports the API lazily and calls one function.
 
 Exit codes: 0 success · 1 verification failed · 2 bad usage or bad input ·
-3 missing dependency · 4 conversion failed · 5 internal error (a deploykit bug).
+3 missing dependency · 4 conversion failed · 5 internal error (a deploykit bug) ·
+6 an artifact kept unverified (--keep-unverified) · 130 interrupted (Ctrl-C) · 143 terminated (SIGTERM).
 """
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ def _v(name: str):
 
 app = typer.Typer(
     name="deploykit", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-    help="Export PyTorch and Keras models to ONNX, TFLite and SavedModel, prove the export computes the same "
-         "thing, and measure what production gains. Exit codes: 0 ok, 1 verification failed, 2 bad usage/input, 3 missing dependency, "
-         "4 conversion failed, 5 internal error.",
+    help="Export PyTorch and Keras models to ONNX, TFLite, SavedModel and ExecuTorch, prove the export computes "
+         "the same thing (natively and in the browser), and measure what production gains. Exit codes: 0 ok, "
+         "1 verification failed, 2 bad usage/input, 3 missing dependency, 4 conversion failed, 5 internal error, "
+         "6 kept unverified (--keep-unverified), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).",
 )
 samples_app = typer.Typer(help="Sample models built in code (the seed's two-layer net, MobileNetV2, ...).",
                           no_args_is_help=True)
