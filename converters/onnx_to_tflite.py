@@ -25,6 +25,7 @@ from deploykit.artifact import Artifact
 from deploykit.child import CONVERT, run_child
 from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.errors import ConversionError
+from deploykit.layout import Layout
 from deploykit.model import LoadedModel
 from deploykit.onnx_io import every_node, read_onnx
 from deploykit.quiet import captured_output
@@ -111,13 +112,13 @@ def _attempt(model: LoadedModel, prepared, out_path: Path, options: ExportOption
     if info.get("artifact"):
         written = ModelSpec.from_dict(info["artifact"]["spec"])
     else:                    # a SavedModel is read by its loader in this process (TensorFlow), once: accept reuses it
-        result.artifact = Artifact.open(out_path, layout={})
+        result.artifact = Artifact.open(out_path, layout=Layout())
         written = result.artifact.spec
     result.input_perms = _perms(model.spec.inputs, written.inputs, to_artifact=True)
     result.output_perms = _perms(_known_outputs(prepared.path, model.spec.outputs), written.outputs,
                                  to_artifact=False)
-    layout = {"inputs": result.input_perms, "outputs": result.output_perms}
-    accept(result, check, options, "onnx2tf", "onnx2tf", "try --via litert, or simplify the ONNX graph first", layout)
+    accept(result, check, options, "onnx2tf", "onnx2tf", "try --via litert, or simplify the ONNX graph first",
+           result.layout)
     if any(result.output_perms.values()):
         result.notes.append("onnx2tf changed the layout of outputs (channels-last, or axes reordered); recorded "
                             f"permutations {result.output_perms}")

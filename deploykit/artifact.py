@@ -17,6 +17,7 @@ from typing import Optional
 from deploykit.child import RUN, pack_samples, run_child, unpack_samples
 from deploykit.fsutil import sha256_of
 from deploykit.harness import Timing
+from deploykit.layout import Layout
 from deploykit.model import DEFAULT_TIMEOUT_S, LoadedModel, LoadOptions, load_model
 from deploykit.runner import RunnerOptions
 
@@ -40,17 +41,16 @@ class RunResult:
 class Artifact(LoadedModel):
     """A model file (ONNX, TFLite, SavedModel, ...) with its signature, recorded layout and hash.
 
-    ``layout`` maps the artifact's tensors to the source's axes ({"inputs": {name: perm},
-    "outputs": {name: perm}}); ``sha256`` is taken when the artifact is opened — for a
-    converter's output, when the hop is made.
+    ``layout`` (a Layout) maps the artifact's tensors to the source's axes; ``sha256`` is taken when the
+    artifact is opened — for a converter's output, when the hop is made.
     """
 
-    layout: dict = field(default_factory=dict)
+    layout: Layout = field(default_factory=Layout)
     sha256: Optional[str] = None
     manifest: Optional[dict] = None
 
     @classmethod
-    def open(cls, path: "str | Path", *, layout: Optional[dict] = None, load: Optional[LoadOptions] = None,
+    def open(cls, path: "str | Path", *, layout: Optional[Layout] = None, load: Optional[LoadOptions] = None,
              description: Optional[dict] = None) -> "Artifact":
         """Describe the file once (in a child for formats a runtime could crash on).
 
@@ -67,18 +67,18 @@ class Artifact(LoadedModel):
         else:
             model = load_model(path, load or LoadOptions())
         stored = manifest.read(path)
-        recorded = layout if layout is not None else ((stored or {}).get("layout") or {})
+        recorded = layout if layout is not None else Layout.from_dict((stored or {}).get("layout"))
         return cls.of(model, layout=recorded, manifest=stored)
 
     @classmethod
-    def of(cls, model: LoadedModel, *, layout: Optional[dict] = None, manifest: Optional[dict] = None) -> "Artifact":
+    def of(cls, model: LoadedModel, *, layout: Optional[Layout] = None, manifest: Optional[dict] = None) -> "Artifact":
         """An already loaded model as an artifact (hashing it now)."""
         if isinstance(model, Artifact) and layout is None:
             return model
         return cls(str(model.path), model.format, model.spec, model.handle, model.weights, dict(model.details),
-                   model.load, layout=layout or {}, sha256=sha256_of(model.path), manifest=manifest)
+                   model.load, layout=layout or Layout(), sha256=sha256_of(model.path), manifest=manifest)
 
-    def with_layout(self, layout: dict) -> "Artifact":
+    def with_layout(self, layout: Layout) -> "Artifact":
         return replace(self, layout=layout)
 
     def moved_to(self, path: "str | Path") -> "Artifact":

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 from deploykit.errors import (ConversionError, DeploykitError, MissingDependency, ModelLoadError, Outcome,
                               ParityError, UnsupportedModelError)
+from deploykit.layout import Layout
 from deploykit.parity import ParityReport
 
 # check(candidate: Path | Artifact, samples, batch=None, layout=None, locate=False) -> ParityReport against the
@@ -72,7 +73,7 @@ class ConversionResult:
     tool: str                                        # which exporter produced the file
     parity: Optional[ParityReport] = None            # the check that accepted it
     extra_files: list = field(default_factory=list)  # side files (external data)
-    input_perms: dict = field(default_factory=dict)  # layout: artifact axes -> source axes
+    input_perms: dict = field(default_factory=dict)  # this hop's Layout: artifact axes -> source axes
     output_perms: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
@@ -83,9 +84,14 @@ class ConversionResult:
                                                      # else by accept); accept reuses it rather than reading again
     description: Optional[dict] = None               # a converter child's description of the file it wrote
 
+    @property
+    def layout(self) -> Layout:
+        """This hop's layout relative to its input model (its input_perms and output_perms)."""
+        return Layout(self.input_perms, self.output_perms)
+
 
 def accept(result: ConversionResult, check: Check, options: ExportOptions, tag: str, what: str, remedy: str,
-           layout: Optional[dict] = None) -> ConversionResult:
+           layout: Optional[Layout] = None) -> ConversionResult:
     """Check a converter's artifact against the source and record the attempt.
 
     Raises ConversionError with the hop's outcome when the artifact does not load
@@ -94,9 +100,10 @@ def accept(result: ConversionResult, check: Check, options: ExportOptions, tag: 
     """
     from deploykit.artifact import Artifact
 
+    layout = Layout.of(layout)
     try:
-        artifact = result.artifact.with_layout(layout or {}) if result.artifact is not None else \
-            Artifact.open(result.path, layout=layout or {}, description=result.description)
+        artifact = result.artifact.with_layout(layout) if result.artifact is not None else \
+            Artifact.open(result.path, layout=layout, description=result.description)
         report = check(artifact, options.samples, layout=layout)
     except (ConversionError, MissingDependency):
         raise

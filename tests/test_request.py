@@ -7,6 +7,7 @@ from deploykit import api
 from deploykit.contract import ContractChoices
 from deploykit.conversion import ExportOptions
 from deploykit.errors import EXIT_USAGE, UsageError
+from deploykit.layout import Layout
 from deploykit.model import LoadOptions
 from deploykit.options import QuantizeOptions, VerifyOptions
 from deploykit.request import ExportRequest, export_defaults
@@ -106,3 +107,29 @@ def test_a_path_source_is_its_text(tmp_path):
     request = ExportRequest(tmp_path / "m.pt2", output=tmp_path / "m.onnx")
     assert request.source == str(tmp_path / "m.pt2") and request.output == str(tmp_path / "m.onnx")
     assert replace(request, to="tflite").target.value == "tflite"
+
+
+# --- Layout: the recorded permutations between an artifact and its source ---
+
+NHWC_IN = {"inputs": {"x": [0, 2, 3, 1]}, "outputs": {"y": [0, 3, 1, 2]}}
+
+
+def test_layout_keeps_the_manifests_form():
+    import json
+
+    layout = Layout.from_dict(NHWC_IN)
+    assert layout.input_perms == {"x": [0, 2, 3, 1]} and layout.permutes
+    assert json.loads(json.dumps(layout.to_dict())) == NHWC_IN and Layout.from_dict(layout.to_dict()) == layout
+    assert Layout().to_dict() == {"inputs": {}, "outputs": {}} and not Layout().permutes
+    assert Layout.from_dict(None) == Layout() == Layout.from_dict({"inputs": {}})
+    assert not Layout({"x": None}).permutes       # named, but in the source's layout
+    assert Layout.of(NHWC_IN) == layout and Layout.of(layout) is layout and Layout.of(None) == Layout()
+
+
+def test_layouts_compose_through_two_hops():
+    nhwc_in = Layout.from_dict(NHWC_IN)
+    assert Layout().then(nhwc_in) == nhwc_in and nhwc_in.then(Layout()) == nhwc_in
+    back = Layout({"x2": [0, 3, 1, 2]}, {"y2": [0, 2, 3, 1]})
+    assert nhwc_in.then(back).to_dict() == {"inputs": {"x2": [0, 1, 2, 3]}, "outputs": {"y2": [0, 1, 2, 3]}}
+    renamed = Layout({"x2": None}, {"y2": None})      # a later hop that only renames keeps the perms, by position
+    assert nhwc_in.then(renamed) == Layout({"x2": [0, 2, 3, 1]}, {"y2": [0, 3, 1, 2]})

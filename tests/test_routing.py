@@ -41,14 +41,6 @@ def test_via_filters_by_tool_or_intermediate_format_and_explains_choices():
         routing.select_routes(Format.ONNX, Format.ONNX, None)
 
 
-def test_compose_layouts_through_two_hops():
-    nhwc_in = {"inputs": {"x": [0, 2, 3, 1]}, "outputs": {"y": [0, 3, 1, 2]}}
-    assert routing.compose({}, nhwc_in) == nhwc_in
-    assert routing.compose(nhwc_in, {"inputs": {}, "outputs": {}}) == nhwc_in
-    back = {"inputs": {"x2": [0, 3, 1, 2]}, "outputs": {"y2": [0, 2, 3, 1]}}
-    assert routing.compose(nhwc_in, back) == {"inputs": {"x2": [0, 1, 2, 3]}, "outputs": {"y2": [0, 1, 2, 3]}}
-
-
 def test_layout_labels_follow_the_permutation():
     assert _permuted_label("NCHW", [0, 2, 3, 1], "inputs") == "NHWC"
     assert _permuted_label("NCHW", [0, 3, 1, 2], "outputs") == "NHWC"

@@ -34,6 +34,7 @@ from deploykit.artifact import Artifact
 from deploykit.checking.checker import int8_feeds, make_checker, trusted_manifest
 from deploykit.errors import ParityError, UsageError
 from deploykit.formats import Format
+from deploykit.layout import Layout
 from deploykit.model import LoadOptions, load_model
 from deploykit.options import PRECISION_OF, VerifyOptions
 from deploykit.registry import browser_runtime_for
@@ -144,7 +145,7 @@ def golden_vectors(source, artifact: Artifact, verify: VerifyOptions, stored: Op
         int8_feeds(source, stored or {}, replace(verify, precision=None))
     keyed = [((chosen[0], i), f) for i, f in enumerate(chosen[1])] if chosen else checker.feeds(verify.samples)
     references = checker.reference.outputs_for(keyed)
-    layout = artifact.layout or {}
+    layout = artifact.layout
     inputs = [checker.feeds_for(artifact, feeds, layout) for _key, feeds in keyed]
     names = artifact.spec.output_names
     inputs = [{name: _as_input_dtype(value, artifact, name) for name, value in feeds.items()} for feeds in inputs]
@@ -154,7 +155,7 @@ def golden_vectors(source, artifact: Artifact, verify: VerifyOptions, stored: Op
             raise UsageError(f"the source returns {len(reference)} outputs and {artifact.label} {len(names)}",
                              "package an artifact of this source")
         renamed = dict(zip(names, reference.values())) if set(reference) != set(names) else reference
-        outputs.append({name: _inverse_permute(value, (layout.get("outputs") or {}).get(name))
+        outputs.append({name: _inverse_permute(value, layout.output_perms.get(name))
                         for name, value in renamed.items()})
     return inputs, outputs, checker.tolerance
 
@@ -248,7 +249,7 @@ def golden_report(path: Path, inputs: list, outputs: list, tolerance, timeout: f
                   runtime: Optional[str] = None) -> parity.ParityReport:
     """The model at ``path`` run on golden inputs (through deploykit's runner, on ``runtime`` or the format's
     default) and compared with golden outputs."""
-    result = Artifact.open(path, layout={}).run(inputs, runtime=runtime, timeout=timeout)
+    result = Artifact.open(path, layout=Layout()).run(inputs, runtime=runtime, timeout=timeout)
     report = parity.compare(outputs, result.outputs, tolerance, "golden vectors", f"{path.parent.name}/{path.name}")
     report.notes.append(f"ran on {result.ran_on}")
     return report

@@ -10,6 +10,7 @@ from deploykit import parity, registry
 from deploykit.artifact import Artifact
 from deploykit.errors import UsageError
 from deploykit.inputs import load_npz, random_feeds
+from deploykit.layout import Layout
 from deploykit.model import LoadedModel, LoadOptions, load_model
 from deploykit.options import PRECISION_OF, VerifyOptions
 from deploykit.parity import Tolerance, tolerance_for
@@ -41,7 +42,7 @@ class ReferenceRunner:
 
     def _run(self, feeds_list: list) -> list:
         if self.model.handle is None:
-            self._artifact = self._artifact or Artifact.of(self.model, layout={})
+            self._artifact = self._artifact or Artifact.of(self.model, layout=Layout())
             return self._artifact.run(feeds_list, RunnerOptions(device=self.device), timeout=self.timeout).outputs
         if self._runner is None:
             entry = registry.runtime_for(self.model.format)
@@ -70,26 +71,27 @@ class Checker:
         return keyed + [(("user", i), f) for i, f in enumerate(self.user_feeds)]
 
     def check(self, candidate: Union[str, Path, Artifact], samples: int, batch: Optional[int] = None,
-              layout: Optional[dict] = None, tolerance: Optional[parity.Tolerance] = None,
+              layout: Optional[Layout] = None, tolerance: Optional[parity.Tolerance] = None,
               feeds: Optional[tuple] = None, locate: bool = False) -> parity.ParityReport:
         """Run the candidate (in a child) and the source on the same feeds and compare.
 
-        ``layout`` is the candidate's recorded permutation relative to the source
-        ({"inputs": {name: axes}, "outputs": {name: axes}}, keyed by the candidate's names).
+        ``layout`` is the candidate's recorded permutation relative to the source (a Layout, keyed by the
+        candidate's names; a converter's dict form is taken too).
         """
+        layout = Layout.of(layout)
         if not isinstance(candidate, Artifact):
-            candidate = Artifact.open(candidate, layout=layout or {})
+            candidate = Artifact.open(candidate, layout=layout)
         references, outputs = self.run_both(candidate, samples, batch, layout, feeds)
         report = self.compare(references, outputs, self.source.label, candidate.label, layout, tolerance)
         if feeds:
             report.compared_on = (len(feeds[1]), feeds[0])
             report.notes.append(f"compared on {len(feeds[1])} {feeds[0]} sample(s)")
         if (locate or self.locate_failures) and not report.passed and batch is None:
-            report.location = self.locate(candidate.with_layout(layout or {}), samples, feeds, tolerance).to_dict()
+            report.location = self.locate(candidate.with_layout(layout), samples, feeds, tolerance).to_dict()
         return report
 
     def compare(self, references: list, outputs: list, reference_label: str, candidate_label: str,
-                layout: Optional[dict] = None, tolerance: Optional[parity.Tolerance] = None) -> parity.ParityReport:
+                layout: Optional[Layout] = None, tolerance: Optional[parity.Tolerance] = None) -> parity.ParityReport:
         """Compare outputs that are already in the source's layout."""
         report = parity.compare(references, outputs, tolerance or self.tolerance, reference_label, candidate_label)
         if self.last_runtime:
@@ -97,13 +99,12 @@ class Checker:
         if self.user_feeds:
             count = len(references) - len(self.user_feeds)
             report.notes.append(f"{count} random + {len(self.user_feeds)} user sample(s)")
-        layout = layout or {}
-        if any((layout.get("inputs") or {}).values()) or any((layout.get("outputs") or {}).values()):
-            report.notes.append(f"layout permutations applied: {layout}")
+        if layout is not None and layout.permutes:
+            report.notes.append(f"layout permutations applied: {layout.to_dict()}")
         return report
 
     def run_both(self, candidate: Artifact, samples: int, batch: Optional[int] = None,
-                 layout: Optional[dict] = None, feeds: Optional[tuple] = None, runtime: Optional[str] = None) -> tuple:
+                 layout: Optional[Layout] = None, feeds: Optional[tuple] = None, runtime: Optional[str] = None) -> tuple:
         """Source outputs and candidate outputs (permuted back to the source's layout) on the same feeds.
 
         ``feeds`` = (label, [feed, ...]) replaces the seeded random samples (a quantized artifact is
@@ -111,11 +112,11 @@ class Checker:
         """
         keyed = self._keyed(samples, batch, feeds)
         references = self._reference_outputs(keyed)
-        layout = layout or {}
+        layout = layout or Layout()
         feeds_for_candidate = [self.feeds_for(candidate, feeds, layout) for _key, feeds in keyed]
         result = candidate.run(feeds_for_candidate, self.runner_options, runtime=runtime, timeout=self.timeout)
         self.last_runtime = result.ran_on
-        return references, [parity.permute(o, layout.get("outputs")) for o in result.outputs]
+        return references, [parity.permute(o, layout.output_perms) for o in result.outputs]
 
     def _keyed(self, samples: int, batch: Optional[int], feeds: Optional[tuple]) -> list:
         return [((feeds[0], i), f) for i, f in enumerate(feeds[1])] if feeds else self.feeds(samples, batch)
@@ -137,7 +138,7 @@ class Checker:
         from deploykit.errors import UnsupportedModelError
 
         if self.source.handle is None:
-            return Artifact.of(self.source, layout={}).capture(feeds_list, RunnerOptions(), timeout=self.timeout)
+            return Artifact.of(self.source, layout=Layout()).capture(feeds_list, RunnerOptions(), timeout=self.timeout)
         runner = registry.resolve(registry.runtime_for(self.source.format).target)(self.source)
         if not hasattr(runner, "capture"):
             raise UnsupportedModelError(f"--locate cannot follow a {self.source.format.value} source layer by layer",
@@ -180,9 +181,9 @@ class Checker:
     def runner_options(self) -> RunnerOptions:
         return RunnerOptions(device=self.device, **self.runtime_options)
 
-    def feeds_for(self, candidate: LoadedModel, feeds: dict, layout: Optional[dict] = None) -> dict:
+    def feeds_for(self, candidate: LoadedModel, feeds: dict, layout: Optional[Layout] = None) -> dict:
         """Source-layout feeds renamed (by position, if the names differ) and permuted for the candidate."""
-        return parity.permute(self._rename(feeds, candidate), (layout or {}).get("inputs"))
+        return parity.permute(self._rename(feeds, candidate), layout.input_perms if layout else None)
 
     def _rename(self, feeds: dict, candidate: LoadedModel) -> dict:
         """Feed a candidate whose input names differ (another exporter's) by position."""

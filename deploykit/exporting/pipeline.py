@@ -21,6 +21,7 @@ from deploykit.request import ExportRequest
 from deploykit.progress import Progress
 from deploykit.formats import TORCH_FORMATS, Format, detect
 from deploykit.harness import DEFAULT_TIMING
+from deploykit.layout import Layout
 from deploykit.model import LoadedModel, PendingModel, load_model
 from deploykit.options import PRECISION_OF, QuantizeOptions, VerifyOptions
 from deploykit.parity import ParityReport, tolerance_for
@@ -213,7 +214,7 @@ def _write_manifest(artifact, model: LoadedModel, chosen, runs: list, extra_file
                     calibration_info: dict, contract: Optional[dict]) -> dict:
     final, mode = chosen.final, request.mode
     data = manifest.build(Path(artifact.path), artifact.format.value, model, chosen.recorded_hops(),
-                          _artifact_signature(model, artifact, chosen.layout), chosen.layout,
+                          _artifact_signature(model, artifact, chosen.layout), chosen.layout.to_dict(),
                           final.parity.to_dict() if final.parity else None,
                           [w for hop in chosen.hops for w in hop.warnings], extra_files,
                           _libraries_used(chosen.route, " ".join(h.tool for h in chosen.hops)),
@@ -231,13 +232,13 @@ def _write_manifest(artifact, model: LoadedModel, chosen, runs: list, extra_file
     return data
 
 
-def _artifact_signature(source: LoadedModel, artifact: LoadedModel, layout: dict) -> dict:
+def _artifact_signature(source: LoadedModel, artifact: LoadedModel, layout: Layout) -> dict:
     """The artifact's signature, with the source's layout labels carried over by position
     (and permuted where the route recorded a permutation: NCHW becomes NHWC, say)."""
     signature = artifact.spec.to_dict()
     inputs = source.spec.counterparts(artifact.spec.inputs)       # without fixed inputs the artifact dropped
-    for kind, tensors in (("inputs", inputs), ("outputs", source.spec.outputs)):
-        perms = layout.get(kind) or {}
+    for kind, tensors, perms in (("inputs", inputs, layout.input_perms),
+                                 ("outputs", source.spec.outputs, layout.output_perms)):
         for entry, src in zip(signature[kind], tensors):
             label, perm = src.layout, perms.get(entry["name"])
             if entry["layout"] is None and label:

@@ -14,6 +14,7 @@ from deploykit.artifact import Artifact
 from deploykit.errors import (ConversionError, MissingDependency, ModelLoadError, Outcome, ParityError,
                               UnsupportedModelError, UsageError)
 from deploykit.formats import Format
+from deploykit.layout import Layout
 from deploykit.model import LoadedModel
 
 # Set by the test suite for tests not marked `slow`: a conversion there is a mislabelled test.
@@ -29,7 +30,7 @@ SUFFIXES = {Format.ONNX: ".onnx", Format.TFLITE: ".tflite", Format.SAVED_MODEL: 
 class RouteRun:
     route: list
     hops: list = field(default_factory=list)        # ConversionResult per edge
-    layout: dict = field(default_factory=dict)      # final artifact vs source: {"inputs": {...}, "outputs": {...}}
+    layout: Layout = field(default_factory=Layout)  # final artifact vs source
     seconds: float = 0.0
     error: Optional[ConversionError] = None
     latency_ms: Optional[float] = None
@@ -168,7 +169,7 @@ def run_route(route: list, model: LoadedModel, out: Path, options, checker, cali
         getattr(model, "result", lambda: None)()     # a source that does not load fails as itself first
         raise AssertionError("this test converts a model: mark it `slow` (the quick loop never converts)")
     run, current, started = RouteRun(route, keep_unverified=options.keep_unverified), model, time.perf_counter()
-    previous_layout: dict = {}
+    previous_layout = Layout()
     try:
         for index, edge in enumerate(route):
             last = index == len(route) - 1
@@ -178,7 +179,7 @@ def run_route(route: list, model: LoadedModel, out: Path, options, checker, cali
 
             def check(candidate, samples, batch=None, layout=None, locate=False, _prev=previous_layout,
                       _tol=tolerance, _feeds=given):
-                return checker.check(candidate, samples, batch, layout=compose(_prev, layout or {}), tolerance=_tol,
+                return checker.check(candidate, samples, batch, layout=_prev.then(Layout.of(layout)), tolerance=_tol,
                                      feeds=_feeds, locate=locate)
 
             def calibrate(edge_input, _prev=previous_layout):
@@ -186,7 +187,7 @@ def run_route(route: list, model: LoadedModel, out: Path, options, checker, cali
 
             hop_options = replace(options, quantize=options.quantize if last else None, calibration_feeds=calibrate)
             result = registry.resolve(edge.target)(current, path, hop_options, check)
-            previous_layout = compose(previous_layout, {"inputs": result.input_perms, "outputs": result.output_perms})
+            previous_layout = previous_layout.then(result.layout)
             result.artifact = _hop_artifact(result, previous_layout)
             run.hops.append(result)
             current = result.artifact
@@ -207,7 +208,7 @@ def run_route(route: list, model: LoadedModel, out: Path, options, checker, cali
     return run
 
 
-def _hop_artifact(result, layout: dict) -> Artifact:
+def _hop_artifact(result, layout: Layout) -> Artifact:
     """The hop's file as an Artifact: the one its check ran when that is still the file, else read once now
     (onnxslim replaces the checked file by a simplified one)."""
     checked = result.artifact
@@ -222,30 +223,6 @@ def _check_dynamic_batch(run: RouteRun, checker) -> None:
         raise ConversionError("the artifact does not run correctly at batch 3 with --dynamic-batch: "
                               + report.summary(), "the model fixes its batch size inside; drop --dynamic-batch")
     run.final.notes.append("verified at batch 3 as well (dynamic batch)")
-
-
-def compose(first: dict, second: dict) -> dict:
-    """Compose two layout records (source→A, A→B) into source→B.
-
-    Inputs: a source tensor is transposed by ``first`` then ``second``; outputs: an artifact
-    tensor by ``second`` then ``first``. Tensors are matched by position, since hops rename them.
-    """
-    if not first or not any(first.values()):
-        return dict(second)
-    if not second or not any(second.values()):
-        return dict(first)
-    result = {}
-    for kind in ("inputs", "outputs"):
-        a, b = list((first.get(kind) or {}).items()), list((second.get(kind) or {}).items())
-        merged = {}
-        for index, (name, perm_b) in enumerate(b):
-            perm_a = a[index][1] if index < len(a) else None
-            if kind == "inputs":
-                merged[name] = [perm_a[j] for j in perm_b] if perm_a and perm_b else (perm_b or perm_a)
-            else:
-                merged[name] = [perm_b[j] for j in perm_a] if perm_a and perm_b else (perm_b or perm_a)
-        result[kind] = merged
-    return result
 
 
 def choose(runs: list, route_all: bool) -> RouteRun:
