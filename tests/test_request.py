@@ -133,3 +133,19 @@ def test_layouts_compose_through_two_hops():
     assert nhwc_in.then(back).to_dict() == {"inputs": {"x2": [0, 1, 2, 3]}, "outputs": {"y2": [0, 1, 2, 3]}}
     renamed = Layout({"x2": None}, {"y2": None})      # a later hop that only renames keeps the perms, by position
     assert nhwc_in.then(renamed) == Layout({"x2": [0, 2, 3, 1]}, {"y2": [0, 3, 1, 2]})
+
+
+def test_a_matrix_cell_ships_its_request_as_a_dict_and_the_child_rebuilds_it(tmp_path):
+    import json
+
+    from deploykit.matrix.spec import export_request
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\n")
+    options = {"inputs": ["x:1x3x8x8:float32"], "calibration_samples": 8, "io_dtype": "int8", "labels": str(labels)}
+    request = export_request("m.pt2", options, "tflite", "int8", {"route": "all", "samples": 2, "seed": 3,
+                                                                   "timeout": 60.0})
+    assert (request.quantize.samples, request.quantize.normalize, request.verify.seed) == (8, "unit", 3)
+    assert request.contract.labels == ("a", "b") and request.load.timeout == 60.0 and request.force
+    assert ExportRequest.from_dict(json.loads(json.dumps(request.to_dict()))) == request
+    assert export_request("m.pt2", {}, "onnx", "fp32").quantize is None

@@ -7,6 +7,7 @@ Exit codes: 0 success · 1 verification failed · 2 bad usage or bad input ·
 from __future__ import annotations
 
 import sys
+from functools import partial
 from typing import List, Optional
 
 import typer
@@ -18,16 +19,9 @@ from deploykit.model import LoadOptions
 from deploykit.options import QuantizeOptions, VerifyOptions
 from deploykit.request import export_defaults, option_default
 
-# Flag defaults are the option objects' field defaults (typer needs them as values here, not their declarations).
+# Flag defaults are the option objects' field defaults: typer needs the values here, they are declared there.
 _D = export_defaults()
-
-
-def _q(name: str):
-    return option_default(QuantizeOptions, name)
-
-
-def _v(name: str):
-    return option_default(VerifyOptions, name)
+_q, _v, _l = (partial(option_default, cls) for cls in (QuantizeOptions, VerifyOptions, LoadOptions))
 
 app = typer.Typer(
     name="deploykit", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -138,8 +132,8 @@ def export(
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Simplify the graph with onnxslim "
                                            "(kept only if parity still holds).")] = _D.optimize,
     labels: Labels = None, normalize: Normalize = None, task: Task = None,
-    inputs: Inputs = None, weights: Weights = option_default(LoadOptions, "weights"),
-    trust_pickle: TrustPickle = option_default(LoadOptions, "trust_pickle"), samples: Samples = _v("samples"),
+    inputs: Inputs = None, weights: Weights = _l("weights"), trust_pickle: TrustPickle = _l("trust_pickle"),
+    samples: Samples = _v("samples"),
     seed: Seed = _v("seed"), npz: Npz = _v("inputs_npz"), precision: Precision = _v("precision"),
     atol: Atol = _v("atol"), rtol: Rtol = _v("rtol"), timeout: Timeout = _v("timeout"),
     locate: Annotated[bool, typer.Option("--locate", help="When a converted model fails "

@@ -55,6 +55,7 @@ class ExportResult:
 
     @property
     def passed(self) -> bool:
+        """The artifact matches its source (False for one kept unverified)."""
         return self.parity.passed
 
     @property
