@@ -102,9 +102,10 @@ def run_one(model: FieldModel, target: str, folder: Path) -> dict:
         out = folder / f"{model.name.replace(' ', '_')}.{target}"
         result = api.export(str(source), target, str(out), force=True, load=api.load_options(list(model.inputs)),
                             verify=api.VerifyOptions(inputs_npz=npz))
-        worst = max(result.parity["outputs"], key=lambda o: o["max_abs"] or 0)
+        outputs = result.to_dict()["parity"]["outputs"]
+        worst = max(outputs, key=lambda o: o["max_abs"] or 0)
         row.update(passed=result.passed, route=" → ".join(h["edge"] for h in result.route),
-                   max_abs=worst["max_abs"], cosine=min(o["cosine"] for o in result.parity["outputs"]))
+                   max_abs=worst["max_abs"], cosine=min(o["cosine"] for o in outputs))
     except DeploykitError as exc:
         row.update(passed=False, exit_code=exc.exit_code, verdict=exc.one_line().removeprefix("error: "))
     except Exception as exc:  # noqa: BLE001 - a crash of deploykit itself is a finding too

@@ -33,7 +33,7 @@ def main() -> None:
         for name in args.only:
             try:
                 result = api.export(str(folder / name), args.to, str(folder / f"{name}.{args.to}"), route="all")
-                routes = result.routes
+                routes = result.to_dict()["routes"]
             except DeploykitError as exc:
                 routes = [{"route": "(all)", "passed": False, "error": exc.one_line(), "seconds": None}]
             for route in routes:

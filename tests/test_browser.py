@@ -294,7 +294,8 @@ def test_an_op_the_web_runtime_lacks_is_named_and_a_model_over_its_memory_is_ref
 @in_chromium
 @pytest.mark.serial
 def test_a_page_that_never_answers_is_a_time_out_and_no_browser_is_left(tmp_path):
-    model = builders.tiny_onnx(tmp_path / "m.onnx")
+    # A page busy for seconds (not a tiny model, which a fast machine answers within the limit).
+    model = builders.heavy_onnx(tmp_path / "m.onnx")
     proc = run_cli("verify", str(model), str(model), "--runtime", "onnxruntime-web", "--timeout", "2")
     assert_clean_error(proc, 1, "did not finish within 2 s")
     assert _no_browser_left()

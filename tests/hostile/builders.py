@@ -30,6 +30,25 @@ def payload_pickle() -> bytes:
     return pickle.dumps(Payload(), protocol=2)
 
 
+def heavy_onnx(path: Path, size: int = 512, layers: int = 24) -> Path:
+    """x[size,size] through ``layers`` MatMuls with one shared [size,size] weight (+ Tanh to keep values bounded):
+    2·size³·layers FLOP a sample, a fraction of a second natively but seconds in a single-threaded WASM page."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(size, dtype=np.float32) * 0.5, "W")
+    nodes, previous = [], "x"
+    for index in range(layers):
+        nodes += [helper.make_node("MatMul", [previous, "W"], [f"m{index}"]),
+                  helper.make_node("Tanh", [f"m{index}"], [f"t{index}"])]
+        previous = f"t{index}"
+    nodes.append(helper.make_node("Identity", [previous], ["y"]))
+    graph = helper.make_graph(nodes, "heavy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])], [weight])
+    path.write_bytes(onnx_model(graph).SerializeToString())
+    return path
+
+
 def tiny_onnx(path: Path, input_name: str = "x", shape=(1, 4), producer: str = "deploykit-tests",
               output_name: str = "y", external: str = "", doc: str = "", elem_type: int = 1,
               sequence_input: bool = False) -> Path:
