@@ -28,8 +28,8 @@ def _has(*packages: str) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip tests whose dependency is missing (CI installs everything, so nothing skips there); serial last."""
-    _serial_last(items)
+    """Skip tests whose dependency is missing (CI installs everything, so nothing skips there); order the run."""
+    _schedule(items)
     for item in items:
         for marker, packages in _MARKER_PACKAGES.items():
             if marker in item.keywords and not _has(*packages):
@@ -85,9 +85,21 @@ def pytest_runtest_protocol(item, nextitem):
             fcntl.flock(turnstile, fcntl.LOCK_UN)
 
 
-def _serial_last(items) -> None:
-    """Serial tests go last, where one worker runs them while the other drains the rest: less waiting."""
-    items.sort(key=lambda item: item.get_closest_marker("serial") is not None)
+# Modules whose slow tests take longest (measured with --durations on the 2-core machine), started first so that
+# the two workers finish together instead of one waiting on a long test begun late.
+LONGEST_FIRST = ("test_inspect_demo", "test_executorch", "test_browser", "test_quantize", "test_tflite",
+                 "test_locate_routes", "test_field_models", "test_bundle")
+
+
+def _schedule(items) -> None:
+    """Longest work first, quick tests after it (they fill the gaps), `serial` tests last (one worker runs them
+    while the other drains the rest)."""
+    def key(item):
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        heavy = LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+        return (item.get_closest_marker("serial") is not None, item.get_closest_marker("slow") is None, heavy)
+
+    items.sort(key=key)
 
 
 @pytest.fixture(autouse=True)
