@@ -2,6 +2,8 @@
 import io
 import re
 
+import pytest
+
 from deploykit.progress import Progress
 
 
@@ -58,3 +60,25 @@ def test_eta_is_the_mean_step_time_times_the_steps_left():
     bar.started -= 4.0                       # 4 s for 2 steps: 2 s a step, 8 steps left
     assert abs(bar.eta(2) - 16.0) < 0.5
     assert bar.eta(0) is None and Progress("x", total=None).eta(3) is None
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_training_shows_step_loss_and_eta_and_the_demo_says_so_first(tmp_path, monkeypatch, capsys):
+    """The one-time MobileNetV2 training (minutes) reports its progress; the demo announces it beforehand."""
+    from deploykit.demo.run import training_notice
+    from sample_models import mobilenet
+
+    monkeypatch.setenv("DEPLOYKIT_CACHE_DIR", str(tmp_path))      # an empty cache: training would run
+    monkeypatch.setattr(mobilenet, "_TRAINED", {})
+    assert "trained once on this machine" in training_notice()
+    model = mobilenet.mobilenet_v2()
+    model.image_size = 64                      # the same loop on small images: seconds, not minutes
+    monkeypatch.setattr(mobilenet, "accuracy", lambda model, count=200: 0.0)    # the held-out pass is not the point
+    mobilenet._train(model, steps=10, batch=2)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("training mobilenet_v2 (once per machine") and lines[0].endswith("…")
+    steps = [line for line in lines if re.search(r": \d+/10 \(\d+%\)  loss \d", line)]
+    assert len(steps) == 10 and "ETA" in steps[0] and re.search(r"done in \d+s$", lines[-1])
+    monkeypatch.setattr(mobilenet, "is_trained_here", lambda *a: True)
+    assert training_notice() is None

@@ -27,6 +27,16 @@ def _prepare_dir(output: str) -> Path:
     return folder
 
 
+def training_notice() -> "str | None":
+    """What the demo says before the one-time MobileNetV2 training (None when its weights are cached)."""
+    from sample_models.mobilenet import TRAINING_TIME, is_trained_here
+
+    if is_trained_here():
+        return None
+    return (f"   mobilenet_v2 is trained once on this machine ({TRAINING_TIME}; its progress is shown below), "
+            "then its weights are cached for every later run")
+
+
 def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = False) -> dict:
     registry.require(("torch", "onnx", "onnxscript", "onnxruntime", "ai_edge_litert", "litert_torch", "onnx2tf",
                       "executorch"),
@@ -38,11 +48,9 @@ def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = Fa
     folder = _prepare_dir(output)
     started, steps = time.perf_counter(), []
     say(f"[bold]1. build sample models[/bold] into {folder}/ (seeded, trained / calibrated)")
-    from sample_models.mobilenet import TRAINING_TIME, is_trained_here
-
-    if not is_trained_here():
-        say(f"   mobilenet_v2 is trained once on this machine ({TRAINING_TIME}; its progress is shown below), "
-            "then its weights are cached for every later run")
+    notice = training_notice()
+    if notice:
+        say(notice)
     built = build_samples(folder, ("two_layer_net", "mobilenet_v2", "dynamic_gate"), force=True)
     for item in built:
         say(f"   {item['name']}: {item['parameters']:,} parameters {_preparation_text(item['preparation'])}")
