@@ -67,6 +67,16 @@ def _serial_locks():
     return _SERIAL_LOCKS
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Close this worker's lock files and remove their folder (a worker still running keeps its open files,
+    which lock the same inodes)."""
+    for handle in _SERIAL_LOCKS:
+        handle.close()
+    if _SERIAL_LOCKS:
+        shutil.rmtree(Path(_SERIAL_LOCKS[0].name).parent, ignore_errors=True)
+    _SERIAL_LOCKS.clear()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """`serial` tests (timings, time-outs, killed workers) run alone: a readers-writer lock over the workers.
