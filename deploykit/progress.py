@@ -28,8 +28,9 @@ class Progress:
     """
 
     def __init__(self, label: str, total: Optional[int], stream: Optional[TextIO] = None,
-                 every: float = 0.1, enabled: bool = True) -> None:
+                 every: float = 0.1, enabled: bool = True, intro: str = "") -> None:
         self.label, self.total, self.enabled = printable(label), total, enabled
+        self.intro = printable(intro)        # said once, on the start line (how long it usually takes, why)
         self.stream = stream if stream is not None else sys.stderr
         self.started = time.perf_counter()
         self._marks, self._next_mark = max(1, round(1 / every)), 1   # integer tenths: no float drift
@@ -40,6 +41,8 @@ class Progress:
         if not self.enabled:
             return self
         interactive = getattr(self.stream, "isatty", lambda: False)() and os.environ.get("DEPLOYKIT_PROGRESS") != "lines"
+        if not (interactive and self.total) or self.intro:
+            print(f"{self.label} ({self.intro}) …" if self.intro else f"{self.label} …", file=self.stream, flush=True)
         if interactive and self.total:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
@@ -49,8 +52,6 @@ class Progress:
                             console=Console(file=self.stream, highlight=False), transient=True)
             self._bar.start()
             self._task = self._bar.add_task("", total=self.total)
-        else:
-            print(f"{self.label} …", file=self.stream, flush=True)
         return self
 
     def eta(self, done: int) -> Optional[float]:

@@ -144,7 +144,8 @@ def _train(model: MobileNetV2, steps: int, batch: int) -> tuple:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=4e-3, total_steps=steps, pct_start=0.15)
     model.train()
     losses = []
-    with Progress(f"training mobilenet_v2 (once per machine, then cached; {TRAINING_TIME})", total=steps) as bar:
+    with Progress("training mobilenet_v2", total=steps,
+                  intro=f"once per machine, then cached; {TRAINING_TIME}") as bar:
         for step in range(steps):
             images, labels = shapes.dataset(batch, model.image_size, seed=1000 + step)
             loss = nn.functional.cross_entropy(model(torch.from_numpy(images)), torch.from_numpy(labels))

@@ -78,6 +78,7 @@ def test_training_shows_step_loss_and_eta_and_the_demo_says_so_first(tmp_path, m
     mobilenet._train(model, steps=10, batch=2)
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("training mobilenet_v2 (once per machine") and lines[0].endswith("…")
+    assert lines[1].startswith("training mobilenet_v2: 1/10 (10%)  loss ")
     steps = [line for line in lines if re.search(r": \d+/10 \(\d+%\)  loss \d", line)]
     assert len(steps) == 10 and "ETA" in steps[0] and re.search(r"done in \d+s$", lines[-1])
     monkeypatch.setattr(mobilenet, "is_trained_here", lambda *a: True)
