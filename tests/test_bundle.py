@@ -89,7 +89,7 @@ def test_generated_app_is_plain_python_without_deploykit(runtime, distribution):
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"argparse", "json", "sys", "pathlib", "numpy", "PIL", "importlib", "onnxruntime",
+    assert imported <= {"argparse", "json", "os", "sys", "pathlib", "numpy", "PIL", "importlib", "onnxruntime",
                         "ai_edge_litert"}, imported
     assert "deploykit" not in imported
 

@@ -20,7 +20,6 @@ import datetime
 import functools
 import json
 import re
-import shutil
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -42,6 +41,9 @@ from deploykit.registry import browser_runtime_for
 APPS = ("python", "web")
 BUNDLE_FILE = "deploykit-bundle.json"
 RUNTIME_OF = {Format.ONNX: ("onnxruntime", "onnxruntime"), Format.TFLITE: ("litert", "ai-edge-litert")}
+# The bundled model is named by its detected format, never after the user's file: that name is free text and
+# goes into the generated app (issue 26: a quote in a suffix ran code on the device).
+MODEL_NAME = {Format.ONNX: "model.onnx", Format.TFLITE: "model.tflite"}
 
 
 @dataclass
@@ -207,16 +209,13 @@ def _probabilities(outputs: list, artifact: Artifact) -> Optional[bool]:
 def _write_model(artifact: Artifact, folder: Path, contract: dict, labels_text: Optional[list]) -> str:
     """The model file in the bundle with the contract inside: ONNX metadata_props, or TFLite Metadata (with the
     labels and contract.json packed into the file)."""
-    name = "model" + Path(artifact.path).suffix
+    name = MODEL_NAME[artifact.format]
     if artifact.format == Format.TFLITE:
         from deploykit.tflite_metadata import embed
 
         labels = _labels_of(contract, labels_text)
         (folder / name).write_bytes(embed(Path(artifact.path).read_bytes(), contract, labels, Path(artifact.path).stem,
                                           f"{contract['task']} model packaged by deploykit"))
-        return name
-    if artifact.format != Format.ONNX:
-        shutil.copyfile(artifact.path, folder / name)
         return name
     import onnx
 
@@ -334,9 +333,17 @@ def describe_bundle(folder: "str | Path") -> dict:
 
 def verify_bundle(folder: "str | Path", timeout: float = 600.0) -> parity.ParityReport:
     """The bundle's model against its golden vectors, on deploykit's runner (what `app.py selftest` does on a
-    device). A file whose sha256 no longer matches the bundle's record is reported too."""
+    device). A file whose sha256 no longer matches the bundle's record is reported too; a bundle whose app could
+    run something verify did not check (an unlisted file, a link, another model, a listed path outside the bundle
+    or that is no regular file) fails before anything in it is read or run."""
+    from deploykit.bundle.integrity import tampering
+
     folder = Path(folder)
-    info = json.loads((folder / BUNDLE_FILE).read_text())
+    info, problems = tampering(folder)
+    if problems:
+        model = info.get("model") if isinstance(info.get("model"), str) else "?"
+        return parity.ParityReport("golden vectors", f"{folder.name}/{model}", 0, parity.PRESETS["fp32"],
+                                   problems=problems)
     golden = json.loads((folder / "golden.json").read_text())
     with np.load(folder / "golden.npz", allow_pickle=False) as data:
         inputs, outputs = _unpack_golden(data, golden["samples"])

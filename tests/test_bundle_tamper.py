@@ -1,0 +1,131 @@
+"""A bundle ships into other people's apps, so it must not be a way in (issue 26): no code runs from an artifact's
+file name, and `verify BUNDLE` refuses a bundle whose app would run something other than what it checked —
+unlisted files, links, a swapped model, listed paths outside the bundle or that are not regular files."""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.hostile import builders
+
+pytestmark = pytest.mark.onnxruntime
+PAYLOAD_NAME = 'm.x";open("PWNED","w");"'     # a suffix that closes the string literal and writes a marker
+
+
+def _package(tmp_path, artifact_name="tiny.onnx"):
+    from deploykit import api
+    from deploykit.bundle.packaging import PackageOptions
+
+    builders.tiny_onnx(tmp_path / "tiny.onnx")
+    if artifact_name != "tiny.onnx":
+        shutil.copyfile(tmp_path / "tiny.onnx", tmp_path / artifact_name)
+    options = PackageOptions(samples=2, source=str(tmp_path / "tiny.onnx"))
+    return tmp_path / "bundle", api.package(str(tmp_path / artifact_name), str(tmp_path / "bundle"), options)
+
+
+@pytest.fixture()
+def bundle(tmp_path):
+    return _package(tmp_path)[0]
+
+
+def _selftest(bundle, cwd, *flags):
+    return subprocess.run([sys.executable, *flags, str(bundle / "app.py"), "selftest"], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def _relist(bundle, **changes):
+    """Rewrite deploykit-bundle.json as a tamperer would: every file's sha256 recomputed, ``changes`` applied."""
+    info = json.loads((bundle / "deploykit-bundle.json").read_text())
+    info.update(changes)
+    info["files"] = {name: hashlib.sha256((bundle / name).read_bytes()).hexdigest() if (bundle / name).is_file()
+                     and not (bundle / name).is_symlink() else digest for name, digest in info["files"].items()}
+    (bundle / "deploykit-bundle.json").write_text(json.dumps(info))
+
+
+def test_a_payload_in_the_artifacts_file_name_never_runs(tmp_path):
+    bundle, described = _package(tmp_path, PAYLOAD_NAME)
+    assert described["model"] == "model.onnx" and (bundle / "model.onnx").is_file()
+    tree = ast.parse((bundle / "app.py").read_text())
+    calls = [n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    assert "open" not in calls
+    (tmp_path / "run").mkdir()
+    done = _selftest(bundle, tmp_path / "run")
+    assert done.returncode == 0 and "selftest passed" in done.stdout, done.stdout + done.stderr
+    assert not (tmp_path / "run" / "PWNED").exists() and not (bundle / "PWNED").exists()
+    assert run_cli("verify", str(bundle)).returncode == 0
+
+
+def test_app_never_imports_from_its_own_folder(bundle, tmp_path):
+    marker = tmp_path / "PWNED"
+    (bundle / "numpy.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    for name in ("json.py", "argparse.py", "pathlib.py"):
+        (bundle / name).write_text(f"open({str(marker)!r}, 'w').close()\n")
+    done = _selftest(bundle, bundle)
+    assert not marker.exists(), "app.py imported a module dropped beside it"
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_verify_refuses_an_unlisted_file(bundle):
+    (bundle / "numpy.py").write_text("raise SystemExit('not numpy')\n")
+    verified = run_cli("verify", str(bundle))
+    assert verified.returncode == 1 and "not listed" in verified.stdout and "numpy.py" in verified.stdout, \
+        verified.stdout + verified.stderr
+
+
+def test_verify_refuses_a_link_in_the_bundle(bundle, tmp_path):
+    (tmp_path / "secret.txt").write_text("secret")
+    os.symlink(tmp_path / "secret.txt", bundle / "x.txt")
+    verified = run_cli("verify", str(bundle))
+    assert verified.returncode == 1 and "link" in verified.stdout and "x.txt" in verified.stdout, \
+        verified.stdout + verified.stderr
+
+
+def test_verify_refuses_a_model_other_than_the_one_the_app_loads(bundle):
+    import onnx
+    from onnx import numpy_helper
+
+    shutil.copyfile(bundle / "model.onnx", bundle / "good.onnx")
+    model = onnx.load(bundle / "model.onnx")
+    weight = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    weight[0, 0] += 0.5                                          # what app.py loads no longer matches
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(weight, "W"))
+    onnx.save(model, bundle / "model.onnx")
+    info = json.loads((bundle / "deploykit-bundle.json").read_text())
+    info["files"]["good.onnx"] = ""
+    (bundle / "deploykit-bundle.json").write_text(json.dumps(info))
+    _relist(bundle, model="good.onnx")
+    assert _selftest(bundle, bundle, "-P").returncode == 1      # the device would run the changed model
+    verified = run_cli("verify", str(bundle))
+    assert verified.returncode == 1 and "good.onnx" in verified.stdout and "model.onnx" in verified.stdout, \
+        verified.stdout + verified.stderr
+
+
+def test_verify_never_reads_a_listed_path_outside_the_bundle(bundle, tmp_path):
+    (tmp_path / "secret.txt").write_text("secret")
+    info = json.loads((bundle / "deploykit-bundle.json").read_text())
+    info["files"]["../secret.txt"] = hashlib.sha256(b"secret").hexdigest()
+    (bundle / "deploykit-bundle.json").write_text(json.dumps(info))
+    verified = run_cli("verify", str(bundle))
+    assert verified.returncode == 1 and "../secret.txt" in verified.stdout, verified.stdout + verified.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_verify_never_blocks_on_a_listed_fifo_or_device(bundle, kind):
+    if kind == "fifo":
+        os.mkfifo(bundle / "pipe")
+        name = "pipe"
+    else:
+        name = os.path.relpath("/dev/zero", bundle)
+    info = json.loads((bundle / "deploykit-bundle.json").read_text())
+    info["files"][name] = "0" * 64
+    (bundle / "deploykit-bundle.json").write_text(json.dumps(info))
+    verified = run_cli("verify", str(bundle), timeout=60)
+    assert verified.returncode == 1 and name in verified.stdout, verified.stdout + verified.stderr
