@@ -47,6 +47,23 @@ def _fifo(work: Path, name: str) -> str:
     return name
 
 
+def _bundle(work: Path, **relisted) -> str:
+    """A real bundle of tiny.onnx in ``b``; ``relisted`` entries are added to its deploykit-bundle.json's file list
+    (and a ``model`` entry replaces its model), as a tamperer would write them."""
+    import json
+
+    from deploykit import api
+    from deploykit.bundle.packaging import PackageOptions
+
+    _onnx(work)
+    api.package(str(work / "tiny.onnx"), str(work / "b"), PackageOptions(samples=1, source=str(work / "tiny.onnx")))
+    info = json.loads((work / "b" / "deploykit-bundle.json").read_text())
+    info["model"] = relisted.pop("model", info["model"])
+    info["files"].update(relisted)
+    (work / "b" / "deploykit-bundle.json").write_text(json.dumps(info))
+    return "b"
+
+
 ONNX = ("onnxruntime",)
 TORCH = ("torch",)
 
@@ -297,6 +314,20 @@ CASES = [
          "applies to image inputs", ONNX),
     Case("export-task-bogus", "bundle", lambda w: ["export", _onnx(w), "--to", "onnx", "--task", "detect"], 2,
          "unknown --task", ONNX),
+    # --- tampered bundles (issue 26): verify fails before reading or running what the app would not -----------------
+    Case("verify-bundle-unlisted-numpy", "bundle", lambda w: (_bundle(w), _files(w, **{"b/numpy.py": "import os\n"}),
+                                                              ["verify", "b"])[2], 1, "not listed.*numpy.py", ONNX),
+    Case("verify-bundle-link", "bundle", lambda w: (_bundle(w), os.symlink("/etc/hostname", w / "b" / "x.txt"),
+                                                    ["verify", "b"])[2], 1, "a link in the bundle: x.txt", ONNX),
+    Case("verify-bundle-other-model", "bundle", lambda w: (_bundle(w, model="contract.json"), ["verify", "b"])[1], 1,
+         "manifest names the model 'contract.json', but the app loads model.onnx", ONNX),
+    Case("verify-bundle-listed-outside", "bundle", lambda w: (_bundle(w, **{"../tiny.onnx": "0" * 64}),
+                                                              ["verify", "b"])[1], 1,
+         r"outside the bundle: \.\./tiny.onnx", ONNX),
+    Case("verify-bundle-listed-fifo", "bundle", lambda w: (_bundle(w, pipe="0" * 64), _fifo(w, "b/pipe"),
+                                                           ["verify", "b"])[2], 1, "not a regular file.*: pipe", ONNX),
+    Case("verify-bundle-listed-dev-zero", "bundle", lambda w: (_bundle(w, **{"../../../../../../../../dev/zero": "0"}),
+                                                               ["verify", "b"])[1], 1, "outside the bundle", ONNX),
     # --- terminal escapes (12) -----------------------------------------------------------------------------------------
     Case("escape-in-tensor-name", "12", lambda w: ["inspect", _onnx(w, input_name=f"x{b.ESC}]0;pwned\a{b.ESC}[2J")], 0,
          r"\\x1b|\\u001b|\^\[|x.*0;pwned", ONNX),
