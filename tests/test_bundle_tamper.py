@@ -129,3 +129,20 @@ def test_verify_never_blocks_on_a_listed_fifo_or_device(bundle, kind):
     (bundle / "deploykit-bundle.json").write_text(json.dumps(info))
     verified = run_cli("verify", str(bundle), timeout=60)
     assert verified.returncode == 1 and name in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_a_web_bundles_listed_tree_passes_the_checks(tmp_path):
+    """A web bundle (files in vendor/, the model named by web.json, no app.py) passes; a web.json pointing at
+    another model does not. Structure only: the browser run is tests/test_browser.py's."""
+    from deploykit.bundle.packaging import _tampering
+
+    site = tmp_path / "site"
+    (site / "vendor" / "ort").mkdir(parents=True)
+    for name in ("model.onnx", "contract.json", "golden.json", "index.html", "vendor/ort/ort.wasm"):
+        (site / name).write_text("x")
+    (site / "web.json").write_text(json.dumps({"model": "model.onnx"}))
+    files = {p.relative_to(site).as_posix(): "0" for p in site.rglob("*") if p.is_file()}
+    (site / "deploykit-bundle.json").write_text(json.dumps({"model": "model.onnx", "app": "web", "files": files}))
+    assert _tampering(site)[1] == []
+    (site / "web.json").write_text(json.dumps({"model": "contract.json"}))
+    assert "the app loads contract.json" in _tampering(site)[1][0]
