@@ -124,10 +124,7 @@ def _contract_from(data: dict) -> ContractChoices:
 def export_defaults() -> SimpleNamespace:
     """Every ExportRequest default by field name (``export_defaults().route == "first"``): what the API's keyword
     arguments and the CLI's flags default to, read from the one place they are declared."""
-    values = {}
-    for f in fields(ExportRequest):
-        values[f.name] = f.default_factory() if callable(f.default_factory) else f.default
-    return SimpleNamespace(**values)
+    return SimpleNamespace(**{f.name: option_default(ExportRequest, f.name) for f in fields(ExportRequest)})
 
 
 def option_default(cls, name: str):
