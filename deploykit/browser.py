@@ -17,11 +17,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Mapping, Optional
+from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 from deploykit.errors import (MeasurementError, MissingDependency, ModelLoadError, ParityError, ResourceError,
                               UnsupportedModelError, UsageError)
@@ -32,6 +34,15 @@ CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/b
 ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
                      "Cross-Origin-Resource-Policy": "same-origin", "Cache-Control": "no-store"}
 NPM_TIMEOUT_S = 600.0
+# A connection that sends nothing (or half a request) for this long is dropped: otherwise each one holds a server
+# thread forever. 30 s is far above what a page on this machine needs between two reads of one request.
+IDLE_TIMEOUT_S = 30.0
+# The web app's pages (deploykit/web/app/*.html carry the same policy in a <meta>; a test checks they agree): only
+# this origin's scripts, WASM compilation ('wasm-unsafe-eval', which both runtimes need), and the one inline script
+# the pages have, their import map, by its hash. Nothing inline, no plugins, no <base>, no form posts.
+WEB_APP_CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval' "
+               "'sha256-6HoJjqliVMaRKGAK5MIlvUPbYhSuzZ0nO4TM74v6W7s='; worker-src 'self'; style-src 'self'; "
+               "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'")
 
 
 def chromium_path() -> str:
@@ -104,24 +115,52 @@ def node_modules(timeout: float = NPM_TIMEOUT_S) -> Path:
 
 
 class _Handler(SimpleHTTPRequestHandler):
-    """Static files from a few mounted folders, with the cross-origin-isolation headers; no listings."""
+    """Static files from a few mounted folders, with the cross-origin-isolation headers; no listings.
+
+    Only regular files whose every path component below the mount is a real (not linked) entry are served:
+    a link (``x.txt -> ~/.ssh/id_rsa``), a FIFO or a device in the folder is a 404, and is never opened.
+    """
 
     mounts: dict = {}
+    extra_headers: dict = {}
+    timeout = IDLE_TIMEOUT_S      # socket timeout of each connection (StreamRequestHandler.setup applies it)
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript", ".js": "text/javascript",
                       ".wasm": "application/wasm", ".tflite": "application/octet-stream",
                       ".onnx": "application/octet-stream", ".json": "application/json"}
 
     def translate_path(self, path: str) -> str:
-        url_path = path.split("?", 1)[0].split("#", 1)[0]
-        for prefix, folder in sorted(self.mounts.items(), key=lambda kv: -len(kv[0])):
-            if folder.is_file():      # a one-file mount (the model): that URL and nothing beside it
-                if url_path == prefix:
-                    return str(folder)
+        """The file ``path`` names inside a mount, or "" (a 404) when it is outside every mount or passes a link."""
+        url_path = urlsplit(path).path
+        for prefix, root in sorted(self.mounts.items(), key=lambda kv: -len(kv[0])):
+            if root.is_file():      # a one-file mount (the model): that URL (percent-decoded) and nothing beside it
+                if os.fsdecode(unquote_to_bytes(url_path)) == prefix:
+                    return str(root) if _real_entry(str(root), str(root)) else ""
                 continue
             if url_path.startswith(prefix):
-                self.directory = str(folder)
-                return super().translate_path("/" + url_path[len(prefix):])
-        return str(Path(os.devnull) / "missing")   # not under a mount: 404
+                self.directory = str(root)
+                candidate = super().translate_path("/" + url_path[len(prefix):])   # decoded, no "..", no "."
+                if candidate.endswith("/"):
+                    candidate += "index.html"      # a folder serves its index.html (never a listing)
+                return candidate if _real_entry(candidate, str(root)) else ""
+        return ""
+
+    def send_head(self):
+        path = self.translate_path(self.path)
+        if path and stat.S_ISDIR(_lstat_mode(path)):     # /sub -> /sub/, as any static server does
+            self.send_response(301)
+            self.send_header("Location", urlsplit(self.path).path + "/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        handle = _open_regular(path) if path else None
+        if handle is None:
+            self.send_error(404, "File not found")
+            return None
+        self.send_response(200)
+        self.send_header("Content-type", self.guess_type(path))
+        self.send_header("Content-Length", str(os.fstat(handle.fileno()).st_size))
+        self.end_headers()
+        return handle
 
     def parse_request(self) -> bool:
         # Only this machine's loopback names: a DNS-rebinding page cannot read the served files.
@@ -138,7 +177,7 @@ class _Handler(SimpleHTTPRequestHandler):
         return None
 
     def end_headers(self) -> None:
-        for name, value in ISOLATION_HEADERS.items():
+        for name, value in {**ISOLATION_HEADERS, **self.extra_headers}.items():
             self.send_header(name, value)
         super().end_headers()
 
@@ -146,11 +185,43 @@ class _Handler(SimpleHTTPRequestHandler):
         pass
 
 
-class Server:
-    """A static server on 127.0.0.1 (an ephemeral port unless given), in a daemon thread."""
+def _lstat_mode(path: str) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except OSError:
+        return 0
 
-    def __init__(self, mounts: Mapping[str, Path], port: int = 0):
-        handler = type("Handler", (_Handler,), {"mounts": {k: Path(v) for k, v in mounts.items()}})
+
+def _real_entry(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or below it with no link on the way (``root`` itself is already resolved)."""
+    real = os.path.realpath(path)
+    return real == os.path.normpath(path) and (real == root or real.startswith(root.rstrip("/") + "/"))
+
+
+def _open_regular(path: str):
+    """``path`` opened for reading if it is a regular file, else None; a FIFO or device is never opened (opening
+    a FIFO blocks until a writer comes), and a file swapped for one between the two looks is refused too."""
+    if not stat.S_ISREG(_lstat_mode(path)):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+class Server:
+    """A static server on 127.0.0.1 (an ephemeral port unless given), in a daemon thread; ``headers`` are sent
+    with every response besides the isolation headers; a connection idle for ``idle_timeout_s`` is dropped."""
+
+    def __init__(self, mounts: Mapping[str, Path], port: int = 0, headers: Optional[Mapping[str, str]] = None,
+                 idle_timeout_s: float = IDLE_TIMEOUT_S):
+        # Mount roots resolved once: a link the user named is theirs; links found inside a mount are refused.
+        handler = type("Handler", (_Handler,), {"mounts": {k: Path(v).resolve() for k, v in mounts.items()},
+                                                "extra_headers": dict(headers or {}), "timeout": idle_timeout_s})
         try:
             self.httpd = ThreadingHTTPServer(("127.0.0.1", port), partial(handler, directory=str(WEB_DIR)))
         except OSError as exc:
@@ -172,8 +243,8 @@ class Server:
 
 
 def serve(folder: Path, port: int = 0) -> Server:
-    """A server for one static folder (a web bundle), with the headers its runtimes need."""
-    return Server({"/": folder}, port)
+    """A server for one static folder (a web bundle), with the headers its runtimes need and the web app's CSP."""
+    return Server({"/": folder}, port, headers={"Content-Security-Policy": WEB_APP_CSP})
 
 
 class BrowserSession:
@@ -219,7 +290,9 @@ class BrowserSession:
 
     @property
     def model_url(self) -> str:
-        return "/model/" + self.model_path.name
+        # Percent-encoded: a name with a space, "#", "?" or non-ASCII is a path, not a fragment or query
+        # (translate_path decodes it back to the mount's name).
+        return "/model/" + quote(os.fsencode(self.model_path.name), safe="")
 
     def call(self, stage: str, expression: str, argument=None, *, error=ParityError):
         """Await ``expression`` (a JS function of one argument) in the page; a throw, a crash or a time-out

@@ -47,6 +47,25 @@ export function imageFeeds(spec, source) {
   return {[spec.name]: {dtype: 'float32', shape, data}};
 }
 
+// Names and labels come from the model file and the label file, which are not trusted: every cell is built with
+// textContent, so markup in them shows as text and never runs (no innerHTML anywhere in the app).
+function row(table, cells) {
+  const tr = table.insertRow();
+  for (const [tag, text, className] of cells) {
+    const cell = tr.appendChild(document.createElement(tag));
+    cell.textContent = text;
+    if (className) cell.className = className;
+  }
+  return tr;
+}
+
+function bar(score) {
+  const div = document.createElement('div');
+  div.className = 'bar';
+  div.style.width = `${Math.round(score * 160)}px`;    // CSSOM, not a style attribute: the CSP allows it
+  return div;
+}
+
 function show(outputs) {
   const table = $('results');
   table.replaceChildren();
@@ -54,8 +73,8 @@ function show(outputs) {
     const out = outputs[spec.name];
     if (spec.meaning !== 'class_scores') {
       const values = Array.from(out.data.slice(0, 16), Number).map((v) => v.toPrecision(4));
-      table.insertRow().innerHTML = `<th>${spec.name} [${out.shape.join('×')}]</th><td>${values.join(', ')}` +
-        `${out.data.length > 16 ? ', …' : ''}</td>`;
+      row(table, [['th', `${spec.name} [${out.shape.join('×')}]`],
+                  ['td', values.join(', ') + (out.data.length > 16 ? ', …' : '')]]);
       continue;
     }
     const classes = out.shape[out.shape.length - 1];
@@ -67,11 +86,10 @@ function show(outputs) {
       scores = exp.map((e) => e / sum);
     }
     const order = scores.map((s, i) => [s, i]).sort((a, b) => b[0] - a[0]).slice(0, spec.top_k || 5);
-    table.insertRow().innerHTML = `<th>${spec.name}</th><th>score</th><th></th>`;
+    row(table, [['th', spec.name], ['th', 'score'], ['th', '']]);
     for (const [score, index] of order) {
       const name = labels[spec.name]?.[index] ?? String(index);
-      table.insertRow().innerHTML = `<td>${name}</td><td class="num">${score.toFixed(4)}</td>` +
-        `<td><div class="bar" style="width:${Math.round(score * 160)}px"></div></td>`;
+      row(table, [['td', name], ['td', score.toFixed(4), 'num'], ['td', '']]).lastChild.appendChild(bar(score));
     }
   }
 }

@@ -14,11 +14,17 @@ try {
     golden.map((s) => s.outputs[name]), results.map((r) => r[name]), config.tolerance)}));
   const passed = rows.every((r) => r.ok);
   const table = $('parity');
-  table.insertRow().innerHTML = '<th>output</th><th>result</th><th>detail</th>';
-  for (const row of rows) {
-    table.insertRow().innerHTML = `<td>${row.name}</td><td class="${row.ok ? 'pass' : 'fail'}">` +
-      `${row.ok ? 'pass' : 'FAIL'}</td><td>${row.detail}</td>`;
-  }
+  // Output names come from the model file: cells are built with textContent, never parsed as HTML.
+  const cells = (tag, texts, classes = []) => {
+    const tr = table.insertRow();
+    texts.forEach((text, i) => {
+      const cell = tr.appendChild(document.createElement(tag));
+      cell.textContent = text;
+      if (classes[i]) cell.className = classes[i];
+    });
+  };
+  cells('th', ['output', 'result', 'detail']);
+  for (const row of rows) cells('td', [row.name, row.ok ? 'pass' : 'FAIL', row.detail], ['', row.ok ? 'pass' : 'fail']);
   $('status').textContent = `self-test ${passed ? 'passed' : 'FAILED'}: ${rows.length} output(s) on ${golden.length} ` +
     `golden sample(s), tolerance ${config.tolerance.preset}, on ${model.runtime} (${model.backend}, ` +
     `${model.threads} thread(s))`;
