@@ -46,9 +46,17 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # An ExecuTorch program is a flatbuffer whose file identifier (bytes 4..8) is "ET" and a schema version ("ET12").
 _PTE_IDENTIFIER = re.compile(rb"^ET\d\d$")
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-# Protobuf tags of onnx.ModelProto fields (field number << 3 | wire type); a serialized
-# model starts with one of them, almost always ir_version (0x08).
-_ONNX_FIRST_TAGS = {0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0x7A}
+# onnx.ModelProto's fields (onnx.proto): field number -> protobuf wire type (0 varint, 2 length-delimited). A
+# first byte alone is no proof — "2 apples", "Bonjour", "(x)" start with one of these tags — so detection walks
+# the fields (see _onnx_fields).
+_MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
+_MODEL_STRINGS = {2, 3, 4, 6}           # producer_name, producer_version, domain, doc_string: UTF-8
+# ONNX's IR version is 11 in onnx 1.23 and grows by one every year or two; 255 leaves decades of room and
+# still refuses a random varint.
+_MAX_IR_VERSION = 255
+# Fields walked (each a seek and a read of a few bytes: a 2 GB file costs the same) and string bytes checked.
+_ONNX_FIELDS_WALKED = 16
+_STRING_BYTES_CHECKED = 4096
 # Globals a plain state_dict pickle refers to; anything else means a pickled object.
 _STATE_DICT_GLOBALS = re.compile(
     r"^(collections (OrderedDict)|torch\._utils _rebuild_\w+|torch \w*Storage|torch (Size|device|dtype"
@@ -99,12 +107,68 @@ def detect(path: "str | os.PathLike") -> Format:
         raise UnsupportedModelError(
             f"{text}: legacy (pre-1.6, non-zip) torch.save file",
             "load it with the torch that wrote it and re-save with torch.save (zip format) or torch.jit.save")
-    if head[0] in _ONNX_FIRST_TAGS:
+    if _onnx_fields(p, size):
         return Format.ONNX
     raise ModelLoadError(
         f"{text}: unknown model format (first bytes {head[:8].hex()})",
         "give a TorchScript (.pt), torch.export (.pt2), state_dict, ONNX, Keras, SavedModel, TFLite or ExecuTorch (.pte) "
         "file")
+
+
+def _onnx_fields(p: Path, size: int) -> bool:
+    """Whether the file is a serialized onnx.ModelProto: walking its fields from the start (at most
+    _ONNX_FIELDS_WALKED), each is a ModelProto field of the right wire type, whole, with a UTF-8 string where one
+    is due, until ir_version comes with a plausible value.
+
+    Every protobuf serializer writes fields in number order, so a real model starts with ir_version (ONNX
+    Runtime and onnx's checker refuse a model without one). A file that starts with it is taken for ONNX even if
+    it is cut inside that field or damaged after it: the loader then names it truncated or corrupt, a better
+    message than "unknown format". Text never starts with 0x08 (a backspace); "2 apples", "Bonjour" or "(x)"
+    start with other ModelProto tags and fail the walk.
+    """
+    pos = 0
+    with open(p, "rb") as handle:
+        for _ in range(_ONNX_FIELDS_WALKED):
+            tag, pos = _varint(handle, pos)
+            if tag is None or _MODEL_FIELDS.get(tag >> 3) != tag & 7:
+                return False
+            value, pos = _varint(handle, pos)
+            if tag == 0x08:                                 # ir_version
+                return pos == -1 or value is not None and 1 <= value <= _MAX_IR_VERSION
+            if value is None:
+                return False
+            if tag & 7 == 2:
+                if value > size - pos or tag >> 3 in _MODEL_STRINGS and not _utf8_prefix(handle, pos, value):
+                    return False
+                pos += value
+            if pos >= size:
+                return False                                # whole fields, but no ir_version
+    return False
+
+
+def _varint(handle, pos: int) -> tuple:
+    """(value, next position) of the protobuf varint at ``pos``; (None, -1) if the file ends inside it, (None, 0)
+    if it is malformed (over 10 bytes)."""
+    handle.seek(pos)
+    data = handle.read(10)
+    value = 0
+    for index, byte in enumerate(data):
+        value |= (byte & 0x7F) << (7 * index)
+        if not byte & 0x80:
+            return value, pos + index + 1
+    return None, (-1 if len(data) < 10 else 0)
+
+
+def _utf8_prefix(handle, pos: int, length: int) -> bool:
+    """Whether the first bytes of a string field decode as UTF-8 (a character cut at the end is allowed)."""
+    import codecs
+
+    handle.seek(pos)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(handle.read(min(length, _STRING_BYTES_CHECKED)), final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _detect_dir(p: Path) -> Format:

@@ -68,3 +68,48 @@ def test_truncated_torchscript_is_reported_as_corrupt(tmp_path, samples_dir):
         archive.writestr("readme.txt", "hello")
     with pytest.raises(ModelLoadError, match="holds no known model"):
         detect(tmp_path / "empty.zip")
+
+
+@pytest.mark.parametrize("text", ['"quoted"\n', "(x)\n", "2 apples\n", ": colon\n", "Bonjour\n", "readme\n", "zebra\n",
+                                  "runs:\n  - model: m.onnx\n", "B" * 5000])
+def test_text_that_starts_with_a_modelproto_tag_is_no_onnx(tmp_path, text):
+    """Each first byte is an onnx.ModelProto tag (the old test of the first byte alone took these for ONNX)."""
+    (tmp_path / "m.onnx").write_text(text)
+    with pytest.raises(ModelLoadError, match="unknown model format"):
+        detect(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("content, onnx", [
+    (b"\x08", True),                              # cut inside ir_version: a truncated model (the loader says so)
+    (b"\x08\x80", True),
+    (b"\x08\x08" + b"\x00" * 64, True),           # damaged after ir_version: the loader names it corrupt
+    (b"\x12\x03abc\x08\x07", True),               # fields out of number order, ir_version among the first
+    (b"\x08\x00", False),                         # ir_version 0 is none ONNX defines
+    (b"\x08\x80\x80\x04", False),                 # ir_version 65536: a random varint, no IR version
+    (b"\x12\x03a\xff\xfe\x08\x07", False),        # producer_name that is no UTF-8
+    (b"\x12\x40abc\x08\x07", False),              # a length past the end before any ir_version
+    (b"\x12\x03abc", False),                      # whole fields, but no ir_version
+    (b"\x78\x01\x08\x07", False),                 # field 15 is no ModelProto field
+])
+def test_onnx_is_recognised_by_walking_its_fields(tmp_path, content, onnx):
+    (tmp_path / "m.bin").write_bytes(content)
+    if onnx:
+        assert detect(tmp_path / "m.bin") == Format.ONNX
+    else:
+        with pytest.raises(ModelLoadError, match="unknown model format"):
+            detect(tmp_path / "m.bin")
+
+
+@pytest.mark.onnxruntime
+def test_a_real_onnx_cut_anywhere_is_still_onnx_and_a_huge_one_is_not_read(tmp_path):
+    """Truncated real models keep their "not a valid ONNX" message (the loader's); a 3 GB file is detected from a
+    few bytes (a sparse file: reading it whole would take seconds and the memory)."""
+    from tests.hostile.builders import sparse_file, tiny_onnx
+
+    data = tiny_onnx(tmp_path / "tiny.onnx").read_bytes()
+    assert detect(tmp_path / "tiny.onnx") == Format.ONNX
+    for cut in range(1, len(data)):
+        (tmp_path / "cut.onnx").write_bytes(data[:cut])
+        assert detect(tmp_path / "cut.onnx") == Format.ONNX, cut
+    big = sparse_file(tmp_path / "big.onnx", data[:40], 3 * 1024**3)
+    assert detect(big) == Format.ONNX

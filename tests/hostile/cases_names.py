@@ -4,6 +4,22 @@ Each case follows tests/hostile/kit.py's Case contract; corpus.CASES gathers thi
 """
 from __future__ import annotations
 
-from tests.hostile.kit import Case  # noqa: F401
+from tests.hostile.kit import Case, _files
 
-CASES: list = []
+# Text that starts with one of the seven printable bytes that are also onnx.ModelProto tags ('"' domain, '(' model_version,
+# '2' doc_string, ':' graph, 'B' opset_import, 'r' metadata_props, 'z' a tag detection used to accept): each was
+# taken for ONNX by its first byte and reported "not a valid ONNX" instead of "unknown model format".
+_TAG_TEXTS = {"quote": '"quoted" text\n', "paren": "(x)\n", "digit": "2 apples\n", "colon": ": a colon first\n",
+              "bonjour": "Bonjour\n", "readme": "readme: see docs/\n", "zebra": "zebra\n"}
+
+# A matrix spec in YAML (its first key 'r' is a ModelProto tag) given where a model goes.
+_SPEC_YAML = "runs:\n  - model: zoo/model.onnx\n    targets: [tflite]\nmatrix:\n  targets: [onnx, tflite]\n"
+
+CASES: list = [
+    *(Case(f"names-text-{label}-is-no-onnx", "format", lambda w, t=text: (_files(w, **{"m.onnx": t}),
+                                                                         ["inspect", "m.onnx"])[1],
+           2, r"m\.onnx: unknown model format") for label, text in _TAG_TEXTS.items()),
+    Case("names-spec-yaml-as-model", "format", lambda w: (_files(w, **{"zoo.yaml": _SPEC_YAML}),
+                                                          ["export", "zoo.yaml", "--to", "onnx", "-o", "out.onnx"])[1],
+         2, r"zoo\.yaml: unknown model format"),
+]
