@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -17,19 +20,17 @@ def prepare_output(path: "str | Path", force: bool, directory: bool = False) -> 
     """Check that ``path`` may be written (a file, or with ``directory`` a folder artifact such as a
     SavedModel); create its parent directory.
 
+    Nothing here follows a link at ``path``: a link planted there is an existing name (refused without
+    --force) and with --force is replaced as a file entry by publish, never written through or looked into.
     Raises OutputExistsError without --force, UsageError when the directory is unusable.
     """
     path = Path(path).absolute()
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path} already exists", "pass --force to overwrite it, or choose -o elsewhere")
-    if path.is_dir() and not directory:
-        raise UsageError(f"{path} is a directory", "give a file path with -o")
-    if path.exists() and not (path.is_file() or path.is_dir()):
-        raise UsageError(f"{path} is not a regular file (a device, FIFO or socket): --force never replaces one",
-                         "choose another -o")
-    if path.is_dir() and not _written_by_deploykit(path):
-        raise UsageError(f"{path} is a directory deploykit did not write: --force replaces only an artifact "
-                         "folder with its deploykit manifest beside it", "choose a new -o")
+    entry = _lstat(path)
+    if entry is not None and not force:
+        what = "already exists (a link)" if stat.S_ISLNK(entry.st_mode) else "already exists"
+        raise OutputExistsError(f"{path} {what}", "pass --force to overwrite it, or choose -o elsewhere")
+    if entry is not None and not stat.S_ISLNK(entry.st_mode):
+        _check_replaceable(path, entry, directory)
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +47,29 @@ def prepare_output(path: "str | Path", force: bool, directory: bool = False) -> 
     return path
 
 
+def _lstat(path: Path) -> Optional[os.stat_result]:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UsageError(f"cannot check {path} ({exc.strerror})", "choose another -o") from None
+
+
+def _check_replaceable(path: Path, entry: os.stat_result, directory: bool) -> None:
+    """--force on an existing (non-link) ``path``: a regular file, or a folder exactly as deploykit left it."""
+    if stat.S_ISDIR(entry.st_mode) and not directory:
+        raise UsageError(f"{path} is a directory", "give a file path with -o")
+    if not (stat.S_ISREG(entry.st_mode) or stat.S_ISDIR(entry.st_mode)):
+        raise UsageError(f"{path} is not a regular file (a device, FIFO or socket): --force never replaces one",
+                         "choose another -o")
+    if stat.S_ISDIR(entry.st_mode):
+        why = _not_written_by_deploykit(path)
+        if why:
+            raise UsageError(f"{path} is a directory deploykit did not write ({why}): --force replaces only an "
+                             "artifact folder exactly as deploykit left it", "remove it yourself or choose a new -o")
+
+
 def require_regular_file(path: "str | Path", what: str, fix: str) -> Path:
     """``path`` if it is a regular file; a FIFO, device or socket would block or stream forever when read."""
     path = Path(path)
@@ -57,11 +81,69 @@ def require_regular_file(path: "str | Path", what: str, fix: str) -> Path:
     return path
 
 
-def _written_by_deploykit(folder: Path) -> bool:
-    """A SavedModel folder that deploykit exported (saved_model.pb inside, its manifest beside it), or a bundle
-    that `deploykit package` wrote (its deploykit-bundle.json inside)."""
-    saved_model = (folder / "saved_model.pb").is_file() and folder.with_name(folder.name + ".deploykit.json").is_file()
-    return saved_model or (folder / "deploykit-bundle.json").is_file()
+def _not_written_by_deploykit(folder: Path) -> str:
+    """Why ``folder`` is not an artifact folder deploykit wrote ('' when it is): a SavedModel deploykit exported
+    (saved_model.pb inside, its manifest beside it), or a bundle `deploykit package` wrote, holding exactly the
+    files its deploykit-bundle.json records, each unchanged (a user's file added or edited inside must survive)."""
+    saved_model = _regular(folder / "saved_model.pb") and _regular(folder.with_name(folder.name + ".deploykit.json"))
+    if saved_model:
+        return ""
+    if not _regular(folder / BUNDLE_FILE):
+        return "no deploykit manifest in or beside it"
+    listed, why = recorded_files(folder)
+    if why:
+        return why
+    for name, digest in listed.items():
+        if not _regular(folder / name):
+            return f"{name} is missing, a link or not a regular file"
+        if sha256_of(folder / name) != digest:
+            return f"{name} changed since deploykit wrote it"
+    extra = [p for p in _tree(folder) if p not in listed and p != BUNDLE_FILE]
+    return f"{extra[0]} is not one of the files deploykit wrote" if extra else ""
+
+
+BUNDLE_FILE = "deploykit-bundle.json"       # a bundle's record of what deploykit wrote (bundle/packaging.py)
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def recorded_files(folder: Path) -> tuple:
+    """({relative name: sha256} that ``folder``'s deploykit-bundle.json records, '') or ({}, why not): only plain
+    relative names inside the folder count (a forged ``../x`` or ``/etc/x`` makes the whole record untrusted)."""
+    try:
+        info = json.loads((folder / BUNDLE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return {}, f"its {BUNDLE_FILE} is not JSON deploykit wrote"
+    files = info.get("files") if isinstance(info, dict) else None
+    if not isinstance(files, dict) or not files:
+        return {}, f"its {BUNDLE_FILE} records no files"
+    for name, digest in files.items():
+        if not (isinstance(digest, str) and _DIGEST.fullmatch(digest)) or not _plain_relative(name):
+            return {}, f"its {BUNDLE_FILE} records {str(name)[:80]!r}, which deploykit never writes"
+    return files, ""
+
+
+def _plain_relative(name: str) -> bool:
+    parts = name.split("/")
+    return bool(name) and "\\" not in name and "\0" not in name and \
+        all(part not in ("", ".", "..") for part in parts) and not Path(name).is_absolute()
+
+
+def _regular(path: Path) -> bool:
+    """A regular file, not through a link (lstat)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _tree(folder: Path) -> list:
+    """Every entry under ``folder`` that is not a folder (links included, never followed), as relative names."""
+    found = []
+    for directory, subdirs, names in os.walk(folder):
+        here = Path(directory)
+        links = [d for d in subdirs if (here / d).is_symlink()]
+        found += [(here / n).relative_to(folder).as_posix() for n in names + links]
+    return found
 
 
 def overlaps(a: "str | Path", b: "str | Path") -> bool:
@@ -120,55 +202,90 @@ def publish(moves: list, force: bool = True) -> None:
     Without ``force`` the no-clobber check is atomic with the publish: a file is hard-linked into
     place (which fails if the name exists, even if another export created it a moment ago) and the
     staged name removed; a folder is renamed only onto a name that does not exist. With ``force`` a
-    folder artifact (SavedModel) that exists is set aside first and removed only once the new one
-    is in place (the caller already checked that deploykit wrote it)."""
+    folder artifact (SavedModel, bundle) that exists is set aside first and, once the new one is in
+    place, only what deploykit wrote in it is removed (the caller already checked that). A link at a
+    target is replaced as a name: rename never follows it."""
     for source, target in moves:
         source, target = Path(source), Path(target)
         if not force:
             _publish_new(source, target)
-        elif source.is_dir() and target.exists():
+        elif source.is_dir() and os.path.lexists(target):
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
             os.replace(source, target)
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)     # --force turned a file into a folder artifact
+            _remove_set_aside(old)
         else:
             os.replace(source, target)
+
+
+def _remove_set_aside(old: Path) -> None:
+    """Remove what --force replaced: a link or file as such; a bundle's recorded files only (so a file that
+    appeared in it after the check survives, in the set-aside folder); a SavedModel folder whole."""
+    if old.is_symlink() or not old.is_dir():
+        old.unlink(missing_ok=True)       # --force turned a file (or a link, never followed) into a folder
+        return
+    listed, why = recorded_files(old) if _regular(old / BUNDLE_FILE) else ({}, "not a bundle")
+    if why:
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    for name in [*listed, BUNDLE_FILE]:
+        if _regular(old / name):
+            (old / name).unlink()
+    for directory, _subdirs, _names in sorted(os.walk(old), key=lambda w: -len(w[0])):   # deepest first
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
 
 
 def _publish_new(source: Path, target: Path) -> None:
     clash = OutputExistsError(f"{target} appeared while exporting (another process wrote it)",
                               "pass --force to overwrite it, or choose -o elsewhere")
     if source.is_dir():
-        if target.exists() or target.is_symlink():
+        if os.path.lexists(target):
             raise clash
         os.rename(source, target)
         return
     try:
-        os.link(source, target)
+        os.link(source, target)       # linkat(2) neither follows a link at target nor replaces one
     except FileExistsError:
         raise clash from None
     except OSError:          # a filesystem without hard links: check, then rename (a narrow window remains)
-        if target.exists() or target.is_symlink():
+        if os.path.lexists(target):
             raise clash from None
         os.replace(source, target)
         return
     os.unlink(source)
 
 
-def write_text_atomic(path: "str | Path", text: str) -> None:
+@contextlib.contextmanager
+def atomic_writer(path: "str | Path"):
+    """A binary handle whose bytes become ``path`` when the block succeeds, for writers that take a file object
+    (matplotlib's savefig, np.savez). The handle is a mkstemp file in ``path``'s folder (O_CREAT|O_EXCL, so
+    never a planted link), renamed over ``path`` (rename replaces a link there, never follows it); the final
+    name is never opened for writing. On failure the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)        # mkstemp's 0600 would make a report unreadable to others
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_bytes_atomic(path: "str | Path", data: bytes) -> None:
+    """Write ``data`` to ``path`` through atomic_writer (never through a link, never half-written)."""
+    with atomic_writer(path) as handle:
+        handle.write(data)
+
+
+def write_text_atomic(path: "str | Path", text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through atomic_writer (never through a link, never half-written)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def sha256_of(path: "str | Path") -> Optional[str]:

@@ -44,3 +44,45 @@ def test_publish_without_force_never_clobbers_a_file_that_appeared_meanwhile(tmp
     assert target.read_text() == "theirs"
     fsutil.publish([(staged, tmp_path / "new.onnx")], force=False)
     assert (tmp_path / "new.onnx").read_text() == "ours" and not staged.exists()
+
+
+def test_no_write_follows_a_link_planted_at_the_target_or_at_the_report_pngs_temporary_name(tmp_path):
+    """issue 26: save_figure wrote ``<name>.tmp.png`` by name, so a link planted there had its target overwritten."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deploykit.benchmark.report import save_figure
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "latency.tmp.png").symlink_to(victim)             # where the old code wrote first
+    (out / "report.json").symlink_to(victim)                 # a link at the final name itself
+    save_figure(plt.figure(), out / "latency.png")
+    fsutil.write_text_atomic(out / "report.json", "{}")
+    fsutil.write_bytes_atomic(out / "x.bin", b"new")
+    assert victim.read_text() == "precious"
+    assert not (out / "report.json").is_symlink() and (out / "report.json").read_text() == "{}"
+    assert (out / "latency.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in out.iterdir()) == ["latency.png", "latency.tmp.png", "report.json", "x.bin"]
+    assert oct((out / "x.bin").stat().st_mode & 0o077) != oct(0), "readable as any other file the user writes"
+
+
+def test_a_link_as_the_output_is_refused_and_with_force_replaced_as_a_name(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "deploykit-bundle.json").write_text("{}")
+    link = tmp_path / "out"
+    link.symlink_to(victim)
+    with pytest.raises(OutputExistsError, match="a link"):
+        fsutil.prepare_output(link, force=False, directory=True)
+    fsutil.prepare_output(link, force=True, directory=True)     # not looked into: it is replaced as a name
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "f").write_text("new")
+    fsutil.publish([(staged, link)], force=True)
+    assert link.is_dir() and not link.is_symlink() and (link / "f").read_text() == "new"
+    assert (victim / "deploykit-bundle.json").read_text() == "{}" and sorted(os.listdir(tmp_path)) == ["out", "victim"]

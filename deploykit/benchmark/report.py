@@ -21,37 +21,53 @@ def build_report(bench: dict, out_dir: "str | Path", parity: Optional[dict] = No
     """Write report.html, report.json and one PNG per plot into ``out_dir``; returns the paths."""
     _matplotlib()
     out = Path(out_dir)
-    targets = [out / "report.html", out / "report.json"] + [out / f"{name}.png" for name in PLOTS]
-    for target in targets:
-        fsutil.prepare_output(target, force)
     footprint = footprint if footprint is not None else runtime_footprints()
     data = {**bench, "parity": parity, "footprint": footprint, "headline_text": headline_text(bench, parity)}
     ok = [c for c in bench["cases"] if "error" not in c]
     drawers = {"latency": _plot_latency, "cold_start": _plot_cold_start, "memory": _plot_memory,
                "size": _plot_size, "footprint": _plot_footprint}
-    images = {}
-    for name in PLOTS:
-        path = out / f"{name}.png"
-        save_figure(drawers[name](ok, footprint), path)
-        images[name] = path
-    fsutil.write_text_atomic(out / "report.json", json.dumps(data, indent=2, default=str))
-    fsutil.write_text_atomic(out / "report.html", render_html(data, images))
-    return {"html": str(out / "report.html"), "json": str(out / "report.json"),
-            "plots": {k: str(v) for k, v in images.items()}, "headline": data["headline_text"]}
+    plots = {f"{name}.png": (lambda draw=drawers[name]: draw(ok, footprint)) for name in PLOTS}
+    written = _write_all(out, plots, {"report.json": json.dumps(data, indent=2, default=str)},
+                         ("report.html", lambda staged: render_html(data, {n: staged[f"{n}.png"] for n in PLOTS})),
+                         force)
+    return {"html": written["report.html"], "json": written["report.json"],
+            "plots": {name: written[f"{name}.png"] for name in PLOTS}, "headline": data["headline_text"]}
 
 
 def plotted_page(out_dir: "str | Path", stem: str, data: dict, draw, render, force: bool = False) -> dict:
     """Write ``<stem>.png`` (``draw()``'s figure), ``<stem>.json`` (``data``) and ``<stem>.html`` (``render(png)``)
     into ``out_dir``, atomically, never over existing files without ``force``; returns their paths."""
     _matplotlib()
-    out = Path(out_dir)
-    for suffix in (".html", ".json", ".png"):
-        fsutil.prepare_output(out / f"{stem}{suffix}", force)
-    plot = out / f"{stem}.png"
-    save_figure(draw(), plot)
-    fsutil.write_text_atomic(out / f"{stem}.json", json.dumps(data, indent=2, default=str))
-    fsutil.write_text_atomic(out / f"{stem}.html", render(plot))
-    return {"html": str(out / f"{stem}.html"), "json": str(out / f"{stem}.json"), "plot": str(plot)}
+    png = f"{stem}.png"
+    written = _write_all(Path(out_dir), {png: draw}, {f"{stem}.json": json.dumps(data, indent=2, default=str)},
+                         (f"{stem}.html", lambda staged: render(staged[png])), force)
+    return {"html": written[f"{stem}.html"], "json": written[f"{stem}.json"], "plot": written[png]}
+
+
+# Names from model files and layers reach plot labels; matplotlib would parse "$...$" in them as mathtext (a
+# "$\frac{1}{0}$" file name crashed the report) or hand them to LaTeX. Text is drawn as written.
+LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
+def _write_all(out: Path, plots: dict, texts: dict, page: tuple, force: bool) -> dict:
+    """Draw and write every file of a report in a staging folder beside ``out``, then publish them all: a report
+    that fails part-way leaves nothing behind (not even the folder it created). Returns name -> final path."""
+    import matplotlib
+
+    names = [*plots, *texts, page[0]]
+    with fsutil.parents_removed_on_failure(out / names[0]):
+        for name in names:
+            fsutil.prepare_output(out / name, force)
+        with fsutil.staging_dir(out) as stage:
+            staged = {name: stage / name for name in names}
+            with matplotlib.rc_context(LITERAL_TEXT):
+                for name, draw in plots.items():
+                    save_figure(draw(), staged[name])
+            for name, text in texts.items():
+                fsutil.write_text_atomic(staged[name], text)
+            fsutil.write_text_atomic(staged[page[0]], page[1](staged))
+            fsutil.publish([(staged[name], out / name) for name in names], force=force)
+    return {name: str(out / name) for name in names}
 
 
 def _matplotlib():
@@ -64,12 +80,15 @@ def _matplotlib():
 
 
 def save_figure(figure, path: Path) -> None:
-    """Save a matplotlib figure atomically (a temporary file renamed over ``path``) and release it."""
+    """Save a matplotlib figure atomically and release it: the PNG goes to fsutil's temporary file in ``path``'s
+    folder (a handle, so matplotlib never opens a name a planted link could redirect) and is renamed over ``path``."""
     import matplotlib.pyplot as plt
 
-    figure.savefig(path.with_suffix(".tmp.png"), dpi=110, bbox_inches="tight")
-    path.with_suffix(".tmp.png").replace(path)
-    plt.close(figure)
+    try:
+        with fsutil.atomic_writer(path) as handle:
+            figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(figure)
 
 
 def runtime_footprints() -> dict:
