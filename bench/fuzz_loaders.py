@@ -4,11 +4,12 @@ Targets, chosen by the first byte of each input: format detection, the torch.exp
 pickled parts, the ONNX loader (parse, check, signature), an artifact's sidecar manifest, an --inputs
 .npz, a calibration image, and what a bundle or a matrix store hands back (issue 26): a bundle's
 deploykit-bundle.json and golden.json as `verify BUNDLE` reads them (up to the model run, which is
-replaced by a check of what it would be given), the contract an ONNX model carries in metadata_props,
-a matrix spec (TOML and YAML), and a stored cell record as a rerun reuses and reports it. The contract under test: any bytes end in a DeploykitError (a clean
-exit 2 on the CLI) or a result, never another exception, a hang or a native crash. TFLite files are
-not fuzzed here: they are only ever opened in a child process (a crash there is a clean stage error;
-tests/hostile has those cases).
+replaced by a check of what it would be given), the contract a model carries (ONNX metadata_props, the
+contract file packed into a .tflite), a matrix spec (TOML and YAML), and a stored cell record as a rerun
+reuses and reports it. The contract under test: any bytes end in a DeploykitError (a clean exit 2 on the
+CLI) or a result, never another exception, a hang or a native crash. TFLite flatbuffers are not fuzzed
+here: they are only ever opened in a child process (a crash there is a clean stage error; tests/hostile
+has those cases).
 
     python bench/fuzz_loaders.py -max_total_time=600            # the bounded benchmark run (10 minutes)
     python bench/fuzz_loaders.py -runs=3000 -seed=1             # the seeded run tests/hostile/test_fuzz.py does
@@ -118,16 +119,26 @@ def bundle_golden(data: bytes) -> None:
 
 
 def carried_contract(data: bytes) -> None:
-    """The contract an ONNX model carries (metadata_props), as `package` and `inspect` read and summarize it."""
+    """The contract a model carries — ONNX metadata_props (selector byte even), or the contract file packed into a
+    .tflite's associated-files zip (odd) — as `package` and `inspect` read and summarize it."""
     import onnx
 
-    model = onnx.load_from_string(TINY_ONNX)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = contracts.ONNX_KEY, data.decode("utf-8", "replace")
-    path = WORK / "carrier.onnx"
-    path.write_bytes(model.SerializeToString())
-    onnx_io._read.cache_clear()
-    found = tflite_metadata.carried_contract(str(path), formats.Format.ONNX)
+    if not data:
+        return
+    text = data[1:]
+    if data[0] % 2:
+        path = WORK / "carrier.tflite"
+        with zipfile.ZipFile(path, "w") as archive:         # zipfile reads from the end: the model part is not read
+            archive.writestr(tflite_metadata.CONTRACT_FILE, text)
+        found = tflite_metadata.carried_contract(str(path), formats.Format.TFLITE)
+    else:
+        model = onnx.load_from_string(TINY_ONNX)
+        entry = model.metadata_props.add()
+        entry.key, entry.value = contracts.ONNX_KEY, text.decode("utf-8", "replace")
+        path = WORK / "carrier.onnx"
+        path.write_bytes(model.SerializeToString())
+        onnx_io._read.cache_clear()
+        found = tflite_metadata.carried_contract(str(path), formats.Format.ONNX)
     if found is not None:
         contracts.summary(found)
 
@@ -225,7 +236,7 @@ def prepare() -> dict:
     spec_toml = (b'[matrix]\nname = "m"\ntargets = ["onnx"]\nretries = 1\n[[models]]\nname = "t"\n'
                  b'source = "tiny.onnx"\n')
     spec_yaml = b'matrix: &m\n  name: m\n  targets: [onnx]\nmodels:\n  - {name: t, source: tiny.onnx}\n'
-    _file(spec_toml[:0] + TINY_ONNX, "tiny.onnx")
+    _file(TINY_ONNX, "tiny.onnx")                  # the model the spec seeds name
     entry = matrix_spec.ModelEntry("t", str(model), {}, ("onnx",), ("fp32",))
     RECORD_CELL = matrix_spec.Cell(entry, "onnx", "fp32")
     record = {"key": "k", "model": "t", "target": "onnx", "precision": "fp32", "status": "passed",
@@ -236,7 +247,8 @@ def prepare() -> dict:
     contract = (BUNDLES["golden"] / "contract.json").read_bytes()
     return {"bundle-manifest": b"\x06" + (BUNDLES["manifest"] / packaging.BUNDLE_FILE).read_bytes(),
             "bundle-golden": b"\x07" + (BUNDLES["golden"] / "golden.json").read_bytes(),
-            "contract": b"\x08" + contract, "spec-toml": b"\x09t" + spec_toml, "spec-yaml": b"\x09y" + spec_yaml,
+            "contract-onnx": b"\x08\x00" + contract, "contract-tflite": b"\x08\x01" + contract,
+            "spec-toml": b"\x09t" + spec_toml, "spec-yaml": b"\x09y" + spec_yaml,
             "record": b"\x0a" + json.dumps(record).encode()}
 
 
@@ -246,8 +258,9 @@ def main() -> None:
     for name, data in {**seeds(), **prepare()}.items():
         (corpus / name).write_bytes(data)
     crashes = Path(tempfile.mkdtemp(prefix="deploykit-fuzz-crashes-"))
-    args = [sys.argv[0], *[a for a in sys.argv[1:] if a.startswith("-") and a != "--collect"], "-timeout=20", "-rss_limit_mb=4096",
-            "-print_final_stats=1", f"-artifact_prefix={crashes}/", str(corpus)]
+    flags = [a for a in sys.argv[1:] if a.startswith("-") and a != "--collect"]
+    args = [sys.argv[0], *flags, "-timeout=20", "-rss_limit_mb=4096", "-print_final_stats=1",
+            f"-artifact_prefix={crashes}/", str(corpus)]
     started = time.time()
     atheris.Setup(args, one_input)
     try:
