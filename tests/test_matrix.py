@@ -65,11 +65,11 @@ def test_toml_and_yaml_give_the_same_cells_with_paths_relative_to_the_spec(tmp_p
     ('[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\nfolder = "."\n', "exactly one of path, factory"),
     ('[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\n[[models]]\npath = "a.onnx"\n',
      "two models are named 'a.onnx'"),
-    ('[matrix]\ntargets = ["onnx"]\ntimeout = -1\n[[models]]\npath = "a.onnx"\n', "timeout must be at least"),
+    ('[matrix]\ntargets = ["onnx"]\ntimeout = -1\n[[models]]\npath = "a.onnx"\n', "timeout must be between 0.001 and 604,800"),
     ('[matrix]\ntargets = ["onnx"]\nbench = ["torch", "fastest"]\n[[models]]\npath = "a.onnx"\n',
      "unknown runtime 'fastest'"),
     ('[matrix\ntargets = 1', "not valid TOML"),
-    ('[matrix]\ntargets = ["onnx"]\ntimeout = inf\n[[models]]\npath = "a.onnx"\n', "timeout must be a finite"),
+    ('[matrix]\ntargets = ["onnx"]\ntimeout = inf\n[[models]]\npath = "a.onnx"\n', "timeout must be between"),
     ('[matrix]\ntargets = ["onnx"]\nverify_runtimes = ["edge"]\n[[models]]\npath = "a.onnx"\n', "unknown runtime 'edge'"),
     ('[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\ntrust_pickle = "false"\n', "trust_pickle must be true"),
     ('[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\nio_dtype = "int4"\n', "unknown --io-dtype 'int4'"),
@@ -299,3 +299,89 @@ def test_a_linked_model_is_shipped_as_its_bytes(tmp_path):
     names = unpack(pack({"link.onnx": tmp_path / "link.onnx"}), tmp_path / "landed")
     landed = tmp_path / "landed" / names[0]
     assert not landed.is_symlink() and landed.read_bytes() == model.read_bytes()
+
+
+# --- hostile specs (issue 26): bombs, absurd numbers -----------------------------------------------------------
+
+BILLION_LAUGHS = ("matrix:\n  targets:\n    - &a0 [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n"
+                  + "".join(f"    - &a{i} [{','.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9))
+                  + "models: [{path: a.onnx}]\n")
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands_with_small_memory(tmp_path):
+    """9 nested aliases of 9 (a 470-byte spec) expand to 9**9 strings: refused while the node graph is still
+    small. Measured in a child: its peak RSS stays that of an interpreter with deploykit imported."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    _onnx(tmp_path / "a.onnx")
+    spec = _spec(tmp_path, BILLION_LAUGHS, "bomb.yaml")
+    assert spec.stat().st_size < 500
+    code = ("import resource, sys\nfrom deploykit.errors import UsageError\nfrom deploykit.matrix.spec import load_spec\n"
+            f"try:\n    load_spec({str(spec)!r})\nexcept UsageError as exc:\n    print(exc.message)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")   # KiB on Linux
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    message, peak_kib = proc.stdout.strip().splitlines()
+    assert "aliases would repeat over 100,000" in message, proc.stderr
+    assert int(peak_kib) < 300 * 1024, f"peak RSS {int(peak_kib) // 1024} MiB"
+
+
+def test_yaml_aliases_within_the_budget_still_share_options(tmp_path):
+    _onnx(tmp_path / "a.onnx")
+    spec = load_spec(str(_spec(tmp_path, "matrix: {targets: [onnx]}\nmodels:\n  - &first {path: a.onnx, inputs: ['x:1x4']}\n"
+                                         "  - {<<: *first, name: b}\n", "zoo.yaml")))
+    assert [m.options["inputs"] for m in spec.models] == [["x:1x4"], ["x:1x4"]]
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("matrix: {targets: [onnx], x: &a [*a]}\nmodels: [{path: a.onnx}]\n", "refers to a node that contains it"),
+    ("matrix: " + "[" * 5000 + "]" * 5000 + "\n", "nests lists or mappings too deeply"),
+    ("matrix: {targets: [onnx], 1: x}\nmodels: [{path: a.onnx}]\n", "unknown [matrix] key 1"),
+    ("matrix: {targets: [onnx]}\nmodels: [{factory: 5}]\n", "factory must be a string"),
+    ("matrix: {targets: [onnx]}\nmodels: [{path: a.onnx, name: [1]}]\n", "name must be a string"),
+    ("matrix: {targets: [onnx]}\nmodels: [{path: a.onnx, task: [[1]]}]\n", "task must be a string"),
+    ("matrix: {targets: [onnx]}\nmodels: [{path: a.onnx, normalize: [x]}]\n", "normalize must be a string"),
+])
+def test_hostile_yaml_shapes_are_usage_errors(tmp_path, text, fragment):
+    _onnx(tmp_path / "a.onnx")
+    with pytest.raises(UsageError) as caught:
+        load_spec(str(_spec(tmp_path, text, "zoo.yaml")))
+    assert fragment in caught.value.message
+
+
+def test_a_deep_toml_and_a_huge_spec_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="nests arrays or tables too deeply"):
+        load_spec(str(_spec(tmp_path, "a = " + "[" * 100_000)))
+    big = tmp_path / "big.toml"
+    with open(big, "wb") as handle:         # sparse: 4 GiB that must never be read
+        handle.truncate(4 * 2**30)
+    with pytest.raises(UsageError, match="over 1 MiB"):
+        load_spec(str(big))
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("retries = 100000000000000000000", "retries must be between 0 and 10"),     # a crash retried ~forever
+    ("retries = 1e20", "retries must be an integer"),
+    ("retries = -1", "retries must be between 0 and 10"),
+    ("retries = true", "retries must be an integer"),
+    ("timeout = 1e300", "timeout must be between 0.001 and 604,800"),            # overflows the harness's clock
+    ("timeout = nan", "timeout must be between"),
+    ("timeout = -inf", "timeout must be between"),
+    ("samples = 10000000000", "samples must be between 1 and 10,000"),
+    ("samples = 5.0", "samples must be an integer"),
+    ("seed = 4294967296", "seed must be between 0 and 4,294,967,295"),
+    ("iterations = 0", "iterations must be between 1 and 1,000,000"),
+    ("warmup = 2.5", "warmup must be an integer"),
+    ("memory_mb = 9223372036854775807", "memory_mb must be between 1 and 4,194,304"),
+    ("name = 7", "name must be a string"),
+])
+def test_every_number_of_a_spec_has_a_documented_range(tmp_path, line, fragment):
+    _onnx(tmp_path / "a.onnx")
+    with pytest.raises(UsageError) as caught:
+        load_spec(str(_spec(tmp_path, f'[matrix]\ntargets = ["onnx"]\n{line}\n[[models]]\npath = "a.onnx"\n')))
+    assert fragment in caught.value.message and caught.value.remedy.startswith("e.g.")
+    with pytest.raises(UsageError, match="calibration_samples must be between 1 and 100,000"):
+        load_spec(str(_spec(tmp_path, '[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\n'
+                                      'calibration_samples = -3\n', "cal.toml")))

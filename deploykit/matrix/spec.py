@@ -31,6 +31,7 @@ MODEL_KEYS = {"path", "factory", "folder", "name", "inputs", "inputs_npz", "cali
 OPTION_KEYS = ("inputs", "inputs_npz", "calibration", "calibration_samples", "calibration_normalize", "io_dtype",
                "weights", "trust_pickle", "labels", "normalize", "task")
 PATH_KEYS = ("inputs_npz", "calibration", "weights", "labels")
+STRING_OPTIONS = ("io_dtype", "task", "normalize", "calibration_normalize")
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def load_spec(path: str) -> MatrixSpec:
         raise UsageError(f"{where} has no [matrix] table", "add [matrix] with targets = [...]")
     unknown = set(data) - {"matrix", "models"}
     if unknown:
-        raise UsageError(f"{where}: unknown top-level key {sorted(unknown)[0]!r}", "use [matrix] and [[models]]")
+        raise UsageError(f"{where}: unknown top-level key {_shown(sorted(unknown, key=str)[0])}", "use [matrix] and [[models]]")
     settings = _matrix_table(data["matrix"], where)
     models, skipped = _models(data.get("models"), settings.pop("axes"), spec_path.parent.resolve(), where)
     return MatrixSpec(path=str(spec_path), name=settings.pop("name", spec_path.stem), models=models,
@@ -112,56 +113,115 @@ def load_spec(path: str) -> MatrixSpec:
 def _parse(path: Path) -> dict:
     text = _read(path)
     if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise UsageError(f"{path.name} is YAML and PyYAML is not installed",
-                             "pip install pyyaml, or write the spec as TOML") from None
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path.name} is not valid YAML: {' '.join(str(exc).split())}", "fix the spec") from None
+        return _parse_yaml(text, path.name)
     import tomllib
 
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path.name} is not valid TOML: {exc}", "fix the spec (YAML specs end in .yaml)") from None
+    except RecursionError:      # tomllib parses nested arrays recursively
+        raise UsageError(f"{path.name} nests arrays or tables too deeply to be a matrix spec",
+                         "fix the spec: a matrix spec is a [matrix] table and [[models]] tables") from None
+
+
+# A spec is a short list of models: 1 MiB holds thousands. The cap keeps a 12 GB file (or a sparse one) from
+# being read into memory before it is refused.
+MAX_SPEC_BYTES = 1 << 20
+# What YAML aliases may add to a spec, in nodes plus characters of the values they repeat. A spec has a use for
+# them (a block of shared model options, `<<: *defaults`), but every value of a spec is walked — checked, hashed
+# into cell keys, quoted in messages — so 9 nested aliases of 9 (the "billion laughs") would expand a 400-byte
+# file to gigabytes. 100,000 is some 500 models' worth of shared options.
+MAX_ALIAS_EXPANSION = 100_000
+
+
+def _parse_yaml(text: str, name: str):
+    """YAML through PyYAML's SafeLoader in two steps: compose the node graph (an alias is the same node again, so
+    the graph is as small as the text), measure what the aliases would expand it to, and only then build the
+    Python objects — a bomb is refused before anything big exists."""
+    try:
+        import yaml
+    except ImportError:
+        raise UsageError(f"{name} is YAML and PyYAML is not installed",
+                         "pip install pyyaml, or write the spec as TOML") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_aliases(node, name)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{name} is not valid YAML: {' '.join(str(exc).split())[:300]}", "fix the spec") from None
+    except RecursionError:      # PyYAML composes and constructs nested nodes recursively
+        raise UsageError(f"{name} nests lists or mappings too deeply to be a matrix spec", "fix the spec") from None
+    finally:
+        loader.dispose()
+
+
+def _check_aliases(root, name: str) -> None:
+    """Refuse a node graph whose aliases add more than MAX_ALIAS_EXPANSION to it, or that contains itself."""
+    import yaml
+
+    sizes: dict = {}        # id(node) -> its expanded size; None while it is being measured (seen again: a cycle)
+    unique = [0]            # the graph's own size: each node once
+
+    def size(node) -> int:
+        if id(node) in sizes:
+            if sizes[id(node)] is None:
+                raise UsageError(f"{name}: a YAML alias refers to a node that contains it (a recursive value)",
+                                 "write the value out: a matrix spec has no recursive values")
+            return sizes[id(node)]
+        sizes[id(node)] = None
+        if isinstance(node, yaml.ScalarNode):
+            total = own = 1 + len(node.value)
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+            total, own = 1 + sum(size(child) for child in children), 1
+        unique[0] += own
+        sizes[id(node)] = total
+        return total
+
+    if size(root) - unique[0] > MAX_ALIAS_EXPANSION:
+        raise UsageError(f"{name}: its YAML aliases would repeat over {MAX_ALIAS_EXPANSION:,} nodes and characters "
+                         "(an alias bomb)", "write the spec without nested aliases")
 
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"{path.name} is not UTF-8 text", "give a TOML or YAML matrix spec") from None
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror or exc})", "check the path and its permissions") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise UsageError(f"{path.name} is over {MAX_SPEC_BYTES >> 20} MiB, too large for a matrix spec",
+                         "give the spec file itself (a TOML or YAML list of models)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path.name} is not UTF-8 text", "give a TOML or YAML matrix spec") from None
 
 
 def _matrix_table(table: dict, where: str) -> dict:
     unknown = set(table) - MATRIX_KEYS
     if unknown:
-        raise UsageError(f"{where}: unknown [matrix] key {sorted(unknown)[0]!r}", f"use {', '.join(sorted(MATRIX_KEYS))}")
+        raise UsageError(f"{where}: unknown [matrix] key {_shown(sorted(unknown, key=str)[0])}", f"use {', '.join(sorted(MATRIX_KEYS))}")
     axes = {"targets": _targets(table.get("targets"), where, "[matrix] targets"),
             "precisions": _precisions(table.get("precisions", ["fp32"]), where, "[matrix] precisions")}
     route = table.get("route", "first")
     if route not in ("first", "all"):
-        raise UsageError(f"{where}: [matrix] route must be \"first\" or \"all\" (got {route!r})", "fix the spec")
+        raise UsageError(f"{where}: [matrix] route must be \"first\" or \"all\" (got {_shown(route)})", "fix the spec")
     out = {"route": route}
     if "bench" in table:
         out["bench"] = _bench_rows(table["bench"], where)
     if "verify_runtimes" in table:
         out["verify_runtimes"] = tuple(_strings(table["verify_runtimes"], where, "[matrix] verify_runtimes"))
-    for key, kind, low in (("samples", int, 1), ("seed", int, 0), ("timeout", float, 1e-9), ("retries", int, 0),
-                           ("iterations", int, 1), ("warmup", int, 0), ("memory_mb", int, 1)):
+    for key in NUMBERS:
         if key in table:
-            out[key] = _number(table[key], kind, low, where, f"[matrix] {key}")
-    if out.get("timeout") is not None and not math.isfinite(out["timeout"]):
-        raise UsageError(f"{where}: [matrix] timeout must be a finite number of seconds (got {table['timeout']!r})",
-                         "e.g. timeout = 1800")
+            out[key] = _number(table[key], key, where, f"[matrix] {key}")
     _known_runtimes(out.get("verify_runtimes", ()), where)
     if "name" in table:
-        out["name"] = str(table["name"])
+        out["name"] = _name(table["name"], where, "[matrix] name")
     return {"axes": axes, **out}
 
 
@@ -171,7 +231,7 @@ def _known_runtimes(names: tuple, where: str) -> None:
     known = [entry.name for entry in RUNTIMES]
     bad = [n for n in names if n not in known]
     if bad:
-        raise UsageError(f"{where}: [matrix] verify_runtimes has unknown runtime {bad[0]!r}", f"use {', '.join(known)}")
+        raise UsageError(f"{where}: [matrix] verify_runtimes has unknown runtime {_shown(bad[0])}", f"use {', '.join(known)}")
 
 
 def _targets(value, where: str, key: str) -> tuple:
@@ -182,7 +242,7 @@ def _targets(value, where: str, key: str) -> tuple:
         raise UsageError(f"{where}: {key} is missing or empty", f"e.g. targets = [\"onnx\", \"tflite\"]")
     bad = [n for n in names if n not in TARGETS]
     if bad:
-        raise UsageError(f"{where}: {key} has unknown target {bad[0]!r}", f"use {', '.join(TARGETS)}")
+        raise UsageError(f"{where}: {key} has unknown target {_shown(bad[0])}", f"use {', '.join(TARGETS)}")
     return tuple(dict.fromkeys(names))
 
 
@@ -190,7 +250,7 @@ def _precisions(value, where: str, key: str) -> tuple:
     names = _strings(value, where, key)
     bad = [n for n in names if n not in PRECISIONS]
     if bad or not names:
-        raise UsageError(f"{where}: {key} has unknown precision {bad[0] if bad else '(none)'!r}",
+        raise UsageError(f"{where}: {key} has unknown precision {_shown(bad[0]) if bad else '(none)'}",
                          f"use {', '.join(PRECISIONS)}")
     return tuple(dict.fromkeys(names))
 
@@ -204,7 +264,7 @@ def _bench_rows(value, where: str) -> tuple:
     known = [row[0] for row in ROWS]
     bad = [n for n in names if n not in known]
     if bad:
-        raise UsageError(f"{where}: [matrix] bench has unknown runtime {bad[0]!r}", f"use {', '.join(known)}")
+        raise UsageError(f"{where}: [matrix] bench has unknown runtime {_shown(bad[0])}", f"use {', '.join(known)}")
     return tuple(names)
 
 
@@ -214,17 +274,58 @@ def _strings(value, where: str, key: str) -> list:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise UsageError(f"{where}: {key} must be a list of strings (got {value!r})", "fix the spec")
+        raise UsageError(f"{where}: {key} must be a list of strings (got {_shown(value)})", "fix the spec")
     return value
 
 
-def _number(value, kind: type, low: float, where: str, key: str):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise UsageError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'} (got {value!r})",
-                         "fix the spec")
-    if value < low:
-        raise UsageError(f"{where}: {key} must be at least {low:g} (got {value!r})", "fix the spec")
+# Every number a spec holds: (kind, lowest, highest, example). The ranges are what a matrix can mean, not what
+# Python can hold: `retries = 1e20` (or a 21-digit integer) would retry a crashing cell forever, a timeout of
+# 1e300 s overflows the clock the harness waits on, a seed must fit numpy's 32-bit generator, and a huge
+# samples/iterations count is a run that never ends. Floats are refused where a count is meant.
+NUMBERS = {
+    "samples": (int, 1, 10_000, "samples = 5"),                 # verify's inputs per cell
+    "seed": (int, 0, 2**32 - 1, "seed = 0"),                    # numpy.random.default_rng's range
+    "timeout": (float, 1e-3, 7 * 86_400, "timeout = 1800"),     # seconds per phase: at most a week
+    "retries": (int, 0, 10, "retries = 1"),                     # tries after the first, per phase
+    "iterations": (int, 1, 1_000_000, "iterations = 50"),       # timed runs per bench case
+    "warmup": (int, 0, 100_000, "warmup = 5"),
+    "memory_mb": (int, 1, 4 * 2**20, "memory_mb = 2048"),       # Ray's per-cell request: at most 4 TiB
+    "calibration_samples": (int, 1, 100_000, "calibration_samples = 100"),   # a model's int8 calibration inputs
+}
+
+
+def _number(value, name: str, where: str, key: str):
+    """``value`` as the number ``name`` means, inside its documented range (NUMBERS), or a UsageError."""
+    kind, low, high, example = NUMBERS[name]
+    wrong_kind = isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and isinstance(value, float))
+    if wrong_kind:
+        raise UsageError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'} (got {_shown(value)})",
+                         f"e.g. {example}")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise UsageError(f"{where}: {key} must be between {_plain(low)} and {_plain(high)} (got {_shown(value)})",
+                         f"e.g. {example}")
     return kind(value)
+
+
+def _plain(number) -> str:
+    return f"{number:,}" if isinstance(number, int) else f"{number:g}"
+
+
+def _name(value, where: str, key: str) -> str:
+    """A display name: a short string (it titles the report and names rows, never a path)."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise UsageError(f"{where}: {key} must be a string of 1 to 200 characters (got {_shown(value)})",
+                         'e.g. name = "zoo"')
+    return value
+
+
+def _shown(value) -> str:
+    """A spec value as an error message quotes it: bounded (a value may be huge, deep or aliased many times)."""
+    import reprlib
+
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxstring, shown.maxother, shown.maxlong = 3, 80, 80, 40
+    return shown.repr(value)
 
 
 def _models(entries, axes: dict, root: Path, where: str) -> tuple:
@@ -239,14 +340,14 @@ def _models(entries, axes: dict, root: Path, where: str) -> tuple:
     names = [m.name for m in found]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise UsageError(f"{where}: two models are named {twice[0]!r}", "give each a distinct name = \"...\"")
+        raise UsageError(f"{where}: two models are named {_shown(twice[0])}", "give each a distinct name = \"...\"")
     return tuple(found), skipped
 
 
 def _entry_models(entry: dict, axes: dict, root: Path, where: str, key: str, skipped: list) -> list:
     unknown = set(entry) - MODEL_KEYS
     if unknown:
-        raise UsageError(f"{where}: unknown {key} key {sorted(unknown)[0]!r}", f"use {', '.join(sorted(MODEL_KEYS))}")
+        raise UsageError(f"{where}: unknown {key} key {_shown(sorted(unknown, key=str)[0])}", f"use {', '.join(sorted(MODEL_KEYS))}")
     kinds = [k for k in ("path", "factory", "folder") if k in entry]
     if len(kinds) != 1:
         raise UsageError(f"{where}: {key} needs exactly one of path, factory or folder (got {kinds or 'none'})",
@@ -256,13 +357,16 @@ def _entry_models(entry: dict, axes: dict, root: Path, where: str, key: str, ski
     precisions = (_precisions(entry["precisions"], where, f"{key} precisions") if "precisions" in entry
                   else axes["precisions"])
     expect = tuple(_strings(entry.get("expect_fail"), where, f"{key} expect_fail"))
+    prefix = _name(entry["name"], where, f"{key} name") if "name" in entry else None
     if kinds[0] == "folder":
         sources = _scan(_path(entry["folder"], root, where, key, must_be_dir=True), skipped)
-        prefix = entry.get("name")
         return [ModelEntry(f"{prefix}/{s.name}" if prefix else s.name, str(s), options, targets, precisions, expect)
                 for s in sources]
+    if kinds[0] == "factory" and not isinstance(entry["factory"], str):
+        raise UsageError(f"{where}: {key} factory must be a string (got {_shown(entry['factory'])})",
+                         'e.g. factory = "package.module:make_model"')
     source = entry["factory"] if kinds[0] == "factory" else str(_path(entry["path"], root, where, key))
-    name = str(entry.get("name") or (source if kinds[0] == "factory" else Path(source).name))
+    name = prefix or (source if kinds[0] == "factory" else Path(source).name)
     return [ModelEntry(name, source, options, targets, precisions, expect)]
 
 
@@ -273,8 +377,14 @@ def _options(entry: dict, root: Path, where: str, key: str) -> dict:
             options[name] = str(_path(options[name], root, where, f"{key} {name}"))
     if "inputs" in options:
         options["inputs"] = _strings(options["inputs"], where, f"{key} inputs")
+    for name in STRING_OPTIONS:     # checked here: the option objects quote (or hash) what they are given
+        if name in options and not isinstance(options[name], str):
+            raise UsageError(f"{where}: {key} {name} must be a string (got {_shown(options[name])})", "fix the spec")
+    if "calibration_samples" in options:
+        options["calibration_samples"] = _number(options["calibration_samples"], "calibration_samples", where,
+                                                 f"{key} calibration_samples")
     if not isinstance(options.get("trust_pickle", False), bool):
-        raise UsageError(f"{where}: {key} trust_pickle must be true or false (got {options['trust_pickle']!r})",
+        raise UsageError(f"{where}: {key} trust_pickle must be true or false (got {_shown(options['trust_pickle'])})",
                          "fix the spec")
     try:      # the checks the export's own option objects make, now rather than in every cell
         _check_like_export(options)
@@ -323,13 +433,13 @@ def export_request(source: str, options: dict, target: str, precision: str, sett
 
 def _path(value, root: Path, where: str, key: str, must_be_dir: bool = False) -> Path:
     if not isinstance(value, str) or not value:
-        raise UsageError(f"{where}: {key} must be a path (got {value!r})", "fix the spec")
+        raise UsageError(f"{where}: {key} must be a path (got {_shown(value)})", "fix the spec")
     path = (root / value).resolve()
     if not path.exists():
-        raise UsageError(f"{where}: {key} {value!r} does not exist (looked in {root})",
+        raise UsageError(f"{where}: {key} {_shown(value)} does not exist (looked in {root})",
                          "paths in a spec are relative to the spec file's folder")
     if must_be_dir and not path.is_dir():
-        raise UsageError(f"{where}: {key} folder {value!r} is not a folder", "use path = for a single model")
+        raise UsageError(f"{where}: {key} folder {_shown(value)} is not a folder", "use path = for a single model")
     return path
 
 
