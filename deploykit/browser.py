@@ -18,6 +18,7 @@ import hashlib
 import os
 import shutil
 import stat
+import tempfile
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -145,13 +146,7 @@ class _Handler(SimpleHTTPRequestHandler):
         return ""
 
     def send_head(self):
-        path = self.translate_path(self.path)
-        if path and stat.S_ISDIR(_lstat_mode(path)):     # /sub -> /sub/, as any static server does
-            self.send_response(301)
-            self.send_header("Location", urlsplit(self.path).path + "/")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return None
+        path = self.translate_path(self.path)     # a folder without its "/" is a 404 too: no redirect needed
         handle = _open_regular(path) if path else None
         if handle is None:
             self.send_error(404, "File not found")
@@ -255,6 +250,7 @@ class BrowserSession:
         self.timeout_ms = timeout_s * 1e3
         self.console: list = []
         self._server = self._playwright = self._browser = self.page = None
+        self._chromium_tmp: Optional[str] = None
 
     def open(self) -> None:
         from deploykit.frameworks import import_playwright
@@ -264,11 +260,13 @@ class BrowserSession:
         modules = node_modules()
         # The model alone is served (not its folder, which may be the user's home).
         mounts = {"/deploykit/": WEB_DIR, "/node_modules/": modules, "/model/" + self.model_path.name: self.model_path}
+        self._chromium_tmp = chromium_tmpdir()
         self._server = Server(mounts).__enter__()
         self._playwright = sync_playwright().start()
         try:
             self._browser = self._playwright.chromium.launch(
                 executable_path=executable, headless=True, timeout=self.timeout_ms,
+                env={**os.environ, "TMPDIR": self._chromium_tmp},
                 args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
         except Exception as exc:  # noqa: BLE001 - playwright raises its own Error types
             self.close()
@@ -332,12 +330,29 @@ class BrowserSession:
             self.console = []
         for closer in (lambda: self._browser and self._browser.close(),
                        lambda: self._playwright and self._playwright.stop(),
-                       lambda: self._server and self._server.__exit__(None, None, None)):
+                       lambda: self._server and self._server.__exit__(None, None, None),
+                       lambda: self._chromium_tmp and shutil.rmtree(self._chromium_tmp, ignore_errors=True)):
             try:
                 closer()
             except Exception:  # noqa: BLE001 - closing after a crash must not mask the first error
                 pass
-        self._browser = self._playwright = self._server = self.page = None
+        self._browser = self._playwright = self._server = self.page = self._chromium_tmp = None
+
+
+# Chromium makes its singleton socket at $TMPDIR/org.chromium.Chromium.XXXXXX/SingletonSocket, and a unix socket
+# path holds at most 107 bytes: under a $TMPDIR of 40 characters (plus deploykit's own run folder) it aborted at
+# start ("Socket path too long"), which Playwright reported as "Target page, context or browser has been closed".
+_CHROMIUM_ROOM = 107 - len("/deploykit-chromium-XXXXXXXX/org.chromium.Chromium.XXXXXX/SingletonSocket")
+
+
+def chromium_tmpdir() -> str:
+    """A new private folder short enough for Chromium's sockets, for its $TMPDIR: under this run's temporary
+    folder when that is short enough, else under /tmp (or /var/tmp, /dev/shm); the caller removes it."""
+    for base in (tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"):
+        if len(base) <= _CHROMIUM_ROOM and os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
+            return tempfile.mkdtemp(prefix="deploykit-chromium-", dir=base)      # mode 0700
+    raise UsageError(f"no writable temporary folder is short enough for Chromium's sockets ($TMPDIR is "
+                     f"{tempfile.gettempdir()!r})", f"set TMPDIR to a folder of at most {_CHROMIUM_ROOM} characters")
 
 
 def _first(exc: BaseException) -> str:

@@ -576,3 +576,54 @@ def test_an_idle_or_half_sent_connection_is_dropped_after_the_idle_time_out(tmp_
                 assert time.monotonic() - started < 5
         with urllib.request.urlopen(server.url + "/index.html", timeout=10) as response:     # still serving
             assert response.read() == b"hi"
+
+
+def test_serve_prints_a_folder_name_with_control_characters_escaped(tmp_path):
+    folder = tmp_path / "site\x1b]0;owned\x07\x1b[2J"
+    folder.mkdir()
+    (folder / "index.html").write_text("<p>bundle</p>")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "deploykit.cli.commands", "serve", str(folder), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert line.startswith("serving ") and "\x1b" not in line and "\x07" not in line, repr(line)
+    assert "site\\x1b]0;owned\\x07\\x1b[2J at http://127.0.0.1:" in line, repr(line)
+
+
+@in_chromium
+def test_a_long_tmpdir_and_a_model_name_with_space_hash_query_and_non_ascii_run_in_the_browser(tmp_path, monkeypatch):
+    """Issue 26: with a $TMPDIR of 60 characters Chromium aborted at start (its singleton socket path passed the
+    107-byte unix socket limit), and a model named "my model#1?é.onnx" was fetched as "/model/my model" (the
+    rest a fragment): verify said "run it natively first". Both run now, and Chromium's folder is removed."""
+    import tempfile
+
+    long_tmp = tmp_path / ("t" * max(1, 60 - len(str(tmp_path)) - 1))
+    long_tmp.mkdir()
+    assert len(str(long_tmp)) >= 60
+    source = builders.tiny_onnx(tmp_path / "m.onnx")
+    odd = tmp_path / "my model#1?é.onnx"
+    odd.write_bytes(source.read_bytes())
+    leftovers = set(Path("/tmp").glob("deploykit-chromium-*"))     # Chromium's folder goes there: $TMPDIR is long
+    monkeypatch.setenv("TMPDIR", str(long_tmp))
+    proc = run_cli("verify", str(source), str(odd), "--runtime", "onnxruntime-web", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["comparisons"][0]["passed"]
+    assert not list(long_tmp.iterdir()) and set(Path("/tmp").glob("deploykit-chromium-*")) <= leftovers
+    from deploykit.browser import BrowserSession
+
+    monkeypatch.setattr(tempfile, "tempdir", None)      # re-read the long TMPDIR in this process
+    session = BrowserSession(str(odd), timeout_s=60)
+    try:
+        session.open()
+        fetched = session.page.evaluate("async (url) => (await (await fetch(url)).arrayBuffer()).byteLength",
+                                        session.model_url)
+        assert fetched == odd.stat().st_size
+        chromium_tmp = session._chromium_tmp
+        assert chromium_tmp and len(chromium_tmp) < len(str(long_tmp))
+    finally:
+        session.close()
+    assert not Path(chromium_tmp).exists()
