@@ -24,15 +24,6 @@ class Terminated(KeyboardInterrupt):
 def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
-
-def end_terminated() -> None:
-    """Exit 143 at once, once the children are killed and reaped and the staging folders removed (the unwinding
-    did that): a normal interpreter exit runs C++ static destructors while a framework's native threads may
-    still run, and one of them then aborts the process ("terminate called without an active exception", 134)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_TERMINATED)
-
 def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callable[[dict], None],
          exit_code_of: Callable[[dict], int] = lambda data: 0) -> None:
     """Run a command body: JSON or human output, DeploykitError -> one line + its exit code."""
@@ -44,11 +35,8 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
         from deploykit.child import DEBUG_ENV
 
         os.environ[DEBUG_ENV] = "1"
-    from deploykit.child import reused_child
-
     try:
-        with reused_child():      # one child per command holds a framework source (deploykit.child)
-            data = _resources_named(action)
+        data = _resources_named(action)
     except DeploykitError as exc:
         if debug:
             import traceback
@@ -67,8 +55,6 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
         code, message = (EXIT_TERMINATED, "terminated (SIGTERM)") if terminated else (EXIT_INTERRUPTED, "interrupted")
         _fail_json(as_json, type(exc).__name__, message, code)
         print(f"error: {message}", file=sys.stderr)
-        if terminated:
-            end_terminated()
         raise typer.Exit(code) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback without --debug
         if debug:
