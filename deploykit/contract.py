@@ -19,6 +19,7 @@ height x width (stretching), in the recorded layout. Values given by the user (`
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -207,18 +208,95 @@ def validate(contract) -> dict:
 
 
 def _problem(contract) -> str:
+    """What makes ``contract`` no version-1 contract ('' when nothing does). Every field an app or `summary` reads is
+    checked for its type and range: a contract travels inside untrusted files (a model's metadata, a bundle)."""
     if not isinstance(contract, dict) or contract.get("schema") != SCHEMA:
         return "the schema is not deploykit.contract"
-    if contract.get("version") != VERSION:
-        return f"version {contract.get('version')!r} (this deploykit reads version {VERSION})"
+    if contract.get("version") != VERSION or isinstance(contract.get("version"), bool):
+        return f"version {_shown(contract.get('version'))} (this deploykit reads version {VERSION})"
     if contract.get("task") not in TASKS:
-        return f"task {contract.get('task')!r}"
+        return f"task {_shown(contract.get('task'))}"
     for kind in ("inputs", "outputs"):
         tensors = contract.get(kind)
-        if not isinstance(tensors, list) or not tensors or not all(isinstance(t, dict) and t.get("name")
-                                                                   for t in tensors):
+        if not isinstance(tensors, list) or not tensors or len(tensors) > MAX_TENSORS or \
+                not all(isinstance(t, dict) and _text_ok(t.get("name")) for t in tensors):
             return f"{kind} must be a list of named tensors"
+        for tensor in tensors:
+            problem = _tensor_problem(tensor, kind == "inputs")
+            if problem:
+                return f"{kind[:-1]} {_shown(tensor['name'])}: {problem}"
+    inferred = contract.get("inferred", [])
+    if not isinstance(inferred, list) or not all(_text_ok(item) for item in inferred):
+        return "inferred must be a list of short texts"
     return ""
+
+
+# Bounds on what a contract may hold (no model deploykit packages comes near them): a name or note longer than
+# MAX_TEXT, or more tensors or dims than these, is a damaged or crafted contract, not a model's.
+MAX_TEXT, MAX_TENSORS, MAX_DIMS, MAX_DIM = 1000, 1000, 16, 2**31 - 1
+MEANINGS, POSTPROCESS = ("class_scores", "embedding", "raw"), ("softmax", "none")
+
+
+def _tensor_problem(tensor: dict, is_input: bool) -> str:
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(
+            d is None or _text_ok(d) or _int_ok(d, -1, MAX_DIM) for d in shape):
+        return "shape must be a list of sizes"
+    if not _text_ok(tensor.get("dtype")):
+        return "dtype must be a text"
+    if is_input:
+        if tensor.get("layout") not in (None, "NCHW", "NHWC"):
+            return "layout must be NCHW, NHWC or null"
+        value_range = tensor.get("value_range")
+        if value_range is not None and not (isinstance(value_range, list) and len(value_range) == 2 and
+                                            all(_number_ok(v) for v in value_range)):
+            return "value_range must be [low, high] numbers or null"
+        return _image_problem(tensor.get("image")) if tensor.get("image") is not None else ""
+    if tensor.get("meaning") not in MEANINGS or tensor.get("postprocess") not in POSTPROCESS:
+        return f"meaning must be one of {', '.join(MEANINGS)} and postprocess one of {', '.join(POSTPROCESS)}"
+    labels = tensor.get("labels")
+    if labels is not None and not (_text_ok(labels) and re.fullmatch(r"[\w.-]+", labels) and labels not in (".", "..")):
+        return "labels must name a file beside the model (one label per line) or be null"
+    if not _int_ok(tensor.get("top_k"), 0, MAX_DIM):
+        return "top_k must be a whole number"
+    return ""
+
+
+def _image_problem(image) -> str:
+    if not isinstance(image, dict):
+        return "image must be an object or null"
+    if not all(_int_ok(image.get(key), 1, 65536) for key in ("height", "width")) or image.get("channels") not in (1, 3):
+        return "image height and width must be whole numbers, channels 1 or 3"
+    if image.get("color_order") != "RGB" or image.get("resize") != "stretch":
+        return "image color_order must be RGB and resize stretch"
+    mean, std = image.get("mean"), image.get("std")
+    numbers = all(isinstance(v, list) and len(v) == image["channels"] and all(_number_ok(x) for x in v)
+                  for v in (mean, std))
+    if not numbers or not _number_ok(image.get("scale")) or not all(x > 0 for x in std):
+        return f"image mean and std must be {image['channels']} numbers each (std > 0), scale a number"
+    return ""
+
+
+def _text_ok(value) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_TEXT
+
+
+def _int_ok(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _number_ok(value) -> bool:
+    """A finite JSON number (NaN and Infinity parse in Python's json, and 1e999 becomes inf)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value) -> str:
+    """A value from an untrusted contract, short and printable, for an error line."""
+    try:
+        text = repr(value)
+    except ValueError:        # an int past Python's digit limit
+        return "a huge number"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def to_json(contract: dict) -> str:

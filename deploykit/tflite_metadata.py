@@ -82,23 +82,41 @@ def _in_tensor_order(model, contract: dict) -> dict:
 def carried_contract(path: str, fmt) -> Optional[dict]:
     """The deploykit contract a model file carries — ONNX ``metadata_props``, a .tflite's packed contract file —
     or None; a damaged one is ignored (it is metadata beside the model, as untrusted as the file)."""
-    from deploykit.contract import ONNX_KEY, validate
+    from deploykit.contract import validate
     from deploykit.errors import DeploykitError
-    from deploykit.formats import Format
 
     try:
-        if fmt == Format.ONNX:
-            from deploykit.onnx_io import read_onnx
-
-            props = {p.key: p.value for p in read_onnx(path).metadata_props}
-            found = json.loads(props[ONNX_KEY]) if ONNX_KEY in props else None
-        elif fmt == Format.TFLITE:
-            found = packed_contract(path)
-        else:
-            return None
+        found = read_carried(path, fmt)
         return validate(found) if found is not None else None
     except (DeploykitError, ValueError, RecursionError):
         return None
+
+
+def read_carried(path: str, fmt):
+    """The parsed JSON of the contract ``path`` carries (not validated; None when it carries none). Raises
+    ModelLoadError for a damaged model, ValueError (RecursionError) for a contract that is no JSON: `verify BUNDLE`
+    reports those as tampering, where `inspect` only leaves the contract out."""
+    from deploykit.contract import ONNX_KEY
+    from deploykit.errors import ModelLoadError
+    from deploykit.formats import Format
+
+    if fmt == Format.ONNX:
+        from deploykit.onnx_io import read_onnx
+
+        props = {p.key: p.value for p in read_onnx(path).metadata_props}
+        return json.loads(props[ONNX_KEY]) if ONNX_KEY in props else None
+    if fmt == Format.TFLITE:
+        from deploykit.formats import ZIP_ERRORS, read_member
+
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if CONTRACT_FILE not in archive.namelist():
+                    return None
+                return json.loads(read_member(archive, CONTRACT_FILE))
+        except ZIP_ERRORS as exc:
+            raise ModelLoadError(f"{path}: its packed metadata is damaged ({type(exc).__name__})",
+                                 "re-package the model") from None
+    return None
 
 
 def packed_contract(path: str) -> Optional[dict]:

@@ -138,11 +138,12 @@ def test_a_web_bundles_listed_tree_passes_the_checks(tmp_path):
 
     site = tmp_path / "site"
     (site / "vendor" / "ort").mkdir(parents=True)
-    for name in ("model.onnx", "contract.json", "golden.json", "index.html", "vendor/ort/ort.wasm"):
+    for name in ("model.onnx", "contract.json", "golden.json", "golden.npz", "index.html", "vendor/ort/ort.wasm"):
         (site / name).write_text("x")
     (site / "web.json").write_text(json.dumps({"model": "model.onnx"}))
     files = {p.relative_to(site).as_posix(): "0" for p in site.rglob("*") if p.is_file()}
-    (site / "deploykit-bundle.json").write_text(json.dumps({"model": "model.onnx", "app": "web", "files": files}))
+    (site / "deploykit-bundle.json").write_text(json.dumps({"bundle": 1, "model": "model.onnx", "app": "web",
+                                                            "runtime": "onnxruntime-web", "files": files}))
     assert _tampering(site)[1] == []
     (site / "web.json").write_text(json.dumps({"model": "contract.json"}))
-    assert "the app loads contract.json" in _tampering(site)[1][0]
+    assert "the app loads 'contract.json'" in _tampering(site)[1][0]

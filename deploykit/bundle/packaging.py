@@ -15,14 +15,11 @@ match) or given with ``source``.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import datetime
 import functools
 import json
-import os
 import re
-import stat
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -31,22 +28,19 @@ from typing import Optional
 import numpy as np
 
 from deploykit import contract as contracts
-from deploykit import fsutil, manifest, parity
+from deploykit import fsutil, manifest
 from deploykit.artifact import Artifact
+# verify BUNDLE lives in bundle_check; its names stay importable from here (api, tests and docs use them)
+from deploykit.bundle.bundle_check import (APPS, BUNDLE_FILE, MODEL_NAME, _tampering, golden_report,  # noqa: F401
+                                           is_bundle, verify_bundle)
 from deploykit.checking.checker import int8_feeds, make_checker, trusted_manifest
 from deploykit.errors import ParityError, UsageError
 from deploykit.formats import Format
-from deploykit.layout import Layout
 from deploykit.model import LoadOptions, load_model
 from deploykit.options import PRECISION_OF, VerifyOptions
 from deploykit.registry import browser_runtime_for
 
-APPS = ("python", "web")
-BUNDLE_FILE = "deploykit-bundle.json"
 RUNTIME_OF = {Format.ONNX: ("onnxruntime", "onnxruntime"), Format.TFLITE: ("litert", "ai-edge-litert")}
-# The bundled model is named by its detected format, never after the user's file: that name is free text and
-# goes into the generated app (issue 26: a quote in a suffix ran code on the device).
-MODEL_NAME = {Format.ONNX: "model.onnx", Format.TFLITE: "model.tflite"}
 
 
 @dataclass
@@ -247,16 +241,6 @@ def _check_bundle_model(path: Path, inputs: list, outputs: list, tolerance, veri
                           details={"parity": report.to_dict()})
 
 
-def golden_report(path: Path, inputs: list, outputs: list, tolerance, timeout: float,
-                  runtime: Optional[str] = None) -> parity.ParityReport:
-    """The model at ``path`` run on golden inputs (through deploykit's runner, on ``runtime`` or the format's
-    default) and compared with golden outputs."""
-    result = Artifact.open(path, layout=Layout()).run(inputs, runtime=runtime, timeout=timeout)
-    report = parity.compare(outputs, result.outputs, tolerance, "golden vectors", f"{path.parent.name}/{path.name}")
-    report.notes.append(f"ran on {result.ran_on}")
-    return report
-
-
 def _write_files(folder: Path, artifact: Artifact, model_file: str, contract: dict, labels, inputs: list,
                  outputs: list, tolerance, source, app: str = "python", timeout: float = 600.0) -> None:
     arrays = {f"input/{i}/{k}": v for i, feeds in enumerate(inputs) for k, v in feeds.items()}
@@ -318,10 +302,6 @@ def _version(distribution: str) -> Optional[str]:
         return None
 
 
-def is_bundle(path: "str | Path") -> bool:
-    return (Path(path) / BUNDLE_FILE).is_file()
-
-
 def describe_bundle(folder: "str | Path") -> dict:
     folder = Path(folder)
     info = json.loads((folder / BUNDLE_FILE).read_text())
@@ -332,134 +312,3 @@ def describe_bundle(folder: "str | Path") -> dict:
             "files": sorted(info["files"]) + [BUNDLE_FILE], "contract": contract,
             "runtime_requirements": requirements_file.read_text().split() if requirements_file.exists() else [],
             "app": info.get("app", "python")}
-
-
-def verify_bundle(folder: "str | Path", timeout: float = 600.0) -> parity.ParityReport:
-    """The bundle's model against its golden vectors, on deploykit's runner (what `app.py selftest` does on a
-    device). A file whose sha256 no longer matches the bundle's record is reported too; a bundle whose app could
-    run something verify did not check (an unlisted file, a link, another model, a listed path outside the bundle
-    or that is no regular file) fails before anything in it is read or run."""
-    folder = Path(folder)
-    info, problems = _tampering(folder)
-    if problems:
-        model = info.get("model") if isinstance(info.get("model"), str) else "?"
-        return parity.ParityReport("golden vectors", f"{folder.name}/{model}", 0, parity.PRESETS["fp32"],
-                                   problems=problems)
-    golden = json.loads((folder / "golden.json").read_text())
-    with np.load(folder / "golden.npz", allow_pickle=False) as data:
-        inputs, outputs = _unpack_golden(data, golden["samples"])
-    # A web bundle is checked where it will run: its browser runtime, in headless Chromium.
-    runtime = info["runtime"] if info.get("app") == "web" else None
-    report = golden_report(folder / info["model"], inputs, outputs, parity.Tolerance(**golden["tolerance"]), timeout,
-                           runtime)
-    changed = [name for name, digest in info["files"].items() if fsutil.sha256_of(folder / name) != digest]
-    if changed:
-        report.problems.append(f"changed since packaging: {', '.join(changed)}")
-    report.notes.append("contract: " + "; ".join(contracts.summary(json.loads((folder / "contract.json").read_text()))))
-    return report
-
-
-def _unpack_golden(data, samples: int) -> tuple:
-    inputs, outputs = [{} for _ in range(samples)], [{} for _ in range(samples)]
-    for key in data.files:
-        kind, index, name = key.split("/", 2)
-        (inputs if kind == "input" else outputs)[int(index)][name] = data[key]
-    return inputs, outputs
-
-
-# What `verify BUNDLE` checks before it reads or runs anything in a bundle: that the app can only run what verify
-# checks. A bundle ships into other people's apps (issue 26), and app.py runs whatever lies beside it and loads its
-# fixed model, so verify refuses a file not listed in deploykit-bundle.json (a dropped-in numpy.py) and any link; a
-# listed path that resolves outside the bundle (``../../…`` would be read and hashed) or is no regular file (a FIFO
-# or /dev/zero would block verify); a manifest ``model`` other than the one the app loads. Each is a problem in the
-# verdict (exit 1, as a changed file is), never an exception.
-
-_REQUIRED = ("contract.json", "golden.json")           # read by verify itself, so they must be listed and regular
-
-
-def _tampering(folder: Path) -> tuple:
-    """(the manifest as a dict, the problems found); no problem means the listed files are the bundle's regular
-    files, all inside it, and the manifest's model is the one the app loads."""
-    info, problems = _manifest(folder)
-    files = info.get("files")
-    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-        return info, problems or [f"{BUNDLE_FILE} lists no files (expected name: sha256 pairs)"]
-    problems += _listed(folder, files)
-    problems += _unlisted(folder, files)
-    if not problems:          # app.py / web.json are read only once known to be regular files inside
-        problems += _model(folder, info, files)
-    missing = [name for name in _REQUIRED if name not in files]
-    if missing:
-        problems.append(f"not listed in {BUNDLE_FILE}: {', '.join(missing)}")
-    return info, problems
-
-
-def _manifest(folder: Path) -> tuple:
-    path = folder / BUNDLE_FILE
-    if path.is_symlink() or not stat.S_ISREG(os.lstat(path).st_mode):
-        return {}, [f"{BUNDLE_FILE} is a link or not a regular file"]
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return {}, [f"{BUNDLE_FILE} is not valid JSON"]
-    return (info, []) if isinstance(info, dict) else ({}, [f"{BUNDLE_FILE} is not a JSON object"])
-
-
-def _listed(folder: Path, files: dict) -> list:
-    """Listed names that lie outside the bundle (resolved, so a link or ``..`` cannot leave it) or are no regular
-    file. Checked with lstat: nothing is opened, so a FIFO or device cannot block."""
-    root, problems = folder.resolve(), []
-    for name in files:
-        path = folder / name
-        if Path(name).is_absolute() or root not in path.resolve().parents:
-            problems.append(f"listed path outside the bundle: {name}")
-            continue
-        try:
-            mode = os.lstat(path).st_mode
-        except OSError:
-            problems.append(f"listed but missing: {name}")
-            continue
-        if not stat.S_ISREG(mode):
-            problems.append(f"listed but not a regular file (a link, FIFO, device or folder): {name}")
-    return problems
-
-
-def _unlisted(folder: Path, files: dict) -> list:
-    """Links anywhere in the bundle, and files its manifest does not list (os.walk does not follow links)."""
-    problems = []
-    for directory, subdirs, names in os.walk(folder):
-        here = Path(directory)
-        for name in sorted(subdirs + names):
-            path = here / name
-            relative = path.relative_to(folder).as_posix()
-            if path.is_symlink():
-                problems.append(f"a link in the bundle: {relative}")
-            elif name in names and relative not in files and relative != BUNDLE_FILE:
-                problems.append(f"not listed in {BUNDLE_FILE}: {relative}")
-    return problems
-
-
-def _model(folder: Path, info: dict, files: dict) -> list:
-    """The manifest's model must be the one the app loads: app.py's MODEL_FILE, or web.json's model."""
-    model = info.get("model")
-    loaded = _loaded_by_app(folder, files)
-    if model not in tuple(MODEL_NAME.values()) or model not in files or loaded != model:
-        return [f"the manifest names the model {model!r}, but the app loads {loaded or 'no model verify can name'}"]
-    return []
-
-
-def _loaded_by_app(folder: Path, files: dict):
-    """The model file the bundle's app loads, read from its own code or config (both listed, so hashed)."""
-    try:
-        if "app.py" in files:
-            tree = ast.parse((folder / "app.py").read_text(encoding="utf-8"))
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "MODEL_FILE"
-                                                        for t in node.targets) \
-                        and isinstance(node.value, ast.BinOp) and isinstance(node.value.right, ast.Constant):
-                    return node.value.right.value
-        elif "web.json" in files:
-            return json.loads((folder / "web.json").read_text(encoding="utf-8")).get("model")
-    except (OSError, ValueError, SyntaxError, AttributeError):
-        return None
-    return None

@@ -1,0 +1,300 @@
+"""`deploykit verify BUNDLE`: is this folder still what `deploykit package` wrote, and does its model still reproduce
+its golden vectors? Nothing in a bundle is trusted (issue 26): it may have been edited by anyone on the way to a
+device, including its record of sha256s. So before anything in it is read or run, verify checks that the app can
+only run what verify checks (no unlisted file, no link, no listed path outside the bundle or that is no regular
+file, the model the app loads); then that every listed file is unchanged; then that every file it reads has the
+shape `package` writes (deploykit-bundle.json, golden.json, golden.npz, contract.json, labels, the contract the
+model carries). Each finding is a problem in the verdict, "tampered: …" (exit 1), never an exception.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import re
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from deploykit import contract as contracts
+from deploykit import fsutil, parity
+from deploykit.artifact import Artifact
+from deploykit.errors import DeploykitError
+from deploykit.formats import Format
+from deploykit.layout import Layout
+
+APPS = ("python", "web")
+BUNDLE_FILE = fsutil.BUNDLE_FILE
+# The bundled model is named by its detected format, never after the user's file: that name is free text and
+# goes into the generated app (issue 26: a quote in a suffix ran code on the device).
+MODEL_NAME = {Format.ONNX: "model.onnx", Format.TFLITE: "model.tflite"}
+FORMAT_OF = {name: fmt for fmt, name in MODEL_NAME.items()}
+MAX_SAMPLES = 1000                  # `package --samples` allows at most this many golden vectors
+MAX_GOLDEN_BYTES = 2 * 1024**3      # what golden.npz may inflate to: far above 1000 samples of any model we bundle
+_REQUIRED = ("contract.json", "golden.json")           # read by verify itself, so they must be listed and regular
+_APP_FILES = {"python": ("golden.npz", "app.py", "requirements.txt"), "web": ("golden.npz", "web.json")}
+
+
+class Tampered(Exception):
+    """One reason a bundle is not what `package` wrote (a problem of the verdict)."""
+
+
+def is_bundle(path: "str | Path") -> bool:
+    return (Path(path) / BUNDLE_FILE).is_file()
+
+
+def golden_report(path: Path, inputs: list, outputs: list, tolerance, timeout: float,
+                  runtime=None) -> parity.ParityReport:
+    """The model at ``path`` run on golden inputs (through deploykit's runner, on ``runtime`` or the format's
+    default) and compared with golden outputs."""
+    result = Artifact.open(path, layout=Layout()).run(inputs, runtime=runtime, timeout=timeout)
+    report = parity.compare(outputs, result.outputs, tolerance, "golden vectors", f"{path.parent.name}/{path.name}")
+    report.notes.append(f"ran on {result.ran_on}")
+    return report
+
+
+def verify_bundle(folder: "str | Path", timeout: float = 600.0) -> parity.ParityReport:
+    """The bundle's model against its golden vectors, on deploykit's runner (what `app.py selftest` does on a
+    device), once the bundle passed every check above; else a failed report naming what was tampered with."""
+    folder = Path(folder)
+    info, problems = _tampering(folder)
+    if not problems:
+        problems = _changed(folder, info["files"])
+    if not problems:
+        try:
+            contract = _contract(folder, info)
+            inputs, outputs, tolerance = _golden(folder, contract)
+        except Tampered as exc:
+            problems = [str(exc)]
+    if problems:
+        model = info.get("model") if isinstance(info.get("model"), str) else "?"
+        return parity.ParityReport("golden vectors", f"{folder.name}/{contracts._shown(model)[1:-1]}", 0,
+                                   parity.PRESETS["fp32"], problems=[f"tampered: {p}" for p in problems])
+    # A web bundle is checked where it will run: its browser runtime, in headless Chromium.
+    runtime = info["runtime"] if info["app"] == "web" else None
+    report = golden_report(folder / info["model"], inputs, outputs, tolerance, timeout, runtime)
+    report.notes.append("contract: " + "; ".join(contracts.summary(contract)))
+    return report
+
+
+def _changed(folder: Path, files: dict) -> list:
+    changed = [name for name, digest in files.items() if fsutil.sha256_of(folder / name) != digest]
+    return [f"changed since packaging: {', '.join(changed)}"] if changed else []
+
+
+# What `verify BUNDLE` checks before it reads or runs anything in a bundle: that the app can only run what verify
+# checks. A bundle ships into other people's apps (issue 26), and app.py runs whatever lies beside it and loads its
+# fixed model, so verify refuses a file not listed in deploykit-bundle.json (a dropped-in numpy.py) and any link; a
+# listed path that resolves outside the bundle (``../../…`` would be read and hashed) or is no regular file (a FIFO
+# or /dev/zero would block verify); a manifest ``model`` other than the one the app loads.
+
+def _tampering(folder: Path) -> tuple:
+    """(the manifest as a dict, the problems found); no problem means the listed files are the bundle's regular
+    files, all inside it, and the manifest's model is the one the app loads."""
+    info, problems = _manifest(folder)
+    files = info.get("files")
+    if problems or not isinstance(files, dict):
+        return info, problems or [f"{BUNDLE_FILE} lists no files (expected name: sha256 pairs)"]
+    problems += _listed(folder, files)
+    problems += _unlisted(folder, files)
+    if not problems:          # app.py / web.json are read only once known to be regular files inside
+        problems += _model(folder, info, files)
+    missing = [name for name in _REQUIRED + _APP_FILES[info["app"]] if name not in files]
+    if missing:
+        problems.append(f"not listed in {BUNDLE_FILE}: {', '.join(missing)}")
+    return info, problems
+
+
+def _manifest(folder: Path) -> tuple:
+    """deploykit-bundle.json as `package` writes it: {"bundle": 1, "app", "model", "runtime", "files"}."""
+    path = folder / BUNDLE_FILE
+    if path.is_symlink() or not stat.S_ISREG(os.lstat(path).st_mode):
+        return {}, [f"{BUNDLE_FILE} is a link or not a regular file"]
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):     # ValueError: also an int past the digit limit
+        return {}, [f"{BUNDLE_FILE} is not valid JSON"]
+    if not isinstance(info, dict):
+        return {}, [f"{BUNDLE_FILE} is not a JSON object"]
+    files = info.get("files")
+    wrong = [key for key, ok in (("bundle", info.get("bundle") == 1 and type(info.get("bundle")) is int),
+                                 ("app", info.get("app") in APPS),
+                                 ("model", isinstance(info.get("model"), str)),
+                                 ("runtime", contracts._text_ok(info.get("runtime"))),
+                                 ("files", isinstance(files, dict) and all(
+                                     isinstance(k, str) and isinstance(v, str) for k, v in files.items())))
+             if not ok]
+    if wrong:
+        return {}, [f"{BUNDLE_FILE} has no valid {', '.join(wrong)} (a bundle record is bundle: 1, app, model, "
+                    "runtime and files: name -> sha256)"]
+    return info, []
+
+
+def _listed(folder: Path, files: dict) -> list:
+    """Listed names that lie outside the bundle (resolved, so a link or ``..`` cannot leave it) or are no regular
+    file. Checked with lstat: nothing is opened, so a FIFO or device cannot block."""
+    root, problems = folder.resolve(), []
+    for name in files:
+        path = folder / name
+        if "\0" in name or Path(name).is_absolute() or root not in path.resolve().parents:
+            problems.append(f"listed path outside the bundle: {contracts._shown(name)}")
+            continue
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            problems.append(f"listed but missing: {contracts._shown(name)}")
+            continue
+        if not stat.S_ISREG(mode):
+            problems.append(f"listed but not a regular file (a link, FIFO, device or folder): {name}")
+    return problems
+
+
+def _unlisted(folder: Path, files: dict) -> list:
+    """Links anywhere in the bundle, and files its manifest does not list (os.walk does not follow links)."""
+    problems = []
+    for directory, subdirs, names in os.walk(folder):
+        here = Path(directory)
+        for name in sorted(subdirs + names):
+            path = here / name
+            relative = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                problems.append(f"a link in the bundle: {relative}")
+            elif name in names and relative not in files and relative != BUNDLE_FILE:
+                problems.append(f"not listed in {BUNDLE_FILE}: {relative}")
+    return problems
+
+
+def _model(folder: Path, info: dict, files: dict) -> list:
+    """The manifest's model must be the one the app loads: app.py's MODEL_FILE, or web.json's model."""
+    model = info.get("model")
+    loaded = _loaded_by_app(folder, files)
+    if model not in tuple(MODEL_NAME.values()) or model not in files or loaded != model:
+        return [f"the manifest names the model {contracts._shown(model)}, but the app loads "
+                f"{contracts._shown(loaded) if loaded else 'no model verify can name'}"]
+    return []
+
+
+def _loaded_by_app(folder: Path, files: dict):
+    """The model file the bundle's app loads, read from its own code or config (both listed, so hashed)."""
+    try:
+        if "app.py" in files:
+            tree = ast.parse((folder / "app.py").read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "MODEL_FILE"
+                                                        for t in node.targets) \
+                        and isinstance(node.value, ast.BinOp) and isinstance(node.value.right, ast.Constant):
+                    return node.value.right.value
+        elif "web.json" in files:
+            config = json.loads((folder / "web.json").read_text(encoding="utf-8"))
+            return config.get("model") if isinstance(config, dict) else None
+    except (OSError, ValueError, SyntaxError, AttributeError, RecursionError, MemoryError):
+        return None
+    return None
+
+
+# Once every listed file is the one recorded, what verify reads must still have the shape `package` writes: the
+# record itself can be rewritten with new sha256s by whoever edited the files.
+
+def _json(folder: Path, name: str):
+    try:
+        return json.loads((folder / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        raise Tampered(f"{name} is not valid JSON") from None
+
+
+def _contract(folder: Path, info: dict) -> dict:
+    """contract.json, a valid contract whose labels files hold one label per class, and the very contract the
+    model carries in its metadata (what an Android or iOS app reads instead of contract.json)."""
+    try:
+        contract = contracts.validate(_json(folder, "contract.json"))
+    except DeploykitError as exc:
+        raise Tampered(f"contract.json is {exc.message}") from None
+    for output in contract["outputs"]:
+        if output["labels"]:
+            _labels(folder, info["files"], output)
+    model = info["model"]
+    try:
+        from deploykit.tflite_metadata import read_carried
+
+        carried = read_carried(str(folder / model), FORMAT_OF[model])
+    except DeploykitError as exc:
+        raise Tampered(f"{model} cannot be read: {exc.message}") from None
+    except (ValueError, RecursionError):
+        raise Tampered(f"the contract {model} carries is not valid JSON") from None
+    if carried != contract:
+        raise Tampered(f"the contract {model} carries is not contract.json" if carried is not None
+                       else f"{model} carries no contract")
+    if info["app"] == "web":
+        from deploykit.registry import browser_runtime_for
+
+        if info["runtime"] != browser_runtime_for(FORMAT_OF[model]).name:
+            raise Tampered(f"{BUNDLE_FILE} names the runtime {contracts._shown(info['runtime'])}, not the browser "
+                           f"runtime of {model}")
+    return contract
+
+
+def _labels(folder: Path, files: dict, output: dict) -> None:
+    name, classes = output["labels"], (output["shape"] or [None])[-1]
+    if name not in files:
+        raise Tampered(f"the contract names the labels file {name}, which the bundle does not list")
+    try:
+        labels = (folder / name).read_text(encoding="utf-8").rstrip("\n").split("\n")
+    except (OSError, UnicodeDecodeError):
+        raise Tampered(f"{name} is not UTF-8 text") from None
+    if isinstance(classes, int) and len(labels) != classes:
+        raise Tampered(f"{name} holds {len(labels)} labels for the {classes} classes of {output['name']}")
+    if any(len(label) > contracts.MAX_TEXT for label in labels):
+        raise Tampered(f"{name} holds a label over {contracts.MAX_TEXT} characters")
+
+
+def _golden(folder: Path, contract: dict) -> tuple:
+    """(inputs, outputs, tolerance) from golden.json and golden.npz, each array of a tensor the contract names, in
+    a numeric dtype and the contract's shape."""
+    golden = _json(folder, "golden.json")
+    samples = golden.get("samples") if isinstance(golden, dict) else None
+    if type(samples) is not int or not 1 <= samples <= MAX_SAMPLES:
+        raise Tampered(f"golden.json's samples is not a whole number from 1 to {MAX_SAMPLES}")
+    tolerance = _tolerance(golden.get("tolerance"))
+    specs = {kind: {t["name"]: t for t in contract[f"{kind}s"]} for kind in ("input", "output")}
+    wanted = {f"{kind}/{i}/{name}" for kind in specs for i in range(samples) for name in specs[kind]}
+    inputs, outputs = [{} for _ in range(samples)], [{} for _ in range(samples)]
+    try:
+        with zipfile.ZipFile(folder / "golden.npz") as archive:
+            if sum(member.file_size for member in archive.infolist()) > MAX_GOLDEN_BYTES:
+                raise Tampered(f"golden.npz inflates to over {MAX_GOLDEN_BYTES:,} bytes")
+        with np.load(folder / "golden.npz", allow_pickle=False) as data:
+            if set(data.files) != wanted:
+                raise Tampered("golden.npz does not hold one array per input and output of each golden sample")
+            for key in data.files:
+                kind, index, name = key.split("/", 2)
+                value = data[key]
+                _check_array(key, value, specs[kind][name])
+                (inputs if kind == "input" else outputs)[int(index)][name] = value
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError, zipfile.LargeZipFile):
+        raise Tampered("golden.npz is not an archive of plain numeric arrays") from None
+    return inputs, outputs, tolerance
+
+
+def _check_array(key: str, value: np.ndarray, spec: dict) -> None:
+    shape = spec["shape"]
+    fits = len(value.shape) == len(shape) and all(not isinstance(d, int) or d < 0 or d == got
+                                                   for d, got in zip(shape, value.shape))
+    if value.dtype.kind not in "biuf" or not fits:
+        raise Tampered(f"golden.npz's {contracts._shown(key)} is {value.dtype} {value.shape}, not numbers of the "
+                       f"contract's shape {tuple(shape)}")
+
+
+def _tolerance(recorded) -> parity.Tolerance:
+    """golden.json's tolerance: the fields of parity.Tolerance, finite non-negative numbers."""
+    fields = {"atol", "rtol", "min_cosine", "max_mismatch", "scale_by_reference", "preset"}
+    numbers = ("atol", "rtol", "min_cosine", "max_mismatch")
+    if not isinstance(recorded, dict) or set(recorded) != fields or not all(
+            contracts._number_ok(recorded[k]) and recorded[k] >= 0 and math.isfinite(recorded[k]) for k in numbers) \
+            or type(recorded["scale_by_reference"]) is not bool or not contracts._text_ok(recorded["preset"]) \
+            or not re.fullmatch(r"[\w.+-]+", recorded["preset"]):
+        raise Tampered("golden.json's tolerance is not the tolerance package writes (atol, rtol, min_cosine, "
+                       "max_mismatch: numbers >= 0; scale_by_reference: true or false; preset: a name)")
+    return parity.Tolerance(**recorded)
