@@ -6,7 +6,10 @@ onnx2tf's traps (FIELD-NOTES) and how they are handled here:
   that already holds a (random) calibration file, so nothing is fetched;
 * it shells out to onnxsim when found (~9 s a run) and rewrites names with sng4onnx:
   not_use_onnxsim, not_use_opname_auto_generate;
-* its .tflite files carry no signature: the LiteRT runner falls back to the raw tensor API;
+* its .tflite files carry no signature (the LiteRT runner falls back to the raw tensor API), and name the output
+  tensors Identity, Identity_1, ... and the inputs after the prepared graph's (renamed) names: the source's own
+  names are written back into the file (``_sign_with_source_names``), so the artifact, its manifest, contract and
+  verify's tables show "class scores", not Identity or class_scores;
 * it assumes 4-D inputs are NCHW: inputs that are already NHWC (a Keras model through
   tf2onnx) are named to keep_nwc_or_nhwc_or_ndhwc_input_names, else it transposes them twice;
 * it turns NCHW inputs and 4-D outputs into NHWC (TFLite's native layout, the fast one on
@@ -103,7 +106,7 @@ def _attempt(model: LoadedModel, prepared, out_path: Path, options: ExportOption
     """One onnx2tf run on the prepared graph with these layout options, checked against the source."""
     renamed = prepared.renamed
     payload = {"onnx": prepared.path, "out": str(out_path), "saved_model": saved_model,
-               **{key: [renamed.get(n, n) for n in names] for key, names in keep.items()}}
+               "names": _name_pairs(prepared), **{key: [renamed.get(n, n) for n in names] for key, names in keep.items()}}
     info = run_child("converters.onnx_to_tflite:job", payload, stage=CONVERT, what="onnx2tf", timeout=options.timeout,
                      debug=options.debug).info
     result = ConversionResult(path=out_path, converter="onnx_to_saved_model" if saved_model else "onnx_to_tflite",
@@ -114,8 +117,8 @@ def _attempt(model: LoadedModel, prepared, out_path: Path, options: ExportOption
     else:                    # a SavedModel is read by its loader in this process (TensorFlow), once: accept reuses it
         result.artifact = Artifact.open(out_path, layout=Layout())
         written = result.artifact.spec
-    result.input_perms = _perms(model.spec.inputs, written.inputs, to_artifact=True)
-    result.output_perms = _perms(_known_outputs(prepared.path, model.spec.outputs), written.outputs,
+    result.input_perms = _perms(*_paired(model.spec.inputs, written.inputs), to_artifact=True)
+    result.output_perms = _perms(*_paired(_known_outputs(prepared.path, model.spec.outputs), written.outputs),
                                  to_artifact=False)
     accept(result, check, options, "onnx2tf", "onnx2tf", "try --via litert, or simplify the ONNX graph first",
            result.layout)
@@ -123,6 +126,25 @@ def _attempt(model: LoadedModel, prepared, out_path: Path, options: ExportOption
         result.notes.append("onnx2tf changed the layout of outputs (channels-last, or axes reordered); recorded "
                             f"permutations {result.output_perms}")
     return result
+
+
+def _name_pairs(prepared) -> dict:
+    """[prepared graph's name, source's name] of each input and output, in the graph's order (the child writes
+    the source's names into the .tflite signature)."""
+    graph = read_onnx(prepared.path).graph
+    original = {new: old for old, new in prepared.renamed.items()}
+    stored = {t.name for t in graph.initializer}      # fixed inputs became initializers: the artifact has none
+    return {"inputs": [[i.name, original.get(i.name, i.name)] for i in graph.input if i.name not in stored],
+            "outputs": [[o.name, original.get(o.name, o.name)] for o in graph.output]}
+
+
+def _paired(source, artifact) -> tuple:
+    """(source tensors, artifact tensors) lined up: by name when the artifact carries the source's names (a
+    .tflite signature lists its names sorted, not in the graph's order), else by position."""
+    named = {t.name: t for t in source}
+    if artifact and all(t.name in named for t in artifact):
+        return [named[t.name] for t in artifact], list(artifact)
+    return list(source), list(artifact)
 
 
 def _remove(path: Path) -> None:
@@ -286,7 +308,57 @@ def job(payload: dict, arrays: dict) -> dict:
             for stray in out.glob("*.tflite"):
                 stray.unlink()
             return {"tool": f"onnx2tf {onnx2tf.__version__}"}
+        _sign_with_source_names(folder / "model_float32.tflite", payload.get("names") or {})
         shutil.move(str(folder / "model_float32.tflite"), str(out))
     from deploykit.model import describe_file
 
     return {"tool": f"onnx2tf {onnx2tf.__version__}", "artifact": describe_file(str(out))}
+
+
+_TF_OUTPUT = re.compile(r"^Identity(?:_(\d+))?$")      # TensorFlow's names for a function's k-th output
+
+
+def _sign_with_source_names(path: Path, names: dict) -> None:
+    """Give the .tflite's inputs and outputs the source's names: the main subgraph's input and output tensors (what
+    LiteRT lists without a signature, onnx2tf's case) and any signature's entries. An input is known by the prepared
+    graph's name it carries, an output by that name or as TensorFlow's k-th output (Identity_k). A list is renamed
+    whole or not at all (if onnx2tf named one entry otherwise, all keep onnx2tf's names, matched by position as
+    before); the export's check then runs the artifact by these names, so a wrong match fails it, never passes."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    if not names or path.stat().st_size >= 2**31:       # a flatbuffer over 2 GB cannot be re-packed
+        return
+    model = schema.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
+    if not model.subgraphs or any(getattr(buffer, "offset", 0) > 1 for buffer in model.buffers or []):
+        return
+    tensors = model.subgraphs[0].tensors
+    lists = [([tensors[i] for i in model.subgraphs[0].inputs], names["inputs"], False),
+             ([tensors[i] for i in model.subgraphs[0].outputs], names["outputs"], True)]
+    for signature in model.signatureDefs or []:
+        lists += [(signature.inputs or [], names["inputs"], False), (signature.outputs or [], names["outputs"], True)]
+    changed = False
+    for entries, pairs, outputs in lists:
+        found = [_source_name(_text(entry.name), pairs, outputs) for entry in entries]
+        if found and None not in found and len(set(found)) == len(found):
+            for entry, name in zip(entries, found):
+                changed |= _text(entry.name) != name
+                entry.name = name
+    if changed:
+        import flatbuffers
+
+        builder = flatbuffers.Builder(path.stat().st_size + 4096)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+        path.write_bytes(bytes(builder.Output()))
+
+
+def _source_name(name: str, pairs: list, outputs: bool):
+    by_name = dict(pairs)
+    if name in by_name:
+        return by_name[name]
+    match = _TF_OUTPUT.match(name) if outputs else None
+    index = int(match.group(1) or 0) if match else len(pairs)
+    return pairs[index][1] if index < len(pairs) else None
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")

@@ -9,8 +9,9 @@ holds (as onnxslim after the ONNX exporter is):
    the graph, and onnx's shape inference carries them downstream; so are values: an integer input the user fixes
    (``--input sr::int64=16000``) becomes a constant, which lets onnxslim fold the ``If`` on it (silero-vad's
    16 kHz / 8 kHz branches) — the artifact then has no such input, and the check does not feed it;
-2. names: tensor and node names a converter cannot take (tf2onnx's ``input:0``, ``@``, a leading digit) are
-   renamed; the converted model is matched to the source by position, as any renaming converter's is;
+2. names: tensor and node names a converter cannot take (tf2onnx's ``input:0``, ``@``, spaces, brackets, quotes,
+   non-ASCII, a leading digit) are renamed to unique safe ones; ``Prepared.renamed`` maps them, and the converter
+   writes the source's own names back into the artifact's signature (converters.onnx_to_tflite);
 3. fold: onnxslim folds constants and shape arithmetic, when the graph computes shapes at all (``Shape`` ops);
 4. rewrite (``deploykit.transforms.onnx_rewrites``): fused ``LSTM`` nodes become MatMul/Sigmoid/Tanh once their sequence
    length is known — onnx2tf mislays a fused LSTM's state (a plain ``nn.LSTM`` exported by torch fails without
@@ -28,10 +29,16 @@ from deploykit.conversion import Check, ExportOptions, acceptable
 from deploykit.model import LoadedModel
 from deploykit.onnx_io import read_onnx
 
-# What breaks onnx2tf (seen on tf2onnx and jax2tf files): a TensorFlow-style ":0" suffix, "@", a leading digit.
-# torch's "onnx::Gemm_5" passes (every sample route takes it): renaming it would cost a check for nothing.
-_NAME_BAD = re.compile(r"(?<!:):\d+$|@|^\d")
+# What breaks onnx2tf (seen on tf2onnx and jax2tf files, and on hand-named graphs: "class scores", "scores(1)",
+# "a<b>", "ünï"): a TensorFlow-style ":0" suffix, any character outside [A-Za-z0-9_./-] (TensorFlow's op-name
+# alphabet), a first character other than a letter, "_" or "/". torch's "onnx::Gemm_5" and "/fc1/Gemm_output_0"
+# pass (every sample route takes them): renaming them would cost a check for nothing.
+_NAME_BAD = re.compile(r"(?<!:):\d+$|^[^A-Za-z_/]|[^A-Za-z0-9_./:-]|(?<!:):(?!:)")
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9_./:-]|(?<!:):(?!:)")
+# A graph input becomes a TensorFlow placeholder and the .tflite signature's key: onnx2tf keeps only identifiers
+# ("_n_" came back as "Placeholder"), and the key is how the converter maps the name back (converters.onnx_to_tflite).
+_INPUT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_INPUT_BAD_CHARS = re.compile(r"[^A-Za-z0-9_]")
 
 
 @dataclass
@@ -50,7 +57,8 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
     pins = dynamic_dims_given(model, proto, keep_batch=options.dynamic_batch)
     fixed = {name: value for name, value in model.spec.fixed_inputs.items()
              if name in {i.name for i in proto.graph.input}}
-    bad_names = [n for n in _tensor_names(proto.graph) if n and _NAME_BAD.search(n)]
+    fed = _fed(proto.graph)
+    bad_names = [n for n in _tensor_names(proto.graph) if _cannot_take(n, fed)]
     if pins or bad_names or fixed:
         folder.mkdir(exist_ok=True)
         # With shape inference first; without, if onnx's inference breaks the graph (it can, inside If bodies).
@@ -244,12 +252,15 @@ def _inferred(proto):
 
 def _sanitize_names(graph) -> dict:
     """Rename tensors (and nodes) whose names a converter cannot take to close, unique names; {old: new}.
-    Subgraphs (If/Loop bodies) are left alone."""
+    Names that collide once cleaned ("a b", "a;b", an existing "a_b") get a numbered suffix. Subgraphs (If/Loop
+    bodies) are left alone."""
     used = set(_tensor_names(graph)) | {n.name for n in graph.node}
+    inputs = _fed(graph)
     renames = {}
     for name in _tensor_names(graph):
-        if name and _NAME_BAD.search(name):
-            renames[name] = _fresh(_BAD_CHARS.sub("_", name), used)
+        if _cannot_take(name, inputs):
+            cleaned = (_INPUT_BAD_CHARS if name in inputs else _BAD_CHARS).sub("_", name)
+            renames[name] = _fresh(cleaned, used)
     for node in graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]
         node.output[:] = [renames.get(n, n) for n in node.output]
@@ -260,13 +271,25 @@ def _sanitize_names(graph) -> dict:
     return renames
 
 
+def _cannot_take(name: str, inputs: set) -> bool:
+    """Whether onnx2tf cannot take ``name`` as it is (an empty name is an omitted optional input: left alone)."""
+    if not name:
+        return False
+    return bool(_NAME_BAD.search(name)) or name in inputs and not _INPUT_NAME.match(name)
+
+
+def _fed(graph) -> set:
+    """The graph's real inputs (old files list their weights among the inputs too)."""
+    return {i.name for i in graph.input} - {t.name for t in graph.initializer}
+
+
 def _tensor_names(graph) -> list:
     names = [v.name for v in list(graph.input) + list(graph.output) + list(graph.initializer)]
     return list(dict.fromkeys(names + [n for node in graph.node for n in list(node.input) + list(node.output)]))
 
 
 def _fresh(base: str, used: set) -> str:
-    base = "t_" + base if re.match(r"^\d", base) else base
+    base = base if re.match(r"^[A-Za-z/]", base) else "t_" + base     # TensorFlow names start with a letter
     name, index = base, 1
     while name in used:
         name, index = f"{base}_{index}", index + 1
