@@ -2,6 +2,7 @@
 the report, and whole runs whose cells are refused or fail at load (quick)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -151,11 +152,13 @@ def test_file_uri_store_round_trips_through_fsspec(tmp_path):
     assert store.finished("nope") is None
     (tmp_path / "shared" / "cells" / "bad.json").write_text("{half")
     assert store.finished("bad") is None                     # a damaged record is not a finished cell
-    model = _onnx(tmp_path / "m.onnx")
-    reference = store.put_tree(model, "artifacts/abc/m.onnx")
-    assert reference.startswith("file://") and not list((tmp_path / "shared").rglob("*.tmp-*"))
+    (tmp_path / "made").mkdir()
+    model = _onnx(tmp_path / "made" / "m.onnx")
+    reference = store.put_artifacts(tmp_path / "made", "abc")["m.onnx"]
+    assert reference.startswith("file://") and not list((tmp_path / "shared").rglob("*.tmp*"))
     fetched = store.get_tree(reference, tmp_path / "back")
     assert fetched.read_bytes() == model.read_bytes()
+    assert store.digest(reference) == hashlib.sha256((tmp_path / "shared/artifacts/abc/m.onnx.tar").read_bytes()).hexdigest()
 
 
 def test_unpack_keeps_files_inside_the_folder(tmp_path):

@@ -108,46 +108,39 @@ def _pin_to_one_core() -> "int | None":
 
 @contextmanager
 def _running(store, request: dict, phase: str):
-    """``running/<key>.<phase>.pid`` while the phase runs (local stores): who to ask, or to kill."""
-    folder = store.local_folder()
-    marker = folder / "running" / f"{request['key']}.{phase}.pid" if folder else None
+    """``running/<key>.<phase>.pid`` while the phase runs (local stores): who to ask, or to kill. Written through
+    the store (never through a link planted at that name)."""
+    marker = f"running/{request['key']}.{phase}.pid" if store.local_folder() else None
     if marker:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"{os.getpid()}\n")
+        store.write_text(marker, f"{os.getpid()}\n")
     try:
         yield
     finally:
         if marker:
-            marker.unlink(missing_ok=True)
+            store.remove(marker)
 
 
 @contextmanager
 def _workspace(store, request: dict):
-    """Where export writes: the store's own artifact folder when it is local, else a temporary one."""
-    folder = store.local_folder()
-    if folder:
-        target = folder / "artifacts" / request["key"]
-        target.mkdir(parents=True, exist_ok=True)
-        try:
-            yield target
-        finally:
-            if not any(target.iterdir()):      # a cell that made no artifact leaves no empty folder
-                target.rmdir()
-        return
+    """Where export writes: a private temporary folder, whatever the store. The converters write by path, so they
+    never write into the store itself; the store copies what they made (:func:`_publish`) without following links."""
     with tempfile.TemporaryDirectory(prefix="deploykit-cell-") as tmp:
         yield Path(tmp)
 
 
 def _publish(store, request: dict, folder: Path, record: dict) -> None:
-    """The artifact and its manifest into the store; the record keeps their references, not local paths."""
+    """The export's folder (artifact, manifest, side files) into the store's ``artifacts/<key>/``; the record keeps
+    their references and the sha256 of what the store now holds, which a rerun checks before it reuses the record."""
     local = record.pop("artifact_local", None)
     if not local or not Path(local).exists():
         return
-    name = f"artifacts/{request['key']}/{Path(local).name}"
-    record["artifact"] = store.put_tree(Path(local), name)
-    manifest = Path(record["export"]["manifest"]) if record.get("export", {}).get("manifest") else None
-    if manifest and manifest.exists():
-        record["manifest"] = store.put_tree(manifest, f"artifacts/{request['key']}/{manifest.name}")
     from deploykit.benchmark.cases import artifact_size
 
     record["artifact_bytes"] = artifact_size(local)
+    references = store.put_artifacts(folder, request["key"])
+    export = record.get("export") or {}
+    manifest = Path(export["manifest"]).name if export.get("manifest") else None
+    for field, name in (("artifact", Path(local).name), ("manifest", manifest)):
+        if name in references:
+            record[field] = export[field] = references[name]
+            record[f"{field}_sha256"] = store.digest(references[name])

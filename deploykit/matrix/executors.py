@@ -41,7 +41,7 @@ def run_phase(phase: str, request: dict, abort: Optional[Callable] = None) -> di
     store = open_store(request["store"])
     counter, last = f"running/{request['key']}.{phase}.{request['run']}.attempts", "never started"
     while True:
-        attempt = int(store.read_text(counter) or 0) + 1
+        attempt = _count(store.read_text(counter)) + 1
         if attempt > request["retries"] + 1:
             return {"status": "crashed", "phase": phase, "attempts": attempt - 1, "exit_code": 1,
                     "verdict": f"{phase} did not finish in {attempt - 1} attempt(s): {last}"}
@@ -53,9 +53,14 @@ def run_phase(phase: str, request: dict, abort: Optional[Callable] = None) -> di
         except DeploykitError as exc:     # the harness's word for a crash, a kill or a time-out
             last = exc.message
         finally:                          # a killed child never removed its own marker
-            folder = store.local_folder()
-            if folder:
-                (folder / "running" / f"{request['key']}.{phase}.pid").unlink(missing_ok=True)
+            if store.local_folder():
+                store.remove(f"running/{request['key']}.{phase}.pid")
+
+
+def _count(text: Optional[str]) -> int:
+    """An attempt counter as stored; one that is not a small number was not written by us: no attempts yet."""
+    text = (text or "").strip()
+    return int(text) if text.isdigit() and len(text) < 4 else 0
 
 
 class LocalExecutor:
@@ -302,17 +307,16 @@ def _local_files(request: dict) -> dict:
 
 def ray_phase(phase: str, request: dict, shipped: dict) -> dict:
     """The Ray task: files shipped from the driver land in a temporary folder, then the phase runs as a child."""
-    folder = open_store(request["store"]).local_folder()
-    marker = folder / "running" / f"{request['key']}.{phase}.worker.pid" if folder else None
+    store = open_store(request["store"])
+    marker = f"running/{request['key']}.{phase}.worker.pid" if store.local_folder() else None
     if marker:      # which Ray worker runs the phase: what a test (or an operator) kills
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"{os.getpid()}\n")
+        store.write_text(marker, f"{os.getpid()}\n")
     try:
         with tempfile.TemporaryDirectory(prefix="deploykit-ray-") as tmp:
             return run_phase(phase, _unshipped(request, shipped, Path(tmp)))
     finally:
         if marker:
-            marker.unlink(missing_ok=True)
+            store.remove(marker)
 
 
 def _unshipped(request: dict, shipped: dict, folder: Path) -> dict:

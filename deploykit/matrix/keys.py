@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
 from deploykit.errors import DeploykitError, MissingDependency, UsageError
 from deploykit.matrix.spec import PATH_KEYS, Cell, MatrixSpec, cell_options
+from deploykit.matrix.store import Store
 
 CODE_PACKAGES = ("deploykit", "converters", "runtimes")
 
@@ -134,3 +137,72 @@ def unsupported_record(cell: Cell, key: str, why: str, tool_versions: Optional[d
 def cell_identity(cell: Cell, key: str) -> dict:
     return {"key": key, "model": cell.model.name, "source": cell.model.source, "target": cell.target,
             "precision": cell.precision}
+
+
+# --- records: what a stored record must be before it is reused ---------------------------------------------------
+
+STORED_STATUSES = ("passed", "failed", "unsupported", "crashed", "error")
+_TEXT_FIELDS = ("model", "source", "target", "precision", "verdict", "finished_at", "outcome", "rerun_because",
+                "artifact_sha256", "manifest_sha256")
+_DICT_FIELDS = ("export", "verify", "bench", "phases", "versions", "metrics")
+_INT_FIELDS = ("attempts", "exit_code", "bench_core", "bench_attempts")
+_NUMBER_METRICS = ("cosine", "max_abs", "artifact_bytes", "artifact_p50_ms", "source_p50_ms", "speedup")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def reusable(store: Store, key: str) -> tuple:
+    """(the stored record of a finished cell, None) — or (None, why the stored one is not reused; None when the
+    store holds none). A cell whose record is refused simply runs again, and its new record says why."""
+    record, why = store.stored(key)
+    if record is None:
+        return None, why
+    why = record_problem(record, key, store)
+    return (None, why) if why else (record, None)
+
+
+def record_problem(record, key: str, store: Store) -> Optional[str]:
+    """Why a stored record may not be reused ('' or None when it may): a record is data from the store, which
+    anyone with access to it may have edited, so its shape, its key, the places it names and the bytes of its
+    artifact are checked before it stands for a finished cell."""
+    if not isinstance(record, dict):
+        return "its stored record is not a JSON object"
+    if record.get("key") != key:
+        return "its stored record names another cell's key"
+    if record.get("status") not in STORED_STATUSES:
+        return "its stored record has no known status"
+    wrong = ([f for f in _TEXT_FIELDS if record.get(f) is not None and not isinstance(record[f], str)]
+             + [f for f in _DICT_FIELDS if record.get(f) is not None and not isinstance(record[f], dict)]
+             + [f for f in _INT_FIELDS if record.get(f) is not None and not _is_int(record[f])])
+    if wrong:
+        return f"its stored record's {wrong[0]} is not what deploykit writes"
+    metrics = record.get("metrics") or {}
+    if any(m in metrics and not _is_number(metrics[m]) for m in _NUMBER_METRICS) or \
+            any(not isinstance(metrics.get(r, ""), str) for r in ("artifact_row", "source_row")):
+        return "its stored record's metrics are not numbers"
+    if record["status"] == "passed" and record.get("artifact") is None:
+        return "its stored record passed without naming its artifact"
+    return _artifact_problem(record, key, store)
+
+
+def _artifact_problem(record: dict, key: str, store: Store) -> Optional[str]:
+    for field in ("artifact", "manifest"):
+        reference = record.get(field)
+        if reference is None:
+            continue
+        name = store.name_of(reference)
+        if name is None or not name.startswith(f"artifacts/{key}/") or name.count("/") != 2:
+            return f"its stored record's {field} is not in its own artifacts/{key}/ folder of the store"
+        sha = record.get(f"{field}_sha256")
+        if not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+            return f"its stored record holds no sha256 of its {field}"
+        if store.digest(reference) != sha:
+            return f"its {field} changed (or went missing) since the record was written"
+    return None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -26,6 +26,16 @@ def _e(value) -> str:
     return html.escape("" if value is None else str(value))
 
 
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _dicts(value) -> list:
+    """The dict items of a list from a record. A reused record's nested parts come from the store, which anyone
+    with access may have edited: the page shows what has the expected shape and skips the rest."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
 def _page(title: str, body: str) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{STYLE}</style>"
             f"</head><body>{body}</body></html>")
@@ -67,6 +77,8 @@ def _grid_cell(cell) -> str:
         lines.append(f"<span class='small'>{_e(cell['verdict'][:90])}</span>")
     if cell.get("reused"):
         lines.append("<span class='small'>reused</span>")
+    elif cell.get("rerun_because"):
+        lines.append(f"<span class='small'>rerun: {_e(cell['rerun_because'][:90])}</span>")
     body = "<br>".join(lines)
     if status != "not run":
         body = f"<a href='cells/{_e(cell['key'])}.html'>{body}</a>"
@@ -84,12 +96,13 @@ def cell_page(cell: dict) -> str:
 def _facts(cell: dict) -> str:
     facts = [("key", cell["key"]), ("source", cell.get("source")), ("artifact", cell.get("artifact")),
              ("bytes", cell.get("artifact_bytes")), ("attempts", cell.get("attempts")),
-             ("seconds", json.dumps(cell.get("phases") or {})), ("finished", cell.get("finished_at"))]
+             ("seconds", json.dumps(cell.get("phases") or {})), ("finished", cell.get("finished_at")),
+             ("rerun because", cell.get("rerun_because"))]
     return "<table>" + "".join(f"<tr><th>{k}</th><td>{_e(v)}</td></tr>" for k, v in facts if v is not None) + "</table>"
 
 
 def _route(cell: dict) -> str:
-    routes = (cell.get("export") or {}).get("routes") or []
+    routes = _dicts(_dict(cell.get("export")).get("routes"))
     if not routes:
         return ""
     rows = "".join(f"<tr><td>{_e(r.get('route'))}</td><td>{_e(r.get('outcome'))}</td><td>{_e(r.get('seconds'))}</td>"
@@ -98,13 +111,13 @@ def _route(cell: dict) -> str:
 
 
 def _parity(cell: dict) -> str:
-    comparisons = (cell.get("verify") or {}).get("comparisons") or []
+    comparisons = _dicts(_dict(cell.get("verify")).get("comparisons"))
     if not comparisons:
-        comparisons = [(cell.get("export") or {}).get("parity") or {}]
+        comparisons = [_dict(_dict(cell.get("export")).get("parity"))]
     blocks = []
     for comparison in comparisons:
         rows = "".join(f"<tr><td>{_e(o.get('name'))}</td><td>{_e(o.get('max_abs'))}</td><td>{_e(o.get('cosine'))}</td>"
-                       f"<td>{_e(o.get('passed'))}</td></tr>" for o in comparison.get("outputs", []))
+                       f"<td>{_e(o.get('passed'))}</td></tr>" for o in _dicts(comparison.get("outputs")))
         if rows:
             blocks.append(f"<p>{_e(comparison.get('reference'))} vs {_e(comparison.get('candidate'))}: "
                           f"{_e(comparison.get('summary'))}</p><table><tr><th>output</th><th>max_abs</th>"
@@ -113,11 +126,11 @@ def _parity(cell: dict) -> str:
 
 
 def _bench(cell: dict) -> str:
-    cases = (cell.get("bench") or {}).get("cases") or []
+    cases = _dicts(_dict(cell.get("bench")).get("cases"))
     if not cases:
         return ""
     rows = "".join(f"<tr><td>{_e(c.get('row'))}</td><td>{_e(c.get('model'))}</td>"
-                   f"<td>{_e((c.get('latency_ms') or {}).get('p50'))}</td><td>{_e((c.get('latency_ms') or {}).get('p90'))}</td>"
+                   f"<td>{_e(_dict(c.get('latency_ms')).get('p50'))}</td><td>{_e(_dict(c.get('latency_ms')).get('p90'))}</td>"
                    f"<td>{_e(c.get('peak_rss_bytes'))}</td><td>{_e(c.get('time_to_first_result_s'))}</td>"
                    f"<td>{_e(c.get('error'))}</td></tr>" for c in cases)
     return (f"<h2>Timings (1 thread, pinned to core {_e(cell.get('bench_core'))})</h2><table><tr><th>runtime</th>"

@@ -12,6 +12,7 @@ after Ctrl-C, does only what is left.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from datetime import datetime, timezone
@@ -19,9 +20,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from deploykit.errors import UsageError
-from deploykit.matrix.keys import cell_identity, plan_cell, unsupported_record
+from deploykit.matrix.keys import cell_identity, plan_cell, reusable, unsupported_record
 from deploykit.matrix.spec import Cell, MatrixSpec, cell_export, load_spec
-from deploykit.matrix.store import Store, open_store
+from deploykit.matrix.store import OURS, Store, foreign_entries, names, open_store
 
 EXECUTORS = ("local", "ray")
 FAILING = ("failed", "crashed", "error")       # an unexpected failure: exit 1
@@ -77,11 +78,15 @@ def _check_output(store: Store) -> None:
     folder = store.local_folder()
     if folder is None or not folder.exists():
         return
-    ours = {"cells", "artifacts", "running", "matrix.json", "matrix.html"}
-    foreign = sorted(p.name for p in folder.iterdir() if p.name not in ours)
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in OURS)
     if foreign:
         raise UsageError(f"-o {folder} holds files a matrix did not write ({', '.join(foreign[:3])})",
                          "give a new folder, or the folder of an earlier matrix run to resume it")
+    planted = foreign_entries(folder)
+    if planted:     # a link there would take the matrix's writes (or its reads) out of the store
+        raise UsageError(f"-o {folder} holds {planted[0].relative_to(folder)}, a link, FIFO or device: a matrix "
+                         "store holds only the files and folders it wrote, and never follows a link",
+                         "remove it (and check who planted it), or give a new -o")
 
 
 class _Board:
@@ -93,6 +98,7 @@ class _Board:
         self.order: list = []            # (cell, key) in spec order
         self.versions: dict = {}
         self.refused: list = []          # (cell, key, unsupported record) to store once the run starts
+        self.reasons: dict = {}          # key -> why its stored record was not reused
         self.run_id = uuid.uuid4().hex[:8]
         self.done = self.total = 0
 
@@ -106,7 +112,9 @@ class _Board:
             if key in self.versions:        # the same bytes and options under another name: one job, two rows
                 continue
             self.versions[key] = versions
-            stored = None if force else self.store.finished(key)
+            stored, why = (None, None) if force else reusable(self.store, key)
+            if why:
+                self.reasons[key] = why       # the new record says why the stored one was not reused
             if stored and not (retry_failed and stored.get("status") in FAILING):
                 self.records[key] = {**stored, "reused": True}
                 self.done += 1
@@ -139,6 +147,8 @@ class _Board:
 
     def _save(self, cell: Cell, key: str, record: dict) -> None:
         record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if key in self.reasons:
+            record["rerun_because"] = self.reasons[key]
         self.store.save_cell(record)
         self.records[key] = record
         self.done += 1
@@ -163,14 +173,14 @@ class _Board:
     def _forget_attempts(self) -> None:
         """This run's attempt counters (local stores): the records keep the counts."""
         folder = self.store.local_folder()
-        if folder and (folder / "running").is_dir():
-            for counter in (folder / "running").glob(f"*.{self.run_id}.attempts"):
-                counter.unlink(missing_ok=True)
-            for key in self.versions:         # markers of workers killed before they could remove their own
-                for marker in (folder / "running").glob(f"{key}.*pid"):
-                    marker.unlink(missing_ok=True)
-            if not any((folder / "running").iterdir()):
-                (folder / "running").rmdir()
+        if not folder:
+            return
+        stale = [f".{self.run_id}.attempts"] + [f"{key}." for key in self.versions]   # + markers of killed workers
+        for name in names(folder, "running"):
+            if name.endswith(stale[0]) or (name.endswith("pid") and name.startswith(tuple(stale[1:]))):
+                self.store.remove(f"running/{name}")
+        with contextlib.suppress(OSError):      # only when empty; rmdir never follows a link
+            (folder / "running").rmdir()
 
 
 def record_of(cell: Cell, key: str, phases: dict, versions: dict) -> dict:
