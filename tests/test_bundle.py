@@ -380,3 +380,69 @@ def deploykit_options(**kwargs):
     from deploykit.bundle.packaging import PackageOptions
 
     return PackageOptions(**kwargs)
+
+
+def _app(bundle, *args, timeout=120):
+    return subprocess.run([sys.executable, "-P", "app.py", *args], cwd=bundle, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture()
+def image_bundle(tmp_path):
+    """A bundle of x[1,3,8,8] -> Relu (an image input, normalised 'unit': the app's feed is pixels / 255)."""
+    from deploykit import api
+    from deploykit.bundle.packaging import PackageOptions
+
+    builders.image_onnx(tmp_path / "image.onnx")
+    api.package(str(tmp_path / "image.onnx"), str(tmp_path / "bundle"),
+                PackageOptions(samples=1, source=str(tmp_path / "image.onnx")))
+    return tmp_path / "bundle"
+
+
+@pytest.mark.onnxruntime
+def test_app_scales_a_16_bit_png_instead_of_saturating_it(image_bundle, tmp_path):
+    """issue 26: Pillow's convert('L') clips a 16-bit greyscale value over 255 to white; a browser (the web app)
+    scales it by 255/65535. The app now does what the browser does."""
+    from PIL import Image
+
+    deep = np.full((8, 8), 16384, np.uint16)             # a quarter of 16-bit full scale: 0.25 after 'unit'
+    deep[0, 0] = 65535
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    Image.fromarray(np.full((8, 8, 3), 64, np.uint8)).save(tmp_path / "rgb.png")
+    for picture, expected in (("deep.png", 16384 / 65535), ("rgb.png", 64 / 255)):
+        done = _app(image_bundle, "predict", str(tmp_path / picture), "--json")
+        assert done.returncode == 0, done.stderr
+        fed = np.asarray(json.loads(done.stdout)["y"])         # Relu of the feed: the feed itself
+        assert fed.shape == (1, 3, 8, 8) and abs(float(np.median(fed)) - expected) < 1e-3, (picture, fed[0, 0])
+    assert abs(float(np.asarray(json.loads(_app(image_bundle, "predict", str(tmp_path / "deep.png"),
+                                                     "--json").stdout)["y"]).max()) - 1.0) < 1e-6
+
+
+@pytest.mark.onnxruntime
+def test_app_refuses_a_fifo_or_missing_input_with_one_line(image_bundle, tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    for name, said in (("pipe.png", "not a regular file"), ("nowhere.png", "No such file")):
+        done = _app(image_bundle, "predict", str(tmp_path / name), timeout=60)     # the old app blocked on the FIFO
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], \
+            done.stderr
+    (tmp_path / "junk.png").write_bytes(b"not a picture")
+    done = _app(image_bundle, "predict", str(tmp_path / "junk.png"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "cannot be read" in done.stderr, done.stderr
+
+
+@pytest.mark.onnxruntime
+def test_app_prints_control_characters_from_labels_escaped(tmp_path):
+    from deploykit import api
+    from deploykit.bundle.packaging import PackageOptions
+
+    builders.tiny_onnx(tmp_path / "tiny.onnx")
+    (tmp_path / "labels.txt").write_text("\x1b]0;owned\x07cat\ndog\x1b[2J\nbird\u202e\n")
+    api.package(str(tmp_path / "tiny.onnx"), str(tmp_path / "bundle"),
+                PackageOptions(labels=str(tmp_path / "labels.txt"), samples=1, source=str(tmp_path / "tiny.onnx")))
+    np.savez(tmp_path / "in.npz", x=np.array([[1.0, 2.0, 3.0, 4.0]], np.float32))
+    done = _app(tmp_path / "bundle", "predict", str(tmp_path / "in.npz"))
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout and "\x07" not in done.stdout and "\u202e" not in done.stdout, done.stdout
+    assert "\\x1b]0;owned\\x07cat" in done.stdout and "dog\\x1b[2J" in done.stdout and "bird\\u202e" in done.stdout
