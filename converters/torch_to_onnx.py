@@ -4,19 +4,24 @@ The legacy (TorchScript) exporter traces: an ``if`` on tensor values is baked in
 branch the example input took, silently. So its result is verified on more, and more
 varied, inputs than usual, and a mismatch after a data-dependent failure of the dynamo
 exporter is reported as that construct, with its source line and the remedy.
+
+Every exporter attempt runs in the command's reused child (``export_job``), where the source module
+lives: the CLI process never deserializes the PyTorch file. Checking and onnxslim stay here (ONNX only).
 """
 from __future__ import annotations
 
 import os
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
+from deploykit.child import CONVERT, run_child
 from deploykit.constructs import data_dependent_site, refuse_fused_fastpath
 from deploykit.conversion import Check, ConversionResult, ExportOptions, acceptable
 from deploykit.errors import ConversionError, exhaustion
 from deploykit.formats import Format
 from deploykit.inputs import random_feeds
-from deploykit.model import LoadedModel
+from deploykit.model import LoadedModel, LoadOptions
 from deploykit.quiet import captured_output
 from deploykit.text import brief, exception_chain
 
@@ -26,35 +31,26 @@ FALLBACK_SAMPLES = 16
 
 def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
     result = ConversionResult(path=out_path, converter="torch_to_onnx", tool="")
-    external = _weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    example = _example_args(model, options)
     if model.format == Format.TORCHSCRIPT:
-        refuse_fused_fastpath(model.handle, "the ONNX exporters")
         # torch.export cannot read a ScriptModule: the TorchScript exporter is its native path, and
         # torch's TorchScript -> ExportedProgram converter feeds the dynamo exporter when that fails.
-        strategies = [("torchscript", _export_legacy, options.samples), ("ts2ep+dynamo", _export_ts2ep, options.samples)]
+        strategies = [("torchscript", options.samples), ("ts2ep+dynamo", options.samples)]
     else:
-        strategies = [("dynamo", _export_dynamo, options.samples), ("torchscript", _export_legacy, FALLBACK_SAMPLES)]
-    dynamo_error, baked = None, []
-    for name, export, samples in strategies:
+        strategies = [("dynamo", options.samples), ("torchscript", FALLBACK_SAMPLES)]
+    dynamo_error, baked, external = None, [], False
+    for name, samples in strategies:
         _remove_outputs(out_path)
-        try:
-            with captured_output(echo=options.debug), warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                tool = export(model, example, out_path, options, external)
-        except Exception as exc:  # noqa: BLE001 - the exporters raise many types
-            full = exhaustion(exc, f"writing {out_path.name}")
-            if full:
-                raise full from None     # no other exporter or --opset will find more disk
-            text = exception_chain(exc)
-            dynamo_error = text if name == "dynamo" else dynamo_error
-            _record(result, name, False, brief(text))
+        done = _export_in_child(model, name, out_path, options)
+        if "error" in done:
+            dynamo_error = done["error"] if name == "dynamo" else dynamo_error
+            _record(result, name, False, brief(done["error"]))
             continue
-        baked += [w for w in caught if _is_user_tracer_warning(w)]
+        external = done["external"]
+        baked += [SimpleNamespace(**w) for w in done["baked"]]
         report = check(out_path, samples)
         _record(result, name, report.passed, report.summary())
         if acceptable(report, options):
-            result.tool, result.parity = tool, report
+            result.tool, result.parity = done["tool"], report
             _explain_fallback(result, name, dynamo_error, baked, samples)
             break
     else:
@@ -63,6 +59,46 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
         _optimize(out_path, options, result, check, external)
     result.extra_files = [p for p in out_path.parent.iterdir() if p.name.startswith(out_path.name + ".")]
     return result
+
+
+def _export_in_child(model: LoadedModel, strategy: str, out_path: Path, options: ExportOptions) -> dict:
+    """One exporter's attempt, in the command's reused child: the exporters need the live module, and the
+    source is deserialized there (torch's loader may abort on a crafted file) — once for every attempt."""
+    load = model.load or LoadOptions(weights=model.weights, trust_pickle=model.format == Format.TORCH_PICKLE)
+    request = {"source": model.path, "format": model.format.value, "load": load.to_dict(), "out": str(out_path),
+               "strategy": strategy, "opset": options.opset, "dynamic_batch": options.dynamic_batch,
+               "debug": options.debug}
+    return run_child("converters.torch_to_onnx:export_job", request, stage=CONVERT, what="torch.onnx",
+                     timeout=options.timeout, debug=options.debug, abort=getattr(model, "failure", None),
+                     reuse=True).info
+
+
+def export_job(request: dict, arrays: dict) -> dict:
+    """Child side: load the source (or take it from an earlier job), export with one strategy, write the file.
+
+    Returns the tool, whether the weights went to a side file, and the tracer's warnings about the user's code
+    (as dicts); an exporter's failure comes back as its text (the parent tries the next strategy)."""
+    from deploykit.model import load_model
+
+    model = load_model(request["source"], LoadOptions.from_dict(request["load"]), Format(request["format"]))
+    options = ExportOptions(opset=request["opset"], dynamic_batch=request["dynamic_batch"], debug=request["debug"])
+    out_path = Path(request["out"])
+    if model.format == Format.TORCHSCRIPT:
+        refuse_fused_fastpath(model.handle, "the ONNX exporters")
+    external = _weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    example = _example_args(model, options)
+    try:
+        with captured_output(echo=options.debug), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tool = EXPORTERS[request["strategy"]](model, example, out_path, options, external)
+    except Exception as exc:  # noqa: BLE001 - the exporters raise many types
+        full = exhaustion(exc, f"writing {out_path.name}")
+        if full:
+            raise full from None     # no other exporter or --opset will find more disk
+        return {"error": exception_chain(exc)}
+    baked = [{"message": str(w.message), "filename": str(w.filename), "lineno": w.lineno}
+             for w in caught if _is_user_tracer_warning(w)]
+    return {"tool": tool, "external": external, "baked": baked}
 
 
 def _export_dynamo(model: LoadedModel, example: tuple, out_path: Path, options: ExportOptions, external: bool) -> str:
@@ -96,6 +132,9 @@ def _export_ts2ep(model: LoadedModel, example: tuple, out_path: Path, options: E
                             details={"exported_program": program})
     _export_dynamo(converted, example, out_path, options, external)
     return f"TS2EPConverter + torch.onnx.export(dynamo=True) torch {torch.__version__}"
+
+
+EXPORTERS = {"dynamo": _export_dynamo, "torchscript": _export_legacy, "ts2ep+dynamo": _export_ts2ep}
 
 
 def _explain_fallback(result: ConversionResult, name: str, dynamo_error, baked: list, samples: int) -> None:

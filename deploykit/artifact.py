@@ -99,7 +99,7 @@ class Artifact(LoadedModel):
         request = {"model": self.description(), "runtime": runtime, "options": options.__dict__,
                    "samples": len(feeds_list), "timing": timing.to_dict() if timing else None}
         child = run_child("deploykit.harness:run_job", request, arrays=pack_samples(feeds_list), stage=RUN,
-                          what=self.name, timeout=timeout, debug=debug)
+                          what=self.name, timeout=timeout, debug=debug, reuse=self._reusable(timing))
         order = child.info.get("output_names", [])
         outputs = [{n: o[n] for n in order if n in o} for o in unpack_samples(child.arrays, len(feeds_list))]
         return RunResult(outputs, child.info.get("runtime", "?"), child.info.get("providers") or [],
@@ -110,5 +110,12 @@ class Artifact(LoadedModel):
         """(graph view dict, per sample {layer output: value}) for ``deploykit.checking.locate``, in a child process."""
         request = {"model": self.description(), "options": options.__dict__, "samples": len(feeds_list)}
         child = run_child("deploykit.harness:capture_job", request, arrays=pack_samples(feeds_list), stage=RUN,
-                          what=self.name, timeout=timeout)
+                          what=self.name, timeout=timeout, reuse=self._reusable(None))
         return child.info["graph"], unpack_samples(child.arrays, len(feeds_list))
+
+    def _reusable(self, timing: Optional[Timing]) -> bool:
+        """A framework source (a .pt2 as the reference) runs in the command's reused child, where it is loaded
+        once; a file artifact, and anything timed, runs in a child of its own."""
+        from deploykit.registry import FILE_FORMATS
+
+        return timing is None and self.format not in FILE_FORMATS

@@ -21,6 +21,13 @@ its process (import cost, peak memory). What the harness guarantees, for every c
   time-out or when the parent is interrupted;
 * its stdout/stderr are kept out of the user's terminal (shown with ``debug``).
 
+A job that loads a framework source (``reuse=True``: describing a PyTorch or Keras file, its
+reference outputs, a converter that needs the live module) runs in the command's *reused child*
+while one is open (``with reused_child():``, entered by the CLI around each command): one child
+per command that keeps what earlier jobs loaded, so a .pt2 is deserialized once, in a child, not
+once per job. It keeps every guarantee above; a crash or time-out ends that child (the next job
+starts a fresh one). Without an open reused child the job runs in a child of its own.
+
 A job is ``def job(request: dict, arrays: dict[str, np.ndarray]) -> dict``; a returned dict
 may carry an ``"arrays"`` entry (name -> ndarray) that travels back as .npz, exactly.
 This module imports no numpy at module level: a benchmark child reads its memory baseline
@@ -28,13 +35,17 @@ before anything heavy is imported, and numpy is imported only when arrays travel
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import select
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +58,7 @@ from deploykit.text import exception_line, last_line
 IN_CHILD_ENV = "DEPLOYKIT_CHILD"        # set in every child: code that would isolate itself need not
 PARENT_ENV = "DEPLOYKIT_PARENT_PID"     # the pid that started the child: it dies with that process
 DEBUG_ENV = "DEPLOYKIT_DEBUG"           # set by --debug: every child's output is shown, whichever command ran it
+SESSION_ENV = "DEPLOYKIT_SESSION_FD"    # set in a reused child: the descriptor on which it says "job done"
 POLL_S = 0.25                           # how often an `abort` callback is asked while a child runs
 RSS_AT_START: Optional[int] = None     # the child's resident memory before its job imported anything
 
@@ -94,35 +106,52 @@ class ChildResult:
 
 def run_child(target: str, request: dict, *, stage: Stage, what: str, timeout: float,
               arrays: Optional[Mapping] = None, debug: bool = False,
-              abort: Optional[Callable[[], Optional[BaseException]]] = None) -> ChildResult:
+              abort: Optional[Callable[[], Optional[BaseException]]] = None, reuse: bool = False) -> ChildResult:
     """Run ``target`` (``module:function``) in a fresh Python process and return its result.
 
     Raises the child's own DeploykitError, or ``stage.error`` for a crash, a time-out or any
     other exception in the child. ``timeout`` is in seconds (finite, > 0). ``abort`` is polled
     while the child runs: when it returns an exception (the source's load failed meanwhile, say),
     the child is stopped and that exception raised, rather than waiting for work that is moot.
+    ``reuse=True``: run in the command's reused child when one is open (see the module's docstring).
     """
     check_timeout(timeout)
+    failure = abort() if abort else None
+    if failure is not None:       # moot before it starts (the source it would load failed to load)
+        raise failure
+    session = _ACTIVE if reuse else None
+    if session is not None:
+        return session.call(target, request, stage=stage, what=what, timeout=timeout, arrays=arrays, debug=debug,
+                            abort=abort)
     with tempfile.TemporaryDirectory(prefix="deploykit-child-") as tmp:
         folder = Path(tmp)
-        envelope = {"target": target, "request": request, "arrays": bool(arrays), "spawned_at": time.time()}
-        (folder / "request.json").write_text(json.dumps(envelope, default=str))
-        if arrays:
-            _save_arrays(folder / "arrays.npz", arrays)
+        _write_request(folder, target, request, arrays)
         started = time.perf_counter()
         returncode, stdout, stderr = _launch(folder, timeout, stage, what, abort)
         seconds = time.perf_counter() - started
         if debug or os.environ.get(DEBUG_ENV):
             sys.stderr.write(stdout + stderr)
-        if (folder / "error.json").exists():
-            error = _child_error(json.loads((folder / "error.json").read_text()), stage, what)
-            raise errors.exhaustion(error.message, stage.describe(what)) or error
-        if not (folder / "result.json").exists():
-            raise errors.exhaustion(stderr[-4000:], stage.describe(what)) or stage.error(
-                f"{stage.describe(what)} {_describe_exit(returncode)}: {last_line(stderr)}", stage.failure_remedy,
-                outcome=stage.outcome)
-        info = json.loads((folder / "result.json").read_text())
-        returned = _load_arrays(folder / "result.npz") if (folder / "result.npz").exists() else {}
+        return _collect(folder, returncode, stderr, stage, what, seconds)
+
+
+def _write_request(folder: Path, target: str, request: dict, arrays: Optional[Mapping]) -> None:
+    envelope = {"target": target, "request": request, "arrays": bool(arrays), "spawned_at": time.time()}
+    (folder / "request.json").write_text(json.dumps(envelope, default=str))
+    if arrays:
+        _save_arrays(folder / "arrays.npz", arrays)
+
+
+def _collect(folder: Path, returncode, stderr: str, stage: Stage, what: str, seconds: float) -> ChildResult:
+    """The job's result from its folder, or the error it (or its death) stands for."""
+    if (folder / "error.json").exists():
+        error = _child_error(json.loads((folder / "error.json").read_text()), stage, what)
+        raise errors.exhaustion(error.message, stage.describe(what)) or error
+    if not (folder / "result.json").exists():
+        raise errors.exhaustion(stderr[-4000:], stage.describe(what)) or stage.error(
+            f"{stage.describe(what)} {_describe_exit(returncode)}: {last_line(stderr)}", stage.failure_remedy,
+            outcome=stage.outcome)
+    info = json.loads((folder / "result.json").read_text())
+    returned = _load_arrays(folder / "result.npz") if (folder / "result.npz").exists() else {}
     return ChildResult(info, returned, seconds)
 
 
@@ -137,11 +166,16 @@ def code_root() -> str:
     return str(Path(__file__).resolve().parents[1])
 
 
-def _launch(folder: Path, timeout: float, stage: Stage, what: str, abort=None) -> tuple:
+def _child_env() -> dict:
     pythonpath = os.pathsep.join(p for p in (code_root(), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, PYTHONPATH=pythonpath, **{IN_CHILD_ENV: "1", PARENT_ENV: str(os.getpid())})
+    env = {k: v for k, v in os.environ.items() if k != SESSION_ENV}     # a reused child's own children are not
+    return dict(env, PYTHONPATH=pythonpath, **{IN_CHILD_ENV: "1", PARENT_ENV: str(os.getpid())})
+
+
+def _launch(folder: Path, timeout: float, stage: Stage, what: str, abort=None) -> tuple:
     # -P: the working directory is not put on sys.path, so nothing in it is imported by accident.
-    return _wait([sys.executable, "-P", "-m", "deploykit.child", str(folder)], env, None, timeout, stage, what, abort)
+    return _wait([sys.executable, "-P", "-m", "deploykit.child", str(folder)], _child_env(), None, timeout, stage,
+                 what, abort)
 
 
 def run_tool(argv: list, *, cwd: Path, timeout: float, what: str, stage: Optional[Stage] = None) -> str:
@@ -192,6 +226,139 @@ def _kill_group(process: subprocess.Popen) -> None:
         except (ProcessLookupError, PermissionError):
             pass
     process.communicate()
+
+
+class Session:
+    """One child that runs a command's ``reuse=True`` jobs in turn, keeping what they loaded.
+
+    Jobs travel as folders (the same request.json / result.json as a one-shot child); the parent names
+    each on the child's stdin, and the child answers on a pipe of its own when the job is done, so a
+    job's own output (the child's stdout/stderr, into a log file) never mixes with the protocol. The
+    child is started from a thread that lives as long as the child: PR_SET_PDEATHSIG fires when the
+    *thread* that started a process ends, and the first job may come from a short-lived thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._root = Path(tempfile.mkdtemp(prefix="deploykit-session-"))
+        self._process: Optional[subprocess.Popen] = None
+        self._done_r = -1
+        self._jobs = 0
+
+    def call(self, target: str, request: dict, *, stage: Stage, what: str, timeout: float,
+             arrays: Optional[Mapping] = None, debug: bool = False, abort=None) -> ChildResult:
+        """run_child's contract, in this session's child (started now if it is not running)."""
+        with self._lock:
+            if self._process is None:
+                self._start()
+            self._jobs += 1
+            folder = self._root / f"job{self._jobs}"
+            folder.mkdir()
+            _write_request(folder, target, request, arrays)
+            log = self._root / "log"
+            offset = log.stat().st_size
+            started = time.perf_counter()
+            try:
+                finished = self._await(folder.name, timeout, stage, what, abort)
+            except BaseException:
+                self._stop()        # a time-out, an abort, Ctrl-C or SIGTERM: the child's group dies with it
+                raise
+            returncode = None if finished else self._stop()
+            with open(log, "rb") as stream:
+                stream.seek(offset)
+                output = stream.read().decode(errors="replace")
+            if debug or os.environ.get(DEBUG_ENV):
+                sys.stderr.write(output)
+            try:
+                return _collect(folder, returncode, output, stage, what, time.perf_counter() - started)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _start(self) -> None:
+        done_r, done_w = os.pipe()
+        started, box = threading.Event(), {}
+        env = dict(_child_env(), **{SESSION_ENV: str(done_w)})
+        argv = [sys.executable, "-P", "-m", "deploykit.child", "--serve", str(self._root)]
+
+        def keeper() -> None:
+            try:
+                with open(self._root / "log", "ab") as log:
+                    box["process"] = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=log, stderr=log,
+                                                      pass_fds=(done_w,), start_new_session=True)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                box["error"] = exc
+            started.set()
+            if "process" in box:
+                box["process"].wait()
+
+        threading.Thread(target=keeper, name="deploykit-reused-child", daemon=True).start()
+        started.wait()
+        os.close(done_w)
+        if "error" in box:
+            os.close(done_r)
+            raise box["error"]
+        self._process, self._done_r = box["process"], done_r
+
+    def _await(self, name: str, timeout: float, stage: Stage, what: str, abort) -> bool:
+        """True when the child says the job is done, False when it died first; raises on a time-out or abort."""
+        try:
+            self._process.stdin.write(f"{name}\n".encode())
+            self._process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return False
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise stage.error(f"{stage.describe(what)} did not finish within {timeout:g} s", stage.timeout_remedy,
+                                  outcome=stage.outcome)
+            ready, _, _ = select.select([self._done_r], [], [], min(POLL_S, left) if abort else left)
+            if ready:
+                return bool(os.read(self._done_r, 64))      # b"": the child is gone
+            failure = abort() if abort else None
+            if failure is not None:
+                raise failure
+
+    def _stop(self) -> Optional[int]:
+        """Kill the child's group (nothing of it outlives the session) and return its exit status."""
+        process, self._process = self._process, None
+        if process is None:
+            return None
+        _kill_group(process)
+        os.close(self._done_r)
+        return process.returncode
+
+    def close(self) -> None:
+        """End the child and remove the session's folder.
+
+        The child is killed first, without waiting for the lock: a job in flight in another thread (a source
+        loading in the background when SIGTERM came) then sees its child die and returns at once."""
+        process = self._process
+        if process is not None:
+            _kill_group(process)
+        with self._lock:
+            self._stop()
+            shutil.rmtree(self._root, ignore_errors=True)
+
+
+_ACTIVE: Optional[Session] = None       # the command's reused child while reused_child() is entered
+
+
+@contextlib.contextmanager
+def reused_child():
+    """Open the command's reused child for ``reuse=True`` jobs; ended (killed) when the block is left.
+
+    Nested use and use inside a child add nothing: the outer session (or the child itself) serves."""
+    global _ACTIVE
+    if _ACTIVE is not None or in_child():
+        yield _ACTIVE
+        return
+    session = _ACTIVE = Session()
+    try:
+        yield session
+    finally:
+        _ACTIVE = None
+        session.close()
 
 
 def descendants(pid: int) -> list:
@@ -316,7 +483,24 @@ def _die_with_parent() -> None:
         os._exit(1)                         # the parent died before the line above: nobody waits for a result
 
 
+def _serve(root: Path) -> int:
+    """Child side of a Session: run each job folder named on stdin, say "done" on the session's pipe."""
+    done = int(os.environ[SESSION_ENV])
+    for line in sys.stdin:
+        if line.strip():
+            _child_main(root / line.strip())
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.write(done, b"done\n")
+    return 0
+
+
+def in_session() -> bool:
+    """True inside a reused child: what a job loads may serve the command's later jobs."""
+    return bool(os.environ.get(SESSION_ENV))
+
+
 if __name__ == "__main__":
     RSS_AT_START = status_bytes("VmRSS")
     _die_with_parent()
-    sys.exit(_child_main(Path(sys.argv[1])))
+    sys.exit(_serve(Path(sys.argv[2])) if sys.argv[1] == "--serve" else _child_main(Path(sys.argv[1])))

@@ -8,7 +8,8 @@ import platform
 from pathlib import Path
 
 from deploykit import registry
-from deploykit.formats import Format
+from deploykit.child import LOAD, in_child, run_child
+from deploykit.formats import Format, detect
 from deploykit.fsutil import sha256_of
 from deploykit.machine import gpu_present
 from deploykit.manifest import library_versions, read as read_manifest
@@ -18,8 +19,17 @@ from deploykit.tflite_metadata import carried_contract
 
 
 def inspect_model(path: str, load: LoadOptions = LoadOptions()) -> dict:
-    """Signature, parameter count, op histogram and size of a model file."""
-    model = load_model(path, load)
+    """Signature, parameter count, op histogram and size of a model file.
+
+    A PyTorch or Keras source is inspected in a child (the command's reused child): counting its
+    parameters and ops needs the deserialized object, and torch's or TensorFlow's loader may abort
+    on a crafted file — that ends the child, not the CLI."""
+    fmt = detect(path)
+    if fmt not in registry.FILE_FORMATS and registry.loader_for(fmt).isolated and not in_child():
+        registry.require(registry.loader_for(fmt).requires, f"needed to load {fmt.value} models")
+        return run_child("deploykit.introspect:inspect_job", {"path": str(path), "load": load.to_dict()},
+                         stage=LOAD, what=Path(str(path)).name or str(path), timeout=load.timeout, reuse=True).info
+    model = load_model(path, load, fmt)
     info = {"path": path, "format": model.format.value, "signature": model.spec.to_dict()}
     if Path(path).exists():
         info["bytes"] = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) \
@@ -48,6 +58,11 @@ def inspect_model(path: str, load: LoadOptions = LoadOptions()) -> dict:
         info["manifest"] = {"route": [r.get("edge") for r in stored.get("route", [])],
                             "parity_passed": (stored.get("parity") or {}).get("passed")}
     return info
+
+
+def inspect_job(request: dict, arrays: dict) -> dict:
+    """Child side of inspecting a framework source."""
+    return inspect_model(request["path"], LoadOptions.from_dict(request["load"]))
 
 
 def _onnx_graph_facts(path: str) -> dict:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
 from deploykit import registry
-from deploykit.child import LOAD, in_child, run_child
+from deploykit.child import LOAD, in_child, in_session, run_child
 from deploykit.deadline import Pending, call_within
 from deploykit.formats import Format, detect
 from deploykit.spec import ModelSpec, TensorSpec
@@ -65,22 +66,25 @@ def load_model(path: str, options: Optional[LoadOptions] = None, fmt: Optional[F
     """Detect the format of ``path`` (unless ``fmt`` says it: detecting reads the file) and load it with the
     registered loader.
 
-    Formats whose runtime can crash natively on a bad file (the registry's ``isolated``
-    loaders, e.g. TFLite) are described in a child process, under ``options.timeout``. The
-    others load (and run once, to probe their outputs) in this process under the same limit
-    (``deploykit.deadline``): a TorchScript ``while True`` is a ModelLoadError, not a hang.
+    Formats whose loader can crash natively on a bad file (the registry's ``isolated`` loaders:
+    TFLite, ExecuTorch, and PyTorch and TensorFlow, whose own deserializers abort on crafted
+    archives) are described in a child process, under ``options.timeout``: the result has no
+    ``handle``, and what needs the live object (reference outputs, a converter) runs in a child too
+    — the command's reused child for a framework source, so it is deserialized once. ONNX loads in
+    this process under the same limit (``deploykit.deadline``).
     """
     options = options or LoadOptions()
     fmt = fmt or detect(path)
     entry = registry.loader_for(fmt)
     registry.require(entry.requires, f"needed to load {fmt.value} models")
-    if entry.isolated and not in_child():
+    if in_child():     # the child's own time limit applies, and kills it
+        model = _kept_or_loaded(entry, path, fmt, options)
+    elif entry.isolated:
         info = run_child("deploykit.model:describe_job", {"path": str(path), "format": fmt.value,
                                                           "load": options.to_dict()},
-                         stage=LOAD, what=_name(path), timeout=options.timeout).info
+                         stage=LOAD, what=_name(path), timeout=options.timeout,
+                         reuse=fmt not in registry.FILE_FORMATS).info
         model = LoadedModel(path, fmt, ModelSpec.from_dict(info["spec"]), details=info["details"])
-    elif in_child():     # the child's own time limit applies, and kills it
-        model = _load_here(entry, path, fmt, options)
     else:
         model = call_within(lambda: _load_here(entry, path, fmt, options), options.timeout, LOAD, _name(path))
     model.load = options
@@ -90,6 +94,27 @@ def load_model(path: str, options: Optional[LoadOptions] = None, fmt: Optional[F
 def _load_here(entry, path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
     with _LOADING:     # one framework load at a time: a background load (PendingModel) and this one never race
         return registry.resolve(entry.target)(path, fmt, options)
+
+
+_KEPT: dict = {}     # in a reused child: the models earlier jobs of the command loaded
+
+
+def _kept_or_loaded(entry, path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
+    """A reused child loads a source once per command: describing it, its reference outputs and a converter that
+    needs the module are three jobs on one object. Keyed by the file's identity too, so a changed file is read
+    anew. Each caller gets its own LoadedModel (callers replace ``spec``); the framework object is shared."""
+    if not in_session():
+        return _load_here(entry, path, fmt, options)
+    try:
+        stat = os.stat(path)
+        stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        stamp = None      # a factory (package.module:function): named, not a file
+    key = (str(path), fmt.value, json.dumps(options.to_dict(), sort_keys=True), stamp)
+    if key not in _KEPT:
+        _KEPT[key] = _load_here(entry, path, fmt, options)
+    kept = _KEPT[key]
+    return replace(kept, details=dict(kept.details))
 
 
 def _name(path) -> str:

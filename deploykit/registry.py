@@ -156,9 +156,10 @@ class RuntimeEntry:
 TF_FORMATS = frozenset({Format.KERAS, Format.KERAS_H5, Format.SAVED_MODEL})
 
 LOADERS = (
-    LoaderEntry(TORCH_FORMATS, "runtimes.torch_eager:load_model", ("torch",)),
+    # torch's and TensorFlow's own deserializers abort on crafted archives: their files are read in a child too.
+    LoaderEntry(TORCH_FORMATS, "runtimes.torch_eager:load_model", ("torch",), isolated=True),
     LoaderEntry(frozenset({Format.ONNX}), "runtimes.onnxruntime:load_model", ("onnx",)),
-    LoaderEntry(TF_FORMATS, "runtimes.tensorflow:load_model", ("tensorflow",)),
+    LoaderEntry(TF_FORMATS, "runtimes.tensorflow:load_model", ("tensorflow",), isolated=True),
     LoaderEntry(frozenset({Format.TFLITE}), "runtimes.litert:load_model", ("ai_edge_litert",), isolated=True),
     LoaderEntry(frozenset({Format.EXECUTORCH}), "runtimes.executorch:load_model", ("executorch", "torch"),
                 isolated=True),

@@ -13,8 +13,8 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from deploykit.cli.support import (EXIT_INTERRUPTED, _exit, _lazy, _on_sigterm, _run, _usage_error_types,
-                                   printable, terminal_safe)
+from deploykit.cli.support import (EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, _exit, _lazy, _on_sigterm, _run,
+                                   _usage_error_types, printable, terminal_safe)
 from deploykit.model import LoadOptions
 from deploykit.options import QuantizeOptions, VerifyOptions
 from deploykit.request import export_defaults, option_default
@@ -489,6 +489,9 @@ def main(argv: "list[str] | None" = None) -> None:
     except typer.Abort:
         print("error: interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
+    except Terminated:        # SIGTERM outside a command's body (parsing, printing): the same exit
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        code = EXIT_TERMINATED
     _exit(code if isinstance(code, int) else 0)
 
 

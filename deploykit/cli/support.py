@@ -22,7 +22,12 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum, frame) -> None:
+    # A second SIGTERM (a supervisor that repeats it) must not break off the unwinding the first one started.
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
+
 
 def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callable[[dict], None],
          exit_code_of: Callable[[dict], int] = lambda data: 0) -> None:
@@ -35,8 +40,11 @@ def _run(action: Callable[[], dict], as_json: bool, debug: bool, printer: Callab
         from deploykit.child import DEBUG_ENV
 
         os.environ[DEBUG_ENV] = "1"
+    from deploykit.child import reused_child
+
     try:
-        data = _resources_named(action)
+        with reused_child():      # one child per command holds a framework source (deploykit.child)
+            data = _resources_named(action)
     except DeploykitError as exc:
         if debug:
             import traceback
@@ -134,10 +142,15 @@ def _usage_error_types() -> tuple:
 
 def _exit(code: int) -> None:
     """sys.exit, unless a model's code overran --timeout in a thread that cannot be stopped: a normal
-    exit would wait for it forever (deploykit.deadline)."""
+    exit would wait for it forever (deploykit.deadline).
+
+    SIGTERM (143) ends with os._exit too, once the command has unwound (children killed and reaped, staging and
+    the private temporary folder removed): a normal interpreter exit runs C++ static destructors while a
+    framework's native thread may still run, and one of them then aborts the process ("terminate called without
+    an active exception", exit 134 instead of 143)."""
     from deploykit import deadline
 
-    if deadline.abandoned():
+    if deadline.abandoned() or code == EXIT_TERMINATED:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
