@@ -218,3 +218,39 @@ def test_constant_weights_become_initializers_that_ort_quantizes(tmp_path):
     quantize_dynamic(str(prepared), str(tmp_path / "q.onnx"), weight_type=QuantType.QInt8)
     assert any(n.op_type.startswith("DynamicQuantize") or "Integer" in n.op_type
                for n in onnx.load(tmp_path / "q.onnx").graph.node)
+
+
+def test_every_name_onnx2tf_cannot_take_gets_a_unique_safe_one_that_computes_the_same(tmp_path):
+    """onnx_prep's renaming (the step before onnx2tf): spaces, brackets, quotes, ';', '\\', ':0', non-ASCII, leading
+    digits; "a b", "a;b" and an existing "a_b" collide once cleaned; inputs become identifiers (TensorFlow turned
+    "_n_" into "Placeholder"); torch's "onnx::Gemm_5" and "/fc1/Gemm_output_0" are no reason to rename."""
+    import re
+
+    import onnx
+
+    from deploykit.transforms.onnx_prep import _sanitize_names
+    from tests.hostile.builders import HOSTILE_INPUTS, HOSTILE_OUTPUTS, hostile_names_onnx
+
+    model = onnx.load(str(hostile_names_onnx(tmp_path / "m.onnx")))
+    renamed = _copy(model)
+    mapping = _sanitize_names(renamed.graph)
+    onnx.checker.check_model(renamed)
+    assert set(HOSTILE_INPUTS + HOSTILE_OUTPUTS) | {"a<b>", "a b", "a;b", "1st", "é\\2", "m(1)", "m;2"} <= set(mapping)
+    assert "a_b" not in mapping and "w/1" not in mapping                # names onnx2tf takes are left as they are
+    assert len(set(mapping.values())) == len(mapping) and "a_b" not in mapping.values()
+    assert all(re.fullmatch(r"[A-Za-z/][A-Za-z0-9_./-]*", new) for new in mapping.values()), mapping
+    assert all(re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", i.name) for i in renamed.graph.input), renamed.graph.input
+    assert all(re.fullmatch(r"[A-Za-z/][A-Za-z0-9_./-]*", n.name) for n in renamed.graph.node if n.name)
+    feeds = {name: np.random.default_rng(1).standard_normal((1, 4)).astype(np.float32) for name in HOSTILE_INPUTS}
+    # The graph's outputs keep their order: output k of the renamed graph is output k of the source.
+    assert [o.name for o in renamed.graph.output] == [mapping[name] for name in HOSTILE_OUTPUTS]
+    for was, now in zip(_run(model, feeds), _run(renamed, {mapping[k]: v for k, v in feeds.items()})):
+        np.testing.assert_array_equal(was, now)
+
+    from onnx import TensorProto, helper
+
+    torch_like = helper.make_graph([helper.make_node("Relu", ["x"], ["/fc1/Gemm_output_0"]),
+                                    helper.make_node("Relu", ["/fc1/Gemm_output_0"], ["onnx::Gemm_5"])], "t",
+                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                   [helper.make_tensor_value_info("onnx::Gemm_5", TensorProto.FLOAT, [1])])
+    assert _sanitize_names(torch_like) == {}

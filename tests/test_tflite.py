@@ -199,3 +199,26 @@ def test_torch_to_saved_model_through_onnx2tf(exported):
     assert result.passed
     assert [hop["edge"] for hop in _manifest(result)["route"]] == ["torch_to_onnx", "onnx_to_saved_model"]
     assert inspect_model(result.artifact)["format"] == "saved_model"
+
+
+@pytest.mark.slow
+def test_hostile_onnx_names_export_verify_and_come_back_in_the_artifact(tmp_path):
+    """Inputs "x:0", "ünï", outputs "class scores", "scores(1)", intermediates "a<b>", "a b"/"a;b"/"a_b" (colliding
+    once cleaned), weights "1st": onnx2tf failed on them (exit 4); now renamed on its copy, exported, verified, and
+    the .tflite, its manifest and contract name them as the source does (onnx2tf's own names were Identity, ...)."""
+    from tests.conftest import run_cli
+    from tests.hostile.builders import HOSTILE_INPUTS, HOSTILE_OUTPUTS, hostile_names_onnx
+
+    source, artifact = hostile_names_onnx(tmp_path / "m.onnx"), tmp_path / "m.tflite"
+    export = run_cli("export", str(source), "--to", "tflite", "-o", str(artifact))
+    assert export.returncode == 0, export.stderr[-2000:]
+    verify = run_cli("verify", str(source), str(artifact), "--json")
+    assert verify.returncode == 0, verify.stderr[-2000:]
+    comparison = json.loads(verify.stdout)["comparisons"][0]
+    assert [o["name"] for o in comparison["outputs"]] == list(HOSTILE_OUTPUTS), comparison
+    assert not any("by position" in note for note in comparison["notes"]), comparison["notes"]
+    data = json.loads((tmp_path / "m.tflite.deploykit.json").read_text())
+    for section in (data["signature"], data["contract"], inspect_model(str(artifact))["signature"]):
+        assert [t["name"] for t in section["inputs"]] == list(HOSTILE_INPUTS), section
+        assert [t["name"] for t in section["outputs"]] == list(HOSTILE_OUTPUTS), section
+    assert any("renamed 11 tensor name(s)" in n for hop in data["route"] for n in hop["notes"]), data["route"]

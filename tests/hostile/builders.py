@@ -228,3 +228,91 @@ def npz_declaring(shape: tuple) -> bytes:
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("x.npy", header.getvalue())     # the header writer puts the magic first
     return buffer.getvalue()
+
+
+# Names onnx2tf could not take (issue 26), each where it is hardest to rename: graph inputs (the artifact's
+# signature), outputs, intermediates, an initializer and node names; "a b", "a;b" and an existing "a_b" collide
+# once cleaned, "" is a node without a name.
+HOSTILE_INPUTS = ("x:0", "ünï")
+HOSTILE_OUTPUTS = ("class scores", "scores(1)")
+
+
+def hostile_names_onnx(path: Path) -> Path:
+    """(x:0 + ünï) → three branches named "a b", "a;b", "a_b" → two outputs "class scores" and "scores(1)"; weights
+    "1st" and "w/1"; node names with ':', ' ', '"', a quote and none. The two inputs have different roles (x:0 also
+    feeds a Mul), so feeding them swapped fails parity."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), name) for name in ("1st", "w/1")]
+    x, u = HOSTILE_INPUTS
+    nodes = [
+        helper.make_node("Add", [x, u], ["a<b>"], name="add:0"),
+        helper.make_node("Mul", ["a<b>", x], ["a b"], name="sig moid"),
+        helper.make_node("Tanh", ["a<b>"], ["a;b"], name=""),
+        helper.make_node("Sigmoid", [u], ["a_b"], name="it's"),
+        helper.make_node("MatMul", ["a b", "1st"], ["m(1)"], name="1mm"),
+        helper.make_node("Add", ["a;b", "a_b"], ["é\\2"], name='"q"'),
+        helper.make_node("MatMul", ["é\\2", "w/1"], ["m;2"], name="mm<2>"),
+        helper.make_node("Relu", ["m(1)"], [HOSTILE_OUTPUTS[0]]),
+        helper.make_node("Add", ["m(1)", "m;2"], [HOSTILE_OUTPUTS[1]], name="x:0"),
+    ]
+    graph = helper.make_graph(nodes, "hostile names",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in HOSTILE_INPUTS],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3]) for n in HOSTILE_OUTPUTS],
+                              weights)
+    return save_graph(graph, path)
+
+
+def matrix_spec(folder: Path, extra: str = "", name: str = "zoo.toml", model: str = "tiny.onnx") -> Path:
+    """A one-cell matrix spec on ``model`` (made as tiny_onnx when absent): onnx → onnx fp16, no timed phase — a
+    real conversion that takes about a second; ``extra`` lines go into its [matrix] table."""
+    if not (folder / model).exists():
+        tiny_onnx(folder / model)
+    path = folder / name
+    path.write_text(f'[matrix]\ntargets = ["onnx"]\nprecisions = ["fp16"]\nbench = []\n{extra}\n'
+                    f'[[models]]\npath = "{model}"\n')
+    return path
+
+
+def matrix_store(spec: Path, store: Path) -> str:
+    """Run the spec's matrix into ``store`` (the real run, in this process); returns its one cell's key."""
+    from deploykit.matrix.run import run_matrix
+
+    return run_matrix(str(spec), str(store), workers=1)["cells"][0]["key"]
+
+
+def matrix_key(spec: Path) -> str:
+    """The key of the spec's first cell, as a run would compute it (to plant something at its name)."""
+    from deploykit.matrix.keys import plan_cell
+    from deploykit.matrix.spec import load_spec
+
+    loaded = load_spec(str(spec))
+    return plan_cell(loaded.cells()[0], loaded)[0]
+
+
+def torchscript_parser_overflow(path: Path, depth: int = 300_000) -> Path:
+    """A TorchScript archive whose forward returns one expression nested ``depth`` parentheses deep.
+
+    torch.jit.load compiles the archive's code with a recursive-descent C++ parser, one native frame per
+    level: the stack overflows and the loading process dies of SIGSEGV (torch 2.13) — a real file that
+    crashes torch's own loader, no hook needed. The zip compresses the parentheses to a few hundred bytes."""
+    import io
+    import re
+    import zipfile
+
+    import torch
+
+    saved = io.BytesIO()
+    torch.jit.save(torch.jit.trace(torch.nn.Linear(4, 2).eval(), torch.zeros(1, 4)), saved)
+    nested = "return " + "(" * depth + "0" + ")" * depth
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if "/code/" in info.filename and info.filename.endswith(".debug_pkl"):
+                continue        # its source ranges describe the original code
+            if "/code/" in info.filename and info.filename.endswith(".py") and b"def forward" in data:
+                data = re.sub(r"return [^\n]+", nested, data.decode(), count=1).encode()
+            out.writestr(info.filename, data)
+    return path

@@ -4,6 +4,9 @@ Each case follows tests/hostile/kit.py's Case contract; corpus.CASES gathers thi
 """
 from __future__ import annotations
 
+import re
+
+from tests.hostile import builders as b
 from tests.hostile.kit import Case, _files
 
 # Text that starts with one of the seven printable bytes that are also onnx.ModelProto tags ('"' domain, '(' model_version,
@@ -15,6 +18,27 @@ _TAG_TEXTS = {"quote": '"quoted" text\n', "paren": "(x)\n", "digit": "2 apples\n
 # A matrix spec in YAML (its first key 'r' is a ModelProto tag) given where a model goes.
 _SPEC_YAML = "runs:\n  - model: zoo/model.onnx\n    targets: [tflite]\nmatrix:\n  targets: [onnx, tflite]\n"
 
+_TFLITE = ("onnxruntime", "tensorflow", "litert")     # an onnx2tf export and its LiteRT check
+_EXPORTED = ("m.tflite", "m.tflite.deploykit.json")
+# Every source name in the export's parity table, and no "matched by position" note (the artifact carries them).
+_PARITY_BY_NAME = r"(?s)^(?!.*matched by position)" + "".join(f".*{re.escape(n)}" for n in b.HOSTILE_OUTPUTS)
+_SIGNATURE = "(?s)" + ".*".join(re.escape(n) for n in b.HOSTILE_INPUTS + b.HOSTILE_OUTPUTS)
+
+
+def _export_hostile(work) -> list:
+    b.hostile_names_onnx(work / "m.onnx")
+    return ["export", "m.onnx", "--to", "tflite", "-o", "m.tflite"]
+
+
+def _exported_hostile(work) -> list:
+    """The hostile-named model exported (in the build: only `inspect` of the artifact is the case)."""
+    from deploykit import api
+
+    b.hostile_names_onnx(work / "m.onnx")
+    assert api.export(str(work / "m.onnx"), "tflite", str(work / "m.tflite")).passed
+    return ["inspect", "m.tflite"]
+
+
 CASES: list = [
     *(Case(f"names-text-{label}-is-no-onnx", "format", lambda w, t=text: (_files(w, **{"m.onnx": t}),
                                                                          ["inspect", "m.onnx"])[1],
@@ -22,4 +46,8 @@ CASES: list = [
     Case("names-spec-yaml-as-model", "format", lambda w: (_files(w, **{"zoo.yaml": _SPEC_YAML}),
                                                           ["export", "zoo.yaml", "--to", "onnx", "-o", "out.onnx"])[1],
          2, r"zoo\.yaml: unknown model format"),
+    # --- tensor names onnx2tf cannot take: renamed on its copy, the source's names back in the artifact ---------------
+    Case("names-hostile-onnx-exports-to-tflite", "names", _export_hostile, 0, _PARITY_BY_NAME, _TFLITE, slow=True,
+         creates=_EXPORTED),
+    Case("names-hostile-tflite-carries-source-names", "names", _exported_hostile, 0, _SIGNATURE, _TFLITE, slow=True),
 ]
