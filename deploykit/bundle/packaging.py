@@ -211,8 +211,9 @@ def _write_model(artifact: Artifact, folder: Path, contract: dict, labels_text: 
         from deploykit.tflite_metadata import embed
 
         labels = _labels_of(contract, labels_text)
-        (folder / name).write_bytes(embed(Path(artifact.path).read_bytes(), contract, labels, Path(artifact.path).stem,
-                                          f"{contract['task']} model packaged by deploykit"))
+        fsutil.write_bytes_atomic(folder / name, embed(Path(artifact.path).read_bytes(), contract, labels,
+                                                       Path(artifact.path).stem,
+                                                       f"{contract['task']} model packaged by deploykit"))
         return name
     import onnx
 
@@ -223,7 +224,7 @@ def _write_model(artifact: Artifact, folder: Path, contract: dict, labels_text: 
     proto.metadata_props.extend(kept)
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(folder / name))
+    fsutil.write_bytes_atomic(folder / name, proto.SerializeToString())     # what onnx.save writes (weights inline)
     return name
 
 
@@ -245,13 +246,16 @@ def _write_files(folder: Path, artifact: Artifact, model_file: str, contract: di
                  outputs: list, tolerance, source, app: str = "python", timeout: float = 600.0) -> None:
     arrays = {f"input/{i}/{k}": v for i, feeds in enumerate(inputs) for k, v in feeds.items()}
     arrays.update({f"output/{i}/{k}": v for i, out in enumerate(outputs) for k, v in out.items()})
-    np.savez(folder / "golden.npz", **arrays)
+    # Every file goes through fsutil (a mkstemp handle renamed into place): the staging folder is private, and
+    # no write in deploykit follows a link (issue 26).
+    with fsutil.atomic_writer(folder / "golden.npz") as handle:
+        np.savez(handle, **arrays)
     golden = {"samples": len(inputs), "tolerance": dataclasses.asdict(tolerance),
               "source": {"path": str(source.path), "format": source.format.value}}
-    (folder / "golden.json").write_text(json.dumps(golden, indent=2) + "\n")
-    (folder / "contract.json").write_text(contracts.to_json(contract))
+    fsutil.write_text_atomic(folder / "golden.json", json.dumps(golden, indent=2) + "\n")
+    fsutil.write_text_atomic(folder / "contract.json", contracts.to_json(contract))
     if labels:
-        (folder / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+        fsutil.write_text_atomic(folder / "labels.txt", "\n".join(labels) + "\n")
     runtime, distribution = RUNTIME_OF[artifact.format]
     image = any(i.get("image") for i in contract["inputs"])
     if app == "web":
@@ -260,11 +264,11 @@ def _write_files(folder: Path, artifact: Artifact, model_file: str, contract: di
         runtime = write_web_app(folder, model_file, artifact.format, inputs, outputs, tolerance,
                                 f"{Path(str(source.path)).stem} ({contract['task']})", timeout)
     else:
-        (folder / "app.py").write_text(render_app(model_file, runtime, distribution, image, source.path))
-        (folder / "requirements.txt").write_text(requirements(distribution, image))
+        fsutil.write_text_atomic(folder / "app.py", render_app(model_file, runtime, distribution, image, source.path))
+        fsutil.write_text_atomic(folder / "requirements.txt", requirements(distribution, image))
     files = {f.relative_to(folder).as_posix(): fsutil.sha256_of(f) for f in sorted(folder.rglob("*")) if f.is_file()}
-    (folder / BUNDLE_FILE).write_text(json.dumps({"bundle": 1, "app": app, "model": model_file, "runtime": runtime,
-                                                  "files": files}, indent=2) + "\n")
+    record = {"bundle": 1, "app": app, "model": model_file, "runtime": runtime, "files": files}
+    fsutil.write_text_atomic(folder / BUNDLE_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def render_app(model_file: str, runtime: str, distribution: str, image: bool, source: str) -> str:
