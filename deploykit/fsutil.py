@@ -50,10 +50,8 @@ def prepare_output(path: "str | Path", force: bool, directory: bool = False) -> 
 def _lstat(path: Path) -> Optional[os.stat_result]:
     try:
         return os.lstat(path)
-    except FileNotFoundError:
+    except OSError:       # missing, or a parent that is a file or unreadable: the parent checks below say which
         return None
-    except OSError as exc:
-        raise UsageError(f"cannot check {path} ({exc.strerror})", "choose another -o") from None
 
 
 def _check_replaceable(path: Path, entry: os.stat_result, directory: bool) -> None:
