@@ -101,6 +101,22 @@ def _dollar_report(work, plant_link: bool) -> list:
     return ["bench", name, "--runtime", "onnxruntime", "--report", "out"]
 
 
+def _damaged_carrier(work) -> str:
+    """carried.onnx: a bundle's model whose carried contract lost its input shape (valid JSON, schema and version);
+    returns its name (it computes what tiny.onnx computes)."""
+    import onnx
+
+    _bundle(work)
+    proto = onnx.load(work / "b" / "model.onnx")
+    for prop in proto.metadata_props:
+        if prop.key == "deploykit.contract":
+            contract = json.loads(prop.value)
+            del contract["inputs"][0]["shape"]
+            prop.value = json.dumps(contract)
+    onnx.save(proto, work / "carried.onnx")
+    return "carried.onnx"
+
+
 TAMPERED = r"tampered: [\s\S]*"        # then the reason (the verdict table may wrap it)
 CASES: list = [
     # --- links where deploykit writes (1) ----------------------------------------------------------------------
@@ -193,6 +209,12 @@ CASES: list = [
          lambda w: _relisted(w, lambda f: _carried((f / "contract.json").read_text().replace('"classify"',
                                                                                              '"raw"'))(f)), 1,
          TAMPERED + "the contract model.onnx carries is not contract.json", ONNX),
+    # A damaged contract carried by a model outside a bundle is left out (it is metadata beside the model), where
+    # it crashed `inspect` (KeyError) and `verify` (exit 5).
+    Case("writes-contract-carried-damaged-inspect", "26-contract", lambda w: ["inspect", _damaged_carrier(w)], 0,
+         r"carried.onnx\s+format: onnx", ONNX),
+    Case("writes-contract-carried-damaged-verify", "26-contract",
+         lambda w: (_damaged_carrier(w), ["verify", "tiny.onnx", "carried.onnx"])[1], 0, r"verified: 1 comparison", ONNX),
     # --- a `$...$` name in a report (5) ------------------------------------------------------------------------
     Case("writes-report-mathtext-name", "26-report", lambda w: _dollar_report(w, False), 0, r"report: out/report.html",
          ONNX, creates=("out",) + REPORT),
