@@ -2,6 +2,7 @@
 
 Each helper writes a damaged copy: an ONNX initializer scaled, a TFLite constant's bytes changed in
 place in the flatbuffer (found by its values, so no schema is needed), or a quantization scale changed.
+The jobs at the end fail inside a child of the harness (an abort, as a framework's loader does).
 """
 from __future__ import annotations
 
@@ -73,3 +74,22 @@ def damage_tflite_scale(src: Path, dst: Path, tensor: str, factor: float = 2.0) 
     _value, detail = tflite_constants(src)[tensor]
     scales = np.ascontiguousarray(detail["quantization_parameters"]["scales"], np.float32)
     replace_bytes(src, dst, scales.tobytes(), (scales * np.float32(factor)).tobytes())
+
+
+# --- Faults inside a child process (jobs for deploykit.child.run_child) ---------------------------------------------
+_CALLS = []     # this process's earlier calls: a reused child keeps it from job to job
+
+
+def abort_job(request: dict, arrays: dict) -> dict:
+    """What a framework loader does on a file it cannot handle (a failed C++ assertion): abort the process."""
+    import os
+
+    os.abort()
+
+
+def pid_job(request: dict, arrays: dict) -> dict:
+    """Which process ran the job, and how many jobs that process has run."""
+    import os
+
+    _CALLS.append(request)
+    return {"pid": os.getpid(), "calls": len(_CALLS)}

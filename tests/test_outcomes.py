@@ -128,3 +128,48 @@ def test_the_export_result_holds_objects_and_its_dict_is_the_manifests(fake_rout
     assert data["parity"] == manifest["parity"] and data["parity"]["passed"] is True
     again = pickle.loads(pickle.dumps(result))       # the test suite keeps results between workers
     assert again.to_dict() == result.to_dict()
+
+
+# --- Where a framework source is deserialized: never in the CLI process (issue 26) ------------------------------
+_WATCHED = ("torch", "tensorflow", "keras", "litert_torch", "tf2onnx")
+_REPORT_IMPORTS = ("import sys\nfrom deploykit.cli.commands import main\ntry:\n    main(sys.argv[1:])\n"
+                   "except SystemExit as exc:\n    print('EXIT', exc.code)\n"
+                   f"print('IMPORTED', sorted(m for m in {_WATCHED!r} if m in sys.modules))\n")
+
+
+def _cli_imports(*args: str, cwd) -> tuple:
+    """(exit code, the heavy frameworks the CLI process itself imported) for one command."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-P", "-c", _REPORT_IMPORTS, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    lines = done.stdout.splitlines()
+    code = next(line.split()[1] for line in lines if line.startswith("EXIT "))
+    return int(code), next(line for line in lines if line.startswith("IMPORTED ")), done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.onnxruntime
+def test_a_pytorch_source_is_never_deserialized_in_the_cli_process(samples_dir, tmp_path):
+    """inspect, export (torch.onnx needs the live module) and verify of a .pt2 and a TorchScript file: torch is
+    imported only in children, so a file that crashes torch's loader cannot end the CLI."""
+    pt2, script = samples_dir / "two_layer_net.pt2", samples_dir / "two_layer_net.pt"
+    for args in (["inspect", str(pt2)], ["export", str(pt2), "--to", "onnx", "-o", "a.onnx"],
+                 ["export", str(script), "--to", "onnx", "-o", "b.onnx"], ["verify", str(pt2), "a.onnx"]):
+        code, imported, stderr = _cli_imports(*args, cwd=tmp_path)
+        assert (code, imported) == (0, "IMPORTED []"), (args, stderr[-2000:])
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow
+@pytest.mark.litert
+def test_a_keras_source_is_never_deserialized_in_the_cli_process(keras_samples_dir, tmp_path):
+    source = keras_samples_dir / "keras_two_layer_net.keras"
+    for args in (["inspect", str(source)], ["export", str(source), "--to", "tflite", "-o", "k.tflite"]):
+        code, imported, stderr = _cli_imports(*args, cwd=tmp_path)
+        assert (code, imported) == (0, "IMPORTED []"), (args, stderr[-2000:])
