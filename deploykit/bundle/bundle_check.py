@@ -140,16 +140,22 @@ def _listed(folder: Path, files: dict) -> list:
     for name in files:
         path = folder / name
         if "\0" in name or Path(name).is_absolute() or root not in path.resolve().parents:
-            problems.append(f"listed path outside the bundle: {contracts._shown(name)}")
+            problems.append(f"listed path outside the bundle: {_escaped(name)}")
             continue
         try:
             mode = os.lstat(path).st_mode
         except OSError:
-            problems.append(f"listed but missing: {contracts._shown(name)}")
+            problems.append(f"listed but missing: {_escaped(name)}")
             continue
         if not stat.S_ISREG(mode):
-            problems.append(f"listed but not a regular file (a link, FIFO, device or folder): {name}")
+            problems.append(f"listed but not a regular file (a link, FIFO, device or folder): {_escaped(name)}")
     return problems
+
+
+def _escaped(name) -> str:
+    """A name from the bundle as printable text (control characters escaped, no quotes), cut to 200 characters."""
+    text = repr(str(name))[1:-1]
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _unlisted(folder: Path, files: dict) -> list:
@@ -161,9 +167,9 @@ def _unlisted(folder: Path, files: dict) -> list:
             path = here / name
             relative = path.relative_to(folder).as_posix()
             if path.is_symlink():
-                problems.append(f"a link in the bundle: {relative}")
+                problems.append(f"a link in the bundle: {_escaped(relative)}")
             elif name in names and relative not in files and relative != BUNDLE_FILE:
-                problems.append(f"not listed in {BUNDLE_FILE}: {relative}")
+                problems.append(f"not listed in {BUNDLE_FILE}: {_escaped(relative)}")
     return problems
 
 
@@ -173,7 +179,7 @@ def _model(folder: Path, info: dict, files: dict) -> list:
     loaded = _loaded_by_app(folder, files)
     if model not in tuple(MODEL_NAME.values()) or model not in files or loaded != model:
         return [f"the manifest names the model {contracts._shown(model)}, but the app loads "
-                f"{contracts._shown(loaded) if loaded else 'no model verify can name'}"]
+                f"{_escaped(loaded) if loaded else 'no model verify can name'}"]
     return []
 
 

@@ -171,7 +171,7 @@ CASES: list = [
          TAMPERED + "golden.npz does not hold one array per input and output", ONNX),
     Case("writes-tamper-requirements-removed", "26-tamper",
          lambda w: _relisted(w, lambda f: (f / "requirements.txt").unlink()), 1,
-         TAMPERED + "listed but missing: 'requirements.txt'", ONNX),
+         TAMPERED + "listed but missing: requirements.txt", ONNX),
     Case("writes-tamper-app-not-python", "26-tamper", lambda w: _relisted(w, _write("app.py", b"\xff\xfe(")), 1,
          TAMPERED + "the app loads no model verify can name", ONNX),
     Case("writes-tamper-model-truncated", "26-tamper",
