@@ -86,3 +86,40 @@ def test_a_link_as_the_output_is_refused_and_with_force_replaced_as_a_name(tmp_p
     fsutil.publish([(staged, link)], force=True)
     assert link.is_dir() and not link.is_symlink() and (link / "f").read_text() == "new"
     assert (victim / "deploykit-bundle.json").read_text() == "{}" and sorted(os.listdir(tmp_path)) == ["out", "victim"]
+
+
+@pytest.mark.onnxruntime
+def test_package_force_replaces_its_own_bundle_and_nothing_else(tmp_path):
+    """issue 26: --force deleted any folder holding a deploykit-bundle.json, a user's files with it."""
+    from deploykit import api
+    from deploykit.bundle.packaging import PackageOptions
+    from tests.hostile import builders
+
+    builders.tiny_onnx(tmp_path / "tiny.onnx")
+    options = PackageOptions(samples=1, source=str(tmp_path / "tiny.onnx"))
+    bundle = tmp_path / "bundle"
+    api.package(str(tmp_path / "tiny.onnx"), str(bundle), options)
+    api.package(str(tmp_path / "tiny.onnx"), str(bundle), options, force=True)     # exactly as written: replaced
+    assert sorted(os.listdir(tmp_path)) == ["bundle", "tiny.onnx"]
+    (bundle / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="notes.txt is not one of the files deploykit wrote"):
+        api.package(str(tmp_path / "tiny.onnx"), str(bundle), options, force=True)
+    assert (bundle / "notes.txt").read_text() == "mine" and (bundle / "model.onnx").is_file()
+
+
+def test_a_set_aside_bundle_loses_only_its_recorded_files(tmp_path):
+    """Between the check and the removal a file may appear: publish removes the recorded files only."""
+    import hashlib
+    import json
+
+    old = tmp_path / "old"
+    (old / "sub").mkdir(parents=True)
+    (old / "sub" / "a.txt").write_text("a")
+    (old / "deploykit-bundle.json").write_text(json.dumps({"files": {
+        "sub/a.txt": hashlib.sha256(b"a").hexdigest()}}))
+    (old / "late.txt").write_text("appeared after the check")
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    fsutil.publish([(staged, old)], force=True)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith(".old.old-")]
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].rglob("*")) == ["late.txt"]
