@@ -13,6 +13,7 @@ after Ctrl-C, does only what is left.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import uuid
 from datetime import datetime, timezone
@@ -73,12 +74,16 @@ def _executor(name: str, address: Optional[str], workers: Optional[int], spec: M
     return LocalExecutor(workers)
 
 
+# A report file being written when the driver was killed (store.write_bytes's staging name): ours, not foreign.
+STAGED = re.compile(r"\.matrix\.(json|html)\.[0-9a-f]{8}\.tmp")
+
+
 def _check_output(store: Store) -> None:
     """A folder that holds other things is not a matrix's store: refuse it rather than mix files into it."""
     folder = store.local_folder()
     if folder is None or not folder.exists():
         return
-    foreign = sorted(p.name for p in folder.iterdir() if p.name not in OURS)
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in OURS and not STAGED.fullmatch(p.name))
     if foreign:
         raise UsageError(f"-o {folder} holds files a matrix did not write ({', '.join(foreign[:3])})",
                          "give a new folder, or the folder of an earlier matrix run to resume it")
