@@ -172,3 +172,152 @@ def test_a_child_dies_with_the_process_that_started_it():
         time.sleep(0.05)
     else:
         assert not Path(f"/proc/{child}").exists(), "the child outlived its parent"
+
+
+# --- The reused child: one process per command for the jobs that load a framework source --------------------------
+def _gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return not status.exists() or "zombie" in status.read_text()
+
+
+def test_a_reused_child_runs_every_job_of_a_command_in_one_process_and_ends_with_it(tmp_path, monkeypatch):
+    import tempfile
+
+    from deploykit.child import reused_child
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with reused_child():
+        runs = [run_child("tests.faults:pid_job", {"n": n}, stage=LOAD, what="m.pt2", timeout=60, reuse=True).info
+                for n in range(3)]
+        alone = run_child("tests.faults:pid_job", {}, stage=LOAD, what="m.pt2", timeout=60).info
+        assert list(tmp_path.iterdir()), "the session keeps its folder while the command runs"
+    assert len({r["pid"] for r in runs}) == 1 and [r["calls"] for r in runs] == [1, 2, 3]
+    assert alone["pid"] != runs[0]["pid"] and alone["calls"] == 1      # reuse=False: a child of its own
+    assert _gone(runs[0]["pid"]) and list(tmp_path.iterdir()) == []
+    # Outside a command, reuse=True runs in a child of its own as before.
+    assert run_child("tests.faults:pid_job", {}, stage=LOAD, what="m.pt2", timeout=60, reuse=True).info["calls"] == 1
+
+
+def test_an_abort_in_the_reused_child_is_the_stage_error_and_the_next_job_gets_a_fresh_child():
+    from deploykit.child import reused_child
+
+    with reused_child():
+        first = run_child("tests.faults:pid_job", {}, stage=LOAD, what="m.pt2", timeout=60, reuse=True).info
+        with pytest.raises(errors.ModelLoadError, match=r"^loading m\.pt2 crashed with SIGABRT") as info:
+            run_child("tests.faults:abort_job", {}, stage=LOAD, what="m.pt2", timeout=60, reuse=True)
+        assert info.value.exit_code == 2 and "the file is corrupt" in info.value.remedy
+        assert _gone(first["pid"])
+        with pytest.raises(errors.ModelLoadError) as info:     # a DeploykitError keeps its class, message, remedy
+            run_child("tests.jobs:deploykit_error_job", {}, stage=CONVERT, what="x", timeout=60, reuse=True)
+        assert (info.value.message, info.value.remedy) == ("the file is odd", "give another file")
+        after = run_child("tests.faults:pid_job", {}, stage=LOAD, what="m.pt2", timeout=60, reuse=True).info
+    assert after["pid"] != first["pid"]
+
+
+@pytest.mark.serial
+def test_a_hang_in_the_reused_child_is_the_stage_time_out_and_kills_it():
+    from deploykit.child import reused_child
+
+    with reused_child():
+        started = time.perf_counter()
+        with pytest.raises(errors.ConversionError, match=r"^the torch\.onnx converter did not finish within 1\.5 s"):
+            run_child("tests.jobs:sleep_job", {"seconds": 60}, stage=CONVERT, what="torch.onnx", timeout=1.5,
+                      reuse=True)
+        assert time.perf_counter() - started < 10
+        assert run_child("tests.faults:pid_job", {}, stage=LOAD, what="m", timeout=60, reuse=True).info["calls"] == 1
+
+
+@pytest.mark.serial
+def test_leaving_the_command_frees_a_job_waiting_in_another_thread_at_once():
+    """SIGTERM while a source loads in the background (PendingModel's thread holds the reused child): leaving
+    the command kills that child and the waiting thread returns, rather than the exit waiting for the load."""
+    import threading
+
+    from deploykit.child import reused_child
+
+    outcome = []
+
+    def load_in_background():
+        try:
+            run_child("tests.jobs:sleep_job", {"seconds": 60}, stage=LOAD, what="m.pt2", timeout=120, reuse=True)
+        except errors.DeploykitError as exc:
+            outcome.append(exc)
+
+    started = time.perf_counter()
+    with reused_child():
+        thread = threading.Thread(target=load_in_background, daemon=True)
+        thread.start()
+        time.sleep(2)           # the job runs in the child by now
+    thread.join(10)
+    assert time.perf_counter() - started < 15 and not thread.is_alive()
+    assert isinstance(outcome[0], errors.ModelLoadError) and "loading m.pt2 crashed with SIGKILL" in outcome[0].message
+
+
+def _export_argv(source: Path, out: Path) -> list:
+    import sys
+
+    return [sys.executable, "-P", "-m", "deploykit.cli.commands", "export", str(source), "--to", "tflite",
+            "-o", str(out)]
+
+
+def _terminated_export(source: Path, folder: Path, delay: float, env: dict) -> tuple:
+    """Start the export, SIGTERM it after ``delay`` s (sooner, retried, where a run finished before that: the
+    machine's load changes how long an export takes); (delay used, exit code, stderr, its processes then)."""
+    import shutil
+    import signal
+    import subprocess
+
+    import psutil
+
+    while True:
+        shutil.rmtree(folder, ignore_errors=True)
+        (folder / "out").mkdir(parents=True)
+        (folder / "tmp").mkdir()
+        cli = subprocess.Popen(_export_argv(source, folder / "out" / "m.tflite"),
+                               env=dict(env, TMPDIR=str(folder / "tmp")), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            cli.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            family = psutil.Process(cli.pid).children(recursive=True)
+            cli.send_signal(signal.SIGTERM)
+            _stdout, stderr = cli.communicate(timeout=120)
+            return delay, cli.returncode, stderr, family
+        cli.communicate()
+        delay *= 0.7
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.litert
+@pytest.mark.serial
+def test_sigterm_at_any_moment_of_a_litert_export_exits_143_and_leaves_nothing(samples_dir, tmp_path):
+    """Issue 26: SIGTERM during `export mobilenet_v2.pt2 --to tflite` sometimes ended in SIGABRT (134, "terminate
+    called without an active exception": torch's native threads alive while the interpreter exited). Ten signals
+    spread over the export's own duration: 143 each time, one line, no output, no temporary folder, no child."""
+    import subprocess
+
+    import psutil
+
+    from tests.conftest import ROOT
+
+    source = samples_dir / "mobilenet_v2.pt2"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    started = time.perf_counter()
+    whole = subprocess.run(_export_argv(source, tmp_path / "whole.tflite"), env=env, capture_output=True, text=True,
+                           timeout=600)
+    duration = time.perf_counter() - started
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    outcomes = []
+    for index in range(10):
+        folder = tmp_path / f"run{index}"
+        delay, code, stderr, family = _terminated_export(source, folder, duration * (0.04 + 0.1 * index), env)
+        outcomes.append((round(delay, 1), code))
+        assert code == 143, f"after {delay:.1f} s: exit {code}\n{stderr[-2000:]}"
+        assert "terminate called" not in stderr and "Traceback" not in stderr
+        assert stderr.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
+        left = list((folder / "out").iterdir()) + list((folder / "tmp").iterdir())
+        assert left == [], (delay, left)
+        time.sleep(0.3)
+        assert not [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], delay
+    print("SIGTERM delays (s) and exit codes:", outcomes)
