@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -263,9 +264,7 @@ def atomic_writer(path: "str | Path"):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)        # mkstemp's 0600 would make a report unreadable to others
+        os.fchmod(fd, 0o666 & ~_umask())        # mkstemp's 0600 would make a report unreadable to others
         with os.fdopen(fd, "wb") as handle:
             yield handle
         os.replace(tmp, path)
@@ -273,6 +272,19 @@ def atomic_writer(path: "str | Path"):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only be read by setting
+    it, and for that instant a file another thread creates would get the wrong mode)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(path: "str | Path", data: bytes) -> None:
