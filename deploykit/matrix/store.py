@@ -313,7 +313,10 @@ def _folder(root: Path, parts: list, create: bool):
     folders (and raises UsageError at a link), else a missing folder or a link is _NotThere."""
     if create:
         root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise _NotThere() from exc
     try:
         for index, part in enumerate(parts):
             if create:
@@ -393,7 +396,7 @@ def remove(root: Path, name: str) -> None:
 def names(root: Path, folder_name: str) -> list:
     """The entries of a folder of the store ([] when it is absent or a link)."""
     try:
-        with _folder(root, _split(folder_name)[0] + [_split(folder_name)[1]], create=False) as folder:
+        with _folder(root, folder_name.split("/"), create=False) as folder:
             return os.listdir(folder)
     except _NotThere:
         return []
