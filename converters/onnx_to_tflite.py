@@ -105,8 +105,8 @@ def _attempt(model: LoadedModel, prepared, out_path: Path, options: ExportOption
              keep: dict) -> ConversionResult:
     """One onnx2tf run on the prepared graph with these layout options, checked against the source."""
     renamed = prepared.renamed
-    payload = {"onnx": prepared.path, "out": str(out_path), "saved_model": saved_model,
-               "names": _name_pairs(prepared), **{key: [renamed.get(n, n) for n in names] for key, names in keep.items()}}
+    payload = {"onnx": prepared.path, "out": str(out_path), "saved_model": saved_model, "names": _name_pairs(prepared),
+               **{key: [renamed.get(n, n) for n in names] for key, names in keep.items()}}
     info = run_child("converters.onnx_to_tflite:job", payload, stage=CONVERT, what="onnx2tf", timeout=options.timeout,
                      debug=options.debug).info
     result = ConversionResult(path=out_path, converter="onnx_to_saved_model" if saved_model else "onnx_to_tflite",
@@ -140,7 +140,7 @@ def _name_pairs(prepared) -> dict:
 
 def _paired(source, artifact) -> tuple:
     """(source tensors, artifact tensors) lined up: by name when the artifact carries the source's names (a
-    .tflite signature lists its names sorted, not in the graph's order), else by position."""
+    .tflite signature would list them sorted, not in the graph's order), else by position."""
     named = {t.name: t for t in source}
     if artifact and all(t.name in named for t in artifact):
         return [named[t.name] for t in artifact], list(artifact)

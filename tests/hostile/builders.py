@@ -238,9 +238,9 @@ HOSTILE_OUTPUTS = ("class scores", "scores(1)")
 
 
 def hostile_names_onnx(path: Path) -> Path:
-    """(x:0 + ünï) → three branches named "a b", "a;b", "a_b" → two outputs "class scores" and "scores(1)"; weights
-    "1st" and "w/1"; node names with ':', ' ', '"', a quote and none. The two inputs have different roles (x:0 also
-    feeds a Mul), so feeding them swapped fails parity."""
+    """(x:0 + ünï) → three branches named "a b", "a;b", "a_b" → two outputs "class scores" and "scores(1)";
+    weights "1st" and "w/1"; node names with ':', ' ', '"', a quote and none. The two inputs have different roles
+    (x:0 also feeds a Mul), so feeding them swapped fails parity."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 

@@ -1,4 +1,5 @@
-"""Hostile cases: names and formats (issue 26: tensor names a converter cannot take, files that only look like a format).
+"""Hostile cases: names and formats (issue 26: tensor names a converter cannot take, files that only look like a
+format).
 
 Each case follows tests/hostile/kit.py's Case contract; corpus.CASES gathers this list.
 """
@@ -9,9 +10,9 @@ import re
 from tests.hostile import builders as b
 from tests.hostile.kit import Case, _files
 
-# Text that starts with one of the seven printable bytes that are also onnx.ModelProto tags ('"' domain, '(' model_version,
-# '2' doc_string, ':' graph, 'B' opset_import, 'r' metadata_props, 'z' a tag detection used to accept): each was
-# taken for ONNX by its first byte and reported "not a valid ONNX" instead of "unknown model format".
+# Text that starts with one of the seven printable bytes that are also onnx.ModelProto tags ('"' domain,
+# '(' model_version, '2' doc_string, ':' graph, 'B' opset_import, 'r' metadata_props, 'z' a tag detection used to
+# accept): each was taken for ONNX by its first byte and reported "not a valid ONNX", not "unknown model format".
 _TAG_TEXTS = {"quote": '"quoted" text\n', "paren": "(x)\n", "digit": "2 apples\n", "colon": ": a colon first\n",
               "bonjour": "Bonjour\n", "readme": "readme: see docs/\n", "zebra": "zebra\n"}
 
