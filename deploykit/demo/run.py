@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from deploykit import registry
+from deploykit import fsutil, registry
 from deploykit.checking.checker import verify_artifacts
 from deploykit.errors import ConversionError, UsageError
 from deploykit.exporting.pipeline import export_model
@@ -23,7 +23,8 @@ def _prepare_dir(output: str) -> Path:
         raise UsageError(f"{folder} exists and was not made by `deploykit demo`",
                          "choose an empty or new directory with -o")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MARKER).write_text("files here are written by `deploykit demo` and replaced on its next run\n")
+    # through fsutil: a link planted at the marker's name is replaced, never written through (issue 26)
+    fsutil.write_text_atomic(folder / MARKER, "files here are written by `deploykit demo` and replaced on its next run\n")
     return folder
 
 
