@@ -123,3 +123,13 @@ def test_a_set_aside_bundle_loses_only_its_recorded_files(tmp_path):
     fsutil.publish([(staged, old)], force=True)
     aside = [p for p in tmp_path.iterdir() if p.name.startswith(".old.old-")]
     assert len(aside) == 1 and sorted(p.name for p in aside[0].rglob("*")) == ["late.txt"]
+
+
+def test_the_demo_marker_never_writes_through_a_planted_link(tmp_path):
+    from deploykit.demo.run import MARKER, _prepare_dir
+
+    (tmp_path / "victim").write_text("precious")
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / MARKER).symlink_to(tmp_path / "victim")
+    _prepare_dir(str(tmp_path / "demo"))
+    assert (tmp_path / "victim").read_text() == "precious" and not (tmp_path / "demo" / MARKER).is_symlink()
