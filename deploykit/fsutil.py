@@ -84,9 +84,9 @@ def _not_written_by_deploykit(folder: Path) -> str:
     """Why ``folder`` is not an artifact folder deploykit wrote ('' when it is): a SavedModel deploykit exported
     (saved_model.pb inside, its manifest beside it), or a bundle `deploykit package` wrote, holding exactly the
     files its deploykit-bundle.json records, each unchanged (a user's file added or edited inside must survive)."""
-    saved_model = _regular(folder / "saved_model.pb") and _regular(folder.with_name(folder.name + ".deploykit.json"))
-    if saved_model:
-        return ""
+    beside = folder.with_name(folder.name + ".deploykit.json")
+    if _regular(folder / "saved_model.pb") and _regular(beside):
+        return _saved_model_changed(folder, beside)
     if not _regular(folder / BUNDLE_FILE):
         return "no deploykit manifest in or beside it"
     listed, why = recorded_files(folder)
@@ -99,6 +99,18 @@ def _not_written_by_deploykit(folder: Path) -> str:
             return f"{name} changed since deploykit wrote it"
     extra = [p for p in _tree(folder) if p not in listed and p != BUNDLE_FILE]
     return f"{extra[0]} is not one of the files deploykit wrote" if extra else ""
+
+
+def _saved_model_changed(folder: Path, manifest: Path) -> str:
+    """'' when the SavedModel folder's files are still those its manifest's artifact sha256 was taken of (a file the
+    user added or edited inside changes it), else why not."""
+    try:
+        recorded = json.loads(manifest.read_text(encoding="utf-8"))["artifact"]["sha256"]
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError):
+        return f"{manifest.name} is not a manifest deploykit wrote"
+    if not isinstance(recorded, str) or sha256_of(folder) != recorded:
+        return f"its files changed since deploykit wrote it (the sha256 {manifest.name} records)"
+    return ""
 
 
 BUNDLE_FILE = "deploykit-bundle.json"       # a bundle's record of what deploykit wrote (bundle/packaging.py)

@@ -133,3 +133,17 @@ def test_the_demo_marker_never_writes_through_a_planted_link(tmp_path):
     (tmp_path / "demo" / MARKER).symlink_to(tmp_path / "victim")
     _prepare_dir(str(tmp_path / "demo"))
     assert (tmp_path / "victim").read_text() == "precious" and not (tmp_path / "demo" / MARKER).is_symlink()
+
+
+def test_force_replaces_a_saved_model_folder_only_as_deploykit_wrote_it(tmp_path):
+    import json
+
+    folder = tmp_path / "sm"
+    (folder / "variables").mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"graph")
+    (folder / "variables" / "variables.index").write_bytes(b"weights")
+    (tmp_path / "sm.deploykit.json").write_text(json.dumps({"artifact": {"sha256": fsutil.sha256_of(folder)}}))
+    fsutil.prepare_output(folder, force=True, directory=True)
+    (folder / "variables" / "my-notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="files changed since deploykit wrote it"):
+        fsutil.prepare_output(folder, force=True, directory=True)
