@@ -147,3 +147,28 @@ def test_force_replaces_a_saved_model_folder_only_as_deploykit_wrote_it(tmp_path
     (folder / "variables" / "my-notes.txt").write_text("mine")
     with pytest.raises(UsageError, match="files changed since deploykit wrote it"):
         fsutil.prepare_output(folder, force=True, directory=True)
+
+
+def test_a_report_that_fails_part_way_leaves_nothing_behind(tmp_path):
+    """issue 26: a report whose third plot failed left its folder and the first PNGs behind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deploykit.benchmark.report import plotted_page
+
+    def draw():
+        figure = plt.figure()
+        figure.text(0.5, 0.5, r"$\frac{1}$ drawn as written")       # mathtext would raise on this
+        return figure
+
+    written = plotted_page(tmp_path / "ok", "locate", {}, draw, lambda png: png.read_bytes()[:4].decode("latin-1"))
+    assert sorted(os.listdir(tmp_path / "ok")) == ["locate.html", "locate.json", "locate.png"], written
+
+    def broken():
+        raise RuntimeError("a plot that fails")
+
+    with pytest.raises(RuntimeError):
+        plotted_page(tmp_path / "new" / "report", "locate", {}, broken, lambda png: "")
+    assert sorted(os.listdir(tmp_path)) == ["ok"]
