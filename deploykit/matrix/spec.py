@@ -144,8 +144,9 @@ def _parse_yaml(text: str, name: str):
     except ImportError:
         raise UsageError(f"{name} is YAML and PyYAML is not installed",
                          "pip install pyyaml, or write the spec as TOML") from None
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)      # its reader refuses control characters already here: inside the try
         node = loader.get_single_node()
         if node is None:
             return None
@@ -156,7 +157,8 @@ def _parse_yaml(text: str, name: str):
     except RecursionError:      # PyYAML composes and constructs nested nodes recursively
         raise UsageError(f"{name} nests lists or mappings too deeply to be a matrix spec", "fix the spec") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _check_aliases(root, name: str) -> None:

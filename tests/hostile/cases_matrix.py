@@ -88,6 +88,9 @@ CASES: list = [
          lambda w: ["matrix", b.matrix_spec(w).name, "-o", "simplecache::memory://zoo"], 2, r"memory://", ONNX),
     # --- the spec: an alias bomb (3), absurd numbers (5) -----------------------------------------------------------
     Case("matrix-yaml-billion-laughs", "matrix", _bomb, 2, r"bomb\.yaml: its YAML aliases would repeat over 100,000"),
+    Case("matrix-yaml-control-character", "fuzz",       # found by bench/fuzz_loaders.py: PyYAML's reader raised at once
+         lambda w: ((w / "s.yaml").write_bytes(b"matrix:\n  name: m\x01\n"), ["matrix", "s.yaml", "-o", "out"])[1], 2,
+         r"s\.yaml is not valid YAML: unacceptable character #x0001"),
     Case("matrix-retries-1e20", "matrix", _spec_with("retries = 100000000000000000000"), 2,
          r"retries must be between 0 and 10", ONNX),
     Case("matrix-retries-float", "matrix", _spec_with("retries = 1e20"), 2, r"retries must be an integer", ONNX),
