@@ -1,10 +1,11 @@
 """In-process work under the same time limit as a child: loading and probing a model, an in-process converter.
 
-Most untrusted work runs in a child (``deploykit.child``), which can be killed. Some cannot: a PyTorch
-source must be loaded and probed in the process that converts it (``torch.onnx.export`` needs the
-module object). A scripted ``while True`` in a TorchScript archive would then hang the CLI beyond
-``--timeout``, and even SIGTERM waits for the main thread to come back to Python. So that work runs
-in a daemon thread and the caller waits for it with a deadline. A Python thread cannot be killed: one
+Most untrusted work runs in a child (``deploykit.child``), which can be killed — PyTorch and TensorFlow
+sources included, with the converters that need their live object. What stays here is small: an ONNX
+file's signature read with the onnx package, and a library's own call that the caller chooses to bound
+(a scripted ``while True`` would hang the CLI beyond ``--timeout``, and even SIGTERM waits for the main
+thread to come back to Python). So that work runs in a daemon thread and the caller waits for it with a
+deadline. A Python thread cannot be killed: one
 that overruns is *abandoned* — it keeps its CPU until the process ends — and the CLI ends the process
 with ``os._exit`` when :func:`abandoned` says so (a normal exit would wait for the thread forever).
 """

@@ -70,9 +70,11 @@ def test_users_own_factory_needs_input_shapes(tmp_path):
     (tmp_path / "mymodels.py").write_text(
         "import torch\n\ndef build():\n    torch.manual_seed(0)\n"
         "    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh())\n")
-    proc = run_cli("export", "mymodels:build", "-o", "m.onnx", cwd=tmp_path)
+    # The factory's folder on PYTHONPATH, as the loader's remedy says: a child never searches the working directory.
+    proc = run_cli("export", "mymodels:build", "-o", "m.onnx", cwd=tmp_path, extra_path=str(tmp_path))
     assert_clean_error(proc, 2, "does not record its input shapes", "--input")
-    proc = run_cli("export", "mymodels:build", "-o", "m.onnx", "--input", "input:3x4", cwd=tmp_path)
+    proc = run_cli("export", "mymodels:build", "-o", "m.onnx", "--input", "input:3x4", cwd=tmp_path,
+                   extra_path=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "m.onnx").exists() and (tmp_path / "m.onnx.deploykit.json").exists()
 
