@@ -47,8 +47,9 @@ with atheris.instrument_imports(include=["deploykit"]):
     from deploykit.model import load_model
     from deploykit.spec import ModelSpec, TensorSpec
     from deploykit import contract as contracts, tflite_metadata
-    from deploykit.bundle import packaging
-    from deploykit.matrix import report as matrix_report, run as matrix_run, spec as matrix_spec, store as matrix_store
+    from deploykit.bundle import bundle_check, packaging
+    from deploykit.matrix import keys as matrix_keys, report as matrix_report, run as matrix_run
+    from deploykit.matrix import spec as matrix_spec, store as matrix_store
 
 WORK = Path(tempfile.mkdtemp(prefix="deploykit-fuzz-"))
 atexit.register(shutil.rmtree, WORK, True)     # libFuzzer ends the process with exit(): atexit still runs
@@ -109,8 +110,7 @@ def _golden_only(path, inputs, outputs, tolerance, timeout, runtime=None):
 
 def bundle_manifest(data: bytes) -> None:
     _replace(BUNDLES["manifest"] / packaging.BUNDLE_FILE, data)
-    packaging.verify_bundle(BUNDLES["manifest"])
-    packaging.describe_bundle(BUNDLES["manifest"])
+    packaging.verify_bundle(BUNDLES["manifest"])      # (describe_bundle reads only what package just wrote)
 
 
 def bundle_golden(data: bytes) -> None:
@@ -149,14 +149,14 @@ def matrix_spec_file(data: bytes) -> None:
 
 
 def cell_record(data: bytes) -> None:
-    """A record in a store's cells/ as a rerun takes it (reused) and the report shows it."""
+    """A record in a store's cells/ as a rerun takes it (reused when it passes keys.reusable's checks) and the
+    report pages show it."""
     store = matrix_store.open_store(str(WORK / "store"))
     _file(data, "store/cells/k.json")
-    record = store.finished("k")
+    record, _why = matrix_keys.reusable(store, "k")
     if record is not None:
         cell = RECORD_CELL
-        shown = {**matrix_run.shown(cell, record), "reused": True}
-        matrix_run.metrics(shown)
+        shown = matrix_run.shown(cell, {**record, "reused": True, **matrix_keys.cell_identity(cell, "k")})
         matrix_report.cell_page(shown)
         matrix_report.grid_page({"cells": [shown], "name": "m", "summary_line": "", "seconds": 0, "spec": "s"})
 
@@ -232,18 +232,18 @@ def prepare() -> dict:
     for target in ("manifest", "golden"):
         BUNDLES[target] = WORK / f"bundle-{target}"
         api.package(str(model), str(BUNDLES[target]), PackageOptions(samples=1, source=str(model)))
-    packaging.golden_report = _golden_only          # the fuzzed part ends where the model would run
+    bundle_check.golden_report = _golden_only       # the fuzzed part ends where the model would run
     spec_toml = (b'[matrix]\nname = "m"\ntargets = ["onnx"]\nretries = 1\n[[models]]\nname = "t"\n'
                  b'source = "tiny.onnx"\n')
     spec_yaml = b'matrix: &m\n  name: m\n  targets: [onnx]\nmodels:\n  - {name: t, source: tiny.onnx}\n'
     _file(TINY_ONNX, "tiny.onnx")                  # the model the spec seeds name
     entry = matrix_spec.ModelEntry("t", str(model), {}, ("onnx",), ("fp32",))
     RECORD_CELL = matrix_spec.Cell(entry, "onnx", "fp32")
-    record = {"key": "k", "model": "t", "target": "onnx", "precision": "fp32", "status": "passed",
-              "verdict": "PASS", "artifact": "a.onnx", "artifact_bytes": 10, "phases": {"convert_s": 1.0},
+    record = {"key": "k", "model": "t", "target": "onnx", "precision": "fp32", "status": "failed",
+              "verdict": "FAIL", "artifact_bytes": 10, "phases": {"convert_s": 1.0},
               "verify": {"comparisons": [{"outputs": [{"name": "y", "cosine": 1.0, "max_abs": 0.0}]}]},
               "bench": {"cases": [{"model": "a.onnx", "row": "onnxruntime", "latency_ms": {"p50": 1.0}}]},
-              "metrics": {}, "versions": {}}
+              "metrics": {"cosine": 0.5, "artifact_p50_ms": 1.0}, "versions": {}, "attempts": 1}
     contract = (BUNDLES["golden"] / "contract.json").read_bytes()
     return {"bundle-manifest": b"\x06" + (BUNDLES["manifest"] / packaging.BUNDLE_FILE).read_bytes(),
             "bundle-golden": b"\x07" + (BUNDLES["golden"] / "golden.json").read_bytes(),

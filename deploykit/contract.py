@@ -254,7 +254,9 @@ def _tensor_problem(tensor: dict, is_input: bool) -> str:
         return _image_problem(tensor.get("image")) if tensor.get("image") is not None else ""
     if tensor.get("meaning") not in MEANINGS or tensor.get("postprocess") not in POSTPROCESS:
         return f"meaning must be one of {', '.join(MEANINGS)} and postprocess one of {', '.join(POSTPROCESS)}"
-    labels = tensor.get("labels")
+    if "labels" not in tensor:      # null is "no labels"; a missing key is a contract an app would crash on
+        return "labels must be given (a file name or null)"
+    labels = tensor["labels"]
     if labels is not None and not (_text_ok(labels) and re.fullmatch(r"[\w.-]+", labels) and labels not in (".", "..")):
         return "labels must name a file beside the model (one label per line) or be null"
     if not _int_ok(tensor.get("top_k"), 0, MAX_DIM):

@@ -70,7 +70,7 @@ def _grid_cell(cell) -> str:
     if "cosine" in metrics:
         lines.append(f"cos {metrics['cosine']:.6f}")
     if "artifact_p50_ms" in metrics:
-        lines.append(f"{metrics['artifact_p50_ms']:.3g} ms ({_e(metrics['artifact_row'])})")
+        lines.append(f"{metrics['artifact_p50_ms']:.3g} ms ({_e(metrics.get('artifact_row'))})")   # a stored record may lack the row
     if "speedup" in metrics:
         lines.append(f"×{metrics['speedup']} vs {_e(metrics.get('source_row'))}")
     if cell.get("verdict") and status != "passed":

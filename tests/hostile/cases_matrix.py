@@ -110,6 +110,8 @@ CASES: list = [
          0, RERUN + r"stored record's metrics are not numbers", ONNX, slow=True),
     Case("matrix-record-path-outside", "matrix", _tampered(_outside), 0,
          RERUN + r"stored record's artifact is not in its own artifacts/", ONNX, slow=True),
+    Case("matrix-record-metrics-without-row", "fuzz",      # found by bench/fuzz_loaders.py: the grid's KeyError
+         _tampered(lambda r, s, k: {**r, "metrics": {"artifact_p50_ms": 1.0}}), 0, r'"reused": true', ONNX, slow=True),
     Case("matrix-record-other-key", "matrix", _tampered(lambda r, s, k: {**r, "key": "0" * 24}), 0,
          RERUN + r"stored record is not a JSON object naming its own key", ONNX, slow=True),
 ]

@@ -101,9 +101,9 @@ def _dollar_report(work, plant_link: bool) -> list:
     return ["bench", name, "--runtime", "onnxruntime", "--report", "out"]
 
 
-def _damaged_carrier(work) -> str:
-    """carried.onnx: a bundle's model whose carried contract lost its input shape (valid JSON, schema and version);
-    returns its name (it computes what tiny.onnx computes)."""
+def _damaged_carrier(work, kind: str = "inputs", field: str = "shape") -> str:
+    """carried.onnx: a bundle's model whose carried contract lost its first ``kind`` tensor's ``field`` (valid JSON,
+    schema and version); returns its name (it computes what tiny.onnx computes)."""
     import onnx
 
     _bundle(work)
@@ -111,7 +111,7 @@ def _damaged_carrier(work) -> str:
     for prop in proto.metadata_props:
         if prop.key == "deploykit.contract":
             contract = json.loads(prop.value)
-            del contract["inputs"][0]["shape"]
+            del contract[kind][0][field]
             prop.value = json.dumps(contract)
     onnx.save(proto, work / "carried.onnx")
     return "carried.onnx"
@@ -213,6 +213,8 @@ CASES: list = [
     # it crashed `inspect` (KeyError) and `verify` (exit 5).
     Case("writes-contract-carried-damaged-inspect", "26-contract", lambda w: ["inspect", _damaged_carrier(w)], 0,
          r"carried.onnx\s+format: onnx", ONNX),
+    Case("writes-contract-carried-no-labels-inspect", "fuzz",      # found by bench/fuzz_loaders.py: KeyError, exit 5
+         lambda w: ["inspect", _damaged_carrier(w, "outputs", "labels")], 0, r"carried.onnx\s+format: onnx", ONNX),
     Case("writes-contract-carried-damaged-verify", "26-contract",
          lambda w: (_damaged_carrier(w), ["verify", "tiny.onnx", "carried.onnx"])[1], 0, r"verified: 1 comparison", ONNX),
     # --- a `$...$` name in a report (5) ------------------------------------------------------------------------
