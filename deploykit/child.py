@@ -21,12 +21,11 @@ its process (import cost, peak memory). What the harness guarantees, for every c
   time-out or when the parent is interrupted;
 * its stdout/stderr are kept out of the user's terminal (shown with ``debug``).
 
-A job that loads a framework source (``reuse=True``: describing a PyTorch or Keras file, its
-reference outputs, a converter that needs the live module) runs in the command's *reused child*
-while one is open (``with reused_child():``, entered by the CLI around each command): one child
-per command that keeps what earlier jobs loaded, so a .pt2 is deserialized once, in a child, not
-once per job. It keeps every guarantee above; a crash or time-out ends that child (the next job
-starts a fresh one). Without an open reused child the job runs in a child of its own.
+A ``reuse=True`` job (describing a PyTorch or Keras source, its reference outputs, a converter
+that needs the live module) runs in the command's *reused child* while one is open (``with
+reused_child():``, entered around each CLI command and export): one child that keeps what earlier
+jobs loaded, so a .pt2 is deserialized once per command. Same guarantees; a crash or time-out ends
+that child (the next job starts a fresh one). With none open, the job gets a child of its own.
 
 A job is ``def job(request: dict, arrays: dict[str, np.ndarray]) -> dict``; a returned dict
 may carry an ``"arrays"`` entry (name -> ndarray) that travels back as .npz, exactly.
@@ -231,12 +230,10 @@ def _kill_group(process: subprocess.Popen) -> None:
 class Session:
     """One child that runs a command's ``reuse=True`` jobs in turn, keeping what they loaded.
 
-    Jobs travel as folders (the same request.json / result.json as a one-shot child); the parent names
-    each on the child's stdin, and the child answers on a pipe of its own when the job is done, so a
-    job's own output (the child's stdout/stderr, into a log file) never mixes with the protocol. The
-    child is started from a thread that lives as long as the child: PR_SET_PDEATHSIG fires when the
-    *thread* that started a process ends, and the first job may come from a short-lived thread.
-    """
+    Jobs travel as folders (request.json / result.json, as for a one-shot child), named on the child's
+    stdin; it answers on a pipe of its own, so a job's output (into a log file) never mixes with that.
+    It is started from a thread that lives as long as the child: PR_SET_PDEATHSIG fires when the
+    *thread* that started a process ends, and the first job may come from a short-lived thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -252,11 +249,9 @@ class Session:
             if self._process is None:
                 self._start()
             self._jobs += 1
-            folder = self._root / f"job{self._jobs}"
-            folder.mkdir()
+            (folder := self._root / f"job{self._jobs}").mkdir()
             _write_request(folder, target, request, arrays)
-            log = self._root / "log"
-            offset = log.stat().st_size
+            offset = (log := self._root / "log").stat().st_size
             started = time.perf_counter()
             try:
                 finished = self._await(folder.name, timeout, stage, what, abort)
@@ -346,9 +341,7 @@ _ACTIVE: Optional[Session] = None       # the command's reused child while reuse
 
 @contextlib.contextmanager
 def reused_child():
-    """Open the command's reused child for ``reuse=True`` jobs; ended (killed) when the block is left.
-
-    Nested use and use inside a child add nothing: the outer session (or the child itself) serves."""
+    """Open the command's reused child for ``reuse=True`` jobs, killed when the block is left (nested: a no-op)."""
     global _ACTIVE
     if _ACTIVE is not None or in_child():
         yield _ACTIVE

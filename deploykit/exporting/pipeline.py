@@ -15,6 +15,7 @@ from deploykit import fsutil, manifest, registry
 from deploykit.artifact import Artifact
 from deploykit.exporting import routing
 from deploykit.checking.checker import Checker, make_checker
+from deploykit.child import reused_child
 from deploykit.conversion import ExportOptions
 from deploykit.errors import UsageError
 from deploykit.request import ExportRequest
@@ -81,8 +82,10 @@ def default_output(source: str, dst: Format, output: Optional[str] = None) -> st
 def export_model(request: ExportRequest) -> ExportResult:
     """Convert, verify every hop against the source, publish the artifact and its manifest atomically.
 
-    Nothing is left behind on failure: no staged file, and no output folder this export created."""
-    with fsutil.parents_removed_on_failure(default_output(request.source, request.target, request.output)):
+    Nothing is left behind on failure: no staged file, and no output folder this export created. A PyTorch or
+    Keras source is loaded once, in the reused child (``deploykit.child``), also when the API is called directly."""
+    with fsutil.parents_removed_on_failure(default_output(request.source, request.target, request.output)), \
+            reused_child():
         return _export(request)
 
 
