@@ -15,11 +15,11 @@ with COOP/COEP headers (`deploykit serve DIR`) for threads; any static host work
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from deploykit import fsutil
 from deploykit.browser import WEB_DIR, node_modules
 from deploykit.formats import Format
 from deploykit.registry import browser_runtime_for
@@ -43,16 +43,17 @@ def write_web_app(folder: Path, model_file: str, fmt: Format, inputs: list, outp
     """Write the web app's files into the bundle ``folder``; returns the runtime's name."""
     runtime = browser_runtime_for(fmt).name
     modules = node_modules(timeout)
+    # Every file through fsutil's atomic writer (a temporary of its own, renamed in): no write follows a link.
     for name in ("index.html", "app.js", "style.css", "selftest.html", "selftest.js", "golden.js"):
-        shutil.copyfile(WEB_DIR / "app" / name, folder / name)
-    shutil.copyfile(WEB_DIR / "backends.js", folder / "backends.js")
+        fsutil.write_bytes_atomic(folder / name, (WEB_DIR / "app" / name).read_bytes())
+    fsutil.write_bytes_atomic(folder / "backends.js", (WEB_DIR / "backends.js").read_bytes())
     for relative in VENDOR[runtime]:
         target = folder / "vendor" / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(modules / relative, target)
+        fsutil.write_bytes_atomic(target, (modules / relative).read_bytes())
     _write_golden(folder, inputs, outputs)
     config = {"model": model_file, "runtime": runtime, "title": title, "tolerance": _as_dict(tolerance)}
-    (folder / "web.json").write_text(json.dumps(config, indent=2) + "\n")
+    fsutil.write_text_atomic(folder / "web.json", json.dumps(config, indent=2) + "\n")
     return runtime
 
 
@@ -82,5 +83,5 @@ def _write_golden(folder: Path, inputs: list, outputs: list) -> None:
     for feeds, results in zip(inputs, outputs):
         samples.append({"inputs": [place(k, v) for k, v in feeds.items()],
                         "outputs": [place(k, v) for k, v in results.items()]})
-    (folder / "golden.bin").write_bytes(b"".join(chunks))
-    (folder / "golden-web.json").write_text(json.dumps({"samples": samples}) + "\n")
+    fsutil.write_bytes_atomic(folder / "golden.bin", b"".join(chunks))
+    fsutil.write_text_atomic(folder / "golden-web.json", json.dumps({"samples": samples}) + "\n")
