@@ -58,7 +58,7 @@ def test_litert_keeps_nchw_and_narrows_token_ids(exported):
 
 
 @pytest.mark.slow
-def test_feature_map_outputs_are_compared_in_the_source_layout(tmp_path):
+def test_feature_map_outputs_are_compared_in_the_source_layout(tmp_path, monkeypatch):
     import torch
 
     (tmp_path / "fm.py").write_text(
@@ -67,19 +67,17 @@ def test_feature_map_outputs_are_compared_in_the_source_layout(tmp_path):
         "    def forward(self, image):\n        return torch.relu(self.conv(image))\n"
         "    def example_inputs(self):\n        return (torch.rand(1, 3, 20, 12),)\n"
         "def build():\n    return F().eval()\n")
-    import sys
-    sys.path.insert(0, str(tmp_path))
-    try:
-        for keep in (False, True):
-            out = tmp_path / f"fm_{keep}.tflite"
-            result = api.export("fm:build", "tflite", str(out), via="onnx", keep_layout=keep)
-            layout = _manifest(result)["layout"]
-            assert list(layout["outputs"].values()) == [[0, 3, 1, 2]]
-            assert bool(layout["inputs"]) is not keep
-        report = api.verify("fm:build", [str(tmp_path / "fm_False.tflite"), str(tmp_path / "fm_True.tflite")])
-        assert [r.passed for r in report.reports] == [True, True, True]
-    finally:
-        sys.path.remove(str(tmp_path))
+    import os
+    # On PYTHONPATH: the factory is imported in a child (issue 26), which sees the environment, not sys.path.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    for keep in (False, True):
+        out = tmp_path / f"fm_{keep}.tflite"
+        result = api.export("fm:build", "tflite", str(out), via="onnx", keep_layout=keep)
+        layout = _manifest(result)["layout"]
+        assert list(layout["outputs"].values()) == [[0, 3, 1, 2]]
+        assert bool(layout["inputs"]) is not keep
+    report = api.verify("fm:build", [str(tmp_path / "fm_False.tflite"), str(tmp_path / "fm_True.tflite")])
+    assert [r.passed for r in report.reports] == [True, True, True]
     assert torch
 
 
