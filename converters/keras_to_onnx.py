@@ -1,9 +1,10 @@
 """Keras / SavedModel -> ONNX with tf2onnx.
 
-Keras models convert through tf2onnx's Python API in the command's reused child, where the
-model is already loaded for its description (~0.3 s there); SavedModel directories go through tf2onnx's own command-line logic (signature defs,
-tags) run in a child of the one harness, under --timeout. tf2onnx keeps the NHWC layout (it adds transposes inside), so no permutation
-is recorded. It can "succeed" with ops ONNX Runtime refuses, which the check catches.
+Keras models convert through tf2onnx's Python API in the command's reused child, where the model
+is already loaded for its description (~0.3 s there); SavedModel directories go through tf2onnx's
+own command-line logic (signature defs, tags) run in a child of the one harness, under --timeout.
+tf2onnx keeps the NHWC layout (it adds transposes inside), so no permutation is recorded. It can
+"succeed" with ops ONNX Runtime refuses, which the check catches.
 """
 from __future__ import annotations
 

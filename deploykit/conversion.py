@@ -9,7 +9,9 @@ export's one parity engine against the *source*, run through the child harness) 
 :func:`accept` — and raises ConversionError with a remedy when it cannot. A converter that
 can hang, crash or flood the terminal runs its tool through ``deploykit.child.run_child``
 with ``stage=CONVERT``; it may return the description of the file its child wrote, so the
-artifact is not read again.
+artifact is not read again. ``model.handle`` is None here: a converter that needs the source's live
+object (torch.onnx, TFLiteConverter) runs that part as a ``reuse=True`` job, in the reused child that
+holds the source (``deploykit.child``).
 """
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ class LoadedModel:
     path: str
     format: Format
     spec: ModelSpec
-    handle: Any = None               # nn.Module / ScriptModule / ExportedProgram; None for file runtimes
+    handle: Any = None               # nn.Module / ScriptModule / Keras model: in a child only, None in the CLI process
     weights: Optional[str] = None
     details: dict = field(default_factory=dict)
     load: Optional[LoadOptions] = None   # how it was loaded: a child that needs the handle loads it the same way
