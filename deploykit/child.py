@@ -239,13 +239,14 @@ class Session:
         self._lock = threading.Lock()
         self._root = Path(tempfile.mkdtemp(prefix="deploykit-session-"))
         self._process: Optional[subprocess.Popen] = None
-        self._done_r = -1
-        self._jobs = 0
+        self._done_r, self._jobs, self._closed = -1, 0, False
 
     def call(self, target: str, request: dict, *, stage: Stage, what: str, timeout: float,
              arrays: Optional[Mapping] = None, debug: bool = False, abort=None) -> ChildResult:
         """run_child's contract, in this session's child (started now if it is not running)."""
         with self._lock:
+            if self._closed:          # a job from another thread after the command ended (SIGTERM): never starts
+                raise stage.error(f"{stage.describe(what)} was stopped: the command ended", stage.failure_remedy)
             if self._process is None:
                 self._start()
             self._jobs += 1
@@ -259,9 +260,7 @@ class Session:
                 self._stop()        # a time-out, an abort, Ctrl-C or SIGTERM: the child's group dies with it
                 raise
             returncode = None if finished else self._stop()
-            with open(log, "rb") as stream:
-                stream.seek(offset)
-                output = stream.read().decode(errors="replace")
+            output = log.read_bytes()[offset:].decode(errors="replace")
             if debug or os.environ.get(DEBUG_ENV):
                 sys.stderr.write(output)
             try:
@@ -307,9 +306,11 @@ class Session:
             if left <= 0:
                 raise stage.error(f"{stage.describe(what)} did not finish within {timeout:g} s", stage.timeout_remedy,
                                   outcome=stage.outcome)
-            ready, _, _ = select.select([self._done_r], [], [], min(POLL_S, left) if abort else left)
+            ready, _, _ = select.select([self._done_r], [], [], min(POLL_S, left))
             if ready:
                 return bool(os.read(self._done_r, 64))      # b"": the child is gone
+            if self._closed:          # the command ended (SIGTERM) while this job, from another thread, ran
+                raise stage.error(f"{stage.describe(what)} was stopped: the command ended", stage.failure_remedy)
             failure = abort() if abort else None
             if failure is not None:
                 raise failure
@@ -324,11 +325,9 @@ class Session:
         return process.returncode
 
     def close(self) -> None:
-        """End the child and remove the session's folder.
-
-        The child is killed first, without waiting for the lock: a job in flight in another thread (a source
-        loading in the background when SIGTERM came) then sees its child die and returns at once."""
-        process = self._process
+        """End the child and remove the session's folder. The child is killed before the lock is taken: a job in
+        flight in another thread (a source loading in the background when SIGTERM came) returns at once."""
+        self._closed, process = True, self._process
         if process is not None:
             _kill_group(process)
         with self._lock:

@@ -313,11 +313,25 @@ def test_sigterm_at_any_moment_of_a_litert_export_exits_143_and_leaves_nothing(s
         folder = tmp_path / f"run{index}"
         delay, code, stderr, family = _terminated_export(source, folder, duration * (0.04 + 0.1 * index), env)
         outcomes.append((round(delay, 1), code))
-        assert code == 143, f"after {delay:.1f} s: exit {code}\n{stderr[-2000:]}"
-        assert "terminate called" not in stderr and "Traceback" not in stderr
-        assert stderr.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
+        shown = f"after {delay:.1f} s: exit {code}\n{stderr[-2000:]}"
+        assert code == 143, shown
+        assert "terminate called" not in stderr and "Traceback" not in stderr, shown
+        assert stderr.strip().splitlines()[-1] == "error: terminated (SIGTERM)", shown
         left = list((folder / "out").iterdir()) + list((folder / "tmp").iterdir())
-        assert left == [], (delay, left)
+        assert left == [], (shown, left)
         time.sleep(0.3)
-        assert not [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], delay
+        alive = [p.cmdline() for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, (shown, alive)
     print("SIGTERM delays (s) and exit codes:", outcomes)
+
+
+def test_a_job_after_the_command_ended_never_starts_a_child():
+    """A background thread's job arriving after SIGTERM closed the reused child: refused at once, no new child."""
+    from deploykit.child import Session
+
+    session = Session()
+    session.close()
+    started = time.perf_counter()
+    with pytest.raises(errors.ModelLoadError, match=r"^loading m\.pt2 was stopped: the command ended"):
+        session.call("tests.faults:pid_job", {}, stage=LOAD, what="m.pt2", timeout=60)
+    assert time.perf_counter() - started < 1 and session._process is None
