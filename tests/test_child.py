@@ -253,6 +253,9 @@ def test_leaving_the_command_frees_a_job_waiting_in_another_thread_at_once():
     assert isinstance(outcome[0], errors.ModelLoadError) and "loading m.pt2 crashed with SIGKILL" in outcome[0].message
 
 
+MIN_SIGNAL_S = 1.5      # after the CLI's start-up: a SIGTERM before its handler exists kills Python itself (-15)
+
+
 def _export_argv(source: Path, out: Path) -> list:
     import sys
 
@@ -262,14 +265,17 @@ def _export_argv(source: Path, out: Path) -> list:
 
 def _terminated_export(source: Path, folder: Path, delay: float, env: dict) -> tuple:
     """Start the export, SIGTERM it after ``delay`` s (sooner, retried, where a run finished before that: the
-    machine's load changes how long an export takes); (delay used, exit code, stderr, its processes then)."""
+    machine's load changes how long an export takes); (delay used, exit code, stderr, its processes then).
+
+    A signal that lands after the artifact and its manifest were published (the run was printing its result)
+    also counts as a finished run: the command's work was done, and nothing half-made is left."""
     import shutil
     import signal
     import subprocess
 
     import psutil
 
-    while True:
+    for _attempt in range(10):
         shutil.rmtree(folder, ignore_errors=True)
         (folder / "out").mkdir(parents=True)
         (folder / "tmp").mkdir()
@@ -282,9 +288,12 @@ def _terminated_export(source: Path, folder: Path, delay: float, env: dict) -> t
             family = psutil.Process(cli.pid).children(recursive=True)
             cli.send_signal(signal.SIGTERM)
             _stdout, stderr = cli.communicate(timeout=120)
-            return delay, cli.returncode, stderr, family
+            published = sorted(p.name for p in (folder / "out").iterdir())
+            if published != ["m.tflite", "m.tflite.deploykit.json"]:
+                return delay, cli.returncode, stderr, family
         cli.communicate()
-        delay *= 0.7
+        delay = max(MIN_SIGNAL_S, delay * 0.7)
+    pytest.fail(f"every export finished before its SIGTERM (last delay {delay:.1f} s)")
 
 
 @pytest.mark.slow
@@ -311,7 +320,8 @@ def test_sigterm_at_any_moment_of_a_litert_export_exits_143_and_leaves_nothing(s
     outcomes = []
     for index in range(10):
         folder = tmp_path / f"run{index}"
-        delay, code, stderr, family = _terminated_export(source, folder, duration * (0.04 + 0.1 * index), env)
+        spread = MIN_SIGNAL_S + (duration - MIN_SIGNAL_S) * 0.09 * index      # 1.5 s .. 81 % of a whole export
+        delay, code, stderr, family = _terminated_export(source, folder, spread, env)
         outcomes.append((round(delay, 1), code))
         shown = f"after {delay:.1f} s: exit {code}\n{stderr[-2000:]}"
         assert code == 143, shown
