@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from deploykit import errors
+from deploykit import errors, frameworks
 from deploykit.errors import Outcome
 from deploykit.text import exception_line, last_line
 
@@ -166,7 +166,8 @@ def code_root() -> str:
 
 
 def _child_env() -> dict:
-    pythonpath = os.pathsep.join(p for p in (code_root(), os.environ.get("PYTHONPATH", "")) if p)
+    extra = (code_root(), *frameworks.caller_import_paths(), os.environ.get("PYTHONPATH", ""))   # not the cwd
+    pythonpath = os.pathsep.join(dict.fromkeys(p for p in extra if p))
     env = {k: v for k, v in os.environ.items() if k != SESSION_ENV}     # a reused child's own children are not
     return dict(env, PYTHONPATH=pythonpath, **{IN_CHILD_ENV: "1", PARENT_ENV: str(os.getpid())})
 

@@ -345,3 +345,27 @@ def test_a_job_after_the_command_ended_never_starts_a_child():
     with pytest.raises(errors.ModelLoadError, match=r"^loading m\.pt2 was stopped: the command ended"):
         session.call("tests.faults:pid_job", {}, stage=LOAD, what="m.pt2", timeout=60)
     assert time.perf_counter() - started < 1 and session._process is None
+
+
+@pytest.mark.torch
+def test_a_factory_on_the_callers_sys_path_loads_in_the_child_but_one_in_the_working_directory_does_not(
+        tmp_path, monkeypatch):
+    """The child imports a factory from where the caller would (a notebook's sys.path.insert, a script's folder),
+    never from the working directory: a `mymodels.py` lying in the cwd is not imported by the child."""
+    from deploykit.model import LoadOptions, load_model
+    from deploykit.spec import TensorSpec
+
+    options = LoadOptions(input_specs=(TensorSpec("input", (1, 4)),))
+    factory = "import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Linear(4, 3))\n"
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "callers_models.py").write_text(factory)
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    loaded = load_model("callers_models:build", options)
+    assert [t.shape for t in loaded.spec.inputs] == [(1, 4)] and loaded.handle is None     # described in a child
+
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "cwd_models.py").write_text(factory)
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.syspath_prepend("")          # as `python -c` or a REPL puts the cwd first
+    with pytest.raises(errors.DeploykitError, match="cwd_models"):
+        load_model("cwd_models:build", options)
