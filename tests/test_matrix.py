@@ -326,7 +326,9 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands_with_small_memory(tmp_pa
     code = ("import resource, sys\nfrom deploykit.errors import UsageError\nfrom deploykit.matrix.spec import load_spec\n"
             "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"     # a regression dies, not the machine
             f"try:\n    load_spec({str(spec)!r})\nexcept UsageError as exc:\n    print(exc.message)\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")   # KiB on Linux
+            # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child of a 2 GB pytest worker reported
+            # the worker's peak; VmHWM belongs to the child's own address space.
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")   # KiB
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     message, peak_kib = proc.stdout.strip().splitlines()
     assert "aliases would repeat over 100,000" in message, proc.stderr
