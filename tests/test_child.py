@@ -299,11 +299,12 @@ def _terminated_export(source: Path, folder: Path, delay: float, env: dict) -> t
 @pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.litert
-@pytest.mark.serial
 def test_sigterm_at_any_moment_of_a_litert_export_exits_143_and_leaves_nothing(samples_dir, tmp_path):
     """Issue 26: SIGTERM during `export mobilenet_v2.pt2 --to tflite` sometimes ended in SIGABRT (134, "terminate
-    called without an active exception": torch's native threads alive while the interpreter exited). Ten signals
-    spread over the export's own duration: 143 each time, one line, no output, no temporary folder, no child."""
+    called without an active exception": torch's native threads alive while the interpreter exited). Signals spread
+    over the export's own duration, from 1.5 s to 81 % of it: 143 each time, one line, no output, no temporary
+    folder, no child. The suite sends 4 (not serial: the exit code does not depend on the machine's load); the
+    issue's ten-signal sweep is `DEPLOYKIT_SIGTERM_TRIES=10 pytest tests/test_child.py -k sigterm_at_any_moment -s`."""
     import subprocess
 
     import psutil
@@ -318,9 +319,10 @@ def test_sigterm_at_any_moment_of_a_litert_export_exits_143_and_leaves_nothing(s
     duration = time.perf_counter() - started
     assert whole.returncode == 0, whole.stderr[-2000:]
     outcomes = []
-    for index in range(10):
+    tries = max(2, int(os.environ.get("DEPLOYKIT_SIGTERM_TRIES", "4")))
+    for index in range(tries):
         folder = tmp_path / f"run{index}"
-        spread = MIN_SIGNAL_S + (duration - MIN_SIGNAL_S) * 0.09 * index      # 1.5 s .. 81 % of a whole export
+        spread = MIN_SIGNAL_S + (duration - MIN_SIGNAL_S) * 0.81 * index / (tries - 1)   # 1.5 s .. 81 % of an export
         delay, code, stderr, family = _terminated_export(source, folder, spread, env)
         outcomes.append((round(delay, 1), code))
         shown = f"after {delay:.1f} s: exit {code}\n{stderr[-2000:]}"
