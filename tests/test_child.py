@@ -350,6 +350,7 @@ def test_a_job_after_the_command_ended_never_starts_a_child():
 
 
 @pytest.mark.torch
+@pytest.mark.slow      # two children import torch
 def test_a_factory_on_the_callers_sys_path_loads_in_the_child_but_one_in_the_working_directory_does_not(
         tmp_path, monkeypatch):
     """The child imports a factory from where the caller would (a notebook's sys.path.insert, a script's folder),

@@ -93,6 +93,7 @@ def test_verify_locate_cli_prints_the_table_and_json(tmp_path, capsys):
 
 
 @pytest.mark.torch
+@pytest.mark.slow     # a PyTorch source's layers in its child: seconds
 def test_torch_source_against_an_onnx_written_by_hand(samples_dir, tmp_path):
     """The two-layer sample against an ONNX graph of its own weights (Gemm, transB) with other names: matched by
     weight values, in the module's names; a damaged second layer is named as `linear2`."""
@@ -111,6 +112,7 @@ def test_torch_source_against_an_onnx_written_by_hand(samples_dir, tmp_path):
 
 
 @pytest.mark.torch
+@pytest.mark.slow     # a PyTorch source's layers in its child: seconds
 def test_a_torchscript_source_is_refused_with_a_reason_and_verify_goes_on(samples_dir, tmp_path):
     import torch
 

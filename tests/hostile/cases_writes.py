@@ -128,7 +128,7 @@ CASES: list = [
          lambda w: (_onnx(w), (w / "mine").symlink_to("not-yet"), [*PACKAGE, "-o", "mine"])[2], 2,
          r"mine already exists \(a link\)", ONNX),
     Case("writes-report-png-temp-link", "26-links", lambda w: _dollar_report(w, True), 0, r"report: out/report.html",
-         ONNX, creates=REPORT),
+         ONNX, creates=REPORT, slow=True),      # a bench with a report: seconds
     # --- `package --force` replaces only what deploykit wrote (2) ---------------------------------------------
     Case("writes-force-planted-manifest", "26-force", lambda w: _forced_over(w, _planted_manifest), 2,
          r"mine is a directory deploykit did not write .*which deploykit never writes.*remove it yourself", ONNX),
@@ -219,5 +219,5 @@ CASES: list = [
          lambda w: (_damaged_carrier(w), ["verify", "tiny.onnx", "carried.onnx"])[1], 0, r"verified: 1 comparison", ONNX),
     # --- a `$...$` name in a report (5) ------------------------------------------------------------------------
     Case("writes-report-mathtext-name", "26-report", lambda w: _dollar_report(w, False), 0, r"report: out/report.html",
-         ONNX, creates=("out",) + REPORT),
+         ONNX, creates=("out",) + REPORT, slow=True),
 ]
