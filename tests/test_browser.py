@@ -3,6 +3,7 @@ one parity engine, timing in the page, the web bundle's pages, `deploykit serve`
 browser that cannot run. Tests that start Chromium are `slow` (a few seconds each) and `browser`."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -147,23 +148,30 @@ console.log(JSON.stringify(cases.map((c) => judge(c.refs.map(typed), c.got.map(t
     assert web_says == ours == [True, False, False, True, False, False]
 
 
+@contextlib.contextmanager
+def served(folder: Path):
+    """`deploykit serve FOLDER --port 0` as its own process: yields (the line it printed first, the process), which
+    gets SIGTERM when the block ends (its stderr is then in ``process.stderr_text``)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "deploykit.cli.commands", "serve", str(folder), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        yield proc.stdout.readline(), proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.stderr_text = proc.communicate(timeout=30)[1]
+
+
 @pytest.mark.serial
 def test_serve_prints_its_url_serves_the_folder_and_stops_cleanly_on_sigterm(tmp_path):
     (tmp_path / "index.html").write_text("<p>bundle</p>")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "deploykit.cli.commands", "serve", str(tmp_path), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
+    with served(tmp_path) as (line, proc):
         url = line.split(" at ", 1)[1].split("/ ", 1)[0]
         with urllib.request.urlopen(url + "/index.html") as response:
             assert response.read() == b"<p>bundle</p>"
             assert response.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
+    assert proc.returncode == 0, proc.stderr_text
+    assert "Traceback" not in proc.stderr_text
 
 
 def test_serve_refuses_what_is_not_a_folder(tmp_path):

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT, run_cli
 from tests.hostile import builders
-from tests.test_browser import _open_pages, in_chromium
+from tests.test_browser import _open_pages, in_chromium, served
 
 HOSTILE_TEXT = ('<img src=x onerror="window.PWNED=1">', '</script><script>window.PWNED=1</script>',
                 '<svg onload="window.PWNED=1">', '"><iframe srcdoc="<script>parent.PWNED=1</script>">')
@@ -166,14 +163,8 @@ def test_serve_prints_a_folder_name_with_control_characters_escaped(tmp_path):
     folder = tmp_path / "site\x1b]0;owned\x07\x1b[2J"
     folder.mkdir()
     (folder / "index.html").write_text("<p>bundle</p>")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "deploykit.cli.commands", "serve", str(folder), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+    with served(folder) as (line, _):
+        pass
     assert line.startswith("serving ") and "\x1b" not in line and "\x07" not in line, repr(line)
     assert "site\\x1b]0;owned\\x07\\x1b[2J at http://127.0.0.1:" in line, repr(line)
 

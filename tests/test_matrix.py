@@ -79,9 +79,13 @@ def test_toml_and_yaml_give_the_same_cells_with_paths_relative_to_the_spec(tmp_p
     ('[matrix]\ntargets = ["onnx"]\n[[models]]\npath = "a.onnx"\ntask = "dance"\n', "unknown --task 'dance'"),
 ])
 def test_a_bad_spec_is_refused_naming_the_key(tmp_path, text, fragment):
-    _onnx(tmp_path / "a.onnx")
+    _refused_naming(tmp_path, text, fragment, "zoo.toml")
+
+
+def _refused_naming(folder: Path, text: str, fragment: str, name: str) -> None:
+    _onnx(folder / "a.onnx")
     with pytest.raises(UsageError) as caught:
-        load_spec(str(_spec(tmp_path, text)))
+        load_spec(str(_spec(folder, text, name)))
     assert fragment in caught.value.message
 
 
@@ -352,10 +356,7 @@ def test_yaml_aliases_within_the_budget_still_share_options(tmp_path):
     ("matrix: {targets: [onnx]}\nmodels: [{path: a.onnx, normalize: [x]}]\n", "normalize must be a string"),
 ])
 def test_hostile_yaml_shapes_are_usage_errors(tmp_path, text, fragment):
-    _onnx(tmp_path / "a.onnx")
-    with pytest.raises(UsageError) as caught:
-        load_spec(str(_spec(tmp_path, text, "zoo.yaml")))
-    assert fragment in caught.value.message
+    _refused_naming(tmp_path, text, fragment, "zoo.yaml")
 
 
 def test_a_deep_toml_and_a_huge_spec_are_usage_errors(tmp_path):
