@@ -8,6 +8,7 @@ from typing import Optional, Union
 
 from deploykit import parity, registry
 from deploykit.artifact import Artifact
+from deploykit.child import reused_child
 from deploykit.errors import UsageError
 from deploykit.inputs import load_npz, random_feeds
 from deploykit.layout import Layout
@@ -236,10 +237,16 @@ class VerifyResult:
 
 
 def verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: VerifyOptions) -> VerifyResult:
-    """Compare every artifact against the source, and each against the previous one, on the same inputs."""
-    started = time.perf_counter()
+    """Compare every artifact against the source, and each against the previous one, on the same inputs. A PyTorch
+    or Keras source is loaded once, in the reused child (``deploykit.child``), also when the API is called directly."""
     if not artifacts:
         raise UsageError("no artifact to verify", "give the source and at least one artifact, or a bundle folder alone")
+    with reused_child():
+        return _verify_artifacts(source, artifacts, load, options)
+
+
+def _verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: VerifyOptions) -> VerifyResult:
+    started = time.perf_counter()
     model = load_model(source, load)
     checker = make_checker(model, options)
     opened = [Artifact.open(a, load=LoadOptions(timeout=options.timeout)) for a in artifacts]
