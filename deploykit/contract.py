@@ -27,6 +27,7 @@ from typing import Optional
 
 from deploykit.errors import UsageError
 from deploykit.spec import ModelSpec, TensorSpec
+from deploykit.text import quoted
 
 SCHEMA, VERSION = "deploykit.contract", 1
 TASKS = ("classify", "embed", "raw")
@@ -213,9 +214,9 @@ def _problem(contract) -> str:
     if not isinstance(contract, dict) or contract.get("schema") != SCHEMA:
         return "the schema is not deploykit.contract"
     if contract.get("version") != VERSION or isinstance(contract.get("version"), bool):
-        return f"version {_shown(contract.get('version'))} (this deploykit reads version {VERSION})"
+        return f"version {quoted(contract.get('version'))} (this deploykit reads version {VERSION})"
     if contract.get("task") not in TASKS:
-        return f"task {_shown(contract.get('task'))}"
+        return f"task {quoted(contract.get('task'))}"
     for kind in ("inputs", "outputs"):
         tensors = contract.get(kind)
         if not isinstance(tensors, list) or not tensors or len(tensors) > MAX_TENSORS or \
@@ -224,7 +225,7 @@ def _problem(contract) -> str:
         for tensor in tensors:
             problem = _tensor_problem(tensor, kind == "inputs")
             if problem:
-                return f"{kind[:-1]} {_shown(tensor['name'])}: {problem}"
+                return f"{kind[:-1]} {quoted(tensor['name'])}: {problem}"
     inferred = contract.get("inferred", [])
     if not isinstance(inferred, list) or not all(_text_ok(item) for item in inferred):
         return "inferred must be a list of short texts"
@@ -290,15 +291,6 @@ def _int_ok(value, low: int, high: int) -> bool:
 def _number_ok(value) -> bool:
     """A finite JSON number (NaN and Infinity parse in Python's json, and 1e999 becomes inf)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _shown(value) -> str:
-    """A value from an untrusted contract, short and printable, for an error line."""
-    try:
-        text = repr(value)
-    except ValueError:        # an int past Python's digit limit
-        return "a huge number"
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def to_json(contract: dict) -> str:

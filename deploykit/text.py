@@ -67,3 +67,17 @@ def printable(text: str) -> str:
     so that a tensor name or producer string from a model file cannot drive the user's terminal."""
     return "".join(ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf")
                    else ascii(ch)[1:-1] for ch in text)
+
+
+def quoted(value, width: int = 80) -> str:
+    """A value from an untrusted file (a spec, a contract, a bundle record) as an error line quotes it: its repr,
+    bounded in length and depth (a value may be huge, deeply nested or an alias repeated many times), with control
+    characters escaped as repr does; an int past Python's 4,300-digit str limit is "a huge number"."""
+    import reprlib
+
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxstring, shown.maxother, shown.maxlong = 3, width, width, 40
+    try:
+        return shown.repr(value)
+    except ValueError:
+        return "a huge number"

@@ -23,6 +23,7 @@ from deploykit import contract as contracts
 from deploykit import fsutil, parity
 from deploykit.artifact import Artifact
 from deploykit.errors import DeploykitError
+from deploykit.text import one_line, printable, quoted
 from deploykit.formats import Format
 from deploykit.layout import Layout
 
@@ -71,7 +72,7 @@ def verify_bundle(folder: "str | Path", timeout: float = 600.0) -> parity.Parity
             problems = [str(exc)]
     if problems:
         model = info.get("model") if isinstance(info.get("model"), str) else "?"
-        return parity.ParityReport("golden vectors", f"{folder.name}/{contracts._shown(model)[1:-1]}", 0,
+        return parity.ParityReport("golden vectors", f"{folder.name}/{quoted(model)[1:-1]}", 0,
                                    parity.PRESETS["fp32"], problems=[f"tampered: {p}" for p in problems])
     # A web bundle is checked where it will run: its browser runtime, in headless Chromium.
     runtime = info["runtime"] if info["app"] == "web" else None
@@ -140,22 +141,21 @@ def _listed(folder: Path, files: dict) -> list:
     for name in files:
         path = folder / name
         if "\0" in name or Path(name).is_absolute() or root not in path.resolve().parents:
-            problems.append(f"listed path outside the bundle: {_escaped(name)}")
+            problems.append(f"listed path outside the bundle: {_listed_name(name)}")
             continue
         try:
             mode = os.lstat(path).st_mode
         except OSError:
-            problems.append(f"listed but missing: {_escaped(name)}")
+            problems.append(f"listed but missing: {_listed_name(name)}")
             continue
         if not stat.S_ISREG(mode):
-            problems.append(f"listed but not a regular file (a link, FIFO, device or folder): {_escaped(name)}")
+            problems.append(f"listed but not a regular file (a link, FIFO, device or folder): {_listed_name(name)}")
     return problems
 
 
-def _escaped(name) -> str:
-    """A name from the bundle as printable text (control characters escaped, no quotes), cut to 200 characters."""
-    text = repr(str(name))[1:-1]
-    return text if len(text) <= 200 else text[:197] + "..."
+def _listed_name(name) -> str:
+    """A name from the bundle's record as a verdict shows it: printable, one line, at most 200 characters."""
+    return one_line(printable(str(name)), 200)
 
 
 def _unlisted(folder: Path, files: dict) -> list:
@@ -167,9 +167,9 @@ def _unlisted(folder: Path, files: dict) -> list:
             path = here / name
             relative = path.relative_to(folder).as_posix()
             if path.is_symlink():
-                problems.append(f"a link in the bundle: {_escaped(relative)}")
+                problems.append(f"a link in the bundle: {_listed_name(relative)}")
             elif name in names and relative not in files and relative != BUNDLE_FILE:
-                problems.append(f"not listed in {BUNDLE_FILE}: {_escaped(relative)}")
+                problems.append(f"not listed in {BUNDLE_FILE}: {_listed_name(relative)}")
     return problems
 
 
@@ -178,8 +178,8 @@ def _model(folder: Path, info: dict, files: dict) -> list:
     model = info.get("model")
     loaded = _loaded_by_app(folder, files)
     if model not in tuple(MODEL_NAME.values()) or model not in files or loaded != model:
-        return [f"the manifest names the model {contracts._shown(model)}, but the app loads "
-                f"{_escaped(loaded) if loaded else 'no model verify can name'}"]
+        return [f"the manifest names the model {quoted(model)}, but the app loads "
+                f"{_listed_name(loaded) if loaded else 'no model verify can name'}"]
     return []
 
 
@@ -237,7 +237,7 @@ def _contract(folder: Path, info: dict) -> dict:
         from deploykit.registry import browser_runtime_for
 
         if info["runtime"] != browser_runtime_for(FORMAT_OF[model]).name:
-            raise Tampered(f"{BUNDLE_FILE} names the runtime {contracts._shown(info['runtime'])}, not the browser "
+            raise Tampered(f"{BUNDLE_FILE} names the runtime {quoted(info['runtime'])}, not the browser "
                            f"runtime of {model}")
     return contract
 
@@ -289,7 +289,7 @@ def _check_array(key: str, value: np.ndarray, spec: dict) -> None:
     fits = len(value.shape) == len(shape) and all(not isinstance(d, int) or d < 0 or d == got
                                                    for d, got in zip(shape, value.shape))
     if value.dtype.kind not in "biuf" or not fits:
-        raise Tampered(f"golden.npz's {contracts._shown(key)} is {value.dtype} {value.shape}, not numbers of the "
+        raise Tampered(f"golden.npz's {quoted(key)} is {value.dtype} {value.shape}, not numbers of the "
                        f"contract's shape {tuple(shape)}")
 
 

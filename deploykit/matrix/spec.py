@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from deploykit.errors import ModelLoadError, UsageError
+from deploykit.text import quoted
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 NATIVE_BENCH_ROWS = ("torch", "onnxruntime", "litert", "tensorflow", "executorch")
@@ -103,7 +104,7 @@ def load_spec(path: str) -> MatrixSpec:
         raise UsageError(f"{where} has no [matrix] table", "add [matrix] with targets = [...]")
     unknown = set(data) - {"matrix", "models"}
     if unknown:
-        raise UsageError(f"{where}: unknown top-level key {_shown(sorted(unknown, key=str)[0])}", "use [matrix] and [[models]]")
+        raise UsageError(f"{where}: unknown top-level key {quoted(sorted(unknown, key=str)[0])}", "use [matrix] and [[models]]")
     settings = _matrix_table(data["matrix"], where)
     models, skipped = _models(data.get("models"), settings.pop("axes"), spec_path.parent.resolve(), where)
     return MatrixSpec(path=str(spec_path), name=settings.pop("name", spec_path.stem), models=models,
@@ -207,12 +208,12 @@ def _read(path: Path) -> str:
 def _matrix_table(table: dict, where: str) -> dict:
     unknown = set(table) - MATRIX_KEYS
     if unknown:
-        raise UsageError(f"{where}: unknown [matrix] key {_shown(sorted(unknown, key=str)[0])}", f"use {', '.join(sorted(MATRIX_KEYS))}")
+        raise UsageError(f"{where}: unknown [matrix] key {quoted(sorted(unknown, key=str)[0])}", f"use {', '.join(sorted(MATRIX_KEYS))}")
     axes = {"targets": _targets(table.get("targets"), where, "[matrix] targets"),
             "precisions": _precisions(table.get("precisions", ["fp32"]), where, "[matrix] precisions")}
     route = table.get("route", "first")
     if route not in ("first", "all"):
-        raise UsageError(f"{where}: [matrix] route must be \"first\" or \"all\" (got {_shown(route)})", "fix the spec")
+        raise UsageError(f"{where}: [matrix] route must be \"first\" or \"all\" (got {quoted(route)})", "fix the spec")
     out = {"route": route}
     if "bench" in table:
         out["bench"] = _bench_rows(table["bench"], where)
@@ -233,7 +234,7 @@ def _known_runtimes(names: tuple, where: str) -> None:
     known = [entry.name for entry in RUNTIMES]
     bad = [n for n in names if n not in known]
     if bad:
-        raise UsageError(f"{where}: [matrix] verify_runtimes has unknown runtime {_shown(bad[0])}", f"use {', '.join(known)}")
+        raise UsageError(f"{where}: [matrix] verify_runtimes has unknown runtime {quoted(bad[0])}", f"use {', '.join(known)}")
 
 
 def _targets(value, where: str, key: str) -> tuple:
@@ -244,7 +245,7 @@ def _targets(value, where: str, key: str) -> tuple:
         raise UsageError(f"{where}: {key} is missing or empty", f"e.g. targets = [\"onnx\", \"tflite\"]")
     bad = [n for n in names if n not in TARGETS]
     if bad:
-        raise UsageError(f"{where}: {key} has unknown target {_shown(bad[0])}", f"use {', '.join(TARGETS)}")
+        raise UsageError(f"{where}: {key} has unknown target {quoted(bad[0])}", f"use {', '.join(TARGETS)}")
     return tuple(dict.fromkeys(names))
 
 
@@ -252,7 +253,7 @@ def _precisions(value, where: str, key: str) -> tuple:
     names = _strings(value, where, key)
     bad = [n for n in names if n not in PRECISIONS]
     if bad or not names:
-        raise UsageError(f"{where}: {key} has unknown precision {_shown(bad[0]) if bad else '(none)'}",
+        raise UsageError(f"{where}: {key} has unknown precision {quoted(bad[0]) if bad else '(none)'}",
                          f"use {', '.join(PRECISIONS)}")
     return tuple(dict.fromkeys(names))
 
@@ -266,7 +267,7 @@ def _bench_rows(value, where: str) -> tuple:
     known = [row[0] for row in ROWS]
     bad = [n for n in names if n not in known]
     if bad:
-        raise UsageError(f"{where}: [matrix] bench has unknown runtime {_shown(bad[0])}", f"use {', '.join(known)}")
+        raise UsageError(f"{where}: [matrix] bench has unknown runtime {quoted(bad[0])}", f"use {', '.join(known)}")
     return tuple(names)
 
 
@@ -276,7 +277,7 @@ def _strings(value, where: str, key: str) -> list:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise UsageError(f"{where}: {key} must be a list of strings (got {_shown(value)})", "fix the spec")
+        raise UsageError(f"{where}: {key} must be a list of strings (got {quoted(value)})", "fix the spec")
     return value
 
 
@@ -301,10 +302,10 @@ def _number(value, name: str, where: str, key: str):
     kind, low, high, example = NUMBERS[name]
     wrong_kind = isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and isinstance(value, float))
     if wrong_kind:
-        raise UsageError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'} (got {_shown(value)})",
+        raise UsageError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'} (got {quoted(value)})",
                          f"e.g. {example}")
     if not math.isfinite(value) or not low <= value <= high:
-        raise UsageError(f"{where}: {key} must be between {_plain(low)} and {_plain(high)} (got {_shown(value)})",
+        raise UsageError(f"{where}: {key} must be between {_plain(low)} and {_plain(high)} (got {quoted(value)})",
                          f"e.g. {example}")
     return kind(value)
 
@@ -316,18 +317,9 @@ def _plain(number) -> str:
 def _name(value, where: str, key: str) -> str:
     """A display name: a short string (it titles the report and names rows, never a path)."""
     if not isinstance(value, str) or not value.strip() or len(value) > 200:
-        raise UsageError(f"{where}: {key} must be a string of 1 to 200 characters (got {_shown(value)})",
+        raise UsageError(f"{where}: {key} must be a string of 1 to 200 characters (got {quoted(value)})",
                          'e.g. name = "zoo"')
     return value
-
-
-def _shown(value) -> str:
-    """A spec value as an error message quotes it: bounded (a value may be huge, deep or aliased many times)."""
-    import reprlib
-
-    shown = reprlib.Repr()
-    shown.maxlevel, shown.maxstring, shown.maxother, shown.maxlong = 3, 80, 80, 40
-    return shown.repr(value)
 
 
 def _models(entries, axes: dict, root: Path, where: str) -> tuple:
@@ -342,14 +334,14 @@ def _models(entries, axes: dict, root: Path, where: str) -> tuple:
     names = [m.name for m in found]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise UsageError(f"{where}: two models are named {_shown(twice[0])}", "give each a distinct name = \"...\"")
+        raise UsageError(f"{where}: two models are named {quoted(twice[0])}", "give each a distinct name = \"...\"")
     return tuple(found), skipped
 
 
 def _entry_models(entry: dict, axes: dict, root: Path, where: str, key: str, skipped: list) -> list:
     unknown = set(entry) - MODEL_KEYS
     if unknown:
-        raise UsageError(f"{where}: unknown {key} key {_shown(sorted(unknown, key=str)[0])}", f"use {', '.join(sorted(MODEL_KEYS))}")
+        raise UsageError(f"{where}: unknown {key} key {quoted(sorted(unknown, key=str)[0])}", f"use {', '.join(sorted(MODEL_KEYS))}")
     kinds = [k for k in ("path", "factory", "folder") if k in entry]
     if len(kinds) != 1:
         raise UsageError(f"{where}: {key} needs exactly one of path, factory or folder (got {kinds or 'none'})",
@@ -365,7 +357,7 @@ def _entry_models(entry: dict, axes: dict, root: Path, where: str, key: str, ski
         return [ModelEntry(f"{prefix}/{s.name}" if prefix else s.name, str(s), options, targets, precisions, expect)
                 for s in sources]
     if kinds[0] == "factory" and not isinstance(entry["factory"], str):
-        raise UsageError(f"{where}: {key} factory must be a string (got {_shown(entry['factory'])})",
+        raise UsageError(f"{where}: {key} factory must be a string (got {quoted(entry['factory'])})",
                          'e.g. factory = "package.module:make_model"')
     source = entry["factory"] if kinds[0] == "factory" else str(_path(entry["path"], root, where, key))
     name = prefix or (source if kinds[0] == "factory" else Path(source).name)
@@ -381,12 +373,12 @@ def _options(entry: dict, root: Path, where: str, key: str) -> dict:
         options["inputs"] = _strings(options["inputs"], where, f"{key} inputs")
     for name in STRING_OPTIONS:     # checked here: the option objects quote (or hash) what they are given
         if name in options and not isinstance(options[name], str):
-            raise UsageError(f"{where}: {key} {name} must be a string (got {_shown(options[name])})", "fix the spec")
+            raise UsageError(f"{where}: {key} {name} must be a string (got {quoted(options[name])})", "fix the spec")
     if "calibration_samples" in options:
         options["calibration_samples"] = _number(options["calibration_samples"], "calibration_samples", where,
                                                  f"{key} calibration_samples")
     if not isinstance(options.get("trust_pickle", False), bool):
-        raise UsageError(f"{where}: {key} trust_pickle must be true or false (got {_shown(options['trust_pickle'])})",
+        raise UsageError(f"{where}: {key} trust_pickle must be true or false (got {quoted(options['trust_pickle'])})",
                          "fix the spec")
     try:      # the checks the export's own option objects make, now rather than in every cell
         _check_like_export(options)
@@ -435,13 +427,13 @@ def export_request(source: str, options: dict, target: str, precision: str, sett
 
 def _path(value, root: Path, where: str, key: str, must_be_dir: bool = False) -> Path:
     if not isinstance(value, str) or not value:
-        raise UsageError(f"{where}: {key} must be a path (got {_shown(value)})", "fix the spec")
+        raise UsageError(f"{where}: {key} must be a path (got {quoted(value)})", "fix the spec")
     path = (root / value).resolve()
     if not path.exists():
-        raise UsageError(f"{where}: {key} {_shown(value)} does not exist (looked in {root})",
+        raise UsageError(f"{where}: {key} {quoted(value)} does not exist (looked in {root})",
                          "paths in a spec are relative to the spec file's folder")
     if must_be_dir and not path.is_dir():
-        raise UsageError(f"{where}: {key} folder {_shown(value)} is not a folder", "use path = for a single model")
+        raise UsageError(f"{where}: {key} folder {quoted(value)} is not a folder", "use path = for a single model")
     return path
 
 
