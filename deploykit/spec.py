@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Union
 
 Dim = Union[int, str]  # an int, or a symbol name for a dynamic dim ("batch", "?")
@@ -24,6 +24,8 @@ class TensorSpec:
     ``value_range`` is a half-open [low, high) range for integer inputs such as
     token ids, so that random inputs stay valid for an embedding table. ``fixed``: the user said the input only
     ever takes one value (``--input sr::int64=16000``), so a converter may specialise the graph to it and drop it.
+    ``given``: the ``--input`` text when it reads more than one way until the model's input names are known
+    (``x:0:`` is x:0 as a scalar, or x with shape [0]); merge_user_specs reads it again against them.
     """
 
     name: str
@@ -32,6 +34,7 @@ class TensorSpec:
     layout: Optional[str] = None
     value_range: Optional[tuple] = None
     fixed: bool = False
+    given: str = field(default="", compare=False)
 
     @property
     def is_static(self) -> bool:
@@ -50,6 +53,8 @@ class TensorSpec:
         data = asdict(self)
         data["shape"] = list(self.shape)
         data["value_range"] = list(self.value_range) if self.value_range else None
+        if not self.given:
+            del data["given"]      # a signature's tensors never carry it: only a user's ambiguous --input
         return data
 
     @classmethod
@@ -58,6 +63,7 @@ class TensorSpec:
         return cls(
             name=data["name"], shape=tuple(data["shape"]), dtype=data.get("dtype", "float32"),
             layout=data.get("layout"), value_range=tuple(rng) if rng else None, fixed=bool(data.get("fixed")),
+            given=data.get("given") or "",
         )
 
 
@@ -109,40 +115,88 @@ def normalize_dtype(name: str) -> str:
 
 _SHAPE_RE = re.compile(r"^\d+(x\d+)*$")
 _RANGE_RE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+# A name that holds ':' (TensorFlow's ``serving_default_x:0``) may be bracketed: ``[name:0]:1x3``. The fields after
+# it never hold ']', so the last ']:' ends the name.
+_BRACKETED_RE = re.compile(r"^\[(.+)\]:([^\]]*)$")
+FORM = ("expected name:DIMS[:DTYPE[:LOW..HIGH]] or name:DIMS:DTYPE=VALUE, e.g. x:1x3x224x224:float32, "
+        "ids:1x16:int64:0..1000 or sr::int64=16000")
+BRACKET_HINT = "a name that holds ':' may be bracketed: '[name:0]:1x3'"
 
 
-def parse_input_arg(text: str) -> TensorSpec:
+def parse_input_arg(text: str, known_names: "tuple | list" = ()) -> TensorSpec:
     """Parse ``name:1x3x224x224[:float32[:low..high]]`` or ``name:DIMS:int64=VALUE`` (a fixed integer input) into
     a TensorSpec.
 
+    The name may hold ':' (``serving_default_input_2:0:1x43844x1``): the longest of ``known_names`` (the model's
+    inputs) that the text starts with, then ':', is the name; else ``[name]:...`` brackets it; else the text is
+    read every way its colons allow and the one reading whose fields are valid wins. A text still read more than
+    one way (``x:0:``) keeps itself in ``given`` for merge_user_specs to read again against the model's names.
     Without a dtype the spec's dtype is "" (keep the model's, see merge_user_specs).
     Raises ValueError with a message that shows the expected form.
     """
-    form = ("expected name:DIMS[:DTYPE[:LOW..HIGH]] or name:DIMS:DTYPE=VALUE, e.g. x:1x3x224x224:float32, "
-            "ids:1x16:int64:0..1000 or sr::int64=16000")
+    known = sorted((n for n in known_names if n and text.startswith(n + ":")), key=len, reverse=True)
+    for name in known:
+        try:
+            return _parse_fields(text, name, text[len(name) + 1:])
+        except ValueError:
+            continue
+    if known:
+        _parse_fields(text, known[0], text[len(known[0]) + 1:])     # raises the longest name's complaint
+    bracketed = _BRACKETED_RE.match(text)
+    if bracketed:
+        return _parse_fields(text, bracketed.group(1), bracketed.group(2))
+    return _read_every_way(text)
+
+
+def _read_every_way(text: str) -> TensorSpec:
+    """The reading of ``text`` whose fields are valid: the name is its first field, or its first two when the
+    second is an index (TensorFlow's ``name:0``); any other name with ':' is bracketed or matched by the model's."""
     parts = text.split(":")
-    if len(parts) == 3 and "=" in parts[2]:          # NAME:DIMS:DTYPE=VALUE, a fixed input
-        parts = parts[:2] + [parts[2].split("=", 1)[0], "=" + parts[2].split("=", 1)[1]]
-    if len(parts) < 2 or len(parts) > 4 or not parts[0]:
-        raise ValueError(f"bad --input {text!r}: {form}")
-    name, dims = parts[0], parts[1].lower()
-    if dims in ("", "scalar"):
-        shape: tuple = ()
-    elif _SHAPE_RE.match(dims):
-        shape = tuple(int(d) for d in dims.split("x"))
-    else:
-        raise ValueError(f"bad shape {parts[1]!r} in --input {text!r}: {form}")
-    dtype = normalize_dtype(parts[2]) if len(parts) >= 3 and parts[2] else ""   # "": the model's own
-    value_range = None
-    if len(parts) == 4 and parts[3].startswith("="):
-        if not re.fullmatch(r"=-?\d+", parts[3]) or "int" not in (dtype or "int"):
-            raise ValueError(f"bad fixed value {parts[3]!r} in --input {text!r}: an integer input only: {form}")
-        value = int(parts[3][1:])
+    if len(parts) < 2:
+        raise ValueError(f"bad --input {text!r}: {FORM}")
+    cuts = [1] + ([2] if len(parts) > 2 and parts[1].isdigit() else [])
+    readings, complaints = [], []
+    for cut in cuts:
+        try:
+            readings.append(_parse_fields(text, ":".join(parts[:cut]), ":".join(parts[cut:])))
+        except ValueError as exc:
+            complaints.append(str(exc))
+    if not readings:
+        # name:0:DIMS... fails as itself (its DIMS are a shape), not as "unknown dtype" of a name cut at the index
+        telling = complaints[-1] if len(complaints) > 1 and _is_shape(parts[2]) else complaints[0]
+        named_with_colons = any(part and _is_shape(part) for part in parts[2:])   # DIMS after a second ':'
+        raise ValueError(telling + (f"; {BRACKET_HINT}" if named_with_colons else ""))
+    if len(readings) > 1:
+        return replace(readings[0], given=text)     # the shortest name until the model's names decide
+    return readings[0]
+
+
+def _is_shape(dims: str) -> bool:
+    return dims.lower() in ("", "scalar") or bool(_SHAPE_RE.match(dims.lower()))
+
+
+def _parse_fields(text: str, name: str, rest: str) -> TensorSpec:
+    """``rest`` (DIMS[:DTYPE[:LOW..HIGH]] or DIMS:DTYPE=VALUE) of the input ``name``; ``text`` is quoted in errors."""
+    fields = rest.split(":")
+    if len(fields) == 2 and "=" in fields[1]:          # DIMS:DTYPE=VALUE, a fixed input
+        fields = [fields[0], fields[1].split("=", 1)[0], "=" + fields[1].split("=", 1)[1]]
+    if len(fields) > 3 or not name:
+        raise ValueError(f"bad --input {text!r}: {FORM}")
+    dims = fields[0].lower()
+    if not _is_shape(dims):
+        raise ValueError(f"bad shape {fields[0]!r} in --input {text!r}: {FORM}")
+    shape = () if dims in ("", "scalar") else tuple(int(d) for d in dims.split("x"))
+    dtype = normalize_dtype(fields[1]) if len(fields) >= 2 and fields[1] else ""   # "": the model's own
+    if len(fields) == 3 and fields[2].startswith("="):
+        if not re.fullmatch(r"=-?\d+", fields[2]) or "int" not in (dtype or "int"):
+            raise ValueError(f"bad fixed value {fields[2]!r} in --input {text!r}: an integer input only: {FORM}")
+        value = int(fields[2][1:])
         return TensorSpec(name=name, shape=shape, dtype=dtype, value_range=(value, value + 1), fixed=True)
-    if len(parts) == 4:
-        match = _RANGE_RE.match(parts[3])
+    value_range = None
+    if len(fields) == 3:
+        match = _RANGE_RE.match(fields[2])
         if not match or int(match.group(1)) >= int(match.group(2)):
-            raise ValueError(f"bad value range {parts[3]!r} in --input {text!r}: {form}")
+            raise ValueError(f"bad value range {fields[2]!r} in --input {text!r}: {FORM}")
         value_range = (int(match.group(1)), int(match.group(2)))
     return TensorSpec(name=name, shape=shape, dtype=dtype, value_range=value_range)
 
@@ -152,15 +206,23 @@ def merge_user_specs(inputs: "list | tuple", user_specs: tuple) -> list:
 
     A user spec replaces the shape (and value range) of the same-named input; its dtype wins
     when the user gave one, else the model's is kept; the model's layout label is kept. A name
-    the model does not have is an error, whatever the format.
+    the model does not have is an error, whatever the format. A spec whose text read more than one way
+    (``given``) is read again here, the longest of the model's input names first.
     """
     from deploykit.errors import UsageError
+    from deploykit.text import quoted
 
+    names = [i.name for i in inputs]
+    try:
+        user_specs = tuple(parse_input_arg(s.given, names) if s.given else s for s in user_specs)
+    except ValueError as exc:
+        raise UsageError(str(exc), "fix the --input value") from None
     by_name = {s.name: s for s in user_specs}
-    unknown = [name for name in by_name if name not in {i.name for i in inputs}]
+    unknown = [name for name in by_name if name not in set(names)]
     if unknown:
         raise UsageError(f"--input names {', '.join(sorted(unknown))} but the model's inputs are "
-                         f"{', '.join(i.name for i in inputs) or '(none)'}", "name each --input after a model input")
+                         f"{', '.join(quoted(n) for n in names) or '(none)'}",
+                         f"name each --input after a model input ({BRACKET_HINT})")
     merged = []
     for tensor in inputs:
         user = by_name.get(tensor.name)
