@@ -40,7 +40,7 @@ Inputs = Annotated[Optional[List[str]], typer.Option(
     "--input", help="Input signature NAME:DIMS[:DTYPE[:LOW..HIGH]] or NAME:DIMS:DTYPE=VALUE, e.g. "
                     "x:1x3x224x224:float32 or ids:1x32:int64:0..1000. Repeat for several inputs. Needed when the file "
                     "does not record shapes. DTYPE=VALUE fixes an integer input (sr::int64=16000): an ONNX → TFLite "
-                    "export specialises the graph to it and the artifact does not take it.")]
+                    "export specialises the graph to it. A name x:0 is read whole; bracket others with ':' ([a:b]:1x3).")]
 Weights = Annotated[Optional[str], typer.Option(
     "--weights", help="state_dict file for a package.module:factory source (loaded with weights_only=True).")]
 TrustPickle = Annotated[bool, typer.Option(
