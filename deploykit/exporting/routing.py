@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +37,7 @@ class RouteRun:
     latency_ms: Optional[float] = None
     outcome: Outcome = Outcome.OK                  # of the hop that ended the route (OK when it passed)
     keep_unverified: bool = False                  # --keep-unverified: a route whose parity cannot tell stands
+    alternatives: list = field(default_factory=list)  # the other routes the registry offers for this export
 
     @property
     def name(self) -> str:
@@ -118,7 +120,7 @@ def select_routes(src: Format, dst: Format, via: Optional[str], quantize: Option
         raise UsageError(f"no conversion from {src.value} to {dst.value} is available",
                          "see the README's support table, or `deploykit doctor` for the routes this install has")
     if via:
-        routes = [r for r in routes if via in {e.tag for e in r} | {e.dst.value for e in r[:-1]}]
+        routes = [r for r in routes if goes_via(r, via)]
         if not routes:
             tags = sorted({e.tag for r in registry.plan(src, dst) for e in r} |
                           {e.dst.value for r in registry.plan(src, dst) for e in r[:-1]})
@@ -129,6 +131,21 @@ def select_routes(src: Format, dst: Format, via: Optional[str], quantize: Option
         missing = tuple(p for e in routes[0] for p in e.requires)
         registry.require(missing, f"needed for {' → '.join(e.name for e in routes[0])}")
     return usable
+
+
+def goes_via(route: list, via: str) -> bool:
+    """Whether ``--via via`` keeps ``route``: it names one of its tools or a format it passes through."""
+    return via in {e.tag for e in route} | {e.dst.value for e in route[:-1]}
+
+
+def offered_routes(src: Format, dst: Format, quantize: Optional[str] = None, io_dtype: str = "float") -> list:
+    """Every route the registry offers from ``src`` to ``dst`` for this --quantize, installed or not (what a
+    remedy may suggest)."""
+    try:
+        return _quantized_routes(src, dst, quantize, io_dtype) if quantize else [] if src == dst else \
+            registry.plan(src, dst)
+    except UsageError:
+        return []
 
 
 def _quantized_routes(src: Format, dst: Format, quantize: str, io_dtype: str) -> list:
@@ -169,6 +186,8 @@ def run_route(route: list, model: LoadedModel, out: Path, options, checker, cali
         getattr(model, "result", lambda: None)()     # a source that does not load fails as itself first
         raise AssertionError("this test converts a model: mark it `slow` (the quick loop never converts)")
     run, current, started = RouteRun(route, keep_unverified=options.keep_unverified), model, time.perf_counter()
+    run.alternatives = [r for r in offered_routes(model.format, route[-1].dst, options.quantize, options.io_dtype)
+                        if r != route]
     previous_layout = Layout()
     try:
         for index, edge in enumerate(route):
@@ -204,6 +223,8 @@ def run_route(route: list, model: LoadedModel, out: Path, options, checker, cali
         run.error = ConversionError(f"{run.name}: the converted model does not {'load' if loads else 'run'}: "
                                     f"{exc.message}", exc.remedy)
         run.outcome = exc.outcome or (Outcome.ARTIFACT_LOAD_FAILED if loads else Outcome.ARTIFACT_RUN_FAILED)
+    if run.error is not None:
+        run.error.remedy = applicable_remedy(run.error.remedy, run.alternatives, [route])
     run.seconds = time.perf_counter() - started
     return run
 
@@ -232,13 +253,74 @@ def choose(runs: list, route_all: bool) -> RouteRun:
         messages = "; ".join(f"{r.name}: {r.error.message if r.error else 'parity failed'}" for r in runs)
         if len(runs) == 1 and runs[0].error:
             raise runs[0].error
-        # The preferred route's remedy is the one that matters (it names the construct, say).
+        # The preferred route's remedy is the one that matters (it names the construct, say), less the routes
+        # that failed here too.
         first = next((r.error for r in runs if r.error), None)
+        tried = [r.route for r in runs]
+        untried = [r for r in runs[0].alternatives if r not in tried]
         raise ConversionError(f"every route failed: {messages}",
-                              first.remedy if first else "run with --debug for the converters' logs",
+                              applicable_remedy(first.remedy, untried, tried) if first else FALLBACK_REMEDY,
                               details=first.details if first else None, report=first.report if first else None)
     if not route_all:
         return passing[0]
     # Parity first (by order of magnitude of the worst error, so noise does not decide), then latency.
     return min(passing, key=lambda r: (math.floor(math.log10(max(r.worst("max_abs") or 0.0, 1e-12))),
                                        r.latency_ms if r.latency_ms is not None else float("inf")))
+
+
+# A remedy is one line of alternatives ("try --via onnx, or report the model to litert-torch"); one that names a
+# route this export does not have (ONNX has no litert route) is dropped, so that every remedy printed can apply.
+FALLBACK_REMEDY = "run with --debug for the converters' logs"
+_VIA = re.compile(r"--via(?:[ =]([\w.-]+))?")
+_ALTERNATIVE = re.compile(r",? or |; ")
+_ANOTHER_ROUTE = re.compile(r"(?:try )?another route with --via$")
+
+
+def applicable_remedy(remedy: str, alternatives: list, tried: list) -> str:
+    """``remedy`` less the suggestions it cannot keep: a ``--via X`` no route of ``alternatives`` (the untried routes
+    the registry offers for this source and target) goes through; "another route with --via" names those routes,
+    or is dropped when there are none. ``tried``: the routes that failed (a --via that names them says nothing)."""
+    if "--via" not in (remedy or ""):
+        return remedy
+    kept = [_suggestion(part, alternatives, tried) for part in _alternatives(remedy)]
+    kept = [part for part in kept if part]
+    return ", or ".join(kept) if kept else FALLBACK_REMEDY
+
+
+def _alternatives(text: str) -> list:
+    """``text`` split at its top-level ", or " / " or " / "; " (not inside parentheses)."""
+    parts, depth, start = [], 0, 0
+    for match in re.finditer(r"[()]|,? or |; ", text):
+        token = match.group(0)
+        depth += 1 if token == "(" else -1 if token == ")" else 0
+        if depth == 0 and token not in "()":
+            parts.append(text[start:match.start()])
+            start = match.end()
+    return [part.strip() for part in parts + [text[start:]] if part.strip()]
+
+
+def _suggestion(part: str, alternatives: list, tried: list) -> str:
+    """One suggestion as it can apply here, or "" when it cannot."""
+    if _ANOTHER_ROUTE.search(part):
+        names = _route_names(alternatives, tried)
+        return _ANOTHER_ROUTE.sub(f"try another route: --via {' or '.join(names)}", part) if names else ""
+    group = re.search(r"\(e\.g\. ([^()]*)\)", part)
+    if group and "--via" in group.group(1):       # "(e.g. --via litert, or ...)": the examples that apply, or none
+        examples = [e for e in _alternatives(group.group(1)) if _vias_offered(e, alternatives)]
+        return part.replace(group.group(0), f"(e.g. {', or '.join(examples)})") if examples else ""
+    return part if _vias_offered(part, alternatives) else ""
+
+
+def _vias_offered(text: str, alternatives: list) -> bool:
+    return all(via and any(goes_via(r, via) for r in alternatives) for via in _VIA.findall(text))
+
+
+def _route_names(alternatives: list, tried: list) -> list:
+    """A --via name for each untried route, one that no failed route goes through: a format it passes, else a tool."""
+    names = []
+    for route in alternatives:
+        choices = [e.dst.value for e in route[:-1]] + [e.tag for e in route]
+        name = next((c for c in choices if c and not any(goes_via(t, c) for t in tried)), None)
+        if name and name not in names:
+            names.append(name)
+    return names
