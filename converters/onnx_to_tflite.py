@@ -52,7 +52,26 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: 
     keep_nchw = [t.name for t in model.spec.inputs if len(t.shape or ()) in NCHW_TO_NHWC
                  and t.name not in nhwc] if options.keep_layout else []
     prepared = prepare(model, out_path.parent / f"{out_path.name}.prepared", options, check)
-    _refuse_ops_onnx2tf_lacks(prepared.path)          # after preparing: folding may remove some
+    try:
+        _refuse_ops_onnx2tf_lacks(prepared.path)          # after preparing: folding may remove some
+        return _convert_prepared(model, prepared, out_path, options, check, saved_model, nhwc, keep_nchw)
+    except ConversionError as failure:
+        # What the prep pass did (pinned, renamed, rewrote, left untouched and why) and the integer inputs that steer
+        # the graph belong to the verdict: the notes reach the manifest only on success otherwise.
+        from deploykit.transforms.onnx_verdicts import steering_inputs, with_context
+
+        raise with_context(failure, prepared.notes, steering_inputs(read_onnx(prepared.path)),
+                           _single_values(model)) from None
+
+
+def _single_values(model: LoadedModel) -> dict:
+    """{input: value} for inputs whose --input range holds one value (``sr::int64:16000..16001``)."""
+    return {t.name: t.value_range[0] for t in model.spec.inputs
+            if t.value_range and t.value_range[1] - t.value_range[0] == 1}
+
+
+def _convert_prepared(model: LoadedModel, prepared, out_path: Path, options: ExportOptions, check: Check,
+                      saved_model: bool, nhwc: list, keep_nchw: list) -> ConversionResult:
     keep = {"keep_nhwc": nhwc, "keep_nchw": keep_nchw, "keep_exact": []}
     try:
         return _attempt(model, prepared, out_path, options, check, saved_model, keep)
@@ -209,7 +228,10 @@ def _known_outputs(onnx_path: str, outputs: tuple) -> list:
     for tensor, dims in zip(outputs, inferred + [None] * len(outputs)):
         shape = tuple(tensor.shape)
         if dims and len(dims) == len(shape):
-            shape = tuple(size if isinstance(size, int) or d is None else d for size, d in zip(shape, dims))
+            # Paddle2ONNX declares a dynamic dim as -1: unknown, as a named one (a -1 kept made the output's
+            # channels-last permutation unreadable: PP-OCRv3 det's [1, 320, 320, 1] was compared to [1, 1, 320, 320])
+            shape = tuple(size if isinstance(size, int) and size >= 0 or d is None else d
+                          for size, d in zip(shape, dims))
         known.append(SimpleNamespace(name=tensor.name, shape=shape))
     return known
 
@@ -308,11 +330,26 @@ def job(payload: dict, arrays: dict) -> dict:
             for stray in out.glob("*.tflite"):
                 stray.unlink()
             return {"tool": f"onnx2tf {onnx2tf.__version__}"}
+        _refuse_flex_ops(folder / "model_float32.tflite", payload["onnx"], Path(onnx2tf.__file__).parent / "ops")
         _sign_with_source_names(folder / "model_float32.tflite", payload.get("names") or {})
         shutil.move(str(folder / "model_float32.tflite"), str(out))
     from deploykit.model import describe_file
 
     return {"tool": f"onnx2tf {onnx2tf.__version__}", "artifact": describe_file(str(out))}
+
+
+def _refuse_flex_ops(tflite: Path, onnx_path: str, onnx2tf_ops: Path) -> None:
+    """A .tflite with TensorFlow (Flex) ops loads in no builtin LiteRT runtime: say which ops and which ONNX nodes
+    they came from (the runtime's own refusal names only the op)."""
+    from deploykit.errors import Outcome
+    from deploykit.transforms.onnx_verdicts import flex_ops
+
+    found = flex_ops(tflite, onnx_path, onnx2tf_ops)
+    if found:
+        raise ConversionError(f"onnx2tf wrote TensorFlow (Flex) op(s) that LiteRT's builtin runtime cannot run: "
+                              f"{', '.join(found)}", "express that node with other ops in the source model (another "
+                              "exporter or opset), or deploy the ONNX file with ONNX Runtime",
+                              outcome=Outcome.ARTIFACT_LOAD_FAILED)
 
 
 _TF_OUTPUT = re.compile(r"^Identity(?:_(\d+))?$")      # TensorFlow's names for a function's k-th output

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from deploykit.conversion import Check, ExportOptions, acceptable
 from deploykit.model import LoadedModel
-from deploykit.onnx_io import read_onnx
+from deploykit.onnx_io import every_node, read_onnx
 
 # What breaks onnx2tf (seen on tf2onnx and jax2tf files, and on hand-named graphs: "class scores", "scores(1)",
 # "a<b>", "ünï"): a TensorFlow-style ":0" suffix, any character outside [A-Za-z0-9_./-] (TensorFlow's op-name
@@ -59,7 +59,8 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
              if name in {i.name for i in proto.graph.input}}
     fed = _fed(proto.graph)
     bad_names = [n for n in _tensor_names(proto.graph) if _cannot_take(n, fed)]
-    if pins or bad_names or fixed:
+    unnamed = sum(not node.name for node in every_node(proto.graph))
+    if pins or bad_names or fixed or unnamed:
         folder.mkdir(exist_ok=True)
         # With shape inference first; without, if onnx's inference breaks the graph (it can, inside If bodies).
         for infer in ((True, False) if pins or fixed else (False,)):
@@ -70,8 +71,9 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
             if fixed:       # fold the If on a fixed input at once: ONNX Runtime crashed (SIGSEGV) on it unfolded
                 candidate = _slim(candidate)[0] or candidate
             renamed = _sanitize_names(candidate.graph)
-            note = _pin_and_name_note(pins, renamed, fixed) + ("" if infer or not (pins or fixed)
-                                                                else " (without shape inference)")
+            named = name_unnamed_nodes(candidate.graph)     # after renaming: a node's name derives from a safe output
+            note = _pin_and_name_note(pins, renamed, fixed, named) + ("" if infer or not (pins or fixed)
+                                                                       else " (without shape inference)")
             if _keep_if_it_matches(candidate, folder / "prepared.onnx", prepared, check, options, note, renamed):
                 break
     if any(node.op_type == "Shape" for node in read_onnx(prepared.path).graph.node):
@@ -82,6 +84,11 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
     if has_candidates(read_onnx(prepared.path)):
         folder.mkdir(exist_ok=True)
         _rewrite(prepared, folder / "rewritten.onnx", check, options)
+    from deploykit.transforms.split_rewrite import uneven_splits
+
+    if uneven_splits(read_onnx(prepared.path)):
+        folder.mkdir(exist_ok=True)
+        _slice_splits(prepared, folder / "sliced.onnx", check, options)
     return prepared
 
 
@@ -167,7 +174,7 @@ def _fix_values(proto, fixed: dict, spec) -> None:
             numpy_helper.from_array(np.full(shape, fixed[graph_input.name], dtype=dtype), graph_input.name))
 
 
-def _pin_and_name_note(pins: dict, renamed: dict, fixed: dict = None) -> str:
+def _pin_and_name_note(pins: dict, renamed: dict, fixed: dict = None, named: int = 0) -> str:
     parts = []
     if fixed:
         parts.append("fixed inputs (--input NAME::DTYPE=VALUE) and folded what depends on them with onnxslim "
@@ -179,6 +186,9 @@ def _pin_and_name_note(pins: dict, renamed: dict, fixed: dict = None) -> str:
     if renamed:
         examples = ", ".join(f"{old!r} → {new!r}" for old, new in list(renamed.items())[:3])
         parts.append(f"renamed {len(renamed)} tensor name(s) a converter cannot take, e.g. {examples}")
+    if named:
+        parts.append(f"named {named} unnamed node(s) after their op type and first output (onnx2tf, whose own "
+                     "naming is off to keep names stable, fails on unnamed nodes)")
     return "prepared the ONNX graph: " + "; ".join(parts)
 
 
@@ -239,6 +249,20 @@ def _rewrite(prepared: Prepared, path: Path, check: Check, options: ExportOption
                             "rewrote ops onnx2tf mishandles: " + "; ".join(d for d in done if d), {})
 
 
+def _slice_splits(prepared: Prepared, path: Path, check: Check, options: ExportOptions) -> None:
+    """Uneven Splits written as Slices (onnx2tf may leave them as FlexSplitV, which LiteRT's builtin runtime cannot
+    run), kept only if the result still matches."""
+    import onnx
+
+    from deploykit.transforms.split_rewrite import slice_uneven_splits
+
+    proto = onnx.load(prepared.path)      # a copy: the cached proto is read-only
+    count = slice_uneven_splits(proto)
+    _keep_if_it_matches(proto, path, prepared, check, options,
+                        f"rewrote {count} Split node(s) with uneven sizes as Slices (onnx2tf can leave such a Split "
+                        "as FlexSplitV, a TensorFlow op LiteRT's builtin runtime refuses)", {})
+
+
 def _inferred(proto):
     """``proto`` with onnx's shape inference applied where it works (rewrites need known shapes; a failure of
     inference is no reason to give up on them)."""
@@ -269,6 +293,20 @@ def _sanitize_names(graph) -> dict:
     for value in list(graph.input) + list(graph.output) + list(graph.value_info) + list(graph.initializer):
         value.name = renames.get(value.name, value.name)
     return renames
+
+
+def name_unnamed_nodes(graph) -> int:
+    """Name every unnamed node (If/Loop bodies too) ``<OpType>_<first output>``, made safe and unique: derived from
+    the graph alone, so every run gives a node the same name (--locate and onnx2tf's failure line name it alike).
+    Returns how many were named. Paddle2ONNX leaves its Constant nodes unnamed, by the hundred."""
+    used = {node.name for node in every_node(graph)} | set(_tensor_names(graph))
+    count = 0
+    for node in every_node(graph):
+        if not node.name:
+            output = next((name for name in node.output if name), "")
+            node.name = _fresh(_BAD_CHARS.sub("_", f"{node.op_type}_{output}".rstrip("_")), used)
+            count += 1
+    return count
 
 
 def _cannot_take(name: str, inputs: set) -> bool:
