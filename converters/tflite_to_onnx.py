@@ -2,7 +2,9 @@
 
 tf2onnx can leave TFLite-only fused ops in the graph, or exit 0 after logging "Unsupported
 ops"; the check loads and runs the result in ONNX Runtime, so such a file is a failed
-conversion, never a success. The layout is the TFLite file's own.
+conversion, never a success. The layout is the TFLite file's own. tf2onnx names the graph's inputs and outputs
+after the flatbuffer's tensors (``StatefulPartitionedCall:1``), in the flatbuffer's order, which need not be the
+signature's: they are renamed to the signature's names and put in its order, so that checks pair them by name.
 """
 from __future__ import annotations
 
@@ -16,13 +18,22 @@ DEFAULT_OPSET = 17
 
 
 def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
-    payload = {"tflite": model.path, "out": str(out_path), "opset": options.opset or DEFAULT_OPSET}
+    payload = {"tflite": model.path, "out": str(out_path), "opset": options.opset or DEFAULT_OPSET,
+               "names": _signature_names(model)}
     info = run_child("converters.tflite_to_onnx:job", payload, stage=CONVERT, what="tf2onnx", timeout=options.timeout,
                      debug=options.debug).info
     result = ConversionResult(path=out_path, converter="tflite_to_onnx", tool=info["tool"])
     _refuse_leftover_ops(out_path, model.path)
     return accept(result, check, options, "tf2onnx", "tf2onnx (from TFLite)",
                   "the TFLite file may use fused TFLite-only ops; convert from the original model instead")
+
+
+def _signature_names(model: LoadedModel) -> list:
+    """[tensor name, signature name] of each input then output, in the signature's order (LiteRT's loader records
+    the map; a file without a signature has none: tf2onnx's names are the tensors' own)."""
+    tensors = model.details.get("tensor_names") or {}
+    order = list(model.spec.input_names) + list(model.spec.output_names)
+    return [[tensors[name], name] for name in order if name in tensors]
 
 
 def _refuse_leftover_ops(onnx_path: Path, tflite_path: str) -> None:
@@ -61,4 +72,33 @@ def job(payload: dict, arrays: dict) -> dict:
     import tf2onnx
 
     tf2onnx.convert.from_tflite(payload["tflite"], opset=payload["opset"], output_path=payload["out"])
+    if payload.get("names"):
+        _rename_io(payload["out"], payload["names"])
     return {"tool": f"tf2onnx {tf2onnx.__version__} (from TFLite) opset {payload['opset']}"}
+
+
+def _rename_io(path: str, pairs: list) -> None:
+    """Rename the graph's inputs and outputs from tensor names to signature names, and order them as the signature
+    does. A signature name some other tensor of the graph already has is left alone (names must stay unique)."""
+    import onnx
+
+    from deploykit.onnx_io import every_node
+
+    model = onnx.load(path)
+    graph = model.graph
+    taken = {n for node in every_node(graph) for n in list(node.input) + list(node.output)}
+    taken |= {t.name for t in graph.initializer}
+    rename = {old: new for old, new in pairs if old != new and new not in taken}
+    for node in every_node(graph):
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                names[i] = rename.get(name, name)
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        value.name = rename.get(value.name, value.name)
+    rank = {new: i for i, (_old, new) in enumerate(pairs)}
+    for field in (graph.input, graph.output):
+        ordered = sorted(field, key=lambda v: rank.get(v.name, len(rank)))
+        copies = [onnx.ValueInfoProto.FromString(v.SerializeToString()) for v in ordered]
+        del field[:]
+        field.extend(copies)
+    onnx.save(model, path)

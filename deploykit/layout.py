@@ -66,3 +66,84 @@ def _merged(first: dict, second: dict, inputs: bool) -> dict:
         else:
             merged[name] = perm_b or perm_a
     return merged
+
+
+# Where channels-last puts each axis of a channels-first tensor (onnx2tf's rule: NCW→NWC, NCHW→NHWC, NCDHW→NDHWC).
+CHANNELS_LAST = {3: [0, 2, 1], 4: [0, 2, 3, 1], 5: [0, 2, 3, 4, 1]}
+LAYOUT_CHOICES = ("auto", "none", "channels-last")
+
+
+@dataclass(frozen=True)
+class AxisOrder:
+    """What the search found for one tensor: ``perm`` (artifact axis j holds source axis perm[j]; None: the
+    source's order) and a sentence for the report ("" when nothing needed saying)."""
+
+    perm: Optional[list]
+    note: str = ""
+    ambiguous: bool = False
+
+
+def axis_order(source_shape: tuple, artifact_shape: tuple, mode: str = "auto") -> AxisOrder:
+    """The order of the source's axes in the artifact's tensor, read from the two shapes (named dims match any size).
+
+    ``auto``: the source's own order or channels-last, whichever the shapes support better (more equal sizes, no
+    conflicting one); when both fit equally (a square map whose H = W = C), the order cannot be read from the shapes:
+    ambiguous, left as the source's, and said; when neither fits, the one permutation that explains the shapes, if
+    only one does. ``none``: the source's order. ``channels-last``: channels moved last, where the shapes allow it.
+    """
+    rank = len(source_shape)
+    last = CHANNELS_LAST.get(rank)
+    if mode == "none" or len(artifact_shape) != rank:
+        return AxisOrder(None)
+    if mode == "channels-last":
+        if last is None:        # no channel axis to move (rank 1, 2 or over 5)
+            return AxisOrder(None)
+        fits = _fit(source_shape, artifact_shape, last) is not None
+        return AxisOrder(last if fits else None, "" if fits else "cannot be channels-last")
+    same = _fit(source_shape, artifact_shape, list(range(rank)))
+    moved = _fit(source_shape, artifact_shape, last) if last else None
+    if same is not None and (moved is None or same > moved):
+        return AxisOrder(None)
+    if moved is not None and (same is None or moved > same):
+        return AxisOrder(last, "channels last")
+    if same is not None:        # both fit equally well
+        return AxisOrder(None, "ambiguous: its shape reads the same in the source's order and channels-last; "
+                               "taken in the source's order (--layout channels-last overrides)", ambiguous=True)
+    found = _only_order(source_shape, artifact_shape)
+    return AxisOrder(found, "axes reordered" if found else "no axis order explains these shapes: taken as they are",
+                     ambiguous=found is None)
+
+
+def inverse(perm: Optional[list]) -> Optional[list]:
+    """The axes that take the artifact's tensor back to the source's order (an output's recorded perm)."""
+    return [perm.index(i) for i in range(len(perm))] if perm else None
+
+
+def shown(shape: tuple) -> str:
+    """(1,3,H,W)-style text of a shape (named dims by their name)."""
+    return "(" + ",".join(str(d) for d in shape) + ")"
+
+
+def _fit(source_shape: tuple, artifact_shape: tuple, perm: list) -> Optional[int]:
+    """How many sizes agree when the artifact holds the source's axes in ``perm`` order; None on a conflict."""
+    agree = 0
+    for j, axis in enumerate(perm):
+        a, b = source_shape[axis], artifact_shape[j]
+        if isinstance(a, int) and isinstance(b, int) and a >= 0 and b >= 0:
+            if a != b:
+                return None
+            agree += 1
+    return agree
+
+
+def _only_order(source_shape: tuple, artifact_shape: tuple) -> Optional[list]:
+    """The one order (up to where size-1 axes go, which moves no data) whose sizes match exactly, else None."""
+    import itertools
+
+    rank = len(source_shape)
+    if rank > 6:
+        return None
+    best = [list(p) for p in itertools.permutations(range(rank))
+            if _fit(source_shape, artifact_shape, list(p)) == rank]
+    moved = {tuple(i for i in p if source_shape[i] != 1) for p in best}
+    return best[0] if best and len(moved) == 1 else None

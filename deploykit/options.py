@@ -8,6 +8,7 @@ from typing import Optional
 from deploykit.child import check_timeout
 from deploykit.contract import parse_normalize
 from deploykit.errors import UsageError
+from deploykit.layout import LAYOUT_CHOICES
 
 DEVICES = ("cpu", "cuda", "auto")
 QUANTIZE_MODES = ("fp16", "dynamic", "int8")
@@ -53,7 +54,7 @@ class VerifyOptions(_DictForm):
     samples: int = 5
     seed: int = 0
     inputs_npz: Optional[str] = None
-    precision: Optional[str] = None   # None: fp32, or a quantized artifact's own precision (manifest)
+    precision: Optional[str] = None   # None: fp32, or a quantized source's or artifact's own precision
     atol: Optional[float] = None
     rtol: Optional[float] = None
     timeout: float = 600.0
@@ -61,6 +62,7 @@ class VerifyOptions(_DictForm):
     xnnpack: bool = True       # LiteRT artifacts run with the XNNPACK delegate (LiteRT's default)
     runtimes: tuple = ()       # run artifacts on these (e.g. onnxruntime-web), each where it runs the format
     locate: bool = False       # also compare layer by layer and name the first diverging layer (deploykit.checking.locate)
+    layout: str = "auto"       # verify: the manifest's layout, else read from the signatures; none | channels-last
 
     def __post_init__(self) -> None:
         from deploykit.registry import RUNTIMES
@@ -73,6 +75,7 @@ class VerifyOptions(_DictForm):
             raise UsageError(f"--samples must be at least 1 (got {self.samples!r})", "e.g. --samples 5")
         check_timeout(self.timeout)
         check_choice(self.device, DEVICES, "--device")
+        check_choice(self.layout, LAYOUT_CHOICES, "--layout")
         from deploykit.parity import tolerance_for      # here, not at import: numpy stays out of the CLI's start
 
         tolerance_for(self.precision or "fp32", self.atol, self.rtol)     # the parity engine's own checks

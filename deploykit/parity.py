@@ -6,6 +6,7 @@ verdict says *why*, never a bare bool.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
@@ -99,6 +100,7 @@ class ParityReport:
     notes: list = field(default_factory=list)
     location: Optional[dict] = None       # the layer table of deploykit.checking.locate, when it was asked for
     compared_on: Optional[tuple] = None   # (count, kind) of the feeds it was judged on, when not the seeded samples
+    pairing: str = "by name"              # how outputs were paired with the reference's (one of PAIRINGS)
 
     @property
     def passed(self) -> bool:
@@ -130,7 +132,7 @@ class ParityReport:
             "passed": self.passed, "reference": self.reference, "candidate": self.candidate,
             "samples": self.samples, "tolerance": asdict(self.tolerance),
             "outputs": [asdict(o) for o in self.outputs], "problems": list(self.problems),
-            "notes": list(self.notes), "summary": self.summary(),
+            "notes": list(self.notes), "pairing": self.pairing, "summary": self.summary(),
             **({"location": self.location} if self.location else {}),
         }
 
@@ -143,8 +145,12 @@ def permute(arrays: dict, perms: Optional[dict]) -> dict:
 
 
 def compare(references: list, candidates: list, tolerance: Tolerance, reference: str = "reference",
-            candidate: str = "candidate", output_perms: Optional[dict] = None) -> ParityReport:
-    """Compare per-sample output dicts of a candidate against those of the reference."""
+            candidate: str = "candidate", output_perms: Optional[dict] = None,
+            aliases: Optional[dict] = None) -> ParityReport:
+    """Compare per-sample output dicts of a candidate against those of the reference.
+
+    Outputs are paired by name first (``pair_names``; ``aliases``: {name: other names of that tensor}, such as a
+    TFLite signature name's flatbuffer tensor name), by shape and position only where names cannot pair them."""
     report = ParityReport(reference, candidate, len(references), tolerance)
     if len(references) != len(candidates):
         report.problems.append(f"{len(references)} reference runs but {len(candidates)} candidate runs")
@@ -152,10 +158,10 @@ def compare(references: list, candidates: list, tolerance: Tolerance, reference:
     if not references:
         report.problems.append("no samples were compared")
         return report
-    pairing = _pair_outputs(list(references[0]), list(candidates[0]), report)
-    for ref_name, cand_name in pairing:
+    candidates = [permute(c, output_perms) for c in candidates]
+    for ref_name, cand_name in _pair_outputs(references[0], candidates[0], report, aliases):
         refs = [r[ref_name] for r in references]
-        cands = [permute({cand_name: c[cand_name]}, output_perms)[cand_name] for c in candidates]
+        cands = [c[cand_name] for c in candidates]
         report.outputs.append(_compare_output(ref_name, cand_name, refs, cands, tolerance))
     return report
 
@@ -165,16 +171,109 @@ def compare_tensor(name: str, candidate_name: str, refs: list, cands: list, tole
     return _compare_output(name, candidate_name, refs, cands, tolerance)
 
 
-def _pair_outputs(ref_names: list, cand_names: list, report: ParityReport) -> list:
-    if set(ref_names) <= set(cand_names):
-        return [(n, n) for n in ref_names]
-    if len(ref_names) == len(cand_names):
-        report.notes.append("output names differ; outputs were matched by position: "
-                            + ", ".join(f"{a}→{b}" for a, b in zip(ref_names, cand_names)))
-        return list(zip(ref_names, cand_names))
-    report.problems.append(f"the reference has {len(ref_names)} output(s) ({', '.join(ref_names)}) but the "
-                           f"candidate has {len(cand_names)} ({', '.join(cand_names)})")
-    return []
+def _pair_outputs(references: dict, candidates: dict, report: ParityReport, aliases: Optional[dict]) -> list:
+    """Each reference output's candidate (see ``pair_names``); the report says which pairing was used."""
+    shapes = ({n: np.shape(v) for n, v in references.items()}, {n: np.shape(v) for n, v in candidates.items()})
+    pairs, how, unmatched = pair_names(list(references), list(candidates), shapes, aliases)
+    report.pairing = how
+    renamed = [f"{a}→{b}" for a, b in pairs if a != b]
+    if renamed:
+        report.notes.append(f"outputs paired {how}: " + ", ".join(renamed))
+    if unmatched:
+        report.problems.append(f"the reference has {len(references)} output(s) ({', '.join(references)}) but the "
+                               f"candidate has {len(candidates)} ({', '.join(candidates)}); no counterpart for "
+                               + ", ".join(unmatched))
+    return pairs
+
+
+PAIRINGS = ("by name", "by normalised name", "by shape and position", "by position")
+
+
+def pair_names(ref_names: list, cand_names: list, shapes: Optional[tuple] = None,
+               aliases: Optional[dict] = None) -> tuple:
+    """(pairs [(reference name, candidate name)], how, reference names left without a counterpart).
+
+    Tensors are paired, weakest step last: (1) the same name, or a name a runtime records for the same tensor
+    (``aliases``: a TFLite signature name and its flatbuffer tensor name); (2) the same name after exporters'
+    mangling (``normalised_name``: ``:0`` suffixes, ``serving_default_`` prefixes, sanitised characters, onnx2tf's
+    ``Identity_k`` for the k-th output); (3) with ``shapes`` ({name: shape} for each side), the one candidate of
+    the same shape, or same-shaped tensors in order; (4) what is left, by position when the counts agree. ``how``
+    names the weakest step used (one of PAIRINGS).
+    """
+    pairs: dict = {}
+    steps = [(_exact, "by name"), (_normalised, "by normalised name")]
+    if shapes:
+        steps.append((_by_shape, "by shape and position"))
+    steps.append((_by_position, "by position"))
+    how = "by name"
+    for step, label in steps:
+        rest_ref = [n for n in ref_names if n not in pairs]
+        rest_cand = [n for n in cand_names if n not in pairs.values()]
+        if not rest_ref or not rest_cand:
+            break
+        found = step(rest_ref, rest_cand, shapes, aliases or {})
+        if found:
+            pairs.update(found)
+            how = label
+    ordered = [(n, pairs[n]) for n in ref_names if n in pairs]
+    return ordered, how, [n for n in ref_names if n not in pairs]
+
+
+def normalised_name(name: str) -> str:
+    """``name`` without the marks exporters add: TensorFlow's ``:0``, a signature's ``serving_default_`` prefix,
+    characters a converter sanitises (``.``, ``/``, ``:``, ``-`` → ``_``), case, a trailing ``_0``/``:0`` index
+    (``output`` is ``output_0``)."""
+    text = re.sub(r"^serving_default_", "", name.strip())
+    text = re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_").lower()
+    return re.sub(r"_0$", "", text) or text
+
+
+def _exact(refs: list, cands: list, _shapes, aliases: dict) -> dict:
+    found = {n: n for n in refs if n in cands}
+    for ref in (n for n in refs if n not in found):
+        known = set(aliases.get(ref, ())) | {c for c in cands if ref in aliases.get(c, ())}
+        hits = [c for c in cands if c in known and c not in found.values()]
+        if len(hits) == 1:
+            found[ref] = hits[0]
+    return found
+
+
+def _normalised(refs: list, cands: list, shapes, _aliases) -> dict:
+    ref_keys, cand_keys = _unique_keys(refs), _unique_keys(cands)
+    found = {ref_keys[k]: cand_keys[k] for k in ref_keys if k in cand_keys}
+    identity = [c for c in cands if re.fullmatch(r"Identity(_\d+)?", c) and c not in found.values()]
+    left = [n for n in refs if n not in found]
+    if identity and len(identity) == len([c for c in cands if c not in found.values()]) == len(left):
+        # onnx2tf names the k-th output of the ONNX graph Identity_k (Identity for k = 0)
+        index = {c: int(c.rpartition("_")[2]) if "_" in c else 0 for c in identity}
+        paired = {left[k]: c for c, k in index.items()} if sorted(index.values()) == list(range(len(left))) else {}
+        if not shapes or all(tuple(shapes[0].get(r, ())) == tuple(shapes[1].get(c, ())) for r, c in paired.items()):
+            found.update(paired)      # never against the shapes: the shape step pairs those
+    return found
+
+
+def _unique_keys(names: list) -> dict:
+    keys: dict = {}
+    for name in names:
+        keys.setdefault(normalised_name(name), []).append(name)
+    return {k: v[0] for k, v in keys.items() if len(v) == 1}
+
+
+def _by_shape(refs: list, cands: list, shapes: tuple, _aliases) -> dict:
+    """Same-shaped tensors, in order, where each shape has as many tensors on both sides (never a tensor of
+    another shape while one of its own shape is there)."""
+    ref_shapes, cand_shapes = shapes
+    found = {}
+    for shape in dict.fromkeys(tuple(ref_shapes.get(n, ())) for n in refs):
+        same_ref = [n for n in refs if tuple(ref_shapes.get(n, ())) == shape]
+        same_cand = [n for n in cands if tuple(cand_shapes.get(n, ())) == shape]
+        if len(same_ref) == len(same_cand):
+            found.update(zip(same_ref, same_cand))
+    return found
+
+
+def _by_position(refs: list, cands: list, _shapes, _aliases) -> dict:
+    return dict(zip(refs, cands)) if len(refs) == len(cands) else {}
 
 
 def _compare_output(name: str, cand_name: str, refs: list, cands: list, tol: Tolerance) -> OutputResult:

@@ -41,11 +41,24 @@ def describe(path: str) -> dict:
         inputs = [_spec(name, d) for name, d in runner.get_input_details().items()]
         outputs = [_spec(name, d) for name, d in sorted(runner.get_output_details().items(),
                                                          key=lambda kv: natural_key(kv[0]))]
+        tensor_names = _tensor_names(interpreter, runner)
     else:
-        key = None
+        key, tensor_names = None, {}
         inputs = [_spec(d["name"], d) for d in interpreter.get_input_details()]
         outputs = [_spec(d["name"], d) for d in interpreter.get_output_details()]
-    return {"signature_key": key, "spec": ModelSpec(tuple(inputs), tuple(outputs)).to_dict(), "ops": _op_histogram(path)}
+    return {"signature_key": key, "spec": ModelSpec(tuple(inputs), tuple(outputs)).to_dict(), "ops": _op_histogram(path),
+            "tensor_names": tensor_names}
+
+
+def _tensor_names(interpreter, runner) -> dict:
+    """{signature name: flatbuffer tensor name} of each signature input and output. A signature may list its
+    outputs in another order than the flatbuffer's output tensors; a converter reading the flatbuffer (tf2onnx)
+    writes the tensor names, and this map pairs them back with the signature's by name, never by position."""
+    names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
+    found = {}
+    for details in (runner.get_input_details(), runner.get_output_details()):
+        found.update({name: names[d["index"]] for name, d in details.items() if d["index"] in names})
+    return found
 
 
 def _op_histogram(path: str) -> dict:
@@ -73,7 +86,8 @@ def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
     spec = ModelSpec.from_dict(info["spec"])
     spec = ModelSpec(tuple(merge_user_specs(spec.inputs, options.input_specs)), spec.outputs)
     return LoadedModel(path=path, format=fmt, spec=spec,
-                       details={"signature_key": info["signature_key"], "ops": info.get("ops", {})})
+                       details={"signature_key": info["signature_key"], "ops": info.get("ops", {}),
+                                "tensor_names": info.get("tensor_names", {})})
 
 
 def _to_input(value: np.ndarray, detail: dict) -> np.ndarray:

@@ -6,16 +6,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
+
 from deploykit import parity, registry
 from deploykit.artifact import Artifact
 from deploykit.child import reused_child
 from deploykit.errors import UsageError
 from deploykit.inputs import load_npz, random_feeds
-from deploykit.layout import Layout
+from deploykit.layout import Layout, axis_order, inverse, shown
 from deploykit.model import LoadedModel, LoadOptions, load_model
 from deploykit.options import PRECISION_OF, VerifyOptions
 from deploykit.parity import Tolerance, tolerance_for
 from deploykit.runner import RunnerOptions
+from deploykit.source_precision import source_precision
 
 
 class ReferenceRunner:
@@ -65,6 +68,16 @@ class Checker:
         self.runtimes: tuple = ()           # --runtime: candidates run there when it runs their format
         self.last_runtime = ""
         self.locate_failures = False        # export --locate: a check that fails also locates its first bad layer
+        self.precision_note = ""            # why the default preset is not fp32 (a quantized source), for reports
+
+    def aliases(self, candidate: Optional[LoadedModel] = None) -> dict:
+        """{tensor name: [other names of that tensor]}: what the loaders recorded (a TFLite signature name's
+        flatbuffer tensor name), so that a converter's tensor names pair with the signature's by name."""
+        found: dict = {}
+        for model in (self.source, candidate):
+            for name, tensor in ((getattr(model, "details", None) or {}).get("tensor_names") or {}).items():
+                found.setdefault(name, []).append(tensor)
+        return found
 
     def feeds(self, samples: int, batch: Optional[int] = None) -> list:
         generated = random_feeds(self.source.spec, samples, self.seed, batch)
@@ -83,7 +96,7 @@ class Checker:
         if not isinstance(candidate, Artifact):
             candidate = Artifact.open(candidate, layout=layout)
         references, outputs = self.run_both(candidate, samples, batch, layout, feeds)
-        report = self.compare(references, outputs, self.source.label, candidate.label, layout, tolerance)
+        report = self.compare(references, outputs, self.source.label, candidate.label, layout, tolerance, candidate)
         if feeds:
             report.compared_on = (len(feeds[1]), feeds[0])
             report.notes.append(f"compared on {len(feeds[1])} {feeds[0]} sample(s)")
@@ -92,9 +105,14 @@ class Checker:
         return report
 
     def compare(self, references: list, outputs: list, reference_label: str, candidate_label: str,
-                layout: Optional[Layout] = None, tolerance: Optional[parity.Tolerance] = None) -> parity.ParityReport:
-        """Compare outputs that are already in the source's layout."""
-        report = parity.compare(references, outputs, tolerance or self.tolerance, reference_label, candidate_label)
+                layout: Optional[Layout] = None, tolerance: Optional[parity.Tolerance] = None,
+                candidate: Optional[LoadedModel] = None) -> parity.ParityReport:
+        """Compare outputs that are already in the source's layout (paired by name, with the tensor names the
+        source's and the ``candidate``'s loaders recorded)."""
+        report = parity.compare(references, outputs, tolerance or self.tolerance, reference_label, candidate_label,
+                                aliases=self.aliases(candidate))
+        if self.precision_note and (tolerance is None or tolerance.preset == self.tolerance.preset):
+            report.notes.append(self.precision_note)
         if self.last_runtime:
             report.notes.append(f"{candidate_label} ran on {self.last_runtime}")
         if self.user_feeds:
@@ -118,6 +136,39 @@ class Checker:
         result = candidate.run(feeds_for_candidate, self.runner_options, runtime=runtime, timeout=self.timeout)
         self.last_runtime = result.ran_on
         return references, [parity.permute(o, layout.output_perms) for o in result.outputs]
+
+    def input_layout(self, candidate: Artifact, mode: str = "auto") -> tuple:
+        """(the candidate's input layout, what was inferred): its recorded one (manifest; None: nothing inferred), or
+        — for a file deploykit did not write, or with --layout none|channels-last — the axis order of each input read
+        from the two signatures (``deploykit.layout.axis_order``), with one phrase per tensor that needed one."""
+        if mode == "auto" and candidate.manifest and "layout" in candidate.manifest:
+            return candidate.layout, None
+        source = {t.name: t for t in self.source.spec.inputs}
+        origin_of = self._rename({name: name for name in source}, candidate)   # candidate name -> source name
+        perms, parts = {}, []
+        for tensor in candidate.spec.inputs:
+            origin = source.get(origin_of.get(tensor.name, ""))
+            if origin is not None:
+                perms[tensor.name] = _inferred(parts, "input", tensor.name, tuple(origin.shape), tuple(tensor.shape),
+                                               mode)
+        return Layout(perms, {}), parts
+
+    def output_layout(self, references: list, outputs: list, layout: Layout, mode: str, parts: list) -> tuple:
+        """(layout with output perms, outputs in the source's order, the note): each output's axis order read from
+        the shapes the two sides produced on the first sample (paired by name, else by their sizes in any order)."""
+        perms = {}
+        if references and outputs:
+            first_ref, first_out = references[0], outputs[0]
+            sizes = ({n: tuple(sorted(np.shape(v))) for n, v in first_ref.items()},
+                     {n: tuple(sorted(np.shape(v))) for n, v in first_out.items()})
+            for ref_name, out_name in parity.pair_names(list(first_ref), list(first_out), sizes, self.aliases())[0]:
+                perm = _inferred(parts, "output", out_name, np.shape(first_ref[ref_name]), np.shape(first_out[out_name]),
+                                 mode)
+                perms[out_name] = inverse(perm)
+        how = ("layout inferred from the two signatures (no manifest records it; --layout overrides)"
+               if mode == "auto" else f"layout set by --layout {mode}")
+        note = f"{how}: " + "; ".join(parts) if parts else ""
+        return Layout(layout.input_perms, perms), [parity.permute(o, perms) for o in outputs], note
 
     def _keyed(self, samples: int, batch: Optional[int], feeds: Optional[tuple]) -> list:
         return [((feeds[0], i), f) for i, f in enumerate(feeds[1])] if feeds else self.feeds(samples, batch)
@@ -187,7 +238,8 @@ class Checker:
         return parity.permute(self._rename(feeds, candidate), layout.input_perms if layout else None)
 
     def _rename(self, feeds: dict, candidate: LoadedModel) -> dict:
-        """Feed a candidate whose input names differ (another exporter's) by position."""
+        """Feed a candidate whose input names differ (another exporter's): by name, by normalised name, else by
+        position (``parity.pair_names``)."""
         names = candidate.spec.input_names
         if set(names) == set(feeds):
             return feeds
@@ -200,14 +252,18 @@ class Checker:
         if len(names) != len(feeds):
             raise UsageError(f"{candidate.label} takes {len(names)} input(s) ({', '.join(names)}) but the source "
                              f"takes {len(feeds)} ({', '.join(feeds)})", "compare models with the same inputs")
-        return dict(zip(names, feeds.values()))
+        pairs, _how, _left = parity.pair_names(list(feeds), list(names), aliases=self.aliases(candidate))
+        return {cand: feeds[ref] for ref, cand in pairs}
 
 
 def make_checker(model: LoadedModel, options: VerifyOptions) -> Checker:
-    """The checker of ``model`` for these verify options (tolerance preset, seed, --inputs, device)."""
-    tolerance = tolerance_for(options.precision or "fp32", options.atol, options.rtol)
+    """The checker of ``model`` for these verify options (tolerance preset, seed, --inputs, device). Without
+    --precision, a quantized source (int8 weights, QDQ, fp16 weights) is judged with its own precision's preset."""
+    precision, why = (options.precision, "") if options.precision else source_precision(model)
+    tolerance = tolerance_for(precision, options.atol, options.rtol)
     user_feeds = load_npz(options.inputs_npz, model.spec) if options.inputs_npz else None
     checker = Checker(model, tolerance, options.seed, user_feeds, options.timeout, options.device)
+    checker.precision_note = f"{why} (--precision overrides)" if why else ""
     checker.runtime_options = {"xnnpack": options.xnnpack}
     checker.runtimes = tuple(options.runtimes)
     checker.locate_failures = options.locate
@@ -257,10 +313,21 @@ def _verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: 
         # Each artifact's manifest records its layout relative to the source it was exported from.
         stored, why = trusted_manifest(artifact, model, source_hash)
         label = f"{artifact.label} on {runtime}" if runtime else artifact.label
-        references, outputs = checker.run_both(artifact, options.samples, layout=artifact.layout,
+        layout, layout_notes = checker.input_layout(artifact, options.layout)
+        references, outputs = checker.run_both(artifact, options.samples, layout=layout,
                                                feeds=int8_feeds(model, stored, options), runtime=runtime)
-        report = checker.compare(references, outputs, model.label, label, artifact.layout,
-                                 artifact_tolerance(stored, options))
+        layout_note = ""
+        if layout_notes is not None:       # no recorded layout: the outputs' order is read from what they hold
+            layout, outputs, layout_note = checker.output_layout(references, outputs, layout, options.layout,
+                                                                 layout_notes)
+        tolerance, precision_why = artifact_tolerance(stored, options), ""
+        if tolerance is None and options.precision is None:
+            tolerance, precision_why = _quantized_file_tolerance(artifact, checker.tolerance, options)
+        report = checker.compare(references, outputs, model.label, label, layout, tolerance, artifact)
+        if precision_why:
+            report.notes.append(precision_why)
+        if layout_note:
+            report.notes.append(layout_note)
         if why:
             report.notes.append(why)
         report.notes.extend(_contract_notes(artifact))
@@ -276,6 +343,21 @@ def _verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: 
             reports.append(hop_report)
         previous = (label, outputs)
     return VerifyResult(model.label, reports, time.perf_counter() - started, locations)
+
+
+def _inferred(parts: list, kind: str, name: str, source_shape: tuple, artifact_shape: tuple, mode: str):
+    """The perm ``axis_order`` finds for one tensor (artifact axis j holds source axis perm[j]); what it found is
+    added to ``parts`` when it is not the source's own order or could not be read."""
+    order = axis_order(tuple(source_shape), tuple(artifact_shape), mode)
+    if order.perm or order.note:
+        named = CHANNEL_NAMES.get(tuple(order.perm), order.note) if order.perm else order.note
+        parts.append(f"{kind} {name} {shown(source_shape)}→{shown(artifact_shape)} {named}"
+                     if order.perm else f"{kind} {name} {shown(artifact_shape)}: {named}")
+    return order.perm
+
+
+# how a channels-last perm reads in the report
+CHANNEL_NAMES = {(0, 2, 1): "NCW→NWC", (0, 2, 3, 1): "NCHW→NHWC", (0, 2, 3, 4, 1): "NCDHW→NDHWC"}
 
 
 def _check_runtimes_used(named: tuple, runs: list) -> None:
@@ -313,6 +395,21 @@ def artifact_tolerance(stored: dict, options: VerifyOptions):
     if options.precision is not None or stored.get("precision") in (None, "fp32"):
         return None
     return tolerance_for(PRECISION_OF.get(stored["precision"], "fp32"), options.atol, options.rtol)
+
+
+# presets from the tightest to the loosest
+_LOOSENESS = ("fp32", "fp16", "int8")
+
+
+def _quantized_file_tolerance(artifact: Artifact, current: Tolerance, options: VerifyOptions) -> tuple:
+    """(the preset of a quantized artifact file no manifest describes, why), when it is looser than the checker's:
+    the file's own bytes say it is quantized (int8 weights, QDQ, fp16 weights), a sidecar cannot lie about that."""
+    precision, why = source_precision(artifact)
+    base = current.preset.split("+")[0]
+    if base not in _LOOSENESS or _LOOSENESS.index(precision) <= _LOOSENESS.index(base):
+        return None, ""
+    return (tolerance_for(precision, options.atol, options.rtol),
+            why.replace("source", "the artifact", 1) + " (--precision overrides)")
 
 
 def int8_feeds(model: LoadedModel, stored: dict, options: VerifyOptions) -> Optional[tuple]:
