@@ -38,8 +38,8 @@ class LiteRtJsRunner(BrowserRunner):
             raise UnsupportedModelError(
                 f"LiteRT.js cannot run custom op{'s' if len(needed) > 1 else ''} {', '.join(needed)} used by "
                 f"{Path(self.model.path).name} (it has no custom-op kernels)",
-                "convert by a route that lowers it to builtin ops (e.g. --via litert), or run it with native "
-                "LiteRT with the op registered")
+                "convert by a route that lowers it to builtin ops (e.g. --via litert, from a PyTorch program), "
+                "or run it with native LiteRT with the op registered")
         super().open()
 
     def model_file(self) -> str:
@@ -80,5 +80,6 @@ class LiteRtJsRunner(BrowserRunner):
             op = missing.group(1) if missing else re.search(r"Flex\w+", message).group(0)
             return UnsupportedModelError(
                 f"LiteRT.js cannot run op {op} used by {Path(self.model.path).name}",
-                "convert by a route that lowers it to builtin ops (e.g. --via litert), or run it with native LiteRT")
+                "convert by a route that lowers it to builtin ops (e.g. --via litert, from a PyTorch program), "
+                "or run it with native LiteRT")
         return super().load_error(message)
