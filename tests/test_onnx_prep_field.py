@@ -28,21 +28,21 @@ def _unnamed_clip_graph(path: Path) -> Path:
 
 
 def _rate_gated_graph(path: Path) -> Path:
-    """silero-vad's construct in small: an If on Equal(sr, 16000) picks a 4-wide or an 8-wide reshape of x."""
+    """silero-vad's construct in small: an If on Equal(sr, 16000) picks a [4, 6] or an [8, 3] reshape of x."""
     from onnx import TensorProto, helper, numpy_helper
 
     def branch(name, width):
-        shape = numpy_helper.from_array(np.array([1, width, 16 // width], np.int64), f"{name}_shape")
+        shape = numpy_helper.from_array(np.array([width, 24 // width], np.int64), f"{name}_shape")
         return helper.make_graph([helper.make_node("Reshape", ["x", f"{name}_shape"], [f"{name}_y"], name=name)],
-                                 name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, None)],
+                                 name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["w", "h"])],
                                  [shape])
 
     nodes = [helper.make_node("Equal", ["sr", "rate16k"], ["is16k"]),       # unnamed: the prep pass names it
              helper.make_node("If", ["is16k"], ["y"], name="pick_rate", then_branch=branch("wide", 4),
                               else_branch=branch("narrow", 8))]
-    graph = helper.make_graph(nodes, "gated", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16]),
+    graph = helper.make_graph(nodes, "gated", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 24]),
                                                helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["w", "h"])],
                               [numpy_helper.from_array(np.array(16000, np.int64), "rate16k")])
     return save_graph(graph, path)
 

@@ -11,11 +11,15 @@ holds (as onnxslim after the ONNX exporter is):
    16 kHz / 8 kHz branches) — the artifact then has no such input, and the check does not feed it;
 2. names: tensor and node names a converter cannot take (tf2onnx's ``input:0``, ``@``, spaces, brackets, quotes,
    non-ASCII, a leading digit) are renamed to unique safe ones; ``Prepared.renamed`` maps them, and the converter
-   writes the source's own names back into the artifact's signature (converters.onnx_to_tflite);
+   writes the source's own names back into the artifact's signature (converters.onnx_to_tflite); unnamed nodes
+   (Paddle2ONNX's Constants) are named ``<OpType>_<first output>`` — onnx2tf, its own naming off, keys fusions by
+   node name and mixed every unnamed node up with the others;
 3. fold: onnxslim folds constants and shape arithmetic, when the graph computes shapes at all (``Shape`` ops);
 4. rewrite (``deploykit.transforms.onnx_rewrites``): fused ``LSTM`` nodes become MatMul/Sigmoid/Tanh once their sequence
    length is known — onnx2tf mislays a fused LSTM's state (a plain ``nn.LSTM`` exported by torch fails without
-   this) — and multi-axis ``Slice`` nodes lose their full-range axes, which onnx2tf maps to the wrong axis.
+   this) — and multi-axis ``Slice`` nodes lose their full-range axes, which onnx2tf maps to the wrong axis;
+5. slice (``deploykit.transforms.split_rewrite``): Splits with uneven sizes become Slices (onnx2tf's FlexSplitV is
+   a TensorFlow op LiteRT's builtin runtime refuses).
 
 A graph that needs none of them is passed on as it is, at no cost. ``onnx`` is imported inside the functions.
 """
