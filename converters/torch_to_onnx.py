@@ -16,7 +16,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from deploykit.child import CONVERT, run_child
-from deploykit.constructs import data_dependent_site, refuse_fused_fastpath
+from deploykit.constructs import (UNKNOWN_RANK_REMEDY, data_dependent_site, refuse_fused_fastpath,
+                                  unknown_rank_site)
 from deploykit.conversion import Check, ConversionResult, ExportOptions, acceptable
 from deploykit.errors import ConversionError, exhaustion
 from deploykit.formats import Format
@@ -34,15 +35,19 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
     if model.format == Format.TORCHSCRIPT:
         # torch.export cannot read a ScriptModule: the TorchScript exporter is its native path, and
         # torch's TorchScript -> ExportedProgram converter feeds the dynamo exporter when that fails.
-        strategies = [("torchscript", options.samples), ("ts2ep+dynamo", options.samples)]
+        # A saved trace keeps no intermediate shapes, which some symbolic functions need: the second attempt
+        # records them by running the graph once (see _graph_with_recorded_shapes).
+        strategies = [("torchscript", options.samples), ("torchscript+shapes", options.samples),
+                      ("ts2ep+dynamo", options.samples)]
     else:
         strategies = [("dynamo", options.samples), ("torchscript", FALLBACK_SAMPLES)]
-    dynamo_error, baked, external = None, [], False
+    dynamo_error, baked, external, unknown_rank = None, [], False, ""
     for name, samples in strategies:
         _remove_outputs(out_path)
         done = _export_in_child(model, name, out_path, options)
         if "error" in done:
             dynamo_error = done["error"] if name == "dynamo" else dynamo_error
+            unknown_rank = unknown_rank or unknown_rank_site(done["error"])
             _record(result, name, False, brief(done["error"]))
             continue
         external = done["external"]
@@ -54,7 +59,7 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
             _explain_fallback(result, name, dynamo_error, baked, samples)
             break
     else:
-        _raise_failure(result, dynamo_error, baked)
+        _raise_failure(result, dynamo_error, baked, unknown_rank)
     if options.optimize:
         _optimize(out_path, options, result, check, external)
     result.extra_files = [p for p in out_path.parent.iterdir() if p.name.startswith(out_path.name + ".")]
@@ -123,6 +128,55 @@ def _export_legacy(model: LoadedModel, example: tuple, out_path: Path, options: 
     return f"torch.onnx.export(dynamo=False) torch {torch.__version__}"
 
 
+def _export_recorded_shapes(model: LoadedModel, example: tuple, out_path: Path, options: ExportOptions,
+                            external: bool) -> str:
+    """The TorchScript exporter on the archive's frozen graph, every tensor's shape recorded by running it once."""
+    import torch
+
+    if external:     # freezing puts the weights inside the graph, and protobuf cannot hold 2 GiB of them
+        raise RuntimeError("the weights are too large to freeze into the graph (protobuf's 2 GiB limit)")
+    function = torch._C._create_function_from_graph("forward", _graph_with_recorded_shapes(model.handle, example))
+    _export_legacy(LoadedModel(model.path, model.format, model.spec, function), example, out_path, options, external)
+    return f"torch.onnx.export(dynamo=False) on the frozen graph with recorded shapes, torch {torch.__version__}"
+
+
+def _graph_with_recorded_shapes(module, example: tuple):
+    """The module's forward graph, frozen (weights as constants, no `self`), each top-level tensor typed exactly.
+
+    A trace saved and loaded again keeps no intermediate shapes, and torch's legacy shape analysis knows no
+    formula for ops such as unflatten or linear, so the exporter met nn.MultiheadAttention's
+    unflatten → unsqueeze → transpose(0, -2) with no rank ("transpose for tensor of unknown rank"). Running a
+    copy of the graph that returns every intermediate tensor gives each value the type a fresh trace has; the
+    sizes stay computed by Shape ops in the graph, so a --dynamic-batch export still follows its input."""
+    import torch
+
+    frozen = torch._C._freeze_module(module._c)
+    graph = frozen._get_method("forward").graph.copy()
+    if list(next(graph.inputs()).uses()):
+        raise RuntimeError("the frozen graph still reads attributes of the module")
+    graph.eraseInput(0)
+    probe = graph.copy()          # Graph.copy keeps the node order: values pair by position
+    values, probed = _tensor_values(graph), _tensor_values(probe)
+    every = probe.create("prim::ListConstruct", probed, 1)
+    probe.appendNode(every)
+    every.output().setType(torch._C.ListType.ofTensors())
+    while list(probe.outputs()):
+        probe.eraseOutput(0)
+    probe.registerOutput(every.output())
+    with torch.no_grad():
+        recorded = torch._C._create_function_from_graph("recorded_shapes", probe)(*example)
+    for value, tensor in zip(values, recorded):
+        value.setType(torch._C.TensorType.create_from_tensor(tensor))
+    return graph
+
+
+def _tensor_values(graph) -> list:
+    """The tensors the graph's top-level nodes produce (values inside an If/Loop body cannot be returned)."""
+    import torch
+
+    return [v for node in graph.nodes() for v in node.outputs() if isinstance(v.type(), torch._C.TensorType)]
+
+
 def _export_ts2ep(model: LoadedModel, example: tuple, out_path: Path, options: ExportOptions, external: bool) -> str:
     import torch
     from torch._export.converter import TS2EPConverter   # private, hence only a fallback
@@ -134,7 +188,8 @@ def _export_ts2ep(model: LoadedModel, example: tuple, out_path: Path, options: E
     return f"TS2EPConverter + torch.onnx.export(dynamo=True) torch {torch.__version__}"
 
 
-EXPORTERS = {"dynamo": _export_dynamo, "torchscript": _export_legacy, "ts2ep+dynamo": _export_ts2ep}
+EXPORTERS = {"dynamo": _export_dynamo, "torchscript": _export_legacy, "torchscript+shapes": _export_recorded_shapes,
+             "ts2ep+dynamo": _export_ts2ep}
 
 
 def _explain_fallback(result: ConversionResult, name: str, dynamo_error, baked: list, samples: int) -> None:
@@ -146,9 +201,14 @@ def _explain_fallback(result: ConversionResult, name: str, dynamo_error, baked: 
                                "varied sign and scale, but a branch no input took may differ")
 
 
-def _raise_failure(result: ConversionResult, dynamo_error, baked: list) -> None:
+def _raise_failure(result: ConversionResult, dynamo_error, baked: list, unknown_rank: str = "") -> None:
     construct = data_dependent_site(dynamo_error, baked)
     mismatch = next((a for a in result.attempts if "FAIL" in a["why"]), None)
+    if unknown_rank and not mismatch:
+        raise ConversionError(
+            f"the TorchScript exporter met {unknown_rank}, a tensor whose rank it cannot know even with the shapes "
+            "recorded from the example input, and torch's TorchScript → ExportedProgram converter failed too ("
+            + "; ".join(f"{a['tool']}: {a['why']}" for a in result.attempts[1:]) + ")", UNKNOWN_RANK_REMEDY)
     if construct and mismatch:
         raise ConversionError(
             f"data-dependent control flow at {construct}: the dynamo exporter cannot capture it and the "

@@ -74,3 +74,26 @@ def refuse_fused_fastpath(module, what: str) -> None:
         ops = ", ".join(f"{op} ×{count}" for op, count in found.items())
         raise ConversionError(f"the TorchScript archive was traced through PyTorch's fused fast path ({ops}), which "
                               f"{what} cannot convert", FASTPATH_REMEDY)
+
+
+# The TorchScript ONNX exporter's symbolic functions need ranks: "ONNX export of transpose for tensor of unknown rank.
+# [Caused by the value ... scope: Enc::/torch.nn.modules.transformer.TransformerEncoder::enc/...::self_attn # file:line".
+_UNKNOWN_RANK = re.compile(r"ONNX export of (\w+) for tensor of unknown rank")
+_SCOPE = re.compile(r"scope: ([^\s#]+)")
+UNKNOWN_RANK_REMEDY = ("export the model with torch.export and torch.export.save (.pt2), which needs no TorchScript, "
+                       "and convert that file")
+
+
+def unknown_rank_site(error_text) -> str:
+    """'transpose in enc.layers.0.self_attn (MultiheadAttention)' when the TorchScript exporter failed on a tensor
+    of unknown rank, naming the op and the module it came from; '' for any other failure."""
+    match = _UNKNOWN_RANK.search(error_text or "")
+    if not match:
+        return ""
+    scope = _SCOPE.search(error_text[match.end():])
+    # Each "/"-separated scope step is "qualified.Class::attribute"; the first is the root module (no attribute).
+    steps = [step.partition("::") for step in scope.group(1).split("/") if step] if scope else []
+    path = ".".join(attribute for _cls, _sep, attribute in steps if attribute)
+    if not path:
+        return f"{match.group(1)} (module unknown: the graph carries no scope)"
+    return f"{match.group(1)} in {path} ({steps[-1][0].rsplit('.', 1)[-1]})"
