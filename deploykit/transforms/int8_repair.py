@@ -4,6 +4,9 @@ The steps, each a fresh quantization judged by the export's own check (the one p
 source, on the judging data):
 
 1. the calibration methods: min-max (done), percentile, entropy;
+1b. where the converter has a 16x8 quantizer (TFLite: int16 activations, int8 weights), the whole model in 16x8:
+   attention's softmax, LayerNorm and residual sums keep 16-bit resolution while the weights stay 8-bit, so the file
+   stays as small as int8 — tried before any layer is given up to float;
 2. only the weighted layers quantized (Conv, Gemm, MatMul, Gather), the ops between them (Softmax, the
    attention mask's Add, LayerNorm) left in float — where a transformer's int8 usually breaks;
 3. the layers where ``deploykit.checking.locate`` measures the error growing most kept in float, re-measured after
@@ -30,9 +33,12 @@ class Settings:
     op_types: tuple = ()          # op types quantized; () = every op the quantizer can
     float_nodes: tuple = ()       # the artifact's node names kept in float
     float_layers: tuple = ()      # the same layers in the source's names
+    activations: str = "int8"     # int8 | int16 (TFLite's 16x8: int16 activations, int8 weights)
 
     def describe(self) -> str:
         parts = [self.method]
+        if self.activations == "int16":
+            parts.append("16x8 (int16 activations, int8 weights)")
         if self.op_types:
             parts.append("weighted layers only")
         if self.float_layers:
@@ -78,23 +84,26 @@ class _Search:
 
 
 def repair(result: ConversionResult, check: Check, options: ExportOptions, quantize: Callable,
-           failed: dict, methods: tuple = ("percentile", "entropy")) -> None:
+           failed: dict, methods: tuple = ("percentile", "entropy"), sixteen_by_eight: bool = False) -> None:
     """After the plain (min-max) int8 model failed its check (``failed``: that ParityReport as a dict), leave a
     passing int8 model at ``result.path`` with its repair recorded in ``result``, or raise ConversionError
-    naming the best attempt."""
+    naming the best attempt. ``sixteen_by_eight``: the quantizer takes ``Settings(activations="int16")``."""
     from deploykit.progress import Progress
 
     with Progress(f"int8 repair (at most {MAX_ATTEMPTS} attempts)", total=None) as progress:
-        _search(_Search(result, check, options, quantize, progress), failed, methods)
+        _search(_Search(result, check, options, quantize, progress), failed, methods, sixteen_by_eight)
 
 
-def _search(search: "_Search", failed: dict, methods: tuple) -> None:
+def _search(search: "_Search", failed: dict, methods: tuple, sixteen_by_eight: bool = False) -> None:
     cosines = [o["cosine"] for o in failed.get("outputs", []) if o.get("cosine") is not None]
     search.best = (min(cosines, default=float("-inf")), Settings(), None)
     for method in methods:     # () for a quantizer with one calibration method (TFLiteConverter)
         if search.attempt(Settings(method)).passed:
             return _kept(search, Settings(method))
-    settings = replace(search.best[1], op_types=WEIGHTED_OPS)
+    if sixteen_by_eight and search.attempt(Settings(activations="int16")).passed:
+        return _kept(search, Settings(activations="int16"))
+    # the layer search below is int8's: a failed 16x8 attempt lends it its calibration method only
+    settings = replace(search.best[1], op_types=WEIGHTED_OPS, activations="int8")
     report = search.attempt(settings, locate=True)
     if report.passed:
         return _kept(search, settings)
