@@ -10,7 +10,8 @@ source, on the judging data):
 2. only the weighted layers quantized (Conv, Gemm, MatMul, Gather), the ops between them (Softmax, the
    attention mask's Add, LayerNorm) left in float — where a transformer's int8 usually breaks;
 3. the layers where ``deploykit.checking.locate`` measures the error growing most kept in float, re-measured after
-   each step: 1, 2, 4, … of them, then the fewest that pass (bisected), within MAX_ATTEMPTS quantizations.
+   each step: 1, 2, 4, … of them, then the fewest that pass (bisected), within MAX_ATTEMPTS quantizations — from
+   the 16x8 model when it came closer than step 2's (the rest of the model stays 16x8), else from step 2's.
 
 The converter supplies ``quantize(settings)``; the result records every attempt, and the layers kept in
 float by their source names (``ConversionResult.kept_float``, in the manifest's route).
@@ -100,17 +101,29 @@ def _search(search: "_Search", failed: dict, methods: tuple, sixteen_by_eight: b
     for method in methods:     # () for a quantizer with one calibration method (TFLiteConverter)
         if search.attempt(Settings(method)).passed:
             return _kept(search, Settings(method))
-    if sixteen_by_eight and search.attempt(Settings(activations="int16")).passed:
-        return _kept(search, Settings(activations="int16"))
-    # the layer search below is int8's: a failed 16x8 attempt lends it its calibration method only
-    settings = replace(search.best[1], op_types=WEIGHTED_OPS, activations="int8")
+    sixteen = _sixteen_by_eight(search) if sixteen_by_eight else None
+    if sixteen is not None and sixteen[1].passed:
+        return _kept(search, sixteen[0])
+    settings = replace(search.best[1], op_types=WEIGHTED_OPS, activations="int8", float_nodes=(), float_layers=())
     report = search.attempt(settings, locate=True)
     if report.passed:
         return _kept(search, settings)
+    if sixteen is not None and sixteen[1].location and _cosine(sixteen[1]) > _cosine(report):
+        settings, report = sixteen     # layers go float from the closer model: 16x8 beats int8 with ops in float
     passing = _float_layers(search, settings, report.location)
     if passing is None:
         _give_up(search)
     _kept(search, passing)
+
+
+def _sixteen_by_eight(search: _Search) -> tuple:
+    """The whole model in 16x8 (its report located when it fails): the settings and the report."""
+    settings = Settings(activations="int16")
+    return settings, search.attempt(settings, locate=True)
+
+
+def _cosine(report) -> float:
+    return min((o.cosine for o in report.outputs if o.cosine is not None), default=float("-inf"))
 
 
 def _ranking(location: Optional[dict]) -> list:
