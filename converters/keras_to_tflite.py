@@ -48,6 +48,7 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
     written = {}        # the last quantization's child info: the file left in place is the last one written
 
     def quantize(settings):
+        written.clear()     # an int8 file after a 16x8 one has no precisions line
         written.update(_convert(model, out_path, options, calibration, settings, info=True))
 
     # 16x8 keeps float inputs and outputs: not a candidate when the user asked for int8 ones
