@@ -10,6 +10,7 @@ lives: the CLI process never deserializes the PyTorch file. Checking and onnxsli
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -28,6 +29,7 @@ from deploykit.text import brief, exception_chain
 
 EXTERNAL_DATA_THRESHOLD = 1_900_000_000   # protobuf's 2 GiB limit, with headroom for the graph
 FALLBACK_SAMPLES = 16
+FUSED_ENCODER_LAYER = "aten::_transformer_encoder_layer_fwd"    # nn.TransformerEncoderLayer's fast path, traced
 
 
 def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
@@ -89,7 +91,7 @@ def export_job(request: dict, arrays: dict) -> dict:
     options = ExportOptions(opset=request["opset"], dynamic_batch=request["dynamic_batch"], debug=request["debug"])
     out_path = Path(request["out"])
     if model.format == Format.TORCHSCRIPT:
-        refuse_fused_fastpath(model.handle, "the ONNX exporters")
+        refuse_fused_fastpath(model.handle, "the ONNX exporters", converted=(FUSED_ENCODER_LAYER,))
     external = _weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
     example = _example_args(model, options)
     try:
@@ -123,6 +125,8 @@ def _export_legacy(model: LoadedModel, example: tuple, out_path: Path, options: 
 
     names_in, names_out = model.spec.input_names, model.spec.output_names
     dynamic_axes = {n: {0: "batch"} for n in names_in + names_out} if options.dynamic_batch else None
+    # Global in torch, hence in this child only; it serves that one op, which torch has no symbolic for.
+    torch.onnx.register_custom_op_symbolic(FUSED_ENCODER_LAYER, _encoder_layer_symbolic, LAYER_NORM_OPSET)
     torch.onnx.export(model.handle, example, str(out_path), dynamo=False, input_names=names_in,
                       output_names=names_out, dynamic_axes=dynamic_axes, opset_version=options.opset or 17)
     return f"torch.onnx.export(dynamo=False) torch {torch.__version__}"
@@ -175,6 +179,83 @@ def _tensor_values(graph) -> list:
     import torch
 
     return [v for node in graph.nodes() for v in node.outputs() if isinstance(v.type(), torch._C.TensorType)]
+
+
+LAYER_NORM_OPSET = 17     # ONNX's LayerNormalization
+
+
+def _encoder_layer_symbolic(g, src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias, use_gelu,
+                            norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2, norm_bias_2, ffn_weight_1,
+                            ffn_bias_1, ffn_weight_2, ffn_bias_2, mask=None, mask_type=None):
+    """nn.TransformerEncoderLayer's fused fast-path op (a trace under torch.no_grad records it) in plain ONNX ops,
+    as the layer's own slow path computes it: batch-first [B, T, E] in and out (the fast path requires it)."""
+    from torch.onnx import symbolic_helper as helper
+
+    width, heads = helper._get_const(embed_dim, "i", "embed_dim"), helper._get_const(num_heads, "i", "num_heads")
+    epsilon, ops = helper._get_const(eps, "f", "eps"), _OnnxOps(g)
+
+    def norm(x, weight, bias):
+        return g.op("LayerNormalization", x, weight, bias, epsilon_f=epsilon, axis_i=-1)
+
+    def attention(x):
+        q, k, v = g.op("Split", ops.linear(x, qkv_weight, qkv_bias), ops.ints([width] * 3), axis_i=2, outputs=3)
+        scores = g.op("Mul", g.op("MatMul", ops.heads(q, heads), ops.transposed(ops.heads(k, heads), [0, 1, 3, 2])),
+                      ops.real(1.0 / math.sqrt(width // heads)))
+        if not helper._is_none(mask):
+            scores = g.op("Add", scores, ops.additive(mask, helper._maybe_get_const(mask_type, "i")))
+        mixed = g.op("MatMul", g.op("Softmax", scores, axis_i=-1), ops.heads(v, heads))
+        merged = g.op("Reshape", ops.transposed(mixed, [0, 2, 1, 3]), ops.ints([0, 0, -1]))
+        return ops.linear(merged, proj_weight, proj_bias)
+
+    def feed_forward(x):
+        hidden = ops.linear(x, ffn_weight_1, ffn_bias_1)
+        hidden = ops.gelu(hidden) if helper._get_const(use_gelu, "b", "use_gelu") else g.op("Relu", hidden)
+        return ops.linear(hidden, ffn_weight_2, ffn_bias_2)
+
+    if helper._get_const(norm_first, "b", "norm_first"):
+        x = g.op("Add", src, attention(norm(src, norm_weight_1, norm_bias_1)))
+        return g.op("Add", x, feed_forward(norm(x, norm_weight_2, norm_bias_2)))
+    x = norm(g.op("Add", src, attention(src)), norm_weight_1, norm_bias_1)
+    return norm(g.op("Add", x, feed_forward(x)), norm_weight_2, norm_bias_2)
+
+
+class _OnnxOps:
+    """The few ONNX idioms the fused encoder layer is written with."""
+
+    def __init__(self, g):
+        self.g = g
+
+    def ints(self, values):
+        import torch
+
+        return self.g.op("Constant", value_t=torch.tensor(values, dtype=torch.int64))
+
+    def real(self, value):
+        import torch
+
+        return self.g.op("Constant", value_t=torch.tensor(value, dtype=torch.float32))
+
+    def transposed(self, x, perm):
+        return self.g.op("Transpose", x, perm_i=perm)
+
+    def linear(self, x, weight, bias):
+        return self.g.op("Add", self.g.op("MatMul", x, self.transposed(weight, [1, 0])), bias)
+
+    def heads(self, x, count: int):
+        """[B, T, E] → [B, heads, T, E / heads]; 0 keeps a dim, so a dynamic batch and sequence stay dynamic."""
+        return self.transposed(self.g.op("Reshape", x, self.ints([0, 0, count, -1])), [0, 2, 1, 3])
+
+    def gelu(self, x):
+        """The exact (erf) GELU: ONNX's Gelu op needs opset 20."""
+        erf = self.g.op("Erf", self.g.op("Div", x, self.real(math.sqrt(2.0))))
+        return self.g.op("Mul", self.g.op("Mul", x, self.real(0.5)), self.g.op("Add", erf, self.real(1.0)))
+
+    def additive(self, mask, mask_type):
+        """The merged mask as scores to add: a bool mask is True where attention is barred; a key padding mask
+        (type 1, [B, T]) broadcasts over heads and queries; an attention mask ([T, T] or [B, H, T, T]) as it is."""
+        if mask.type().scalarType() == "Bool":
+            mask = self.g.op("Where", mask, self.real(float("-inf")), self.real(0.0))
+        return self.g.op("Unsqueeze", mask, self.ints([1, 2])) if mask_type == 1 else mask
 
 
 def _export_ts2ep(model: LoadedModel, example: tuple, out_path: Path, options: ExportOptions, external: bool) -> str:

@@ -46,9 +46,11 @@ def data_dependence_named(tool: str):
 
 
 # PyTorch's fused inference fast path (nn.TransformerEncoder / MultiheadAttention in eval mode, no grad): a trace
-# records these single ops, which no exporter (ONNX, torch.export consumers) converts.
+# records these single ops, which no exporter (ONNX, torch.export consumers) converts as they are. The TorchScript
+# ONNX exporter of deploykit writes the encoder layer out in plain ONNX ops (converters/torch_to_onnx.py); a
+# padding mask with nested tensors on (the default) and the others stay refused.
 FASTPATH_OPS = ("aten::_transformer_encoder_layer_fwd", "aten::_native_multi_head_attention",
-                "aten::_transformer_decoder_only_layer_fwd")
+                "aten::_transformer_decoder_only_layer_fwd", "aten::_nested_tensor_from_mask")
 FASTPATH_REMEDY = ("trace the model again with the fast path off — torch.backends.mha.set_fastpath_enabled(False) "
                    "before torch.jit.trace — or export it with torch.export (.pt2), which does not take the fast path")
 
@@ -65,11 +67,12 @@ def fused_fastpath_ops(module) -> dict:
     return found
 
 
-def refuse_fused_fastpath(module, what: str) -> None:
-    """Raise ConversionError naming the fused fast-path ops a traced module carries, and the remedy."""
+def refuse_fused_fastpath(module, what: str, converted=()) -> None:
+    """Raise ConversionError naming the fused fast-path ops a traced module carries, and the remedy; a module whose
+    fast-path ops are all in ``converted`` (those the caller writes out itself) passes."""
     from deploykit.errors import ConversionError
 
-    found = fused_fastpath_ops(module)
+    found = {op: count for op, count in fused_fastpath_ops(module).items() if op not in converted}
     if found:
         ops = ", ".join(f"{op} ×{count}" for op, count in found.items())
         raise ConversionError(f"the TorchScript archive was traced through PyTorch's fused fast path ({ops}), which "

@@ -4,8 +4,8 @@ Such a trace records the unfused ops, but the archive keeps no intermediate shap
 TorchScript ONNX exporter then fails inside nn.MultiheadAttention ("ONNX export of transpose for tensor of unknown
 rank"); torch's TorchScript → ExportedProgram converter took fixed shapes only ("Failed to decompose" with
 --dynamic-batch) and gave a graph onnx2tf could not convert. The exporter now records every tensor's shape by
-running the frozen graph once. (The no_grad trace, fused fast path, is refused with its remedy:
-tests/test_field_models.py.)
+running the frozen graph once. A trace under torch.no_grad() records the fused fast-path op instead: it was refused,
+and is now written out in plain ONNX ops; nested tensors (a padding mask, the encoder's default) stay refused.
 """
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ from deploykit.constructs import UNKNOWN_RANK_REMEDY, unknown_rank_site
 
 D_MODEL, SEQ = 32, 10
 TRACE = '''
+import contextlib
 import sys
 import torch
 
 class Tagger(torch.nn.Module):
-    def __init__(self, masked):
+    def __init__(self, masked, nested, **layer):
         super().__init__()
-        layer = torch.nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True)
-        self.encoder = torch.nn.TransformerEncoder(layer, num_layers=2)
+        layer = torch.nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True, **layer)
+        self.encoder = torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=nested)
         self.head = torch.nn.Linear(32, 5)
         self.masked = masked
 
@@ -34,10 +35,14 @@ class Tagger(torch.nn.Module):
         return self.head(self.encoder(x, src_key_padding_mask=padding if self.masked else None))
 
 torch.manual_seed(0)
-masked = sys.argv[2] == "masked"
-model = Tagger(masked).eval()
+kind = sys.argv[2]
+masked, fused = "masked" in kind, kind.startswith("fused")
+layer = dict(activation="gelu", norm_first=True) if "gelu" in kind else {}
+model = Tagger(masked, nested="nested" in kind, **layer).eval()
 example = (torch.randn(1, 10, 32),) + ((torch.arange(10).unsqueeze(0) >= 7,) if masked else ())
-torch.jit.trace(model, example, check_trace=False).save(sys.argv[1])    # no torch.no_grad(): no fused fast path
+# Without torch.no_grad() the trace records the unfused ops; under it, PyTorch's fused fast path.
+with torch.no_grad() if fused else contextlib.nullcontext():
+    torch.jit.trace(model, example, check_trace=False).save(sys.argv[1])
 '''
 SHAPES_TOOL = "recorded shapes"
 
@@ -93,23 +98,64 @@ def test_a_saved_trace_of_a_transformer_encoder_exports_to_onnx(tmp_path, dynami
     np.testing.assert_allclose(outputs[0], _torch_outputs(source, {"x": first}, ["x"]), atol=1e-4)
 
 
+def _assert_the_mask_steers_the_output(artifact: str, source: str) -> None:
+    """At batch 2, held-out data: masking the last positions changes the output (the mask is an input, not baked in),
+    stays finite, and matches the TorchScript module."""
+    x = np.random.default_rng(8).standard_normal((2, SEQ, D_MODEL)).astype(np.float32)
+    padding = np.zeros((2, SEQ), dtype=bool)
+    padding[0, 6:], padding[1, 3:] = True, True
+    masked = _onnx_outputs(artifact, {"x": x, "padding": padding})
+    unmasked = _onnx_outputs(artifact, {"x": x, "padding": np.zeros_like(padding)})
+    assert np.isfinite(masked).all() and np.abs(masked - unmasked).max() > 0.01
+    np.testing.assert_allclose(masked, _torch_outputs(source, {"x": x, "padding": padding}, ["x", "padding"]),
+                               atol=1e-4)
+
+
+MASKED_INPUTS = [f"x:1x{SEQ}x{D_MODEL}", f"padding:1x{SEQ}:bool"]
+
+
 @pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.onnxruntime
 def test_the_key_padding_mask_stays_an_input_that_steers_the_output(tmp_path):
     source = _traced(tmp_path, "masked")
     result = api.export(source, "onnx", str(tmp_path / "m.onnx"), dynamic_batch=True,
-                        load=api.load_options([f"x:1x{SEQ}x{D_MODEL}", f"padding:1x{SEQ}:bool"]))
+                        load=api.load_options(MASKED_INPUTS))
     assert result.passed, result.parity.summary()
     assert SHAPES_TOOL in _route_tools(result)
-    x = np.random.default_rng(8).standard_normal((2, SEQ, D_MODEL)).astype(np.float32)
-    padding = np.zeros((2, SEQ), dtype=bool)
-    padding[:, 6:] = True
-    masked = _onnx_outputs(result.artifact, {"x": x, "padding": padding})
-    unmasked = _onnx_outputs(result.artifact, {"x": x, "padding": np.zeros_like(padding)})
-    assert np.isfinite(masked).all() and np.abs(masked - unmasked).max() > 0.01      # the mask is not baked in
-    np.testing.assert_allclose(masked, _torch_outputs(source, {"x": x, "padding": padding}, ["x", "padding"]),
-                               atol=1e-4)
+    _assert_the_mask_steers_the_output(result.artifact, source)
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.onnxruntime
+@pytest.mark.parametrize("kind", ["fused_masked", "fused_masked_gelu"])
+def test_a_trace_through_the_fused_fast_path_exports_its_layers_op_by_op(tmp_path, kind):
+    """Under torch.no_grad() the trace holds one fused op per layer (relu/post-norm, gelu/pre-norm); the TorchScript
+    exporter writes it out in ONNX ops. Before: refused ("traced through PyTorch's fused fast path")."""
+    import torch
+
+    from deploykit.constructs import fused_fastpath_ops
+
+    source = _traced(tmp_path, kind)
+    assert fused_fastpath_ops(torch.jit.load(source)) == {"aten::_transformer_encoder_layer_fwd": 2}
+    result = api.export(source, "onnx", str(tmp_path / "f.onnx"), dynamic_batch=True,
+                        load=api.load_options(MASKED_INPUTS))
+    assert result.passed, result.parity.summary()
+    _assert_the_mask_steers_the_output(result.artifact, source)
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_a_fused_trace_with_nested_tensors_is_refused_with_the_op_named(tmp_path):
+    """A padding mask with nested tensors on (the encoder's default) traces aten::_nested_tensor_from_mask: no ONNX
+    op stands for it, so the refusal names it (and no longer the encoder layer, which is converted)."""
+    from deploykit.errors import ConversionError
+
+    with pytest.raises(ConversionError, match=r"\(aten::_nested_tensor_from_mask ×1\)") as caught:
+        api.export(_traced(tmp_path, "fused_masked_nested"), "onnx", str(tmp_path / "n.onnx"),
+                   load=api.load_options(MASKED_INPUTS))
+    assert "set_fastpath_enabled(False)" in caught.value.remedy and caught.value.exit_code == 4
 
 
 @pytest.mark.slow
@@ -117,12 +163,14 @@ def test_the_key_padding_mask_stays_an_input_that_steers_the_output(tmp_path):
 @pytest.mark.onnxruntime
 @pytest.mark.tensorflow
 @pytest.mark.litert
-def test_a_saved_trace_of_a_transformer_encoder_exports_to_tflite(tmp_path):
-    """Before: the ONNX came from the TS → ExportedProgram converter and onnx2tf stopped on its rank-6 Transpose."""
-    result = api.export(_traced(tmp_path), "tflite", str(tmp_path / "t.tflite"),
-                        load=api.load_options([f"x:1x{SEQ}x{D_MODEL}"]))
+@pytest.mark.parametrize("kind", ["plain", "fused_masked_gelu"])
+def test_a_saved_trace_of_a_transformer_encoder_exports_to_tflite(tmp_path, kind):
+    """Before: the plain trace's ONNX came from the TS → ExportedProgram converter and onnx2tf stopped on its rank-6
+    Transpose; the fused one was refused."""
+    inputs = MASKED_INPUTS if "masked" in kind else MASKED_INPUTS[:1]
+    result = api.export(_traced(tmp_path, kind), "tflite", str(tmp_path / "t.tflite"), load=api.load_options(inputs))
     assert result.passed, result.parity.summary()
-    assert SHAPES_TOOL in _route_tools(result)
+    assert (SHAPES_TOOL in _route_tools(result)) == (kind == "plain")
 
 
 UNKNOWN_RANK_ERROR = ("SymbolicValueError: Unsupported: ONNX export of transpose for tensor of unknown rank.  [Caused by "
