@@ -28,7 +28,8 @@ def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
         raise ModelLoadError(f"{path}: cannot load this Keras model ({first_line(exc)})",
                              "the file may be truncated, or need custom objects: save it again") from None
     inputs = merge_user_specs([_keras_input_spec(t) for t in model.inputs], options.input_specs)
-    spec = _with_outputs(ModelSpec(tuple(inputs)), lambda feeds: _call_keras(model, spec_inputs=inputs, feeds=feeds))
+    spec = _with_outputs(ModelSpec(tuple(inputs)), lambda feeds: _call_keras(model, spec_inputs=inputs, feeds=feeds),
+                         lambda: _keras_declared_outputs(model))
     return LoadedModel(path=path, format=fmt, spec=spec, handle=model, details={"keras": keras.__version__})
 
 
@@ -48,7 +49,7 @@ def _load_saved_model(path: str, fmt: Format, options: LoadOptions) -> LoadedMod
     inputs = merge_user_specs([TensorSpec(name, _dims(t.shape), t.dtype.name) for name, t in kwargs.items()],
                               options.input_specs)
     model = _SavedModelCallable(loaded, signature)
-    spec = _with_outputs(ModelSpec(tuple(inputs)), model)
+    spec = _with_outputs(ModelSpec(tuple(inputs)), model, lambda: _declared_outputs(signature.structured_outputs))
     return LoadedModel(path=path, format=fmt, spec=spec, handle=model, details={"signature": "serving_default"})
 
 
@@ -71,6 +72,20 @@ def _keras_input_spec(tensor) -> TensorSpec:
     return TensorSpec(name, _dims(tensor.shape), dtype, "NHWC" if len(tensor.shape) == 4 else None)
 
 
+def _declared_outputs(outputs: dict) -> tuple:
+    """A signature's structured outputs (name -> tf.TensorSpec), in the order the callable returns them."""
+    return tuple(TensorSpec(str(k), _dims(v.shape), v.dtype.name)
+                 for k, v in sorted(outputs.items(), key=lambda kv: natural_key(str(kv[0]))))
+
+
+def _keras_declared_outputs(model) -> tuple:
+    """A Keras model's outputs, named as _call_keras names them."""
+    outputs = list(model.outputs)
+    names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+    return tuple(TensorSpec(name, _dims(t.shape), np.dtype(str(t.dtype).replace("tf.", "")).name)
+                 for name, t in zip(names, outputs))
+
+
 def _dims(shape) -> tuple:
     dims = list(shape)
     return tuple("batch" if (d is None and i == 0) else ("?" if d is None else int(d)) for i, d in enumerate(dims))
@@ -87,10 +102,18 @@ def _call_keras(model, spec_inputs: list, feeds: Mapping) -> dict:
     return {f"output_{i}": np.asarray(v) for i, v in enumerate(values)}
 
 
-def _with_outputs(spec: ModelSpec, call) -> ModelSpec:
+def _with_outputs(spec: ModelSpec, call, declared) -> ModelSpec:
+    """The outputs as one call on random inputs gives them; as the model declares them (``declared()``, dynamic
+    dims "?") when an input has a dynamic dim only --input can fix (a SavedModel's height and width): the
+    signature is read all the same (`inspect`), and whatever must run the model asks for the shape itself."""
+    from deploykit.errors import UsageError
     from deploykit.inputs import random_feeds
 
-    outputs = call(random_feeds(spec, 1)[0])
+    try:
+        feeds = random_feeds(spec, 1)[0]
+    except UsageError:
+        return ModelSpec(spec.inputs, declared())
+    outputs = call(feeds)
     return ModelSpec(spec.inputs, tuple(TensorSpec(k, tuple(v.shape), v.dtype.name) for k, v in outputs.items()))
 
 

@@ -67,8 +67,6 @@ def keras2_hdf5(path) -> str:
     return str(path)
 
 
-@pytest.mark.xfail(strict=True, reason="needs runtimes/tensorflow.py to read a SavedModel's declared outputs when "
-                   "an input has a dynamic H/W (patch /tmp/h/h4-tensorflow.patch, H2's file): drop this mark with it")
 @pytest.mark.slow
 @pytest.mark.tensorflow
 def test_inspect_shows_a_saved_models_dynamic_height_and_width(tmp_path):
