@@ -84,38 +84,6 @@ def test_an_output_that_ignores_its_input_is_named_and_can_be_kept_unverified(tm
     assert manifest["verified"] is False and (tmp_path / "kept.onnx").exists()
 
 
-TRACE_ENCODER = '''
-import sys
-import torch
-
-torch.manual_seed(0)
-layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0)
-encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
-torch.backends.mha.set_fastpath_enabled(sys.argv[2] == "fast")
-with torch.no_grad():
-    torch.jit.trace(encoder, (torch.randn(1, 10, 32),)).save(sys.argv[1])
-'''
-
-
-@pytest.mark.slow
-@pytest.mark.torch
-@pytest.mark.onnxruntime
-def test_a_trace_through_the_fused_fast_path_is_named_with_its_remedy(tmp_path):
-    """A plain torch.jit.trace of nn.TransformerEncoder in eval mode records PyTorch's fused fast-path op: named,
-    with the remedy — and the remedy (tracing with the fast path off) exports and verifies."""
-    import subprocess
-    import sys
-
-    (tmp_path / "trace.py").write_text(TRACE_ENCODER)
-    for name, mode in (("fast.pt", "fast"), ("plain.pt", "plain")):
-        subprocess.run([sys.executable, str(tmp_path / "trace.py"), str(tmp_path / name), mode], check=True)
-    proc = run_cli("export", str(tmp_path / "fast.pt"), "--input", "src:1x10x32", "-o", str(tmp_path / "fast.onnx"))
-    assert_clean_error(proc, 4, "aten::_transformer_encoder_layer_fwd ×2", "set_fastpath_enabled(False)")
-    result = api.export(str(tmp_path / "plain.pt"), "onnx", str(tmp_path / "plain.onnx"),
-                        load=api.load_options(["src:1x10x32"]))
-    assert result.passed, result.parity
-
-
 @pytest.mark.slow
 @pytest.mark.onnxruntime
 @pytest.mark.tensorflow
