@@ -22,8 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from field_corpus import CORPUS, _npz  # noqa: E402 - after the path is set
-from tests.field import field_file  # noqa: E402
+from field_corpus import CORPUS, _npz, source_path  # noqa: E402 - after the path is set
 
 SAMPLES = (("two_layer_net.pt2", "two_layer_net.inputs.npz"), ("mobilenet_v2.pt2", "mobilenet_v2.inputs.npz"),
            ("tiny_transformer.pt2", "tiny_transformer.inputs.npz"), ("keras_two_layer_net.keras", None))
@@ -40,7 +39,7 @@ def write_spec(folder: Path, precisions: list) -> Path:
     for name, npz in SAMPLES:
         lines += ["[[models]]", f'path = "samples/{name}"'] + ([f'inputs_npz = "samples/{npz}"'] if npz else []) + [""]
     for model in CORPUS:
-        source = field_file(model.requirement, model.member)
+        source = source_path(model)
         npz = _npz(model, folder)
         lines += ["[[models]]", f"name = {json.dumps(model.name)}", f"path = {json.dumps(str(source))}",
                   f"inputs = {json.dumps(list(model.inputs))}"] + ([f"inputs_npz = {json.dumps(npz)}"] if npz else [])
