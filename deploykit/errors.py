@@ -60,7 +60,13 @@ class DeploykitError(Exception):
             "remedy": self.remedy,
             "exit_code": self.exit_code,
             **({"outcome": self.outcome.value} if self.outcome else {}),
+            **{key: self.details[key] for key in JSON_DETAILS if self.details.get(key)},
         }
+
+
+# Details that are plain lists a script reads (``--json``): what the ONNX preparation did before a converter
+# failed, and the integer inputs that steer the graph (name, dtype, what they feed, the value the user fed).
+JSON_DETAILS = ("prep_notes", "steering_inputs")
 
 
 class UsageError(DeploykitError):

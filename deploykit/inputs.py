@@ -120,6 +120,8 @@ def shapes_from_npz(spec: ModelSpec, path: "str | Path") -> ModelSpec:
     for tensor in spec.inputs:
         array = arrays.get(tensor.name)
         dynamic = any(not (isinstance(d, int) and d >= 0) for d in tensor.shape)
+        if array is not None and (one := _one_integer_value(tensor, array)) is not None:
+            tensor = replace(tensor, value_range=(one, one + 1))
         if array is None or not dynamic or array.ndim not in (len(tensor.shape), len(tensor.shape) + 1):
             pinned.append(tensor)
             continue
@@ -127,6 +129,17 @@ def shapes_from_npz(spec: ModelSpec, path: "str | Path") -> ModelSpec:
         pinned.append(replace(tensor, shape=tuple(d if isinstance(d, int) and d >= 0 else int(n)
                                                   for d, n in zip(tensor.shape, shape))))
     return ModelSpec(tuple(pinned), spec.outputs)
+
+
+def _one_integer_value(tensor: TensorSpec, array: np.ndarray) -> "int | None":
+    """The value of a one-element integer input (a sample rate, a flag) that holds the same value in every sample of
+    the user's data: random samples then feed it too (a model may accept no other), and a converter's verdict can
+    name it (``--input sr::int64=16000``). It stays an input: nothing is fixed without the user's --input."""
+    one_element = all(d == 1 for d in tensor.shape)          # () or (1,): a dynamic dim may hold a sequence
+    if tensor.value_range or tensor.fixed or not one_element or array.dtype.kind not in "iu" or not array.size:
+        return None
+    values = np.unique(array)
+    return int(values[0]) if values.size == 1 else None
 
 
 def read_npz(path: Path) -> dict:

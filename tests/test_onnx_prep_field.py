@@ -145,12 +145,19 @@ def test_a_failed_conversion_names_the_steering_input_and_keeps_the_prep_notes(t
     from tests.conftest import run_cli
 
     source = _rate_gated_graph(tmp_path / "gated.onnx")
-    proc = run_cli("export", str(source), "--to", "tflite", "-o", str(tmp_path / "g.tflite"), "--input", "sr::int64:16000..16001", "--json")
+    # sr given the natural way, as data beside x: the verdict gives the fixed form with the value the user fed
+    np.savez(tmp_path / "feed.npz", x=np.ones((1, 24), np.float32), sr=np.array(16000, np.int64))
+    proc = run_cli("export", str(source), "--to", "tflite", "-o", str(tmp_path / "g.tflite"),
+                   "--inputs", str(tmp_path / "feed.npz"), "--json")
     data = json.loads(proc.stdout)
     assert proc.returncode == ConversionError.exit_code and not data["passed"], proc.stderr
     assert "'sr' (int64, feeds If pick_rate (input 0))" in data["message"], data["message"]
     assert "--input sr::int64=16000" in data["message"] and "the ONNX preparation before onnx2tf" in data["message"]
     assert "named 1 unnamed node(s)" in data["message"], data["message"]
+    # ... and the same as lists a script reads
+    assert data["steering_inputs"] == [{"name": "sr", "dtype": "int64", "feeds": "If pick_rate (input 0)",
+                                        "value": 16000}], data
+    assert any("named 1 unnamed node(s)" in note for note in data["prep_notes"]), data["prep_notes"]
 
 
 @pytest.mark.slow
@@ -202,5 +209,5 @@ def test_silero_vad_fed_its_sample_rate_as_data_is_told_the_input_form(tmp_path)
         api.export(str(source), "tflite", str(tmp_path / "vad.tflite"),
                    verify=api.VerifyOptions(inputs_npz=str(tmp_path / "vad.npz")))
     message = info.value.message
-    assert "'sr' (int64, feeds If If_0 (input 0))" in message and "--input sr::int64=" in message, message
+    assert "'sr' (int64, feeds If If_0 (input 0))" in message and "--input sr::int64=16000" in message, message
     assert "the ONNX preparation before onnx2tf" in message, message
