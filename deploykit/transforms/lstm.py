@@ -18,7 +18,8 @@ gathers torch's ``h_n[-1]`` from the stacked final states along the wrong axis. 
   [I, 4H]) and only the recurrence is unrolled, 13 nodes a step (the per-step form had 26). A reverse direction walks
   the steps backwards; a bidirectional node runs both and stacks them as ONNX does (Y [T, 2, B, H]). Only the common
   form is unrolled: batch-second layout, weights stored in the file, default activations, no peepholes, clipping
-  or input_forget, sequence lengths absent or all T, a known length of at most ``MAX_STEPS``;
+  or input_forget, sequence lengths absent or all T, a known length of at most ``MAX_STEPS`` (both directions
+  counted);
 - ``Gather(Concat(h₀, h₁, h₂), k)`` over LSTM states → the k-th state itself.
 
 Every LSTM node gets one note saying what was done, or why it was left. The caller checks the result against the
@@ -30,7 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAX_STEPS = 1024        # the graph grows by 15 nodes a step; past this onnx2tf's time is the limit (bench)
+# Steps written out per LSTM node, both directions counted: 13 nodes a step, and onnx2tf took 289 s for 400 steps
+# (bench/lstm_unroll_size.py) — past this a conversion would not end within the converter's default 600 s.
+MAX_STEPS = 512
 _HANDLED = {"hidden_size", "direction", "layout", "input_forget"}
 _DIRECTIONS = {b"forward": (False,), b"reverse": (True,), b"bidirectional": (False, True)}
 
@@ -219,8 +222,10 @@ def _plan(node, weights: dict, shapes: dict):
     steps, batch = ((shapes.get(inputs[0]) or []) + [None, None])[:2]
     if not isinstance(steps, int):
         return "its sequence length is unknown (give the input's shape with --input)"
-    if steps > MAX_STEPS:
-        return f"{steps} steps is over the {MAX_STEPS} the unroll writes out (the graph grows by 15 nodes a step)"
+    count = 2 if attributes.get("direction") == b"bidirectional" else 1
+    if steps * count > MAX_STEPS:
+        return (f"{steps} steps{' × 2 directions' * (count > 1)} is over the {MAX_STEPS} the unroll writes out (13 "
+                "nodes a step: onnx2tf would take over 10 minutes)")
     if inputs[4] and not _all_equal(weights.get(inputs[4]), steps):
         return "per-example sequence lengths (input sequence_lens) are not unrolled"
     w, r = (numpy_helper.to_array(weights[name]) for name in inputs[1:3])
