@@ -140,3 +140,15 @@ def test_field_fer_weight_quantized_tflite_converts_to_onnx(tmp_path):
     assert result.passed, result.parity.summary()
     assert result.parity.tolerance.preset == "int8"
     assert any("source is weight-quantized int8 (9 tensor(s))" in n for n in result.parity.notes), result.parity.notes
+
+
+def test_quantize_mode_is_judged_no_tighter_than_a_quantized_source():
+    """--quantize fp16 of an int8-weight source: the int8 preset (the looser); --precision still decides; an fp32
+    source keeps the mode's own preset."""
+    from deploykit.exporting.pipeline import _mode_tolerance
+    from deploykit.options import VerifyOptions
+
+    assert _mode_tolerance("fp16", VerifyOptions(), "int8").preset == "int8"
+    assert _mode_tolerance("fp16", VerifyOptions(), "fp32").preset == "fp16"
+    assert _mode_tolerance("int8", VerifyOptions(), "fp16").preset == "int8"
+    assert _mode_tolerance("fp16", VerifyOptions(precision="fp16"), "int8").preset == "fp16"

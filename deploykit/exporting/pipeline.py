@@ -99,11 +99,24 @@ class _Judging:
     feeds: Optional[tuple] = None
 
     @classmethod
-    def of(cls, model: LoadedModel, request: ExportRequest) -> "_Judging":
+    def of(cls, model: LoadedModel, request: ExportRequest, source_preset: str = "fp32") -> "_Judging":
         quantize, verify, mode = request.quantize, request.verify, request.mode
         calibration, info = _calibration(model, quantize)
-        return cls(calibration, info, tolerance_for(PRECISION_OF[mode], verify.atol, verify.rtol) if mode else None,
+        return cls(calibration, info, _mode_tolerance(mode, verify, source_preset) if mode else None,
                    _judging_feeds(model, quantize, calibration, info, verify))
+
+
+_LOOSER = ("fp32", "fp16", "int8")      # presets from the tightest to the loosest
+
+
+def _mode_tolerance(mode: str, verify: VerifyOptions, source_preset: str):
+    """The --quantize mode's preset, or the source's own when that is looser: an int8-weight source exported with
+    --quantize fp16 is no closer to the source than int8 rounding allows (without --precision: the source's preset
+    comes from make_checker, which follows --precision)."""
+    preset = PRECISION_OF[mode]
+    if not verify.precision and source_preset.split("+")[0] in _LOOSER:
+        preset = max(preset, source_preset.split("+")[0], key=_LOOSER.index)
+    return tolerance_for(preset, verify.atol, verify.rtol)
 
 
 def _export(request: ExportRequest) -> ExportResult:
@@ -112,7 +125,7 @@ def _export(request: ExportRequest) -> ExportResult:
     checker = make_checker(model, request.verify)
     if not isinstance(model, PendingModel):
         checker.feeds(1)    # a dim only the user can fix fails now, named in the source's layout — not after converting
-    judging = _Judging.of(model, request)
+    judging = _Judging.of(model, request, checker.tolerance.preset)
     route_all = request.route == "all"
     with fsutil.staging_dir(out.parent) as stage:
         runs = _run_routes(request, model, routes, checker, stage, out.name, judging)
