@@ -53,6 +53,7 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
 
     # 16x8 keeps float inputs and outputs: not a candidate when the user asked for int8 ones
     repair(result, check, options, quantize, failed, methods=(), sixteen_by_eight=options.io_dtype != "int8")
+    result.tool = written.get("tool", result.tool)      # the file in place may be ai-edge-quantizer's
     if written.get("precisions"):
         result.notes.append(written["precisions"])
     result.artifact = None       # converted again: the checked artifact is read anew
@@ -75,7 +76,8 @@ def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, calibra
                "out": str(out_path), "quantize": options.quantize, "io_dtype": options.io_dtype,
                "debug": options.debug, "op_types": bool(settings and settings.op_types),
                "float_nodes": list(settings.float_nodes) if settings else [],
-               "activations": settings.activations if settings else "int8"}
+               "activations": settings.activations if settings else "int8",
+               "wide_nodes": list(settings.wide_nodes) if settings else []}
     answer = run_child("converters.keras_to_tflite:job", request, arrays=calibration, stage=CONVERT,
                        what="TFLiteConverter", timeout=options.timeout, debug=options.debug, reuse=True).info
     return answer if info else answer["tool"]
@@ -88,7 +90,7 @@ def job(request: dict, arrays: dict) -> dict:
     tf = import_tensorflow()
     model = load_model(request["source"], LoadOptions.from_dict(request["load"]), Format(request["format"]))
     feeds = unpack_samples(arrays) if arrays else []
-    if request.get("activations") == "int16":
+    if request.get("activations") in ("int16", "mixed"):
         data, answer = _flatbuffer_16x8(tf, _float_converter(tf, model), model.spec.input_names, feeds, request)
     else:
         data, answer = _flatbuffer(tf, model, request, feeds), {"tool": f"TFLiteConverter tf {tf.__version__}"}
@@ -154,6 +156,8 @@ def _configure_quantization(tf, converter, model: LoadedModel, request: dict, fe
 # Ops whose int8 tables are weights (an embedding's rows): int8 storage keeps the file int8-sized; their output is
 # requantized to int16 for the next op.
 TABLE_OPS = ("GATHER",)          # EMBEDDING_LOOKUP: ai-edge-quantizer 0.10 has no int8 recipe for it
+# The weighted ops a "mixed" model runs in int8 (XNNPACK's fast kernels), unless named in wide_nodes.
+WEIGHTED_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
 # A float value no integer scale can hold beside ordinary ones: float32's lowest (HuggingFace's attention-mask
 # fill, -3.4e38) or a stand-in for -inf. A tensor holding one would take a scale that rounds every real score to 0.
 SENTINEL = 1e30
@@ -175,12 +179,9 @@ def _flatbuffer_16x8(tf, converter, input_names: list, feeds: list, request: dic
         raise ConversionError("16x8 quantization needs ai-edge-quantizer, which is not installed",
                               "pip install ai-edge-quantizer") from None
     with captured_output(echo=request["debug"]):
-        float_model = converter.convert()
-        samples = [dict(zip(input_names, (feed[name] for name in input_names))) for feed in feeds]
-        floated = _sentinel_ops(float_model, samples[:4]) | set(request["float_nodes"])
+        float_model, calibration, sentinels = _calibrated(converter, input_names, feeds, request)
         engine = quantizer.Quantizer(float_model, recipe.static_wi8_ai16())
-        _recipe_16x8(engine, floated)
-        calibration = engine.calibrate({_signature_key(float_model): samples}, num_threads=2)
+        _recipe_16x8(engine, sentinels | set(request["float_nodes"]), request)
         data = bytes(engine.quantize(calibration, enable_progress_report=False).quantized_model)
     from importlib.metadata import version
 
@@ -188,15 +189,40 @@ def _flatbuffer_16x8(tf, converter, input_names: list, feeds: list, request: dic
     return data, {"tool": tool, "precisions": _precisions(data)}
 
 
-def _recipe_16x8(engine, floated: set) -> None:
-    """16x8 everywhere (the loaded recipe), int8 tables, the named ops float (later rules win in the recipe)."""
+_CALIBRATED = {}     # (source, samples' digest) -> (float model, calibration, sentinel ops): once per child
+
+
+def _calibrated(converter, input_names: list, feeds: list, request: dict) -> tuple:
+    """The float flatbuffer, ai-edge-quantizer's calibration of every tensor (what any recipe needs) and the ops
+    touching a SENTINEL value — computed once per source in the reused child, so each repair attempt only requantizes."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    import hashlib
+
+    digest = hashlib.sha256(b"".join(feed[name].tobytes() for feed in feeds for name in input_names)).hexdigest()
+    key = (request["source"], digest)
+    if key not in _CALIBRATED:
+        float_model = converter.convert()
+        samples = [dict(zip(input_names, (feed[name] for name in input_names))) for feed in feeds]
+        engine = quantizer.Quantizer(float_model, recipe.static_wi8_ai16())
+        calibration = engine.calibrate({_signature_key(float_model): samples}, num_threads=2)
+        _CALIBRATED.clear()
+        _CALIBRATED[key] = float_model, calibration, _sentinel_ops(float_model, samples[:4])
+    return _CALIBRATED[key]
+
+
+def _recipe_16x8(engine, floated: set, request: dict) -> None:
+    """16x8 everywhere (the loaded recipe), int8 tables, for a "mixed" model the weighted ops int8 but the
+    ``wide_nodes``, the named ops float (later rules win in the recipe)."""
     import re
 
     from ai_edge_quantizer import qtyping
 
     names = qtyping.TFLOperationName
-    for op in TABLE_OPS:
+    for op in TABLE_OPS + (WEIGHTED_OPS if request["activations"] == "mixed" else ()):
         engine.add_static_config(".*", getattr(names, op), 8, 8)
+    for node in sorted(set(request["wide_nodes"]) - floated):
+        engine.add_static_config(f"^{re.escape(node)};$", names.ALL_SUPPORTED, 16, 8)
     for boundary in (names.INPUT, names.OUTPUT):    # float inputs and outputs, as plain int8 has them here
         engine.update_quantization_recipe(regex=".*", operation_name=boundary, algorithm_key="no_quantize")
     for node in sorted(floated):      # an op's scope is its output names joined by ";", with a trailing ";"

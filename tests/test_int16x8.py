@@ -14,11 +14,13 @@ SEQ, WIDTH = 16, 32
 
 # --- the search's order on a scripted quantizer and check (no framework): every step visible ---
 
-LAYERS = {"attn.scores": ("n0", 0.004), "ffn.down": ("n1", 0.03), "head": ("n2", 0.001)}  # node, its error in 16x8
+# layer -> (artifact node, the error it adds in 16x8, the error it adds as an int8 weighted layer)
+LAYERS = {"attn.scores": ("n0", 0.004, 0.01), "ffn.down": ("n1", 0.005, 0.05), "head": ("n2", 0.001, 0.002)}
 
 
 class Scripted:
-    """16x8 errs per layer as LAYERS says; int8 (weighted layers only or not) errs 0.8 whatever stays float."""
+    """A 16x8 model errs per layer as LAYERS says; a mixed one takes each weighted layer's int8 error unless the layer
+    is kept 16x8; a layer kept float adds nothing; int8 (weighted layers only or not) errs 0.8. Passes at error 0.02."""
 
     def __init__(self, layers: dict):
         self.layers, self.settings, self.made = layers, None, []
@@ -27,21 +29,24 @@ class Scripted:
         self.settings = settings
         self.made.append(settings)
 
+    def _error(self, layer: str, wide: float, narrow: float) -> float:
+        settings = self.settings
+        if layer in settings.float_layers:
+            return 0.0
+        return narrow if settings.activations == "mixed" and layer not in settings.wide_layers else wide
+
     def check(self, _path, _samples, locate=False):
         from deploykit.parity import OutputResult, ParityReport, tolerance_for
 
-        settings = self.settings
-        if settings.activations == "int16":
-            error = sum(e for layer, (_n, e) in self.layers.items() if layer not in settings.float_layers)
-        else:
-            error = 0.8
+        errors = {layer: self._error(layer, wide, narrow) for layer, (_n, wide, narrow) in self.layers.items()}
+        error = sum(errors.values()) if self.settings.activations != "int8" else 0.8
         report = ParityReport("source", "int8", 4, tolerance_for("int8"))
-        passed = 1 - error >= 0.98
+        passed = error <= 0.02
         report.outputs.append(OutputResult("out", "out", status="pass" if passed else "fail", cosine=1 - error))
         if locate and not passed:
             report.location = {"summary": "scripted", "rows": [
-                {"layer": layer, "artifact_op": node, "relative_error": e, "growth": e}
-                for layer, (node, e) in self.layers.items() if layer not in settings.float_layers]}
+                {"layer": layer, "artifact_op": self.layers[layer][0], "relative_error": e, "growth": e}
+                for layer, e in errors.items() if e]}
         return report
 
 
@@ -56,17 +61,28 @@ def _repair(sixteen_by_eight: bool, layers: dict = LAYERS):
     return result, scripted
 
 
-def test_the_whole_model_in_16x8_is_the_first_repair_step():
-    result, scripted = _repair(sixteen_by_eight=True, layers={**LAYERS, "ffn.down": ("n1", 0.01)})
-    assert [s.activations for s in scripted.made] == ["int16"]
-    assert result.attempts[0]["ok"] and "16x8" in result.attempts[0]["tool"]
-    assert result.repaired and not result.kept_float and "16x8" in result.notes[-1]
+def test_the_whole_model_in_16x8_comes_first_then_a_faster_mix_keeps_the_fewest_layers_16x8():
+    """16x8 passes (error 0.010); its int8-weighted mix does not (0.062): the layer adding most (ffn.down) stays
+    16x8 and the rest of the weighted layers run int8 (0.017, passes)."""
+    result, scripted = _repair(sixteen_by_eight=True)
+    assert result.attempts[0]["ok"] and "16x8 (int16 activations" in result.attempts[0]["tool"]
+    assert [s.activations for s in scripted.made[:2]] == ["int16", "mixed"]
+    final = scripted.made[-1]
+    assert final.activations == "mixed" and final.wide_layers == ("ffn.down",) and not final.float_layers
+    assert result.repaired and not result.kept_float
+    assert "kept 1 weighted layer(s) in 16x8: ffn.down" in result.notes[-1]
+
+
+def test_when_no_faster_mix_passes_the_whole_16x8_model_is_kept():
+    result, scripted = _repair(sixteen_by_eight=True, layers={n: (node, wide, 0.5) for n, (node, wide, _) in LAYERS.items()})
+    assert scripted.made[-1] == scripted.made[0] and scripted.made[0].activations == "int16"    # written again
+    assert len(scripted.made) <= 10 and "16x8 (int16 activations" in result.notes[-1]
 
 
 def test_layers_go_float_from_the_16x8_model_when_it_came_closer_than_int8():
-    """16x8 misses the preset by one layer (cosine 0.965), int8 with the unweighted ops float is far (0.2): the
+    """16x8 misses the preset by one layer (error 0.035), int8 with the unweighted ops float is far (0.8): the
     layer the 16x8 model's location blames goes float, the rest stays 16x8."""
-    result, scripted = _repair(sixteen_by_eight=True)
+    result, scripted = _repair(sixteen_by_eight=True, layers={**LAYERS, "ffn.down": ("n1", 0.03, 0.05)})
     final = scripted.made[-1]
     assert final.activations == "int16" and final.float_layers == ("ffn.down",)
     assert result.kept_float == ["ffn.down"] and "16x8" in result.notes[-1]
@@ -134,9 +150,11 @@ def test_an_attention_block_that_fails_plain_int8_passes_in_16x8(tmp_path):
     assert result.passed
     hop = json.loads(Path(result.manifest).read_text())["route"][-1]
     # a repair runs only after the plain full-int8 model failed (here LiteRT aborts loading it: the mask's scale)
-    assert any(n.startswith("int8 repaired after 2 quantization(s)") and "16x8" in n for n in hop["notes"])
+    assert any(n.startswith("int8 repaired after") and n.endswith("16x8 (int16 activations, int8 weights)")
+               for n in hop["notes"])
     repairs = [a for a in hop["attempts"] if a["tool"].startswith("int8 repair")]
-    assert [a["ok"] for a in repairs] == [True] and "16x8" in repairs[0]["tool"]   # the first repair step, no float
+    assert repairs[0]["ok"] and "16x8 (int16 activations" in repairs[0]["tool"]    # the first repair step, no float
+    # then a faster mix (weighted layers int8) is tried: the outlier fails it, and a Keras source cannot be located
     precisions = next(n for n in hop["notes"] if n.startswith("layers by precision"))
     assert "16x8:" in precisions and "FULLY_CONNECTED" in precisions and "SOFTMAX" in precisions  # the masked one
     assert not hop.get("kept_float")

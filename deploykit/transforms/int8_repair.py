@@ -6,7 +6,8 @@ source, on the judging data):
 1. the calibration methods: min-max (done), percentile, entropy;
 1b. where the converter has a 16x8 quantizer (TFLite: int16 activations, int8 weights), the whole model in 16x8:
    attention's softmax, LayerNorm and residual sums keep 16-bit resolution while the weights stay 8-bit, so the file
-   stays as small as int8 — tried before any layer is given up to float;
+   stays as small as int8 — tried before any layer is given up to float. When it passes, the rest of the budget
+   looks for a faster mix (``_faster``: weighted layers int8, the ones located worst kept 16x8);
 2. only the weighted layers quantized (Conv, Gemm, MatMul, Gather), the ops between them (Softmax, the
    attention mask's Add, LayerNorm) left in float — where a transformer's int8 usually breaks;
 3. the layers where ``deploykit.checking.locate`` measures the error growing most kept in float, re-measured after
@@ -34,12 +35,16 @@ class Settings:
     op_types: tuple = ()          # op types quantized; () = every op the quantizer can
     float_nodes: tuple = ()       # the artifact's node names kept in float
     float_layers: tuple = ()      # the same layers in the source's names
-    activations: str = "int8"     # int8 | int16 (TFLite's 16x8: int16 activations, int8 weights)
+    activations: str = "int8"     # int8 | int16 (TFLite's 16x8: int16 activations, int8 weights) | mixed
+    wide_nodes: tuple = ()        # mixed: the weighted layers kept 16x8 (artifact names); the others are int8
+    wide_layers: tuple = ()       # the same layers in the source's names
 
     def describe(self) -> str:
         parts = [self.method]
         if self.activations == "int16":
             parts.append("16x8 (int16 activations, int8 weights)")
+        if self.activations == "mixed":
+            parts.append(f"16x8 but the weighted layers int8, {len(self.wide_layers)} of them kept 16x8")
         if self.op_types:
             parts.append("weighted layers only")
         if self.float_layers:
@@ -103,7 +108,7 @@ def _search(search: "_Search", failed: dict, methods: tuple, sixteen_by_eight: b
             return _kept(search, Settings(method))
     sixteen = _sixteen_by_eight(search) if sixteen_by_eight else None
     if sixteen is not None and sixteen[1].passed:
-        return _kept(search, sixteen[0])
+        return _kept(search, _faster(search) or sixteen[0])
     settings = replace(search.best[1], op_types=WEIGHTED_OPS, activations="int8", float_nodes=(), float_layers=())
     report = search.attempt(settings, locate=True)
     if report.passed:
@@ -114,6 +119,22 @@ def _search(search: "_Search", failed: dict, methods: tuple, sixteen_by_eight: b
     if passing is None:
         _give_up(search)
     _kept(search, passing)
+
+
+def _faster(search: _Search) -> Optional[Settings]:
+    """A passing 16x8 model that runs faster, or None: 16x8 kernels are slow on CPUs (XNNPACK has none; LiteRT's
+    reference int16 FULLY_CONNECTED took ~90 % of a 16x8 MiniLM's time), so the weighted layers go int8 and the
+    layers the located error blames most stay 16x8 — the fewest that pass (doubling, bisected) in what is left
+    of the budget."""
+    base = Settings(activations="mixed")
+    report = search.attempt(base, locate=True)
+    if report.passed:
+        return base
+    faster = _float_layers(search, base, report.location, keep="wide")
+    located = {row["artifact_op"] for row in _ranking(report.location)}
+    if faster is not None and located <= set(faster.wide_nodes):
+        return None     # every located weighted layer back in 16x8: the whole 16x8 model, not a faster one
+    return faster
 
 
 def _sixteen_by_eight(search: _Search) -> tuple:
@@ -133,13 +154,13 @@ def _ranking(location: Optional[dict]) -> list:
     return sorted(rows, key=lambda row: -row["growth"])
 
 
-def _float_layers(search: _Search, base: Settings, location: Optional[dict]) -> Optional[Settings]:
-    """The layers to keep in float, chosen greedily: each step re-measures the model it has and doubles the float
-    set with the layers adding the most error now (1, 2, 4, …); once one passes, the fewest of them, in the order
-    chosen, that still pass (bisected)."""
+def _float_layers(search: _Search, base: Settings, location: Optional[dict], keep: str = "float") -> Optional[Settings]:
+    """The layers to keep in float (``keep="wide"``: in 16x8), chosen greedily: each step re-measures the model it
+    has and doubles the set with the layers adding the most error now (1, 2, 4, …); once one passes, the fewest of
+    them, in the order chosen, that still pass (bisected)."""
     def settings_for(rows: list) -> Settings:
-        return replace(base, float_nodes=tuple(r["artifact_op"] for r in rows),
-                       float_layers=tuple(r["layer"] for r in rows))
+        return replace(base, **{f"{keep}_nodes": tuple(r["artifact_op"] for r in rows),
+                                f"{keep}_layers": tuple(r["layer"] for r in rows)})
 
     chosen, failed = [], 0
     while not search.exhausted:
@@ -173,6 +194,8 @@ def _kept(search: _Search, settings: Settings) -> None:
     search.result.repaired = True
     kept = (f"; kept {len(settings.float_layers)} layer(s) in float: {', '.join(settings.float_layers)}"
             if settings.float_layers else "")
+    kept += (f"; kept {len(settings.wide_layers)} weighted layer(s) in 16x8: {', '.join(settings.wide_layers)}"
+             if settings.wide_layers else "")
     search.result.notes.append(f"int8 repaired after {search.count + 1} quantization(s): {settings.describe()}{kept}")
 
 
