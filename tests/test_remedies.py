@@ -150,3 +150,43 @@ def test_a_route_that_failed_here_too_is_not_suggested():
     assert info.value.remedy == "raise --timeout"
     assert routing.applicable_remedy(runs[0].error.remedy, runs[0].alternatives, [runs[0].route]) == \
         "raise --timeout, or try another route: --via onnx"
+
+
+def test_verify_keeps_only_the_routes_this_source_has_in_a_runtimes_remedy(tmp_path, monkeypatch):
+    """verify of an artifact that does not run: the runtime's remedy ("e.g. --via litert") is printed only where the
+    source has that route (a PyTorch program), not for an ONNX source — checked through verify's own error path."""
+    from deploykit import remedies
+    from deploykit.checking import checker as checking
+    from deploykit.errors import UnsupportedModelError
+
+    hint = ("convert by a route that lowers them to builtin ops (e.g. --via litert, or export with the dynamo "
+            "exporter), or run the model with the flex delegate")
+    assert "--via litert" in remedies.for_formats(hint, Format.EXPORTED_PROGRAM, Format.TFLITE)
+    assert "--via litert" not in remedies.for_formats(hint, Format.ONNX, Format.TFLITE)
+    assert "export with the dynamo exporter" in remedies.for_formats(hint, Format.ONNX, Format.TFLITE)
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+
+    class _Flex:
+        label, format = "m.tflite", Format.TFLITE
+
+    def refuse(*_args, **_kwargs):
+        raise UnsupportedModelError("m.tflite holds FlexSplitV", hint)
+
+    monkeypatch.setattr(checking.Artifact, "open", staticmethod(lambda *_a, **_k: _Flex()))
+    monkeypatch.setattr(checking.Checker, "runtimes_for", lambda self, artifact: [None])
+    monkeypatch.setattr(checking.Checker, "input_layout", lambda self, artifact, how: (None, None))
+    monkeypatch.setattr(checking.Checker, "run_both", refuse)
+    monkeypatch.setattr(checking, "trusted_manifest", lambda *_a: ({}, ""))
+    from deploykit.model import LoadOptions
+    from deploykit.options import VerifyOptions
+
+    with pytest.raises(UnsupportedModelError) as caught:
+        checking.verify_artifacts(str(tmp_path / "m.onnx"), ["m.tflite"], LoadOptions(), VerifyOptions())
+    assert "--via litert" not in caught.value.remedy and "dynamo" in caught.value.remedy, caught.value.remedy

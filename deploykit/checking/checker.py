@@ -8,10 +8,10 @@ from typing import Optional, Union
 
 import numpy as np
 
-from deploykit import parity, registry
+from deploykit import parity, registry, remedies
 from deploykit.artifact import Artifact
 from deploykit.child import reused_child
-from deploykit.errors import UsageError
+from deploykit.errors import DeploykitError, UsageError
 from deploykit.inputs import load_npz, random_feeds
 from deploykit.layout import Layout, axis_order, inverse, shown
 from deploykit.model import LoadedModel, LoadOptions, load_model
@@ -314,8 +314,12 @@ def _verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: 
         stored, why = trusted_manifest(artifact, model, source_hash)
         label = f"{artifact.label} on {runtime}" if runtime else artifact.label
         layout, layout_notes = checker.input_layout(artifact, options.layout)
-        references, outputs = checker.run_both(artifact, options.samples, layout=layout,
-                                               feeds=int8_feeds(model, stored, options), runtime=runtime)
+        try:
+            references, outputs = checker.run_both(artifact, options.samples, layout=layout,
+                                                   feeds=int8_feeds(model, stored, options), runtime=runtime)
+        except DeploykitError as exc:      # a runtime's remedy may name routes: only those this source has
+            exc.remedy = remedies.for_formats(exc.remedy, model.format, artifact.format)
+            raise
         layout_note = ""
         if layout_notes is not None:       # no recorded layout: the outputs' order is read from what they hold
             layout, outputs, layout_note = checker.output_layout(references, outputs, layout, options.layout,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 from deploykit import registry
+from deploykit.remedies import FALLBACK_REMEDY, applicable_remedy, goes_via
 from deploykit.artifact import Artifact
 from deploykit.errors import (ConversionError, MissingDependency, ModelLoadError, Outcome, ParityError,
                               UnsupportedModelError, UsageError)
@@ -131,11 +131,6 @@ def select_routes(src: Format, dst: Format, via: Optional[str], quantize: Option
         missing = tuple(p for e in routes[0] for p in e.requires)
         registry.require(missing, f"needed for {' → '.join(e.name for e in routes[0])}")
     return usable
-
-
-def goes_via(route: list, via: str) -> bool:
-    """Whether ``--via via`` keeps ``route``: it names one of its tools or a format it passes through."""
-    return via in {e.tag for e in route} | {e.dst.value for e in route[:-1]}
 
 
 def offered_routes(src: Format, dst: Format, quantize: Optional[str] = None, io_dtype: str = "float") -> list:
@@ -266,61 +261,3 @@ def choose(runs: list, route_all: bool) -> RouteRun:
     # Parity first (by order of magnitude of the worst error, so noise does not decide), then latency.
     return min(passing, key=lambda r: (math.floor(math.log10(max(r.worst("max_abs") or 0.0, 1e-12))),
                                        r.latency_ms if r.latency_ms is not None else float("inf")))
-
-
-# A remedy is one line of alternatives ("try --via onnx, or report the model to litert-torch"); one that names a
-# route this export does not have (ONNX has no litert route) is dropped, so that every remedy printed can apply.
-FALLBACK_REMEDY = "run with --debug for the converters' logs"
-_VIA = re.compile(r"--via(?:[ =]([\w.-]+))?")
-_ALTERNATIVE = re.compile(r",? or |; ")
-_ANOTHER_ROUTE = re.compile(r"(?:try )?another route with --via$")
-
-
-def applicable_remedy(remedy: str, alternatives: list, tried: list) -> str:
-    """``remedy`` less the suggestions it cannot keep: a ``--via X`` no route of ``alternatives`` (the untried routes
-    the registry offers for this source and target) goes through; "another route with --via" names those routes,
-    or is dropped when there are none. ``tried``: the routes that failed (a --via that names them says nothing)."""
-    if "--via" not in (remedy or ""):
-        return remedy
-    kept = [_suggestion(part, alternatives, tried) for part in _alternatives(remedy)]
-    kept = [part for part in kept if part]
-    return ", or ".join(kept) if kept else FALLBACK_REMEDY
-
-
-def _alternatives(text: str) -> list:
-    """``text`` split at its top-level ", or " / " or " / "; " (not inside parentheses)."""
-    parts, depth, start = [], 0, 0
-    for match in re.finditer(r"[()]|,? or |; ", text):
-        token = match.group(0)
-        depth += 1 if token == "(" else -1 if token == ")" else 0
-        if depth == 0 and token not in "()":
-            parts.append(text[start:match.start()])
-            start = match.end()
-    return [part.strip() for part in parts + [text[start:]] if part.strip()]
-
-
-def _suggestion(part: str, alternatives: list, tried: list) -> str:
-    """One suggestion as it can apply here, or "" when it cannot."""
-    if _ANOTHER_ROUTE.search(part):
-        names = _route_names(alternatives, tried)
-        return _ANOTHER_ROUTE.sub(f"try another route: --via {' or '.join(names)}", part) if names else ""
-    group = re.search(r"\(e\.g\. ([^()]*)\)", part)
-    if group and "--via" in group.group(1):       # "(e.g. --via litert, or ...)": the examples that apply, or none
-        examples = [e for e in _alternatives(group.group(1)) if _vias_offered(e, alternatives)]
-        return part.replace(group.group(0), f"(e.g. {', or '.join(examples)})") if examples else ""
-    return part if _vias_offered(part, alternatives) else ""
-
-
-def _vias_offered(text: str, alternatives: list) -> bool:
-    return all(via and any(goes_via(r, via) for r in alternatives) for via in _VIA.findall(text))
-
-
-def _route_names(alternatives: list, tried: list) -> list:
-    """A --via name for each untried route, one that no failed route goes through: a format it passes, else a tool."""
-    names = []
-    for route in alternatives:
-        choices = [e.dst.value for e in route[:-1]] + [e.tag for e in route]
-        name = next((c for c in choices if c and not any(goes_via(t, c) for t in tried)), None)
-        if name and name not in names:
-            names.append(name)
-    return names
