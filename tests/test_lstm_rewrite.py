@@ -281,3 +281,22 @@ def test_resemblyzers_speaker_encoder_converts_to_tflite(tmp_path):
     assert result.parity.outputs[0].shape == [1, 256] and result.parity.outputs[0].cosine > 0.99999
     _assert_no_lstm_or_flex_ops(tmp_path / "voice.tflite")
 
+
+
+def test_unnamed_lstms_without_y_get_states_of_their_own():
+    """Two unnamed LSTMs that omit Y (first output ""): their stored zero states must not share one name."""
+    import onnx
+    from onnx import helper
+
+    model = _lstm_graph(states="absent", layers=1)
+    first = model.graph.node[0]
+    first.name, first.output[0] = "", ""
+    second = helper.make_node("LSTM", list(first.input), ["", "Y_h_second"], hidden_size=4)
+    model.graph.node.append(second)
+    model.graph.output.append(helper.make_tensor_value_info("Y_h_second", onnx.TensorProto.FLOAT, None))
+    del model.graph.output[0]                               # Y0 is no longer made
+    model = onnx.shape_inference.infer_shapes(model)
+    rewritten, notes = _copy(model), []
+    assert unroll_lstms(rewritten, notes) == 2 and len(notes) == 2
+    assert len({init.name for init in rewritten.graph.initializer}) == len(rewritten.graph.initializer)
+    _assert_same_results(model, rewritten)

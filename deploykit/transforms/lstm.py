@@ -100,7 +100,7 @@ def _state_zeros(node, inputs: list, batch, graph) -> str:
     hidden = int(_attribute(node, "hidden_size", 0))
     shape = (batch, count, hidden) if _attribute(node, "layout", 0) == 1 else (count, batch, hidden)
     stored = next((i.data_type for i in graph.initializer if i.name == inputs[1]), 1)   # W's type, else float
-    name = f"{node.name or node.output[0]}/zero_state"
+    name = f"{_key(node)}/zero_state"
     graph.initializer.append(numpy_helper.from_array(np.zeros(shape, helper.tensor_dtype_to_np_dtype(stored)), name))
     for k in absent:
         inputs[k] = name
@@ -134,7 +134,7 @@ def unroll(proto, notes: list | None = None, chosen=lambda node: True) -> int:
                 notes.append(f"LSTM node {_label(node)} left fused: {plan}")
             nodes.append(node)
             continue
-        writer = _Writer(f"{node.name or node.output[0]}/unrolled{unrolled}", opset)
+        writer = _Writer(f"{_key(node)}/unrolled{unrolled}", opset)
         _unroll(node, plan, writer)
         nodes.extend(writer.nodes)
         graph.initializer.extend(writer.weights)
@@ -192,7 +192,12 @@ def _picked(gather, stacked, weights: dict, shapes: dict, states: set):
 def _label(node) -> str:
     from deploykit.text import quoted
 
-    return quoted(node.name or node.output[0])
+    return quoted(_key(node))
+
+
+def _key(node) -> str:
+    """The node's name, else its first output's (an LSTM may omit Y: its first output name is then empty)."""
+    return node.name or next(name for name in node.output if name)
 
 
 def known_shapes(graph) -> dict:
