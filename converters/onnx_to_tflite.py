@@ -13,7 +13,8 @@ onnx2tf's traps (FIELD-NOTES) and how they are handled here:
 * it assumes 4-D inputs are NCHW: inputs that are already NHWC (a Keras model through
   tf2onnx) are named to keep_nwc_or_nhwc_or_ndhwc_input_names, else it transposes them twice;
 * it turns NCHW inputs and 4-D outputs into NHWC (TFLite's native layout, the fast one on
-  phones): the permutations are read from the shapes and recorded in the manifest, so
+  phones): the permutations are read from the shapes (onnx2tf's rule decides a square map, whose
+  shape reads the same both ways) and recorded in the manifest, so
   verify feeds and compares in the source's layout; --keep-layout keeps the inputs NCHW
   (keep_ncw_or_nchw_or_ncdhw_input_names; outputs stay NHWC, onnx2tf has no such option).
 """
@@ -28,7 +29,7 @@ from deploykit.artifact import Artifact
 from deploykit.child import CONVERT, run_child
 from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.errors import ConversionError
-from deploykit.layout import Layout
+from deploykit.layout import CHANNELS_LAST, Layout, axis_order, inverse, shown
 from deploykit.model import LoadedModel
 from deploykit.onnx_io import every_node, read_onnx
 from deploykit.quiet import captured_output
@@ -36,7 +37,6 @@ from deploykit.transforms.onnx_prep import prepare
 from deploykit.spec import ModelSpec
 
 CALIBRATION_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
-NCHW_TO_NHWC = {3: [0, 2, 1], 4: [0, 2, 3, 1], 5: [0, 2, 3, 4, 1]}
 
 
 def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
@@ -49,7 +49,7 @@ def convert_saved_model(model: LoadedModel, out_path: Path, options: ExportOptio
 
 def _convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check, saved_model: bool):
     nhwc = _channels_last_inputs(model)
-    keep_nchw = [t.name for t in model.spec.inputs if len(t.shape or ()) in NCHW_TO_NHWC
+    keep_nchw = [t.name for t in model.spec.inputs if len(t.shape or ()) in CHANNELS_LAST
                  and t.name not in nhwc] if options.keep_layout else []
     prepared = prepare(model, out_path.parent / f"{out_path.name}.prepared", options, check)
     try:
@@ -136,9 +136,10 @@ def _attempt(model: LoadedModel, prepared, out_path: Path, options: ExportOption
     else:                    # a SavedModel is read by its loader in this process (TensorFlow), once: accept reuses it
         result.artifact = Artifact.open(out_path, layout=Layout())
         written = result.artifact.spec
-    result.input_perms = _perms(*_paired(model.spec.inputs, written.inputs), to_artifact=True)
+    kept = {name for names in keep.values() for name in names}
+    result.input_perms = _perms(*_paired(model.spec.inputs, written.inputs), result.notes, kept=kept)
     result.output_perms = _perms(*_paired(_known_outputs(prepared.path, model.spec.outputs), written.outputs),
-                                 to_artifact=False)
+                                 result.notes, outputs=True)
     accept(result, check, options, "onnx2tf", "onnx2tf", "try --via litert, or simplify the ONNX graph first",
            result.layout)
     if any(result.output_perms.values()):
@@ -190,30 +191,25 @@ def _channels_last_inputs(model: LoadedModel) -> list:
     return sorted(labelled)
 
 
-def _perms(source: tuple, artifact: tuple, to_artifact: bool) -> dict:
-    """The permutation onnx2tf applied, read from shapes (by position: onnx2tf may rename tensors).
+def _perms(source: list, artifact: list, notes: list, kept: set = frozenset(), outputs: bool = False) -> dict:
+    """The permutation onnx2tf applied to each tensor, keyed by the artifact's name (tensors lined up by ``_paired``).
 
-    Inputs: axes that take a source tensor to the artifact's layout; outputs: axes that take
-    the artifact's tensor back to the source's. onnx2tf's rule (channels moved last) first; else, for a shape
-    that only one permutation explains (a state stacked on another axis: [2, 1, 128] written as [1, 128, 2]),
-    that one. A shape that fits neither is left unpermuted, and parity judges every guess.
+    Inputs: axes that take a source tensor to the artifact's layout; outputs: axes that take the artifact's tensor
+    back to the source's. One search with verify's (``deploykit.layout.axis_order``), told what onnx2tf writes:
+    its Input op moves the channels of every 3-D/4-D/5-D input last unless a keep_* option names it (``kept``: the
+    source's order), and image outputs stay channels-last. That rule decides a shape that reads the same both ways
+    (a square map, C = H = W), which the shapes cannot; the shapes decide wherever they can, and parity judges.
     """
     perms = {}
     for src, art in zip(source, artifact):
         rank = len(src.shape)
-        nhwc = NCHW_TO_NHWC.get(rank)
-        if tuple(art.shape) == tuple(src.shape) and (nhwc is None or not _ambiguous(src.shape, nhwc)):
-            continue
-        channels_last = tuple(src.shape[i] for i in nhwc) if nhwc else None
-        if nhwc and _same_dims(art.shape, channels_last) and not _same_dims(art.shape, src.shape):
-            perms[art.name] = nhwc if to_artifact else [nhwc.index(i) for i in range(rank)]
-        elif nhwc and _same_dims(art.shape, channels_last) and not to_artifact:
-            perms[art.name] = [nhwc.index(i) for i in range(rank)]   # square maps: onnx2tf's rule decides
-        elif not _same_dims(art.shape, src.shape):
-            found = _only_permutation(src.shape, art.shape) if to_artifact else \
-                _only_permutation(art.shape, src.shape)
-            if found:
-                perms[art.name] = found
+        rule = list(range(rank)) if src.name in kept else CHANNELS_LAST.get(rank)
+        order = axis_order(tuple(src.shape), tuple(art.shape), prefer=rule)
+        if order.perm:
+            perms[art.name] = inverse(order.perm) if outputs else order.perm
+        if order.note.startswith("reads the same"):
+            notes.append(f"{'output' if outputs else 'input'} {art.name} {shown(tuple(src.shape))} {order.note} "
+                         "(onnx2tf's rule), recorded in the manifest's layout")
     return perms
 
 
@@ -234,28 +230,6 @@ def _known_outputs(onnx_path: str, outputs: tuple) -> list:
                           for size, d in zip(shape, dims))
         known.append(SimpleNamespace(name=tensor.name, shape=shape))
     return known
-
-
-def _only_permutation(start: tuple, goal: tuple):
-    """The axis order that turns shape ``start`` into ``goal``, or None when none or several (that move data
-    differently) do."""
-    import itertools
-
-    if len(start) != len(goal) or len(start) > 6:
-        return None
-    found = [list(p) for p in itertools.permutations(range(len(start)))
-             if _same_dims(tuple(start[i] for i in p), tuple(goal))]     # a named (dynamic) dim matches any size
-    # Orders that differ only in where size-1 axes go move the same data: one of them is as good as another.
-    moved = {tuple(i for i in p if start[i] != 1) for p in found}
-    return found[0] if found and len(moved) == 1 else None
-
-
-def _ambiguous(shape: tuple, nhwc: list) -> bool:
-    return tuple(shape[i] for i in nhwc) == tuple(shape)
-
-
-def _same_dims(a: tuple, b: tuple) -> bool:
-    return len(a) == len(b) and all(x == y or isinstance(x, str) or isinstance(y, str) for x, y in zip(a, b))
 
 
 _NODE_IN_LOG = re.compile(r"onnx_op_name:\s*(\S+)")

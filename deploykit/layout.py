@@ -83,13 +83,16 @@ class AxisOrder:
     ambiguous: bool = False
 
 
-def axis_order(source_shape: tuple, artifact_shape: tuple, mode: str = "auto") -> AxisOrder:
+def axis_order(source_shape: tuple, artifact_shape: tuple, mode: str = "auto",
+               prefer: Optional[list] = None) -> AxisOrder:
     """The order of the source's axes in the artifact's tensor, read from the two shapes (named dims match any size).
 
     ``auto``: the source's own order or channels-last, whichever the shapes support better (more equal sizes, no
     conflicting one); when both fit equally (a square map whose H = W = C), the order cannot be read from the shapes:
-    ambiguous, left as the source's, and said; when neither fits, the one permutation that explains the shapes, if
-    only one does. ``none``: the source's order. ``channels-last``: channels moved last, where the shapes allow it.
+    ``prefer`` decides — the order the converter is known to write (an exporter knows what its tool does) — else the
+    source's order is taken and said to be ambiguous; when neither fits, the one permutation that explains the
+    shapes, if only one does. ``none``: the source's order. ``channels-last``: channels moved last, where the shapes
+    allow it.
     """
     rank = len(source_shape)
     last = CHANNELS_LAST.get(rank)
@@ -107,11 +110,22 @@ def axis_order(source_shape: tuple, artifact_shape: tuple, mode: str = "auto") -
     if moved is not None and (same is None or moved > same):
         return AxisOrder(last, "channels last")
     if same is not None:        # both fit equally well
-        return AxisOrder(None, "ambiguous: its shape reads the same in the source's order and channels-last; "
-                               "taken in the source's order (--layout channels-last overrides)", ambiguous=True)
+        return _tie(source_shape, artifact_shape, prefer)
     found = _only_order(source_shape, artifact_shape)
     return AxisOrder(found, "axes reordered" if found else "no axis order explains these shapes: taken as they are",
                      ambiguous=found is None)
+
+
+def _tie(source_shape: tuple, artifact_shape: tuple, prefer: Optional[list]) -> AxisOrder:
+    """A shape that reads the same in the source's order and channels-last: the preferred order when it fits."""
+    rank = len(source_shape)
+    if prefer is not None and len(prefer) == rank and _fit(source_shape, artifact_shape, list(prefer)) is not None:
+        perm = None if list(prefer) == list(range(rank)) else list(prefer)
+        written = ("channels last" if perm == CHANNELS_LAST.get(rank) else
+                   "in the source's order" if perm is None else "axes reordered")
+        return AxisOrder(perm, f"reads the same both ways: taken as the converter writes it, {written}")
+    return AxisOrder(None, "ambiguous: its shape reads the same in the source's order and channels-last; "
+                           "taken in the source's order (--layout channels-last overrides)", ambiguous=True)
 
 
 def inverse(perm: Optional[list]) -> Optional[list]:
@@ -137,13 +151,14 @@ def _fit(source_shape: tuple, artifact_shape: tuple, perm: list) -> Optional[int
 
 
 def _only_order(source_shape: tuple, artifact_shape: tuple) -> Optional[list]:
-    """The one order (up to where size-1 axes go, which moves no data) whose sizes match exactly, else None."""
+    """The one order (up to where size-1 axes go, which moves no data) whose sizes do not conflict (a named dim
+    matches what is left), else None."""
     import itertools
 
     rank = len(source_shape)
     if rank > 6:
         return None
     best = [list(p) for p in itertools.permutations(range(rank))
-            if _fit(source_shape, artifact_shape, list(p)) == rank]
+            if _fit(source_shape, artifact_shape, list(p)) is not None]
     moved = {tuple(i for i in p if source_shape[i] != 1) for p in best}
     return best[0] if best and len(moved) == 1 else None
