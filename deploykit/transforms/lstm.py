@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Steps written out per LSTM node, both directions counted: 13 nodes a step, and onnx2tf took 289 s for 400 steps
-# (bench/lstm_unroll_size.py) — past this a conversion would not end within the converter's default 600 s.
+# Steps written out per LSTM node, both directions counted: 13 nodes a step, and onnx2tf took 116-289 s for 400 steps
+# on a shared 2-core machine (bench/lstm_unroll_size.py): past this it may not end within the converter's 600 s.
 MAX_STEPS = 512
 _HANDLED = {"hidden_size", "direction", "layout", "input_forget"}
 _DIRECTIONS = {b"forward": (False,), b"reverse": (True,), b"bidirectional": (False, True)}
