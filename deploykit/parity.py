@@ -186,7 +186,8 @@ def _pair_outputs(references: dict, candidates: dict, report: ParityReport, alia
     return pairs
 
 
-PAIRINGS = ("by name", "by normalised name", "by shape and position", "by position")
+PAIRINGS = ("by name", "by normalised name", "by TensorFlow output index", "by shape and position",
+            "by position")
 
 
 def pair_names(ref_names: list, cand_names: list, shapes: Optional[tuple] = None,
@@ -196,12 +197,13 @@ def pair_names(ref_names: list, cand_names: list, shapes: Optional[tuple] = None
     Tensors are paired, weakest step last: (1) the same name, or a name a runtime records for the same tensor
     (``aliases``: a TFLite signature name and its flatbuffer tensor name); (2) the same name after exporters'
     mangling (``normalised_name``: ``:0`` suffixes, ``serving_default_`` prefixes, sanitised characters, onnx2tf's
-    ``Identity_k`` for the k-th output); (3) with ``shapes`` ({name: shape} for each side), the one candidate of
+    ``Identity_k`` for the k-th output); (2b) a SavedModel's output keys against a graph's
+    ``StatefulPartitionedCall:k`` (``_by_tf_index``); (3) with ``shapes`` ({name: shape} for each side), the one candidate of
     the same shape, or same-shaped tensors in order; (4) what is left, by position when the counts agree. ``how``
     names the weakest step used (one of PAIRINGS).
     """
     pairs: dict = {}
-    steps = [(_exact, "by name"), (_normalised, "by normalised name")]
+    steps = [(_exact, "by name"), (_normalised, "by normalised name"), (_by_tf_index, "by TensorFlow output index")]
     if shapes:
         steps.append((_by_shape, "by shape and position"))
     steps.append((_by_position, "by position"))
@@ -250,6 +252,26 @@ def _normalised(refs: list, cands: list, shapes, _aliases) -> dict:
         if not shapes or all(tuple(shapes[0].get(r, ())) == tuple(shapes[1].get(c, ())) for r, c in paired.items()):
             found.update(paired)      # never against the shapes: the shape step pairs those
     return found
+
+
+_TF_CALL_OUTPUT = re.compile(r"(?:Stateful)?PartitionedCall(?:_\d+)?:(\d+)")
+
+
+def _by_tf_index(refs: list, cands: list, shapes, _aliases) -> dict:
+    """A SavedModel signature's outputs are a dict; TensorFlow flattens a dict in sorted key order, so its graph's
+    ``StatefulPartitionedCall:k`` (the names tf2onnx and the TFLite converter keep) is the k-th key in sorted order.
+    Either side may hold the keys. Pairs nothing unless the indices are exactly 0..n-1 and the shapes agree."""
+    for keys, indexed, flip in ((refs, cands, False), (cands, refs, True)):
+        index = {n: int(m.group(1)) for n in indexed if (m := _TF_CALL_OUTPUT.fullmatch(n))}
+        if len(index) != len(indexed) or sorted(index.values()) != list(range(len(keys))) or \
+                any(_TF_CALL_OUTPUT.fullmatch(k) for k in keys):
+            continue
+        by_key = {key: next(n for n, k in index.items() if k == i) for i, key in enumerate(sorted(keys))}
+        pairs = {v: k for k, v in by_key.items()} if flip else by_key
+        if shapes and any(tuple(shapes[0].get(r, ())) != tuple(shapes[1].get(c, ())) for r, c in pairs.items()):
+            return {}
+        return pairs
+    return {}
 
 
 def _unique_keys(names: list) -> dict:

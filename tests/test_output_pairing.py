@@ -64,6 +64,24 @@ def test_onnx2tf_identity_k_is_the_kth_output_unless_shapes_say_otherwise():
         [("a", "Identity_1"), ("b", "Identity")], "by shape and position")
 
 
+def test_savedmodel_keys_pair_with_tensorflows_kth_call_output_in_sorted_key_order():
+    """basic-pitch's SavedModel (contour, note, onset) against its tf2onnx ONNX (StatefulPartitionedCall:2, :1, :0):
+    note and onset have one shape, so shape and position crossed them (cosine 0.908); TensorFlow flattens the
+    signature's dict in sorted key order, so :k is the k-th key."""
+    keys = {"contour": (1, 172, 264), "note": (1, 172, 88), "onset": (1, 172, 88)}
+    calls = {"StatefulPartitionedCall:2": (1, 172, 88), "StatefulPartitionedCall:1": (1, 172, 88),
+             "StatefulPartitionedCall:0": (1, 172, 264)}
+    expected = [("contour", "StatefulPartitionedCall:0"), ("note", "StatefulPartitionedCall:1"),
+                ("onset", "StatefulPartitionedCall:2")]
+    assert pair_names(list(keys), list(calls), (keys, calls))[:2] == (expected, "by TensorFlow output index")
+    flipped, how, _ = pair_names(list(calls), list(keys), (calls, keys))
+    assert sorted((b, a) for a, b in flipped) == expected and how == "by TensorFlow output index"
+    # indices whose shapes disagree with the keys' are no evidence: the shape step decides
+    wrong = {"StatefulPartitionedCall:0": (1, 172, 88), "StatefulPartitionedCall:1": (1, 172, 264),
+             "StatefulPartitionedCall:2": (1, 172, 88)}
+    assert pair_names(list(keys), list(wrong), (keys, wrong))[1] == "by shape and position"
+
+
 def test_an_output_without_counterpart_is_a_problem_naming_it():
     references = [_outputs(a=(1, 2), b=(1, 3), c=(1, 4))]
     report = compare(references, [{"a": references[0]["a"]}], tolerance_for("fp32"))
