@@ -164,16 +164,6 @@ def test_rewrites_keep_names_unique_and_drop_inputs_that_listed_the_fused_weight
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_layout_permutations_are_read_from_shapes_only_when_one_fits():
-    from converters.onnx_to_tflite import _only_permutation
-
-    assert _only_permutation((1, 128, 2), (2, 1, 128)) == [2, 0, 1]       # a stacked state written on the last axis
-    assert _only_permutation((1, 128, 2), (2, "batch", 128)) == [2, 0, 1]  # a named dim matches what is left
-    assert _only_permutation((1, 1, 8, 64), (8, 1, 1, 64)) == [2, 0, 1, 3]   # size-1 axes: any order is the same
-    assert _only_permutation((2, 3, 3), (3, 2, 3)) is None                # two orders that move data differently
-    assert _only_permutation((3, 4), (5, 3)) is None
-
-
 @pytest.mark.slow
 @pytest.mark.tensorflow
 @pytest.mark.litert
