@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploykit.transforms.onnx_rewrites import narrow_slices, unroll_lstms
+from deploykit.transforms.onnx_rewrites import MAX_STEPS, narrow_slices, unroll_lstms
 from tests.hostile.builders import onnx_model
 
 pytestmark = pytest.mark.onnxruntime
@@ -60,7 +60,9 @@ def _copy(model):
     return copy
 
 
-@pytest.mark.parametrize("states, bias, outputs", [(True, True, ("Y", "Y_h", "Y_c")), (False, False, ("Y_h",)),
+# States fed as inputs: what onnx2tf mislays, so what is unrolled (an LSTM without states keeps its fused form with
+# stored zero states: tests/test_lstm_rewrite.py).
+@pytest.mark.parametrize("states, bias, outputs", [(True, True, ("Y", "Y_h", "Y_c")), (True, False, ("Y_h",)),
                                                    (True, False, ("Y", "Y_c"))])
 def test_an_unrolled_lstm_computes_what_the_fused_one_does(states, bias, outputs):
     import onnx
@@ -78,7 +80,7 @@ def test_an_unrolled_lstm_computes_what_the_fused_one_does(states, bias, outputs
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", [{"direction": "bidirectional"}, {"seq_dim": "seq"}, {"steps": 65}])
+@pytest.mark.parametrize("variant", [{"seq_dim": "seq"}, {"steps": MAX_STEPS + 1}])
 def test_an_lstm_the_rewrite_does_not_cover_is_left_as_it_was(variant):
     model = _lstm_model(**variant)
     rewritten = _copy(model)
@@ -178,7 +180,7 @@ def test_an_lstm_with_initial_states_converts_to_tflite_once_unrolled(tmp_path):
     result = api.export(str(source), "tflite", str(tmp_path / "lstm.tflite"))
     assert result.passed, result.parity
     notes = [n for hop in json.loads(Path(result.manifest).read_text())["route"] for n in hop["notes"]]
-    assert any("unrolled 1 LSTM node(s)" in n and "checked: PASS" in n for n in notes), notes
+    assert any("unrolled" in n and "checked: PASS" in n for n in notes), notes
 
 
 def test_constant_weights_become_initializers_that_ort_quantizes(tmp_path):

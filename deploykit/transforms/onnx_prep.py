@@ -219,6 +219,13 @@ def _slim(model):
     except ImportError:
         return None, ""
     try:
+        import onnx
+
+        # A declared output shape can be wrong (ddddocr's common.onnx declares [1, seqlen] and computes [T, 1, 8210]):
+        # onnxslim trusts it and folds the last Reshape to it. Inference after pinning re-derives the real one.
+        model = onnx.load(model) if isinstance(model, str) else _copy(model)
+        for output in model.graph.output:
+            output.type.tensor_type.ClearField("shape")
         return onnxslim.slim(model), ""
     except Exception as exc:  # noqa: BLE001 - an optional step: never fails an export
         from deploykit.text import brief, exception_chain
@@ -228,27 +235,26 @@ def _slim(model):
 
 def _rewrite(prepared: Prepared, path: Path, check: Check, options: ExportOptions) -> None:
     """LSTM nodes written out as their equations and Slice nodes narrowed, kept only if the result still matches."""
-    from deploykit.transforms.onnx_rewrites import MAX_STEPS, narrow_slices, unroll_lstms
+    from deploykit.transforms.onnx_rewrites import narrow_slices, unroll_lstms
 
     import onnx
 
+    lstms = []        # one line per LSTM node: what was done, or why it was left as it is
     try:
         # A copy (the cached proto is read-only), weights included, unchecked: the source was checked on loading.
         proto = _inferred(onnx.load(prepared.path))
-        fused = sum(node.op_type == "LSTM" for node in proto.graph.node)
-        narrowed, unrolled = narrow_slices(proto), unroll_lstms(proto)
+        narrowed, rewritten = narrow_slices(proto), unroll_lstms(proto, lstms)
     except Exception as exc:  # noqa: BLE001 - an optional step never ends an export: it is noted and skipped
         from deploykit.text import brief, exception_chain
 
         prepared.notes.append(f"ops not rewritten ({brief(exception_chain(exc))})")
         return
-    if fused > unrolled:
-        prepared.notes.append(f"{fused - unrolled} LSTM node(s) left fused: the sequence length is unknown (give it "
-                              f"with --input) or over {MAX_STEPS} steps, or the node uses options not unrolled")
-    done = [f"unrolled {unrolled} LSTM node(s) into MatMul/Sigmoid/Tanh (onnx2tf mislays a fused LSTM's state)"
-            * bool(unrolled), f"narrowed {narrowed} multi-axis Slice node(s) to the axes they cut (onnx2tf maps "
+    if not rewritten:
+        prepared.notes.extend(lstms)
+    done = ["LSTM nodes put into the form onnx2tf converts: " + "; ".join(lstms) * bool(rewritten),
+            f"narrowed {narrowed} multi-axis Slice node(s) to the axes they cut (onnx2tf maps "
             "full-range axes to the wrong one)" * bool(narrowed)]
-    if unrolled or narrowed:
+    if rewritten or narrowed:
         _keep_if_it_matches(_inferred(proto), path, prepared, check, options,
                             "rewrote ops onnx2tf mishandles: " + "; ".join(d for d in done if d), {})
 
