@@ -300,3 +300,21 @@ def test_unnamed_lstms_without_y_get_states_of_their_own():
     assert unroll_lstms(rewritten, notes) == 2 and len(notes) == 2
     assert len({init.name for init in rewritten.graph.initializer}) == len(rewritten.graph.initializer)
     _assert_same_results(model, rewritten)
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow
+@pytest.mark.litert
+def test_ddddocrs_bidirectional_lstm_converts_to_tflite(tmp_path):
+    """ddddocr 1.6.1's OCR model (field model: CNN → bidirectional LSTM, hidden 512, states made by ConstantOfShape
+    of the input's shape): onnx2tf stopped at LSTM_79 ("Can't convert Python sequence with mixed types")."""
+    from deploykit import api
+    from tests.field import field_file
+
+    source = field_file("ddddocr==1.6.1", "ddddocr/common.onnx")
+    result = api.export(str(source), "tflite", str(tmp_path / "ocr.tflite"),
+                        load=api.load_options(["input1:1x1x64x256"]))
+    assert result.passed, result.parity
+    notes = " ".join(n for hop in result.route for n in hop["notes"])
+    assert "LSTM node" in notes and "kept fused" in notes, notes
+    _assert_no_lstm_or_flex_ops(tmp_path / "ocr.tflite")
