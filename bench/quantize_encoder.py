@@ -82,10 +82,11 @@ def _tflite_rows(folder: Path, source: Path, calibration: Path, judged: Path) ->
                             quantize=api.QuantizeOptions(mode, calibration=str(calibration)) if mode else None)
         notes = [n for h in result.route for n in h.get("notes", []) if n.startswith(("int8 repaired", "layers by"))]
         layers = next((n for n in notes if n.startswith("layers by")), "all float" if not mode else "—")
-        rows.append({"variant": variant, **_measure(source, path, judged, "int8" if mode else "fp32"),
-                     "float_layers": layers, "export_s": round(time.perf_counter() - started, 1), "notes": notes,
+        rows.append({"variant": variant, "path": path, "precision": "int8" if mode else "fp32", "float_layers": layers,
+                     "export_s": round(time.perf_counter() - started, 1), "notes": notes,
                      "route": [h.get("tool") for h in result.route]})
-    return rows
+    # measured together after every export, so a busy host weighs on the three alike
+    return [{**row, **_measure(source, row["path"], judged, row["precision"])} for row in rows]
 
 
 def main() -> None:

@@ -221,8 +221,9 @@ def _recipe_16x8(engine, floated: set, request: dict) -> None:
     names = qtyping.TFLOperationName
     for op in TABLE_OPS + (WEIGHTED_OPS if request["activations"] == "mixed" else ()):
         engine.add_static_config(".*", getattr(names, op), 8, 8)
-    for node in sorted(set(request["wide_nodes"]) - floated):
-        engine.add_static_config(f"^{re.escape(node)};$", names.ALL_SUPPORTED, 16, 8)
+    for node in sorted(set(request["wide_nodes"]) - floated):    # weighted ops only: a table stays int8 (size)
+        for op in WEIGHTED_OPS:
+            engine.add_static_config(f"^{re.escape(node)};$", getattr(names, op), 16, 8)
     for boundary in (names.INPUT, names.OUTPUT):    # float inputs and outputs, as plain int8 has them here
         engine.update_quantization_recipe(regex=".*", operation_name=boundary, algorithm_key="no_quantize")
     for node in sorted(floated):      # an op's scope is its output names joined by ";", with a trailing ";"
