@@ -14,6 +14,9 @@ holds (as onnxslim after the ONNX exporter is):
    writes the source's own names back into the artifact's signature (converters.onnx_to_tflite); unnamed nodes
    (Paddle2ONNX's Constants) are named ``<OpType>_<first output>`` — onnx2tf, its own naming off, keys fusions by
    node name and mixed every unnamed node up with the others;
+2b. dequantize (``deploykit.transforms.dequantize``): a dynamically quantized graph (onnxruntime's
+   ``quantize_dynamic``: ``DynamicQuantizeLSTM``, which onnx2tf has no converter for, ``ConvInteger``,
+   ``MatMulInteger``) is written in float with its weights dequantized; checked with the int8 source's own preset;
 3. fold: onnxslim folds constants and shape arithmetic, when the graph computes shapes at all (``Shape`` ops);
 4. rewrite (``deploykit.transforms.onnx_rewrites``): fused ``LSTM`` nodes become MatMul/Sigmoid/Tanh once their sequence
    length is known — onnx2tf mislays a fused LSTM's state (a plain ``nn.LSTM`` exported by torch fails without
@@ -80,6 +83,11 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
                                                                        else " (without shape inference)")
             if _keep_if_it_matches(candidate, folder / "prepared.onnx", prepared, check, options, note, renamed):
                 break
+    from deploykit.transforms.dequantize import dynamic_ops
+
+    if dynamic_ops(read_onnx(prepared.path)):        # before folding: onnxslim cannot infer the contrib LSTM's shapes
+        folder.mkdir(exist_ok=True)
+        _dequantize(prepared, folder / "dequantized.onnx", check, options)
     if any(node.op_type == "Shape" for node in read_onnx(prepared.path).graph.node):
         folder.mkdir(exist_ok=True)
         _fold(prepared, folder / "folded.onnx", check, options)
@@ -231,6 +239,34 @@ def _slim(model):
         from deploykit.text import brief, exception_chain
 
         return None, brief(exception_chain(exc))
+
+
+def _dequantize(prepared: Prepared, path: Path, check: Check, options: ExportOptions) -> None:
+    """Dynamically quantized ops written in float with dequantized weights, kept only if the result still matches
+    the (int8) source."""
+    import onnx
+
+    from deploykit.transforms.dequantize import dequantize
+
+    proto = onnx.load(prepared.path)      # a copy: the cached proto is read-only
+    try:
+        done, left = dequantize(proto)
+    except Exception as exc:  # noqa: BLE001 - an optional step never ends an export: it is noted and skipped
+        from deploykit.text import brief, exception_chain
+
+        prepared.notes.append(f"quantized ops not dequantized ({brief(exception_chain(exc))})")
+        return
+    if left:
+        prepared.notes.append(f"left quantized ({_counted(left)}): weights or scales computed in the graph, or a "
+                              "scale chain of another form")
+    if done:
+        _keep_if_it_matches(proto, path, prepared, check, options,
+                            f"dequantized {_counted(done)} to float (weights (w - zero_point) × scale; onnx2tf has "
+                            "no DynamicQuantizeLSTM): the TFLite runs float", {})
+
+
+def _counted(counts) -> str:
+    return ", ".join(f"{count} {op_type}" for op_type, count in counts.items())
 
 
 def _rewrite(prepared: Prepared, path: Path, check: Check, options: ExportOptions) -> None:
