@@ -18,10 +18,11 @@ from deploykit.formats import Format
 
 FP32 = ("fp32", "")
 # ONNX ops that compute on (or dequantize from) integer values
-_ONNX_INTEGER_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
-                     "MatMulNBits", "QLinearConv", "QLinearMatMul", "QGemm", "QAttention", "DynamicQuantizeMatMul",
-                     "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat",
-                     "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSoftmax", "GatherBlockQuantized"}
+_ONNX_INTEGER_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeLSTM",
+                     "MatMulInteger", "ConvInteger", "MatMulNBits", "QLinearConv", "QLinearMatMul", "QGemm",
+                     "QAttention", "DynamicQuantizeMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
+                     "QLinearLeakyRelu", "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool",
+                     "QLinearSoftmax", "GatherBlockQuantized"}
 _ONNX_FP16_TYPES = {10: "float16", 16: "bfloat16"}
 
 
