@@ -5,6 +5,8 @@ ops"; the check loads and runs the result in ONNX Runtime, so such a file is a f
 conversion, never a success. The layout is the TFLite file's own. tf2onnx names the graph's inputs and outputs
 after the flatbuffer's tensors (``StatefulPartitionedCall:1``), in the flatbuffer's order, which need not be the
 signature's: they are renamed to the signature's names and put in its order, so that checks pair them by name.
+tf2onnx reads no TFLite sparsity: a file with sparse weights (MediaPipe's pose detector) is converted from a copy
+with those weights stored dense (deploykit.transforms.tflite_prep), which LiteRT runs bit-identically.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
                "names": _signature_names(model)}
     info = run_child("converters.tflite_to_onnx:job", payload, stage=CONVERT, what="tf2onnx", timeout=options.timeout,
                      debug=options.debug).info
-    result = ConversionResult(path=out_path, converter="tflite_to_onnx", tool=info["tool"])
+    result = ConversionResult(path=out_path, converter="tflite_to_onnx", tool=info["tool"],
+                              notes=list(info.get("notes") or []))
     _refuse_leftover_ops(out_path, model.path)
     return accept(result, check, options, "tf2onnx", "tf2onnx (from TFLite)",
                   "the TFLite file may use fused TFLite-only ops; convert from the original model instead")
@@ -67,14 +70,24 @@ def _refuse_leftover_ops(onnx_path: Path, tflite_path: str) -> None:
 
 def job(payload: dict, arrays: dict) -> dict:
     import os
+    import tempfile
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tf2onnx
 
-    tf2onnx.convert.from_tflite(payload["tflite"], opset=payload["opset"], output_path=payload["out"])
+    from deploykit.transforms.tflite_prep import densify_sparse_constants
+
+    prepared = densify_sparse_constants(Path(payload["tflite"]).read_bytes())
+    with tempfile.TemporaryDirectory(prefix="deploykit-tflite-") as scratch:   # never beside the user's output
+        source = payload["tflite"]
+        if prepared.densified:
+            source = str(Path(scratch) / "dense.tflite")
+            Path(source).write_bytes(prepared.model_bytes)
+        tf2onnx.convert.from_tflite(source, opset=payload["opset"], output_path=payload["out"])
     if payload.get("names"):
         _rename_io(payload["out"], payload["names"])
-    return {"tool": f"tf2onnx {tf2onnx.__version__} (from TFLite) opset {payload['opset']}"}
+    return {"tool": f"tf2onnx {tf2onnx.__version__} (from TFLite) opset {payload['opset']}",
+            "notes": [prepared.note()] if prepared.densified else []}
 
 
 def _rename_io(path: str, pairs: list) -> None:
