@@ -36,6 +36,7 @@ PACKAGE_TABLE = (
     Package("keras", "keras", "tf"),
     Package("tf2onnx", "tf2onnx", "tf"),
     Package("onnx2tf", "onnx2tf", "tf"),
+    Package("ai_edge_quantizer", "ai-edge-quantizer", "tf"),      # the int8 repair's 16x8 step
     Package("ai_edge_litert", "ai-edge-litert", "litert", marker="litert"),
     Package("litert_torch", "litert-torch", "litert"),
     Package("jax", "jax", "litert"),
