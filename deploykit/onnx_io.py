@@ -44,6 +44,20 @@ def _read(path: str, _size: int, _mtime: int, with_weights: bool):
     return proto
 
 
+def drop_unused_initializers(graph) -> None:
+    """Remove the initializers no node (of any body) and no graph output reads, and their graph-input entries (older
+    exporters list weights as inputs too): a rewrite that replaced their readers leaves them behind, runtimes warn
+    about them and they would double the file."""
+    read = {name for node in every_node(graph) for name in node.input} | {o.name for o in graph.output}
+    dropped = {init.name for init in graph.initializer if init.name not in read}
+    kept = [init for init in graph.initializer if init.name not in dropped]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    listed = [i for i in graph.input if i.name not in dropped]
+    del graph.input[:]
+    graph.input.extend(listed)
+
+
 def every_node(graph):
     """Every node of an ONNX graph, those of If/Loop bodies included (a body may read the outer graph's names)."""
     for node in graph.node:

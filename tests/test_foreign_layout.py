@@ -45,13 +45,13 @@ def test_an_unknown_layout_choice_is_refused():
         VerifyOptions(layout="nhwc")
 
 
-def _cnn(path: Path, channels: int = 3, size: int = 16, kernels: int = 8) -> str:
+def _cnn(path: Path, channels: int = 3, size: int = 16, kernels: int = 8, seed: int = 0, scale: float = 0.3) -> str:
     """x [1, C, H, W] → Conv → Relu → Conv → features [1, K, H, W] and GlobalAveragePool → pooled [1, K]."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)
+    rng = np.random.default_rng(seed)
+    weights = [numpy_helper.from_array((rng.standard_normal(s) * scale).astype(np.float32), n)
                for n, s in (("w1", (kernels, channels, 3, 3)), ("b1", (kernels,)), ("w2", (kernels, kernels, 3, 3)))]
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
              helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),

@@ -59,25 +59,9 @@ def test_the_exporter_records_onnx2tfs_rule_for_square_tensors_and_says_so():
 def _square_cnn(path: Path, size: int) -> str:
     """x [1, S, S, S] → Conv → Relu → Conv → features [1, S, S, S] and GlobalAveragePool → pooled [1, S]: channels,
     height and width all S, weights seeded; a 1-pixel-padded conv keeps the map square."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from tests.test_foreign_layout import _cnn
 
-    rng = np.random.default_rng(27)
-    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32), name)
-               for name, shape in (("w1", (size, size, 3, 3)), ("b1", (size,)), ("w2", (size, size, 3, 3)))]
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-             helper.make_node("Conv", ["r1", "w2"], ["features"], pads=[1, 1, 1, 1], name="conv2"),
-             helper.make_node("GlobalAveragePool", ["features"], ["g"], name="gap"),
-             helper.make_node("Flatten", ["g"], ["pooled"], name="flat")]
-    graph = helper.make_graph(
-        nodes, "square", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, size, size, size])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, size, size, size]),
-         helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, size])], weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return str(path)
+    return _cnn(path, channels=size, size=size, kernels=size, seed=27, scale=0.4)
 
 
 def _assert_not_degenerate(source: str, size: int) -> None:

@@ -23,7 +23,7 @@ from collections import Counter
 
 import numpy as np
 
-from deploykit.onnx_io import every_node
+from deploykit.onnx_io import drop_unused_initializers, every_node
 
 __all__ = ["DYNAMIC_OPS", "dequantize", "dynamic_ops"]
 
@@ -231,14 +231,7 @@ def _prune(proto) -> None:
             break
         for node in dead:
             graph.node.remove(node)
-    read = {name for node in every_node(graph) for name in node.input} | {o.name for o in graph.output}
-    dropped = {init.name for init in graph.initializer if init.name not in read}
-    kept = [init for init in graph.initializer if init.name not in dropped]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    listed = [i for i in graph.input if i.name not in dropped]    # older exporters list weights as inputs too
-    del graph.input[:]
-    graph.input.extend(listed)
+    drop_unused_initializers(graph)
     domains = {node.domain for node in every_node(graph)}
     imports = [o for o in proto.opset_import if o.domain in ("", "ai.onnx") or o.domain in domains]
     del proto.opset_import[:]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploykit.onnx_io import every_node
+from deploykit.onnx_io import drop_unused_initializers
 from deploykit.transforms import lstm
 from deploykit.transforms.lstm import MAX_STEPS, known_shapes
 
@@ -74,7 +74,7 @@ def narrow_slices(proto) -> int:
                 node.input.append(name)
         changed += 1
     if changed:
-        _drop_unused_initializers(graph)
+        drop_unused_initializers(graph)
     return changed
 
 
@@ -88,17 +88,5 @@ def unroll_lstms(proto, notes: list | None = None) -> int:
     ``notes`` (when given) gets one line per LSTM node: what was done, or why it was left as it is."""
     changed = lstm.prepare_lstms(proto, [] if notes is None else notes)
     if changed:
-        _drop_unused_initializers(proto.graph)
+        drop_unused_initializers(proto.graph)
     return changed
-
-
-def _drop_unused_initializers(graph) -> None:
-    """The fused op's W, R and B are now read by nobody: runtimes warn about them and they double the file."""
-    used = {name for node in every_node(graph) for name in node.input} | {o.name for o in graph.output}
-    dropped = {init.name for init in graph.initializer if init.name not in used}
-    kept = [init for init in graph.initializer if init.name not in dropped]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    inputs = [i for i in graph.input if i.name not in dropped]    # older exporters list initializers as inputs too
-    del graph.input[:]
-    graph.input.extend(inputs)

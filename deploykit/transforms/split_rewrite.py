@@ -10,6 +10,8 @@ The prep pass (deploykit.transforms.onnx_prep) applies this on a copy and keeps 
 """
 from __future__ import annotations
 
+from deploykit.onnx_io import drop_unused_initializers
+
 
 def uneven_splits(proto) -> list:
     """The top-level Split nodes whose sizes are constants of unequal values (what this module rewrites)."""
@@ -48,7 +50,7 @@ def slice_uneven_splits(proto) -> int:
     if rewritten:
         del proto.graph.node[:]
         proto.graph.node.extend(nodes)
-        _drop_unused_initializers(proto.graph)
+        drop_unused_initializers(proto.graph)
     return rewritten
 
 
@@ -75,14 +77,3 @@ def _constants(graph) -> dict:
             if value is not None:
                 found[node.output[0]] = numpy_helper.to_array(value)
     return found
-
-
-def _drop_unused_initializers(graph) -> None:
-    """Sizes tensors only the removed Splits read (a shared one stays while another node reads it)."""
-    from deploykit.onnx_io import every_node
-
-    read = {name for node in every_node(graph) for name in node.input} | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in read]
-    if len(kept) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
