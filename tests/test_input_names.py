@@ -89,3 +89,17 @@ def test_inspect_verify_and_bench_take_a_tensorflow_style_name(cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert_clean_error(cli("inspect", model, "--input", "serving_default_input_9:0:1x4"), 2,
                        f"the model's inputs are '{TF_NAME}'")
+
+
+@pytest.mark.slow
+@pytest.mark.onnxruntime
+def test_basic_pitchs_tf2onnx_input_is_named_with_its_colon(cli):
+    """Field model: Spotify's basic-pitch 0.4.0 ships its tf2onnx ONNX with the input `serving_default_input_2:0`
+    and a dynamic batch; its --input pins the batch (was: exit 2, "unknown dtype '1x43844x1'")."""
+    from tests.field import field_file
+
+    source = field_file("basic-pitch==0.4.0", "basic_pitch/saved_models/icassp_2022/nmp.onnx")
+    proc = cli("inspect", str(source), "--input", f"{TF_NAME}:1x43844x1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    inputs = json.loads(proc.stdout)["signature"]["inputs"]
+    assert [(i["name"], i["shape"]) for i in inputs] == [(TF_NAME, [1, 43844, 1])], inputs
