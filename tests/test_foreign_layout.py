@@ -98,12 +98,17 @@ def test_a_channels_last_tflite_without_manifest_verifies_with_its_layout_inferr
 @pytest.mark.tensorflow
 @pytest.mark.litert
 def test_a_square_input_is_stated_ambiguous_and_layout_channels_last_resolves_it(tmp_path):
-    import onnx2tf
+    import subprocess
+    import sys
 
     from deploykit import api
 
     source = _cnn(tmp_path / "square.onnx", channels=8, size=8, kernels=8)      # H = W = C: [1, 8, 8, 8]
-    onnx2tf.convert(input_onnx_file_path=source, output_folder_path=str(tmp_path / "out"), non_verbose=True)
+    # bare onnx2tf, in a process of its own: importing it sets this process's recursion limit to 2**31 - 1 and
+    # TF_USE_LEGACY_KERAS, which changed what later tests on this worker saw
+    subprocess.run([sys.executable, "-c", "import sys, onnx2tf; onnx2tf.convert(input_onnx_file_path=sys.argv[1], "
+                    "output_folder_path=sys.argv[2], non_verbose=True)", source, str(tmp_path / "out")],
+                   check=True, capture_output=True, timeout=600)
     foreign = str(tmp_path / "out" / "square_float32.tflite")          # onnx2tf's own file, no manifest
     report = api.verify(source, [foreign]).reports[0]
     note = next(n for n in report.notes if n.startswith("layout inferred"))

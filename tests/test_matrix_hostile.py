@@ -79,6 +79,27 @@ def test_a_deep_toml_and_a_huge_spec_are_usage_errors(tmp_path):
         load_spec(str(big))
 
 
+def test_deep_specs_are_refused_even_where_a_library_raised_the_recursion_limit(tmp_path):
+    """Importing onnx2tf sets the process's recursion limit to 2**31 - 1, and the API's caller may have imported it:
+    the spec is still parsed under the default limit (before: 1,000 nested arrays parsed under a raised limit and
+    the spec failed later for another reason; far deeper, the C stack overflows)."""
+    import sys
+
+    deep_toml = _spec(tmp_path, "a = " + "[" * 1000 + "]" * 1000)
+    deep_yaml = tmp_path / "zoo.yaml"
+    deep_yaml.write_text("matrix: " + "[" * 1000 + "]" * 1000 + "\n")
+    real = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)          # raised, as a library may leave it (20,000 frames are safe here)
+    try:
+        with pytest.raises(UsageError, match="nests arrays or tables too deeply"):
+            load_spec(str(deep_toml))
+        with pytest.raises(UsageError, match="nests lists or mappings too deeply"):
+            load_spec(str(deep_yaml))
+        assert sys.getrecursionlimit() == 20_000        # the caller's limit is given back
+    finally:
+        sys.setrecursionlimit(real)
+
+
 @pytest.mark.parametrize("line, fragment", [
     ("retries = 100000000000000000000", "retries must be between 0 and 10"),     # a crash retried ~forever
     ("retries = 1e20", "retries must be an integer"),

@@ -13,8 +13,10 @@ spec file. Relative paths are relative to the spec file's folder. This module im
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -113,6 +115,27 @@ def load_spec(path: str) -> MatrixSpec:
 
 def _parse(path: Path) -> dict:
     text = _read(path)
+    with _recursion_limit(PARSE_RECURSION_LIMIT):
+        return _parse_text(text, path)
+
+
+# tomllib and PyYAML parse nesting recursively, and a hostile spec is refused by the RecursionError Python's
+# default limit raises. A library in the same process may have raised the limit (importing onnx2tf sets it to
+# 2**31 - 1), and then the same spec parses far deeper — up to overflowing the C stack: parse under the default.
+PARSE_RECURSION_LIMIT = 1000
+
+
+@contextlib.contextmanager
+def _recursion_limit(limit: int):
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(min(previous, limit))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(previous)
+
+
+def _parse_text(text: str, path: Path) -> dict:
     if path.suffix.lower() in (".yaml", ".yml"):
         return _parse_yaml(text, path.name)
     import tomllib
