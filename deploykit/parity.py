@@ -47,6 +47,16 @@ PRESETS = {
 }
 
 
+def looser_preset(a: str, b: str) -> str:
+    """The looser of two presets (fp32 < fp16 < int8; a user's "+custom" counts as its base); ``a`` when either is
+    not one of the three."""
+    order = ("fp32", "fp16", "int8")
+    base_a, base_b = a.split("+")[0], b.split("+")[0]
+    if base_a not in order or base_b not in order:
+        return a
+    return b if order.index(base_b) > order.index(base_a) else a
+
+
 def tolerance_for(precision: str = "fp32", atol: Optional[float] = None,
                   rtol: Optional[float] = None) -> Tolerance:
     """The preset for ``precision``; a user's --atol/--rtol replace its values and are absolute."""

@@ -401,16 +401,11 @@ def artifact_tolerance(stored: dict, options: VerifyOptions):
     return tolerance_for(PRECISION_OF.get(stored["precision"], "fp32"), options.atol, options.rtol)
 
 
-# presets from the tightest to the loosest
-_LOOSENESS = ("fp32", "fp16", "int8")
-
-
 def _quantized_file_tolerance(artifact: Artifact, current: Tolerance, options: VerifyOptions) -> tuple:
     """(the preset of a quantized artifact file no manifest describes, why), when it is looser than the checker's:
     the file's own bytes say it is quantized (int8 weights, QDQ, fp16 weights), a sidecar cannot lie about that."""
     precision, why = source_precision(artifact)
-    base = current.preset.split("+")[0]
-    if base not in _LOOSENESS or _LOOSENESS.index(precision) <= _LOOSENESS.index(base):
+    if parity.looser_preset(current.preset, precision) == current.preset:
         return None, ""
     return (tolerance_for(precision, options.atol, options.rtol),
             why.replace("source", "the artifact", 1) + " (--precision overrides)")

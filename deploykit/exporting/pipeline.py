@@ -25,7 +25,7 @@ from deploykit.harness import DEFAULT_TIMING
 from deploykit.layout import Layout
 from deploykit.model import LoadedModel, PendingModel, load_model
 from deploykit.options import PRECISION_OF, QuantizeOptions, VerifyOptions
-from deploykit.parity import ParityReport, tolerance_for
+from deploykit.parity import ParityReport, looser_preset, tolerance_for
 from deploykit.runner import RunnerOptions
 
 HELD_OUT_LIMIT = 64   # enough for agreement percentages with a resolution of ~1.5 %
@@ -106,16 +106,13 @@ class _Judging:
                    _judging_feeds(model, quantize, calibration, info, verify))
 
 
-_LOOSER = ("fp32", "fp16", "int8")      # presets from the tightest to the loosest
-
-
 def _mode_tolerance(mode: str, verify: VerifyOptions, source_preset: str):
     """The --quantize mode's preset, or the source's own when that is looser: an int8-weight source exported with
     --quantize fp16 is no closer to the source than int8 rounding allows (without --precision: the source's preset
     comes from make_checker, which follows --precision)."""
     preset = PRECISION_OF[mode]
-    if not verify.precision and source_preset.split("+")[0] in _LOOSER:
-        preset = max(preset, source_preset.split("+")[0], key=_LOOSER.index)
+    if not verify.precision:
+        preset = looser_preset(preset, source_preset).split("+")[0]
     return tolerance_for(preset, verify.atol, verify.rtol)
 
 
