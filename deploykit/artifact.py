@@ -31,6 +31,7 @@ class RunResult:
     providers: list = field(default_factory=list)
     latency_ms: Optional[dict] = None       # latency_stats() when a Timing was asked for
     timing: str = ""
+    cpu: str = ""                           # the emulated ARM core that ran it ("" on the host's own CPU)
 
     @property
     def ran_on(self) -> str:
@@ -96,21 +97,27 @@ class Artifact(LoadedModel):
         With ``timing`` the first feed is also timed by the one timing loop (``latency_ms``).
         A crash or time-out raises ParityError (exit 1): the artifact cannot be trusted.
         """
-        request = {"model": self.description(), "runtime": runtime, "options": options.__dict__,
+        inner, interpreter = _launch_for(runtime, options, timing)
+        request = {"model": self.description(), "runtime": inner, "options": options.__dict__,
                    "samples": len(feeds_list), "timing": timing.to_dict() if timing else None}
         child = run_child("deploykit.harness:run_job", request, arrays=pack_samples(feeds_list), stage=RUN,
-                          what=self.name, timeout=timeout, debug=debug, reuse=self._reusable(timing))
+                          what=self.name, timeout=timeout, debug=debug, reuse=self._reusable(timing),
+                          interpreter=interpreter)
         order = child.info.get("output_names", [])
         outputs = [{n: o[n] for n in order if n in o} for o in unpack_samples(child.arrays, len(feeds_list))]
-        return RunResult(outputs, child.info.get("runtime", "?"), child.info.get("providers") or [],
-                         child.info.get("latency_ms"), child.info.get("timing", ""))
+        ran = runtime if interpreter else child.info.get("runtime", "?")
+        providers = [interpreter.label] if interpreter else child.info.get("providers") or []
+        return RunResult(outputs, ran, providers, child.info.get("latency_ms"), child.info.get("timing", ""),
+                         cpu=interpreter.cpu if interpreter else "")
 
-    def capture(self, feeds_list: list, options: RunnerOptions = RunnerOptions(), *,
+    def capture(self, feeds_list: list, options: RunnerOptions = RunnerOptions(), *, runtime: Optional[str] = None,
                 timeout: float = DEFAULT_TIMEOUT_S) -> tuple:
         """(graph view dict, per sample {layer output: value}) for ``deploykit.checking.locate``, in a child process."""
-        request = {"model": self.description(), "options": options.__dict__, "samples": len(feeds_list)}
+        inner, interpreter = _launch_for(runtime, options, None)
+        request = {"model": self.description(), "options": options.__dict__, "samples": len(feeds_list),
+                   "runtime": inner}
         child = run_child("deploykit.harness:capture_job", request, arrays=pack_samples(feeds_list), stage=RUN,
-                          what=self.name, timeout=timeout, reuse=self._reusable(None))
+                          what=self.name, timeout=timeout, reuse=self._reusable(None), interpreter=interpreter)
         return child.info["graph"], unpack_samples(child.arrays, len(feeds_list))
 
     def _reusable(self, timing: Optional[Timing]) -> bool:
@@ -119,3 +126,24 @@ class Artifact(LoadedModel):
         from deploykit.registry import FILE_FORMATS
 
         return timing is None and self.format not in FILE_FORMATS
+
+
+def _launch_for(runtime: Optional[str], options: RunnerOptions, timing) -> tuple:
+    """(the runtime the child runs, the interpreter it runs in): an emulated ARM runtime is its native
+    runtime's runner in an arm64 child (``deploykit.emulation``), which never times anything."""
+    from deploykit import registry
+
+    entry = registry.runtime_entry(runtime) if runtime else None
+    if entry is None or not entry.emulates:
+        return runtime, None
+    if timing is not None:
+        from deploykit.errors import UsageError
+
+        raise UsageError(f"{runtime} runs under emulation: its wall time is not a phone's latency",
+                         f"bench on {entry.emulates} or on the device; verify with --runtime {runtime} for parity")
+    problem = registry.runtime_problem(entry, "needed for the ARM runtimes")
+    if problem:
+        raise problem
+    from deploykit.emulation.userland import child_interpreter
+
+    return entry.emulates, child_interpreter(options.arm_cpu or "")

@@ -94,6 +94,20 @@ MEASURE = Stage("measure", errors.MeasurementError, "measuring {what}",
                 "run with --debug for the runtime's log")
 
 
+@dataclass(frozen=True)
+class Interpreter:
+    """Another Python to run a child in — an arm64 one under qemu (``deploykit.emulation.userland``).
+
+    ``argv`` starts it (``-P -m deploykit.child JOB`` is appended); ``env`` is its whole environment, with
+    deploykit's code root added to its PYTHONPATH and a scratch HOME inside the job's folder: nothing of the
+    host's Python (site-packages, virtualenv, PYTHONPATH) may reach a foreign interpreter."""
+
+    argv: tuple
+    env: Mapping
+    label: str = ""
+    cpu: str = ""
+
+
 @dataclass
 class ChildResult:
     """What a job returned (JSON-able info) and the arrays it sent back."""
@@ -105,7 +119,8 @@ class ChildResult:
 
 def run_child(target: str, request: dict, *, stage: Stage, what: str, timeout: float,
               arrays: Optional[Mapping] = None, debug: bool = False,
-              abort: Optional[Callable[[], Optional[BaseException]]] = None, reuse: bool = False) -> ChildResult:
+              abort: Optional[Callable[[], Optional[BaseException]]] = None, reuse: bool = False,
+              interpreter: Optional[Interpreter] = None) -> ChildResult:
     """Run ``target`` (``module:function``) in a fresh Python process and return its result.
 
     Raises the child's own DeploykitError, or ``stage.error`` for a crash, a time-out or any
@@ -113,12 +128,13 @@ def run_child(target: str, request: dict, *, stage: Stage, what: str, timeout: f
     while the child runs: when it returns an exception (the source's load failed meanwhile, say),
     the child is stopped and that exception raised, rather than waiting for work that is moot.
     ``reuse=True``: run in the command's reused child when one is open (see the module's docstring).
+    ``interpreter``: run in that Python (an emulated arm64 one) rather than this one; never reused.
     """
     check_timeout(timeout)
     failure = abort() if abort else None
     if failure is not None:       # moot before it starts (the source it would load failed to load)
         raise failure
-    session = _ACTIVE if reuse else None
+    session = _ACTIVE if reuse and interpreter is None else None
     if session is not None:
         return session.call(target, request, stage=stage, what=what, timeout=timeout, arrays=arrays, debug=debug,
                             abort=abort)
@@ -126,7 +142,7 @@ def run_child(target: str, request: dict, *, stage: Stage, what: str, timeout: f
         folder = Path(tmp)
         _write_request(folder, target, request, arrays)
         started = time.perf_counter()
-        returncode, stdout, stderr = _launch(folder, timeout, stage, what, abort)
+        returncode, stdout, stderr = _launch(folder, timeout, stage, what, abort, interpreter)
         seconds = time.perf_counter() - started
         if debug or os.environ.get(DEBUG_ENV):
             sys.stderr.write(stdout + stderr)
@@ -172,22 +188,37 @@ def _child_env() -> dict:
     return dict(env, PYTHONPATH=pythonpath, **{IN_CHILD_ENV: "1", PARENT_ENV: str(os.getpid())})
 
 
-def _launch(folder: Path, timeout: float, stage: Stage, what: str, abort=None) -> tuple:
+def _launch(folder: Path, timeout: float, stage: Stage, what: str, abort=None,
+            interpreter: Optional[Interpreter] = None) -> tuple:
     # -P: the working directory is not put on sys.path, so nothing in it is imported by accident.
-    return _wait([sys.executable, "-P", "-m", "deploykit.child", str(folder)], _child_env(), None, timeout, stage,
-                 what, abort)
+    if interpreter is None:
+        argv, env = [sys.executable], _child_env()
+    else:
+        argv, env = list(interpreter.argv), _foreign_env(interpreter, folder)
+    return _wait([*argv, "-P", "-m", "deploykit.child", str(folder)], env, None, timeout, stage, what, abort)
 
 
-def run_tool(argv: list, *, cwd: Path, timeout: float, what: str, stage: Optional[Stage] = None) -> str:
-    """Run an external tool (``npm ci``) with the children's guarantees: its own process group, killed as a
-    whole on a time-out or interrupt, output kept out of the terminal. Returns its stdout; a non-zero exit
-    is ``stage.error`` (LOAD by default) with the tool's last line."""
+def _foreign_env(interpreter: Interpreter, folder: Path) -> dict:
+    home = folder / "home"      # ONNX Runtime writes under ~/.cache: a scratch one, gone with the job
+    home.mkdir()
+    own = {k: v for k, v in os.environ.items() if k.startswith("DEPLOYKIT_") and k != SESSION_ENV}
+    pythonpath = os.pathsep.join(p for p in (interpreter.env.get("PYTHONPATH", ""), code_root()) if p)
+    return {**own, **interpreter.env, "PYTHONPATH": pythonpath, "HOME": str(home),
+            IN_CHILD_ENV: "1", PARENT_ENV: str(os.getpid())}
+
+
+def run_tool(argv: list, *, cwd: Path, timeout: float, what: str, stage: Optional[Stage] = None,
+             env: Optional[Mapping] = None, remedy: str = "check that the npm registry is reachable, then run again"
+             ) -> str:
+    """Run an external tool (``npm ci``, ``apt-get download``) with the children's guarantees: its own process
+    group, killed as a whole on a time-out or interrupt, output kept out of the terminal. Returns its stdout; a
+    non-zero exit is ``stage.error`` (LOAD by default) with the tool's last line and ``remedy``."""
     stage = stage or LOAD
-    returncode, stdout, stderr = _wait(argv, dict(os.environ), cwd, timeout, stage, what)
+    returncode, stdout, stderr = _wait(argv, dict(env if env is not None else os.environ), cwd, timeout, stage, what)
     if returncode != 0:
         raise errors.exhaustion(stderr[-4000:], what) or stage.error(
-            f"{what} {_describe_exit(returncode)}: {last_line(stderr) or last_line(stdout)}",
-            "check that the npm registry is reachable, then run again", outcome=stage.outcome)
+            f"{what} {_describe_exit(returncode)}: {last_line(stderr) or last_line(stdout)}", remedy,
+            outcome=stage.outcome)
     return stdout
 
 

@@ -142,6 +142,7 @@ class RuntimeEntry:
     check: str = ""         # "module:function" -> why it cannot run here beyond packages ("" = it can)
     remedy: str = ""        # what to do when ``check`` says why not
     browser: bool = False   # runs in a browser page (ships as web assets, `package --app web`)
+    emulates: str = ""      # the native runtime this one runs on an emulated ARM core (its runner, in an arm64 child)
 
     @property
     def available(self) -> bool:
@@ -199,6 +200,7 @@ QUANTIZE_MODES = ("fp16", "dynamic", "int8")
 
 BROWSER_REMEDY = ("install Debian's chromium and npm (`apt-get install chromium npm`; ./run does it), "
                   "or set DEPLOYKIT_CHROMIUM to a Chromium executable")
+ARM_REMEDY = "run on a Debian/Ubuntu x86-64 host with apt-get (qemu and the arm64 Python come from Debian's packages)"
 RUNTIMES = (
     RuntimeEntry("torch", TORCH_FORMATS, "runtimes.torch_eager:TorchEagerRunner", ("torch",),
                  "PyTorch eager / TorchScript / torch.export (research)"),
@@ -217,8 +219,22 @@ RUNTIMES = (
     RuntimeEntry("litert-js", frozenset({Format.TFLITE}), "runtimes.litert_js:LiteRtJsRunner", ("playwright",),
                  "LiteRT.js WASM (XNNPACK) in headless Chromium (browser / web view)",
                  check="deploykit.browser:unavailable_reason", remedy=BROWSER_REMEDY, browser=True),
+    # Emulated ARM cores: the native runtime's own runner in an arm64 Python under qemu (deploykit.emulation);
+    # the host needs none of the runtime's packages, and the userland is installed on first use.
+    RuntimeEntry("litert-arm64", frozenset({Format.TFLITE}), "runtimes.litert:LiteRTRunner", (),
+                 "LiteRT (XNNPACK) on an emulated ARM core, aarch64 wheel under qemu (parity only, never latency)",
+                 check="deploykit.emulation.userland:unavailable_reason", remedy=ARM_REMEDY, emulates="litert"),
+    RuntimeEntry("onnxruntime-arm64", frozenset({Format.ONNX}), "runtimes.onnxruntime:OnnxRuntimeRunner", (),
+                 "ONNX Runtime (MLAS) on an emulated ARM core, aarch64 wheel under qemu (parity only, never latency)",
+                 check="deploykit.emulation.userland:unavailable_reason", remedy=ARM_REMEDY, emulates="onnxruntime"),
 )
 BROWSER_RUNTIMES = tuple(entry.name for entry in RUNTIMES if entry.browser)
+EMULATED_RUNTIMES = tuple(entry.name for entry in RUNTIMES if entry.emulates)
+
+
+def runtime_entry(name: str) -> Optional[RuntimeEntry]:
+    """The runtime registered as ``name`` (None when there is none)."""
+    return next((entry for entry in RUNTIMES if entry.name == name), None)
 
 
 def browser_runtime_for(fmt: Format) -> RuntimeEntry:
@@ -238,7 +254,7 @@ def runtime_problem(entry: RuntimeEntry, why: str) -> Optional[MissingDependency
 def runtime_distributions() -> dict:
     """What a device app needs for each runtime: runtime name -> the pip distributions it requires."""
     return {entry.name: tuple(PACKAGES.get(m, (m, ""))[0] for m in entry.requires) for entry in RUNTIMES
-            if not entry.browser}    # those ship as web assets (package --app web), not pip
+            if not entry.browser and not entry.emulates}    # web assets (package --app web); emulated ones
 
 
 TARGETS = {"onnx": Format.ONNX, "tflite": Format.TFLITE, "saved_model": Format.SAVED_MODEL,

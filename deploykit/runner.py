@@ -34,6 +34,8 @@ class RunnerOptions:
     device: str = "cpu"                # "cpu", "cuda", or "auto" (CUDA when the runtime and a GPU allow)
     xnnpack: bool = True               # LiteRT: use the XNNPACK delegate (its default)
     compile: bool = False              # PyTorch: wrap the module in torch.compile
+    arm_cpu: Optional[str] = None      # an emulated ARM runtime's core (deploykit.emulation.cores; None: cortex-a76)
+    fp16_arithmetic: bool = False      # LiteRT: XNNPACK computes in fp16 (FORCE_FP16; F16C conversions on x86)
 
 
 @runtime_checkable
