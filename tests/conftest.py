@@ -44,12 +44,21 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=f"needs {', '.join(packages)}"))
         if "gpu" in item.keywords and not _gpu_present():
             item.add_marker(pytest.mark.skip(reason="needs a GPU (none on this machine)"))
+        if "arm" in item.keywords and _arm_problem():
+            item.add_marker(pytest.mark.skip(reason=f"needs the emulated ARM cores: {_arm_problem()}"))
 
 
 def _gpu_present() -> bool:
     from deploykit.machine import gpu_present
 
     return gpu_present()
+
+
+def _arm_problem() -> str:
+    """Why the ARM runtimes cannot run here ("" when they can, or can once provisioned on first use)."""
+    from deploykit.emulation.userland import unavailable_reason
+
+    return unavailable_reason()
 
 
 _SERIAL_LOCKS: list = []

@@ -101,7 +101,7 @@ def test_no_feature_package_shadows_a_public_function():
 
 def test_markers_come_from_the_registry_table():
     declared = {m.split(":")[0] for m in PYPROJECT["tool"]["pytest"]["ini_options"]["markers"]}
-    assert declared == set(registry.test_markers()) | {"slow", "gpu", "serial"}
+    assert declared == set(registry.test_markers()) | {"slow", "gpu", "serial", "arm"}
     assert "--strict-markers" in PYPROJECT["tool"]["pytest"]["ini_options"]["addopts"]
 
 
