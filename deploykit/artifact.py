@@ -106,7 +106,8 @@ class Artifact(LoadedModel):
         order = child.info.get("output_names", [])
         outputs = [{n: o[n] for n in order if n in o} for o in unpack_samples(child.arrays, len(feeds_list))]
         ran = runtime if interpreter else child.info.get("runtime", "?")
-        providers = [interpreter.label] if interpreter else child.info.get("providers") or []
+        # An emulated run names the core it ran on, then what the runner inside used (e.g. "XNNPACK fp16").
+        providers = ([interpreter.label] if interpreter else []) + list(child.info.get("providers") or [])
         return RunResult(outputs, ran, providers, child.info.get("latency_ms"), child.info.get("timing", ""),
                          cpu=interpreter.cpu if interpreter else "")
 

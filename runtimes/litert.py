@@ -12,7 +12,7 @@ import numpy as np
 from deploykit.errors import ModelLoadError
 from deploykit.formats import Format
 from deploykit.model import LoadedModel, LoadOptions
-from deploykit.runner import RunnerBase, RunnerOptions
+from deploykit.runner import RunnerBase, RunnerOptions, first_line
 from deploykit.spec import ModelSpec, TensorSpec, merge_user_specs
 from deploykit.text import natural_key, one_line
 
@@ -128,14 +128,87 @@ def _allocate_or_explain(interpreter, path: str) -> None:
         raise ModelLoadError(f"LiteRT cannot prepare {path}: {text[:200]}", "convert the model again") from None
 
 
+# XNNPACK delegate flags (tensorflow/lite/delegates/xnnpack/xnnpack_delegate.h): the delegate's default QS8|QU8
+# (int8 and uint8 operators delegated) plus FORCE_FP16 (fp32 operators computed in fp16).
+XNNPACK_FLAG_QS8, XNNPACK_FLAG_QU8, XNNPACK_FLAG_FORCE_FP16 = 0x1, 0x2, 0x4
+AT_HWCAP, HWCAP_ATOMICS, HWCAP_ASIMDHP = 16, 1 << 8, 1 << 10      # getauxval key; Linux arm64 HWCAP bits
+
+
+def fp16_arithmetic_problem(options: RunnerOptions) -> str:
+    """Why this process cannot compute in fp16 through LiteRT's CompiledModel ("" when it can).
+
+    The CPU's own HWCAP bits decide, not a name: under qemu they are the emulated core's, on a phone the phone's.
+    CompiledModel's library is built for LSE atomics (an ARMv8.0 core dies of SIGILL creating one), and without
+    FEAT_FP16 an ARM core has no fp16 arithmetic to show. x86 passes: XNNPACK converts with F16C and rounds every
+    intermediate to fp16, computing in fp32 between (a nearer result than a phone's, hence the ARM runtimes).
+    """
+    import platform
+
+    if not options.xnnpack:
+        return "XNNPACK is off, and only XNNPACK computes in fp16"
+    if platform.machine().lower() not in ("aarch64", "arm64"):
+        return ""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.getauxval.restype = ctypes.c_ulong
+    hwcap = libc.getauxval(AT_HWCAP)
+    core = options.arm_cpu or "this core"
+    if not hwcap & HWCAP_ATOMICS:
+        return f"{core} has no LSE atomics (ARMv8.0), which LiteRT's CompiledModel needs"
+    if not hwcap & HWCAP_ASIMDHP:
+        return f"{core} has no fp16 arithmetic (FEAT_FP16, ARMv8.2)"
+    return ""
+
+
+class _Fp16Compiled:
+    """A signature of a .tflite run by LiteRT's CompiledModel with XNNPACK's FORCE_FP16 flag (the Interpreter's
+    Python API cannot pass delegate flags). Numpy in, numpy out; shapes follow the feeds."""
+
+    def __init__(self, path: str, key: str, threads=None):
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.options import CpuOptions, Options
+
+        flags = XNNPACK_FLAG_QS8 | XNNPACK_FLAG_QU8 | XNNPACK_FLAG_FORCE_FP16
+        cpu = CpuOptions(num_threads=threads or 0, xnnpack_flags=flags)       # 0: LiteRT decides, as None does
+        self.model, self.key = CompiledModel.from_file(path, options=Options(cpu_options=cpu)), key
+
+    def run(self, inputs: dict, out_dtypes: dict) -> dict:
+        """Outputs by signature name for inputs already in the model's dtypes (``out_dtypes``: each output's)."""
+        model, key = self.model, self.key
+        laid_out = model.get_input_tensor_details(key)
+        for name, value in inputs.items():
+            if list(value.shape) != list(laid_out[name]["shape"]):
+                model.resize_input_tensor_by_name(key, name, list(value.shape))
+        buffers = {name: model.create_input_buffer_by_name(key, name) for name in inputs}
+        out_details = model.get_output_tensor_details(key)
+        out_buffers = {name: model.create_output_buffer_by_name(key, name) for name in out_details}
+        try:
+            for name, buffer in buffers.items():
+                buffer.write(inputs[name])
+            model.run_by_name(key, buffers, out_buffers)
+            return {name: buffer.read(int(np.prod(out_details[name]["shape"])), out_dtypes[name])
+                    .reshape(out_details[name]["shape"]) for name, buffer in out_buffers.items()}
+        finally:
+            for buffer in (*buffers.values(), *out_buffers.values()):
+                buffer.destroy()
+
+    def close(self) -> None:
+        self.model.close()
+
+
 class LiteRTRunner(RunnerBase):
     """ai_edge_litert Interpreter through its signature runner; XNNPACK on unless options say otherwise."""
 
     def __init__(self, model: LoadedModel, options: RunnerOptions = RunnerOptions()):
         self.model, self.options = model, options
         self.interpreter, self.runner = None, None
+        self.compiled = None            # the CompiledModel that computes in fp16 (fp16_arithmetic), when it can
+        self.fp16_unavailable = ""      # why fp16_arithmetic fell back to the Interpreter's fp32 arithmetic
 
     def open(self) -> None:
+        if self.options.fp16_arithmetic:
+            self.fp16_unavailable = fp16_arithmetic_problem(self.options)
         try:
             self.interpreter = _interpreter(self.model.path, self.options.threads, self.options.xnnpack)
         except Exception as exc:  # noqa: BLE001
@@ -146,10 +219,27 @@ class LiteRTRunner(RunnerBase):
         if key is None and self.interpreter.get_signature_list():
             key = sorted(self.interpreter.get_signature_list())[0]
         self.runner = self.interpreter.get_signature_runner(key) if key else None
+        if self.options.fp16_arithmetic and not self.fp16_unavailable:
+            if self.runner is None:
+                self.fp16_unavailable = "the model has no signature (CompiledModel runs signatures)"
+            else:
+                self._open_compiled(key)
+
+    def _open_compiled(self, key: str) -> None:
+        """The fp16 CompiledModel, or the reason it is not there (the Interpreter then runs, in fp32)."""
+        try:
+            self.compiled = _Fp16Compiled(self.model.path, key, self.options.threads)
+        except Exception as exc:  # noqa: BLE001 - e.g. XNNPACK refusing FORCE_FP16 on a CPU without F16C
+            self.fp16_unavailable = f"LiteRT's CompiledModel refused it ({first_line(exc)})"
 
     @property
     def active_providers(self) -> list:
         # LiteRT has no API that reports applied delegates; the op resolver choice decides it.
+        if self.compiled is not None:
+            return ["XNNPACK fp16"]
+        if self.fp16_unavailable:       # fp16 arithmetic was asked for: the report must say it did not happen
+            return [f"XNNPACK (fp32 arithmetic: {self.fp16_unavailable})" if self.options.xnnpack
+                    else f"builtin kernels (no delegate; fp32 arithmetic: {self.fp16_unavailable})"]
         return ["XNNPACK"] if self.options.xnnpack else ["builtin kernels (no delegate)"]
 
     def run(self, feeds: Mapping) -> dict:
@@ -157,9 +247,13 @@ class LiteRTRunner(RunnerBase):
             return self._run_without_signature(feeds)
         details = self.runner.get_input_details()
         inputs = {name: _to_input(feeds[name], details[name]) for name in details}
-        # The signature runner resizes inputs whose shapes differ (dynamic dims such as [-1, ...]).
-        outputs = self.runner(**inputs)
         out_details = self.runner.get_output_details()
+        if self.compiled is not None:
+            # The signature's names, dtypes and (de)quantization, as the Interpreter's: only the arithmetic differs.
+            outputs = self.compiled.run(inputs, {name: np.dtype(d["dtype"]) for name, d in out_details.items()})
+        else:
+            # The signature runner resizes inputs whose shapes differ (dynamic dims such as [-1, ...]).
+            outputs = self.runner(**inputs)
         return {name: _from_output(outputs[name], out_details.get(name, {})) for name in sorted(outputs, key=natural_key)}
 
     def _run_without_signature(self, feeds: Mapping) -> dict:
@@ -176,7 +270,9 @@ class LiteRTRunner(RunnerBase):
                 for d in interpreter.get_output_details()}
 
     def close(self) -> None:
-        self.runner, self.interpreter = None, None
+        if self.compiled is not None:
+            self.compiled.close()
+        self.runner, self.interpreter, self.compiled = None, None, None
 
     def capture(self, feeds_list: list) -> tuple:
         """(GraphView dict, per sample {tensor: value}): LiteRT's builtin kernels with every tensor preserved
