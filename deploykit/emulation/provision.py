@@ -228,6 +228,9 @@ def _pip_args(folder: Path) -> list:
             "--python-version", PYTHON_TAG[0], "--implementation", "cp", "--abi", PYTHON_TAG[1]]
 
 
+pip_args = _pip_args     # public: a bundle's pins are installed for the arm64 Python the same way (bundle.arm_selftest)
+
+
 def _pip_install(packages: list, folder: Path, deadline: float) -> None:
     from deploykit.child import run_tool
 
