@@ -10,11 +10,13 @@ description, so it does not read the file's signature again.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 from deploykit.child import RUN, pack_samples, run_child, unpack_samples
+from deploykit.errors import DeploykitError
 from deploykit.fsutil import sha256_of
 from deploykit.harness import Timing
 from deploykit.layout import Layout
@@ -98,11 +100,27 @@ class Artifact(LoadedModel):
         A crash or time-out raises ParityError (exit 1): the artifact cannot be trusted.
         """
         inner, interpreter = _launch_for(runtime, options, timing)
+        guess = None
+        if interpreter is not None:     # emulation is 300-500x slower: refuse a run that cannot end in time
+            from deploykit.emulation.estimate import refuse_if_too_slow
+
+            guess = refuse_if_too_slow(str(self.path), self.format, len(feeds_list), interpreter.cpu, timeout)
         request = {"model": self.description(), "runtime": inner, "options": options.__dict__,
                    "samples": len(feeds_list), "timing": timing.to_dict() if timing else None}
-        child = run_child("deploykit.harness:run_job", request, arrays=pack_samples(feeds_list), stage=RUN,
-                          what=self.name, timeout=timeout, debug=debug, reuse=self._reusable(timing),
-                          interpreter=interpreter)
+        started = time.monotonic()
+        try:
+            child = run_child("deploykit.harness:run_job", request, arrays=pack_samples(feeds_list), stage=RUN,
+                              what=self.name, timeout=timeout, debug=debug, reuse=self._reusable(timing),
+                              interpreter=interpreter)
+        except DeploykitError as exc:
+            if guess is None or time.monotonic() - started < timeout:
+                raise
+            from deploykit.emulation.estimate import describe, suggested_timeout
+
+            # The emulated child ran out of time: name what was expected and the limit that would do.
+            raise type(exc)(f"{exc.message} (estimated {describe(guess)})",
+                            f"raise --timeout to {max(suggested_timeout(guess), int(timeout * 2))}",
+                            outcome=exc.outcome) from None
         order = child.info.get("output_names", [])
         outputs = [{n: o[n] for n in order if n in o} for o in unpack_samples(child.arrays, len(feeds_list))]
         ran = runtime if interpreter else child.info.get("runtime", "?")

@@ -120,7 +120,45 @@ def doctor() -> dict:
     return {"platform": f"{platform.system()} {platform.machine()}", "python": platform.python_version(),
             "cpus": os.cpu_count(), "gpu": "NVIDIA GPU present" if gpu_present() else "none detected",
             "versions": library_versions(registry.tracked_distributions()), "routes": edges,
-            "runtimes": runtimes, "deploykit": _own_version()}
+            "runtimes": runtimes, "deploykit": _own_version(), "arm64": _arm64()}
+
+
+PROVISIONABLE = ("arm64",)      # what `doctor --provision` installs now instead of on first use
+
+
+def provision(component: str) -> None:
+    """Install ``component`` now (``arm64``: qemu, the arm64 Python and the aarch64 wheels) rather than on the
+    first run that needs it; UsageError for an unknown name, MissingDependency when this host cannot."""
+    from deploykit.errors import UsageError
+
+    if component != "arm64":
+        raise UsageError(f"unknown --provision {component!r}", f"use one of {', '.join(PROVISIONABLE)}")
+    from deploykit.emulation.userland import ensure
+
+    ensure()
+
+
+def _arm64() -> dict:
+    """The emulated ARM userland: installed or why not, where, size, versions, drift from the lock, the cores;
+    ``lines`` is its text for the terminal (render prints them as they are)."""
+    from deploykit.emulation.userland import status
+
+    info = status()
+    if info["installed"]:
+        drift = ", ".join(f"{d['package']} {d['locked']} → {d['installed']}" for d in info["drift"]) or "none"
+        lines = [f"ARM userland: installed at {info['path']} ({info['size_bytes'] / 2**20:.0f} MiB, lock "
+                 f"{info['lock']}, {info['seconds']} s to install)",
+                 f"  qemu {info['qemu']} · arm64 Python {info['python']} · wheels "
+                 + ", ".join(f"{k} {v}" for k, v in info["wheels"].items()),
+                 f"  drift from the lock: {drift}"]
+    elif info["unavailable"]:
+        lines = [f"ARM userland: unavailable: {info['unavailable']}"]
+    else:
+        lines = [f"ARM userland: not installed (lock {info['lock']}); installed on first use of an ARM runtime "
+                 f"(~15 s, ~275 MiB) into {info['path']}, or now: deploykit doctor --provision arm64"]
+    cores = ", ".join(c["name"] + (" (default)" if c["default"] else "") for c in info["cores"])
+    lines.append(f"  cores: {cores}")
+    return dict(info, lines=lines)
 
 
 def _runtime_hint(entry) -> str:

@@ -199,6 +199,8 @@ def print_doctor(info: dict) -> None:
         table.add_row("runtime", runtime["runtime"], ", ".join(runtime["formats"]), _yes(runtime["available"]),
                       runtime["hint"])
     console.print(table)
+    for line in info.get("arm64", {}).get("lines", []):
+        console.print(line, markup=False, highlight=False)
 
 
 def _yes(flag: bool) -> str:

@@ -112,3 +112,39 @@ def _hwcaps(root: Path, name: str) -> tuple:
         return int(out[0]), int(out[1])
     except (DeploykitError, IndexError, ValueError) as exc:
         raise MissingDependency(f"the emulated arm64 Python does not start on {name}: {exc}", fix) from None
+
+
+def status() -> dict:
+    """What doctor shows: installed or not (and why it cannot be), where, size, lock, versions, drift, cores."""
+    from deploykit.emulation.cores import CORES
+
+    folder, installed = cache_dir(), record()
+    cores = [{"name": c.name, "arch": c.arch, "fp16_arithmetic": c.fp16_arithmetic, "dotprod": c.dotprod,
+              "lse": c.lse, "phone": c.phone, "default": c.name == DEFAULT_CORE} for c in CORES.values()]
+    info = {"installed": bool(installed), "path": str(folder), "lock": provision.lock_hash(),
+            "unavailable": unavailable_reason(), "cores": cores,
+            "locked": {"qemu": _locked("qemu-user-static"), "python": _locked("python3.11"),
+                       "wheels": {w["name"]: w["version"] for w in provision.lock()["wheels"]["packages"]}}}
+    if installed:
+        info.update(size_bytes=_size(folder), installed_at=installed.get("installed_at"),
+                    seconds=installed.get("seconds"), qemu=installed.get("qemu"), python=installed.get("python"),
+                    wheels=installed.get("wheels", {}), drift=installed.get("drift", []),
+                    core_views=sorted(p.name for p in (folder / "cores").glob("*") if p.is_dir()
+                                      and (p / "proc" / "cpuinfo").is_file()))
+    return info
+
+
+def _locked(name: str) -> str:
+    return next((p["version"] for p in provision.lock()["debian"]["packages"] if p["name"] == name), "")
+
+
+def _size(folder: Path) -> int:
+    """Bytes on disk (symbolic links not followed: a core view is links into the shared sysroot)."""
+    total, seen = 0, set()
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            stat = os.lstat(os.path.join(dirpath, name))
+            if (stat.st_dev, stat.st_ino) not in seen and not os.path.islink(os.path.join(dirpath, name)):
+                seen.add((stat.st_dev, stat.st_ino))       # hard links (Debian's python3.11 has some) once
+                total += stat.st_blocks * 512               # on disk, as du counts
+    return total
