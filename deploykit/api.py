@@ -108,10 +108,14 @@ def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions]
 
     Returns a VerifyResult (``.passed``, ``.reports``, ``.locations``, ``.to_dict()``); recorded layouts are
     applied. ``options.locate`` also compares layer by layer (``.locations``); ``report_dir`` then gets
-    locate.html with the error along depth plotted.
+    locate.html with the error along depth plotted. An emulated ARM runtime in ``options.runtimes``
+    (``litert-arm64``, ``onnxruntime-arm64``) runs on ``options.arm_cpu`` beside its x86 runtime, and the report
+    compares the two.
     """
+    from deploykit.checking.arm import check_arm_cpu
     from deploykit.checking.checker import verify_artifacts
 
+    check_arm_cpu(options.arm_cpu, options.runtimes)      # before minutes of running, not after
     if report_dir:      # refused before minutes of running, not after
         from pathlib import Path
 
@@ -126,7 +130,7 @@ def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions]
         from deploykit.bundle.packaging import is_bundle
 
         if is_bundle(source):
-            return verify_bundle(source, timeout=options.timeout)
+            return verify_bundle(source, timeout=options.timeout, runtimes=options.runtimes, arm_cpu=options.arm_cpu)
     result = verify_artifacts(source, list(artifacts), load or LoadOptions(timeout=options.timeout), options)
     if report_dir:
         from deploykit.checking.locate_report import build_locate_report
@@ -135,9 +139,11 @@ def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions]
     return result
 
 
-def verify_bundle(folder: str, timeout: float = 600.0):
+def verify_bundle(folder: str, timeout: float = 600.0, runtimes: Sequence[str] = (), arm_cpu: Optional[str] = None):
     """A bundle's model against its golden vectors (and its files against their recorded sha256): what
-    ``python app.py selftest`` does on the device, here on deploykit's runner. Returns a VerifyResult."""
+    ``python app.py selftest`` does on the device, here on deploykit's runner. Each of ``runtimes`` gives a report
+    of its own; an emulated ARM one (``litert-arm64``, ``onnxruntime-arm64``, on core ``arm_cpu``) runs the
+    bundle's own ``app.py selftest`` in the arm64 userland with only its requirements. Returns a VerifyResult."""
     import time
 
     from deploykit.checking.checker import VerifyResult
@@ -145,11 +151,27 @@ def verify_bundle(folder: str, timeout: float = 600.0):
     from deploykit.bundle.packaging import verify_bundle as check
 
     check_timeout(timeout)
+    _check_bundle_runtimes(tuple(runtimes), arm_cpu)
     if not is_bundle(folder):
         raise UsageError(f"{folder} is not a deploykit bundle (no {BUNDLE_FILE} in it)",
                          "give the folder that `deploykit package` wrote")
     started = time.perf_counter()
-    return VerifyResult(folder, [check(folder, timeout)], time.perf_counter() - started)
+    reports = [check(folder, timeout, runtime, arm_cpu) for runtime in tuple(runtimes) or (None,)]
+    return VerifyResult(folder, reports, time.perf_counter() - started)
+
+
+def _check_bundle_runtimes(runtimes: tuple, arm_cpu: Optional[str]) -> None:
+    """Unknown runtimes and cores are refused before anything runs; a core needs an emulated runtime."""
+    unknown = [name for name in runtimes if registry.runtime_entry(name) is None]
+    if unknown:
+        raise UsageError(f"unknown --runtime {unknown[0]!r}", f"use one of {', '.join(e.name for e in registry.RUNTIMES)}")
+    if arm_cpu is not None:
+        if not set(runtimes) & set(registry.EMULATED_RUNTIMES):
+            raise UsageError("--arm-cpu picks the core of an emulated ARM runtime, and none is asked for",
+                             f"add --runtime {' or --runtime '.join(registry.EMULATED_RUNTIMES)}")
+        from deploykit.emulation.cores import core
+
+        core(arm_cpu)
 
 
 def package(artifact: str, output: str, options=None, *, force: bool = False) -> dict:

@@ -63,6 +63,7 @@ class VerifyOptions(_DictForm):
     runtimes: tuple = ()       # run artifacts on these (e.g. onnxruntime-web), each where it runs the format
     locate: bool = False       # also compare layer by layer and name the first diverging layer (deploykit.checking.locate)
     layout: str = "auto"       # verify: the manifest's layout, else read from the signatures; none | channels-last
+    arm_cpu: Optional[str] = None   # the core of the emulated ARM runtimes (deploykit.emulation.cores; None: cortex-a76)
 
     def __post_init__(self) -> None:
         from deploykit.registry import RUNTIMES
@@ -74,6 +75,10 @@ class VerifyOptions(_DictForm):
         if not isinstance(self.samples, int) or self.samples < 0 or (self.samples < 1 and not self.inputs_npz):
             raise UsageError(f"--samples must be at least 1 (got {self.samples!r})", "e.g. --samples 5")
         check_timeout(self.timeout)
+        if self.arm_cpu is not None:     # an unknown core is refused now, not after minutes of converting
+            from deploykit.emulation.cores import core
+
+            object.__setattr__(self, "arm_cpu", core(str(self.arm_cpu)).name)
         check_choice(self.device, DEVICES, "--device")
         check_choice(self.layout, LAYOUT_CHOICES, "--layout")
         from deploykit.parity import tolerance_for      # here, not at import: numpy stays out of the CLI's start

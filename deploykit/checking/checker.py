@@ -10,12 +10,14 @@ import numpy as np
 
 from deploykit import parity, registry, remedies
 from deploykit.artifact import Artifact
+from deploykit.checking import arm
 from deploykit.child import reused_child
 from deploykit.errors import DeploykitError, UsageError
 from deploykit.inputs import load_npz, random_feeds
 from deploykit.layout import Layout, axis_order, inverse, shown
 from deploykit.model import LoadedModel, LoadOptions, load_model
-from deploykit.options import PRECISION_OF, VerifyOptions
+from deploykit.checking.judging import artifact_tolerance, int8_feeds, quantized_file_tolerance, trusted_manifest
+from deploykit.options import VerifyOptions
 from deploykit.parity import Tolerance, tolerance_for
 from deploykit.runner import RunnerOptions
 from deploykit.source_precision import source_precision
@@ -66,7 +68,8 @@ class Checker:
         self.timeout, self.device = timeout, device
         self.runtime_options: dict = {}     # e.g. {"xnnpack": False} for LiteRT
         self.runtimes: tuple = ()           # --runtime: candidates run there when it runs their format
-        self.last_runtime = ""
+        self.arm_cpu = ""                   # --arm-cpu: the core of the emulated ARM runtimes ("": cortex-a76)
+        self.last_runtime, self.last_cpu = "", ""
         self.locate_failures = False        # export --locate: a check that fails also locates its first bad layer
         self.precision_note = ""            # why the default preset is not fp32 (a quantized source), for reports
 
@@ -86,22 +89,28 @@ class Checker:
 
     def check(self, candidate: Union[str, Path, Artifact], samples: int, batch: Optional[int] = None,
               layout: Optional[Layout] = None, tolerance: Optional[parity.Tolerance] = None,
-              feeds: Optional[tuple] = None, locate: bool = False) -> parity.ParityReport:
+              feeds: Optional[tuple] = None, locate: bool = False, runtime: Optional[str] = None) -> parity.ParityReport:
         """Run the candidate (in a child) and the source on the same feeds and compare.
 
         ``layout`` is the candidate's recorded permutation relative to the source (a Layout, keyed by the
-        candidate's names; a converter's dict form is taken too).
+        candidate's names; a converter's dict form is taken too); ``runtime`` (None: the format's own) runs it,
+        an emulated ARM one on ``arm_cpu``; a failure is located on that runtime.
         """
         layout = Layout.of(layout)
         if not isinstance(candidate, Artifact):
             candidate = Artifact.open(candidate, layout=layout)
-        references, outputs = self.run_both(candidate, samples, batch, layout, feeds)
-        report = self.compare(references, outputs, self.source.label, candidate.label, layout, tolerance, candidate)
+        options = self.options_for(runtime, (tolerance or self.tolerance).preset)
+        references, outputs = self.run_both(candidate, samples, batch, layout, feeds, runtime, options)
+        label = f"{candidate.label} on {runtime}" if runtime else candidate.label
+        report = self.compare(references, outputs, self.source.label, label, layout, tolerance, candidate)
+        if arm.fp16_note(options):
+            report.notes.append(arm.fp16_note(options))
         if feeds:
             report.compared_on = (len(feeds[1]), feeds[0])
             report.notes.append(f"compared on {len(feeds[1])} {feeds[0]} sample(s)")
         if (locate or self.locate_failures) and not report.passed and batch is None:
-            report.location = self.locate(candidate.with_layout(layout), samples, feeds, tolerance).to_dict()
+            report.location = self.locate(candidate.with_layout(layout), samples, feeds, tolerance, runtime,
+                                          options).to_dict()
         return report
 
     def compare(self, references: list, outputs: list, reference_label: str, candidate_label: str,
@@ -123,18 +132,21 @@ class Checker:
         return report
 
     def run_both(self, candidate: Artifact, samples: int, batch: Optional[int] = None,
-                 layout: Optional[Layout] = None, feeds: Optional[tuple] = None, runtime: Optional[str] = None) -> tuple:
+                 layout: Optional[Layout] = None, feeds: Optional[tuple] = None, runtime: Optional[str] = None,
+                 options: Optional[RunnerOptions] = None) -> tuple:
         """Source outputs and candidate outputs (permuted back to the source's layout) on the same feeds.
 
         ``feeds`` = (label, [feed, ...]) replaces the seeded random samples (a quantized artifact is
-        judged on the distribution it was calibrated for, not on 3-sigma inputs it clips).
+        judged on the distribution it was calibrated for, not on 3-sigma inputs it clips); ``options`` (default:
+        ``runner_options``) are the candidate's runner options (``options_for``).
         """
         keyed = self._keyed(samples, batch, feeds)
         references = self._reference_outputs(keyed)
         layout = layout or Layout()
         feeds_for_candidate = [self.feeds_for(candidate, feeds, layout) for _key, feeds in keyed]
-        result = candidate.run(feeds_for_candidate, self.runner_options, runtime=runtime, timeout=self.timeout)
-        self.last_runtime = result.ran_on
+        result = candidate.run(feeds_for_candidate, options or self.runner_options, runtime=runtime,
+                               timeout=self.timeout)
+        self.last_runtime, self.last_cpu = result.ran_on, result.cpu
         return references, [parity.permute(o, layout.output_perms) for o in result.outputs]
 
     def input_layout(self, candidate: Artifact, mode: str = "auto") -> tuple:
@@ -174,16 +186,23 @@ class Checker:
         return [((feeds[0], i), f) for i, f in enumerate(feeds[1])] if feeds else self.feeds(samples, batch)
 
     def locate(self, candidate: Artifact, samples: int, feeds: Optional[tuple] = None,
-               tolerance: Optional[parity.Tolerance] = None):
+               tolerance: Optional[parity.Tolerance] = None, runtime: Optional[str] = None,
+               options: Optional[RunnerOptions] = None):
         """The layer-by-layer comparison (``deploykit.checking.locate``) on the feeds ``run_both`` uses: one more run of
-        the source and of the candidate, with every layer's output kept."""
+        the source and of the candidate, with every layer's output kept — on ``runtime`` (an emulated ARM one captures
+        under emulation: an fp16 divergence is found on the core that produces it)."""
         from deploykit.checking.locate import locate
 
+        options = options or self.runner_options
         source_feeds = [f for _key, f in self._keyed(samples, None, feeds)]
         candidate_feeds = [self.feeds_for(candidate, f, candidate.layout) for f in source_feeds]
-        return locate(self._capture_source, lambda fs: candidate.capture(fs, self.runner_options, timeout=self.timeout),
-                      (source_feeds, candidate_feeds), tolerance or self.tolerance,
-                      (self.source.label, candidate.label))
+        location = locate(self._capture_source,
+                          lambda fs: candidate.capture(fs, options, runtime=runtime, timeout=self.timeout),
+                          (source_feeds, candidate_feeds), tolerance or self.tolerance,
+                          (self.source.label, f"{candidate.label} on {runtime}" if runtime else candidate.label))
+        if arm.emulated_entry(runtime):
+            location.notes.append(arm.captured_note(runtime, options.arm_cpu))
+        return location
 
     def _capture_source(self, feeds_list: list) -> tuple:
         """The source's graph and layer outputs: a framework model here, a file in a child like any artifact."""
@@ -233,6 +252,10 @@ class Checker:
     def runner_options(self) -> RunnerOptions:
         return RunnerOptions(device=self.device, **self.runtime_options)
 
+    def options_for(self, runtime: Optional[str], preset: str) -> RunnerOptions:
+        """The runner options of a run on ``runtime`` of an artifact judged with ``preset`` (``arm.run_options``)."""
+        return arm.run_options(self.runner_options, runtime, self.arm_cpu, preset, self.runtimes)
+
     def feeds_for(self, candidate: LoadedModel, feeds: dict, layout: Optional[Layout] = None) -> dict:
         """Source-layout feeds renamed (by position, if the names differ) and permuted for the candidate."""
         return parity.permute(self._rename(feeds, candidate), layout.input_perms if layout else None)
@@ -265,7 +288,8 @@ def make_checker(model: LoadedModel, options: VerifyOptions) -> Checker:
     checker = Checker(model, tolerance, options.seed, user_feeds, options.timeout, options.device)
     checker.precision_note = f"{why} (--precision overrides)" if why else ""
     checker.runtime_options = {"xnnpack": options.xnnpack}
-    checker.runtimes = tuple(options.runtimes)
+    checker.runtimes = arm.with_native_counterparts(tuple(options.runtimes))
+    checker.arm_cpu = options.arm_cpu or ""
     checker.locate_failures = options.locate
     return checker
 
@@ -277,14 +301,21 @@ class VerifyResult:
     seconds: float = 0.0
     locations: list = field(default_factory=list)   # LocateReport per artifact (--locate)
     report: Optional[dict] = None                    # the files of --report (locate.html)
+    arm_cpus: list = field(default_factory=list)     # per report: the emulated ARM core that ran it ("" on x86)
 
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.reports)
 
+    def add(self, report: parity.ParityReport, arm_cpu: str = "") -> None:
+        self.reports.append(report)
+        self.arm_cpus.append(arm_cpu)
+
     def to_dict(self) -> dict:
+        cpus = self.arm_cpus + [""] * (len(self.reports) - len(self.arm_cpus))
         data = {"passed": self.passed, "source": self.source, "seconds": round(self.seconds, 3),
-                "comparisons": [r.to_dict() for r in self.reports]}
+                "comparisons": [dict(r.to_dict(), **({"arm_cpu": cpu} if cpu else {}))
+                                for r, cpu in zip(self.reports, cpus)]}
         if self.locations:
             data["locate"] = [location.to_dict() for location in self.locations]
         if self.report:
@@ -292,11 +323,25 @@ class VerifyResult:
         return data
 
 
+@dataclass
+class _Run:
+    """One artifact on one runtime, as verify ran it (what --locate and the next hop need)."""
+
+    artifact: Artifact
+    runtime: Optional[str]
+    label: str
+    report: parity.ParityReport
+    outputs: list
+    feeds: Optional[tuple]
+    options: RunnerOptions
+
+
 def verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: VerifyOptions) -> VerifyResult:
     """Compare every artifact against the source, and each against the previous one, on the same inputs. A PyTorch
     or Keras source is loaded once, in the reused child (``deploykit.child``), also when the API is called directly."""
     if not artifacts:
         raise UsageError("no artifact to verify", "give the source and at least one artifact, or a bundle folder alone")
+    arm.check_arm_cpu(options.arm_cpu, options.runtimes)
     with reused_child():
         return _verify_artifacts(source, artifacts, load, options)
 
@@ -308,45 +353,76 @@ def _verify_artifacts(source: str, artifacts: list, load: LoadOptions, options: 
     opened = [Artifact.open(a, load=LoadOptions(timeout=options.timeout)) for a in artifacts]
     runs = [(artifact, runtime) for artifact in opened for runtime in checker.runtimes_for(artifact)]
     _check_runtimes_used(options.runtimes, runs)
-    reports, previous, source_hash, locations = [], None, {}, []
+    result, done, source_hash = VerifyResult(model.label, []), [], {}
     for artifact, runtime in runs:
-        # Each artifact's manifest records its layout relative to the source it was exported from.
-        stored, why = trusted_manifest(artifact, model, source_hash)
-        label = f"{artifact.label} on {runtime}" if runtime else artifact.label
-        layout, layout_notes = checker.input_layout(artifact, options.layout)
-        try:
-            references, outputs = checker.run_both(artifact, options.samples, layout=layout,
-                                                   feeds=int8_feeds(model, stored, options), runtime=runtime)
-        except DeploykitError as exc:      # a runtime's remedy may name routes: only those this source has
-            exc.remedy = remedies.for_formats(exc.remedy, model.format, artifact.format)
-            raise
-        layout_note = ""
-        if layout_notes is not None:       # no recorded layout: the outputs' order is read from what they hold
-            layout, outputs, layout_note = checker.output_layout(references, outputs, layout, options.layout,
-                                                                 layout_notes)
-        tolerance, precision_why = artifact_tolerance(stored, options), ""
-        if tolerance is None and options.precision is None:
-            tolerance, precision_why = _quantized_file_tolerance(artifact, checker.tolerance, options)
-        report = checker.compare(references, outputs, model.label, label, layout, tolerance, artifact)
-        if precision_why:
-            report.notes.append(precision_why)
-        if layout_note:
-            report.notes.append(layout_note)
-        if why:
-            report.notes.append(why)
-        report.notes.extend(_contract_notes(artifact))
-        if options.locate and all(loc.candidate != artifact.label for loc in locations):   # native runtime, once
-            location = checker.locate(artifact, options.samples, int8_feeds(model, stored, options),
-                                      report.tolerance)
-            report.notes.append(f"locate: {location.summary()}")
-            locations.append(location)
-        reports.append(report)
-        if previous is not None:
-            hop_report = checker.compare(previous[1], outputs, previous[0], label)
-            hop_report.notes.append("hop: both sides in the source's layout")
-            reports.append(hop_report)
-        previous = (label, outputs)
-    return VerifyResult(model.label, reports, time.perf_counter() - started, locations)
+        done.append(_verify_run(checker, model, artifact, runtime, options, source_hash))
+        result.add(done[-1].report, checker.last_cpu)
+        if len(done) > 1:
+            result.add(*_hop(checker, done[-2], done[-1]))
+    if options.locate:
+        result.locations = _locate_each(checker, done, options.samples)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _verify_run(checker: Checker, model: LoadedModel, artifact: Artifact, runtime: Optional[str],
+                options: VerifyOptions, source_hash: dict) -> _Run:
+    """Run one artifact on one runtime (None: its format's own) against the source, and judge it."""
+    # Each artifact's manifest records its layout relative to the source it was exported from.
+    stored, why = trusted_manifest(artifact, model, source_hash)
+    label = f"{artifact.label} on {runtime}" if runtime else artifact.label
+    layout, layout_notes = checker.input_layout(artifact, options.layout)
+    tolerance, precision_why = artifact_tolerance(stored, options), ""
+    if tolerance is None and options.precision is None:
+        tolerance, precision_why = quantized_file_tolerance(artifact, checker.tolerance, options)
+    # The preset is known before the run: an fp16 artifact computes in fp16 on a core that can (arm.run_options).
+    run_options = checker.options_for(runtime, (tolerance or checker.tolerance).preset)
+    feeds = int8_feeds(model, stored, options)
+    try:
+        references, outputs = checker.run_both(artifact, options.samples, layout=layout, feeds=feeds, runtime=runtime,
+                                               options=run_options)
+    except DeploykitError as exc:      # a runtime's remedy may name routes: only those this source has
+        exc.remedy = remedies.for_formats(exc.remedy, model.format, artifact.format)
+        raise
+    layout_note = ""
+    if layout_notes is not None:       # no recorded layout: the outputs' order is read from what they hold
+        layout, outputs, layout_note = checker.output_layout(references, outputs, layout, options.layout, layout_notes)
+    report = checker.compare(references, outputs, model.label, label, layout, tolerance, artifact)
+    report.notes.extend(note for note in (precision_why, layout_note, why, arm.fp16_note(run_options)) if note)
+    report.notes.extend(_contract_notes(artifact))
+    return _Run(artifact, runtime, label, report, outputs, feeds, run_options)
+
+
+def _hop(checker: Checker, previous: _Run, current: _Run) -> tuple:
+    """(the report of ``current`` against ``previous``, the ARM core in it): an x86/ARM pair of one artifact is
+    judged with the artifact's own preset and says so; any other pair is a hop of the chain."""
+    pair = side = None
+    if previous.artifact is current.artifact:
+        pair = arm.side_by_side(previous.runtime, current.runtime)
+    if pair is None:
+        report = checker.compare(previous.outputs, current.outputs, previous.label, current.label)
+        report.notes.append("hop: both sides in the source's layout")
+        return report, ""
+    side = current if current.runtime == pair[1] else previous
+    report = checker.compare(previous.outputs, current.outputs, previous.label, current.label,
+                             tolerance=current.report.tolerance)
+    report.notes.append(arm.side_by_side_note(pair[0], pair[1], side.options.arm_cpu))
+    return report, side.options.arm_cpu or ""
+
+
+def _locate_each(checker: Checker, done: list, samples: int) -> list:
+    """--locate, once per artifact: on the first runtime where it failed, else on its emulated ARM runtime (the
+    phone's core), else on the first it ran on."""
+    locations = []
+    for artifact in {id(run.artifact): run.artifact for run in done}.values():     # each once, in order
+        mine = [run for run in done if run.artifact is artifact]
+        chosen = next((run for run in mine if not run.report.passed), None) \
+            or next((run for run in mine if arm.emulated_entry(run.runtime)), mine[0])
+        location = checker.locate(artifact, samples, chosen.feeds, chosen.report.tolerance, chosen.runtime,
+                                  chosen.options)
+        chosen.report.notes.append(f"locate: {location.summary()}")
+        locations.append(location)
+    return locations
 
 
 def _inferred(parts: list, kind: str, name: str, source_shape: tuple, artifact_shape: tuple, mode: str):
@@ -371,56 +447,6 @@ def _check_runtimes_used(named: tuple, runs: list) -> None:
             formats = ", ".join(sorted(f.value for e in registry.RUNTIMES if e.name == name for f in e.formats))
             raise UsageError(f"--runtime {name} runs {formats} models, and none of the artifacts is one",
                              "give an artifact of that format, or drop --runtime " + name)
-
-
-def trusted_manifest(artifact: Artifact, source: LoadedModel, source_hash: dict) -> tuple:
-    """(the manifest whose precision may pick the tolerance, a note saying why or why not).
-
-    A sidecar file is not evidence: a manifest decides the preset only when the artifact's bytes and the
-    source's bytes are the ones it records (anyone can write {"precision": "int8"} beside a damaged file)."""
-    from deploykit.fsutil import sha256_of
-
-    stored = artifact.manifest or {}
-    precision = stored.get("precision")
-    if precision in (None, "fp32"):
-        return stored, ""
-    recorded = ((stored.get("artifact") or {}).get("sha256"), (stored.get("source") or {}).get("sha256"))
-    if "sha256" not in source_hash:      # hashed once per verify, and only when a manifest claims a precision
-        source_hash["sha256"] = sha256_of(source.path)
-    if recorded == (artifact.sha256, source_hash["sha256"]) and all(recorded):
-        return stored, f"judged with the {precision} preset: its manifest records this artifact's and this source's sha256"
-    return {k: v for k, v in stored.items() if k != "precision"}, (
-        f"its manifest says {precision}, but does not record this artifact's and this source's sha256: judged with "
-        "the fp32 preset (give --precision to choose one)")
-
-
-def artifact_tolerance(stored: dict, options: VerifyOptions):
-    """Without --precision, a quantized artifact is judged with its precision's preset (from its manifest)."""
-    if options.precision is not None or stored.get("precision") in (None, "fp32"):
-        return None
-    return tolerance_for(PRECISION_OF.get(stored["precision"], "fp32"), options.atol, options.rtol)
-
-
-def _quantized_file_tolerance(artifact: Artifact, current: Tolerance, options: VerifyOptions) -> tuple:
-    """(the preset of a quantized artifact file no manifest describes, why), when it is looser than the checker's:
-    the file's own bytes say it is quantized (int8 weights, QDQ, fp16 weights), a sidecar cannot lie about that."""
-    precision, why = source_precision(artifact)
-    if parity.looser_preset(current.preset, precision) == current.preset:
-        return None, ""
-    return (tolerance_for(precision, options.atol, options.rtol),
-            why.replace("source", "the artifact", 1) + " (--precision overrides)")
-
-
-def int8_feeds(model: LoadedModel, stored: dict, options: VerifyOptions) -> Optional[tuple]:
-    """An int8 artifact is verified on normal and uniform samples (plus --inputs), not the 3-sigma and
-    negated ones that exercise float branches: int8 clips what its calibration never saw."""
-    if stored.get("precision") != "int8" or options.precision is not None:
-        return None
-    pool = random_feeds(model.spec, 4 * options.samples, options.seed)
-    feeds = [f for i, f in enumerate(pool) if i % 4 in (0, 1)][:options.samples]
-    if options.inputs_npz:
-        feeds += load_npz(options.inputs_npz, model.spec)
-    return ("normal/uniform (int8)", feeds)
 
 
 def _contract_notes(artifact: Artifact) -> list:

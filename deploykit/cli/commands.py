@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from deploykit.cli.flags import (Atol, Debug, Device, Inputs, Json, Labels, Layout, Locate, Normalize, Npz,
+from deploykit.cli.flags import (ArmCpu, Atol, Debug, Device, Inputs, Json, Labels, Layout, Locate, Normalize, Npz,
                                  Precision, Rtol, Samples, Seed, Task, Timeout, TrustPickle, Weights)
 from deploykit.cli.support import (EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, _exit, _lazy, _on_sigterm, _run,
                                    _usage_error_types, printable, terminal_safe)
@@ -105,6 +105,11 @@ def export(
                                          "its parity check, also compare it with the source "
                                          "layer by layer and name the first layer outside the "
                                          "preset (as verify --locate does).")] = _v("locate"),
+    arm_cpu: Annotated[Optional[str], typer.Option("--arm-cpu", help="Also judge the TFLite or ONNX artifact on "
+                       "this emulated ARM core (litert-arm64 / onnxruntime-arm64; provisioned on first use, "
+                       "~30 s); the manifest records it. --quantize fp16 is judged on cortex-a76 without it "
+                       "whenever the ARM userland is installed (x86 cannot stand in for the phone's fp16).")]
+    = _v("arm_cpu"),
     as_json: Json = False, debug: Debug = _D.debug,
 ) -> None:
     """Convert a model, verify the artifact against the source, write it with a manifest.
@@ -123,7 +128,8 @@ def export(
                                normalize=calibration_normalize, io_dtype=io_dtype, repair=repair) if quantize else None
         request = ExportRequest(
             source, to, output, force=force, load=api.load_options(inputs or (), weights, trust_pickle, timeout),
-            verify=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, locate=locate), opset=opset,
+            verify=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, locate=locate,
+                                  arm_cpu=arm_cpu), opset=opset,
             dynamic_batch=dynamic_batch, optimize=optimize, via=via, route=route, keep_layout=keep_layout,
             quantize=plan, report=report, debug=debug,
             contract=ContractChoices(labels, normalize, task) if labels or normalize or task else None,
@@ -147,9 +153,11 @@ def verify(
     = _v("xnnpack"),
     runtime: Annotated[Optional[List[str]], typer.Option("--runtime", help="Run each artifact on this runtime "
                        "where it runs the artifact's format (repeatable; each gives its own report): onnxruntime, "
-                       "litert, and the browser runtimes onnxruntime-web (.onnx) and litert-js (.tflite) in "
-                       "headless Chromium. Default: the format's native runtime.")] = None,
-    locate: Locate = _v("locate"), layout: Layout = _v("layout"),
+                       "litert, the browser runtimes onnxruntime-web (.onnx) and litert-js (.tflite) in "
+                       "headless Chromium, and the emulated ARM runtimes litert-arm64 (.tflite) and "
+                       "onnxruntime-arm64 (.onnx), each shown beside its x86 runtime. Default: the format's native "
+                       "runtime.")] = None,
+    arm_cpu: ArmCpu = _v("arm_cpu"), locate: Locate = _v("locate"), layout: Layout = _v("layout"),
     report: Annotated[Optional[str], typer.Option("--report", help="With --locate: write locate.html (error along "
                       "depth plotted, every layer table), locate.png and locate.json into this folder.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace report files written before.")] = False,
@@ -161,7 +169,8 @@ def verify(
     report); recorded layout permutations (manifest) are applied. With --locate, also layer by layer.
     Examples: deploykit verify model.pt2 model.onnx model.tflite ; deploykit verify bundle/ ;
     deploykit verify model.pt2 model.onnx --runtime onnxruntime --runtime onnxruntime-web ;
-    deploykit verify model.pt2 model.tflite --locate
+    deploykit verify model.pt2 model.tflite --locate ;
+    deploykit verify model.pt2 model.tflite --runtime litert-arm64 --arm-cpu cortex-a53
     """
     def action() -> dict:
         from deploykit import api
@@ -169,7 +178,7 @@ def verify(
         return api.verify(source, artifacts or (), load=api.load_options(inputs or (), weights, trust_pickle, timeout),
                           options=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, device=device,
                                                   xnnpack=xnnpack, runtimes=tuple(runtime or ()), locate=locate,
-                                                  layout=layout),
+                                                  layout=layout, arm_cpu=arm_cpu),
                           report_dir=report, force=force).to_dict()
 
     _run(action, as_json, debug, _lazy("print_verify"), lambda data: 0 if data["passed"] else 1)
@@ -285,7 +294,9 @@ def bench(
     runtime: Annotated[Optional[List[str]], typer.Option("--runtime", help="Only these rows (repeatable): torch, "
                        "torch_compile, torch_cuda, onnxruntime, onnxruntime_cuda, litert, litert_no_xnnpack, "
                        "tensorflow, and in headless Chromium onnxruntime-web and litert-js (timed in the page; memory "
-                       "is the page's renderer). Default: every row that runs the model and is available here.")] = None,
+                       "is the page's renderer), and litert-arm64 / onnxruntime-arm64 (an emulated ARM core: parity "
+                       "with the native runtime, never a latency). Default: every row that runs the model and is "
+                       "available here, except the ARM rows.")] = None,
     threads: Annotated[str, typer.Option("--threads", help="Intra-op thread counts, comma-separated.")] = "1",
     batch: Annotated[Optional[str], typer.Option("--batch", help="Batch sizes, comma-separated. Default: the model's "
                                                  "own. A model with a fixed batch gives an error row for other sizes "
@@ -300,6 +311,8 @@ def bench(
                                                   "(HTML + PNGs + JSON) into this directory.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing report.")] = False,
     inputs: Inputs = None, weights: Weights = None, timeout: Timeout = 600.0,
+    arm_cpu: Annotated[Optional[str], typer.Option("--arm-cpu", help="The emulated core of the ARM rows "
+                       "(cortex-a76 by default; cortex-a53, neoverse-n1, ...).")] = None,
     as_json: Json = False, debug: Debug = False,
 ) -> None:
     """Latency, cold start, memory and size of each model on each runtime, one child process per case.
@@ -311,7 +324,8 @@ def bench(
 
         options = api.BenchOptions(runtimes=tuple(runtime or ()), threads=_int_list(threads, "--threads"),
                                batches=_int_list(batch, "--batch") if batch else (None,), warmup=warmup,
-                               iterations=iterations, seconds=seconds, profile=profile, timeout=timeout)
+                               iterations=iterations, seconds=seconds, profile=profile, timeout=timeout,
+                               arm_cpu=arm_cpu)
         echo = None if as_json else (lambda row: _lazy("print_bench_case")(terminal_safe(row)))
         return api.bench(models, options, load=api.load_options(inputs or (), weights, timeout=timeout),
                          report_dir=report, force=force, echo=echo)

@@ -46,3 +46,7 @@ Layout = Annotated[str, typer.Option("--layout", help="How the artifact's tensor
                                                       "else inferred from the two signatures, and said so), none "
                                                       "(the source's axis order) or channels-last (NCHW → NHWC where "
                                                       "the shapes allow).")]
+ArmCpu = Annotated[Optional[str], typer.Option("--arm-cpu", help="The emulated ARM core the ARM runtimes "
+                   "(litert-arm64, onnxruntime-arm64) run on: cortex-a76 (default: ARMv8.2, fp16 arithmetic, "
+                   "dotprod), neoverse-n1, cortex-a53/a72/a57/a35 (ARMv8.0, no fp16 arithmetic), a64fx. Recorded "
+                   "in every report.")]
