@@ -222,6 +222,7 @@ def test_every_precision_of_a_reference_architecture(tmp_path, target):
     assert any("random inputs" in w for w in rows["int8"]["warnings"])
     if target == "tflite":
         assert rows["dynamic"]["route"] == "torch_to_tflite"     # litert-torch PT2E, no TensorFlow
+        assert rows["fp32"]["route"] == "torch_to_tflite"        # and fp32 through litert-torch (was test_tflite's)
 
 
 @pytest.mark.slow
