@@ -224,6 +224,9 @@ def print_bench_case(case: dict) -> None:
     if "error" in case:
         console.print(f"  [red]✗[/red] {name}: {case['error']}")
         return
+    if case.get("emulated"):
+        console.print(f"  ✓ {name}: emulated on {case['cpu']} (no latency): {_arm_parity(case['parity'])}")
+        return
     lat = case["latency_ms"]
     console.print(f"  ✓ {name}: p50 {lat['p50']:.3f} ms (p90 {lat['p90']:.3f}), first result "
                   f"{case['time_to_first_result_s']:.2f} s, peak {case['peak_rss_bytes'] / 2**20:.0f} MiB"
@@ -241,6 +244,8 @@ def print_bench(result: dict) -> None:
         if "error" in c:
             table.add_row(Path(c["model"]).name, c["row"], str(c["options"].get("threads")), f"[red]{c['error'][:60]}")
             continue
+        if c.get("emulated"):      # an emulated core's wall time is no phone's latency: listed below the table
+            continue
         lat = c["latency_ms"]
         table.add_row(Path(c["model"]).name, c["row"], str(c["options"].get("threads")),
                       *(_fmt(lat[k]) for k in ("p50", "p90", "p99")), _fmt(c["throughput_per_s"]),
@@ -248,6 +253,10 @@ def print_bench(result: dict) -> None:
                       _fmt(c.get("gflops_per_s")), _pct(c.get("fraction_of_peak")),
                       ", ".join(c["providers"]) + (" [yellow]noisy[/yellow]" if c["noisy"] else ""))
     console.print(table)
+    for c in result["cases"]:
+        if c.get("emulated") and "error" not in c:
+            console.print(f"{Path(c['model']).name} · {c['row']}: emulated on {c['core']} — no latency; "
+                          f"{_arm_parity(c['parity'])}")
     for skipped in result["skipped"]:
         console.print(f"skipped {skipped['runtime']} for {Path(skipped['model']).name}: {skipped['reason']}")
     for note in result["notes"]:
@@ -261,6 +270,11 @@ def print_bench(result: dict) -> None:
     elif result.get("headline"):
         from deploykit.benchmark.report import headline_text
         console.print(f"[bold]{headline_text(result, None)}[/bold]")
+
+
+def _arm_parity(parity: dict) -> str:
+    cosine = f"{parity['cosine']:.7f}" if parity.get("cosine") is not None else "—"
+    return f"vs {parity['against']} max_abs {parity['max_abs']:.3g}, cosine {cosine}"
 
 
 def print_report(result: dict) -> None:

@@ -31,7 +31,12 @@ ROWS = (
     ("executorch", "executorch", {}, {Format.EXECUTORCH}, False),
     ("onnxruntime-web", "onnxruntime-web", {}, {Format.ONNX}, False),
     ("litert-js", "litert-js", {}, {Format.TFLITE}, False),
+    # Emulated ARM cores: parity against the native row's runtime, never a latency (benchmark.emulated). Only
+    # when named with --runtime: each costs seconds to minutes under qemu and measures no time.
+    ("litert-arm64", "litert-arm64", {"xnnpack": True}, {Format.TFLITE}, False),
+    ("onnxruntime-arm64", "onnxruntime-arm64", {}, {Format.ONNX}, False),
 )
+EMULATED_ROWS = ("litert-arm64", "onnxruntime-arm64")
 RESEARCH_ROWS = ("torch", "torch_compile", "tensorflow")
 MOBILE_DISCLAIMER = ("--profile mobile: LiteRT + XNNPACK on 1 and 2 pinned cores of this desktop/server CPU — "
                      "a stand-in for a phone's big cores, not a phone measurement")
@@ -47,6 +52,7 @@ class BenchOptions:
     seconds: Optional[float] = None
     profile: Optional[str] = None   # "mobile"
     timeout: float = 600.0
+    arm_cpu: Optional[str] = None   # the emulated core of the ARM rows (None: cortex-a76)
 
     def __post_init__(self) -> None:
         known = {row[0] for row in ROWS}
@@ -60,6 +66,13 @@ class BenchOptions:
                 raise UsageError(f"{option} takes positive integers (got {values!r})", f"e.g. {option} 1,2")
         self.timing()          # validates warmup / iterations / seconds
         check_timeout(self.timeout)
+        if self.arm_cpu is not None:
+            if not set(self.runtimes) & set(EMULATED_ROWS):
+                raise UsageError("--arm-cpu picks the core of an emulated ARM row, and none is asked for",
+                                 f"add --runtime {' or --runtime '.join(EMULATED_ROWS)}")
+            from deploykit.emulation.cores import core
+
+            core(self.arm_cpu)     # an unknown core is refused now, not after the timed rows ran
 
     def timing(self) -> Timing:
         return Timing(self.warmup, self.iterations, self.seconds)
@@ -77,7 +90,9 @@ def plan(models: list, options: BenchOptions) -> tuple:
             if reason:
                 skipped.append({"model": path, "runtime": name, "reason": reason})
                 continue
-            for threads in (1, 2) if options.profile == "mobile" else options.threads:
+            # An emulated row measures no time: one case per batch, threads make no difference to parity.
+            thread_counts = (1,) if name in EMULATED_ROWS else options.threads
+            for threads in (1, 2) if options.profile == "mobile" else thread_counts:
                 for batch in options.batches:
                     affinity = list(range(threads)) if options.profile == "mobile" else None
                     cases.append({"model": path, "format": fmt.value, "row": name, "runtime": runtime,
@@ -91,7 +106,7 @@ def plan(models: list, options: BenchOptions) -> tuple:
 def _wanted(row: str, options: BenchOptions) -> bool:
     if options.profile == "mobile":
         return row == "litert"
-    return row in options.runtimes if options.runtimes else True
+    return row in options.runtimes if options.runtimes else row not in EMULATED_ROWS
 
 
 def _unavailable(runtime: str, gpu: bool) -> str:
@@ -105,7 +120,12 @@ def _unavailable(runtime: str, gpu: bool) -> str:
 
 
 def run_case(case: dict, options: BenchOptions, load: Optional[dict] = None) -> dict:
-    """Run one case in a fresh child process; a failure, crash or time-out becomes the row's error."""
+    """Run one case in a fresh child process; a failure, crash or time-out becomes the row's error. An ARM row
+    is not timed: it reports its parity with the native runtime (``deploykit.benchmark.emulated``)."""
+    if case["row"] in EMULATED_ROWS:
+        from deploykit.benchmark.emulated import run_emulated_case
+
+        return run_emulated_case(case, options.timeout, options.arm_cpu, load)
     path = Path(case["model"])
     model = {"path": str(path.resolve()) if path.exists() else case["model"], "format": case["format"], "load": load or {}}
     request = {"model": model, "runtime": case["runtime"], "options": case["options"], "batch": case["batch"],
@@ -160,6 +180,9 @@ def bench(models: list, options: BenchOptions = BenchOptions(), load: Optional[d
         notes.append(f"{len(noisy)} case(s) had a wide spread (p90 more than {NOISY_SPREAD:.0%} above p50): the "
                      "machine was busy; rerun with more --iterations or on a quiet machine")
     notes += _bindings_notes(results)
+    if any(r["row"] in EMULATED_ROWS for r in results):
+        notes.append("ARM rows run under qemu, 300-500x slower than the phone and not uniformly so: they show the "
+                     "difference from the native runtime on the same feeds (max_abs, cosine), never a latency")
     return {"schema_version": 1, "machine": machine, "options": options.__dict__, "cases": results,
             "skipped": skipped, "flops": flops, "notes": notes, "headline": headline(results)}
 
@@ -212,7 +235,7 @@ def model_flops(models: list, timeout: float) -> dict:
 
 
 def _add_roofline(row: dict, flops: Optional[dict], machine: dict) -> None:
-    if "error" in row or not flops or not flops.get("flops"):
+    if "error" in row or "latency_ms" not in row or not flops or not flops.get("flops"):
         return
     seconds = row["latency_ms"]["p50"] / 1e3
     achieved = flops["flops"] / seconds / 1e9
@@ -224,7 +247,7 @@ def _add_roofline(row: dict, flops: Optional[dict], machine: dict) -> None:
 
 def headline(rows: list) -> Optional[dict]:
     """Production vs research at the same threads and batch: speed, memory, start-up."""
-    ok = [r for r in rows if "error" not in r]
+    ok = [r for r in rows if "error" not in r and "latency_ms" in r]      # ARM rows have no latency to rank
     for research_row in RESEARCH_ROWS:
         research = [r for r in ok if r["row"] == research_row]
         for base in research:

@@ -23,7 +23,8 @@ def build_report(bench: dict, out_dir: "str | Path", parity: Optional[dict] = No
     out = Path(out_dir)
     footprint = footprint if footprint is not None else runtime_footprints()
     data = {**bench, "parity": parity, "footprint": footprint, "headline_text": headline_text(bench, parity)}
-    ok = [c for c in bench["cases"] if "error" not in c]
+    # Only timed rows are plotted: an ARM row's emulated wall time is no latency (its parity is in the table).
+    ok = [c for c in bench["cases"] if "error" not in c and "latency_ms" in c]
     drawers = {"latency": _plot_latency, "cold_start": _plot_cold_start, "memory": _plot_memory,
                "size": _plot_size, "footprint": _plot_footprint}
     plots = {f"{name}.png": (lambda draw=drawers[name]: draw(ok, footprint)) for name in PLOTS}
@@ -186,7 +187,7 @@ def render_html(data: dict, images: dict) -> str:
              f"fp32 peak {machine.get('peak_gflops_per_core')} GFLOP/s per core "
              f"({html.escape(machine.get('assumption', ''))})</p>",
              "".join(f"<p class=note>{html.escape(n)}</p>" for n in data.get("notes", [])),
-             "<h2>Latency</h2>" + img("latency"), _cases_table(data["cases"]),
+             "<h2>Latency</h2>" + img("latency"), _cases_table(data["cases"]), _arm_table(data["cases"]),
              "<h2>Cold start</h2>" + img("cold_start"), "<h2>Peak memory</h2>" + img("memory"),
              "<h2>Artifact size</h2>" + img("size"), "<h2>Install footprint</h2>" + img("footprint"),
              _footprint_table(data["footprint"]), "<h2>Parity</h2>" + _parity_table(data.get("parity")),
@@ -207,6 +208,8 @@ def _cases_table(cases: list) -> str:
         if "error" in c:
             rows.append([Path(c["model"]).name, c["row"], c["options"].get("threads"), "error: " + c["error"]]
                         + [""] * 10)
+            continue
+        if "latency_ms" not in c:       # an emulated ARM row: in _arm_table, never in the latency columns
             continue
         lat = c["latency_ms"]
         rows.append([Path(c["model"]).name, c["row"], c["options"].get("threads"), ", ".join(c["providers"]),
@@ -238,3 +241,15 @@ def _skipped(skipped: list) -> str:
         return ""
     return "<h2>Skipped</h2>" + html_table(["model", "runtime", "reason"],
                                            [[Path(s["model"]).name, s["runtime"], s["reason"]] for s in skipped])
+
+
+def _arm_table(cases: list) -> str:
+    """The ARM rows: what the emulated core computes against the native runtime on the same feeds; no time."""
+    rows = [[Path(c["model"]).name, c["row"], c["core"], c["parity"]["against"], f"{c['parity']['max_abs']:.3g}",
+             f"{c['parity']['cosine']:.7f}" if c["parity"].get("cosine") is not None else "—"]
+            for c in cases if c.get("emulated") and "error" not in c]
+    if not rows:
+        return ""
+    return ("<h2>Emulated ARM cores (parity, not latency)</h2><p>qemu runs these 300-500x slower than the phone: "
+            "their wall time is not reported.</p>"
+            + html_table(["model", "runtime", "core", "against", "max_abs", "cosine"], rows))

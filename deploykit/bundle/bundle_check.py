@@ -22,7 +22,7 @@ import numpy as np
 from deploykit import contract as contracts
 from deploykit import fsutil, parity
 from deploykit.artifact import Artifact
-from deploykit.errors import DeploykitError
+from deploykit.errors import DeploykitError, UsageError
 from deploykit.text import one_line, printable, quoted
 from deploykit.formats import Format
 from deploykit.layout import Layout
@@ -57,9 +57,12 @@ def golden_report(path: Path, inputs: list, outputs: list, tolerance, timeout: f
     return report
 
 
-def verify_bundle(folder: "str | Path", timeout: float = 600.0) -> parity.ParityReport:
-    """The bundle's model against its golden vectors, on deploykit's runner (what `app.py selftest` does on a
-    device), once the bundle passed every check above; else a failed report naming what was tampered with."""
+def verify_bundle(folder: "str | Path", timeout: float = 600.0, runtime: "str | None" = None,
+                  arm_cpu: "str | None" = None) -> parity.ParityReport:
+    """The bundle's model against its golden vectors, once the bundle passed every check above; else a failed
+    report naming what was tampered with. By default on deploykit's runner (what `app.py selftest` does on a
+    device); on an emulated ARM runtime (``litert-arm64``, ``onnxruntime-arm64``) it is the bundle's own
+    ``app.py selftest``, run by an arm64 Python with only the bundle's requirements (``bundle.arm_selftest``)."""
     folder = Path(folder)
     info, problems = _tampering(folder)
     if not problems:
@@ -74,11 +77,38 @@ def verify_bundle(folder: "str | Path", timeout: float = 600.0) -> parity.Parity
         model = info.get("model") if isinstance(info.get("model"), str) else "?"
         return parity.ParityReport("golden vectors", f"{folder.name}/{quoted(model)[1:-1]}", 0,
                                    parity.PRESETS["fp32"], problems=[f"tampered: {p}" for p in problems])
-    # A web bundle is checked where it will run: its browser runtime, in headless Chromium.
-    runtime = info["runtime"] if info["app"] == "web" else None
-    report = golden_report(folder / info["model"], inputs, outputs, tolerance, timeout, runtime)
+    entry = _runtime_for(info, runtime)
+    if entry is not None and entry.emulates:
+        from deploykit.bundle.arm_selftest import selftest_on_arm
+
+        report = selftest_on_arm(folder, info, tolerance, entry.name, arm_cpu, timeout)
+    else:
+        # A web bundle is checked where it will run: its browser runtime, in headless Chromium.
+        chosen = entry.name if entry is not None else info["runtime"] if info["app"] == "web" else None
+        report = golden_report(folder / info["model"], inputs, outputs, tolerance, timeout, chosen)
     report.notes.append("contract: " + "; ".join(contracts.summary(contract)))
     return report
+
+
+def _runtime_for(info: dict, runtime: "str | None"):
+    """The registry entry of the runtime asked for (None: the bundle's own), refused when it cannot run this
+    bundle: another format's runtime, or an ARM one for a web app (which has no app.py to run)."""
+    if runtime is None:
+        return None
+    from deploykit.registry import runtime_entry
+
+    entry = runtime_entry(runtime)
+    fmt = FORMAT_OF[info["model"]]
+    if entry is None or fmt not in entry.formats:
+        from deploykit.registry import RUNTIMES
+
+        names = [e.name for e in RUNTIMES if fmt in e.formats]
+        raise UsageError(f"--runtime {runtime!r} does not run the bundle's {info['model']}",
+                         f"use {' or '.join(names)}")
+    if info["app"] == "web" and entry.name != info["runtime"]:
+        raise UsageError(f"a web bundle runs in the browser ({info['runtime']}), not on {entry.name}",
+                         f"verify it without --runtime, or package it with --app python for {entry.name}")
+    return entry
 
 
 def _changed(folder: Path, files: dict) -> list:

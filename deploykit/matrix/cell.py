@@ -63,7 +63,8 @@ def _export_and_verify(request: dict, folder: Path, record: dict) -> None:
         return
     started = time.perf_counter()
     checked = api.verify(export.source, [exported.artifact], load=export.load,
-                         options=replace(export.verify, runtimes=tuple(settings["verify_runtimes"])))
+                         options=replace(export.verify, runtimes=tuple(settings["verify_runtimes"]),
+                                         arm_cpu=settings.get("arm_cpu")))
     record["verify"] = checked.to_dict()
     record["phases"]["verify_s"] = round(time.perf_counter() - started, 3)
     if not checked.passed:

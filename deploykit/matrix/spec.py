@@ -5,6 +5,7 @@
     precisions = ["fp32", "dynamic"]      # fp32 (no --quantize), fp16, dynamic, int8; default ["fp32"]
     route = "first"                       # or "all" (export --route all)
     bench = ["torch", "onnxruntime"]      # bench rows per cell; default: each format's native row; [] = no bench
+    verify_runtimes = ["litert-arm64"]    # also verify there (+ arm_cpu = "cortex-a53"; default cortex-a76)
     [[models]]
     path = "samples/two_layer_net.pt2"    # or factory = "pkg.mod:make" (+ weights), or folder = "zoo/"
 
@@ -22,11 +23,12 @@ from pathlib import Path
 from typing import Optional
 
 from deploykit.errors import ModelLoadError, UsageError
+from deploykit.matrix.spec_runtimes import arm_cpu, bench_rows, known_runtimes
 from deploykit.text import quoted
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 NATIVE_BENCH_ROWS = ("torch", "onnxruntime", "litert", "tensorflow", "executorch")
-MATRIX_KEYS = {"targets", "precisions", "route", "bench", "verify_runtimes", "samples", "seed", "timeout",
+MATRIX_KEYS = {"targets", "precisions", "route", "bench", "verify_runtimes", "arm_cpu", "samples", "seed", "timeout",
                "retries", "iterations", "warmup", "memory_mb", "name"}
 MODEL_KEYS = {"path", "factory", "folder", "name", "inputs", "inputs_npz", "calibration", "calibration_samples",
               "calibration_normalize", "io_dtype", "weights", "trust_pickle", "labels", "normalize", "task",
@@ -76,6 +78,7 @@ class MatrixSpec:
     route: str = "first"
     bench: tuple = NATIVE_BENCH_ROWS
     verify_runtimes: tuple = ()
+    arm_cpu: Optional[str] = None           # the core of the emulated ARM runtimes in verify_runtimes
     samples: int = 5
     seed: int = 0
     timeout: float = 1800.0
@@ -91,8 +94,10 @@ class MatrixSpec:
 
     def settings(self) -> dict:
         """What every cell's result depends on besides its model (part of each cell key)."""
-        return {"route": self.route, "bench": list(self.bench), "verify_runtimes": list(self.verify_runtimes),
-                "samples": self.samples, "seed": self.seed, "iterations": self.iterations, "warmup": self.warmup}
+        settings = {"route": self.route, "bench": list(self.bench), "verify_runtimes": list(self.verify_runtimes),
+                    "samples": self.samples, "seed": self.seed, "iterations": self.iterations, "warmup": self.warmup}
+        # Only when given: the cell keys of specs without it stay what they were (their stores are reused).
+        return {**settings, "arm_cpu": self.arm_cpu} if self.arm_cpu else settings
 
 
 def load_spec(path: str) -> MatrixSpec:
@@ -239,25 +244,19 @@ def _matrix_table(table: dict, where: str) -> dict:
         raise UsageError(f"{where}: [matrix] route must be \"first\" or \"all\" (got {quoted(route)})", "fix the spec")
     out = {"route": route}
     if "bench" in table:
-        out["bench"] = _bench_rows(table["bench"], where)
+        value = table["bench"]       # false: no bench at all
+        out["bench"] = () if value is False else bench_rows(_strings(value, where, "[matrix] bench"), where)
     if "verify_runtimes" in table:
         out["verify_runtimes"] = tuple(_strings(table["verify_runtimes"], where, "[matrix] verify_runtimes"))
     for key in NUMBERS:
         if key in table:
             out[key] = _number(table[key], key, where, f"[matrix] {key}")
-    _known_runtimes(out.get("verify_runtimes", ()), where)
+    known_runtimes(out.get("verify_runtimes", ()), where)
+    if "arm_cpu" in table:
+        out["arm_cpu"] = arm_cpu(table["arm_cpu"], out.get("verify_runtimes", ()), where)
     if "name" in table:
         out["name"] = _name(table["name"], where, "[matrix] name")
     return {"axes": axes, **out}
-
-
-def _known_runtimes(names: tuple, where: str) -> None:
-    from deploykit.registry import RUNTIMES
-
-    known = [entry.name for entry in RUNTIMES]
-    bad = [n for n in names if n not in known]
-    if bad:
-        raise UsageError(f"{where}: [matrix] verify_runtimes has unknown runtime {quoted(bad[0])}", f"use {', '.join(known)}")
 
 
 def _targets(value, where: str, key: str) -> tuple:
@@ -279,19 +278,6 @@ def _precisions(value, where: str, key: str) -> tuple:
         raise UsageError(f"{where}: {key} has unknown precision {quoted(bad[0]) if bad else '(none)'}",
                          f"use {', '.join(PRECISIONS)}")
     return tuple(dict.fromkeys(names))
-
-
-def _bench_rows(value, where: str) -> tuple:
-    from deploykit.benchmark.cases import ROWS
-
-    if value is False:
-        return ()
-    names = _strings(value, where, "[matrix] bench")
-    known = [row[0] for row in ROWS]
-    bad = [n for n in names if n not in known]
-    if bad:
-        raise UsageError(f"{where}: [matrix] bench has unknown runtime {quoted(bad[0])}", f"use {', '.join(known)}")
-    return tuple(names)
 
 
 def _strings(value, where: str, key: str) -> list:
