@@ -11,7 +11,6 @@ from deploykit import api
 from deploykit.benchmark.cases import EMULATED_ROWS, BenchOptions, plan
 from deploykit.errors import UsageError
 from tests.hostile import builders
-from tests.hostile import builders
 
 
 def test_default_bench_adds_no_arm_row_and_arm_cpu_needs_one(tmp_path):
