@@ -258,7 +258,7 @@ def exported(samples_dir, tmp_path_factory):
         source = (source_dir or samples_dir) / source_name
         key = (str(source), to, _resolved_route(source, to, via))
         if key not in cache:
-            suffix = {"onnx": ".onnx", "tflite": ".tflite", "saved_model": "_saved_model"}[to]
+            suffix = {"onnx": ".onnx", "tflite": ".tflite", "saved_model": "_saved_model", "executorch": ".pte"}[to]
             out = folder / (source_name.replace(".", "_") + f"_{key[2]}{suffix}")
             if source_dir is not None and source_dir != samples_dir:
                 out = out.with_name(f"{Path(source_dir).name}_{out.name}")

@@ -28,10 +28,10 @@ def exporting(test):
 
 
 @pytest.fixture(scope="module")
-def pte(samples_dir, tmp_path_factory):
-    """The seed's two-layer net (TorchScript) exported once to .pte for this module's runner tests."""
-    out = tmp_path_factory.mktemp("pte") / "two_layer_net.pte"
-    result = api.export(str(samples_dir / "two_layer_net.pt"), "executorch", str(out))
+def pte(exported):
+    """The seed's two-layer net (TorchScript) exported once to .pte for this module's runner tests: once per run,
+    shared by both workers (it was once per worker, the second time inside the `serial` CLI test, ~10 s alone)."""
+    result = exported("two_layer_net.pt", "executorch")
     assert result.passed, result.parity
     return result
 
