@@ -235,14 +235,14 @@ def keras_samples_dir(tmp_path_factory) -> Path:
     return _build_samples(tmp_path_factory, "tensorflow", "tensorflow")
 
 
-def _resolved_route(source: Path, to: str, via: "str | None") -> str:
+def _resolved_route(source: Path, to: str, via: "str | None", mode: "str | None" = None) -> str:
     """The route an export takes first, as its edge names: `via=None`, `via="litert"` (and `via="onnx"`,
     `via="onnx2tf"`) name the same export when they select the same route, so it is made once."""
     from deploykit.exporting.routing import select_routes
     from deploykit.formats import detect
     from deploykit.registry import target_format
 
-    return "+".join(edge.name for edge in select_routes(detect(str(source)), target_format(to), via)[0])
+    return "+".join(edge.name for edge in select_routes(detect(str(source)), target_format(to), via, mode)[0])
 
 
 @pytest.fixture(scope="session")
@@ -254,11 +254,16 @@ def exported(samples_dir, tmp_path_factory):
     folder = _shared_root(tmp_path_factory) / "exports"
     cache: dict = {}
 
-    def get(source_name: str, to: str = "onnx", via: "str | None" = None, source_dir: "Path | None" = None):
+    def get(source_name: str, to: str = "onnx", via: "str | None" = None, source_dir: "Path | None" = None,
+            int8_calibration: "str | None" = None):
+        """``int8_calibration``: the int8 export calibrated on that file (one per run, like the float ones)."""
         source = (source_dir or samples_dir) / source_name
-        key = (str(source), to, _resolved_route(source, to, via))
+        mode = "int8" if int8_calibration else None
+        key = (str(source), to, _resolved_route(source, to, via, mode), int8_calibration)
         if key not in cache:
             suffix = {"onnx": ".onnx", "tflite": ".tflite", "saved_model": "_saved_model", "executorch": ".pte"}[to]
+            if int8_calibration:
+                suffix = f"_int8_{hashlib.sha256(int8_calibration.encode()).hexdigest()[:8]}{suffix}"
             out = folder / (source_name.replace(".", "_") + f"_{key[2]}{suffix}")
             if source_dir is not None and source_dir != samples_dir:
                 out = out.with_name(f"{Path(source_dir).name}_{out.name}")
@@ -269,7 +274,8 @@ def exported(samples_dir, tmp_path_factory):
                     return cache[key]
                 if out.exists():     # made by a worker whose result holds a live object (a SavedModel's): redo here
                     out = out.with_name(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{out.name}")
-                cache[key] = api.export(str(source), to, str(out), via=via)
+                quantize = api.QuantizeOptions("int8", calibration=int8_calibration) if int8_calibration else None
+                cache[key] = api.export(str(source), to, str(out), via=via, quantize=quantize)
                 assert cache[key].passed
                 assert "+".join(hop["edge"] for hop in cache[key].route) == key[2], cache[key].route
                 try:

@@ -81,19 +81,18 @@ def test_a_damaged_weight_is_located_to_its_layer(sample, route, samples_dir, ex
 
 
 @pytest.fixture(scope="module")
-def int8_two_layer(samples_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("int8")
+def int8_two_layer(samples_dir, exported):
+    """The two-layer net's int8 export to a target, made when a test first asks for it, once per run (shared by
+    the xdist workers: it was both targets on each worker, 15.7 s of setup twice)."""
     calibration = str(samples_dir / "two_layer_net.inputs.npz")
-    return {to: _path(api.export(str(samples_dir / "two_layer_net.pt2"), to, str(folder / f"int8.{to}"),
-                                 quantize=api.QuantizeOptions("int8", calibration=calibration)))
-            for to in ("onnx", "tflite")}
+    return lambda to: _path(exported("two_layer_net.pt2", to, int8_calibration=calibration))
 
 
 def test_a_wrong_int8_scale_is_located_in_qdq_onnx(int8_two_layer, samples_dir, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(int8_two_layer["onnx"]))
+    model = onnx.load(str(int8_two_layer("onnx")))
     scale = next(t for t in model.graph.initializer if t.name == "linear2.weight_scale")
     scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(2), scale.name))
     onnx.save(model, str(tmp_path / "bad.onnx"))
@@ -104,7 +103,7 @@ def test_a_wrong_int8_scale_is_located_in_qdq_onnx(int8_two_layer, samples_dir, 
 
 def test_a_wrong_int8_scale_is_located_in_a_full_integer_tflite(int8_two_layer, samples_dir, exported, tmp_path):
     """The scale is found by name: onnx2tf names a weight the same in its float and (TFLiteConverter) int8 files."""
-    artifact = int8_two_layer["tflite"]
+    artifact = int8_two_layer("tflite")
     float_tflite = _path(exported("two_layer_net.pt2", "tflite", "onnx"))
     _name, values = _onnx_weight(_path(exported("two_layer_net.pt2")), "linear2",
                                  _torch_weight(samples_dir, "two_layer_net.pt2", "linear2"))
