@@ -9,6 +9,7 @@ what a phone's LiteRT does), and on its x86 counterpart with the same flag: appl
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Optional
 
 from deploykit import registry
@@ -74,16 +75,51 @@ def captured_note(runtime: str, arm_cpu: Optional[str]) -> str:
     return f"layers captured on {runtime}: {core(arm_cpu or DEFAULT_CORE).describe()}, emulated by qemu"
 
 
-def fp16_note(options: RunnerOptions) -> str:
-    """Why an fp16 artifact's run computed in fp16 ("" when it did not)."""
+def fp16_note(options: RunnerOptions, runtime: Optional[str]) -> str:
+    """Why an fp16 artifact's run computed in fp16 ("" when it did not ask to)."""
     if not options.fp16_arithmetic:
         return ""
-    return ("fp16 arithmetic (XNNPACK FORCE_FP16) as on the phone's core "
-            f"{options.arm_cpu or core(DEFAULT_CORE).name}" if options.arm_cpu else
-            "fp16 arithmetic requested (XNNPACK FORCE_FP16), as on its ARM twin: x86 without native fp16 converts "
-            "with F16C and computes in fp32")
+    entry = emulated_entry(runtime)
+    native = entry.emulates if entry else (runtime or "")
+    where = f"on {options.arm_cpu}, as the phone's core does" if entry else "as its ARM twin does (apples to apples)"
+    if native == "litert":
+        return f"fp16 artifact: XNNPACK computes in fp16 (FORCE_FP16) {where}"
+    return (f"fp16 artifact: ONNX Runtime computes in fp16 {where}" if entry else
+            "fp16 artifact: ONNX Runtime on x86 computes most fp16 ops in fp32 (no fp16 arithmetic here): the "
+            "delta to its ARM twin is the phone's fp16")
 
 
 def arm_runtime_of(fmt) -> Optional[str]:
     """The emulated ARM runtime that runs artifacts of format ``fmt`` (None when there is none)."""
     return next((entry.name for entry in registry.RUNTIMES if entry.emulates and fmt in entry.formats), None)
+
+
+def capture(candidate, feeds_list: list, options: RunnerOptions, runtime: Optional[str], timeout: float) -> tuple:
+    """``Artifact.capture`` on ``runtime``. An ONNX artifact on the emulated ONNX Runtime is instrumented here (its
+    layers made graph outputs, as the ONNX Runtime runner's own capture does) and run there as it is: the arm64
+    userland holds the runtimes and numpy, not the onnx package that instrumenting needs."""
+    from deploykit.formats import Format
+
+    entry = emulated_entry(runtime)
+    if entry is None or candidate.format != Format.ONNX:
+        return candidate.capture(feeds_list, options, runtime=runtime, timeout=timeout)
+    import tempfile
+
+    import onnx
+
+    from deploykit.artifact import Artifact
+    from deploykit.graphview import onnx_view, view_points
+
+    model = onnx.load(str(candidate.path))
+    view = onnx_view(model)
+    points = view_points(view)
+    present = {output.name for output in model.graph.output}
+    # typed outputs (the checker refuses untyped ones); a layer shape inference cannot type stays uncaptured
+    typed = {info.name: info for info in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    model.graph.output.extend(typed[name] for name in points if name not in present and name in typed)
+    with tempfile.TemporaryDirectory(prefix="deploykit-capture-") as folder:
+        path = Path(folder) / Path(str(candidate.path)).name
+        onnx.save(model, str(path))
+        result = Artifact.open(path, layout=candidate.layout).run(feeds_list, options, runtime=runtime,
+                                                                   timeout=timeout)
+    return view.to_dict(), [{name: outputs[name] for name in points if name in outputs} for outputs in result.outputs]

@@ -89,7 +89,8 @@ class Checker:
 
     def check(self, candidate: Union[str, Path, Artifact], samples: int, batch: Optional[int] = None,
               layout: Optional[Layout] = None, tolerance: Optional[parity.Tolerance] = None,
-              feeds: Optional[tuple] = None, locate: bool = False, runtime: Optional[str] = None) -> parity.ParityReport:
+              feeds: Optional[tuple] = None, locate: bool = False,
+              runtime: Optional[str] = None) -> parity.ParityReport:
         """Run the candidate (in a child) and the source on the same feeds and compare.
 
         ``layout`` is the candidate's recorded permutation relative to the source (a Layout, keyed by the
@@ -103,8 +104,8 @@ class Checker:
         references, outputs = self.run_both(candidate, samples, batch, layout, feeds, runtime, options)
         label = f"{candidate.label} on {runtime}" if runtime else candidate.label
         report = self.compare(references, outputs, self.source.label, label, layout, tolerance, candidate)
-        if arm.fp16_note(options):
-            report.notes.append(arm.fp16_note(options))
+        if arm.fp16_note(options, runtime):
+            report.notes.append(arm.fp16_note(options, runtime))
         if feeds:
             report.compared_on = (len(feeds[1]), feeds[0])
             report.notes.append(f"compared on {len(feeds[1])} {feeds[0]} sample(s)")
@@ -197,7 +198,7 @@ class Checker:
         source_feeds = [f for _key, f in self._keyed(samples, None, feeds)]
         candidate_feeds = [self.feeds_for(candidate, f, candidate.layout) for f in source_feeds]
         location = locate(self._capture_source,
-                          lambda fs: candidate.capture(fs, options, runtime=runtime, timeout=self.timeout),
+                          lambda fs: arm.capture(candidate, fs, options, runtime, self.timeout),
                           (source_feeds, candidate_feeds), tolerance or self.tolerance,
                           (self.source.label, f"{candidate.label} on {runtime}" if runtime else candidate.label))
         if arm.emulated_entry(runtime):
@@ -388,7 +389,8 @@ def _verify_run(checker: Checker, model: LoadedModel, artifact: Artifact, runtim
     if layout_notes is not None:       # no recorded layout: the outputs' order is read from what they hold
         layout, outputs, layout_note = checker.output_layout(references, outputs, layout, options.layout, layout_notes)
     report = checker.compare(references, outputs, model.label, label, layout, tolerance, artifact)
-    report.notes.extend(note for note in (precision_why, layout_note, why, arm.fp16_note(run_options)) if note)
+    fp16_why = arm.fp16_note(run_options, runtime)
+    report.notes.extend(note for note in (precision_why, layout_note, why, fp16_why) if note)
     report.notes.extend(_contract_notes(artifact))
     return _Run(artifact, runtime, label, report, outputs, feeds, run_options)
 

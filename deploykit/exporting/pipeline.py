@@ -13,7 +13,7 @@ from typing import Optional
 from deploykit import contract as contracts
 from deploykit import fsutil, manifest, registry
 from deploykit.artifact import Artifact
-from deploykit.exporting import routing
+from deploykit.exporting import arm_judging, routing
 from deploykit.checking.checker import Checker, make_checker
 from deploykit.child import reused_child
 from deploykit.conversion import ExportOptions
@@ -43,6 +43,7 @@ class ExportResult:
     warnings: list = field(default_factory=list)
     seconds: float = 0.0
     opened: Optional[Artifact] = None             # the published Artifact object (runs itself; not in JSON)
+    judged_on: Optional[dict] = None              # the ARM core that judged it too, or why x86 alone did
 
     @property
     def parity(self) -> ParityReport:
@@ -65,8 +66,9 @@ class ExportResult:
         return self.chosen.recorded_hops()
 
     def to_dict(self) -> dict:
+        parity = dict(self.parity.to_dict(), **({"judged_on": self.judged_on} if self.judged_on else {}))
         return {"passed": self.passed, "unverified": self.unverified, "artifact": self.artifact,
-                "manifest": self.manifest, "route": self.route, "parity": self.parity.to_dict(),
+                "manifest": self.manifest, "route": self.route, "parity": parity,
                 "warnings": self.warnings, "seconds": round(self.seconds, 3),
                 "routes": routing.route_table(self.runs, self.chosen)}
 
@@ -119,6 +121,7 @@ def _mode_tolerance(mode: str, verify: VerifyOptions, source_preset: str):
 def _export(request: ExportRequest) -> ExportResult:
     started = time.perf_counter()
     model, routes, out = _prepare(request)
+    on_arm = arm_judging.plan(request.target, request.mode, request.verify.arm_cpu)   # refused before converting
     checker = make_checker(model, request.verify)
     if not isinstance(model, PendingModel):
         checker.feeds(1)    # a dim only the user can fix fails now, named in the source's layout — not after converting
@@ -131,17 +134,34 @@ def _export(request: ExportRequest) -> ExportResult:
         if route_all:
             _measure_latency(runs, checker, request.verify.timeout)
         chosen = routing.choose(runs, route_all)
+        judged_on = _judge_on_arm(chosen, checker, judging, request, on_arm)       # an ARM failure publishes nothing
         contract = _contract(chosen.artifact, model, request.contract, judging.info)   # before anything is published
         final = chosen.final
         moves = [(f, out.parent / f.name) for f in final.extra_files] + [(final.path, out)]
         fsutil.publish(moves, force=request.force)
     artifact = chosen.artifact.moved_to(out)
-    _write_manifest(artifact, model, chosen, runs, [m[1] for m in moves[:-1]], request, judging.info, contract)
+    _write_manifest(artifact, model, chosen, runs, [m[1] for m in moves[:-1]], request, judging.info, contract,
+                    judged_on)
     warnings = [w for hop in chosen.hops for w in hop.warnings] + judging.info.get("warnings", [])
     if chosen.unverified:
         warnings.append(f"UNVERIFIED (kept with --keep-unverified): {chosen.final.parity.summary()}")
     return ExportResult(str(out), str(manifest.manifest_path(out)), chosen, runs, warnings,
-                        time.perf_counter() - started, artifact)
+                        time.perf_counter() - started, artifact, judged_on)
+
+
+def _judge_on_arm(chosen, checker: Checker, judging: "_Judging", request: ExportRequest, on_arm: tuple):
+    """The kept artifact judged on the ARM runtime of its format too (``arm_judging``): the manifest's
+    ``judged_on``, or why x86 alone judged an fp16 artifact (None when no ARM judgment was due)."""
+    runtime, cpu, why = on_arm
+    if runtime:
+        judged = arm_judging.judge(checker, chosen, judging.tolerance, judging.feeds, request.verify.samples,
+                                   runtime, cpu, request.keep_unverified)
+    elif why:
+        judged = arm_judging.x86_only(request.target, chosen.final.parity, why)
+    else:
+        return None
+    chosen.final.parity.notes.append(arm_judging.note(judged))     # what the printed report says of it
+    return judged
 
 
 def _prepare(request: ExportRequest) -> tuple:
@@ -225,7 +245,7 @@ def _contract(artifact, model: LoadedModel, choices: Optional[contracts.Contract
 
 
 def _write_manifest(artifact, model: LoadedModel, chosen, runs: list, extra_files: list, request: ExportRequest,
-                    calibration_info: dict, contract: Optional[dict]) -> dict:
+                    calibration_info: dict, contract: Optional[dict], judged_on: Optional[dict] = None) -> dict:
     final, mode = chosen.final, request.mode
     data = manifest.build(Path(artifact.path), artifact.format.value, model, chosen.recorded_hops(),
                           _artifact_signature(model, artifact, chosen.layout), chosen.layout.to_dict(),
@@ -234,6 +254,8 @@ def _write_manifest(artifact, model: LoadedModel, chosen, runs: list, extra_file
                           _libraries_used(chosen.route, " ".join(h.tool for h in chosen.hops)),
                           artifact_sha256=artifact.sha256)
     data["routes"] = routing.route_table(runs, chosen)
+    if judged_on and data["parity"] is not None:     # the core that judged it (or why x86 alone did)
+        data["parity"]["judged_on"] = judged_on
     data["precision"] = mode or "fp32"
     data["verified"] = not chosen.unverified     # False: kept with --keep-unverified, its parity proves nothing
     data["contract"] = contract
