@@ -52,6 +52,7 @@ from typing import Callable, Mapping, Optional
 
 from deploykit import errors, frameworks
 from deploykit.errors import Outcome
+from deploykit.procinfo import descendants, status_bytes  # noqa: F401 - part of this module's API
 from deploykit.text import exception_line, last_line
 
 IN_CHILD_ENV = "DEPLOYKIT_CHILD"        # set in every child: code that would isolate itself need not
@@ -385,24 +386,6 @@ def reused_child():
         session.close()
 
 
-def descendants(pid: int) -> list:
-    """Every process below ``pid`` (from /proc; [] where there is none)."""
-    children: dict = {}
-    for entry in Path("/proc").iterdir() if Path("/proc/self").exists() else ():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
 def _describe_exit(code: int) -> str:
     if code is not None and code < 0:
         try:
@@ -453,21 +436,6 @@ def unpack_samples(arrays: Mapping, count: Optional[int] = None) -> list:
 def in_child() -> bool:
     """True inside a process started by run_child (already isolated from the CLI)."""
     return os.environ.get(IN_CHILD_ENV) == "1"
-
-
-def status_bytes(field: str, pid: "int | str" = "self") -> int:
-    """A memory field of /proc/PID/status in bytes (VmRSS now, VmHWM the peak), 0 where there is none.
-
-    VmHWM belongs to the address space, which exec replaces: unlike getrusage's ru_maxrss (kept across exec on
-    Linux, so a child started from a 600 MB parent would report 600 MB), it is the child's own peak."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _child_main(folder: Path) -> int:
