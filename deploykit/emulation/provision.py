@@ -206,13 +206,14 @@ class _Apt:
             deb = by_name.get(package["name"])
             if deb is None:
                 raise MissingDependency(f"Debian's archive no longer has {package['name']} ({package['arch']})",
-                                        "relock: python -m deploykit.emulation.provision --relock")
+                                        "relock: `python -m deploykit.emulation.provision --relock`")
             got = deb.name.split("_")[1].replace("%3a", ":")
             if got != package["version"]:
                 drift.append({"package": package["name"], "locked": package["version"], "installed": got})
             elif package["sha256"] and _sha256(deb) != package["sha256"]:
                 raise MissingDependency(f"{deb.name} does not match the sha256 in arm64-lock.json",
-                                        "delete ~/.cache/deploykit/arm64-* and run again; if it persists, relock")
+                                        "delete ~/.cache/deploykit/arm64-* and run again; if it persists, relock "
+                                        "with `python -m deploykit.emulation.provision --relock`")
         return debs, drift
 
 
