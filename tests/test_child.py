@@ -1,6 +1,7 @@
 """The one child-process harness: results and arrays come back, errors keep their class, a crash or a
 time-out becomes the stage's error with that stage's remedy, and the working directory is never on sys.path."""
 import os
+import re
 import time
 from pathlib import Path
 
@@ -250,7 +251,9 @@ def test_leaving_the_command_frees_a_job_waiting_in_another_thread_at_once():
         time.sleep(2)           # the job runs in the child by now
     thread.join(10)
     assert time.perf_counter() - started < 15 and not thread.is_alive()
-    assert isinstance(outcome[0], errors.ModelLoadError) and "loading m.pt2 crashed with SIGKILL" in outcome[0].message
+    # Killed in the child (SIGKILL), or — when the waiting thread sees the command end first — stopped there.
+    assert isinstance(outcome[0], errors.ModelLoadError)
+    assert re.search(r"loading m\.pt2 (crashed with SIGKILL|was stopped: the command ended)", outcome[0].message)
 
 
 MIN_SIGNAL_S = 1.5      # after the CLI's start-up: a SIGTERM before its handler exists kills Python itself (-15)
