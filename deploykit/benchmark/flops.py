@@ -33,40 +33,9 @@ def _torch_flops(path: str, load) -> dict:
 
 
 def _onnx_flops(path: str) -> dict:
-    import onnx
-    from onnx import shape_inference
+    from deploykit.flop_count import onnx_flops
 
-    model = shape_inference.infer_shapes(onnx.load(path))
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
-    shapes.update({i.name: list(i.dims) for i in model.graph.initializer})
-    total = 0
-    for node in model.graph.node:
-        total += _node_flops(node, shapes)
-    return {"flops": int(total), "method": "ONNX graph: Conv, Gemm, MatMul (2 per MAC)"}
-
-
-def _node_flops(node, shapes: dict) -> int:
-    def dims(name):
-        return shapes.get(name) or []
-
-    if node.op_type == "Conv" and len(node.input) >= 2:
-        weight, out = dims(node.input[1]), dims(node.output[0])
-        if len(weight) >= 3 and out:
-            macs = _prod(out) * _prod(weight[1:])          # each output: Cin/groups * kernel MACs
-            return 2 * macs
-    if node.op_type in ("Gemm", "MatMul") and len(node.input) >= 2:
-        a, out = dims(node.input[0]), dims(node.output[0])
-        if a and out:
-            return 2 * _prod(out) * a[-1]
-    return 0
-
-
-def _prod(values) -> int:
-    result = 1
-    for value in values:
-        result *= max(int(value), 1)
-    return result
+    return {"flops": int(onnx_flops(path)[0]), "method": "ONNX graph: Conv, Gemm, MatMul (2 per MAC)"}
 
 
 def job(request: dict, arrays: dict) -> dict:
