@@ -84,9 +84,13 @@ def test_arm_cpu_without_an_arm_runtime_is_exit_2(samples_dir, cli, tmp_path):
 
 @pytest.fixture(scope="module")
 def fp16_onnx(samples_dir, tmp_path_factory):
-    """two_layer_net exported with --quantize fp16 to ONNX (judged on cortex-a76: the userland is installed)."""
+    """two_layer_net exported with --quantize fp16 to ONNX, judged on cortex-a76: an fp16 export is judged on ARM
+    when the userland is installed, so it is installed first (on a fresh machine no earlier test may have)."""
     from deploykit import api
+    from deploykit.emulation import userland
     from deploykit.options import QuantizeOptions
+
+    userland.ensure()
 
     out = tmp_path_factory.mktemp("fp16") / "two_layer_net.fp16.onnx"
     return api.export(str(samples_dir / "two_layer_net.pt2"), "onnx", str(out), quantize=QuantizeOptions("fp16"))

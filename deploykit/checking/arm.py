@@ -9,7 +9,6 @@ what a phone's LiteRT does), and on its x86 counterpart with the same flag: appl
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Optional
 
 from deploykit import registry
@@ -92,34 +91,3 @@ def fp16_note(options: RunnerOptions, runtime: Optional[str]) -> str:
 def arm_runtime_of(fmt) -> Optional[str]:
     """The emulated ARM runtime that runs artifacts of format ``fmt`` (None when there is none)."""
     return next((entry.name for entry in registry.RUNTIMES if entry.emulates and fmt in entry.formats), None)
-
-
-def capture(candidate, feeds_list: list, options: RunnerOptions, runtime: Optional[str], timeout: float) -> tuple:
-    """``Artifact.capture`` on ``runtime``. An ONNX artifact on the emulated ONNX Runtime is instrumented here (its
-    layers made graph outputs, as the ONNX Runtime runner's own capture does) and run there as it is: the arm64
-    userland holds the runtimes and numpy, not the onnx package that instrumenting needs."""
-    from deploykit.formats import Format
-
-    entry = emulated_entry(runtime)
-    if entry is None or candidate.format != Format.ONNX:
-        return candidate.capture(feeds_list, options, runtime=runtime, timeout=timeout)
-    import tempfile
-
-    import onnx
-
-    from deploykit.artifact import Artifact
-    from deploykit.graphview import onnx_view, view_points
-
-    model = onnx.load(str(candidate.path))
-    view = onnx_view(model)
-    points = view_points(view)
-    present = {output.name for output in model.graph.output}
-    # typed outputs (the checker refuses untyped ones); a layer shape inference cannot type stays uncaptured
-    typed = {info.name: info for info in onnx.shape_inference.infer_shapes(model).graph.value_info}
-    model.graph.output.extend(typed[name] for name in points if name not in present and name in typed)
-    with tempfile.TemporaryDirectory(prefix="deploykit-capture-") as folder:
-        path = Path(folder) / Path(str(candidate.path)).name
-        onnx.save(model, str(path))
-        result = Artifact.open(path, layout=candidate.layout).run(feeds_list, options, runtime=runtime,
-                                                                   timeout=timeout)
-    return view.to_dict(), [{name: outputs[name] for name in points if name in outputs} for outputs in result.outputs]

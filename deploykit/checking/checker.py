@@ -198,7 +198,7 @@ class Checker:
         source_feeds = [f for _key, f in self._keyed(samples, None, feeds)]
         candidate_feeds = [self.feeds_for(candidate, f, candidate.layout) for f in source_feeds]
         location = locate(self._capture_source,
-                          lambda fs: arm.capture(candidate, fs, options, runtime, self.timeout),
+                          lambda fs: candidate.capture(fs, options, runtime=runtime, timeout=self.timeout),
                           (source_feeds, candidate_feeds), tolerance or self.tolerance,
                           (self.source.label, f"{candidate.label} on {runtime}" if runtime else candidate.label))
         if arm.emulated_entry(runtime):

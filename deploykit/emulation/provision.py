@@ -36,7 +36,7 @@ from deploykit.errors import DeploykitError, MissingDependency
 LOCK_FILE = Path(__file__).with_name("arm64-lock.json")
 ROOTS = ("python3.11", "libstdc++6")           # what the emulated child needs from Debian
 HOST_TOOLS = ("qemu-user-static",)             # installed for the host's architecture (amd64)
-WHEELS = ("numpy", "ai-edge-litert", "onnxruntime")
+WHEELS = ("numpy", "ai-edge-litert", "onnxruntime", "onnx")   # onnx: the ONNX Runtime runner's --locate instruments the graph
 GLIBC = 36                                     # bookworm's glibc 2.36: manylinux tags up to 2_36 run there
 PYTHON_TAG = ("3.11", "cp311")
 INSTALL_TIMEOUT_S = 900.0
