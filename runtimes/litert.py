@@ -5,7 +5,7 @@ maintained successor, with XNNPACK on by default.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -165,13 +165,15 @@ class _Fp16Compiled:
     """A signature of a .tflite run by LiteRT's CompiledModel with XNNPACK's FORCE_FP16 flag (the Interpreter's
     Python API cannot pass delegate flags). Numpy in, numpy out; shapes follow the feeds."""
 
-    def __init__(self, path: str, key: str, threads=None):
+    def __init__(self, path: str, key: Optional[str], threads=None):
         from ai_edge_litert.compiled_model import CompiledModel
         from ai_edge_litert.options import CpuOptions, Options
 
         flags = XNNPACK_FLAG_QS8 | XNNPACK_FLAG_QU8 | XNNPACK_FLAG_FORCE_FP16
         cpu = CpuOptions(num_threads=threads or 0, xnnpack_flags=flags)       # 0: LiteRT decides, as None does
-        self.model, self.key = CompiledModel.from_file(path, options=Options(cpu_options=cpu)), key
+        self.model = CompiledModel.from_file(path, options=Options(cpu_options=cpu))
+        # A model without SignatureDefs (MediaPipe's) gets LiteRT's "<placeholder signature>", named by its tensors.
+        self.key = key or next(iter(self.model.get_signature_list()))
 
     def run(self, inputs: dict, out_dtypes: dict) -> dict:
         """Outputs by signature name for inputs already in the model's dtypes (``out_dtypes``: each output's)."""
@@ -220,12 +222,9 @@ class LiteRTRunner(RunnerBase):
             key = sorted(self.interpreter.get_signature_list())[0]
         self.runner = self.interpreter.get_signature_runner(key) if key else None
         if self.options.fp16_arithmetic and not self.fp16_unavailable:
-            if self.runner is None:
-                self.fp16_unavailable = "the model has no signature (CompiledModel runs signatures)"
-            else:
-                self._open_compiled(key)
+            self._open_compiled(key)
 
-    def _open_compiled(self, key: str) -> None:
+    def _open_compiled(self, key: Optional[str]) -> None:
         """The fp16 CompiledModel, or the reason it is not there (the Interpreter then runs, in fp32)."""
         try:
             self.compiled = _Fp16Compiled(self.model.path, key, self.options.threads)
@@ -244,7 +243,7 @@ class LiteRTRunner(RunnerBase):
 
     def run(self, feeds: Mapping) -> dict:
         if self.runner is None:
-            return self._run_without_signature(feeds)
+            return self._run_compiled_without_signature(feeds) if self.compiled else self._run_without_signature(feeds)
         details = self.runner.get_input_details()
         inputs = {name: _to_input(feeds[name], details[name]) for name in details}
         out_details = self.runner.get_output_details()
@@ -255,6 +254,14 @@ class LiteRTRunner(RunnerBase):
             # The signature runner resizes inputs whose shapes differ (dynamic dims such as [-1, ...]).
             outputs = self.runner(**inputs)
         return {name: _from_output(outputs[name], out_details.get(name, {})) for name in sorted(outputs, key=natural_key)}
+
+    def _run_compiled_without_signature(self, feeds: Mapping) -> dict:
+        """A model with no signature in fp16: the Interpreter's tensor names, dtypes and (de)quantization, the
+        CompiledModel's placeholder signature for the arithmetic."""
+        out_details = self.interpreter.get_output_details()
+        inputs = {d["name"]: _to_input(feeds[d["name"]], d) for d in self.interpreter.get_input_details()}
+        outputs = self.compiled.run(inputs, {d["name"]: np.dtype(d["dtype"]) for d in out_details})
+        return {d["name"]: _from_output(outputs[d["name"]], d) for d in out_details}
 
     def _run_without_signature(self, feeds: Mapping) -> dict:
         interpreter = self.interpreter

@@ -118,3 +118,32 @@ def test_fp16_arithmetic_needs_xnnpack_and_x86_has_what_it_needs():
     assert "XNNPACK is off" in fp16_arithmetic_problem(RunnerOptions(xnnpack=False, fp16_arithmetic=True))
     if platform.machine() == "x86_64":
         assert fp16_arithmetic_problem(RunnerOptions(fp16_arithmetic=True)) == ""
+
+
+def _without_signatures(path: str, out) -> str:
+    """The same model with its SignatureDefs removed, as MediaPipe ships its models (LiteRT's own schema)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as handle:
+        model = schema.ModelT.InitFromPackedBuf(bytearray(handle.read()), 0)
+    model.signatureDefs = None
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    out.write_bytes(bytes(builder.Output()))
+    return str(out)
+
+
+@pytest.mark.slow
+def test_fp16_arithmetic_runs_a_model_without_signatures(tflites, run, samples_dir, tmp_path):
+    """A model with no SignatureDefs still computes in fp16 when asked (CompiledModel's placeholder signature), and
+    exactly as the same model with its signature does — before, it silently fell back to fp32 arithmetic."""
+    from deploykit.artifact import Artifact
+
+    bare = Artifact.open(_without_signatures(tflites["fp16"], tmp_path / "bare.fp16.tflite"))
+    assert bare.details.get("signature_key") is None
+    result = bare.run(_feeds(bare, samples_dir), RunnerOptions(threads=1, fp16_arithmetic=True))
+    assert result.providers == ["XNNPACK fp16"]
+    assert np.array_equal(_output(result), _output(run("fp16", "litert", fp16_arithmetic=True)))
+    plain = bare.run(_feeds(bare, samples_dir), RunnerOptions(threads=1))
+    assert _max_abs(result, plain) > FP16_ARITHMETIC_MOVES_MORE_THAN / 10

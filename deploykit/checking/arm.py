@@ -74,14 +74,17 @@ def captured_note(runtime: str, arm_cpu: Optional[str]) -> str:
     return f"layers captured on {runtime}: {core(arm_cpu or DEFAULT_CORE).describe()}, emulated by qemu"
 
 
-def fp16_note(options: RunnerOptions, runtime: Optional[str]) -> str:
-    """Why an fp16 artifact's run computed in fp16 ("" when it did not ask to)."""
+def fp16_note(options: RunnerOptions, runtime: Optional[str], ran_on: str = "") -> str:
+    """Why an fp16 artifact's run computed in fp16 ("" when it did not ask to); what ran (``ran_on``: the run's
+    runtime and providers) decides whether LiteRT really did, or fell back to fp32 arithmetic."""
     if not options.fp16_arithmetic:
         return ""
     entry = emulated_entry(runtime)
     native = entry.emulates if entry else (runtime or "")
     where = f"on {options.arm_cpu}, as the phone's core does" if entry else "as its ARM twin does (apples to apples)"
     if native == "litert":
+        if "XNNPACK fp16" not in ran_on:
+            return "fp16 artifact: fp16 arithmetic was asked for, but LiteRT computed in fp32 here (why: 'ran on')"
         return f"fp16 artifact: XNNPACK computes in fp16 (FORCE_FP16) {where}"
     return (f"fp16 artifact: ONNX Runtime computes in fp16 {where}" if entry else
             "fp16 artifact: ONNX Runtime on x86 computes most fp16 ops in fp32 (no fp16 arithmetic here): the "

@@ -104,8 +104,8 @@ class Checker:
         references, outputs = self.run_both(candidate, samples, batch, layout, feeds, runtime, options)
         label = f"{candidate.label} on {runtime}" if runtime else candidate.label
         report = self.compare(references, outputs, self.source.label, label, layout, tolerance, candidate)
-        if arm.fp16_note(options, runtime):
-            report.notes.append(arm.fp16_note(options, runtime))
+        if arm.fp16_note(options, runtime, self.last_runtime):
+            report.notes.append(arm.fp16_note(options, runtime, self.last_runtime))
         if feeds:
             report.compared_on = (len(feeds[1]), feeds[0])
             report.notes.append(f"compared on {len(feeds[1])} {feeds[0]} sample(s)")
@@ -389,7 +389,7 @@ def _verify_run(checker: Checker, model: LoadedModel, artifact: Artifact, runtim
     if layout_notes is not None:       # no recorded layout: the outputs' order is read from what they hold
         layout, outputs, layout_note = checker.output_layout(references, outputs, layout, options.layout, layout_notes)
     report = checker.compare(references, outputs, model.label, label, layout, tolerance, artifact)
-    fp16_why = arm.fp16_note(run_options, runtime)
+    fp16_why = arm.fp16_note(run_options, runtime, checker.last_runtime)
     report.notes.extend(note for note in (precision_why, layout_note, why, fp16_why) if note)
     report.notes.extend(_contract_notes(artifact))
     return _Run(artifact, runtime, label, report, outputs, feeds, run_options)
