@@ -17,9 +17,9 @@ its process (import cost, peak memory). What the harness guarantees, for every c
 * the child never sees the working directory on ``sys.path`` (``python -P``), so a folder
   holding ``numpy.py`` or ``runtimes/`` cannot inject code; the parent's own code root is
   put on PYTHONPATH instead;
-* the child and anything it starts run in their own process group, killed as a whole on a
-  time-out or when the parent is interrupted;
-* its stdout/stderr are kept out of the user's terminal (shown with ``debug``).
+* the child and anything it starts run in their own process group, killed as a whole on a time-out or an interrupt;
+* its stdout/stderr are kept out of the user's terminal (shown with ``debug``);
+* an .onnx/.tflite runner job is forked from a warm zygote that imported the runtimes once (``deploykit.zygote``).
 
 A ``reuse=True`` job (describing a PyTorch or Keras source, its reference outputs, a converter
 that needs the live module) runs in the command's *reused child* while one is open (``with
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from deploykit import errors, frameworks
+from deploykit import errors, frameworks, zygote
 from deploykit.errors import Outcome
 from deploykit.procinfo import descendants, status_bytes  # noqa: F401 - part of this module's API
 from deploykit.text import exception_line, last_line
@@ -143,7 +143,8 @@ def run_child(target: str, request: dict, *, stage: Stage, what: str, timeout: f
         folder = Path(tmp)
         _write_request(folder, target, request, arrays)
         started = time.perf_counter()
-        returncode, stdout, stderr = _launch(folder, timeout, stage, what, abort, interpreter)
+        forked = None if interpreter else zygote.run(target, request, folder, _child_env(), timeout, stage, what, abort)
+        returncode, stdout, stderr = forked or _launch(folder, timeout, stage, what, abort, interpreter)
         seconds = time.perf_counter() - started
         if debug or os.environ.get(DEBUG_ENV):
             sys.stderr.write(stdout + stderr)
