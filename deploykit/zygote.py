@@ -1,18 +1,20 @@
-"""A warm parent for runner children: one process that has imported numpy, ONNX Runtime and LiteRT once, and forks
-a fresh child for each job that runs an .onnx or .tflite file.
+"""Warm parents for children: a process that has imported what a kind of job needs once, and forks a fresh child
+for each such job — runner jobs of .onnx/.tflite files (numpy, ONNX Runtime, LiteRT) and onnx2tf conversions
+(TensorFlow, onnx2tf).
 
 Why: every ``Artifact.run`` of an ONNX or TFLite file is a child process (a runtime can crash on a file), and such
 a child spends ~0.4 s importing numpy, the runtime and deploykit before running a model that often takes
-milliseconds; a verify of three artifacts on three runtimes starts nine. Forked from a process that already
-imported them, a child starts in a few milliseconds. The job still runs in a process of its own with every
-guarantee of ``deploykit.child``: its own process group (``setsid``), killed as a whole on a time-out, an abort or
-an interrupt; a DeploykitError comes back as the same class (the same job folder, the same ``_child_main``); it
-dies with the process that waits for it (the zygote, which dies with the parent).
+milliseconds; a verify of three artifacts on three runtimes starts nine. An onnx2tf conversion of a small model
+spends 3.3 of its 4.5 s importing TensorFlow and onnx2tf. Forked from a process that already imported them, a
+child starts in a few milliseconds. The job still runs in a process of its own with every guarantee of
+``deploykit.child``: its own process group (``setsid``), killed as a whole on a time-out, an abort or an
+interrupt; a DeploykitError comes back as the same class (the same job folder, the same ``_child_main``); it dies
+with the process that waits for it (the zygote, which dies with the parent).
 
-What is never forked: anything that times a cold start (``measure_job``: the import *is* what it measures), other
-formats (TensorFlow, PyTorch, ExecuTorch: their frameworks are not imported here, and TensorFlow must not share a
-process with LiteRT's own copy of the TFLite runtime), converters, emulated ARM runs. The zygote imports nothing
-before a job asks for it; ``DEPLOYKIT_ZYGOTE=0`` turns it off.
+What is never forked: anything that times a cold start (``measure_job``: the import *is* what it measures), runs of
+other formats (TensorFlow must not share a process with LiteRT's own copy of the TFLite runtime), the other
+converters, emulated ARM runs. A zygote imports nothing before a job of its kind asks for one, and is started anew
+when the children's environment changed; ``DEPLOYKIT_ZYGOTE=0`` turns them off.
 
 Wire: the parent writes ``<token> <job folder>`` lines on the zygote's stdin; the zygote answers on its stdout
 ``started <token> <pid>`` and, once it has reaped that child, ``exited <token> <wait status>``.
@@ -31,18 +33,24 @@ from typing import Optional
 
 FORKABLE_TARGETS = frozenset({"deploykit.harness:run_job", "deploykit.harness:capture_job"})
 FORKABLE_FORMATS = frozenset({"onnx", "tflite"})
+CONVERTER_TARGETS = frozenset({"converters.onnx_to_tflite:job"})
 SWITCH_ENV = "DEPLOYKIT_ZYGOTE"
-PRELOAD = ("numpy", "deploykit.harness", "deploykit.model", "runtimes.onnxruntime", "runtimes.litert")
+# What each kind of zygote imports before it forks: the runners', or onnx2tf's (TensorFlow + onnx2tf: 3.3 s of
+# a 4.5 s small conversion; forked after them, a conversion of the two-layer net took 0.9 s instead of 4.9 s).
+PRELOAD = {"runners": ("numpy", "deploykit.harness", "deploykit.model", "runtimes.onnxruntime", "runtimes.litert"),
+           "onnx2tf": ("numpy", "tensorflow", "onnx", "onnx2tf", "converters.onnx_to_tflite")}
 _LOCK = threading.Lock()
-_ZYGOTE: Optional["Zygote"] = None
+_ZYGOTES: dict = {}
 
 
-def forkable(target: str, request: dict) -> bool:
-    """Whether a job may run in a child forked from the zygote (see the module's docstring)."""
-    if os.environ.get(SWITCH_ENV, "1") == "0" or target not in FORKABLE_TARGETS:
-        return False
+def forkable(target: str, request: dict) -> Optional[str]:
+    """The kind of zygote that may fork a job (None: it gets a child of its own; see the module's docstring)."""
+    if os.environ.get(SWITCH_ENV, "1") == "0":
+        return None
+    if target in CONVERTER_TARGETS:
+        return "onnx2tf"
     model = request.get("model") or {}
-    return model.get("format") in FORKABLE_FORMATS
+    return "runners" if target in FORKABLE_TARGETS and model.get("format") in FORKABLE_FORMATS else None
 
 
 def run(target: str, request: dict, folder: Path, env: dict, timeout: float, stage, what: str,
@@ -50,34 +58,39 @@ def run(target: str, request: dict, folder: Path, env: dict, timeout: float, sta
     """(returncode, stdout, stderr) of the job in ``folder``, run in a forked child; None when it is not
     ``forkable`` or no zygote could serve it (the caller starts a child of its own). The zygote is started on first use, and anew when the children's
     environment has changed (a test's monkeypatched variable, a factory's folder on PYTHONPATH)."""
-    global _ZYGOTE
-    if not forkable(target, request):
+    kind = forkable(target, request)
+    if kind is None:
         return None
     key = tuple(sorted((k, v) for k, v in env.items() if k != "DEPLOYKIT_PARENT_PID"))
     with _LOCK:
-        if _ZYGOTE is not None and (_ZYGOTE.key != key or not _ZYGOTE.alive()):
-            _ZYGOTE.close()
-            _ZYGOTE = None
-        if _ZYGOTE is None:
+        zygote = _ZYGOTES.get(kind)
+        if zygote is not None and (zygote.key != key or not zygote.alive()):
+            zygote.close()
+            zygote = None
+        if zygote is None:
             try:
-                _ZYGOTE = Zygote(env, key)
+                zygote = _ZYGOTES[kind] = Zygote(kind, env, key)
             except OSError:
                 return None
-        zygote = _ZYGOTE
     return zygote.run(folder, timeout, stage, what, abort)
+
+
+def current(kind: str = "runners") -> Optional["Zygote"]:
+    """The zygote of ``kind`` this process started (None before its first job)."""
+    return _ZYGOTES.get(kind)
 
 
 class Zygote:
     """The parent side: the zygote process, a reader thread for its answers, and each job's wait."""
 
-    def __init__(self, env: dict, key: tuple) -> None:
-        self.key = key
+    def __init__(self, kind: str, env: dict, key: tuple) -> None:
+        self.kind, self.key = kind, key
         self._events: dict = {}
         self._cond = threading.Condition()
         self._tokens = 0
         self._write = threading.Lock()
         started, box = threading.Event(), {}
-        argv = [sys.executable, "-P", "-m", "deploykit.zygote"]
+        argv = [sys.executable, "-P", "-m", "deploykit.zygote", kind]
 
         def keeper() -> None:     # PR_SET_PDEATHSIG follows the *thread* that started the process: a long-lived one
             try:
@@ -183,21 +196,23 @@ def _output(folder: Path) -> tuple:
 
 # ---- the zygote's side -------------------------------------------------------------------------------------------
 
-def _preload() -> None:
+def _preload(kind: str) -> None:
     import importlib
 
-    for name in PRELOAD:
+    if kind == "onnx2tf":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")      # read once, at TensorFlow's first import
+    for name in PRELOAD[kind]:
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - a runtime that is not installed is simply imported by no child
             pass
 
 
-def _serve() -> int:
+def _serve(kind: str) -> int:
     from deploykit import child
 
     child._die_with_parent()
-    _preload()
+    _preload(kind)
     me, jobs, pending = os.getpid(), {}, b""
     out = sys.stdout.buffer
     while True:
@@ -252,4 +267,4 @@ def _child(folder: Path, zygote: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(_serve())
+    sys.exit(_serve(sys.argv[1]))

@@ -21,11 +21,14 @@ def forkable_test_jobs(monkeypatch):
     targets = {f"tests.jobs:{name}" for name in ("sleep_job", "crash_job", "error_job", "deploykit_error_job",
                                                  "echo_job", "spawn_grandchild_job")}
     monkeypatch.setattr(zygote, "FORKABLE_TARGETS", zygote.FORKABLE_TARGETS | targets)
+    yield
+    for kind in list(zygote._ZYGOTES):      # this test's fault jobs crashed or killed its zygotes on purpose
+        zygote._ZYGOTES.pop(kind).close()
 
 
 def _served() -> int:
     """How many jobs the current zygote has been handed (0: none running)."""
-    return zygote._ZYGOTE._tokens if zygote._ZYGOTE is not None and zygote._ZYGOTE.alive() else 0
+    return zygote.current()._tokens if zygote.current() is not None and zygote.current().alive() else 0
 
 
 @pytest.mark.slow
@@ -38,27 +41,29 @@ def test_a_runner_job_is_forked_and_computes_what_a_fresh_child_does(exported, s
 
     artifact = Artifact.open(exported("two_layer_net.pt2", to).artifact)
     feeds = [{artifact.spec.inputs[0].name: np.load(samples_dir / "two_layer_net.inputs.npz")["x"]}]
-    first = zygote._ZYGOTE
+    first = zygote.current()
     before = first._tokens if first is not None else 0
     forked = artifact.run(feeds)
-    now = zygote._ZYGOTE                                # a new one when the environment changed meanwhile
+    now = zygote.current()                                # a new one when the environment changed meanwhile
     assert now is not None and now._tokens == (before + 1 if now is first else 1)
     monkeypatch.setenv(zygote.SWITCH_ENV, "0")
     fresh = artifact.run(feeds)
-    assert zygote._ZYGOTE is now and now._tokens == (before + 1 if now is first else 1)     # a child of its own
+    assert zygote.current() is now and now._tokens == (before + 1 if now is first else 1)     # a child of its own
     name = next(iter(forked.outputs[0]))
     assert np.array_equal(forked.outputs[0][name], fresh.outputs[0][name]) and forked.ran_on == fresh.ran_on
 
 
 def test_what_is_never_forked():
     """A cold start that is measured, other formats (TensorFlow must not share a process with LiteRT's runtime),
-    converters and the tests' own jobs start children of their own."""
-    assert zygote.forkable("deploykit.harness:run_job", AS_AN_ONNX_RUN)
-    assert zygote.forkable("deploykit.harness:capture_job", {"model": {"format": "tflite"}})
+    converters but onnx2tf and the tests' own jobs start children of their own."""
+    assert zygote.forkable("deploykit.harness:run_job", AS_AN_ONNX_RUN) == "runners"
+    assert zygote.forkable("deploykit.harness:capture_job", {"model": {"format": "tflite"}}) == "runners"
     assert not zygote.forkable("deploykit.harness:measure_job", AS_AN_ONNX_RUN)
     for fmt in ("saved_model", "keras", "exported_program", "torchscript", "executorch"):
         assert not zygote.forkable("deploykit.harness:run_job", {"model": {"format": fmt}})
-    assert not zygote.forkable("converters.onnx_to_tflite:job", AS_AN_ONNX_RUN)
+    assert zygote.forkable("converters.onnx_to_tflite:job", {"onnx": "m.onnx"}) == "onnx2tf"
+    for converter in ("tflite_to_onnx:job", "torch_to_tflite:job", "keras_to_tflite:job", "torch_to_executorch:job"):
+        assert not zygote.forkable(f"converters.{converter}", AS_AN_ONNX_RUN)
     assert not zygote.forkable("tests.jobs:crash_job", AS_AN_ONNX_RUN)
 
 
@@ -114,10 +119,10 @@ def test_a_forked_job_dies_with_the_zygote(forkable_test_jobs):
     time.sleep(1.5)
     from deploykit.procinfo import descendants
 
-    jobs = descendants(zygote._ZYGOTE.process.pid)
+    jobs = descendants(zygote.current().process.pid)
     assert jobs, "the sleeper was not forked"
     started = time.perf_counter()
-    zygote._ZYGOTE.process.kill()
+    zygote.current().process.kill()
     waiter.join(15)
     assert not waiter.is_alive() and time.perf_counter() - started < 10
     assert isinstance(outcome[0], errors.ParityError)
@@ -128,10 +133,10 @@ def test_a_changed_environment_gets_a_zygote_of_its_own(forkable_test_jobs, monk
     """The children's environment is the zygote's: a variable set later (a test's, a factory folder on PYTHONPATH)
     starts a new one rather than running the job with the old environment."""
     run_child("tests.jobs:echo_job", AS_AN_ONNX_RUN, stage=RUN, what="x", timeout=60)
-    first = zygote._ZYGOTE.process.pid
+    first = zygote.current().process.pid
     monkeypatch.setenv("DEPLOYKIT_TEST_MARKER", "1")
     run_child("tests.jobs:echo_job", AS_AN_ONNX_RUN, stage=RUN, what="x", timeout=60)
-    assert zygote._ZYGOTE.process.pid != first and _gone(first)
+    assert zygote.current().process.pid != first and _gone(first)
 
 
 def _gone(pid: int) -> bool:
@@ -145,3 +150,20 @@ def _gone(pid: int) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.tensorflow
+def test_an_onnx2tf_conversion_is_forked_and_writes_the_bytes_a_fresh_child_writes(exported, tmp_path,
+                                                                                   monkeypatch):
+    """onnx2tf runs in a child forked after TensorFlow and onnx2tf were imported: the same .tflite, byte for byte."""
+    from deploykit import api
+
+    onnx = exported("two_layer_net.pt2", "onnx").artifact
+    forked = api.export(onnx, "tflite", str(tmp_path / "forked.tflite"))
+    assert zygote.current("onnx2tf") is not None and zygote.current("onnx2tf")._tokens >= 1
+    monkeypatch.setenv(zygote.SWITCH_ENV, "0")
+    fresh = api.export(onnx, "tflite", str(tmp_path / "fresh.tflite"))
+    assert forked.passed and fresh.passed
+    assert (tmp_path / "forked.tflite").read_bytes() == (tmp_path / "fresh.tflite").read_bytes()
