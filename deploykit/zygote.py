@@ -39,6 +39,9 @@ SWITCH_ENV = "DEPLOYKIT_ZYGOTE"
 # a 4.5 s small conversion; forked after them, a conversion of the two-layer net took 0.9 s instead of 4.9 s).
 PRELOAD = {"runners": ("numpy", "deploykit.harness", "deploykit.model", "runtimes.onnxruntime", "runtimes.litert"),
            "onnx2tf": ("numpy", "tensorflow", "onnx", "onnx2tf", "converters.onnx_to_tflite")}
+# Variables that change between jobs without changing what a child does: the parent's pid (set per launch) and
+# pytest's name of the running test (set per test: with it in the key, every test would start its own zygotes).
+VOLATILE = frozenset({"DEPLOYKIT_PARENT_PID", "PYTEST_CURRENT_TEST"})
 _LOCK = threading.Lock()
 _ZYGOTES: dict = {}
 
@@ -61,7 +64,7 @@ def run(target: str, request: dict, folder: Path, env: dict, timeout: float, sta
     kind = forkable(target, request)
     if kind is None:
         return None
-    key = tuple(sorted((k, v) for k, v in env.items() if k != "DEPLOYKIT_PARENT_PID"))
+    key = tuple(sorted((k, v) for k, v in env.items() if k not in VOLATILE))
     with _LOCK:
         zygote = _ZYGOTES.get(kind)
         if zygote is not None and (zygote.key != key or not zygote.alive()):

@@ -167,3 +167,12 @@ def test_an_onnx2tf_conversion_is_forked_and_writes_the_bytes_a_fresh_child_writ
     fresh = api.export(onnx, "tflite", str(tmp_path / "fresh.tflite"))
     assert forked.passed and fresh.passed
     assert (tmp_path / "forked.tflite").read_bytes() == (tmp_path / "fresh.tflite").read_bytes()
+
+
+def test_a_variable_that_changes_with_every_test_keeps_the_zygote(forkable_test_jobs, monkeypatch):
+    """pytest names the running test in PYTEST_CURRENT_TEST: keyed on it, each test would start its own zygote."""
+    run_child("tests.jobs:echo_job", AS_AN_ONNX_RUN, stage=RUN, what="x", timeout=60)
+    first = zygote.current().process.pid
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/test_zygote.py::another (call)")
+    run_child("tests.jobs:echo_job", AS_AN_ONNX_RUN, stage=RUN, what="x", timeout=60)
+    assert zygote.current().process.pid == first
