@@ -52,7 +52,7 @@ from typing import Callable, Mapping, Optional
 
 from deploykit import errors, frameworks, zygote
 from deploykit.errors import Outcome
-from deploykit.procinfo import descendants, status_bytes  # noqa: F401 - part of this module's API
+from deploykit.procinfo import descendants, kill_tree, status_bytes  # noqa: F401 - part of this module's API
 from deploykit.text import exception_line, last_line
 
 IN_CHILD_ENV = "DEPLOYKIT_CHILD"        # set in every child: code that would isolate itself need not
@@ -250,14 +250,7 @@ def _wait(argv: list, env: dict, cwd, timeout: float, stage: Stage, what: str, a
 
 
 def _kill_group(process: subprocess.Popen) -> None:
-    # Some descendants start a session of their own (Playwright launches Chromium detached): they
-    # are found by parentage before the group dies, since afterwards they would be orphans.
-    strays = descendants(process.pid)
-    for pid in [process.pid] + strays:
-        try:
-            (os.killpg if pid == process.pid else os.kill)(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    kill_tree(process.pid)
     process.communicate()
 
 

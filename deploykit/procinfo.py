@@ -1,9 +1,12 @@
 """What /proc says about processes: the descendants of a process (to kill a child's whole tree) and its memory.
 
-Read by the child harness (``deploykit.child``) and the benchmark's memory figures; no process is started here.
+Read by the child harness (``deploykit.child``, ``deploykit.zygote``) and the benchmark's memory figures; no process
+is started here.
 """
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 
@@ -38,3 +41,14 @@ def status_bytes(field: str, pid: "int | str" = "self") -> int:
     except OSError:
         pass
     return 0
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL the process group led by ``pid`` and every process below it. Some descendants start a session of
+    their own (Playwright launches Chromium detached): they are found by parentage before the group dies, since
+    afterwards they would be orphans."""
+    for victim in [pid] + descendants(pid):
+        try:
+            (os.killpg if victim == pid else os.kill)(victim, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import subprocess
 import sys
 import threading
@@ -176,15 +175,10 @@ class Zygote:
 
 
 def _kill(pid: Optional[int]) -> None:
-    if pid is None:
-        return
-    from deploykit.procinfo import descendants
+    if pid is not None:
+        from deploykit.procinfo import kill_tree
 
-    for victim in [pid] + descendants(pid):
-        try:
-            (os.killpg if victim == pid else os.kill)(victim, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        kill_tree(pid)
 
 
 def _output(folder: Path) -> tuple:
