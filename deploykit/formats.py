@@ -24,6 +24,8 @@ class Format(str, enum.Enum):
     KERAS_H5 = "keras_h5"
     SAVED_MODEL = "saved_model"
     EXECUTORCH = "executorch"              # a .pte program (flatbuffer "ET12")
+    COREAI = "coreai"                      # an Apple Core AI asset: an .aimodel folder (metadata.json + *.mlirb)
+    COREML = "coreml"                      # a Core ML package: an .mlpackage folder (Manifest.json + Data/)
 
     @property
     def framework(self) -> str:
@@ -36,6 +38,9 @@ class Format(str, enum.Enum):
 
 TORCH_FORMATS = frozenset({Format.TORCHSCRIPT, Format.EXPORTED_PROGRAM, Format.STATE_DICT,
                            Format.TORCH_PICKLE, Format.PYTHON_FACTORY})
+
+# Formats whose artifact is a folder, not a file (written, replaced and hashed as a tree).
+DIRECTORY_FORMATS = frozenset({Format.SAVED_MODEL, Format.COREAI, Format.COREML})
 
 _ZIP_MAGIC = b"PK\x03\x04"
 # What zipfile raises on a damaged or crafted archive (RuntimeError: an encrypted member; NotImplementedError:
@@ -174,8 +179,15 @@ def _utf8_prefix(handle, pos: int, length: int) -> bool:
 def _detect_dir(p: Path) -> Format:
     if (p / "saved_model.pb").exists() or (p / "saved_model.pbtxt").exists():
         return Format.SAVED_MODEL
-    raise ModelLoadError(f"{p}: a directory without saved_model.pb",
-                         "give a model file, or a TensorFlow SavedModel directory")
+    # A Core AI asset: coreai-core's metadata.json beside one bytecode program per entry point (main.mlirb).
+    if (p / "metadata.json").is_file() and any(f.is_file() for f in p.glob("*.mlirb")):
+        return Format.COREAI
+    # A Core ML package: its Manifest.json names the spec under Data/com.apple.CoreML/.
+    if (p / "Manifest.json").is_file() and (p / "Data" / "com.apple.CoreML").is_dir():
+        return Format.COREML
+    raise ModelLoadError(f"{p}: a directory that holds no known model (no saved_model.pb, no Core AI "
+                         "metadata.json + .mlirb, no Core ML Manifest.json)",
+                         "give a model file, a TensorFlow SavedModel, a Core AI .aimodel or a Core ML .mlpackage")
 
 
 def _detect_zip(p: Path) -> Format:

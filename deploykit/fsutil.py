@@ -81,12 +81,12 @@ def require_regular_file(path: "str | Path", what: str, fix: str) -> Path:
 
 
 def _not_written_by_deploykit(folder: Path) -> str:
-    """Why ``folder`` is not an artifact folder deploykit wrote ('' when it is): a SavedModel deploykit exported
-    (saved_model.pb inside, its manifest beside it), or a bundle `deploykit package` wrote, holding exactly the
+    """Why ``folder`` is not an artifact folder deploykit wrote ('' when it is): a folder artifact deploykit
+    exported (a SavedModel, a Core AI .aimodel, a Core ML .mlpackage: its manifest beside it), or a bundle `deploykit package` wrote, holding exactly the
     files its deploykit-bundle.json records, each unchanged (a user's file added or edited inside must survive)."""
     beside = folder.with_name(folder.name + ".deploykit.json")
-    if _regular(folder / "saved_model.pb") and _regular(beside):
-        return _saved_model_changed(folder, beside)
+    if _regular(beside) and not _regular(folder / BUNDLE_FILE):
+        return _artifact_folder_changed(folder, beside)
     if not _regular(folder / BUNDLE_FILE):
         return "no deploykit manifest in or beside it"
     listed, why = recorded_files(folder)
@@ -101,8 +101,8 @@ def _not_written_by_deploykit(folder: Path) -> str:
     return f"{extra[0]} is not one of the files deploykit wrote" if extra else ""
 
 
-def _saved_model_changed(folder: Path, manifest: Path) -> str:
-    """'' when the SavedModel folder's files are still those its manifest's artifact sha256 was taken of (a file the
+def _artifact_folder_changed(folder: Path, manifest: Path) -> str:
+    """'' when the artifact folder's files are still those its manifest's artifact sha256 was taken of (a file the
     user added or edited inside changes it), else why not."""
     try:
         recorded = json.loads(manifest.read_text(encoding="utf-8"))["artifact"]["sha256"]

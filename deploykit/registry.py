@@ -44,6 +44,9 @@ PACKAGE_TABLE = (
     Package("playwright", "playwright", "browser", marker="browser"),
     Package("executorch", "executorch", "executorch", marker="executorch"),
     Package("ray", "ray", "ray", marker="ray"),
+    Package("coreai", "coreai-core", "apple", marker="coreai"),      # Apple's Core AI: authoring + a CPU runtime
+    Package("coreai_torch", "coreai-torch", "apple", marker="coreai"),
+    Package("coremltools", "coremltools", "apple", marker="coreml"),
 )
 PACKAGES = {p.module: (p.distribution, p.extra) for p in PACKAGE_TABLE}
 
@@ -143,6 +146,7 @@ class RuntimeEntry:
     remedy: str = ""        # what to do when ``check`` says why not
     browser: bool = False   # runs in a browser page (ships as web assets, `package --app web`)
     emulates: str = ""      # the native runtime this one runs on an emulated ARM core (its runner, in an arm64 child)
+    reference: bool = False  # proves parity here but its time is not the device's (Core AI's Linux CPU path)
 
     @property
     def available(self) -> bool:
@@ -165,9 +169,11 @@ LOADERS = (
     LoaderEntry(frozenset({Format.TFLITE}), "runtimes.litert:load_model", ("ai_edge_litert",), isolated=True),
     LoaderEntry(frozenset({Format.EXECUTORCH}), "runtimes.executorch:load_model", ("executorch", "torch"),
                 isolated=True),
+    LoaderEntry(frozenset({Format.COREAI}), "runtimes.coreai:load_model", ("coreai",), isolated=True),
+    LoaderEntry(frozenset({Format.COREML}), "runtimes.coreml:load_model", ("coremltools",), isolated=True),
 )
 # Formats a runner runs from the file and its signature alone (no framework object to rebuild).
-FILE_FORMATS = frozenset({Format.ONNX, Format.TFLITE, Format.EXECUTORCH})
+FILE_FORMATS = frozenset({Format.ONNX, Format.TFLITE, Format.EXECUTORCH, Format.COREAI, Format.COREML})
 
 # Order matters among routes of equal length: the first that passes verification is kept.
 EDGES = (
@@ -192,6 +198,12 @@ EDGES = (
                   "converters.keras_to_saved_model:convert", ("tensorflow",), tag="keras_export"),
     ConverterEdge("tflite_to_onnx", frozenset({Format.TFLITE}), Format.ONNX, "converters.tflite_to_onnx:convert",
                   ("tf2onnx", "tensorflow", "onnx"), tag="tf2onnx"),
+    # Apple: coreai-torch lowers a torch.export program to a Core AI asset (TorchScript via TS→ExportedProgram);
+    # coremltools writes a Core ML mlprogram, which nothing on Linux can run (its checks are static only).
+    ConverterEdge("torch_to_coreai", TORCH_FORMATS, Format.COREAI, "converters.torch_to_coreai:convert",
+                  ("torch", "coreai", "coreai_torch"), tag="coreai-torch", quantizes=("fp16",)),
+    ConverterEdge("torch_to_coreml", TORCH_FORMATS, Format.COREML, "converters.torch_to_coreml:convert",
+                  ("torch", "coremltools"), tag="coremltools", quantizes=("fp16",)),
     ConverterEdge("onnx_quantize", frozenset({Format.ONNX}), Format.ONNX, "converters.onnx_quantize:convert",
                   ("onnxruntime", "onnx"), tag="ort_quantization", quantizes=("fp16", "dynamic", "int8"),
                   post_step=True),
@@ -200,6 +212,10 @@ QUANTIZE_MODES = ("fp16", "dynamic", "int8")
 
 BROWSER_REMEDY = ("install Debian's chromium and npm (`apt-get install chromium npm`; ./run does it), "
                   "or set DEPLOYKIT_CHROMIUM to a Chromium executable")
+COREAI_REMEDY = ("coreai-core ships an x86-64 Linux wheel for glibc >= 2.34 and Python 3.11-3.14, and macOS wheels: "
+                 "run on such a host (pip install 'deploykit[apple]')")
+COREML_REMEDY = ("Core ML predicts on macOS only (coremltools cannot run a model on Linux): verify on a Mac, or export "
+                 "--to coreai, which runs here")
 ARM_REMEDY = "run on a Debian/Ubuntu x86-64 host with apt-get (qemu and the arm64 Python come from Debian's packages)"
 RUNTIMES = (
     RuntimeEntry("torch", TORCH_FORMATS, "runtimes.torch_eager:TorchEagerRunner", ("torch",),
@@ -212,6 +228,13 @@ RUNTIMES = (
                  "TensorFlow: Keras call / SavedModel serving signature"),
     RuntimeEntry("executorch", frozenset({Format.EXECUTORCH}), "runtimes.executorch:ExecuTorchRunner",
                  ("executorch", "torch"), "ExecuTorch (XNNPACK delegate + portable kernels) via its Python bindings"),
+    RuntimeEntry("coreai", frozenset({Format.COREAI}), "runtimes.coreai:CoreAIRunner", ("coreai",),
+                 "Apple Core AI, coreai-core's in-package CPU runtime (a reference runtime on Linux: not device "
+                 "time, no GPU or Neural Engine)", check="runtimes.coreai:unavailable_reason", remedy=COREAI_REMEDY,
+                 reference=True),
+    RuntimeEntry("coreml", frozenset({Format.COREML}), "runtimes.coreml:CoreMLRunner", ("coremltools",),
+                 "Apple Core ML through coremltools' predict (macOS only)", check="runtimes.coreml:unavailable_reason",
+                 remedy=COREML_REMEDY),
     # Browser runtimes come last: a format's default runtime stays the native one.
     RuntimeEntry("onnxruntime-web", frozenset({Format.ONNX}), "runtimes.onnxruntime_web:OnnxRuntimeWebRunner",
                  ("playwright",), "onnxruntime-web WASM in headless Chromium (browser / web view)",
@@ -258,7 +281,7 @@ def runtime_distributions() -> dict:
 
 
 TARGETS = {"onnx": Format.ONNX, "tflite": Format.TFLITE, "saved_model": Format.SAVED_MODEL,
-           "executorch": Format.EXECUTORCH}
+           "executorch": Format.EXECUTORCH, "coreai": Format.COREAI, "coreml": Format.COREML}
 
 
 def target_format(name: str) -> Format:

@@ -20,7 +20,7 @@ from deploykit.conversion import ExportOptions
 from deploykit.errors import UsageError
 from deploykit.request import ExportRequest
 from deploykit.progress import Progress
-from deploykit.formats import TORCH_FORMATS, Format, detect
+from deploykit.formats import DIRECTORY_FORMATS, TORCH_FORMATS, Format, detect
 from deploykit.harness import DEFAULT_TIMING
 from deploykit.layout import Layout
 from deploykit.model import LoadedModel, PendingModel, load_model
@@ -178,7 +178,7 @@ def _prepare(request: ExportRequest) -> tuple:
     out = Path(default_output(source, dst, request.output)).absolute()
     if Path(source).exists() and fsutil.overlaps(out, source):
         raise UsageError(f"the output {out} is, holds or lies inside the source {source}", "choose another -o")
-    fsutil.prepare_output(out, request.force, directory=dst == Format.SAVED_MODEL)
+    fsutil.prepare_output(out, request.force, directory=dst in DIRECTORY_FORMATS)
     fsutil.prepare_output(manifest.manifest_path(out), request.force)
     model = model or PendingModel(source, request.load, fmt)
     if request.contract:      # labels that do not fit, or --normalize without an image input: say so before converting

@@ -24,7 +24,7 @@ FORBID_ENV = "DEPLOYKIT_TEST_FORBID_CONVERSION"
 # What a manifest keeps of each hop of the route it records.
 RECORDED_HOP_KEYS = ("edge", "tool", "outcome", "attempts", "notes", "parity_vs_source", "artifact_sha256", "kept_float")
 SUFFIXES = {Format.ONNX: ".onnx", Format.TFLITE: ".tflite", Format.SAVED_MODEL: "_saved_model",
-            Format.EXECUTORCH: ".pte"}
+            Format.EXECUTORCH: ".pte", Format.COREAI: ".aimodel", Format.COREML: ".mlpackage"}
 
 
 @dataclass
@@ -153,7 +153,7 @@ def _quantized_routes(src: Format, dst: Format, quantize: str, io_dtype: str) ->
         float_routes = registry.plan(src, dst)
         shortest = min((len(r) for r in float_routes), default=0)
         return [r + [step] for r in float_routes if len(r) == shortest]
-    if dst in (Format.TFLITE, Format.EXECUTORCH):
+    if dst in (Format.TFLITE, Format.EXECUTORCH, Format.COREAI, Format.COREML):
         # An edge whose int8 makes int8 inputs/outputs cannot serve --io-dtype float.
         routes = [r for r in registry.plan(src, dst, max_hops=3) if quantize in r[-1].quantizes
                   and (quantize != "int8" or not r[-1].int8_io or io_dtype == "int8")]
@@ -162,7 +162,8 @@ def _quantized_routes(src: Format, dst: Format, quantize: str, io_dtype: str) ->
             raise UsageError(f"--quantize {quantize} is not available for --to {dst.value}",
                              f"use --quantize {' or '.join(modes)}")
         return routes
-    raise UsageError(f"--quantize applies to --to onnx, tflite or executorch, not {dst.value}", "drop --quantize")
+    raise UsageError(f"--quantize applies to --to onnx, tflite, executorch, coreai or coreml, not {dst.value}",
+                     "drop --quantize")
 
 
 def quantize_modes(dst: Format) -> tuple:
