@@ -117,10 +117,12 @@ def doctor() -> dict:
     runtimes = [{"runtime": r.name, "formats": sorted(f.value for f in r.formats), "available": r.available,
                  "missing": registry.missing_packages(r.requires), "hint": _runtime_hint(r),
                  "description": r.description} for r in registry.RUNTIMES]
+    apple = _apple()
+    _apple_hints(edges, runtimes, apple["routes"])
     return {"platform": f"{platform.system()} {platform.machine()}", "python": platform.python_version(),
             "cpus": os.cpu_count(), "gpu": "NVIDIA GPU present" if gpu_present() else "none detected",
             "versions": library_versions(registry.tracked_distributions()), "routes": edges,
-            "runtimes": runtimes, "deploykit": _own_version(), "arm64": _arm64()}
+            "runtimes": runtimes, "deploykit": _own_version(), "arm64": _arm64(), "apple": apple}
 
 
 PROVISIONABLE = ("arm64",)      # what `doctor --provision` installs now instead of on first use
@@ -159,6 +161,70 @@ def _arm64() -> dict:
     cores = ", ".join(c["name"] + (" (default)" if c["default"] else "") for c in info["cores"])
     lines.append(f"  cores: {cores}")
     return dict(info, lines=lines)
+
+
+# The Apple routes doctor names (issue 29): what the user types -> the registry's edge (None for a runtime) and
+# runtime. ``installs`` says what the runtime's check is about: coreai's is whether coreai-core installs at all
+# (its wheels: x86-64 Linux with glibc >= 2.34 or macOS, Python 3.11-3.14), so it outranks a missing package;
+# coreml's is only whether Core ML can predict (macOS), while coremltools installs and converts on Linux, so a
+# Core ML export goes on unverified there.
+APPLE_ROUTES = (("export --to coreai", "torch_to_coreai", "coreai", True),
+                ("export --to coreml", "torch_to_coreml", "coreml", False),
+                ("runtime coreai", None, "coreai", True),
+                ("runtime coreml", None, "coreml", False))
+APPLE_INSTALL = "pip install 'deploykit[apple]' -c constraints.txt"
+KEEP_UNVERIFIED = "static checks here, keep it with --keep-unverified (exit 6)"
+
+
+def _apple() -> dict:
+    """Each Apple route: available here or not, verified here or not, and why not in one line (``reason``,
+    ``fix``); ``lines`` is its text for the terminal. Asks the registry's checks and find_spec only."""
+    rows = [_apple_route(*route) for route in APPLE_ROUTES]
+    width = max(len(row["route"]) for row in rows)
+    lines = ["Apple routes (coreai-core, coreai-torch, coremltools):"]
+    for row in rows:
+        state = ("yes" if row["verified"] else "yes, unverified") if row["available"] else "no"
+        why = f"{row['reason']} — {row['fix']}" if row["reason"] else row["note"]
+        lines.append(f"  {row['route']:<{width}}  {state}: {why}")
+    return {"routes": rows, "lines": lines}
+
+
+def _apple_route(label: str, edge_name, runtime_name: str, installs: bool) -> dict:
+    """One row of ``_apple``: the host's reason first where it stops the install, then missing packages, then
+    (a route) whether its artifact can be verified here."""
+    runtime = registry.runtime_entry(runtime_name)
+    edge = next((e for e in registry.EDGES if e.name == edge_name), None)
+    requires = edge.requires if edge else runtime.requires
+    missing = [registry.PACKAGES.get(m, (m, ""))[0] for m in registry.missing_packages(requires)]
+    # The check is asked even when packages are missing: then it says why pip would fail too.
+    check = registry.resolve(runtime.check)() if runtime.check else ""
+    row = {"route": label, "edge": edge_name, "runtime": runtime_name, "missing": missing, "reason": "",
+           "fix": "", "note": "", "available": False, "verified": False}
+    if check and (installs or not edge):
+        return dict(row, reason=check, fix=runtime.remedy)
+    if missing:
+        return dict(row, reason=f"{', '.join(missing)} not installed", fix=APPLE_INSTALL)
+    row.update(available=True, verified=not check)
+    if check:           # a Core ML export here: converted and checked statically, never run
+        row["note"] = f"{check}: {KEEP_UNVERIFIED}"
+    elif edge:
+        row["note"] = f"verified here on the {runtime.name} runtime" + (
+            " (a reference runtime: parity, not device time)" if runtime.reference else "")
+    else:
+        row["note"] = runtime.description
+    return row
+
+
+def _apple_hints(edges: list, runtimes: list, apple_rows: list) -> None:
+    """The table's install column for the Apple rows says what the Apple lines say: where coreai-core cannot
+    install on this host, a pip line would only fail."""
+    for row in apple_rows:
+        if not row["reason"]:
+            continue
+        hint = f"{row['reason']} — {row['fix']}"
+        for item in (edges if row["edge"] else runtimes):
+            if item.get("edge", item.get("runtime")) == (row["edge"] or row["runtime"]):
+                item["hint"] = hint
 
 
 def _runtime_hint(entry) -> str:

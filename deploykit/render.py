@@ -199,8 +199,11 @@ def print_doctor(info: dict) -> None:
         table.add_row("runtime", runtime["runtime"], ", ".join(runtime["formats"]), _yes(runtime["available"]),
                       runtime["hint"])
     console.print(table)
-    for line in info.get("arm64", {}).get("lines", []):
-        console.print(line, markup=False, highlight=False)
+    # Lines the doctor composed, already markup-escaped by the CLI (terminal_safe): printing them without markup
+    # would show the escapes ("deploykit\[apple]").
+    for section in ("arm64", "apple"):
+        for line in info.get(section, {}).get("lines", []):
+            console.print(line, highlight=False)
 
 
 def _yes(flag: bool) -> str:

@@ -32,20 +32,31 @@ DTYPES = {"Float32": "float32", "Float16": "float16", "BFloat16": "bfloat16", "F
           "UInt16": "uint16", "UInt32": "uint32", "UInt64": "uint64", "Bool": "bool"}
 _NDARRAY = re.compile(r"^NDArray \((\w+)(?:, (.*))?\)$")
 MIN_GLIBC = (2, 34)
+PYTHONS = ((3, 11), (3, 14))    # coreai-core 1.0.0b3 ships cp311-cp314 wheels only
 
 
 def unavailable_reason() -> str:
-    """Why coreai-core's runtime cannot run on this host ('' when it can): its Linux wheel is x86-64 and
-    needs glibc >= 2.34 (the registry checks the package itself)."""
-    system = platform.system()
+    """Why coreai-core cannot install or run on this host ('' when it can): its Linux wheel is x86-64 and
+    needs glibc >= 2.34 and Python 3.11-3.14 (the registry checks the package itself; doctor asks even when
+    the package is missing, since then pip would fail for the same reason)."""
+    return host_problem(platform.system(), platform.machine(), platform.libc_ver(), platform.python_version_tuple())
+
+
+def host_problem(system: str, machine: str, libc: tuple, python: tuple) -> str:
+    """The reason for ``unavailable_reason`` from the host's facts (a pure function, so each reason is tested)."""
+    version = tuple(int(p) for p in python[:2])
+    if not PYTHONS[0] <= version <= PYTHONS[1]:
+        return f"coreai-core has wheels for Python 3.11-3.14 only, this is Python {'.'.join(python[:2])}"
     if system == "Darwin":
         return ""
-    if system != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return f"coreai-core has no wheel for {system} {platform.machine()} (x86-64 Linux and macOS only)"
-    libc, version = platform.libc_ver()
-    numbers = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
-    if libc == "glibc" and numbers and numbers < MIN_GLIBC:
-        return f"coreai-core needs glibc >= 2.34, this host has {version}"
+    if system != "Linux" or machine not in ("x86_64", "AMD64"):
+        return f"coreai-core has no wheel for {system} {machine} (x86-64 Linux and macOS only)"
+    name, text = libc
+    numbers = tuple(int(p) for p in re.findall(r"\d+", text)[:2])
+    # Only a glibc that names itself too old is refused: an unknown C library (libc_ver could not tell) is left
+    # to pip, rather than refusing a runtime that may well be installed and working.
+    if name == "glibc" and numbers and numbers < MIN_GLIBC:
+        return f"coreai-core needs glibc >= 2.34, this host has {text}"
     return ""
 
 
