@@ -217,11 +217,11 @@ def _apple_route(label: str, edge_name, runtime_name: str, installs: bool) -> di
 
 def _apple_hints(edges: list, runtimes: list, apple_rows: list) -> None:
     """The table's install column for the Apple rows says what the Apple lines say: where coreai-core cannot
-    install on this host, a pip line would only fail."""
+    install on this host, a pip line would only fail; a Core ML export here is unverified."""
     for row in apple_rows:
-        if not row["reason"]:
+        if row["verified"]:
             continue
-        hint = f"{row['reason']} — {row['fix']}"
+        hint = f"{row['reason']} — {row['fix']}" if row["reason"] else row["note"]
         for item in (edges if row["edge"] else runtimes):
             if item.get("edge", item.get("runtime")) == (row["edge"] or row["runtime"]):
                 item["hint"] = hint

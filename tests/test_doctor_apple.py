@@ -106,11 +106,12 @@ def test_doctor_on_this_host_verifies_coreai_as_a_reference_runtime(host):
 @pytest.mark.torch
 def test_doctor_keeps_a_coreml_export_unverified_on_linux(host):
     host()
-    _info, rows = _rows()
+    info, rows = _rows()
     export, runtime = rows["export --to coreml"], rows["runtime coreml"]
     # coremltools converts here, nothing here can run the package: available, never verified.
     assert export["available"] and not export["verified"], export
     assert "macOS" in export["note"] and "--keep-unverified" in export["note"], export
+    assert _hint(info, "routes", "torch_to_coreml") == export["note"]
     assert not runtime["available"] and "macOS" in runtime["reason"], runtime
 
 
