@@ -9,6 +9,7 @@ model carries). Each finding is a problem in the verdict, "tampered: …" (exit 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import numpy as np
 from deploykit import contract as contracts
 from deploykit import fsutil, parity
 from deploykit.artifact import Artifact
-from deploykit.errors import DeploykitError, UsageError
+from deploykit.errors import DeploykitError, MissingDependency, UsageError
 from deploykit.text import one_line, printable, quoted
 from deploykit.formats import Format
 from deploykit.layout import Layout
@@ -31,8 +32,12 @@ APPS = ("python", "web")
 BUNDLE_FILE = fsutil.BUNDLE_FILE
 # The bundled model is named by its detected format, never after the user's file: that name is free text and
 # goes into the generated app (issue 26: a quote in a suffix ran code on the device).
-MODEL_NAME = {Format.ONNX: "model.onnx", Format.TFLITE: "model.tflite"}
+MODEL_NAME = {Format.ONNX: "model.onnx", Format.TFLITE: "model.tflite", Format.COREAI: "model.aimodel",
+              Format.COREML: "model.mlpackage"}
 FORMAT_OF = {name: fmt for fmt, name in MODEL_NAME.items()}
+# Apple models are folders: the bundle lists each of their files (model.aimodel/main.mlirb, ...).
+FOLDER_MODELS = frozenset({Format.COREAI, Format.COREML})
+_MODEL_FILES = {Format.COREAI: ("metadata.json", "main.mlirb", "main.hash"), Format.COREML: ("Manifest.json",)}
 MAX_SAMPLES = 1000                  # `package --samples` allows at most this many golden vectors
 MAX_GOLDEN_BYTES = 2 * 1024**3      # what golden.npz may inflate to: far above 1000 samples of any model we bundle
 _REQUIRED = ("contract.json", "golden.json")           # read by verify itself, so they must be listed and regular
@@ -48,13 +53,31 @@ def is_bundle(path: "str | Path") -> bool:
 
 
 def golden_report(path: Path, inputs: list, outputs: list, tolerance, timeout: float,
-                  runtime=None) -> parity.ParityReport:
+                  runtime=None, contract: "dict | None" = None) -> parity.ParityReport:
     """The model at ``path`` run on golden inputs (through deploykit's runner, on ``runtime`` or the format's
-    default) and compared with golden outputs."""
-    result = Artifact.open(path, layout=Layout()).run(inputs, runtime=runtime, timeout=timeout)
-    report = parity.compare(outputs, result.outputs, tolerance, "golden vectors", f"{path.parent.name}/{path.name}")
+    default) and compared with golden outputs. A model that names its tensors otherwise than the ``contract``
+    (a Core AI asset out of its export's folder takes its own identifiers) is fed and read by position, as the
+    app does."""
+    artifact = Artifact.open(path, layout=Layout())
+    ins, outs = _positions(contract, artifact)
+    result = artifact.run([{ins.get(k, k): v for k, v in feeds.items()} for feeds in inputs], runtime=runtime,
+                          timeout=timeout)
+    back = {theirs: ours for ours, theirs in outs.items()}
+    got = [{back.get(k, k): v for k, v in out.items()} for out in result.outputs]
+    report = parity.compare(outputs, got, tolerance, "golden vectors", f"{path.parent.name}/{path.name}")
     report.notes.append(f"ran on {result.ran_on}")
     return report
+
+
+def _positions(contract: "dict | None", artifact: Artifact) -> tuple:
+    """({contract input: model input}, {contract output: model output}) paired by position, when the counts agree."""
+    if contract is None:
+        return {}, {}
+    pairs = []
+    for kind, names in (("inputs", artifact.spec.input_names), ("outputs", artifact.spec.output_names)):
+        ours = [t["name"] for t in contract[kind]]
+        pairs.append(dict(zip(ours, names)) if len(ours) == len(names) else {})
+    return tuple(pairs)
 
 
 def verify_bundle(folder: "str | Path", timeout: float = 600.0, runtime: "str | None" = None,
@@ -78,7 +101,11 @@ def verify_bundle(folder: "str | Path", timeout: float = 600.0, runtime: "str | 
         return parity.ParityReport("golden vectors", f"{folder.name}/{quoted(model)[1:-1]}", 0,
                                    parity.PRESETS["fp32"], problems=[f"tampered: {p}" for p in problems])
     entry = _runtime_for(info, runtime)
-    if entry is not None and entry.emulates:
+    cannot = _cannot_run_here(info, entry)
+    if cannot:
+        report = parity.ParityReport("golden vectors", f"{folder.name}/{info['model']}", 0, tolerance,
+                                     problems=[cannot])
+    elif entry is not None and entry.emulates:
         from deploykit.bundle.arm_selftest import selftest_on_arm
 
         report = selftest_on_arm(folder, info, tolerance, entry.name, arm_cpu, timeout)
@@ -88,6 +115,21 @@ def verify_bundle(folder: "str | Path", timeout: float = 600.0, runtime: "str | 
         report = golden_report(folder / info["model"], inputs, outputs, tolerance, timeout, chosen)
     report.notes.append("contract: " + "; ".join(contracts.summary(contract)))
     return report
+
+
+def _cannot_run_here(info: dict, entry) -> str:
+    """Why the bundle's model cannot run on this machine ('' when it can: then it is run). A Core ML bundle off
+    macOS: its files were checked, its golden vectors were not — never a pass."""
+    from deploykit.registry import resolve, runtime_for
+
+    if info["app"] == "web":
+        return ""
+    entry = entry or runtime_for(FORMAT_OF[info["model"]])
+    reason = resolve(entry.check)() if entry.check else ""
+    if not reason:
+        return ""
+    return (f"not run: {reason}, so its golden vectors were not checked (its files are unchanged since "
+            "packaging) — run `python app.py selftest` where its runtime runs")
 
 
 def _runtime_for(info: dict, runtime: "str | None"):
@@ -133,7 +175,9 @@ def _tampering(folder: Path) -> tuple:
     problems += _unlisted(folder, files)
     if not problems:          # app.py / web.json are read only once known to be regular files inside
         problems += _model(folder, info, files)
-    missing = [name for name in _REQUIRED + _APP_FILES[info["app"]] if name not in files]
+    fmt = FORMAT_OF.get(info.get("model"))
+    inside = [f"{info['model']}/{name}" for name in _MODEL_FILES.get(fmt, ())]
+    missing = [name for name in _REQUIRED + _APP_FILES[info["app"]] + tuple(inside) if name not in files]
     if missing:
         problems.append(f"not listed in {BUNDLE_FILE}: {', '.join(missing)}")
     return info, problems
@@ -207,7 +251,10 @@ def _model(folder: Path, info: dict, files: dict) -> list:
     """The manifest's model must be the one the app loads: app.py's MODEL_FILE, or web.json's model."""
     model = info.get("model")
     loaded = _loaded_by_app(folder, files)
-    if model not in tuple(MODEL_NAME.values()) or model not in files or loaded != model:
+    # A folder model is its listed files (each a regular file inside, checked above), under a real folder.
+    listed = model in files or FORMAT_OF.get(model) in FOLDER_MODELS and \
+        any(name.startswith(f"{model}/") for name in files) and (folder / model).is_dir()
+    if model not in tuple(MODEL_NAME.values()) or not listed or loaded != model:
         return [f"the manifest names the model {quoted(model)}, but the app loads "
                 f"{_listed_name(loaded) if loaded else 'no model verify can name'}"]
     return []
@@ -255,7 +302,8 @@ def _contract(folder: Path, info: dict) -> dict:
     try:
         from deploykit.tflite_metadata import read_carried
 
-        carried = read_carried(str(folder / model), FORMAT_OF[model])
+        carried = _apple_carried(folder / model, FORMAT_OF[model]) if FORMAT_OF[model] in FOLDER_MODELS \
+            else read_carried(str(folder / model), FORMAT_OF[model])
     except DeploykitError as exc:
         raise Tampered(f"{model} cannot be read: {exc.message}") from None
     except (ValueError, RecursionError):
@@ -270,6 +318,88 @@ def _contract(folder: Path, info: dict) -> dict:
             raise Tampered(f"{BUNDLE_FILE} names the runtime {quoted(info['runtime'])}, not the browser "
                            f"runtime of {model}")
     return contract
+
+
+# The contract inside an Apple model sits where Apple's tools show creator metadata: Core AI's metadata.json
+# (creatorDefinedMetadata, what coreai-core's AIModelAssetMetadata.set_custom writes) and Core ML's
+# user-defined metadata (Metadata.userDefined in the spec: Xcode's model page, MLModelMetadataKey.creatorDefinedKey).
+
+def _apple_carried(model: Path, fmt: Format):
+    """The parsed contract the Apple model folder carries (None when it carries none)."""
+    if fmt == Format.COREAI:
+        try:
+            metadata = json.loads((model / "metadata.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            raise Tampered(f"{model.name}/metadata.json cannot be read as UTF-8") from None
+        custom = metadata.get("creatorDefinedMetadata") if isinstance(metadata, dict) else None
+        text = custom.get(contracts.ONNX_KEY) if isinstance(custom, dict) else None
+    else:
+        spec = coreml_spec_name(model)
+        if spec is None:
+            raise Tampered(f"{model.name}/Manifest.json does not name the model's spec")
+        text = _coreml_user_defined((model / spec).read_bytes()).get(contracts.ONNX_KEY)
+    return json.loads(text) if isinstance(text, str) else None
+
+
+def coreml_spec_name(package: Path) -> "str | None":
+    """The spec file of a Core ML package, relative to it: what Manifest.json's root item names under Data/
+    (None for a manifest that names none, or a path that would leave the package)."""
+    try:
+        manifest = json.loads((package / "Manifest.json").read_text(encoding="utf-8"))
+        entry = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]
+        name = f"Data/{entry['path']}"
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError):
+        return None
+    return name if fsutil._plain_relative(name) else None
+
+
+def coreml_with_contract(spec: bytes, text: str) -> bytes:
+    """The spec with ``deploykit.contract`` in its user-defined metadata. The entry is appended as a Model message
+    holding only description.metadata.userDefined: protobuf merges repeated embedded messages and a map's last
+    entry wins, so every byte Core ML wrote stays as it was (no coremltools needed: it imports TensorFlow and torch)."""
+    model_class = _coreml_metadata_schema()
+    extra = model_class()
+    extra.description.metadata.userDefined[contracts.ONNX_KEY] = text
+    return spec + extra.SerializeToString()
+
+
+def _coreml_user_defined(spec: bytes) -> dict:
+    from google.protobuf.message import DecodeError
+
+    try:
+        return dict(_coreml_metadata_schema().FromString(spec).description.metadata.userDefined)
+    except (DecodeError, RecursionError, ValueError):
+        raise Tampered("the Core ML spec is not a protobuf Core ML can read") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _coreml_metadata_schema():
+    """The message class of Core ML's Model as far as description.metadata.userDefined (field numbers of
+    coremltools' Model.proto: Model.description 2, ModelDescription.metadata 100, Metadata.userDefined 100); every
+    other field is kept as an unknown field."""
+    try:
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    except ImportError:
+        raise MissingDependency.for_package("protobuf", "apple", "to read a Core ML spec") from None
+    field = descriptor_pb2.FieldDescriptorProto
+    schema = descriptor_pb2.FileDescriptorProto(name="deploykit_coreml_metadata.proto", package="deploykit.coreml",
+                                                syntax="proto3")
+    metadata = schema.message_type.add(name="Metadata")
+    entry = metadata.nested_type.add(name="UserDefinedEntry")
+    entry.options.map_entry = True
+    for name, number in (("key", 1), ("value", 2)):
+        entry.field.add(name=name, number=number, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+    metadata.field.add(name="userDefined", number=100, type=field.TYPE_MESSAGE, label=field.LABEL_REPEATED,
+                       type_name=".deploykit.coreml.Metadata.UserDefinedEntry")
+    description = schema.message_type.add(name="ModelDescription")
+    description.field.add(name="metadata", number=100, type=field.TYPE_MESSAGE, label=field.LABEL_OPTIONAL,
+                          type_name=".deploykit.coreml.Metadata")
+    model = schema.message_type.add(name="Model")
+    model.field.add(name="description", number=2, type=field.TYPE_MESSAGE, label=field.LABEL_OPTIONAL,
+                    type_name=".deploykit.coreml.ModelDescription")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(schema)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("deploykit.coreml.Model"))
 
 
 def _labels(folder: Path, files: dict, output: dict) -> None:

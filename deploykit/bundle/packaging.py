@@ -4,6 +4,9 @@ contract as JSON, labels, golden vectors from the source framework, and a runtim
     bundle/
       model.onnx | model.tflite   the artifact with the contract inside (ONNX metadata_props / TFLite Metadata with
                                   the labels packed in); re-run on the golden vectors, since its bytes changed
+      model.aimodel/ | model.mlpackage/   an Apple folder model, every file of it listed (the contract in Core AI's
+                                  metadata.json / Core ML's user-defined metadata); a Core ML package cannot run off
+                                  macOS, so its bundle is written only with keep_unverified, marked unverified
       contract.json               what the app feeds and reads (deploykit.contract)
       labels.txt                  with --labels
       golden.npz, golden.json     inputs and the source's outputs, in the artifact's layout; the tolerance preset
@@ -18,8 +21,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import hashlib
 import json
+import os
 import re
+import shutil
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -31,16 +37,20 @@ from deploykit import contract as contracts
 from deploykit import fsutil, manifest
 from deploykit.artifact import Artifact
 # verify BUNDLE lives in bundle_check; its names stay importable from here (api, tests and docs use them)
-from deploykit.bundle.bundle_check import (APPS, BUNDLE_FILE, MODEL_NAME, _tampering, golden_report,  # noqa: F401
-                                           is_bundle, verify_bundle)
+from deploykit.bundle.bundle_check import (APPS, BUNDLE_FILE, FOLDER_MODELS, MODEL_NAME, _tampering,  # noqa: F401
+                                           coreml_spec_name, coreml_with_contract, golden_report, is_bundle,
+                                           verify_bundle)
 from deploykit.checking.checker import int8_feeds, make_checker, trusted_manifest
 from deploykit.errors import ParityError, UsageError
 from deploykit.formats import Format
 from deploykit.model import LoadOptions, load_model
 from deploykit.options import PRECISION_OF, VerifyOptions
-from deploykit.registry import browser_runtime_for
+from deploykit.registry import browser_runtime_for, require, resolve, runtime_for
 
-RUNTIME_OF = {Format.ONNX: ("onnxruntime", "onnxruntime"), Format.TFLITE: ("litert", "ai-edge-litert")}
+RUNTIME_OF = {Format.ONNX: ("onnxruntime", "onnxruntime"), Format.TFLITE: ("litert", "ai-edge-litert"),
+              Format.COREAI: ("coreai", "coreai-core"), Format.COREML: ("coreml", "coremltools")}
+# What coreai-core writes into an .aimodel: main.hash is the sha256 of main.mlirb (checked before packaging).
+COREAI_FILES = ("metadata.json", "main.mlirb", "main.hash")
 
 
 @dataclass
@@ -53,6 +63,7 @@ class PackageOptions:
     task: Optional[str] = None             # classify | embed | raw (inferred when not given)
     samples: int = 8                       # golden vectors
     source: Optional[str] = None           # the source model, when the artifact's manifest does not name it
+    keep_unverified: bool = False          # write the bundle of a model no runtime here can run (Core ML off macOS)
     verify: VerifyOptions = field(default_factory=VerifyOptions)
 
     @functools.cached_property
@@ -71,10 +82,17 @@ class PackageOptions:
 
 def package(artifact_path: str, output: str, options: PackageOptions, force: bool = False) -> dict:
     """Write the bundle of ``artifact_path`` into the folder ``output`` (atomically); returns its description."""
+    folder_files = model_folder_files(artifact_path) if Path(artifact_path).is_dir() else None
     artifact = Artifact.open(artifact_path)
     if artifact.format not in RUNTIME_OF:
-        raise UsageError(f"{artifact_path} is a {artifact.format.value}; bundles carry .onnx or .tflite models",
-                         "export to onnx or tflite first")
+        raise UsageError(f"{artifact_path} is a {artifact.format.value}; bundles carry .onnx, .tflite, .aimodel or "
+                         ".mlpackage models", "export to onnx, tflite or coreai first")
+    if options.app == "web" and artifact.format in FOLDER_MODELS:
+        raise UsageError(f"a web bundle runs .onnx or .tflite models in the browser, not {artifact.format.value}",
+                         "package it with --app python")
+    if artifact.format in FOLDER_MODELS:
+        _check_folder_model(artifact_path, artifact.format, folder_files)
+    unverified = _unverified_reason(artifact, options.app, options.keep_unverified)
     recorded = manifest.read(artifact_path) or {}
     source_hash: dict = {}       # the source is hashed once, for both checks
     source = _source(artifact_path, recorded, options, source_hash)
@@ -87,11 +105,27 @@ def package(artifact_path: str, output: str, options: PackageOptions, force: boo
         raise UsageError(f"the bundle folder {out} holds the artifact or its source", "choose another -o")
     with fsutil.parents_removed_on_failure(out):
         fsutil.prepare_output(out, force, directory=True)
-        return _package(artifact, source, stored, choices, out, options, force)
+        return _package(artifact, source, stored, choices, out, options, force, unverified)
+
+
+def _unverified_reason(artifact: Artifact, app: str, keep: bool) -> str:
+    """Why the bundle's model cannot be checked against its golden vectors here ('' when it can): its runtime
+    cannot run on this machine (Core ML off macOS). Refused unless kept, as export refuses such a model; a missing
+    package is no such reason (exit 3, install it)."""
+    if app == "web":                    # checked on its browser runtime
+        return ""
+    entry = runtime_for(artifact.format)
+    require(entry.requires, "to check the bundle's model against its golden vectors")
+    reason = resolve(entry.check)() if entry.check else ""
+    if reason and not keep:
+        raise UsageError(f"{artifact.path} cannot be checked against its golden vectors here: {reason}",
+                         "pass --keep-unverified to write the bundle marked unverified (exit 6; `python app.py "
+                         "selftest` checks it where its runtime runs), or package it there")
+    return reason
 
 
 def _package(artifact: Artifact, source, stored: dict, choices, out: Path, options: PackageOptions,
-             force: bool) -> dict:
+             force: bool, unverified: str = "") -> dict:
     labels = list(choices.labels) if choices.labels else None
     precision = stored.get("precision") or "fp32"
     verify = VerifyOptions(**{**options.verify.__dict__, "samples": options.samples,
@@ -105,10 +139,11 @@ def _package(artifact: Artifact, source, stored: dict, choices, out: Path, optio
         folder = stage / out.name
         folder.mkdir()
         model_file = _write_model(artifact, folder, contract, labels)
-        _check_bundle_model(folder / model_file, golden_inputs, golden_outputs, tolerance, verify,
-                            browser_runtime_for(artifact.format).name if options.app == "web" else None)
+        if not unverified:
+            _check_bundle_model(folder / model_file, golden_inputs, golden_outputs, tolerance, verify,
+                                browser_runtime_for(artifact.format).name if options.app == "web" else None, contract)
         _write_files(folder, artifact, model_file, contract, labels, golden_inputs, golden_outputs, tolerance, source,
-                     options.app, verify.timeout)
+                     options.app, verify.timeout, unverified)
         fsutil.publish([(folder, out)], force=force)
     return describe_bundle(out)
 
@@ -207,6 +242,9 @@ def _write_model(artifact: Artifact, folder: Path, contract: dict, labels_text: 
     """The model file in the bundle with the contract inside: ONNX metadata_props, or TFLite Metadata (with the
     labels and contract.json packed into the file)."""
     name = MODEL_NAME[artifact.format]
+    if artifact.format in FOLDER_MODELS:
+        _copy_folder_model(Path(artifact.path), folder / name, artifact.format, contract)
+        return name
     if artifact.format == Format.TFLITE:
         from deploykit.tflite_metadata import embed
 
@@ -228,14 +266,88 @@ def _write_model(artifact: Artifact, folder: Path, contract: dict, labels_text: 
     return name
 
 
+# An Apple model is a folder. The bundle carries each of its files, listed with its sha256 like any other; nothing
+# in it is followed: a link inside is refused (its target would be copied, and hashed, as the model's).
+
+def model_folder_files(path: "str | Path") -> list:
+    """The relative names of the regular files in the model folder ``path``; a link or anything that is neither
+    file nor folder inside is refused (exit 2), never followed."""
+    root, names = Path(path), []
+    for directory, subdirs, files in os.walk(root):
+        here = Path(directory)
+        for name in sorted(subdirs + files):
+            entry = here / name
+            relative = entry.relative_to(root).as_posix()
+            if entry.is_symlink():
+                raise UsageError(f"{path} holds a link, {relative!r}: a model folder's files are copied, never "
+                                 "followed", "replace the link by the file itself, or export the model again")
+            if name in files and not entry.is_file():
+                raise UsageError(f"{path} holds {relative!r}, which is not a regular file (a FIFO, device or "
+                                 "socket)", "remove it, or export the model again")
+            if name in files:
+                names.append(relative)
+    return sorted(names)
+
+
+def _check_folder_model(path: str, fmt: Format, files: list) -> None:
+    """A complete Core AI asset (metadata.json, main.mlirb and main.hash, the sha256 of main.mlirb, as coreai-core
+    writes them) or Core ML package (Manifest.json and the spec it names): else one line, exit 2."""
+    if fmt == Format.COREAI:
+        missing = [name for name in COREAI_FILES if name not in files]
+        if missing:
+            raise UsageError(f"{path} lacks {', '.join(missing)} (coreai-core writes {', '.join(COREAI_FILES)})",
+                             "export the model again")
+        if (Path(path) / "main.hash").read_bytes() != hashlib.sha256((Path(path) / "main.mlirb").read_bytes()).digest():
+            raise UsageError(f"{path}/main.mlirb is not the program main.hash records (changed after coreai-core "
+                             "wrote it)", "export the model again")
+        return
+    spec = coreml_spec_name(Path(path))
+    if spec is None or spec not in files:
+        raise UsageError(f"{path} lacks its Manifest.json or the model spec that it names", "export the model again")
+
+
+def _copy_folder_model(source: Path, target: Path, fmt: Format, contract: dict) -> None:
+    """The model folder's files copied into the bundle, each opened without following a link (O_NOFOLLOW: a link
+    that appeared since the check is refused), with the contract put where Apple's tools read creator metadata."""
+    files = model_folder_files(source)
+    for name in files:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = os.open(source / name, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise UsageError(f"{source}/{name} cannot be read ({exc.strerror})", "export the model again") from None
+        with os.fdopen(handle, "rb") as read, fsutil.atomic_writer(target / name) as write:
+            shutil.copyfileobj(read, write)
+    text = json.dumps(contract, separators=(",", ":"))
+    if fmt == Format.COREAI:
+        metadata = _json_object(target / "metadata.json")
+        custom = metadata.get("creatorDefinedMetadata")
+        metadata["creatorDefinedMetadata"] = {**(custom if isinstance(custom, dict) else {}), contracts.ONNX_KEY: text}
+        fsutil.write_text_atomic(target / "metadata.json", json.dumps(metadata, indent=2) + "\n")
+    else:
+        spec = target / coreml_spec_name(target)
+        fsutil.write_bytes_atomic(spec, coreml_with_contract(spec.read_bytes(), text))
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise UsageError(f"{path.name} of the model is not a JSON object", "export the model again")
+    return value
+
+
 def _labels_of(contract: dict, labels: Optional[list]) -> Optional[list]:
     return labels if any(o.get("labels") for o in contract["outputs"]) else None
 
 
-def _check_bundle_model(path: Path, inputs: list, outputs: list, tolerance, verify, runtime: Optional[str]) -> None:
+def _check_bundle_model(path: Path, inputs: list, outputs: list, tolerance, verify, runtime: Optional[str],
+                        contract: dict) -> None:
     """The bundle's model (whose bytes changed when metadata went in) reproduces the golden outputs — judged
     exactly as `verify BUNDLE` and `app.py selftest` will judge it; a web app's on its browser runtime."""
-    report = golden_report(path, inputs, outputs, tolerance, verify.timeout, runtime)
+    report = golden_report(path, inputs, outputs, tolerance, verify.timeout, runtime, contract)
     if not report.passed:
         raise ParityError(f"the bundled model does not reproduce its golden vectors: {report.summary()}",
                           "verify the artifact against its source first (`deploykit verify`)",
@@ -243,7 +355,8 @@ def _check_bundle_model(path: Path, inputs: list, outputs: list, tolerance, veri
 
 
 def _write_files(folder: Path, artifact: Artifact, model_file: str, contract: dict, labels, inputs: list,
-                 outputs: list, tolerance, source, app: str = "python", timeout: float = 600.0) -> None:
+                 outputs: list, tolerance, source, app: str = "python", timeout: float = 600.0,
+                 unverified: str = "") -> None:
     arrays = {f"input/{i}/{k}": v for i, feeds in enumerate(inputs) for k, v in feeds.items()}
     arrays.update({f"output/{i}/{k}": v for i, out in enumerate(outputs) for k, v in out.items()})
     # Every file goes through fsutil (a mkstemp handle renamed into place): the staging folder is private, and
@@ -267,7 +380,10 @@ def _write_files(folder: Path, artifact: Artifact, model_file: str, contract: di
         fsutil.write_text_atomic(folder / "app.py", render_app(model_file, runtime, distribution, image, source.path))
         fsutil.write_text_atomic(folder / "requirements.txt", requirements(distribution, image))
     files = {f.relative_to(folder).as_posix(): fsutil.sha256_of(f) for f in sorted(folder.rglob("*")) if f.is_file()}
-    record = {"bundle": 1, "app": app, "model": model_file, "runtime": runtime, "files": files}
+    record = {"bundle": 1, "app": app, "model": model_file, "runtime": runtime, "files": files,
+              "verified": not unverified}
+    if unverified:        # written with keep_unverified: the golden vectors could not run where it was packaged
+        record["unverified_reason"] = unverified
     fsutil.write_text_atomic(folder / BUNDLE_FILE, json.dumps(record, indent=2) + "\n")
 
 
@@ -315,4 +431,5 @@ def describe_bundle(folder: "str | Path") -> dict:
     return {"bundle": str(folder), "model": info["model"], "runtime": info["runtime"], "bytes": size,
             "files": sorted(info["files"]) + [BUNDLE_FILE], "contract": contract,
             "runtime_requirements": requirements_file.read_text().split() if requirements_file.exists() else [],
-            "app": info.get("app", "python")}
+            "app": info.get("app", "python"), "verified": info.get("verified") is not False,
+            "unverified": info.get("verified") is False, "unverified_reason": info.get("unverified_reason")}
