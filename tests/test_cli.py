@@ -133,7 +133,8 @@ def test_doctor_and_samples_list(cli):
     proc = cli("doctor", "--json")
     data = json.loads(proc.stdout)
     assert proc.returncode == 0 and {r["edge"] for r in data["routes"]} >= {"torch_to_onnx"}
-    assert all(r["available"] for r in data["runtimes"])
+    # Every runtime runs here but Core ML, which predicts on macOS only (doctor says why: test_doctor_apple)
+    assert all(r["available"] for r in data["runtimes"] if r["runtime"] != "coreml")
     proc = cli("samples", "list", "--json")
     assert {s["name"] for s in json.loads(proc.stdout)["samples"]} >= {"two_layer_net", "mobilenet_v2"}
     assert_clean_error(cli("samples", "build", "--only", "resnet"), 2, "unknown sample")
