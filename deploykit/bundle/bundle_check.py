@@ -70,13 +70,14 @@ def golden_report(path: Path, inputs: list, outputs: list, tolerance, timeout: f
 
 
 def _positions(contract: "dict | None", artifact: Artifact) -> tuple:
-    """({contract input: model input}, {contract output: model output}) paired by position, when the counts agree."""
+    """({contract input: model input}, {contract output: model output}) paired by position, where the names differ
+    and the counts agree (the same names are paired by name: a model may list them in another order)."""
     if contract is None:
         return {}, {}
     pairs = []
     for kind, names in (("inputs", artifact.spec.input_names), ("outputs", artifact.spec.output_names)):
         ours = [t["name"] for t in contract[kind]]
-        pairs.append(dict(zip(ours, names)) if len(ours) == len(names) else {})
+        pairs.append(dict(zip(ours, names)) if len(ours) == len(names) and set(ours) != set(names) else {})
     return tuple(pairs)
 
 
@@ -101,35 +102,30 @@ def verify_bundle(folder: "str | Path", timeout: float = 600.0, runtime: "str | 
         return parity.ParityReport("golden vectors", f"{folder.name}/{quoted(model)[1:-1]}", 0,
                                    parity.PRESETS["fp32"], problems=[f"tampered: {p}" for p in problems])
     entry = _runtime_for(info, runtime)
-    cannot = _cannot_run_here(info, entry)
-    if cannot:
-        report = parity.ParityReport("golden vectors", f"{folder.name}/{info['model']}", 0, tolerance,
-                                     problems=[cannot])
-    elif entry is not None and entry.emulates:
+    _refuse_if_it_cannot_run(folder, info, entry)
+    if entry is not None and entry.emulates:
         from deploykit.bundle.arm_selftest import selftest_on_arm
 
         report = selftest_on_arm(folder, info, tolerance, entry.name, arm_cpu, timeout)
     else:
         # A web bundle is checked where it will run: its browser runtime, in headless Chromium.
         chosen = entry.name if entry is not None else info["runtime"] if info["app"] == "web" else None
-        report = golden_report(folder / info["model"], inputs, outputs, tolerance, timeout, chosen)
+        report = golden_report(folder / info["model"], inputs, outputs, tolerance, timeout, chosen, contract)
     report.notes.append("contract: " + "; ".join(contracts.summary(contract)))
     return report
 
 
-def _cannot_run_here(info: dict, entry) -> str:
-    """Why the bundle's model cannot run on this machine ('' when it can: then it is run). A Core ML bundle off
-    macOS: its files were checked, its golden vectors were not — never a pass."""
-    from deploykit.registry import resolve, runtime_for
+def _refuse_if_it_cannot_run(folder: Path, info: dict, entry) -> None:
+    """A bundle whose model cannot run on this machine (Core ML off macOS) is never passed: once its files are
+    found unchanged, the runtime's problem is raised (exit 3), as `verify SOURCE MODEL` raises it."""
+    from deploykit.registry import runtime_for, runtime_problem
 
     if info["app"] == "web":
-        return ""
-    entry = entry or runtime_for(FORMAT_OF[info["model"]])
-    reason = resolve(entry.check)() if entry.check else ""
-    if not reason:
-        return ""
-    return (f"not run: {reason}, so its golden vectors were not checked (its files are unchanged since "
-            "packaging) — run `python app.py selftest` where its runtime runs")
+        return
+    problem = runtime_problem(entry or runtime_for(FORMAT_OF[info["model"]]), "to run the bundle's model")
+    if problem is not None:
+        raise MissingDependency(f"{folder.name}: its files are unchanged since packaging, but its golden vectors "
+                                f"were not run: {problem.message}", problem.remedy)
 
 
 def _runtime_for(info: dict, runtime: "str | None"):
