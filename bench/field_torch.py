@@ -57,3 +57,42 @@ def build_resemblyzer(weights: Path) -> Path:
     traced.save(str(staged))
     os.replace(staged, target)      # atomic, like tests/field.py's extraction
     return target
+
+
+FACENET = "facenet-pytorch==2.6.0"       # MIT; MTCNN's three stages ship as state_dicts beside their module code
+FACENET_MODULE = "facenet_pytorch/models/mtcnn.py"
+MTCNN_INPUTS = {"ONet": (1, 3, 48, 48), "RNet": (1, 3, 24, 24)}
+
+
+def build_mtcnn(module_file: Path, weights: Path, stage: str = "ONet") -> Path:
+    """MTCNN's ``stage`` (ONet: 48×48 face crop → box, 5 landmarks, face probability) from the wheel's own
+    ``mtcnn.py`` and its weights, saved as a torch.export program (``<stage>.pt2`` beside the weights); built once.
+
+    The wheel's ``mtcnn.py`` imports its detection utilities, which need torchvision, at module level; the network
+    classes never use them, so a stand-in module takes their place while the file is executed (torchvision is not
+    one of deploykit's dependencies). The class reads its weights from ``../data/<stage>.pt`` beside the module, as
+    the package lays them out."""
+    target = weights.with_name(f"{stage.lower()}.pt2")
+    if target.exists():
+        return target
+    import importlib.util
+    import sys
+    import types
+
+    import torch
+
+    for name in ("facenet_pytorch", "facenet_pytorch.models", "facenet_pytorch.models.utils"):
+        sys.modules.setdefault(name, types.ModuleType(name)).__path__ = []
+    stand_in = types.ModuleType("facenet_pytorch.models.utils.detect_face")
+    stand_in.detect_face = stand_in.extract_face = None
+    sys.modules[stand_in.__name__] = stand_in
+    spec = importlib.util.spec_from_file_location("facenet_pytorch.models.mtcnn", module_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    network = getattr(module, stage)(pretrained=False).eval()
+    network.load_state_dict(torch.load(str(weights), map_location="cpu", weights_only=True))
+    example = torch.rand(*MTCNN_INPUTS[stage], generator=torch.Generator().manual_seed(0))
+    staged = target.with_name(f"{target.stem}.partial.pt2")      # torch.export.save wants the .pt2 suffix
+    torch.export.save(torch.export.export(network, (example,)), str(staged))
+    os.replace(staged, target)
+    return target

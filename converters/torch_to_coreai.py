@@ -123,10 +123,11 @@ def _exported(model: LoadedModel, example: tuple, fp16: bool, dynamic_batch: boo
         from torch._export.converter import TS2EPConverter   # private; the ONNX and ExecuTorch edges use it too
 
         refuse_fused_fastpath(model.handle, "torch's TorchScript converter (hence Core AI)")
-        saved = TS2EPConverter(model.handle, example).convert()
-        if not fp16:
-            return saved
-    module = saved.module() if saved is not None else model.handle.eval()
+        # Its program leaves every dim but the first symbolic: exported again below, the shapes are the example's
+        # (or a batch Dim with --dynamic-batch), as for any module.
+        module = TS2EPConverter(model.handle, example).convert().module()
+    else:
+        module = saved.module() if saved is not None else model.handle.eval()
     shapes = None
     if dynamic_batch and saved is None:
         batch = torch.export.Dim("batch", min=1)

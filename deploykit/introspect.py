@@ -37,7 +37,7 @@ def inspect_model(path: str, load: LoadOptions = LoadOptions()) -> dict:
         info["sha256"] = sha256_of(path)
     if model.format == Format.ONNX:
         info.update(_onnx_graph_facts(path))
-    elif model.format == Format.TFLITE:
+    elif model.format in (Format.TFLITE, Format.COREAI, Format.COREML):    # op histograms their describe read
         ops = model.details.get("ops", {})
         info.update({"ops": ops, "nodes": sum(ops.values())})
     elif model.format == Format.EXECUTORCH:      # instructions: delegate calls by backend, portable kernels by op

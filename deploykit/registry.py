@@ -214,8 +214,7 @@ BROWSER_REMEDY = ("install Debian's chromium and npm (`apt-get install chromium 
                   "or set DEPLOYKIT_CHROMIUM to a Chromium executable")
 COREAI_REMEDY = ("coreai-core ships an x86-64 Linux wheel for glibc >= 2.34 and Python 3.11-3.14, and macOS wheels: "
                  "run on such a host (pip install 'deploykit[apple]')")
-COREML_REMEDY = ("Core ML predicts on macOS only (coremltools cannot run a model on Linux): verify on a Mac, or export "
-                 "--to coreai, which runs here")
+COREML_REMEDY = "verify on a Mac, or export --to coreai, which runs here"
 ARM_REMEDY = "run on a Debian/Ubuntu x86-64 host with apt-get (qemu and the arm64 Python come from Debian's packages)"
 RUNTIMES = (
     RuntimeEntry("torch", TORCH_FORMATS, "runtimes.torch_eager:TorchEagerRunner", ("torch",),

@@ -70,9 +70,12 @@ def describe(path: str) -> dict:
     except (RuntimeError, OSError, ValueError) as exc:
         raise ModelLoadError(f"{path}: Core AI cannot read the asset ({one_line(str(exc), 200)})",
                              "the folder is incomplete or from another coreai-core: export it again") from None
-    if summary is None or ENTRY_POINT not in summary.function_names:
+    if summary is None or not summary.function_names:      # a cut or emptied bytecode file reads as no program
+        raise ModelLoadError(f"{path}: Core AI cannot read the asset (its program holds no function: damaged or "
+                             "cut short)", "export it again, or copy the whole .aimodel folder again")
+    if ENTRY_POINT not in summary.function_names:
         raise ModelLoadError(f"{path}: the asset has no '{ENTRY_POINT}' function (its functions: "
-                             f"{', '.join(summary.function_names) if summary else 'none'})",
+                             f"{', '.join(summary.function_names)})",
                              "export it again with deploykit (one 'main' entry point)")
     inputs = tuple(_tensor(name, text) for name, text in summary.function_inputs(ENTRY_POINT))
     outputs = tuple(_tensor(name, text) for name, text in summary.function_outputs(ENTRY_POINT))
@@ -153,7 +156,7 @@ class CoreAIRunner(RunnerBase):
 
     @property
     def active_providers(self) -> list:
-        return ["coreai-core CPU runtime (reference: no GPU or Neural Engine off Apple hardware)"]
+        return ["coreai-core CPU (reference)"]     # off Apple hardware: no GPU, no Neural Engine, one thread setting
 
     def run(self, feeds: Mapping) -> dict:
         from coreai.runtime import NDArray

@@ -261,7 +261,8 @@ def exported(samples_dir, tmp_path_factory):
         mode = "int8" if int8_calibration else None
         key = (str(source), to, _resolved_route(source, to, via, mode), int8_calibration)
         if key not in cache:
-            suffix = {"onnx": ".onnx", "tflite": ".tflite", "saved_model": "_saved_model", "executorch": ".pte"}[to]
+            suffix = {"onnx": ".onnx", "tflite": ".tflite", "saved_model": "_saved_model", "executorch": ".pte",
+                      "coreai": ".aimodel", "coreml": ".mlpackage"}[to]
             if int8_calibration:
                 suffix = f"_int8_{hashlib.sha256(int8_calibration.encode()).hexdigest()[:8]}{suffix}"
             out = folder / (source_name.replace(".", "_") + f"_{key[2]}{suffix}")

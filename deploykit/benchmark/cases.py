@@ -29,6 +29,8 @@ ROWS = (
     ("litert_no_xnnpack", "litert", {"xnnpack": False}, {Format.TFLITE}, False),
     ("tensorflow", "tensorflow", {}, {Format.KERAS, Format.KERAS_H5, Format.SAVED_MODEL}, False),
     ("executorch", "executorch", {}, {Format.EXECUTORCH}, False),
+    # A reference runtime: Core AI's CPU path on Linux proves parity; its time is not an iPhone's (REFERENCE_ROWS).
+    ("coreai", "coreai", {}, {Format.COREAI}, False),
     ("onnxruntime-web", "onnxruntime-web", {}, {Format.ONNX}, False),
     ("litert-js", "litert-js", {}, {Format.TFLITE}, False),
     # Emulated ARM cores: parity against the native row's runtime, never a latency (benchmark.emulated). Only
@@ -38,6 +40,11 @@ ROWS = (
 )
 EMULATED_ROWS = ("litert-arm64", "onnxruntime-arm64")
 RESEARCH_ROWS = ("torch", "torch_compile", "tensorflow")
+# Rows whose runtime is marked `reference` in the registry: timed and shown, flagged, never a production speed-up.
+REFERENCE_ROWS = tuple(row[0] for row in ROWS if registry.runtime_entry(row[1]).reference)
+REFERENCE_NOTE = ("{rows}: a reference runtime — Apple Core AI's CPU path on Linux, tens of times slower than torch "
+                  "here and without the GPU or Neural Engine an Apple device has: its time is not device time and "
+                  "never counts as a production speed-up (its parity is what it proves)")
 MOBILE_DISCLAIMER = ("--profile mobile: LiteRT + XNNPACK on 1 and 2 pinned cores of this desktop/server CPU — "
                      "a stand-in for a phone's big cores, not a phone measurement")
 
@@ -96,7 +103,8 @@ def plan(models: list, options: BenchOptions) -> tuple:
                 for batch in options.batches:
                     affinity = list(range(threads)) if options.profile == "mobile" else None
                     cases.append({"model": path, "format": fmt.value, "row": name, "runtime": runtime,
-                                  "options": {"threads": threads, **extra}, "batch": batch, "affinity": affinity})
+                                  "options": {"threads": threads, **extra}, "batch": batch, "affinity": affinity,
+                                  **({"reference": True} if name in REFERENCE_ROWS else {})})
     if not cases and not skipped:
         raise UsageError("nothing to benchmark for these models and runtimes",
                          "give model files that one of the selected runtimes runs")
@@ -180,6 +188,9 @@ def bench(models: list, options: BenchOptions = BenchOptions(), load: Optional[d
         notes.append(f"{len(noisy)} case(s) had a wide spread (p90 more than {NOISY_SPREAD:.0%} above p50): the "
                      "machine was busy; rerun with more --iterations or on a quiet machine")
     notes += _bindings_notes(results)
+    reference = sorted({r["row"] for r in results if r.get("reference")})
+    if reference:
+        notes.append(REFERENCE_NOTE.format(rows=", ".join(reference)))
     if any(r["row"] in EMULATED_ROWS for r in results):
         notes.append("ARM rows run under qemu, 300-500x slower than the phone and not uniformly so: they show the "
                      "difference from the native runtime on the same feeds (max_abs, cosine), never a latency")
@@ -251,8 +262,8 @@ def headline(rows: list) -> Optional[dict]:
     for research_row in RESEARCH_ROWS:
         research = [r for r in ok if r["row"] == research_row]
         for base in research:
-            same = [r for r in ok if r["row"] not in RESEARCH_ROWS and r["options"].get("threads") ==
-                    base["options"].get("threads") and r["batch"] == base["batch"]]
+            same = [r for r in ok if r["row"] not in RESEARCH_ROWS + REFERENCE_ROWS and r["options"].get("threads")
+                    == base["options"].get("threads") and r["batch"] == base["batch"]]
             native = [r for r in same if r["row"] not in registry.BROWSER_RUNTIMES]
             if not native:
                 continue

@@ -142,7 +142,8 @@ def _seed_story_step(folder: Path, exported: dict, say, echo: bool, debug: bool)
     from deploykit.demo.seed_story import seed_story
 
     say("[bold]9. research vs production[/bold]: the two-layer net and MobileNetV2 exported to ONNX, TFLite and "
-        "ExecuTorch (each verified), then each benchmarked in its own process at 1 thread")
+        "ExecuTorch (each verified) — and to Core AI where it runs, a reference column — then each benchmarked "
+        "in its own process at 1 thread")
     table = seed_story(folder, {"two_layer_net": folder / "two_layer_net.pt", "mobilenet_v2": folder / "mobilenet_v2.pt2"},
                        exported, debug, echo=say)
     if echo:

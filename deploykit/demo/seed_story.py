@@ -3,6 +3,10 @@
 The two-layer net and MobileNetV2 are exported to ONNX, TFLite and ExecuTorch (each verified against its
 source on export), then every artifact and its PyTorch source is benchmarked in its own child process at
 1 thread: one table of latency, size, cold start and parity. `deploykit demo` runs it as its last step.
+
+Where coreai-core runs, a Core AI column joins them, marked "reference runtime, Linux CPU": the .aimodel is
+verified like the others, but Core AI's CPU path here is no iPhone (no GPU, no Neural Engine, tens of times
+slower than torch), so its time is shown for what it is and never as a speed-up (few iterations: seconds each).
 """
 from __future__ import annotations
 
@@ -19,6 +23,17 @@ TARGETS = (Format.ONNX, Format.TFLITE, Format.EXECUTORCH)
 ROWS = ("torch", "onnxruntime", "litert", "executorch")
 # Few iterations: the demo shows the gap (10× and more), not the third digit; `deploykit bench` measures that.
 TIMING = {"warmup": 5, "iterations": 30}
+REFERENCE_TARGETS = (Format.COREAI,)
+REFERENCE_ROW, REFERENCE_LABEL = "coreai", "coreai (reference runtime, Linux CPU)"
+REFERENCE_TIMING = {"warmup": 1, "iterations": 5}     # MobileNetV2 takes ~1.5 s a call there
+
+
+def reference_targets() -> tuple:
+    """The reference columns this host can fill: Core AI where coreai-core and coreai-torch are installed."""
+    from deploykit import registry
+
+    edge = next(e for e in registry.EDGES if e.name == "torch_to_coreai")
+    return REFERENCE_TARGETS if edge.available and registry.runtime_entry(REFERENCE_ROW).available else ()
 
 
 def seed_story(folder: Path, sources: dict, exported: dict, debug: bool = False, echo: Callable = None) -> dict:
@@ -26,8 +41,9 @@ def seed_story(folder: Path, sources: dict, exported: dict, debug: bool = False,
 
     ``sources`` maps a model name to its PyTorch file (the research row and the exports' source).
     """
+    reference = reference_targets()
     for name, source in sources.items():
-        for fmt in TARGETS:
+        for fmt in TARGETS + reference:
             if (name, fmt) not in exported:
                 out = folder / f"{name}{SUFFIXES[fmt]}"
                 if echo:
@@ -38,6 +54,10 @@ def seed_story(folder: Path, sources: dict, exported: dict, debug: bool = False,
     for name, source in sources.items():
         files = [str(source)] + [exported[(name, fmt)].artifact for fmt in TARGETS]
         measured = bench(files, BenchOptions(runtimes=ROWS, threads=(1,), **TIMING))
+        if reference:
+            files = [exported[(name, fmt)].artifact for fmt in reference]
+            measured["cases"] += bench(files, BenchOptions(runtimes=(REFERENCE_ROW,), threads=(1,),
+                                                           **REFERENCE_TIMING))["cases"]
         for case in measured["cases"]:
             rows.append(_row(name, case, exported))
     return with_speedups({"rows": rows, "timing": TIMING,
@@ -47,7 +67,8 @@ def seed_story(folder: Path, sources: dict, exported: dict, debug: bool = False,
 def _row(name: str, case: dict, exported: dict) -> dict:
     parity = next((r.parity for (model, _fmt), r in exported.items()
                    if model == name and Path(r.artifact).resolve() == Path(case["model"]).resolve()), None)
-    row = {"model": name, "runtime": case["row"], "file": Path(case["model"]).name,
+    row = {"model": name, "runtime": REFERENCE_LABEL if case.get("reference") else case["row"],
+           "file": Path(case["model"]).name, **({"reference": True} if case.get("reference") else {}),
            "parity_passed": parity.passed if parity else None,
            "max_abs": max((o.max_abs for o in parity.outputs), default=None) if parity else None}
     if "error" in case:
@@ -63,6 +84,6 @@ def with_speedups(table: dict) -> dict:
     research = {r["model"]: r.get("p50_ms") for r in table["rows"] if r["runtime"] == "torch"}
     for row in table["rows"]:
         base = research.get(row["model"])
-        if base and row.get("p50_ms") and row["runtime"] != "torch":
+        if base and row.get("p50_ms") and row["runtime"] != "torch" and not row.get("reference"):
             row["speedup_vs_torch"] = round(base / row["p50_ms"], 2)
     return table
