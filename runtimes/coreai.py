@@ -163,7 +163,7 @@ class CoreAIRunner(RunnerBase):
 
         arrays = {}
         for spec, name in zip(self.model.spec.inputs, self._names_in):
-            value = np.ascontiguousarray(feeds[spec.name], dtype=spec.dtype)
+            value = np.asarray(feeds[spec.name], dtype=spec.dtype, order="C")     # ascontiguousarray makes a scalar 1-d
             expected = [None if e is None or e < 0 else e for e in self._function.desc.input_descriptor(name).shape]
             if len(expected) != value.ndim or any(e is not None and e != d for e, d in zip(expected, value.shape)):
                 raise UsageError(f"input {spec.name!r} has shape {list(value.shape)}, the Core AI model takes "

@@ -216,3 +216,19 @@ def test_a_field_model_mtcnn_onet_exports_to_coreai_with_its_three_heads(tmp_pat
     assert result.passed and result.parity.tolerance.preset == "fp32"
     assert sorted(tuple(o.shape) for o in result.parity.outputs) == [(1, 2), (1, 4), (1, 10)]
     assert min(o.cosine for o in result.parity.outputs) > 0.99999
+
+
+@exporting
+def test_a_scalar_input_stays_a_scalar(tmp_path):
+    """A 0-d input (a gain, a sample rate) reaches Core AI as a 0-d array (np.ascontiguousarray made it [1])."""
+    import torch
+
+    class Scales(torch.nn.Module):
+        def forward(self, x, scale):
+            return x * scale + 1
+
+    torch.export.save(torch.export.export(Scales(), (torch.rand(2, 3), torch.tensor(2.0))), str(tmp_path / "s.pt2"))
+    assert run_cli("export", str(tmp_path / "s.pt2"), "--to", "coreai", "-o", str(tmp_path / "s.aimodel")).returncode == 0
+    proc = run_cli("verify", str(tmp_path / "s.pt2"), str(tmp_path / "s.aimodel"), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["passed"]
