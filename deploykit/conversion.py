@@ -22,7 +22,7 @@ from typing import Callable, Optional
 from deploykit.errors import (ConversionError, DeploykitError, MissingDependency, ModelLoadError, Outcome,
                               ParityError, UnsupportedModelError)
 from deploykit.layout import Layout
-from deploykit.parity import ParityReport
+from deploykit.parity import ParityReport, tolerance_for, unverifiable
 
 # check(candidate: Path | Artifact, samples, batch=None, layout=None, locate=False) -> ParityReport against the
 # source; the export API provides it so that an edge can verify its own intermediate results (exporter
@@ -62,7 +62,7 @@ class ExportOptions:
 
 def acceptable(report: ParityReport, options: ExportOptions) -> bool:
     """A check's report lets the hop stand: it passed, or (with --keep-unverified) nothing differed but the
-    reference could not tell — the artifact is kept and marked unverified."""
+    reference could not tell, or no runtime here could run the artifact — it is kept and marked unverified."""
     return report.passed or (options.keep_unverified and report.uninformative_only)
 
 
@@ -85,6 +85,7 @@ class ConversionResult:
     artifact: object = None                          # the Artifact of the file (set by a converter that opened it,
                                                      # else by accept); accept reuses it rather than reading again
     description: Optional[dict] = None               # a converter child's description of the file it wrote
+    static_checks: Optional[dict] = None             # what a file no runtime here can run was checked for instead
 
     @property
     def layout(self) -> Layout:
@@ -121,4 +122,31 @@ def accept(result: ConversionResult, check: Check, options: ExportOptions, tag: 
     if not acceptable(report, options):
         raise ConversionError(f"the {what} model does not match the source: {report.summary()}", remedy,
                               details={"parity": report.to_dict()}, outcome=Outcome.MISMATCH, report=report)
+    return result
+
+
+def keep_unverifiable(result: ConversionResult, options: ExportOptions, tag: str, what: str, reason: str,
+                      alternative: str, reference: str) -> ConversionResult:
+    """A hop whose artifact no runtime on this host can run (``reason``: the runtime's own) cannot be proven against
+    the source (``reference``: its label).
+
+    Its parity report says so — every output "unverifiable", no sample compared, never a pass — and, as for a
+    reference that cannot tell, the hop stands only with --keep-unverified (the export then exits 6, its manifest
+    says ``"verified": false`` and why). Without it: ConversionError (exit 4, nothing published) naming the reason,
+    the flag and ``alternative`` (a target that runs here). A converter calls this only when the registry's
+    runtime for its format is unavailable; where it is available, ``accept`` verifies the artifact as usual.
+    """
+    from deploykit.artifact import Artifact
+
+    artifact = result.artifact or Artifact.open(result.path, description=result.description)
+    report = unverifiable(reference, artifact.label, [t.name for t in artifact.spec.outputs], reason,
+                          tolerance_for("fp16" if options.quantize == "fp16" else "fp32"))
+    result.attempts.append({"tool": tag, "ok": False, "why": report.summary()})
+    result.parity, result.artifact = report, artifact
+    if not options.keep_unverified:
+        # A missing runtime, not a wrong result (the outcome the route table shows); exit 4 all the same: export
+        # promises a verified artifact, and this one cannot be, whatever is installed here.
+        raise ConversionError(f"the {what} cannot be verified here: {reason}",
+                              f"add --keep-unverified to keep it, marked unverified (exit 6), or {alternative}",
+                              outcome=Outcome.MISSING_DEPENDENCY, report=report)
     return result

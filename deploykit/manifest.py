@@ -79,7 +79,7 @@ MAX_MANIFEST_BYTES = 16 * 1024**2
 _SECTIONS = {"schema_version": int, "artifact": dict, "source": dict, "signature": dict, "layout": dict,
              "route": list, "routes": list, "parity": (dict, type(None)), "warnings": list, "precision": str,
              "versions": dict, "calibration": (dict, type(None)), "created": str, "contract": (dict, type(None)),
-             "contract_choices": dict}
+             "contract_choices": dict, "verified": bool, "unverified_reason": str}
 
 
 def well_formed(data) -> bool:

@@ -17,6 +17,7 @@ from deploykit.errors import UsageError
 # Outputs whose reference is this close to zero or to a constant make every metric
 # "pass" while proving nothing (a random classifier's uniform softmax, say).
 _DEGENERATE_EPS = 1e-6
+UNPROVEN = ("uninformative", "unverifiable")     # output statuses that neither pass nor fail
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def tolerance_for(precision: str = "fp32", atol: Optional[float] = None,
 class OutputResult:
     name: str
     candidate_name: str
-    status: str = "pass"             # pass | fail | uninformative
+    status: str = "pass"             # pass | fail | uninformative | unverifiable (nothing here could run the candidate)
     reason: str = ""
     shape: list = field(default_factory=list)
     dtype: str = ""
@@ -118,16 +119,26 @@ class ParityReport:
 
     @property
     def uninformative_only(self) -> bool:
-        """Nothing differs, but some output cannot tell (a constant or ~0 reference): unverified, not failed."""
-        return (not self.problems and bool(self.outputs) and all(o.status in ("pass", "uninformative")
+        """Nothing differs, but some output proves nothing — its reference cannot tell (a constant or ~0 output), or
+        no runtime here could run the candidate (``unverifiable``): unverified, not failed (--keep-unverified keeps
+        such an artifact, marked unverified)."""
+        return (not self.problems and bool(self.outputs) and all(o.status in ("pass",) + UNPROVEN
                                                                   for o in self.outputs)
-                and any(o.status == "uninformative" for o in self.outputs))
+                and any(o.status in UNPROVEN for o in self.outputs))
+
+    @property
+    def unverifiable(self) -> bool:
+        """The candidate was never run: no runtime on this host runs its format (see ``unverifiable``)."""
+        return any(o.status == "unverifiable" for o in self.outputs)
 
     @property
     def failing_samples(self) -> list:
         return sorted({s for o in self.outputs for s in o.failing_samples})
 
     def summary(self) -> str:
+        if self.unverifiable and self.uninformative_only:
+            reasons = sorted({o.reason for o in self.outputs if o.status == "unverifiable"})
+            return f"UNVERIFIED: {self.candidate} was not run: {'; '.join(reasons)}; static checks only"
         if self.passed:
             worst = max((o.max_abs or 0.0) for o in self.outputs) if self.outputs else 0.0
             return f"PASS: {len(self.outputs)} output(s) match on {self.samples} sample(s), max_abs {worst:.3g}"
@@ -143,8 +154,18 @@ class ParityReport:
             "samples": self.samples, "tolerance": asdict(self.tolerance),
             "outputs": [asdict(o) for o in self.outputs], "problems": list(self.problems),
             "notes": list(self.notes), "pairing": self.pairing, "summary": self.summary(),
+            **({"unverifiable": True} if self.unverifiable else {}),
             **({"location": self.location} if self.location else {}),
         }
+
+
+def unverifiable(reference: str, candidate: str, outputs: list, reason: str, tolerance: Tolerance) -> ParityReport:
+    """The report on a candidate no runtime on this host can run (``reason``: why): no sample compared, every output
+    (by name) "unverifiable". It never passes; like a reference that cannot tell, it is kept only with
+    --keep-unverified, marked unverified (``conversion.keep_unverifiable``)."""
+    report = ParityReport(reference, candidate, 0, tolerance)
+    report.outputs = [OutputResult(name, name, status="unverifiable", reason=reason) for name in outputs]
+    return report
 
 
 def permute(arrays: dict, perms: Optional[dict]) -> dict:

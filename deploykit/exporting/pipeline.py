@@ -144,7 +144,8 @@ def _export(request: ExportRequest) -> ExportResult:
                     judged_on)
     warnings = [w for hop in chosen.hops for w in hop.warnings] + judging.info.get("warnings", [])
     if chosen.unverified:
-        warnings.append(f"UNVERIFIED (kept with --keep-unverified): {chosen.final.parity.summary()}")
+        summary = chosen.final.parity.summary()
+        warnings.append(f"UNVERIFIED (kept with --keep-unverified): {summary.removeprefix('UNVERIFIED: ')}")
     return ExportResult(str(out), str(manifest.manifest_path(out)), chosen, runs, warnings,
                         time.perf_counter() - started, artifact, judged_on)
 
@@ -153,6 +154,8 @@ def _judge_on_arm(chosen, checker: Checker, judging: "_Judging", request: Export
     """The kept artifact judged on the ARM runtime of its format too (``arm_judging``): the manifest's
     ``judged_on``, or why x86 alone judged an fp16 artifact (None when no ARM judgment was due)."""
     runtime, cpu, why = on_arm
+    if chosen.final.parity is not None and chosen.final.parity.unverifiable:
+        return None       # never run anywhere here: no core judged it, not even x86
     if runtime:
         judged = arm_judging.judge(checker, chosen, judging.tolerance, judging.feeds, request.verify.samples,
                                    runtime, cpu, request.keep_unverified)
@@ -198,7 +201,8 @@ def _run_routes(request: ExportRequest, model, routes: list, checker: Checker, s
             runs.append(routing.run_route(route, model, folder / name, options, checker,
                                           judging.calibration[0] if judging.calibration else None, judging.tolerance,
                                           judging.feeds))
-            progress.update(index + 1, f"{runs[-1].name} {'passed' if runs[-1].passed else 'failed'}")
+            verdict = "kept unverified" if runs[-1].unverified else "passed" if runs[-1].passed else "failed"
+            progress.update(index + 1, f"{runs[-1].name} {verdict}")
             if runs[-1].passed and not route_all:
                 break
             _refuse_uninformative(runs[-1], checker, request.keep_unverified)
@@ -228,7 +232,7 @@ def measure_latency(artifact, feeds: dict, timeout: float) -> Optional[float]:
 def _measure_latency(runs: list, checker: Checker, timeout: float) -> None:
     """1-thread latency of each passing route's artifact (for --route all)."""
     for run in runs:
-        if run.passed:
+        if run.passed and not run.final.parity.unverifiable:      # an artifact no runtime here runs has no time
             source_feeds = checker.feeds(1)[0][1]
             run.latency_ms = measure_latency(run.artifact, checker.feeds_for(run.artifact, source_feeds, run.layout),
                                              timeout)
@@ -258,6 +262,8 @@ def _write_manifest(artifact, model: LoadedModel, chosen, runs: list, extra_file
         data["parity"]["judged_on"] = judged_on
     data["precision"] = mode or "fp32"
     data["verified"] = not chosen.unverified     # False: kept with --keep-unverified, its parity proves nothing
+    if chosen.unverified:
+        data["unverified_reason"] = final.parity.summary()
     data["contract"] = contract
     if request.contract:
         data["contract_choices"] = request.contract.to_dict()

@@ -38,15 +38,20 @@ def export_all_precisions(request: ExportRequest) -> dict:
     with Progress(f"--quantize all: {len(modes)} precisions", total=len(modes)) as progress:
         for done, mode in enumerate(modes, start=1):
             rows.extend(_export_precision(request, out, mode))
-            progress.update(done, f"{mode or 'fp32'} {'passed' if rows[-1].get('passed') else 'failed'}")
+            verdict = "passed" if rows[-1].get("passed") else "kept unverified" if rows[-1].get("unverified") else \
+                "failed"
+            progress.update(done, f"{mode or 'fp32'} {verdict}")
     baseline = next((r for r in rows if r["precision"] == "fp32" and "error" not in r), None)
     for row in rows:
         if baseline and "error" not in row:
             row["size_vs_fp32"] = round(row["bytes"] / baseline["bytes"], 3)
             row["speed_vs_fp32"] = round(baseline["latency_ms"] / row["latency_ms"], 2) if row["latency_ms"] else None
-    table = {"passed": all(r.get("passed") for r in rows if not r.get("superseded")), "source": request.source,
+    standing = [r for r in rows if not r.get("superseded")]
+    table = {"passed": all(r.get("passed") for r in standing), "source": request.source,
              "precisions": rows,
              "skipped": skipped}
+    if any(r.get("unverified") for r in standing) and all(r.get("passed") or r.get("unverified") for r in standing):
+        table["unverified"] = True     # kept with --keep-unverified (exit 6), never a pass
     if report_dir:
         from deploykit.exporting.precision_report import build_precision_report
 
@@ -73,11 +78,14 @@ def _row(mode: Optional[str], result, timeout: float) -> dict:
     from deploykit.inputs import random_feeds
 
     artifact = result.opened
-    latency = measure_latency(artifact, random_feeds(artifact.spec, 1)[0], timeout)
+    # An artifact no runtime here runs (a Core ML package on Linux) has no latency here.
+    latency = None if result.parity.unverifiable else measure_latency(artifact, random_feeds(artifact.spec, 1)[0],
+                                                                     timeout)
     worst = _metrics([vars(output) for output in result.parity.outputs])
     kept = [layer for hop in result.chosen.hops for layer in hop.kept_float]
     label = f"{mode} ({len(kept)} layer(s) float)" if kept else (mode or "fp32")
     return {"precision": label, "artifact": result.artifact, "passed": result.passed, "kept_float": kept,
+            **({"unverified": True} if result.unverified else {}),
             "bytes": artifact_size(result.artifact), "latency_ms": latency, "route": result.chosen.name,
             "warnings": result.warnings, "judged_on": _judged_on(result.parity), **worst}
 

@@ -22,7 +22,8 @@ from deploykit.model import LoadedModel
 FORBID_ENV = "DEPLOYKIT_TEST_FORBID_CONVERSION"
 
 # What a manifest keeps of each hop of the route it records.
-RECORDED_HOP_KEYS = ("edge", "tool", "outcome", "attempts", "notes", "parity_vs_source", "artifact_sha256", "kept_float")
+RECORDED_HOP_KEYS = ("edge", "tool", "outcome", "attempts", "notes", "parity_vs_source", "artifact_sha256", "kept_float",
+                     "static_checks")
 SUFFIXES = {Format.ONNX: ".onnx", Format.TFLITE: ".tflite", Format.SAVED_MODEL: "_saved_model",
             Format.EXECUTORCH: ".pte", Format.COREAI: ".aimodel", Format.COREML: ".mlpackage"}
 
@@ -70,7 +71,9 @@ class RouteRun:
         return self.final.artifact
 
     def to_dict(self) -> dict:
-        return {"route": self.name, "passed": self.passed, "outcome": self.outcome.value,
+        # A route kept unverified stands, but it did not pass: the table (printed, --json, the manifest) says so.
+        return {"route": self.name, "passed": self.passed and not self.unverified,
+                **({"unverified": True} if self.unverified else {}), "outcome": self.outcome.value,
                 "seconds": round(self.seconds, 2), "error": self.error.message if self.error else None,
                 "max_abs": self.worst("max_abs"), "cosine": self.worst("cosine", min),
                 "latency_ms_1thread": self.latency_ms,
@@ -99,6 +102,7 @@ def _hop_dict(edge, hop) -> dict:
     return {"edge": edge.name, "tool": hop.tool, "outcome": Outcome.OK.value, "attempts": hop.attempts,
             "notes": hop.notes, "parity_vs_source": hop.parity.summary() if hop.parity else None,
             **({"kept_float": hop.kept_float} if hop.kept_float else {}),
+            **({"static_checks": hop.static_checks} if hop.static_checks else {}),
             "artifact_sha256": artifact.sha256 if artifact is not None else None}
 
 
@@ -235,6 +239,9 @@ def _hop_artifact(result, layout: Layout) -> Artifact:
 
 
 def _check_dynamic_batch(run: RouteRun, checker) -> None:
+    if run.final.parity is not None and run.final.parity.unverifiable:     # nothing here runs it, at any batch
+        run.final.notes.append("not run at batch 3 either (dynamic batch): no runtime here runs it")
+        return
     report = checker.check(run.artifact, 2, batch=3, layout=run.layout)
     if not report.passed:
         raise ConversionError("the artifact does not run correctly at batch 3 with --dynamic-batch: "
