@@ -60,7 +60,7 @@ def test_each_default_is_declared_once_on_the_request():
 
 
 @pytest.mark.parametrize("changes, fragment", [
-    ({"to": "coreml"}, "unknown target 'coreml'"),
+    ({"to": "tensorrt"}, "unknown target 'tensorrt'"),
     ({"route": "best"}, "unknown --route 'best'"),
     ({"opset": 99}, "--opset 99 is outside"),
     ({"report": "out/"}, "--report on export needs --quantize all"),
@@ -100,7 +100,7 @@ def test_export_takes_a_request_but_not_a_request_and_options():
     with pytest.raises(UsageError, match="ExportRequest and route="):
         api.export(ExportRequest("m.pt2"), route="all")
     with pytest.raises(UsageError, match="unknown target"):       # the keyword form builds the same request
-        api.export("m.pt2", to="coreml")
+        api.export("m.pt2", to="tensorrt")
 
 
 def test_a_path_source_is_its_text(tmp_path):
