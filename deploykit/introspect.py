@@ -57,6 +57,8 @@ def inspect_model(path: str, load: LoadOptions = LoadOptions()) -> dict:
     if stored:
         info["manifest"] = {"route": [r.get("edge") for r in stored.get("route", [])],
                             "parity_passed": (stored.get("parity") or {}).get("passed")}
+        if stored.get("unverified_reason"):      # kept with --keep-unverified: say why, not just "False"
+            info["manifest"]["unverified"] = str(stored["unverified_reason"])
     return info
 
 

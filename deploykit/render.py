@@ -43,6 +43,14 @@ def _pct(value) -> str:
 
 
 def print_parity(report: dict, title: str = "") -> None:
+    if report.get("unverifiable"):     # never run: no table of metrics, no PASS or FAIL
+        from rich.markup import escape      # file and tensor names are the user's, not markup
+
+        console.print(f"{escape(title or report['candidate'])}  [yellow]UNVERIFIED[/yellow]\n  "
+                      f"{escape(report['summary'])}")
+        for note in report["notes"]:
+            console.print(f"  note: {escape(note)}")
+        return
     console.print(parity_table(report, title))
     tol = report["tolerance"]
     console.print(f"  {report['samples']} sample(s); tolerance {tol['preset']}: atol {tol['atol']:g}"
@@ -59,8 +67,8 @@ def print_routes(routes: list) -> None:
     for column in ("route", "status", "convert s", "max_abs", "cosine", "1-thread p50 ms", "kept"):
         table.add_column(column, justify="left" if column in ("route", "status") else "right")
     for route in routes:
-        status = "[green]pass[/green]" if route["passed"] else \
-            f"[red]{route.get('outcome', 'FAIL')}[/red] {(route['error'] or '')[:70]}"
+        status = "[green]pass[/green]" if route["passed"] else "[yellow]unverified[/yellow]" if \
+            route.get("unverified") else f"[red]{route.get('outcome', 'FAIL')}[/red] {(route['error'] or '')[:70]}"
         table.add_row(route["route"], status, _fmt(route["seconds"]), _fmt(route["max_abs"]),
                       _fmt(route["cosine"], 7), _fmt(route["latency_ms_1thread"]), "✓" if route.get("chosen") else "")
     console.print(table)
@@ -76,7 +84,9 @@ def print_precisions(result: dict) -> None:
             table.add_row(row["precision"], "[red]FAIL[/red]", "—", "—", "—", "—", _fmt(row.get("max_abs")),
                           _fmt(row.get("cosine"), 5), _pct(row.get("top1_agreement")), _pct(row.get("top5_agreement")))
             continue
-        table.add_row(row["precision"], "[green]pass[/green]" if row["passed"] else "[red]FAIL[/red]",
+        status = "[green]pass[/green]" if row["passed"] else "[yellow]unverified[/yellow]" if row.get("unverified") \
+            else "[red]FAIL[/red]"
+        table.add_row(row["precision"], status,
                       f"{row['bytes'] / 2**20:.2f}", _fmt(row.get("size_vs_fp32")), _fmt(row["latency_ms"]),
                       _fmt(row.get("speed_vs_fp32")), _fmt(row["max_abs"]), _fmt(row["cosine"], 5),
                       _pct(row["top1_agreement"]), _pct(row["top5_agreement"]))
@@ -166,7 +176,8 @@ def print_inspect(info: dict) -> None:
     for kind in ("inputs", "outputs"):
         for t in info["signature"][kind]:
             rng = t.get("value_range")
-            table.add_row(kind[:-1], t["name"], "x".join(map(str, t["shape"])) or "scalar", t["dtype"],
+            table.add_row(kind[:-1], t["name"], "x".join("?" if d is None else str(d) for d in t["shape"]) or "scalar",
+                          t["dtype"],
                           f"[{rng[0]}, {rng[1]})" if rng else "")
     console.print(table)
     if "parameters" in info or "nodes" in info:
@@ -182,7 +193,15 @@ def print_inspect(info: dict) -> None:
     if info.get("contract"):
         print_contract(info["contract"])
     if info.get("manifest"):
-        console.print(f"manifest: route {info['manifest']['route']}, parity passed: {info['manifest']['parity_passed']}")
+        if info["manifest"].get("unverified"):
+            from rich.markup import escape
+
+            why = info["manifest"]["unverified"]      # the report's summary: "UNVERIFIED: … was not run: …"
+            console.print(f"manifest: route {info['manifest']['route']}, "
+                          f"{escape(why if why.startswith('UNVERIFIED') else 'UNVERIFIED: ' + why)}")
+        else:
+            console.print(f"manifest: route {info['manifest']['route']}, parity passed: "
+                          f"{info['manifest']['parity_passed']}")
 
 
 def print_doctor(info: dict) -> None:
@@ -250,7 +269,8 @@ def print_bench(result: dict) -> None:
         if c.get("emulated"):      # an emulated core's wall time is no phone's latency: listed below the table
             continue
         lat = c["latency_ms"]
-        table.add_row(Path(c["model"]).name, c["row"], str(c["options"].get("threads")),
+        table.add_row(Path(c["model"]).name, c["row"] + (" (reference)" if c.get("reference") else ""),
+                      str(c["options"].get("threads")),
                       *(_fmt(lat[k]) for k in ("p50", "p90", "p99")), _fmt(c["throughput_per_s"]),
                       _fmt(c["time_to_first_result_s"]), f"{c['peak_rss_bytes'] / 2**20:.0f}",
                       _fmt(c.get("gflops_per_s")), _pct(c.get("fraction_of_peak")),
@@ -303,6 +323,11 @@ def print_bundle(info: dict) -> None:
         return
     console.print("the app needs: " + " ".join(info["runtime_requirements"]))
     print_contract(info["contract"])
+    if info.get("unverified"):        # package --keep-unverified: its golden vectors could not run here
+        from rich.markup import escape
+
+        console.print(f"[yellow]UNVERIFIED[/yellow]: the bundled model was not run on its golden vectors here "
+                      f"({escape(printable(str(info.get('unverified_reason'))))}); its app checks it where it runs")
     console.print(f"on the device: cd {info['bundle']} && pip install -r requirements.txt && "
                   "python app.py selftest")
 
@@ -318,10 +343,14 @@ def print_seed_story(table: dict) -> None:
             out.add_row(row["model"], row["runtime"], row["file"], "[red]error[/red]", "", "", "", "", row["error"][:60])
             continue
         parity = "source" if row["runtime"] == "torch" else _fmt(row["max_abs"])
-        out.add_row(row["model"], row["runtime"], row["file"], _fmt(row["p50_ms"]), _fmt(row.get("speedup_vs_torch")),
+        speedup = "reference" if row.get("reference") else _fmt(row.get("speedup_vs_torch"))
+        out.add_row(row["model"], row["runtime"], row["file"], _fmt(row["p50_ms"]), speedup,
                     f"{row['size_bytes'] / 1e6:.2f}", f"{row['cold_start_s']:.2f}",
                     f"{row['peak_rss_bytes'] / 2**20:.0f}", parity)
     console.print(out)
+    if any(r.get("reference") for r in table["rows"]):
+        console.print("  Core AI runs here on coreai-core's CPU path: it proves the .aimodel computes the same thing; "
+                      "its time is no iPhone's (no GPU, no Neural Engine), so it is never a speed-up")
     imports = [r for r in table["rows"] if r.get("bindings_import_s")]
     if imports:
         console.print(f"  ExecuTorch's cold start includes {max(r['bindings_import_s'] for r in imports):.1f} s of "

@@ -33,6 +33,10 @@ def plan(target: Format, mode: Optional[str], arm_cpu: Optional[str]) -> tuple:
         return runtime, arm_cpu, ""
     if mode != "fp16":
         return None, "", ""
+    if runtime is None and target in (Format.COREAI, Format.COREML):
+        # Apple's fp16 runs on its GPU and Neural Engine, which no emulator offers: the device judges it.
+        return None, "", (f"no emulator runs Apple's GPU or Neural Engine, whose fp16 differs from a CPU's: check "
+                          f"{target.value} fp16 on the device (the bundle's selftest)")
     if runtime is None:
         return None, "", f"no emulated ARM runtime runs {target.value} artifacts"
     from deploykit.emulation import userland
