@@ -247,3 +247,32 @@ def test_reading_a_package_imports_no_converter_frontend():
     proc = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).parents[1], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert proc.stdout.split() == ["[]", "True"], proc.stderr[-2000:]
+
+
+BASIC_PITCH = "basic-pitch==0.4.0"      # Spotify's note transcription model, shipped as ONNX, TFLite and Core ML
+BASIC_PITCH_DIR = "basic_pitch/saved_models/icassp_2022/nmp"
+
+
+@pytest.mark.coreml
+@pytest.mark.onnxruntime
+def test_a_field_core_ml_package_is_checked_statically_against_its_onnx_twin():
+    """basic-pitch 0.4.0 ships the same network as nmp.onnx and nmp.mlpackage (coremltools 7.0, spec 6, iOS 15):
+    inspect reads the package's facts without running it, its signature is the ONNX file's, and verify says plainly
+    that nothing here can run it (exit 3, one line) instead of a verdict."""
+    from tests.field import field_file, field_folder
+
+    package = field_folder(BASIC_PITCH, f"{BASIC_PITCH_DIR}.mlpackage")
+    onnx_file = field_file(BASIC_PITCH, f"{BASIC_PITCH_DIR}.onnx")
+    info = json.loads(run_cli("inspect", str(package), "--json").stdout)
+    assert info["format"] == "coreml" and info["details"]["model_type"] == "mlProgram"
+    assert info["details"]["spec_version"] == 6 and info["details"]["opset"] == "CoreML5"
+    assert "iOS15" in info["details"]["deployment_target"] and info["details"]["coremltools_version"] == "7.0"
+    assert info["ops"]["conv"] == 32 and info["nodes"] == sum(info["ops"].values())
+    twin = json.loads(run_cli("inspect", str(onnx_file), "--json").stdout)
+
+    def shapes(signature, kind):
+        return sorted(tuple(t["shape"][1:]) for t in signature[kind])      # the ONNX file leaves its batch dynamic
+
+    for kind in ("inputs", "outputs"):
+        assert shapes(info["signature"], kind) == shapes(twin["signature"], kind)
+    assert_clean_error(run_cli("verify", str(onnx_file), str(package)), 3, "no Core ML runtime on Linux")
