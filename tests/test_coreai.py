@@ -111,7 +111,8 @@ def aimodel(exported):
 
 
 @exporting
-@pytest.mark.parametrize("source", ["mobilenet_v2.pt2", "two_layer_custom_relu.pt2", "two_layer_net.pt"])
+@pytest.mark.parametrize("source", ["mobilenet_v2.pt2", "two_layer_custom_relu.pt2", "two_layer_net.pt",
+                                    "tiny_transformer.pt2"])
 def test_samples_export_to_coreai_and_pass_fp32_parity(samples_dir, exported, source):
     """torch.export programs, the custom autograd Function and a TorchScript archive (TS → ExportedProgram)."""
     result = exported(source, "coreai")
@@ -232,3 +233,11 @@ def test_a_scalar_input_stays_a_scalar(tmp_path):
     proc = run_cli("verify", str(tmp_path / "s.pt2"), str(tmp_path / "s.aimodel"), "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["passed"]
+
+
+@exporting
+def test_data_dependent_control_flow_is_refused_with_its_line_named(samples_dir, tmp_path):
+    proc = run_cli("export", "sample_models.dynamic:dynamic_gate", "--weights",
+                   str(samples_dir / "dynamic_gate.weights.pt"), "--to", "coreai", "-o", str(tmp_path / "g.aimodel"))
+    assert_clean_error(proc, 4, "data-dependent control flow at dynamic.py:23", "coreai-torch's exporter")
+    assert not list(tmp_path.iterdir())
