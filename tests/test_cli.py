@@ -52,7 +52,7 @@ def test_truncated_onnx_exits_2(samples_dir, tmp_path, exported):
 def test_usage_errors_exit_2(cli, samples_dir, tmp_path):
     src = str(samples_dir / "two_layer_net.pt2")
     assert_clean_error(cli("export", src, "--input", "x:64by1000"), 2, "bad shape")
-    assert_clean_error(cli("export", src, "--to", "coreml"), 2, "unknown target")
+    assert_clean_error(cli("export", src, "--to", "tensorrt"), 2, "unknown target")
     assert_clean_error(cli("export", src, "--input", "y:64x1000", "-o", str(tmp_path / "a.onnx")), 2,
                        "--input names y")
     np.savez(tmp_path / "wrong.npz", z=np.zeros((64, 1000), np.float32), w=np.zeros(3))

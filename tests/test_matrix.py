@@ -58,7 +58,7 @@ def test_toml_and_yaml_give_the_same_cells_with_paths_relative_to_the_spec(tmp_p
 
 @pytest.mark.parametrize("text, fragment", [
     ('[matrix]\nprecisions = ["fp32"]\n[[models]]\npath = "a.onnx"\n', "targets is missing"),
-    ('[matrix]\ntargets = ["coreml"]\n[[models]]\npath = "a.onnx"\n', "unknown target 'coreml'"),
+    ('[matrix]\ntargets = ["tensorrt"]\n[[models]]\npath = "a.onnx"\n', "unknown target 'tensorrt'"),
     ('[matrix]\ntargets = ["onnx"]\nprecisions = ["int4"]\n[[models]]\npath = "a.onnx"\n', "unknown precision 'int4'"),
     ('[matrix]\ntargets = ["onnx"]\ncolour = 1\n[[models]]\npath = "a.onnx"\n', "unknown [matrix] key 'colour'"),
     ('[matrix]\ntargets = ["onnx"]\n', "lists no models"),
@@ -192,7 +192,7 @@ def test_unsupported_cells_are_recorded_without_running_and_resume(tmp_path):
     statuses = {(c["model"], c["target"]): (c["status"], c["verdict"]) for c in first["cells"]}
     assert statuses[("a.onnx", "onnx")] == ("unsupported", "the model is already onnx")
     assert statuses[("again", "saved_model")][0] == "unsupported"
-    assert "--quantize applies to --to onnx, tflite or executorch" in statuses[("again", "saved_model")][1]
+    assert "--quantize applies to --to onnx, tflite, executorch, coreai or coreml" in statuses[("again", "saved_model")][1]
     assert statuses[("again", "executorch")][0] == "unsupported"
     assert first["passed"] and first["summary_line"] == "0 passed, 0 failed, 3 unsupported"
     page = (tmp_path / "out" / "matrix.html").read_text()
