@@ -53,8 +53,14 @@ def test_demo_runs_end_to_end_with_the_research_vs_production_table(tmp_path):
     assert result["passed"], result
     assert result["steps"][-2]["expected_failure"]["exit_code"] == 4
     story = result["steps"][-1]
+    from deploykit.demo.seed_story import REFERENCE_LABEL, reference_targets
+
+    runtimes = ("torch", "onnxruntime", "litert", "executorch") + ((REFERENCE_LABEL,) if reference_targets() else ())
     assert {(r["model"], r["runtime"]) for r in story["rows"]} == \
-        {(m, r) for m in ("two_layer_net", "mobilenet_v2") for r in ("torch", "onnxruntime", "litert", "executorch")}
+        {(m, r) for m in ("two_layer_net", "mobilenet_v2") for r in runtimes}
+    for row in story["rows"]:      # Core AI's Linux CPU path: verified, timed, never a speed-up
+        assert bool(row.get("reference")) == (row["runtime"] == REFERENCE_LABEL)
+        assert not row.get("reference") or "speedup_vs_torch" not in row
     for row in story["rows"]:
         assert row["p50_ms"] > 0 and row["size_bytes"] > 0 and row["cold_start_s"] > 0, row
         assert row["runtime"] == "torch" or (row["parity_passed"] and row["max_abs"] < 1e-3), row
