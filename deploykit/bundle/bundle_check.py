@@ -120,7 +120,7 @@ def _refuse_if_it_cannot_run(folder: Path, info: dict, entry) -> None:
     found unchanged, the runtime's problem is raised (exit 3), as `verify SOURCE MODEL` raises it."""
     from deploykit.registry import runtime_for, runtime_problem
 
-    if info["app"] == "web":
+    if info["app"] == "web" or FORMAT_OF[info["model"]] not in FOLDER_MODELS:     # those runtimes say it themselves
         return
     problem = runtime_problem(entry or runtime_for(FORMAT_OF[info["model"]]), "to run the bundle's model")
     if problem is not None:
