@@ -27,7 +27,8 @@ _q, _v, _l = (partial(option_default, cls) for cls in (QuantizeOptions, VerifyOp
 
 app = typer.Typer(
     name="deploykit", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-    help="Export PyTorch and Keras models to ONNX, TFLite, SavedModel and ExecuTorch, prove the export computes "
+    help="Export PyTorch and Keras models to ONNX, TFLite, SavedModel, ExecuTorch and Apple Core AI / Core ML, "
+         "prove the export computes "
          "the same thing (natively and in the browser), and measure what production gains. Exit codes: 0 ok, "
          "1 verification failed, 2 bad usage/input, 3 missing dependency, 4 conversion failed, 5 internal error, "
          "6 kept unverified (--keep-unverified), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).",
@@ -56,8 +57,10 @@ def _export_exit_code(data: dict) -> int:
 def export(
     source: Annotated[str, typer.Argument(help="Model file (TorchScript .pt, torch.export .pt2, Keras .keras/.h5, "
                                                "SavedModel dir, ONNX, TFLite) or package.module:factory.")],
-    to: Annotated[str, typer.Option("--to", help="Target format: onnx, tflite, saved_model or executorch (.pte, "
-                                    "XNNPACK-delegated; from PyTorch sources).")] = _D.to,
+    to: Annotated[str, typer.Option("--to", help="Target format: onnx, tflite, saved_model, executorch (.pte, "
+                                    "XNNPACK-delegated), coreai (Apple Core AI .aimodel, verified on coreai-core's "
+                                    "CPU runtime) or coreml (Core ML .mlpackage: static checks only off macOS, "
+                                    "needs --keep-unverified); the last three from PyTorch sources.")] = _D.to,
     via: Annotated[Optional[str], typer.Option("--via", help="Only routes through this format or tool, e.g. "
                                                "litert (litert-torch) or onnx (via ONNX + onnx2tf).")] = _D.via,
     route: Annotated[str, typer.Option("--route", help="first: keep the first route whose artifact matches "
@@ -117,6 +120,7 @@ def export(
     Examples: deploykit export model.pt2 --to onnx -o model.onnx ;
     deploykit export model.pt2 --to tflite --route all ; deploykit export model.keras --to tflite ;
     deploykit export model.pt2 --to executorch --quantize int8 --calibration images/ ;
+    deploykit export model.pt2 --to coreai --quantize fp16 ;
     deploykit export model.pt2 --to tflite --quantize all --calibration images/ -o m.tflite --report precisions/
     """
     def action() -> dict:
@@ -155,8 +159,9 @@ def verify(
                        "where it runs the artifact's format (repeatable; each gives its own report): onnxruntime, "
                        "litert, the browser runtimes onnxruntime-web (.onnx) and litert-js (.tflite) in "
                        "headless Chromium, and the emulated ARM runtimes litert-arm64 (.tflite) and "
-                       "onnxruntime-arm64 (.onnx), each shown beside its x86 runtime. Default: the format's native "
-                       "runtime.")] = None,
+                       "onnxruntime-arm64 (.onnx), each shown beside its x86 runtime. Core AI assets (.aimodel) "
+                       "run on coreai (coreai-core's CPU runtime: a reference, not device time); Core ML packages "
+                       "(.mlpackage) on coreml, macOS only. Default: the format's native runtime.")] = None,
     arm_cpu: ArmCpu = _v("arm_cpu"), locate: Locate = _v("locate"), layout: Layout = _v("layout"),
     report: Annotated[Optional[str], typer.Option("--report", help="With --locate: write locate.html (error along "
                       "depth plotted, every layer table), locate.png and locate.json into this folder.")] = None,
@@ -168,6 +173,7 @@ def verify(
     Every artifact is compared with the source, and each with the previous one (a chain
     report); recorded layout permutations (manifest) are applied. With --locate, also layer by layer.
     Examples: deploykit verify model.pt2 model.onnx model.tflite ; deploykit verify bundle/ ;
+    deploykit verify model.pt2 model.onnx model.tflite model.aimodel ;
     deploykit verify model.pt2 model.onnx --runtime onnxruntime --runtime onnxruntime-web ;
     deploykit verify model.pt2 model.tflite --locate ;
     deploykit verify model.pt2 model.tflite --runtime litert-arm64 --arm-cpu cortex-a53
@@ -186,8 +192,9 @@ def verify(
 
 @app.command()
 def package(
-    artifact: Annotated[str, typer.Argument(help="An .onnx or .tflite artifact (its deploykit manifest names the "
-                                               "source that makes the golden vectors).")],
+    artifact: Annotated[str, typer.Argument(help="An .onnx, .tflite, Core AI .aimodel or Core ML .mlpackage artifact "
+                                               "(its deploykit manifest names the source that makes the golden "
+                                               "vectors).")],
     output: Annotated[str, typer.Option("-o", "--output", help="The bundle folder to write.")],
     app_kind: Annotated[str, typer.Option("--app", help="The app to generate: python (app.py: numpy + the one "
                         "runtime) or web (a static site: onnxruntime-web / LiteRT.js in the browser, a self-test "
@@ -198,6 +205,8 @@ def package(
     samples: Annotated[int, typer.Option("--samples", help="Golden vectors: seeded input samples.")] = 8,
     seed: Seed = 0, npz: Npz = None, timeout: Timeout = 600.0, force: Annotated[bool, typer.Option(
         "--force", help="Replace a bundle folder deploykit wrote before.")] = False,
+    keep_unverified: Annotated[bool, typer.Option("--keep-unverified", help="Write the bundle of a model no "
+                               "runtime here can run (Core ML off macOS), marked unverified; exit 6.")] = False,
     as_json: Json = False, debug: Debug = False,
 ) -> None:
     """Bundle an artifact for a device app: model (contract in its metadata), contract.json, labels, golden
@@ -211,10 +220,11 @@ def package(
         from deploykit.bundle.packaging import PackageOptions
 
         options = PackageOptions(app=app_kind, labels=labels, normalize=normalize, task=task, samples=samples,
-                                 source=source, verify=_verify_options(samples, seed, npz, None, None, None, timeout))
+                                 source=source, keep_unverified=keep_unverified,
+                                 verify=_verify_options(samples, seed, npz, None, None, None, timeout))
         return api.package(artifact, output, options, force=force)
 
-    _run(action, as_json, debug, _lazy("print_bundle"))
+    _run(action, as_json, debug, _lazy("print_bundle"), _export_exit_code)
 
 
 @app.command()
@@ -369,7 +379,8 @@ def report_command(
 
 @app.command()
 def inspect(
-    model: Annotated[str, typer.Argument(help="Model file or package.module:factory.")],
+    model: Annotated[str, typer.Argument(help="Model file or folder (SavedModel, Core AI .aimodel, Core ML "
+                                              ".mlpackage), or package.module:factory.")],
     inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds a child process may take to read a file "
                                            "whose runtime could crash on it (TFLite).")] = 600.0,
