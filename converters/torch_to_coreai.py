@@ -19,10 +19,10 @@ from pathlib import Path
 
 from deploykit.child import CONVERT, run_child
 from deploykit.constructs import data_dependence_named, refuse_fused_fastpath
-from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
+from deploykit.conversion import Check, ConversionResult, ExportOptions, accept, with_source_names
 from deploykit.errors import ConversionError
 from deploykit.formats import Format
-from deploykit.model import LoadedModel, LoadOptions
+from deploykit.model import LoadedModel, LoadOptions, child_load_options
 from deploykit.text import one_line
 
 EXAMPLE_SEED = 1234
@@ -34,7 +34,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
-    load = model.load or LoadOptions(weights=model.weights, trust_pickle=model.format == Format.TORCH_PICKLE)
+    load = child_load_options(model)
     request = {"source": model.path, "format": model.format.value, "load": load.to_dict(), "out": str(out_path),
                "fp16": options.quantize == "fp16", "dynamic_batch": options.dynamic_batch}
     info = run_child("converters.torch_to_coreai:job", request, stage=CONVERT, what="Core AI (coreai-torch)",
@@ -78,7 +78,7 @@ def job(request: dict, arrays: dict) -> dict:
             converter.to_coreai().save_asset(Path(request["out"]))
         except (ValueError, RuntimeError, NotImplementedError, TypeError, AssertionError) as exc:
             raise _conversion_error(exc) from None
-    artifact = _source_names(describe_file(request["out"]), model.spec)
+    artifact = with_source_names(describe_file(request["out"]), model.spec)
     return {"tool": f"coreai-torch {coreai_torch.__version__} TorchConverter (torch {torch.__version__})",
             "artifact": artifact, "renamed": renamed, "ops_note": _ops_note(artifact["details"])}
 
@@ -94,16 +94,6 @@ def _identifiers(names: list, renamed: dict) -> tuple:
         given.append(f"t{index}_{clean}"[:64])
         renamed = {**renamed, name: given[-1]}
     return given, renamed
-
-
-def _source_names(description: dict, source) -> dict:
-    """The asset's tensors under the source's names (by position: the runner maps them to the asset's own)."""
-    for kind, tensors in (("inputs", source.inputs), ("outputs", source.outputs)):
-        entries = description["spec"][kind]
-        if len(entries) == len(tensors):
-            for entry, tensor in zip(entries, tensors):
-                entry["name"] = tensor.name
-    return description
 
 
 def _output_count(program) -> int:

@@ -32,10 +32,10 @@ from pathlib import Path
 from deploykit import registry
 from deploykit.child import CONVERT, run_child
 from deploykit.constructs import data_dependence_named, refuse_fused_fastpath
-from deploykit.conversion import Check, ConversionResult, ExportOptions, accept, keep_unverifiable
+from deploykit.conversion import Check, ConversionResult, ExportOptions, accept, with_source_names, keep_unverifiable
 from deploykit.errors import ConversionError
 from deploykit.formats import Format
-from deploykit.model import LoadedModel, LoadOptions
+from deploykit.model import LoadedModel, LoadOptions, child_load_options
 from deploykit.parity import normalised_name
 from deploykit.text import one_line
 
@@ -48,7 +48,7 @@ _COREML_DTYPE = {"int64": "int32"}
 
 
 def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
-    load = model.load or LoadOptions(weights=model.weights, trust_pickle=model.format == Format.TORCH_PICKLE)
+    load = child_load_options(model)
     request = {"source": model.path, "format": model.format.value, "load": load.to_dict(), "out": str(out_path),
                "fp16": options.quantize == "fp16", "dynamic_batch": options.dynamic_batch}
     info = run_child("converters.torch_to_coreml:job", request, stage=CONVERT, what="Core ML (coremltools)",
@@ -94,7 +94,7 @@ def job(request: dict, arrays: dict) -> dict:
     description = describe_file(request["out"])      # reloaded from disk with skip_model_load
     checks = static_checks(model.spec.to_dict(), description, request["fp16"])
     return {"tool": f"coremltools {ct.__version__} convert → mlprogram {TARGET} (torch {torch.__version__})",
-            "artifact": _source_names(description, model.spec), "static_checks": checks}
+            "artifact": with_source_names(description, model.spec), "static_checks": checks}
 
 
 def _coremltools():
@@ -210,17 +210,6 @@ def _conversion_error(exc: Exception, op) -> ConversionError:
                                f"({reason})", "rewrite that part of the model with supported ops, or export --to "
                                "coreai / onnx / tflite")
     return ConversionError(f"coremltools could not convert the model: {reason}", REMEDY)
-
-
-def _source_names(description: dict, source) -> dict:
-    """The package's tensors under the source's names, by position (coremltools replaces characters such as '.'
-    and ':'; the manifest keeps the source's names, ``details.package_names`` the package's)."""
-    for kind, tensors in (("inputs", source.inputs), ("outputs", source.outputs)):
-        entries = description["spec"][kind]
-        if len(entries) == len(tensors):
-            for entry, tensor in zip(entries, tensors):
-                entry["name"] = tensor.name
-    return description
 
 
 def static_checks(source: dict, description: dict, fp16: bool) -> dict:

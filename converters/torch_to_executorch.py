@@ -21,10 +21,10 @@ from pathlib import Path
 
 from deploykit.child import CONVERT, pack_samples, run_child, unpack_samples
 from deploykit.constructs import data_dependence_named, refuse_fused_fastpath
-from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
+from deploykit.conversion import Check, ConversionResult, ExportOptions, accept, with_source_names
 from deploykit.errors import ConversionError
 from deploykit.formats import Format
-from deploykit.model import LoadedModel, LoadOptions
+from deploykit.model import LoadedModel, LoadOptions, child_load_options
 
 EXAMPLE_SEED = 1234
 REMEDY = "run with --debug for exir's log; try --to onnx or --to tflite, or report the model to ExecuTorch"
@@ -34,7 +34,7 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
     if options.dynamic_batch:
         raise ConversionError("the ExecuTorch route exports a fixed batch (XNNPACK's dynamic shapes need upper "
                               "bounds deploykit does not ask for)", "export a fixed batch, or use --to onnx")
-    load = model.load or LoadOptions(weights=model.weights, trust_pickle=model.format == Format.TORCH_PICKLE)
+    load = child_load_options(model)
     request = {"source": model.path, "format": model.format.value, "load": load.to_dict(), "out": str(out_path), "quantize": options.quantize}
     arrays = pack_samples(options.calibration_feeds(model)) if options.quantize == "int8" else None
     info = run_child("converters.torch_to_executorch:job", request, arrays=arrays, stage=CONVERT,
@@ -73,22 +73,12 @@ def job(request: dict, arrays: dict) -> dict:
             calibration = [tuple(torch.from_numpy(f[t.name]) for t in inputs) for f in unpack_samples(arrays)]
             program = _quantized(program, example, request["quantize"], calibration)
         delegated, left_out = _lower_and_write(program, request["out"])
-    artifact = _source_names(describe_file(request["out"]), model.spec)
+    artifact = with_source_names(describe_file(request["out"]), model.spec)
     placement = artifact["details"]["delegation"]
     return {"tool": f"executorch {et_version} to_edge_transform_and_lower + XnnpackPartitioner "
                     f"(torch {torch.__version__})",
             "artifact": artifact, "portable_ops": placement["portable_ops"], "left_out": left_out,
             "coverage": _coverage(delegated, placement)}
-
-
-def _source_names(description: dict, source) -> dict:
-    """A .pte keeps no tensor names: give the artifact the source's, by position (its manifest records them)."""
-    for kind, tensors in (("inputs", source.inputs), ("outputs", source.outputs)):
-        entries = description["spec"][kind]
-        if len(entries) == len(tensors):
-            for entry, tensor in zip(entries, tensors):
-                entry["name"] = tensor.name
-    return description
 
 
 def _exported(model: LoadedModel, example: tuple):

@@ -23,7 +23,7 @@ from deploykit.conversion import Check, ConversionResult, ExportOptions, accepta
 from deploykit.errors import ConversionError, exhaustion
 from deploykit.formats import Format
 from deploykit.inputs import random_feeds
-from deploykit.model import LoadedModel, LoadOptions
+from deploykit.model import LoadedModel, LoadOptions, child_load_options
 from deploykit.quiet import captured_output
 from deploykit.text import brief, exception_chain
 
@@ -71,7 +71,7 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
 def _export_in_child(model: LoadedModel, strategy: str, out_path: Path, options: ExportOptions) -> dict:
     """One exporter's attempt, in the command's reused child: the exporters need the live module, and the
     source is deserialized there (torch's loader may abort on a crafted file) — once for every attempt."""
-    load = model.load or LoadOptions(weights=model.weights, trust_pickle=model.format == Format.TORCH_PICKLE)
+    load = child_load_options(model)
     request = {"source": model.path, "format": model.format.value, "load": load.to_dict(), "out": str(out_path),
                "strategy": strategy, "opset": options.opset, "dynamic_batch": options.dynamic_batch,
                "debug": options.debug}

@@ -23,7 +23,7 @@ from deploykit.constructs import data_dependence_named
 from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.errors import ConversionError
 from deploykit.formats import Format
-from deploykit.model import LoadedModel, LoadOptions
+from deploykit.model import LoadedModel, LoadOptions, child_load_options
 
 EXAMPLE_SEED = 1234
 
@@ -33,7 +33,7 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
         raise ConversionError("the litert-torch route does not make dynamic batch sizes",
                               "use --via onnx with --dynamic-batch, or export a fixed batch")
     # The child loads the source itself, the way the user asked for it: it need not wait for the parent's load.
-    load = model.load or LoadOptions(weights=model.weights, trust_pickle=model.format == Format.TORCH_PICKLE)
+    load = child_load_options(model)
     request = {"source": model.path, "format": model.format.value, "load": load.to_dict(), "out": str(out_path), "quantize": options.quantize}
     arrays = _stacked(options.calibration_feeds(model), model.spec.input_names) if options.quantize == "int8" else None
     info = run_child("converters.torch_to_tflite:job", request, arrays=arrays, stage=CONVERT, what="litert-torch",

@@ -150,3 +150,14 @@ def keep_unverifiable(result: ConversionResult, options: ExportOptions, tag: str
                               f"add --keep-unverified to keep it, marked unverified (exit 6), or {alternative}",
                               outcome=Outcome.MISSING_DEPENDENCY, report=report)
     return result
+
+
+def with_source_names(description: dict, source) -> dict:
+    """A converter child's description of its artifact, with the source's tensor names by position (the artifact
+    keeps none or other ones; the manifest records the source's, which ``named_as_recorded`` reads back)."""
+    for kind, tensors in (("inputs", source.inputs), ("outputs", source.outputs)):
+        entries = description["spec"][kind]
+        if len(entries) == len(tensors):
+            for entry, tensor in zip(entries, tensors):
+                entry["name"] = tensor.name
+    return description

@@ -147,14 +147,23 @@ def _regular(path: Path) -> bool:
         return False
 
 
+def tree_entries(folder: "str | Path") -> list:
+    """[(relative name, path, kind)] of every entry under ``folder`` that is not a folder, sorted; kind is "link"
+    (a link to anything, folders included: never followed), "file" (a regular file) or "other" (a FIFO, device or
+    socket)."""
+    folder, found = Path(folder), []
+    for directory, subdirs, names in os.walk(folder):         # os.walk does not descend into linked folders
+        here = Path(directory)
+        for name in sorted(names + [d for d in subdirs if (here / d).is_symlink()]):
+            path = here / name
+            kind = "link" if path.is_symlink() else "file" if path.is_file() else "other"
+            found.append((path.relative_to(folder).as_posix(), path, kind))
+    return sorted(found)
+
+
 def _tree(folder: Path) -> list:
     """Every entry under ``folder`` that is not a folder (links included, never followed), as relative names."""
-    found = []
-    for directory, subdirs, names in os.walk(folder):
-        here = Path(directory)
-        links = [d for d in subdirs if (here / d).is_symlink()]
-        found += [(here / n).relative_to(folder).as_posix() for n in names + links]
-    return found
+    return [relative for relative, _path, _kind in tree_entries(folder)]
 
 
 def overlaps(a: "str | Path", b: "str | Path") -> bool:

@@ -153,6 +153,28 @@ def _with_manifest_layouts(model: LoadedModel) -> LoadedModel:
     return model
 
 
+def named_as_recorded(path: str, spec: ModelSpec) -> ModelSpec:
+    """``spec`` under the tensor names deploykit's manifest beside ``path`` records (by position): for formats that
+    keep no names (.pte) or must take others (Core AI identifiers, Core ML's replaced '.' and ':')."""
+    from deploykit.manifest import read as read_manifest
+
+    signature = (read_manifest(path) or {}).get("signature") or {}
+
+    def named(tensors: tuple, kind: str) -> tuple:
+        recorded = [t.get("name") for t in signature.get(kind) or [] if isinstance(t, dict)]
+        if len(recorded) != len(tensors) or not all(isinstance(n, str) and n for n in recorded):
+            return tensors
+        return tuple(replace(t, name=n) for t, n in zip(tensors, recorded))
+
+    return ModelSpec(named(spec.inputs, "inputs"), named(spec.outputs, "outputs"))
+
+
+def child_load_options(model) -> LoadOptions:
+    """How a converter's child loads the source again: the export's own load options, else those its weights and
+    format imply (a fully pickled module was only accepted with --trust-pickle)."""
+    return model.load or LoadOptions(weights=model.weights, trust_pickle=model.format == Format.TORCH_PICKLE)
+
+
 def _json_safe(value) -> bool:
     try:
         json.dumps(value)

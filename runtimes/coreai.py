@@ -20,7 +20,7 @@ import numpy as np
 
 from deploykit.errors import ModelLoadError, UsageError
 from deploykit.formats import Format
-from deploykit.model import LoadedModel, LoadOptions
+from deploykit.model import LoadedModel, LoadOptions, named_as_recorded
 from deploykit.runner import RunnerBase, RunnerOptions
 from deploykit.spec import ModelSpec, TensorSpec, merge_user_specs
 from deploykit.text import one_line
@@ -101,27 +101,9 @@ def _tensor(name: str, text: str) -> TensorSpec:
 
 def load_model(path: str, fmt: Format, options: LoadOptions) -> LoadedModel:
     info = describe(path)
-    spec = _named_from_manifest(path, ModelSpec.from_dict(info["spec"]))
+    spec = named_as_recorded(path, ModelSpec.from_dict(info["spec"]))
     spec = ModelSpec(tuple(merge_user_specs(spec.inputs, options.input_specs)), spec.outputs)
     return LoadedModel(path=path, format=fmt, spec=spec, details=info["details"])
-
-
-def _named_from_manifest(path: str, spec: ModelSpec) -> ModelSpec:
-    """The source's tensor names, which deploykit's manifest beside the asset records (by position), where the
-    asset had to take others (Core AI names values as identifiers)."""
-    from dataclasses import replace
-
-    from deploykit.manifest import read
-
-    signature = (read(path) or {}).get("signature") or {}
-
-    def named(tensors: tuple, kind: str) -> tuple:
-        recorded = [t.get("name") for t in signature.get(kind) or [] if isinstance(t, dict)]
-        if len(recorded) != len(tensors) or not all(isinstance(n, str) and n for n in recorded):
-            return tensors
-        return tuple(replace(t, name=n) for t, n in zip(tensors, recorded))
-
-    return ModelSpec(named(spec.inputs, "inputs"), named(spec.outputs, "outputs"))
 
 
 class CoreAIRunner(RunnerBase):

@@ -231,15 +231,11 @@ def _listed_name(name) -> str:
 def _unlisted(folder: Path, files: dict) -> list:
     """Links anywhere in the bundle, and files its manifest does not list (os.walk does not follow links)."""
     problems = []
-    for directory, subdirs, names in os.walk(folder):
-        here = Path(directory)
-        for name in sorted(subdirs + names):
-            path = here / name
-            relative = path.relative_to(folder).as_posix()
-            if path.is_symlink():
-                problems.append(f"a link in the bundle: {_listed_name(relative)}")
-            elif name in names and relative not in files and relative != BUNDLE_FILE:
-                problems.append(f"not listed in {BUNDLE_FILE}: {_listed_name(relative)}")
+    for relative, _path, kind in fsutil.tree_entries(folder):
+        if kind == "link":
+            problems.append(f"a link in the bundle: {_listed_name(relative)}")
+        elif relative not in files and relative != BUNDLE_FILE:
+            problems.append(f"not listed in {BUNDLE_FILE}: {_listed_name(relative)}")
     return problems
 
 

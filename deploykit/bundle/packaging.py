@@ -272,21 +272,16 @@ def _write_model(artifact: Artifact, folder: Path, contract: dict, labels_text: 
 def model_folder_files(path: "str | Path") -> list:
     """The relative names of the regular files in the model folder ``path``; a link or anything that is neither
     file nor folder inside is refused (exit 2), never followed."""
-    root, names = Path(path), []
-    for directory, subdirs, files in os.walk(root):
-        here = Path(directory)
-        for name in sorted(subdirs + files):
-            entry = here / name
-            relative = entry.relative_to(root).as_posix()
-            if entry.is_symlink():
-                raise UsageError(f"{path} holds a link, {relative!r}: a model folder's files are copied, never "
-                                 "followed", "replace the link by the file itself, or export the model again")
-            if name in files and not entry.is_file():
-                raise UsageError(f"{path} holds {relative!r}, which is not a regular file (a FIFO, device or "
-                                 "socket)", "remove it, or export the model again")
-            if name in files:
-                names.append(relative)
-    return sorted(names)
+    names = []
+    for relative, _entry, kind in fsutil.tree_entries(path):
+        if kind == "link":
+            raise UsageError(f"{path} holds a link, {relative!r}: a model folder's files are copied, never "
+                             "followed", "replace the link by the file itself, or export the model again")
+        if kind == "other":
+            raise UsageError(f"{path} holds {relative!r}, which is not a regular file (a FIFO, device or "
+                             "socket)", "remove it, or export the model again")
+        names.append(relative)
+    return names
 
 
 def _check_folder_model(path: str, fmt: Format, files: list) -> None:
