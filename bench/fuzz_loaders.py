@@ -100,7 +100,7 @@ def calibration_image(data: bytes) -> None:
     _decoded_image(_file(data, "image.png"), 8, 8)
 
 
-def _golden_only(path, inputs, outputs, tolerance, timeout, runtime=None):
+def _golden_only(path, inputs, outputs, tolerance, timeout, runtime=None, contract=None):
     """Stands in for the model run of `verify BUNDLE`: what verify would hand the runner must be well formed."""
     assert isinstance(tolerance, parity.Tolerance) and len(inputs) == len(outputs)
     for sample in inputs + outputs:

@@ -41,7 +41,7 @@ def test_unsupported_target_route_is_a_usage_error(exported, tmp_path):
     with pytest.raises(UsageError, match="already onnx"):
         api.export(exported("two_layer_net.pt2").artifact, "onnx", str(tmp_path / "x.onnx"))
     with pytest.raises(UsageError, match="unknown target"):
-        api.export(exported("two_layer_net.pt2").artifact, "coreml", str(tmp_path / "x.ml"))
+        api.export(exported("two_layer_net.pt2").artifact, "tensorrt", str(tmp_path / "x.ml"))
 
 
 @pytest.mark.slow
