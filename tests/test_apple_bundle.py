@@ -78,6 +78,7 @@ def test_coreai_pins_are_exact_and_only_what_the_app_imports():
     assert requirements("coreai-core", True).split()[2].startswith("pillow==")
 
 
+@pytest.mark.slow           # reads the result back with coremltools' own classes (~4 s of imports)
 @pytest.mark.coreml
 def test_the_contract_goes_into_core_ml_user_defined_metadata_keeping_every_byte():
     """Read back by coremltools' own generated classes: the spec Core ML wrote is a prefix of the new one, its

@@ -253,6 +253,7 @@ BASIC_PITCH = "basic-pitch==0.4.0"      # Spotify's note transcription model, sh
 BASIC_PITCH_DIR = "basic_pitch/saved_models/icassp_2022/nmp"
 
 
+@pytest.mark.slow           # a field model: fetched from PyPI on first use, three child processes (~4 s)
 @pytest.mark.coreml
 @pytest.mark.onnxruntime
 def test_a_field_core_ml_package_is_checked_statically_against_its_onnx_twin():
