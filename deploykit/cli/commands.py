@@ -117,10 +117,9 @@ def export(
 ) -> None:
     """Convert a model, verify the artifact against the source, write it with a manifest.
 
-    Examples: deploykit export model.pt2 --to onnx -o model.onnx ;
+    Examples: deploykit export model.pt2 --to onnx -o model.onnx ; deploykit export model.pt2 --to coreai ;
     deploykit export model.pt2 --to tflite --route all ; deploykit export model.keras --to tflite ;
     deploykit export model.pt2 --to executorch --quantize int8 --calibration images/ ;
-    deploykit export model.pt2 --to coreai --quantize fp16 ;
     deploykit export model.pt2 --to tflite --quantize all --calibration images/ -o m.tflite --report precisions/
     """
     def action() -> dict:
