@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from deploykit.errors import EXIT_UNVERIFIED
+from tests.test_coreml import kept  # noqa: F401 - the fixture: one Core ML export per run, shared
 from tests.conftest import assert_clean_error, run_cli
 
 
@@ -312,13 +313,11 @@ def test_the_mobilenet_bundle_classifies_a_picture_in_a_runtime_only_venv(sample
 # --- Core ML: no runtime on Linux, so the bundle is kept only with --keep-unverified and never passes here ---
 
 @pytest.fixture(scope="module")
-def mlpackage(samples_dir, tmp_path_factory):
-    from deploykit import api
-
-    out = tmp_path_factory.mktemp("coreml") / "two.mlpackage"
-    result = api.export(str(samples_dir / "two_layer_net.pt2"), "coreml", str(out), keep_unverified=True)
-    assert result.unverified and out.is_dir()
-    return out
+def mlpackage(kept):  # noqa: F811 - the imported fixture, requested by name
+    """test_coreml's two-layer Core ML package (exported once per run with --keep-unverified, exit 6)."""
+    code, _stdout, stderr, package = kept
+    assert code == 6 and package.is_dir(), stderr
+    return package
 
 
 @pytest.mark.slow
