@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import json
 import os
 import pickletools
 import re
@@ -188,6 +189,38 @@ def _detect_dir(p: Path) -> Format:
     raise ModelLoadError(f"{p}: a directory that holds no known model (no saved_model.pb, no Core AI "
                          "metadata.json + .mlirb, no Core ML Manifest.json)",
                          "give a model file, a TensorFlow SavedModel, a Core AI .aimodel or a Core ML .mlpackage")
+
+
+MAX_MANIFEST_BYTES = 1 << 20        # coremltools writes a few hundred bytes
+
+
+def coreml_manifest_paths(package: "str | os.PathLike") -> list:
+    """The files a Core ML package's Manifest.json names, relative to the package (``Data/<path>``), the root spec
+    first. Refuses (ModelLoadError) a manifest that is a link, too large or not JSON coremltools writes, and any path
+    that leaves the package's Data folder (absolute, '..', or through a link): coremltools follows whatever path
+    the manifest gives — a crafted package made it read another file on the machine as its spec."""
+    package = Path(package)
+    manifest = package / "Manifest.json"
+    try:
+        if manifest.is_symlink() or manifest.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ValueError("a link, or larger than any manifest coremltools writes")
+        info = json.loads(manifest.read_text(encoding="utf-8"))
+        entries = info["itemInfoEntries"]
+        root = entries[info["rootModelIdentifier"]]["path"]
+        names = [root] + [entry["path"] for key, entry in entries.items() if key != info["rootModelIdentifier"]]
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError, AttributeError) as exc:
+        why = f"no {exc}" if isinstance(exc, KeyError) else str(exc)[:120]
+        raise ModelLoadError(f"{package}: its Manifest.json is not one coremltools writes ({why})",
+                             "export the package again") from None
+    data = (package / "Data").resolve()
+    for name in names:
+        parts = name.split("/") if isinstance(name, str) else [""]
+        inside = all(part not in ("", ".", "..") for part in parts) and "\\" not in name and "\0" not in name \
+            and not Path(name).is_absolute() and data in (package / "Data" / name).resolve().parents
+        if not inside:
+            raise ModelLoadError(f"{package}: its Manifest.json names {name!r:.100}, outside the package's Data "
+                                 "folder: refused, never read", "export the package again")
+    return [f"Data/{name}" for name in names]
 
 
 def _detect_zip(p: Path) -> Format:

@@ -128,12 +128,13 @@ def recorded_files(folder: Path) -> tuple:
     if not isinstance(files, dict) or not files:
         return {}, f"its {BUNDLE_FILE} records no files"
     for name, digest in files.items():
-        if not (isinstance(digest, str) and _DIGEST.fullmatch(digest)) or not _plain_relative(name):
+        if not (isinstance(digest, str) and _DIGEST.fullmatch(digest)) or not plain_relative(name):
             return {}, f"its {BUNDLE_FILE} records {str(name)[:80]!r}, which deploykit never writes"
     return files, ""
 
 
-def _plain_relative(name: str) -> bool:
+def plain_relative(name: str) -> bool:
+    """A relative name that stays inside its folder: no absolute path, no '..', '.', empty part or backslash."""
     parts = name.split("/")
     return bool(name) and "\\" not in name and "\0" not in name and \
         all(part not in ("", ".", "..") for part in parts) and not Path(name).is_absolute()

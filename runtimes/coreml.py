@@ -19,7 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from deploykit.errors import ModelLoadError, UsageError
-from deploykit.formats import Format
+from deploykit.formats import Format, coreml_manifest_paths
 from deploykit.model import LoadedModel, LoadOptions, named_as_recorded
 from deploykit.runner import RunnerBase, RunnerOptions
 from deploykit.spec import ModelSpec, TensorSpec, merge_user_specs
@@ -62,6 +62,7 @@ def coremltools_module():
 
 def describe(path: str) -> dict:
     """Signature and static facts of a package, read without Core ML: {"spec": ModelSpec dict, "details": {...}}."""
+    coreml_manifest_paths(path)       # a manifest naming a file outside the package is refused first
     ct = coremltools_module()
     try:
         spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()

@@ -138,6 +138,12 @@ def test_a_damaged_package_is_one_line_exit_2(tmp_path):
     package = tmp_path / "broken.mlpackage"
     (package / "Data" / "com.apple.CoreML").mkdir(parents=True)
     (package / "Manifest.json").write_text('{"fileFormatVersion": "1.0.0", "itemInfoEntries": {}}')
+    assert_clean_error(run_cli("inspect", str(package)), 2,
+                       "its Manifest.json is not one coremltools writes (no 'rootModelIdentifier')")
+    (package / "Manifest.json").write_text(json.dumps({
+        "fileFormatVersion": "1.0.0", "rootModelIdentifier": "m",
+        "itemInfoEntries": {"m": {"path": "com.apple.CoreML/model.mlmodel", "name": "model.mlmodel"}}}))
+    (package / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(b"\xff\xff not a spec")
     assert_clean_error(run_cli("inspect", str(package)), 2, "coremltools cannot read the package")
 
 
@@ -277,3 +283,26 @@ def test_a_field_core_ml_package_is_checked_statically_against_its_onnx_twin():
     for kind in ("inputs", "outputs"):
         assert shapes(info["signature"], kind) == shapes(twin["signature"], kind)
     assert_clean_error(run_cli("verify", str(onnx_file), str(package)), 3, "no Core ML runtime on Linux")
+
+
+@exporting
+def test_a_manifest_that_points_outside_the_package_is_refused_before_anything_reads_it(kept, tmp_path):
+    """coremltools follows Manifest.json's paths: a crafted package made `inspect` read a spec lying elsewhere on the
+    machine (exit 0, its ops shown). Now inspect, verify and package refuse it with one line, exit 2."""
+    import shutil
+
+    package = tmp_path / "crafted.mlpackage"
+    shutil.copytree(kept[3], package)
+    outside = tmp_path / "elsewhere" / "secret.mlmodel"
+    outside.parent.mkdir()
+    shutil.move(str(package / "Data" / "com.apple.CoreML" / "model.mlmodel"), outside)
+    manifest = json.loads((package / "Manifest.json").read_text())
+    root = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]
+    root["path"] = "../../elsewhere/secret.mlmodel"
+    (package / "Manifest.json").write_text(json.dumps(manifest))
+    for argv in (["inspect", str(package)], ["package", str(package), "-o", str(tmp_path / "b"), "--keep-unverified"]):
+        assert_clean_error(run_cli(*argv), 2, "outside the package's Data folder: refused, never read")
+    assert not (tmp_path / "b").exists()
+    root["path"] = str(outside)                 # an absolute path: the same
+    (package / "Manifest.json").write_text(json.dumps(manifest))
+    assert_clean_error(run_cli("inspect", str(package)), 2, "outside the package's Data folder")

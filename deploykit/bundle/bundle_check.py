@@ -23,9 +23,9 @@ import numpy as np
 from deploykit import contract as contracts
 from deploykit import fsutil, parity
 from deploykit.artifact import Artifact
-from deploykit.errors import DeploykitError, MissingDependency, UsageError
+from deploykit.errors import DeploykitError, MissingDependency, ModelLoadError, UsageError
 from deploykit.text import one_line, printable, quoted
-from deploykit.formats import Format
+from deploykit.formats import Format, coreml_manifest_paths
 from deploykit.layout import Layout
 
 APPS = ("python", "web")
@@ -335,14 +335,11 @@ def _apple_carried(model: Path, fmt: Format):
 
 def coreml_spec_name(package: Path) -> "str | None":
     """The spec file of a Core ML package, relative to it: what Manifest.json's root item names under Data/
-    (None for a manifest that names none, or a path that would leave the package)."""
+    (None for a manifest that names none, or any path that would leave the package)."""
     try:
-        manifest = json.loads((package / "Manifest.json").read_text(encoding="utf-8"))
-        entry = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]
-        name = f"Data/{entry['path']}"
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError, KeyError, TypeError):
+        return coreml_manifest_paths(package)[0]
+    except ModelLoadError:
         return None
-    return name if fsutil._plain_relative(name) else None
 
 
 def coreml_with_contract(spec: bytes, text: str) -> bytes:

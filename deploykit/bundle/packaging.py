@@ -42,7 +42,7 @@ from deploykit.bundle.bundle_check import (APPS, BUNDLE_FILE, FOLDER_MODELS, MOD
                                            verify_bundle)
 from deploykit.checking.checker import int8_feeds, make_checker, trusted_manifest
 from deploykit.errors import ParityError, UsageError
-from deploykit.formats import Format
+from deploykit.formats import Format, coreml_manifest_paths
 from deploykit.model import LoadOptions, load_model
 from deploykit.options import PRECISION_OF, VerifyOptions
 from deploykit.registry import browser_runtime_for, require, resolve, runtime_for
@@ -296,9 +296,10 @@ def _check_folder_model(path: str, fmt: Format, files: list) -> None:
             raise UsageError(f"{path}/main.mlirb is not the program main.hash records (changed after coreai-core "
                              "wrote it)", "export the model again")
         return
-    spec = coreml_spec_name(Path(path))
-    if spec is None or spec not in files:
-        raise UsageError(f"{path} lacks its Manifest.json or the model spec that it names", "export the model again")
+    named = coreml_manifest_paths(path)       # a path outside the package: ModelLoadError, exit 2
+    missing = [n for n in named if n not in files and not any(f.startswith(n + "/") for f in files)]
+    if missing:
+        raise UsageError(f"{path} lacks {', '.join(missing)}, which its Manifest.json names", "export the model again")
 
 
 def _copy_folder_model(source: Path, target: Path, fmt: Format, contract: dict) -> None:
