@@ -29,8 +29,6 @@ EXAMPLE_SEED = 1234
 ENTRY_POINT = "main"
 REMEDY = ("run with --debug for coreai-torch's own log; try --to onnx or --to tflite, or report the model to "
           "coreai-torch")
-# Core AI names its function's values as identifiers; anything else is renamed (the manifest keeps the map).
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
@@ -42,9 +40,6 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
     result = ConversionResult(path=out_path, converter="torch_to_coreai", tool=info["tool"],
                               description=info["artifact"])
     result.notes.append(info["ops_note"])
-    if info["renamed"]:
-        result.notes.append("tensor names Core AI cannot take were renamed: "
-                            + ", ".join(f"{a} → {b}" for a, b in info["renamed"].items()))
     if options.quantize == "fp16":
         result.notes.append("fp16: weights stored and computed in float16, inputs and outputs float32 "
                             "(casts inside the program)")
@@ -65,8 +60,7 @@ def job(request: dict, arrays: dict) -> dict:
     inputs, outputs = model.spec.inputs, model.spec.outputs
     feeds = random_feeds(ModelSpec(inputs), samples=1, seed=EXAMPLE_SEED)[0]
     example = tuple(torch.from_numpy(feeds[t.name]) for t in inputs)
-    names_in, renamed = _identifiers([t.name for t in inputs], {})
-    names_out, renamed = _identifiers([t.name for t in outputs], renamed)
+    names_in, names_out = [t.name for t in inputs], [t.name for t in outputs]    # Core AI takes any name as given
     with data_dependence_named("coreai-torch's exporter"):
         program = _exported(model, example, request["fp16"], request["dynamic_batch"])
         try:
@@ -80,20 +74,7 @@ def job(request: dict, arrays: dict) -> dict:
             raise _conversion_error(exc) from None
     artifact = with_source_names(describe_file(request["out"]), model.spec)
     return {"tool": f"coreai-torch {coreai_torch.__version__} TorchConverter (torch {torch.__version__})",
-            "artifact": artifact, "renamed": renamed, "ops_note": _ops_note(artifact["details"])}
-
-
-def _identifiers(names: list, renamed: dict) -> tuple:
-    """The names Core AI is given (identifiers; others become ``t<i>_<cleaned>``) and {source name: given name}."""
-    given = []
-    for index, name in enumerate(names):
-        if _IDENTIFIER.match(name):
-            given.append(name)
-            continue
-        clean = re.sub(r"\W", "_", name) or "tensor"
-        given.append(f"t{index}_{clean}"[:64])
-        renamed = {**renamed, name: given[-1]}
-    return given, renamed
+            "artifact": artifact, "ops_note": _ops_note(artifact["details"])}
 
 
 def _output_count(program) -> int:

@@ -155,7 +155,7 @@ def _with_manifest_layouts(model: LoadedModel) -> LoadedModel:
 
 def named_as_recorded(path: str, spec: ModelSpec) -> ModelSpec:
     """``spec`` under the tensor names deploykit's manifest beside ``path`` records (by position): for formats that
-    keep no names (.pte) or must take others (Core AI identifiers, Core ML's replaced '.' and ':')."""
+    keep no names (.pte) or must take others (Core ML replaces '.' and ':')."""
     from deploykit.manifest import read as read_manifest
 
     signature = (read_manifest(path) or {}).get("signature") or {}
