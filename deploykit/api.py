@@ -17,12 +17,13 @@ from deploykit import registry
 from deploykit.benchmark.cases import BenchOptions
 from deploykit.errors import UsageError
 from deploykit.model import LoadOptions
+from deploykit.causal_lm import LLMOptions
 from deploykit.child import check_timeout
 from deploykit.options import QuantizeOptions, VerifyOptions
 from deploykit.request import ExportRequest, export_defaults
 
 __all__ = ["export", "verify", "verify_bundle", "package", "bench", "inspect", "doctor", "report", "samples", "build_samples", "demo",
-           "load_options", "ExportRequest", "VerifyOptions", "QuantizeOptions", "LoadOptions",
+           "load_options", "ExportRequest", "VerifyOptions", "QuantizeOptions", "LoadOptions", "LLMOptions",
            "BenchOptions"]
 
 _D = export_defaults()       # export()'s defaults are ExportRequest's fields, declared there once
@@ -82,6 +83,13 @@ def export(source: "str | ExportRequest", to: str = _D.to, output: Optional[str]
         request = source
     else:
         request = ExportRequest(source, **given)
+    from deploykit.llm.flow import export_request, is_causal_lm
+
+    if is_causal_lm(request.source):
+        return export_request(request)
+    if request.llm is not None:
+        raise UsageError("--max-context, --prefill-len, --prompts, --tokens and --text apply to causal LM sources "
+                         "(a Hugging Face folder or a GGUF file)", "leave them out for this model")
     if request.all_precisions:
         from deploykit.exporting.precisions import export_all_precisions
 
@@ -103,7 +111,8 @@ class _Table(dict):
 
 
 def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions] = None,
-           options: VerifyOptions = VerifyOptions(), report_dir: Optional[str] = None, force: bool = False):
+           options: VerifyOptions = VerifyOptions(), report_dir: Optional[str] = None, force: bool = False,
+           llm: Optional[LLMOptions] = None):
     """Compare every artifact against the source, and each against the previous one, on the same inputs.
 
     Returns a VerifyResult (``.passed``, ``.reports``, ``.locations``, ``.to_dict()``); recorded layouts are
@@ -111,7 +120,21 @@ def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions]
     locate.html with the error along depth plotted. An emulated ARM runtime in ``options.runtimes``
     (``litert-arm64``, ``onnxruntime-arm64``) runs on ``options.arm_cpu`` beside its x86 runtime, and the report
     compares the two.
+
+    When ``source`` is a causal LM (a Hugging Face folder or a GGUF file), each artifact is judged by the generation
+    oracle instead (``deploykit.llm``: prefill logits, each cached decode step, greedy tokens, perplexity), with
+    ``llm`` (prompts, tokens, text; default LLMOptions()) and ``options.runtimes[0]`` as the runtime when given.
     """
+    from deploykit.llm.flow import is_causal_lm
+
+    if is_causal_lm(source):
+        from dataclasses import replace as _with
+
+        from deploykit.llm.flow import verify as verify_llm
+
+        llm = _with(llm or LLMOptions(timeout=options.timeout),
+                    runtime=options.runtimes[0] if options.runtimes else None)
+        return verify_llm(source, list(artifacts), llm)
     from deploykit.checking.arm import check_arm_cpu
     from deploykit.checking.checker import verify_artifacts
 

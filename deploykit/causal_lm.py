@@ -222,6 +222,28 @@ def tokenizer_path(artifact: "str | Path") -> Path:
     return artifact.with_name(artifact.name + TOKENIZER_SUFFIX)
 
 
+@dataclass(frozen=True)
+class LLMOptions:
+    """How a causal LM is exported and judged (each default lives here once)."""
+
+    prompts: Optional[str] = None           # a UTF-8 file, one prompt per line (default: data/prompts.txt)
+    tokens: int = 32                        # greedy tokens judged per prompt
+    max_context: int = DEFAULT_MAX_CONTEXT
+    prefill_len: int = DEFAULT_PREFILL_LEN   # the prefill signature's length where it must be fixed
+    text: Optional[str] = None              # the perplexity text (default: data/perplexity.txt)
+    runtime: Optional[str] = None           # verify: the runtime that runs the artifact (default: the format's)
+    threads: Optional[int] = None
+    timeout: float = 1800.0
+
+    def __post_init__(self):
+        if not isinstance(self.tokens, int) or not 1 <= self.tokens <= 4096:
+            raise UsageError(f"--tokens {self.tokens} is out of range", "give 1 to 4096 greedy tokens")
+        check_context(self.max_context, self.prefill_len)
+        from deploykit.child import check_timeout
+
+        check_timeout(self.timeout)
+
+
 class DecoderCalls:
     """What a runtime module gives for a cached-decoder artifact (``runtimes.<runtime>:decoder_calls(path,
     options: RunnerOptions) -> DecoderCalls``); the host-side loop (``deploykit.llm.session``) feeds the caches

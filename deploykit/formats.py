@@ -27,6 +27,8 @@ class Format(str, enum.Enum):
     EXECUTORCH = "executorch"              # a .pte program (flatbuffer "ET12")
     COREAI = "coreai"                      # an Apple Core AI asset: an .aimodel folder (metadata.json + *.mlirb)
     COREML = "coreml"                      # a Core ML package: an .mlpackage folder (Manifest.json + Data/)
+    HF_CAUSAL_LM = "hf_causal_lm"          # a Hugging Face causal LM folder (config.json + safetensors + tokenizer)
+    GGUF = "gguf"                          # a GGUF file (llama.cpp's format; weights dequantized on load)
 
     @property
     def framework(self) -> str:
@@ -39,6 +41,9 @@ class Format(str, enum.Enum):
 
 TORCH_FORMATS = frozenset({Format.TORCHSCRIPT, Format.EXPORTED_PROGRAM, Format.STATE_DICT,
                            Format.TORCH_PICKLE, Format.PYTHON_FACTORY})
+
+# Causal language models: routed, verified and benchmarked by deploykit.llm (prefill/decode with a KV cache).
+LLM_FORMATS = frozenset({Format.HF_CAUSAL_LM, Format.GGUF})
 
 # Formats whose artifact is a folder, not a file (written, replaced and hashed as a tree).
 DIRECTORY_FORMATS = frozenset({Format.SAVED_MODEL, Format.COREAI, Format.COREML})
@@ -105,6 +110,8 @@ def detect(path: "str | os.PathLike") -> Format:
         return _detect_zip(p)
     if head.startswith(_HDF5_MAGIC):
         return Format.KERAS_H5
+    if head.startswith(b"GGUF"):
+        return Format.GGUF
     if len(head) >= 8 and head[4:8] == b"TFL3":
         return Format.TFLITE
     if len(head) >= 8 and _PTE_IDENTIFIER.match(head[4:8]):
@@ -186,9 +193,13 @@ def _detect_dir(p: Path) -> Format:
     # A Core ML package: its Manifest.json names the spec under Data/com.apple.CoreML/.
     if (p / "Manifest.json").is_file() and (p / "Data" / "com.apple.CoreML").is_dir():
         return Format.COREML
+    # A Hugging Face model folder: transformers' config.json beside safetensors weights.
+    if (p / "config.json").is_file() and any(f.is_file() for f in p.glob("*.safetensors")):
+        return Format.HF_CAUSAL_LM
     raise ModelLoadError(f"{p}: a directory that holds no known model (no saved_model.pb, no Core AI "
-                         "metadata.json + .mlirb, no Core ML Manifest.json)",
-                         "give a model file, a TensorFlow SavedModel, a Core AI .aimodel or a Core ML .mlpackage")
+                         "metadata.json + .mlirb, no Core ML Manifest.json, no config.json + safetensors)",
+                         "give a model file, a TensorFlow SavedModel, a Core AI .aimodel, a Core ML .mlpackage or a "
+                         "Hugging Face causal LM folder")
 
 
 MAX_MANIFEST_BYTES = 1 << 20        # coremltools writes a few hundred bytes

@@ -79,7 +79,8 @@ MAX_MANIFEST_BYTES = 16 * 1024**2
 _SECTIONS = {"schema_version": int, "artifact": dict, "source": dict, "signature": dict, "layout": dict,
              "route": list, "routes": list, "parity": (dict, type(None)), "warnings": list, "precision": str,
              "versions": dict, "calibration": (dict, type(None)), "created": str, "contract": (dict, type(None)),
-             "contract_choices": dict, "verified": bool, "unverified_reason": str}
+             "contract_choices": dict, "verified": bool, "unverified_reason": str, "causal_lm": dict,
+             "kind": str}
 
 
 def well_formed(data) -> bool:

@@ -12,6 +12,7 @@ from deploykit.layout import LAYOUT_CHOICES
 
 DEVICES = ("cpu", "cuda", "auto")
 QUANTIZE_MODES = ("fp16", "dynamic", "int8")
+LLM_QUANTIZE_MODES = ("int4", "8da4w")     # causal LMs only (deploykit.llm): ONNX MatMulNBits, ExecuTorch 8da4w
 IO_DTYPES = ("float", "int8")
 ROUTES = ("first", "all")
 # --quantize mode -> the tolerance preset its artifact is judged with against the float source
@@ -98,7 +99,7 @@ class QuantizeOptions(_DictForm):
     repair: bool = True                    # int8 ONNX failing its preset: search calibration, then float layers
 
     def __post_init__(self) -> None:
-        check_choice(self.mode, QUANTIZE_MODES + ("all",), "--quantize")
+        check_choice(self.mode, QUANTIZE_MODES + LLM_QUANTIZE_MODES + ("all",), "--quantize")
         check_choice(self.io_dtype, IO_DTYPES, "--io-dtype")
         parse_normalize(self.normalize, "--calibration-normalize")
         if not isinstance(self.samples, int) or self.samples < 1:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from deploykit.errors import MissingDependency, UsageError
-from deploykit.formats import TORCH_FORMATS, Format
+from deploykit.formats import LLM_FORMATS, TORCH_FORMATS, Format
 
 @dataclass(frozen=True)
 class Package:
@@ -47,6 +47,9 @@ PACKAGE_TABLE = (
     Package("coreai", "coreai-core", "apple", marker="coreai"),      # Apple's Core AI: authoring + a CPU runtime
     Package("coreai_torch", "coreai-torch", "apple", marker="coreai"),
     Package("coremltools", "coremltools", "apple", marker="coreml"),
+    Package("transformers", "transformers", "llm", marker="llm"),    # causal LM sources (HF folders, GGUF)
+    Package("tokenizers", "tokenizers", "llm", marker="llm", heavy=False),
+    Package("gguf", "gguf", "llm", marker="llm", heavy=False),
 )
 PACKAGES = {p.module: (p.distribution, p.extra) for p in PACKAGE_TABLE}
 
@@ -147,6 +150,7 @@ class RuntimeEntry:
     browser: bool = False   # runs in a browser page (ships as web assets, `package --app web`)
     emulates: str = ""      # the native runtime this one runs on an emulated ARM core (its runner, in an arm64 child)
     reference: bool = False  # proves parity here but its time is not the device's (Core AI's Linux CPU path)
+    decoder: str = ""       # "module:function(path, RunnerOptions) -> causal_lm.DecoderCalls" for cached decoders
 
     @property
     def available(self) -> bool:
@@ -207,6 +211,14 @@ EDGES = (
     ConverterEdge("onnx_quantize", frozenset({Format.ONNX}), Format.ONNX, "converters.onnx_quantize:convert",
                   ("onnxruntime", "onnx"), tag="ort_quantization", quantizes=("fp16", "dynamic", "int8"),
                   post_step=True),
+    # Causal LMs: the source re-authored as a cached decoder (deploykit.transforms.cached_decoder), one edge per
+    # runtime family; routed only by deploykit.llm (single hops), judged by the generation oracle.
+    ConverterEdge("llm_to_onnx", LLM_FORMATS, Format.ONNX, "converters.llm_to_onnx:convert",
+                  ("torch", "transformers", "onnx", "onnxscript"), tag="torch.onnx", quantizes=("int8", "int4")),
+    ConverterEdge("llm_to_tflite", LLM_FORMATS, Format.TFLITE, "converters.llm_to_tflite:convert",
+                  ("torch", "transformers", "litert_torch", "ai_edge_litert"), tag="litert", quantizes=("dynamic",)),
+    ConverterEdge("llm_to_executorch", LLM_FORMATS, Format.EXECUTORCH, "converters.llm_to_executorch:convert",
+                  ("torch", "transformers", "executorch"), tag="executorch", quantizes=("8da4w",)),
 )
 QUANTIZE_MODES = ("fp16", "dynamic", "int8")
 
@@ -220,13 +232,15 @@ RUNTIMES = (
     RuntimeEntry("torch", TORCH_FORMATS, "runtimes.torch_eager:TorchEagerRunner", ("torch",),
                  "PyTorch eager / TorchScript / torch.export (research)"),
     RuntimeEntry("onnxruntime", frozenset({Format.ONNX}), "runtimes.onnxruntime:OnnxRuntimeRunner",
-                 ("onnxruntime",), "ONNX Runtime (CPU, CUDA EP when present)"),
+                 ("onnxruntime",), "ONNX Runtime (CPU, CUDA EP when present)",
+                 decoder="runtimes.onnxruntime:decoder_calls"),
     RuntimeEntry("litert", frozenset({Format.TFLITE}), "runtimes.litert:LiteRTRunner", ("ai_edge_litert",),
-                 "LiteRT interpreter (XNNPACK delegate on by default)"),
+                 "LiteRT interpreter (XNNPACK delegate on by default)", decoder="runtimes.litert:decoder_calls"),
     RuntimeEntry("tensorflow", TF_FORMATS, "runtimes.tensorflow:TensorFlowRunner", ("tensorflow",),
                  "TensorFlow: Keras call / SavedModel serving signature"),
     RuntimeEntry("executorch", frozenset({Format.EXECUTORCH}), "runtimes.executorch:ExecuTorchRunner",
-                 ("executorch", "torch"), "ExecuTorch (XNNPACK delegate + portable kernels) via its Python bindings"),
+                 ("executorch", "torch"), "ExecuTorch (XNNPACK delegate + portable kernels) via its Python bindings",
+                 decoder="runtimes.executorch:decoder_calls"),
     RuntimeEntry("coreai", frozenset({Format.COREAI}), "runtimes.coreai:CoreAIRunner", ("coreai",),
                  "Apple Core AI, coreai-core's in-package CPU runtime (a reference runtime on Linux: not device "
                  "time, no GPU or Neural Engine)", check="runtimes.coreai:unavailable_reason", remedy=COREAI_REMEDY,

@@ -109,6 +109,13 @@ def print_precisions(result: dict) -> None:
 
 
 def print_export(result: dict) -> None:
+    if result.get("kind") == "causal_lm":
+        print_oracle(result["report"])
+        where = result["artifact"] or "nothing written (the artifact failed the oracle)"
+        console.print(f"artifact: {printable(where)}")
+        for note in result.get("notes", []):
+            console.print(f"note: {printable(note)}")
+        return
     if "precisions" in result:
         print_precisions(result)
         return
@@ -126,6 +133,10 @@ def print_export(result: dict) -> None:
 
 
 def print_verify(result: dict) -> None:
+    if result.get("kind") == "causal_lm":
+        for report in result["reports"]:
+            print_oracle(report)
+        return
     for report in result["comparisons"]:
         print_parity(report)
     for location in result.get("locate", []):
@@ -414,3 +425,33 @@ def print_matrix(result: dict) -> None:
     console.print(f"{result['output']}: matrix.html, matrix.json ({executor['executor']}, "
                   f"{executor.get('workers')} worker(s), {result['seconds']} s)")
     Console(stderr=True, highlight=False).print(f"matrix: {result['summary_line']}")     # the CI line: on stderr
+
+
+def print_oracle(report: dict) -> None:
+    """The generation oracle's report: one row per stage, then one per prompt (``deploykit.llm.oracle``)."""
+    mark = "[green]PASS[/green]" if report["passed"] else "[red]FAIL[/red]"
+    table = Table(title=f"generation oracle: {printable(Path(report['artifact']).name)} on {report['runtime']} vs "
+                        f"{printable(Path(report['source']).name)}  {mark}  ({report['precision']}, "
+                        f"{report['tokens']} tokens, {len(report['prompts'])} prompts)", title_justify="left")
+    for column in ("stage", "verdict", "detail"):
+        table.add_column(column)
+    for name, stage in report["stages"].items():
+        verdict = "[green]pass[/green]" if stage["passed"] else "[red]fail[/red]"
+        table.add_row(name, verdict, printable(stage["detail"]))
+    console.print(table)
+    prompts = Table(title="per prompt (continuations as generated; ≠ marks the first differing token)",
+                    title_justify="left")
+    for column in ("#", "prompt", "tok", "prefill max_abs", "worst step", "diverges at", "artifact continuation"):
+        prompts.add_column(column, justify="right" if column in ("#", "tok", "prefill max_abs", "worst step")
+                           else "left", overflow="fold")
+    for number, p in enumerate(report["prompts"], 1):
+        worst = p.get("worst_step") or {}
+        d = p.get("divergence")
+        where = "—" if not d else f"token {d['step'] + 1}{' (near-tie)' if d['near_tie'] else ''}"
+        prompts.add_row(str(number), printable(_clip(p["prompt"], 32)), str(p["prompt_tokens"]),
+                        _fmt(p["prefill"]["max_abs"]), _fmt(worst.get("max_abs")), where,
+                        printable(_clip(p["artifact_text"].replace("\n", "⏎"), 48)))
+    console.print(prompts)
+    for problem in report.get("problems", []):
+        console.print(f"[red]problem:[/red] {printable(problem)}")
+

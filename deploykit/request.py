@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Optional
 
 from deploykit import registry
+from deploykit.causal_lm import LLMOptions
 from deploykit.contract import ContractChoices
 from deploykit.errors import UsageError
 from deploykit.formats import Format
@@ -48,6 +49,7 @@ class ExportRequest:
     debug: bool = False
     contract: Optional[ContractChoices] = None     # --labels / --normalize / --task, recorded in the manifest
     keep_unverified: bool = False        # keep an artifact whose parity cannot tell, marked unverified (exit 6)
+    llm: Optional[LLMOptions] = None     # a causal-LM source: context, prompts, greedy tokens (None: defaults)
 
     def __post_init__(self) -> None:
         for name in ("source", "output", "report"):     # a pathlib.Path is as good as its text
@@ -85,7 +87,8 @@ class ExportRequest:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data.update(load=self.load.to_dict(), verify=self.verify.to_dict(),
                     quantize=self.quantize.to_dict() if self.quantize else None,
-                    contract=_contract_dict(self.contract) if self.contract else None)
+                    contract=_contract_dict(self.contract) if self.contract else None,
+                    llm=dict(vars(self.llm)) if self.llm else None)
         return data
 
     @classmethod
@@ -104,6 +107,9 @@ class ExportRequest:
             values["quantize"] = QuantizeOptions.from_dict(values["quantize"])
         if values.get("contract") is not None:
             values["contract"] = _contract_from(values["contract"])
+        if values.get("llm") is not None:
+            refuse_unknown_keys(values["llm"], list(LLMOptions.__dataclass_fields__), "LLMOptions")
+            values["llm"] = LLMOptions(**values["llm"])
         return cls(**values)
 
 

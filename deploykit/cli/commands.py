@@ -13,17 +13,20 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from deploykit.cli.flags import (ArmCpu, Atol, Debug, Device, Inputs, Json, Labels, Layout, Locate, Normalize, Npz,
-                                 Precision, Rtol, Samples, Seed, Task, Timeout, TrustPickle, Weights)
+from deploykit.cli import tools
+from deploykit.cli.flags import (ArmCpu, Atol, Debug, Device, Inputs, Json, Labels, Layout, Locate, MaxContext,
+                                 Normalize, Npz, PrefillLen, Precision, Prompts, Rtol, Samples, Seed, Task, Text,
+                                 Timeout, Tokens, TrustPickle, Weights)
 from deploykit.cli.support import (EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, _exit, _lazy, _on_sigterm, _run,
                                    _usage_error_types, printable, terminal_safe)
 from deploykit.model import LoadOptions
 from deploykit.options import QuantizeOptions, VerifyOptions
+from deploykit.causal_lm import LLMOptions
 from deploykit.request import export_defaults, option_default
 
 # Flag defaults are the option objects' field defaults: typer needs the values here, they are declared there.
 _D = export_defaults()
-_q, _v, _l = (partial(option_default, cls) for cls in (QuantizeOptions, VerifyOptions, LoadOptions))
+_q, _v, _l, _m = (partial(option_default, cls) for cls in (QuantizeOptions, VerifyOptions, LoadOptions, LLMOptions))
 
 app = typer.Typer(
     name="deploykit", add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -44,10 +47,21 @@ def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, **more) 
                          timeout=timeout, **more)
 
 
+def _llm_options(**given) -> "LLMOptions | None":
+    """LLMOptions when a causal-LM flag differs from its default (None otherwise: the API's defaults apply)."""
+    changed = {k: v for k, v in given.items() if k != "timeout" and v != _m(k)}
+    return LLMOptions(**changed, timeout=given["timeout"]) if changed else None
+
+
 def _export_exit_code(data: dict) -> int:
     """0 verified; 6 kept with --keep-unverified (parity proves nothing); 1 a failed check."""
-    from deploykit.errors import EXIT_UNVERIFIED
+    from deploykit.errors import EXIT_CONVERSION_FAILED, EXIT_UNVERIFIED
 
+    if data.get("kind") == "causal_lm" and not data.get("passed"):     # the oracle's table is printed above
+        print(printable(f"error: the exported decoder does not generate what the source generates "
+                        f"({data['report']['summary']}) — nothing was written; try another target or precision, or "
+                        f"`deploykit verify` the source against an artifact you trust"), file=sys.stderr)
+        return EXIT_CONVERSION_FAILED
     if data.get("unverified"):
         return EXIT_UNVERIFIED
     return 0 if data.get("passed", True) else 1
@@ -113,6 +127,8 @@ def export(
                        "~30 s); the manifest records it. --quantize fp16 is judged on cortex-a76 without it "
                        "whenever the ARM userland is installed (x86 cannot stand in for the phone's fp16).")]
     = _v("arm_cpu"),
+    max_context: MaxContext = _m("max_context"), prefill_len: PrefillLen = _m("prefill_len"),
+    prompts: Prompts = _m("prompts"), tokens: Tokens = _m("tokens"), text: Text = _m("text"),
     as_json: Json = False, debug: Debug = _D.debug,
 ) -> None:
     """Convert a model, verify the artifact against the source, write it with a manifest.
@@ -120,7 +136,9 @@ def export(
     Examples: deploykit export model.pt2 --to onnx -o model.onnx ; deploykit export model.pt2 --to coreai ;
     deploykit export model.pt2 --to tflite --route all ; deploykit export model.keras --to tflite ;
     deploykit export model.pt2 --to executorch --quantize int8 --calibration images/ ;
-    deploykit export model.pt2 --to tflite --quantize all --calibration images/ -o m.tflite --report precisions/
+    deploykit export model.pt2 --to tflite --quantize all --calibration images/ -o m.tflite --report precisions/ ;
+    causal LMs (a Hugging Face folder or a .gguf): deploykit export SmolLM2.gguf --to onnx --quantize int4
+    (a cached decoder judged by the generation oracle; docs/llm.md)
     """
     def action() -> dict:
         from deploykit import api
@@ -136,7 +154,9 @@ def export(
             dynamic_batch=dynamic_batch, optimize=optimize, via=via, route=route, keep_layout=keep_layout,
             quantize=plan, report=report, debug=debug,
             contract=ContractChoices(labels, normalize, task) if labels or normalize or task else None,
-            keep_unverified=keep_unverified)
+            keep_unverified=keep_unverified, llm=_llm_options(max_context=max_context, prefill_len=prefill_len,
+                                                              prompts=prompts, tokens=tokens, text=text,
+                                                              timeout=timeout))
         return api.export(request).to_dict()
 
     _run(action, as_json, debug, _lazy("print_export"), _export_exit_code)
@@ -165,6 +185,7 @@ def verify(
     report: Annotated[Optional[str], typer.Option("--report", help="With --locate: write locate.html (error along "
                       "depth plotted, every layer table), locate.png and locate.json into this folder.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace report files written before.")] = False,
+    prompts: Prompts = _m("prompts"), tokens: Tokens = _m("tokens"), text: Text = _m("text"),
     as_json: Json = False, debug: Debug = False,
 ) -> None:
     """Numerical parity of artifacts against their source. Exit 0 if all match, 1 if not.
@@ -175,7 +196,9 @@ def verify(
     deploykit verify model.pt2 model.onnx model.tflite model.aimodel ;
     deploykit verify model.pt2 model.onnx --runtime onnxruntime --runtime onnxruntime-web ;
     deploykit verify model.pt2 model.tflite --locate ;
-    deploykit verify model.pt2 model.tflite --runtime litert-arm64 --arm-cpu cortex-a53
+    deploykit verify model.pt2 model.tflite --runtime litert-arm64 --arm-cpu cortex-a53 ;
+    causal LMs: deploykit verify SmolLM2.gguf SmolLM2.onnx --prompts prompts.txt --tokens 32 (the generation
+    oracle: prefill logits, each cached decode step, greedy tokens, perplexity)
     """
     def action() -> dict:
         from deploykit import api
@@ -184,7 +207,8 @@ def verify(
                           options=_verify_options(samples, seed, npz, precision, atol, rtol, timeout, device=device,
                                                   xnnpack=xnnpack, runtimes=tuple(runtime or ()), locate=locate,
                                                   layout=layout, arm_cpu=arm_cpu),
-                          report_dir=report, force=force).to_dict()
+                          report_dir=report, force=force,
+                          llm=_llm_options(prompts=prompts, tokens=tokens, text=text, timeout=timeout)).to_dict()
 
     _run(action, as_json, debug, _lazy("print_verify"), lambda data: 0 if data["passed"] else 1)
 
@@ -224,63 +248,6 @@ def package(
         return api.package(artifact, output, options, force=force)
 
     _run(action, as_json, debug, _lazy("print_bundle"), _export_exit_code)
-
-
-@app.command()
-def serve(
-    folder: Annotated[str, typer.Argument(help="A web bundle (`deploykit package --app web`) or any static folder.")],
-    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free one).")] = 8000,
-    debug: Debug = False,
-) -> None:
-    """Serve a folder on 127.0.0.1 with the COOP/COEP headers that multi-threaded WASM needs; Ctrl-C stops.
-
-    Example: deploykit serve site/  (then open http://127.0.0.1:8000/ , or /selftest.html)
-    """
-    def action() -> dict:
-        from deploykit.cli.support import serve_until_interrupted
-
-        return serve_until_interrupted(folder, port)
-
-    _run(action, False, debug, lambda data: None)
-
-
-@app.command()
-def matrix(
-    spec: Annotated[str, typer.Argument(help="TOML or YAML spec: [matrix] targets/precisions/route/bench and "
-                                             "[[models]] path/factory/folder with their export flags (README).")],
-    output: Annotated[str, typer.Option("-o", "--output", help="Results folder, or shared storage as a URI "
-                                        "(file:///shared/zoo, s3://...): cells/, artifacts/, matrix.html, "
-                                        "matrix.json. Rerun into it to resume.")] = "deploykit-matrix",
-    executor: Annotated[str, typer.Option("--executor", help="local: a child process per cell, --workers at "
-                                          "once; ray: Ray tasks (pip install 'deploykit[ray]').")] = "local",
-    address: Annotated[Optional[str], typer.Option("--address", help="A running Ray cluster (host:port; its "
-                       "nodes started with --resources '{\"deploykit_bench\": 1}'); -o must then be a URI every "
-                       "node reaches. Default: a Ray instance on this machine.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Cells at once (default: one per core; "
-                       "with --address the cluster's CPUs decide).")] = None,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run again the cells a previous run "
-                            "recorded as failed or crashed.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Ignore every stored result and run all cells.")] = False,
-    as_json: Json = False, debug: Debug = False,
-) -> None:
-    """Every model × target × precision of a spec: convert, verify, bench — one independent cell each.
-
-    Cells are keyed by content (model, options, tool versions): finished ones are skipped on a rerun and
-    survive Ctrl-C. Prints a progress line per cell and "N passed, N failed, N unsupported"; exit 1 when
-    a cell failed unexpectedly. Example: deploykit matrix zoo.toml -o zoo-out --executor ray
-    """
-    def action() -> dict:
-        from deploykit.matrix.run import run_matrix
-        from deploykit.render import MatrixProgress
-
-        with MatrixProgress() as progress:
-            result = run_matrix(spec, output, executor=executor, address=address, workers=workers,
-                                retry_failed=retry_failed, force=force, progress=progress)
-        if as_json:      # the CI line on stderr, also when stdout is the JSON document
-            print(f"matrix: {result['summary_line']}", file=sys.stderr)
-        return result
-
-    _run(action, as_json, debug, _lazy("print_matrix"), lambda data: 0 if data["passed"] else 1)
 
 
 def _int_list(text: str, option: str) -> tuple:
@@ -354,28 +321,6 @@ def _bench_exit_code(data: dict) -> int:
     return 1
 
 
-@app.command("report")
-def report_command(
-    bench_json: Annotated[str, typer.Argument(help="A `deploykit bench --json` result file.")],
-    output: Annotated[str, typer.Option("-o", "--output", help="Directory for report.html, PNGs, report.json.")]
-    = "deploykit-report",
-    parity: Annotated[Optional[str], typer.Option("--parity", help="A `deploykit verify --json` result to show "
-                                                  "as the parity table.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing report.")] = False,
-    as_json: Json = False, debug: Debug = False,
-) -> None:
-    """Write the research-vs-production report (self-contained HTML + PNG plots + JSON) from a bench result.
-
-    Example: deploykit bench m.pt2 m.onnx m.tflite --json > bench.json; deploykit report bench.json -o out/
-    """
-    def action() -> dict:
-        from deploykit import api
-
-        return api.report(bench_json, output, parity, force)
-
-    _run(action, as_json, debug, _lazy("print_report"))
-
-
 @app.command()
 def inspect(
     model: Annotated[str, typer.Argument(help="Model file or folder (SavedModel, Core AI .aimodel, Core ML "
@@ -397,75 +342,14 @@ def inspect(
     _run(action, as_json, debug, _lazy("print_inspect"))
 
 
-@app.command()
-def doctor(
-    provision: Annotated[Optional[str], typer.Option("--provision", help="Install this now instead of on first "
-                         "use, then report: arm64 (qemu, Debian's arm64 Python and the aarch64 wheels of the ARM "
-                         "runtimes, ~15 s and ~275 MiB into ~/.cache/deploykit/arm64-<lock>).")] = None,
-    as_json: Json = False, debug: Debug = False,
-) -> None:
-    """Library versions, GPU, which routes and runtimes this install supports (imports no framework), and the
-    emulated ARM userland. Example: deploykit doctor --provision arm64"""
-    def action() -> dict:
-        from deploykit import api
-
-        if provision:
-            from deploykit.introspect import provision as install
-
-            install(provision)
-        return api.doctor()
-
-    _run(action, as_json, debug, _lazy("print_doctor"))
-
-
-@samples_app.command("list")
-def samples_list(as_json: Json = False, debug: Debug = False) -> None:
-    """List the sample models and their factories."""
-    def action() -> dict:
-        from deploykit import api
-
-        return {"samples": api.samples()}
-
-    _run(action, as_json, debug, lambda data: _lazy("print_samples")(data["samples"]))
-
-
-@samples_app.command("build")
-def samples_build(
-    output: Annotated[str, typer.Option("-o", "--output", help="Directory to write the files into.")] = "samples",
-    only: Annotated[Optional[List[str]], typer.Option("--only", help="Build only this sample (repeatable).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
-    as_json: Json = False, debug: Debug = False,
-) -> None:
-    """Build the sample models (trained from fixed seeds) and write them as files.
-
-    Per sample: NAME.pt (TorchScript), NAME.pt2 (torch.export), NAME.weights.pt (state_dict),
-    NAME.inputs.npz (example inputs); Keras: NAME.keras, NAME.h5. Calibration data: shapes/ (132
-    images for the CNNs) and tiny_transformer.calibration.npz. The MobileNetV2 sample trains for
-    ~3.5 min the first time on a machine, then comes from ~/.cache/deploykit/trained.
-    """
-    def action() -> dict:
-        from deploykit import api
-
-        return {"samples": api.build_samples(output, tuple(only or ()), force)}
-
-    _run(action, as_json, debug, lambda data: _lazy("print_samples")(data["samples"]))
-
-
-@app.command()
-def demo(
-    output: Annotated[str, typer.Option("-o", "--output", help="Directory for the demo's files.")] = "deploykit-demo",
-    as_json: Json = False, debug: Debug = False,
-) -> None:
-    """The main job end to end on bundled samples: build, export to ONNX and TFLite, verify the chain, inspect.
-
-    Writes into --output, replacing only files an earlier demo wrote there.
-    """
-    def action() -> dict:
-        from deploykit import api
-
-        return api.demo(output, echo=not as_json, debug=debug)
-
-    _run(action, as_json, debug, lambda data: None, lambda data: 0 if data["passed"] else 1)
+# Commands whose bodies live in deploykit.cli.tools, registered here in --help's order.
+app.command()(tools.serve)
+app.command()(tools.matrix)
+app.command("report")(tools.report_command)
+app.command()(tools.doctor)
+samples_app.command("list")(tools.samples_list)
+samples_app.command("build")(tools.samples_build)
+app.command()(tools.demo)
 
 
 def main(argv: "list[str] | None" = None) -> None:

@@ -50,3 +50,15 @@ ArmCpu = Annotated[Optional[str], typer.Option("--arm-cpu", help="The emulated A
                    "(litert-arm64, onnxruntime-arm64) run on: cortex-a76 (default: ARMv8.2, fp16 arithmetic, "
                    "dotprod), neoverse-n1, cortex-a53/a72/a57/a35 (ARMv8.0, no fp16 arithmetic), a64fx. Recorded "
                    "in every report.")]
+# Causal LMs (a Hugging Face folder or a GGUF file as the source): the generation oracle's and the cache's options.
+MaxContext = Annotated[int, typer.Option("--max-context", help="Causal LMs: the fixed context the exported KV cache "
+                                         "holds (prompt + generated tokens).")]
+PrefillLen = Annotated[int, typer.Option("--prefill-len", help="Causal LMs: tokens per prefill call where the "
+                                         "runtime needs a fixed length (LiteRT's prefill signature; longer prompts "
+                                         "go in several calls, the last one padded).")]
+Prompts = Annotated[Optional[str], typer.Option("--prompts", help="Causal LMs: a UTF-8 file of prompts, one per "
+                                                "line, that source and artifact generate from (default: 8 bundled "
+                                                "English and code prompts).")]
+Tokens = Annotated[int, typer.Option("--tokens", help="Causal LMs: greedy tokens generated and judged per prompt.")]
+Text = Annotated[Optional[str], typer.Option("--text", help="Causal LMs: the perplexity text (UTF-8; default: "
+                                             "bundled public-domain passages).")]
