@@ -208,17 +208,36 @@ def package(artifact: str, output: str, options=None, *, force: bool = False) ->
 
 
 def bench(models: Sequence[str], options=None, *, load: Optional[LoadOptions] = None, report_dir: Optional[str] = None,
-          force: bool = False, echo=None) -> dict:
+          force: bool = False, echo=None, llm: Optional[LLMOptions] = None, prompt_tokens: Optional[int] = None) -> dict:
     """Benchmark each model on each runtime that runs it (one child process per case).
 
     With ``report_dir`` also write the research-vs-production report; when the first model is a
     framework source and others follow, their parity against it fills the report's parity table.
+
+    When the first model is a causal LM (a Hugging Face folder or a GGUF file), the others are its cached-decoder
+    artifacts: each row gives time to first token for a ``prompt_tokens`` prompt (default 64), decode tokens/s over
+    ``llm.tokens`` tokens beside the memory-bandwidth bound, peak memory, size and cold start; ``options.iterations``
+    then counts timed generations (3 unless set).
     """
     from deploykit.benchmark.cases import bench as run_bench
 
     if not models:
         raise UsageError("no model to benchmark", "give one or more model files")
     options = options or BenchOptions()
+    from deploykit.llm.flow import is_causal_lm
+
+    if is_causal_lm(models[0]):
+        from deploykit.llm import speed
+
+        if report_dir:
+            raise UsageError("--report draws image-model benchmarks; a causal LM's table is printed and in --json",
+                             "leave --report out")
+        repeats = speed.DEFAULT_REPEATS if options.iterations == BenchOptions().iterations else options.iterations
+        return speed.bench(list(models), options, llm or LLMOptions(timeout=options.timeout),
+                           prompt_tokens or speed.DEFAULT_PROMPT_TOKENS, repeats, echo)
+    if llm is not None or prompt_tokens is not None:
+        raise UsageError("--tokens and --prompt-tokens apply when the first model is a causal LM",
+                         "leave them out for this model")
     if report_dir:   # fail before minutes of measuring, not after
         registry.require(("matplotlib",), "needed to draw the report's plots")
     load_payload = None

@@ -253,6 +253,14 @@ def print_samples(built: list) -> None:
 
 def print_bench_case(case: dict) -> None:
     """One line per case as it finishes (a bench takes minutes)."""
+    if case.get("kind") == "causal_lm":
+        name = f"{Path(case['model']).name} · {case['row']} · {case['threads']} thread(s)"
+        if "error" in case:
+            console.print(f"  [red]✗[/red] {printable(name)}: {printable(case['error'])}")
+        else:
+            console.print(f"  [green]✓[/green] {printable(name)}: first token {case['ttft_ms']:.1f} ms, "
+                          f"{case['decode_tok_s']:.1f} tokens/s")
+        return
     name = f"{Path(case['model']).name} · {case['row']} · {case['options'].get('threads')} thread(s)"
     if "error" in case:
         console.print(f"  [red]✗[/red] {name}: {case['error']}")
@@ -267,6 +275,9 @@ def print_bench_case(case: dict) -> None:
 
 
 def print_bench(result: dict) -> None:
+    if result.get("kind") == "causal_lm":
+        print_llm_bench(result)
+        return
     table = Table(title="benchmark: ms per inference after warm-up (all fields: --json or --report)",
                   title_justify="left")
     for column in ("model", "runtime", "thr", "p50", "p90", "p99", "per s", "first result s", "peak MiB",
@@ -455,3 +466,30 @@ def print_oracle(report: dict) -> None:
     for problem in report.get("problems", []):
         console.print(f"[red]problem:[/red] {printable(problem)}")
 
+
+
+def print_llm_bench(result: dict) -> None:
+    """A causal LM's bench: time to first token and decode speed beside the memory-bandwidth bound."""
+    table = Table(title=f"causal LM: first token for a {result['prompt_tokens']}-token prompt, decode over "
+                        f"{result['tokens']} tokens (median of {result['repeats']} generations); memory bandwidth "
+                        f"{result['bandwidth_gb_s']:.1f} GB/s (1 thread)", title_justify="left")
+    for column in ("model", "runtime", "precision", "thr", "first token ms", "decode tok/s", "bound tok/s",
+                   "% of bound", "peak MiB", "size MB", "cold start s"):
+        table.add_column(column, justify="left" if column in ("model", "runtime", "precision") else "right")
+    for r in result["rows"]:
+        if "error" in r:
+            table.add_row(printable(Path(r["model"]).name), r["row"], r["precision"], str(r["threads"]),
+                          f"[red]{printable(r['error'][:60])}[/red]", *[""] * 6)
+            continue
+        table.add_row(printable(Path(r["model"]).name), r["row"], r["precision"], str(r["threads"]),
+                      f"{r['ttft_ms']:.1f}", f"{r['decode_tok_s']:.1f}", f"{r['bound_tok_s']:.1f}",
+                      f"{100 * r['bound_fraction']:.0f}%", f"{r['peak_mib']:.0f}", f"{r['size_bytes'] / 1e6:.1f}",
+                      f"{r['cold_start_s']:.2f}")
+    console.print(table)
+    head = result.get("headline")
+    if head:
+        console.print(f"production vs research: {head['production']} decodes {head['speedup']:.2f}× the "
+                      f"{head['research']} source at 1 thread ({100 * head['bound_fraction']:.0f}% of the bandwidth "
+                      f"bound)")
+    for note in result.get("notes", []):
+        console.print(f"note: {printable(note)}")

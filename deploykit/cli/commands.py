@@ -289,11 +289,17 @@ def bench(
     inputs: Inputs = None, weights: Weights = None, timeout: Timeout = 600.0,
     arm_cpu: Annotated[Optional[str], typer.Option("--arm-cpu", help="The emulated core of the ARM rows "
                        "(cortex-a76 by default; cortex-a53, neoverse-n1, ...).")] = None,
+    tokens: Tokens = _m("tokens"),
+    prompt_tokens: Annotated[Optional[int], typer.Option("--prompt-tokens", help="Causal LMs: the prompt length "
+                             "whose time to first token is measured (default 64; --iterations then counts timed "
+                             "generations, default 3).")] = None,
     as_json: Json = False, debug: Debug = False,
 ) -> None:
     """Latency, cold start, memory and size of each model on each runtime, one child process per case.
 
-    Example: deploykit bench model.pt2 model.onnx model.tflite --threads 1,2 --report out/
+    Example: deploykit bench model.pt2 model.onnx model.tflite --threads 1,2 --report out/ ;
+    causal LMs: deploykit bench SmolLM2.gguf SmolLM2.onnx SmolLM2.pte --threads 1,2 (time to first token, decode
+    tokens/s beside the memory-bandwidth bound)
     """
     def action() -> dict:
         from deploykit import api
@@ -304,7 +310,8 @@ def bench(
                                arm_cpu=arm_cpu)
         echo = None if as_json else (lambda row: _lazy("print_bench_case")(terminal_safe(row)))
         return api.bench(models, options, load=api.load_options(inputs or (), weights, timeout=timeout),
-                         report_dir=report, force=force, echo=echo)
+                         report_dir=report, force=force, echo=echo, prompt_tokens=prompt_tokens,
+                         llm=_llm_options(tokens=tokens, timeout=timeout))
 
     _run(action, as_json, debug, _lazy("print_bench"), _bench_exit_code)
 

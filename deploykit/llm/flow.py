@@ -30,7 +30,7 @@ SUFFIXES = {Format.ONNX: ".onnx", Format.TFLITE: ".tflite", Format.EXECUTORCH: "
 
 def read_prompts(path: Optional[str]) -> list:
     """The prompts, one per non-empty line (default: the bundled set)."""
-    text = _read_text(path or DATA / "prompts.txt", "--prompts", MAX_TEXT_BYTES)
+    text = read_text(path or DATA / "prompts.txt", "--prompts", MAX_TEXT_BYTES)
     prompts = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
     if not prompts:
         raise UsageError(f"{path}: no prompt in the file", "write one prompt per line")
@@ -40,7 +40,7 @@ def read_prompts(path: Optional[str]) -> list:
     return prompts
 
 
-def _read_text(path, option: str, limit: int) -> str:
+def read_text(path, option: str, limit: int) -> str:
     p = fsutil.require_regular_file(path, f"{option} file", f"check the {option} path")
     if p.stat().st_size > limit:
         raise UsageError(f"{p} is larger than {limit >> 10} KiB", f"give a smaller {option} file")
@@ -61,7 +61,7 @@ def is_causal_lm(path: str) -> bool:
 def reference(source: str, options: LLMOptions, prompts: list) -> child.ChildResult:
     """The source's side of the oracle, in the command's reused child (the model loads once per command)."""
     registry.require(("torch", "transformers", "tokenizers"), "running a causal LM source")
-    text = _read_text(options.text or DATA / "perplexity.txt", "--text", MAX_TEXT_BYTES)
+    text = read_text(options.text or DATA / "perplexity.txt", "--text", MAX_TEXT_BYTES)
     request = {"source": str(source), "prompts": prompts, "tokens": options.tokens, "text": text,
                "max_context": options.max_context}
     return child.run_child("deploykit.llm.jobs:source_reference", request, stage=child.LOAD, what=str(source),
