@@ -179,6 +179,11 @@ def verify_bundle(folder: str, timeout: float = 600.0, runtimes: Sequence[str] =
         raise UsageError(f"{folder} is not a deploykit bundle (no {BUNDLE_FILE} in it)",
                          "give the folder that `deploykit package` wrote")
     started = time.perf_counter()
+    from deploykit.llm.bundle_verify import is_llm_bundle, verify as verify_llm_bundle
+
+    if is_llm_bundle(folder):       # a text-generation bundle: its golden tokens, on its own runtime
+        return VerifyResult(folder, [verify_llm_bundle(folder, timeout, tuple(runtimes))],
+                            time.perf_counter() - started)
     reports = [check(folder, timeout, runtime, arm_cpu) for runtime in tuple(runtimes) or (None,)]
     return VerifyResult(folder, reports, time.perf_counter() - started)
 
@@ -203,7 +208,10 @@ def package(artifact: str, output: str, options=None, *, force: bool = False) ->
     ``selftest`` proves the model on the device. ``options`` is a PackageOptions (labels, normalize, task,
     samples, source). Returns the bundle's description (files, bytes, contract, runtime requirements)."""
     from deploykit.bundle.packaging import PackageOptions, package as write_bundle
+    from deploykit.llm.bundle import is_llm_artifact, package as write_llm_bundle
 
+    if is_llm_artifact(artifact):   # a cached decoder: a text-generation bundle (deploykit.llm.bundle)
+        return write_llm_bundle(artifact, output, options or PackageOptions(), force=force)
     return write_bundle(artifact, output, options or PackageOptions(), force=force)
 
 

@@ -344,6 +344,12 @@ def print_bundle(info: dict) -> None:
                       "golden vectors); any static host works, single-threaded without COOP/COEP headers")
         return
     console.print("the app needs: " + " ".join(info["runtime_requirements"]))
+    if info.get("kind") == "causal_lm":      # a text-generation bundle (deploykit.llm.bundle)
+        for line in info["summary"]:
+            console.print(f"  {line}", markup=False)
+        console.print(f"on the device: cd {info['bundle']} && pip install -r requirements.txt && python app.py "
+                      "selftest && python app.py generate \"Once upon a time\"", markup=False)
+        return
     print_contract(info["contract"])
     if info.get("unverified"):        # package --keep-unverified: its golden vectors could not run here
         from rich.markup import escape

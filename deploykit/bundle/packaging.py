@@ -395,9 +395,10 @@ def render_app(model_file: str, runtime: str, distribution: str, image: bool, so
         created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"))
 
 
-def requirements(distribution: str, image: bool) -> str:
-    """Exact pins of what the app imports, as installed here (where the bundle was verified)."""
-    wanted = ["numpy", distribution] + (["pillow"] if image else [])
+def requirements(distribution: str, image: bool, extra: tuple = ()) -> str:
+    """Exact pins of what the app imports, as installed here (where the bundle was verified); ``extra``: more
+    distributions it imports (tokenizers, for a text-generation app)."""
+    wanted = ["numpy", distribution] + (["pillow"] if image else []) + list(extra)
     lines = []
     for name in wanted:
         # onnxruntime-gpu here still means the CPU package on the device, at the same version
