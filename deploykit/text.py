@@ -81,3 +81,17 @@ def quoted(value, width: int = 80) -> str:
         return shown.repr(value)
     except ValueError:
         return "a huge number"
+
+
+def short_number(value, digits: int = 3) -> str:
+    """A metric for a table cell: "—" for None, ``digits`` significant digits, exponent form from 1e4."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.3e}"
+    return str(value)
+
+
+def clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, an ellipsis marking the cut."""
+    return text if len(text) <= width else text[:width - 1] + "…"
