@@ -138,3 +138,53 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(f
 def _as_ort_type(value: np.ndarray, ort_type: str) -> np.ndarray:
     dtype = _ORT_TYPES.get(ort_type)
     return np.ascontiguousarray(value, dtype=dtype) if dtype else np.ascontiguousarray(value)
+
+
+NOT_A_DECODER_REMEDY = "export it with deploykit export SRC --to onnx"
+
+
+def decoder_calls(path: str, options: RunnerOptions = RunnerOptions()):
+    """The cached-decoder calls of an ONNX graph that keeps ``deploykit.causal_lm``'s contract (one graph, any
+    token count: prefill takes any length up to the context, decode one token)."""
+    return OnnxDecoderCalls(path, options)
+
+
+class OnnxDecoderCalls:
+    """One InferenceSession, sequential execution (a decoder's graph is one chain: parallel branches buy nothing
+    and its thread pool would compete with the intra-op one), intra-op threads from the options."""
+
+    entries = {"prefill": None, "decode": 1}
+
+    def __init__(self, path: str, options: RunnerOptions):
+        from deploykit import causal_lm
+
+        ort = import_onnxruntime()
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        session_options.log_severity_level = 3
+        if options.threads:
+            session_options.intra_op_num_threads = options.threads
+        try:
+            self.session = ort.InferenceSession(str(path), session_options, providers=providers_for(options.device))
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+            raise ModelLoadError(f"ONNX Runtime cannot load {path}: {one_line(str(exc))}",
+                                 "re-export it with deploykit export SRC --to onnx") from None
+        inputs = {i.name for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        if inputs != set(causal_lm.INPUTS) or not set(causal_lm.OUTPUTS) <= outputs:
+            self.session = None
+            raise ModelLoadError(f"{path} has no KV-cache inputs ({', '.join(causal_lm.INPUTS)}): it is not a "
+                                 "cached decoder", NOT_A_DECODER_REMEDY)
+        self._dtypes = {i.name: _ORT_TYPES.get(i.type, "float32") for i in self.session.get_inputs()}
+        self._outputs = list(causal_lm.OUTPUTS)
+
+    def call(self, entry: str, feeds: Mapping) -> dict:
+        """One call (``entry`` is "prefill" or "decode": the graph is the same); outputs by the contract's names.
+        ORT returns fresh arrays, so the caches handed back are not overwritten by the next call."""
+        del entry
+        inputs = {name: np.ascontiguousarray(feeds[name], dtype=dtype) for name, dtype in self._dtypes.items()}
+        return dict(zip(self._outputs, self.session.run(self._outputs, inputs)))
+
+    def close(self) -> None:
+        self.session = None
