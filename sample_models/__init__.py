@@ -1,7 +1,9 @@
 """Sample models built in code from fixed seeds. This registry imports no framework.
 
 Each sample has a factory (``sample_models.<module>:<function>``, usable directly as a
-deploykit source with ``--weights``) and, where it matters, a short training step.
+deploykit source with ``--weights``) and, where it matters, a short training step. A "causal_lm" sample is
+built as a Hugging Face folder (its module's ``write_folder``), the source that ``deploykit export`` reads for
+a decoder; its factory only builds the untrained model.
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ SAMPLES = (
                 "sample_models.keras_models:weights_from_torch_twin",
                 "the MobileNetV2 sample in Keras, 1x224x224x3 (NHWC), with the weights the PyTorch twin learned",
                 data="sample_models.shapes:write_images"),
+    SampleModel("tiny_llama", "causal_lm", "sample_models.tiny_llama:tiny_llama", "sample_models.tiny_llama:train",
+                "Llama decoder (3 layers, hidden 128, 4 heads sharing 2 key/value heads, BPE vocabulary 512) trained "
+                "~1 min on the Gettysburg Address and the Declaration's opening; a Hugging Face folder"),
 )
 
 

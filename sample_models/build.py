@@ -1,4 +1,4 @@
-"""Write the sample models as files: TorchScript, torch.export program, state_dict, inputs."""
+"""Write the sample models as files: TorchScript, torch.export program, state_dict, inputs; a causal LM as a folder."""
 from __future__ import annotations
 
 import importlib
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit import fsutil
+from deploykit.errors import UsageError
 from deploykit.quiet import captured_output
 from sample_models import SAMPLES, SampleModel
 
@@ -26,6 +27,8 @@ def build_model(sample: SampleModel) -> tuple:
 
 
 def output_paths(sample: SampleModel, out_dir: Path) -> dict:
+    if sample.framework == "causal_lm":
+        return {"folder": out_dir / sample.name}
     if sample.framework == "tensorflow":
         return {"keras": out_dir / f"{sample.name}.keras", "h5": out_dir / f"{sample.name}.h5",
                 "inputs": out_dir / f"{sample.name}.inputs.npz"}
@@ -41,6 +44,8 @@ def build_sample(sample: SampleModel, out_dir: Path, force: bool = False) -> dic
     """Build one sample and write its files atomically; returns a description of what was written."""
     out_dir = Path(out_dir)
     paths = output_paths(sample, out_dir)
+    if sample.framework == "causal_lm":
+        return _build_folder(sample, paths["folder"], force)
     for path in paths.values():
         fsutil.prepare_output(path, force)
     if sample.framework == "tensorflow":
@@ -84,6 +89,32 @@ def _build_keras(sample: SampleModel, paths: dict, out_dir: Path, force: bool) -
     return {"name": sample.name, "description": sample.description, "parameters": int(model.count_params()),
             "factory": sample.factory, "files": {k: str(v) for k, v in paths.items()}, "preparation": info,
             **_data(sample, out_dir, force)}
+
+
+def _build_folder(sample: SampleModel, target: Path, force: bool) -> dict:
+    """A causal-LM sample: a Hugging Face folder written by its module's ``write_folder(model, folder)``."""
+    module = importlib.import_module(sample.factory.partition(":")[0])
+    _check_folder_target(target, force, module.FILES)
+    model, info = build_model(sample)
+    with fsutil.staging_dir(target.parent) as stage, captured_output(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module.write_folder(model, stage / target.name)
+        fsutil.publish([(stage / target.name, target)], force)
+    params = sum(p.numel() for p in model.parameters())
+    return {"name": sample.name, "description": sample.description, "parameters": int(params),
+            "factory": sample.factory, "files": {"folder": str(target)}, "preparation": info}
+
+
+def _check_folder_target(target: Path, force: bool, names: tuple) -> None:
+    """--force replaces a sample folder only when it holds nothing but the sample's own files (never a user's)."""
+    if force and target.is_dir() and not target.is_symlink():
+        extra = sorted(p.name for p in target.iterdir() if p.name not in names)
+        if extra:
+            raise UsageError(f"{target} holds {extra[0]}, which the {target.name} sample does not write: --force "
+                             "replaces only a sample folder as deploykit left it",
+                             "remove it yourself or choose another -o")
+        return
+    fsutil.prepare_output(target, force)
 
 
 def _data(sample: SampleModel, out_dir: Path, force: bool) -> dict:

@@ -235,6 +235,27 @@ def keras_samples_dir(tmp_path_factory) -> Path:
     return _build_samples(tmp_path_factory, "tensorflow", "tensorflow")
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """The tiny_llama sample's Hugging Face folder, copied once per run from the machine's sample cache (built there
+    the first time, ~1.5 min: trained on sample_models/data, whose texts are part of its cache key)."""
+    if not _has("torch", "transformers", "tokenizers", "safetensors"):
+        pytest.skip("needs torch, transformers, tokenizers and safetensors")
+    texts = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes()
+                                    for p in sorted((ROOT / "sample_models" / "data").glob("*")))).hexdigest()[:8]
+    cached = _sample_cache() / "causal_lm" / f"tiny_llama-{texts}"
+    with _locked(cached):
+        if not (cached / ".complete").exists():
+            _build_into(cached, "tiny_llama")
+    folder = _shared_root(tmp_path_factory) / "causal_lm_samples"
+    with _locked(folder / ".copy-tiny_llama"):
+        if not (folder / "tiny_llama").exists():          # copied whole under another name, then renamed
+            staging = folder / f".tiny_llama.tmp{os.getpid()}"
+            shutil.copytree(cached / "tiny_llama", staging)
+            os.replace(staging, folder / "tiny_llama")
+    return folder / "tiny_llama"
+
+
 def _resolved_route(source: Path, to: str, via: "str | None", mode: "str | None" = None) -> str:
     """The route an export takes first, as its edge names: `via=None`, `via="litert"` (and `via="onnx"`,
     `via="onnx2tf"`) name the same export when they select the same route, so it is made once."""
