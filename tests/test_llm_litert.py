@@ -1,0 +1,151 @@
+"""LiteRT cached decoders (issue 30): converters.llm_to_tflite writes one .tflite with prefill/decode signatures,
+runtimes.litert.decoder_calls drives it, and the logits of a padded prefill plus decode steps fed their own caches
+match transformers' full forward on the same ids. A tiny random Llama (seeded) stands in for a real model: these
+tests prove the cache protocol through LiteRT, not the text (the oracle's tests do that on a trained one)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.torch, pytest.mark.litert, pytest.mark.slow]
+
+MAX_CONTEXT, PREFILL_LEN, PROMPT, STEPS = 32, 8, 6, 5
+VOCAB = 300
+
+
+def _tiny_llama_folder(folder):
+    """A seeded random Llama as a Hugging Face folder: config, safetensors, and a WordLevel tokenizer.json."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The folder, the model, and its three artifacts (fp32, dynamic int8, the planted cache fault)."""
+    from converters.llm_to_tflite import convert
+
+    root = tmp_path_factory.mktemp("llm_litert")
+    model = _tiny_llama_folder(root / "tiny")
+    results = {}
+    for name, quantize, fault in (("fp32", "fp32", ""), ("dynamic", "dynamic", ""), ("cache", "fp32", "cache")):
+        output = root / f"{name}.tflite"
+        request = {"source": str(root / "tiny"), "output": str(output), "max_context": MAX_CONTEXT,
+                   "prefill_len": PREFILL_LEN, "quantize": quantize, "fault": fault}
+        results[name] = (output, convert(request, {}))
+    return {"root": root, "model": model, "artifacts": results}
+
+
+def _ids():
+    return np.random.default_rng(7).integers(1, VOCAB, size=PROMPT + STEPS).astype(np.int32)
+
+
+def _reference(model, ids) -> np.ndarray:
+    """transformers' full forward over all the ids: logits [len(ids), V]."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(ids.astype(np.int64))[None]).logits[0].numpy()
+
+
+def _artifact_logits(path, ids, contract) -> np.ndarray:
+    """Prefill the prompt (padded, the padding's positions past it), then decode the rest one id at a time,
+    feeding each call's caches to the next: logits [len(ids), V] in the reference's positions."""
+    from deploykit.runner import RunnerOptions
+    from runtimes.litert import decoder_calls
+
+    calls = decoder_calls(str(path), RunnerOptions(threads=1))
+    assert calls.entries == {"prefill": PREFILL_LEN, "decode": 1}
+    shape = (contract["layers"], contract["kv_heads"], contract["max_context"], contract["head_dim"])
+    tokens = np.zeros((1, PREFILL_LEN), np.int32)
+    tokens[0, :PROMPT] = ids[:PROMPT]
+    out = calls.call("prefill", {"tokens": tokens, "input_pos": np.arange(PREFILL_LEN, dtype=np.int32),
+                                 "k_cache": np.zeros(shape, np.float32), "v_cache": np.zeros(shape, np.float32)})
+    rows = [out["logits"][0, :PROMPT]]
+    for pos in range(PROMPT, len(ids)):
+        out = calls.call("decode", {"tokens": ids[None, pos:pos + 1], "input_pos": np.array([pos], np.int32),
+                                    "k_cache": out["k_cache_out"], "v_cache": out["v_cache_out"]})
+        rows.append(out["logits"][0])
+    calls.close()
+    return np.concatenate(rows)
+
+
+def test_one_tflite_keeps_the_contract_and_stores_the_weights_once(tiny):
+    from ai_edge_litert import interpreter as litert
+
+    path, result = tiny["artifacts"]["fp32"]
+    contract = result["contract"]
+    assert (contract["max_context"], contract["prefill_len"], contract["quantization"]) == (MAX_CONTEXT, 8, "fp32")
+    assert result["files"] == [] and result["notes"]
+    signatures = litert.Interpreter(model_path=str(path)).get_signature_list()
+    assert sorted(signatures) == ["decode", "prefill"]
+    for entry in signatures.values():
+        assert sorted(entry["inputs"]) == ["input_pos", "k_cache", "tokens", "v_cache"]
+        assert sorted(entry["outputs"]) == ["k_cache_out", "logits", "v_cache_out"]
+    weight_bytes = sum(p.numel() for p in tiny["model"].parameters()) * 4
+    assert weight_bytes < path.stat().st_size < 1.5 * weight_bytes       # two signatures, one copy of the weights
+
+
+def test_prefill_then_decode_matches_transformers(tiny):
+    path, result = tiny["artifacts"]["fp32"]
+    ids = _ids()
+    reference = _reference(tiny["model"], ids)
+    got = _artifact_logits(path, ids, result["contract"])
+    assert got.shape == reference.shape
+    assert np.abs(got - reference).max() < 1e-4
+
+
+def test_dynamic_int8_is_smaller_and_close(tiny):
+    path, result = tiny["artifacts"]["dynamic"]
+    assert result["contract"]["quantization"] == "dynamic"
+    assert path.stat().st_size < 0.5 * tiny["artifacts"]["fp32"][0].stat().st_size    # int8 weights, really
+    ids = _ids()
+    reference = _reference(tiny["model"], ids)
+    error = np.abs(_artifact_logits(path, ids, result["contract"]) - reference).max()
+    assert error < 0.1 * np.abs(reference).max(), error
+
+
+def test_planted_cache_fault_shows_from_position_8(tiny):
+    path, result = tiny["artifacts"]["cache"]
+    ids = _ids()
+    reference = _reference(tiny["model"], ids)
+    error = np.abs(_artifact_logits(path, ids, result["contract"]) - reference).max(axis=1)
+    assert error[:8].max() < 1e-4, error          # the fault writes positions >= 8 one slot early
+    assert error[8] > 1e-3, error
+
+
+def test_a_plain_tflite_is_refused(tiny):
+    import litert_torch
+    import torch
+
+    from deploykit.errors import ModelLoadError
+    from deploykit.runner import RunnerOptions
+    from runtimes.litert import decoder_calls
+
+    plain = tiny["root"] / "plain.tflite"
+    litert_torch.convert(torch.nn.Linear(4, 2).eval(), (torch.zeros(1, 4),)).export(str(plain))
+    with pytest.raises(ModelLoadError, match="no prefill/decode signatures with a KV cache") as info:
+        decoder_calls(str(plain), RunnerOptions())
+    assert "--to tflite" in info.value.remedy and "\n" not in str(info.value)
+
+
+def test_a_bad_quantize_mode_is_one_line(tiny):
+    from converters.llm_to_tflite import convert
+    from deploykit.errors import UsageError
+
+    with pytest.raises(UsageError, match="--quantize int4"):
+        convert({"source": str(tiny["root"] / "tiny"), "output": str(tiny["root"] / "x.tflite"),
+                 "max_context": MAX_CONTEXT, "prefill_len": PREFILL_LEN, "quantize": "int4"}, {})
+    assert json.loads(json.dumps(tiny["artifacts"]["fp32"][1]))        # the child's answer travels as JSON
