@@ -58,22 +58,57 @@ def source_reference(request: dict, arrays: dict) -> dict:
     model = loaded.model
     with torch.no_grad():
         for index, ids in enumerate(prompt_ids):
-            prefill = model(torch.tensor([ids])).logits[0].float().numpy()
-            tokens, steps = [int(np.argmax(prefill[-1]))], []
-            while len(tokens) < count:
-                logits = model(torch.tensor([ids + tokens])).logits[0, -1].float().numpy()
-                steps.append(logits)
-                tokens.append(int(np.argmax(logits)))
-            out[f"prefill_{index}"] = prefill
-            out[f"steps_{index}"] = np.stack(steps) if steps else np.zeros((0, prefill.shape[-1]), np.float32)
+            logits, tokens = _greedy_by_recomputation(model, ids, count)
+            out[f"prefill_{index}"] = logits[:len(ids)]
+            out[f"steps_{index}"] = logits[len(ids):]
             out[f"greedy_{index}"] = np.asarray(tokens, np.int64)
         windows = nll_windows(tokenizer, request.get("text") or "", int(request["max_context"]))
-        nll = [_nll(model(torch.tensor([w])).logits[0].float().numpy(), w) for w in windows]
+        nll = [_nll(model(torch.tensor([w]), use_cache=False).logits[0].float().numpy(), w) for w in windows]
     out["nll"] = np.concatenate(nll) if nll else np.zeros(0)
     return {"prompt_ids": prompt_ids, "windows": windows, "tokenizer_json": loaded.tokenizer_json,
             "bos_token_id": loaded.bos_token_id, "eos_token_ids": list(loaded.eos_token_ids),
             "family": loaded.info.family, "architecture": loaded.info.architecture,
             "parameters": int(sum(p.numel() for p in model.parameters())), "arrays": out}
+
+
+def _greedy_by_recomputation(model, ids: list, count: int) -> tuple:
+    """The source's greedy tokens and, for the prompt and every step, the logits of a forward over the whole prefix
+    with no cache: logits [len(ids) + count - 1, V] (row i predicts the token after position i).
+
+    A causal model's output at position i depends on tokens 0..i only, so one cache-free forward over prompt +
+    tokens is the full recomputation of every prefix at once. The tokens are proposed by transformers' own cached
+    generation (cheap) and then held to that forward: where its argmax disagrees (a near-tie the cache broke the
+    other way), the recomputation's token is taken and generation resumes from there.
+    """
+    import torch
+
+    tokens: list = []
+    while True:
+        tokens += _cached_greedy(model, ids + tokens, count - len(tokens))
+        sequence = torch.tensor([ids + tokens[:-1]])
+        logits = model(sequence, use_cache=False).logits[0].float().numpy()
+        chosen = logits[len(ids) - 1:].argmax(axis=-1)
+        wrong = np.nonzero(chosen != np.asarray(tokens))[0]
+        if not wrong.size:
+            return logits, tokens
+        first = int(wrong[0])
+        tokens = tokens[:first] + [int(chosen[first])]
+        if len(tokens) == count:
+            return model(torch.tensor([ids + tokens[:-1]]), use_cache=False).logits[0].float().numpy(), tokens
+
+
+def _cached_greedy(model, ids: list, count: int) -> list:
+    """``count`` greedy tokens after ``ids`` with transformers' own KV cache (never stopping at EOS)."""
+    import torch
+
+    if count <= 0:
+        return []
+    out = model(torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+    tokens = [int(out.logits[0, -1].argmax())]
+    while len(tokens) < count:
+        out = model(torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values, use_cache=True)
+        tokens.append(int(out.logits[0, -1].argmax()))
+    return tokens
 
 
 def artifact_run(request: dict, arrays: dict) -> dict:

@@ -40,7 +40,7 @@ def print_oracle(report: dict, console) -> None:
         verdict = "[green]pass[/green]" if stage["passed"] else "[red]fail[/red]"
         table.add_row(name, verdict, printable(stage["detail"]))
     console.print(table)
-    prompts = Table(title="per prompt (continuations as generated; ≠ marks the first differing token)",
+    prompts = Table(title="per prompt (the artifact's own greedy continuation)",
                     title_justify="left")
     for column in ("#", "prompt", "tok", "prefill max_abs", "worst step", "diverges at", "artifact continuation"):
         prompts.add_column(column, justify="right" if column in ("#", "tok", "prefill max_abs", "worst step")
