@@ -17,7 +17,7 @@ from deploykit import registry
 from deploykit.benchmark.cases import BenchOptions
 from deploykit.errors import UsageError
 from deploykit.model import LoadOptions
-from deploykit.causal_lm import LLMOptions
+from deploykit.causal_lm import LLMOptions, llm_options_for
 from deploykit.child import check_timeout
 from deploykit.options import QuantizeOptions, VerifyOptions
 from deploykit.request import ExportRequest, export_defaults
@@ -132,7 +132,7 @@ def verify(source: str, artifacts: Sequence[str], *, load: Optional[LoadOptions]
 
         from deploykit.llm.flow import verify as verify_llm
 
-        llm = _with(llm or LLMOptions(timeout=options.timeout),
+        llm = _with(llm or llm_options_for(options.timeout, VerifyOptions.timeout),
                     runtime=options.runtimes[0] if options.runtimes else None)
         return verify_llm(source, list(artifacts), llm)
     from deploykit.checking.arm import check_arm_cpu
@@ -241,7 +241,7 @@ def bench(models: Sequence[str], options=None, *, load: Optional[LoadOptions] = 
             raise UsageError("--report draws image-model benchmarks; a causal LM's table is printed and in --json",
                              "leave --report out")
         repeats = speed.DEFAULT_REPEATS if options.iterations == BenchOptions().iterations else options.iterations
-        return speed.bench(list(models), options, llm or LLMOptions(timeout=options.timeout),
+        return speed.bench(list(models), options, llm or llm_options_for(options.timeout, BenchOptions.timeout),
                            prompt_tokens or speed.DEFAULT_PROMPT_TOKENS, repeats, echo)
     if llm is not None or prompt_tokens is not None:
         raise UsageError("--tokens and --prompt-tokens apply when the first model is a causal LM",

@@ -244,6 +244,12 @@ class LLMOptions:
         check_timeout(self.timeout)
 
 
+def llm_options_for(timeout: float, default_timeout: float) -> LLMOptions:
+    """LLMOptions for a command whose --timeout is ``timeout``: a causal LM's own (longer) default stands unless the
+    user changed --timeout from the command's ``default_timeout``."""
+    return LLMOptions(timeout=timeout if timeout != default_timeout else LLMOptions.timeout)
+
+
 class DecoderCalls:
     """What a runtime module gives for a cached-decoder artifact (``runtimes.<runtime>:decoder_calls(path,
     options: RunnerOptions) -> DecoderCalls``); the host-side loop (``deploykit.llm.session``) feeds the caches

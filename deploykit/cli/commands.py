@@ -49,8 +49,11 @@ def _verify_options(samples, seed, npz, precision, atol, rtol, timeout, **more) 
 
 def _llm_options(**given) -> "LLMOptions | None":
     """LLMOptions when a causal-LM flag differs from its default (None otherwise: the API's defaults apply)."""
+    from deploykit.causal_lm import llm_options_for
+
     changed = {k: v for k, v in given.items() if k != "timeout" and v != _m(k)}
-    return LLMOptions(**changed, timeout=given["timeout"]) if changed else None
+    timeout = llm_options_for(given["timeout"], _v("timeout")).timeout     # a causal LM's longer default
+    return LLMOptions(**changed, timeout=timeout) if changed else None
 
 
 def _export_exit_code(data: dict) -> int:

@@ -251,6 +251,8 @@ def export_request(request) -> LLMExportResult:
     if request.route != "first" or request.all_precisions:
         raise UsageError("--route all and --quantize all do not apply to a causal LM export",
                          "export one target and one precision at a time")
-    options = request.llm or LLMOptions(timeout=request.verify.timeout)
+    from deploykit.options import VerifyOptions
+
+    options = request.llm or causal_lm.llm_options_for(request.verify.timeout, VerifyOptions.timeout)
     return export(request.source, request.to, request.output, options=options, quantize=request.mode,
                   force=request.force, debug=request.debug)
