@@ -210,6 +210,13 @@ def check_context(max_context: int, prefill_len: Optional[int], info: Optional[S
                          "deploykit's cache has no sliding window: keep the context within it")
 
 
+def context_for(requested: Optional[int], info: SourceInfo) -> int:
+    """The context to export: the one asked for, else DEFAULT_MAX_CONTEXT or the model's positions when fewer."""
+    if requested is not None:
+        return requested
+    return min(DEFAULT_MAX_CONTEXT, info.max_positions) if info.max_positions else DEFAULT_MAX_CONTEXT
+
+
 def contract_of(manifest: Optional[dict]) -> Optional[DecoderContract]:
     """The DecoderContract recorded in an artifact's manifest, or None when the artifact is no cached decoder."""
     section = (manifest or {}).get("causal_lm")
@@ -228,8 +235,8 @@ class LLMOptions:
 
     prompts: Optional[str] = None           # a UTF-8 file, one prompt per line (default: data/prompts.txt)
     tokens: int = 32                        # greedy tokens judged per prompt
-    max_context: int = DEFAULT_MAX_CONTEXT
-    prefill_len: int = DEFAULT_PREFILL_LEN   # the prefill signature's length where it must be fixed
+    max_context: Optional[int] = None       # None: DEFAULT_MAX_CONTEXT, or the model's positions when fewer
+    prefill_len: int = DEFAULT_PREFILL_LEN   # the prefill signature's length where it must be fixed (<= the context)
     text: Optional[str] = None              # the perplexity text (default: data/perplexity.txt)
     runtime: Optional[str] = None           # verify: the runtime that runs the artifact (default: the format's)
     threads: Optional[int] = None
@@ -238,7 +245,10 @@ class LLMOptions:
     def __post_init__(self):
         if not isinstance(self.tokens, int) or not 1 <= self.tokens <= 4096:
             raise UsageError(f"--tokens {self.tokens} is out of range", "give 1 to 4096 greedy tokens")
-        check_context(self.max_context, self.prefill_len)
+        if self.max_context is not None:
+            check_context(self.max_context, self.prefill_len)
+        elif not isinstance(self.prefill_len, int) or self.prefill_len < 1:
+            raise UsageError(f"--prefill-len {self.prefill_len} must be at least 1", "e.g. --prefill-len 64")
         from deploykit.child import check_timeout
 
         check_timeout(self.timeout)

@@ -256,6 +256,36 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     return folder / "tiny_llama"
 
 
+# The causal-LM exports the tests share: tiny_llama with a 64-token context, judged on 8 greedy tokens per prompt.
+LLM_TEST_OPTIONS = dict(max_context=64, prefill_len=16, tokens=8)
+
+
+@pytest.fixture(scope="session")
+def llm_exported(tiny_llama_dir, tmp_path_factory):
+    """``get(to, quantize=None)``: the tiny_llama sample exported to ``to`` through the API (generation oracle
+    passed), once per run and shared by every test and xdist worker; returns the artifact's path."""
+    from deploykit import api
+    from deploykit.causal_lm import LLMOptions
+
+    folder = _shared_root(tmp_path_factory) / "llm_exports"
+    data = ROOT / "sample_models" / "data"
+
+    def get(to: str, quantize: "str | None" = None) -> Path:
+        suffix = {"onnx": ".onnx", "tflite": ".tflite", "executorch": ".pte"}[to]
+        out = folder / f"tiny_llama{'.' + quantize if quantize else ''}{suffix}"
+        with _locked(out):
+            if not out.exists():
+                options = LLMOptions(prompts=str(data / "prompts.txt"), text=str(data / "heldout.txt"),
+                                     **LLM_TEST_OPTIONS)
+                request = api.ExportRequest(str(tiny_llama_dir), to, str(out), llm=options,
+                                            quantize=api.QuantizeOptions(quantize) if quantize else None)
+                result = api.export(request)
+                assert result.passed, result.report.summary()
+        return out
+
+    return get
+
+
 def _resolved_route(source: Path, to: str, via: "str | None", mode: "str | None" = None) -> str:
     """The route an export takes first, as its edge names: `via=None`, `via="litert"` (and `via="onnx"`,
     `via="onnx2tf"`) name the same export when they select the same route, so it is made once."""

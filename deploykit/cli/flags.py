@@ -51,8 +51,9 @@ ArmCpu = Annotated[Optional[str], typer.Option("--arm-cpu", help="The emulated A
                    "dotprod), neoverse-n1, cortex-a53/a72/a57/a35 (ARMv8.0, no fp16 arithmetic), a64fx. Recorded "
                    "in every report.")]
 # Causal LMs (a Hugging Face folder or a GGUF file as the source): the generation oracle's and the cache's options.
-MaxContext = Annotated[int, typer.Option("--max-context", help="Causal LMs: the fixed context the exported KV cache "
-                                         "holds (prompt + generated tokens).")]
+MaxContext = Annotated[Optional[int], typer.Option("--max-context", help="Causal LMs: the fixed context the exported "
+                                                   "KV cache holds (prompt + generated tokens; default 256, or the "
+                                                   "model's positions when fewer).")]
 PrefillLen = Annotated[int, typer.Option("--prefill-len", help="Causal LMs: tokens per prefill call where the "
                                          "runtime needs a fixed length (LiteRT's prefill signature; longer prompts "
                                          "go in several calls, the last one padded).")]

@@ -11,13 +11,15 @@ of the U.S. Constitution (1787); Lincoln's Second Inaugural Address (1865); Melv
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 from deploykit import causal_lm, child, fsutil, manifest, registry
 from deploykit.causal_lm import DecoderContract, LLMOptions
 from deploykit.errors import ConversionError, ModelLoadError, UsageError
+from deploykit.exporting.routing import FORBID_ENV
 from deploykit.formats import LLM_FORMATS, Format, detect
 from deploykit.llm import oracle
 
@@ -58,12 +60,13 @@ def is_causal_lm(path: str) -> bool:
         return False
 
 
-def reference(source: str, options: LLMOptions, prompts: list) -> child.ChildResult:
-    """The source's side of the oracle, in the command's reused child (the model loads once per command)."""
+def reference(source: str, options: LLMOptions, prompts: list, context: int) -> child.ChildResult:
+    """The source's side of the oracle, in the command's reused child (the model loads once per command);
+    ``context``: the shortest context of the artifacts it is compared with (perplexity windows fit in it)."""
     registry.require(("torch", "transformers", "tokenizers"), "running a causal LM source")
     text = read_text(options.text or DATA / "perplexity.txt", "--text", MAX_TEXT_BYTES)
     request = {"source": str(source), "prompts": prompts, "tokens": options.tokens, "text": text,
-               "max_context": options.max_context}
+               "max_context": context}
     return child.run_child("deploykit.llm.jobs:source_reference", request, stage=child.LOAD, what=str(source),
                            timeout=options.timeout, reuse=True)
 
@@ -145,7 +148,7 @@ def verify(source: str, artifacts, options: LLMOptions) -> LLMVerifyResult:
         raise UsageError("no artifact to verify", "give the exported artifact(s) after the source")
     prompts = read_prompts(options.prompts)
     contracts = [(str(a), contract_for_artifact(str(a))) for a in artifacts]
-    ref = reference(source, options, prompts)
+    ref = reference(source, options, prompts, min(c.max_context for _a, c in contracts))
     return LLMVerifyResult([judge_artifact(source, a, c, ref, options, prompts) for a, c in contracts])
 
 
@@ -167,12 +170,12 @@ class LLMExportResult:
 
 
 def export(source: str, to: str, output: Optional[str], *, options: LLMOptions, quantize: Optional[str] = None,
-           force: bool = False, debug: bool = False) -> LLMExportResult:
+           force: bool = False, debug: bool = False, fault: str = "") -> LLMExportResult:
     """Convert a causal LM into a cached decoder for ``to``, judge it with the oracle on its runtime, and publish it
-    (artifact, ``.deploykit.json`` manifest, ``.tokenizer.json``) only when it passes."""
+    (artifact, ``.deploykit.json`` manifest, ``.tokenizer.json``) only when it passes. ``fault`` plants a defect
+    (``deploykit.transforms.cached_decoder.FAULTS``) for the oracle's own tests; no command reaches it."""
     fmt = detect(source)
     info = causal_lm.read_source(source)
-    causal_lm.check_context(options.max_context, options.prefill_len, info)
     dst = registry.target_format(to)
     edge = next((e for e in registry.EDGES if fmt in e.src and e.dst == dst), None)
     if edge is None:
@@ -182,14 +185,19 @@ def export(source: str, to: str, output: Optional[str], *, options: LLMOptions, 
     if mode != "fp32" and mode not in edge.quantizes:
         raise UsageError(f"--quantize {mode} is not offered for a causal LM to {to}",
                          f"use {' or '.join(edge.quantizes)} (or leave --quantize out for fp32)")
+    options = replace(options, max_context=causal_lm.context_for(options.max_context, info))
+    options = replace(options, prefill_len=min(options.prefill_len, options.max_context))
+    causal_lm.check_context(options.max_context, options.prefill_len, info)
     registry.require(edge.requires, f"exporting a causal LM to {to}")
     out = fsutil.prepare_output(output or _default_output(source, dst, mode), force)
     prompts = read_prompts(options.prompts)
     with fsutil.parents_removed_on_failure(out), fsutil.staging_dir(out.parent) as stage:
         staged = stage / out.name
         request = {"source": str(source), "output": str(staged), "max_context": options.max_context,
-                   "prefill_len": options.prefill_len, "quantize": mode, "fault": ""}
-        ref = reference(source, options, prompts)
+                   "prefill_len": options.prefill_len, "quantize": mode, "fault": fault}
+        if os.environ.get(FORBID_ENV):
+            raise AssertionError("this test converts a model: mark it `slow` (the quick loop never converts)")
+        ref = reference(source, options, prompts, options.max_context)
         made = child.run_child(edge.target, request, stage=child.CONVERT, what=edge.name, timeout=options.timeout,
                                debug=debug)
         contract = DecoderContract.from_dict(made.info["contract"])
