@@ -70,6 +70,25 @@ def package(artifact: str, output: str, options=None, force: bool = False, token
     from deploykit.bundle.packaging import PackageOptions
 
     options = options or PackageOptions()
+    fmt, contract, side_files, source = _checked(artifact, options, tokens)
+    out = Path(output).absolute()
+    if fsutil.overlaps(out, artifact) or fsutil.overlaps(out, source):
+        raise UsageError(f"the bundle folder {out} holds the artifact or its source", "choose another -o")
+    texts = flow.read_prompts(prompts)
+    prompt_ids = _prompt_ids(artifact, texts, tokens, contract)
+    with fsutil.parents_removed_on_failure(out):
+        fsutil.prepare_output(out, force, directory=True)
+        golden = _golden(source, artifact, contract, texts, prompt_ids, tokens, options.verify.timeout)
+        with fsutil.staging_dir(out.parent) as stage:
+            folder = stage / out.name
+            folder.mkdir()
+            _stage(folder, fmt, Path(artifact), side_files, contract, golden, source, options.verify.timeout)
+            fsutil.publish([(folder, out)], force=force)
+    return describe(out)
+
+
+def _checked(artifact: str, options, tokens: int) -> tuple:
+    """(format, contract, side files, source) of an artifact a text-generation bundle can carry; else one line."""
     _refuse_options(options)
     fmt = detect(artifact)
     if fmt == Format.EXECUTORCH:
@@ -85,32 +104,26 @@ def package(artifact: str, output: str, options=None, force: bool = False, token
     recorded = manifest.read(artifact)
     side_files = _recorded_files(artifact, recorded)
     source = _source(artifact, recorded, options.source)
-    runtime = bundle_verify.RUNTIME_OF[fmt]
-    registry.require(registry.runtime_entry(runtime).requires + ("tokenizers",), "checking the bundle's model")
-    out = Path(output).absolute()
-    if fsutil.overlaps(out, artifact) or fsutil.overlaps(out, source):
-        raise UsageError(f"the bundle folder {out} holds the artifact or its source", "choose another -o")
-    texts = flow.read_prompts(prompts)
-    prompt_ids = _prompt_ids(artifact, texts, tokens, contract)
-    with fsutil.parents_removed_on_failure(out):
-        fsutil.prepare_output(out, force, directory=True)
-        golden = _golden(source, artifact, contract, texts, prompt_ids, tokens, options.verify.timeout)
-        with fsutil.staging_dir(out.parent) as stage:
-            folder = stage / out.name
-            folder.mkdir()
-            model = MODEL_NAME[fmt]
-            _copy(Path(artifact), folder / model)
-            for side in side_files:
-                _copy(side, folder / side.name)
-            _write_files(folder, model, runtime, contract, golden, source)
-            report = bundle_verify.run_golden(folder / model, runtime, contract, *golden[:2], options.verify.timeout)
-            if not report.passed:
-                raise ParityError(f"the bundled model does not generate its golden tokens: {report.summary()}",
-                                  "verify the artifact against its source first (`deploykit verify SRC ART`)",
-                                  details={"parity": report.to_dict()})
-            _write_record(folder, model, runtime)
-            fsutil.publish([(folder, out)], force=force)
-    return describe(out)
+    registry.require(registry.runtime_entry(bundle_verify.RUNTIME_OF[fmt]).requires + ("tokenizers",),
+                     "checking the bundle's model")
+    return fmt, contract, side_files, source
+
+
+def _stage(folder: Path, fmt: Format, artifact: Path, side_files: list, contract: DecoderContract, golden: tuple,
+           source: str, timeout: float) -> None:
+    """Every file of the bundle in ``folder``; the record last, once the bundled model generated its golden tokens
+    (judged as `verify BUNDLE` and `app.py selftest` judge it)."""
+    model, runtime = MODEL_NAME[fmt], bundle_verify.RUNTIME_OF[fmt]
+    _copy(artifact, folder / model)
+    for side in side_files:
+        _copy(side, folder / side.name)
+    _write_files(folder, model, runtime, contract, golden, source)
+    report = bundle_verify.run_golden(folder / model, runtime, contract, *golden[:2], timeout)
+    if not report.passed:
+        raise ParityError(f"the bundled model does not generate its golden tokens: {report.summary()}",
+                          "verify the artifact against its source first (`deploykit verify SRC ART`)",
+                          details={"parity": report.to_dict()})
+    _write_record(folder, model, runtime)
 
 
 # PackageOptions fields that mean nothing for a text-generation bundle: refused rather than silently ignored.
