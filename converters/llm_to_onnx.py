@@ -112,103 +112,207 @@ def _load(path: Path):
 
 
 def _quantize(proto, mode: str, vocab: int):
-    """``proto`` with its weights quantized (ORT's quantizer edits it in place); and the note saying how."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-    bits = 4 if mode == "int4" else 8
-    _untie_lm_head(proto)
-    # ORT's Gather quantizer writes int4 only: an 8-bit embedding is written here (_embedding_8bit).
-    config = DefaultWeightOnlyQuantConfig(block_size=BLOCK_SIZE, is_symmetric=bits == 8, bits=bits,
-                                          accuracy_level=ACCURACY_LEVEL,
-                                          op_types_to_quantize=("MatMul", "Gather") if bits == 4 else ("MatMul",))
+    """``proto`` with its weights quantized in place; and the note saying how."""
     try:
-        with captured_output(), warnings.catch_warnings():     # the quantizer logs every node it skips
-            warnings.simplefilter("ignore")
-            quantizer = MatMulNBitsQuantizer(proto, algo_config=config)
-            quantizer.process()
-            proto = quantizer.model.model
-            if bits == 8:
-                _embedding_8bit(proto)
-    except Exception as exc:  # noqa: BLE001 - ORT's quantizer raises asserts and ValueErrors alike
-        text = str(exc).strip().splitlines()
-        raise ConversionError(f"ONNX Runtime's MatMulNBits quantizer failed ({type(exc).__name__}: "
-                              f"{text[0][:200] if text else ''})", "export without --quantize, or report it") from None
-    ops = _op_counts(proto)
-    head = any(n.op_type == "MatMulNBits" and any(a.name == "N" and a.i == vocab for a in n.attribute)
-               for n in proto.graph.node)
-    note = (f"{mode}: {ops.get('MatMulNBits', 0)} MatMul weights{' (the lm_head included)' if head else ''} as "
-            f"MatMulNBits {bits}-bit in blocks of {BLOCK_SIZE} (accuracy_level {ACCURACY_LEVEL}: int8 compute), "
-            f"the embedding {'as GatherBlockQuantized ' + str(bits) + '-bit' if ops.get('GatherBlockQuantized') else 'float32'}; "
-            "caches and logits float32")
-    return proto, note
+        counts = _Quantizer(proto, mode, vocab).run()
+    except (ValueError, MemoryError) as exc:
+        raise ConversionError(f"quantizing the ONNX decoder's weights failed ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})", "export without --quantize, or report it") from None
+    body = ("8-bit symmetric, int8 activations (accuracy_level 4)" if mode == "int8" else
+            "4-bit affine, each block's float minimum kept (exact on a GGUF Q4_1 grid), float32 compute")
+    return proto, (f"{mode}: {counts['body']} MatMul weights as MatMulNBits {body}, blocks of {BLOCK_SIZE}"
+                   + (", the lm_head 8-bit symmetric" if counts["head"] else "")
+                   + (", the embedding 8-bit (GatherBlockQuantized" + (", sharing the lm_head's bytes)"
+                                                                         if counts["shared"] else ")")
+                      if counts["embedding"] else ", the embedding float32")
+                   + "; caches and logits float32")
 
 
-def _untie_lm_head(proto) -> None:
-    """Give the lm_head MatMul its own [hidden, vocab] weight when it reads the embedding through a Transpose
-    (tied weights, as the dynamo exporter writes them): ORT's quantizer takes only an initializer as a MatMul's
-    weight, so the largest matrix of a small LM would stay float32. The embedding is quantized on its own."""
-    import numpy as np
-    from onnx import numpy_helper
+class _Quantizer:
+    """Weight-only block quantization of the exported decoder, written as ONNX Runtime's MatMulNBits and
+    GatherBlockQuantized (com.microsoft) nodes — packed here rather than by ORT's ``matmul_nbits_quantizer``:
 
-    graph = proto.graph
-    initializers = {i.name: i for i in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    for node in graph.node:
-        transpose = producers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in initializers:
-            continue
-        weight = numpy_helper.to_array(initializers[transpose.input[0]])
-        perm = [a.ints for a in transpose.attribute if a.name == "perm"]
-        if weight.ndim != 2 or (perm and list(perm[0]) != [1, 0]):
-            continue
-        name = f"{transpose.input[0]}.transposed"
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.T), name))
-        node.input[1] = name
-    readers = {name for node in graph.node for name in node.input}
-    dead = [n for n in graph.node if n.op_type == "Transpose" and not set(n.output) & readers]
-    for node in dead:
-        graph.node.remove(node)
+    - its 4-bit grid must hold 0 and takes an integer zero point, so a block's offset is rounded to the grid:
+      on SmolLM2-135M (Q4_1 weights: ``w = m + d·q`` per block of 32) that bias per block turned the logits
+      to noise (max_abs 16.7 of ~27, cosine < 0). Here a 4-bit block keeps its own float minimum, applied as
+      ``Σ_block(x)·m`` beside the MatMulNBits (zero point 0): exact on a Q4_1 grid, min-max RTN elsewhere. A
+      float zero point inside MatMulNBits would say the same, but ORT then leaves its fast kernels (600 ms vs
+      45 ms a SmolLM2 decode step);
+    - ORT's quantizer can only see a MatMul weight that is an initializer, and the dynamo exporter writes a tied
+      lm_head as ``Transpose(embedding)``: here that embedding is quantized once, by rows, and read by both the
+      lm_head's MatMulNBits and the embedding's GatherBlockQuantized;
+    - the lm_head stays 8-bit in int4 (4-bit alone moved SmolLM2's logits by 4.9), and 8-bit blocks are
+      symmetric (``amax / 127``: exact on a GGUF Q8_0 grid) with int8 compute (``accuracy_level`` 4 —
+      ORT's fp32 path for 8 bits was 20x slower).
+    """
 
+    def __init__(self, proto, mode: str, vocab: int):
+        self.graph, self.mode, self.vocab = proto.graph, mode, vocab
+        self.proto = proto
+        self.initializers = {i.name: i for i in self.graph.initializer}
+        self.producers = {out: node for node in self.graph.node for out in node.output}
+        self.packed: dict = {}          # (initializer name, bits) -> names of the packed tensors
+        self.block_sums: dict = {}      # activation name -> its per-block sums
+        self.new: list = []             # initializers to add
+        self.counts = {"body": 0, "head": 0, "embedding": 0, "shared": 0}
 
-def _embedding_8bit(proto) -> None:
-    """Each Gather over a 2-D float initializer (the token embedding) -> GatherBlockQuantized, 8 bits: symmetric
-    per block of BLOCK_SIZE along the hidden dim, stored as uint8 with zero point 128 (ORT takes no int8 there)."""
-    import numpy as np
-    from onnx import helper, numpy_helper
+    def run(self) -> dict:
+        nodes = []
+        for node in self.graph.node:
+            weight = self._matmul_weight(node)
+            nodes.extend(self._matmul(node, *weight) if weight else [node])
+        # Gathers second: a tied embedding then finds the lm_head's bytes already packed.
+        self.graph.ClearField("node")
+        self.graph.node.extend(n for node in nodes
+                               for n in (self._gather(node) if node.op_type == "Gather" else [node]))
+        self.graph.initializer.extend(self.new)
+        _prune(self.graph)
+        if not any(o.domain == "com.microsoft" for o in self.proto.opset_import):
+            self.proto.opset_import.add(domain="com.microsoft", version=1)
+        return self.counts
 
-    graph = proto.graph
-    initializers = {i.name: i for i in graph.initializer}
-    for index, node in enumerate(list(graph.node)):
-        table = initializers.get(node.input[0]) if node.op_type == "Gather" else None
+    def _matmul_weight(self, node):
+        """(initializer name, the weight as rows [N, K]) of a MatMul by a constant: an initializer [K, N], or
+        the transpose of one [N, K] (a tied lm_head); None otherwise, or when K is no multiple of the block."""
+        import numpy as np
+        from onnx import numpy_helper
+
+        if node.op_type != "MatMul" or len(node.input) != 2:
+            return None
+        name, transposed = node.input[1], False
+        transpose = self.producers.get(name)
+        if transpose is not None and transpose.op_type == "Transpose":
+            perm = [list(a.ints) for a in transpose.attribute if a.name == "perm"]
+            if perm not in ([], [[1, 0]]):
+                return None
+            name, transposed = transpose.input[0], True
+        table = self.initializers.get(name)
+        if table is None or len(table.dims) != 2 or table.dims[0 if not transposed else 1] % BLOCK_SIZE:
+            return None
+        weight = numpy_helper.to_array(table).astype(np.float32)
+        return name, (weight if transposed else np.ascontiguousarray(weight.T))
+
+    def _matmul(self, node, name: str, rows) -> list:
+        from onnx import helper
+
+        columns, depth = rows.shape
+        head = columns == self.vocab
+        # int4's body is affine (its own float minimum per block); 8 bits are symmetric: the lm_head's layout is
+        # the one the embedding's GatherBlockQuantized can share (it takes no float offset), and int8's error is
+        # its int8 activations, not its weights (affine 8-bit weights, exact on SmolLM2's grid, measured the same).
+        bits, affine = (8, False) if head or self.mode == "int8" else (4, True)
+        self.counts["head" if head else "body"] += 1
+        data, scales, zeros, minimums = self._pack(name, rows, bits, affine)
+        attributes = dict(K=depth, N=columns, bits=bits, block_size=BLOCK_SIZE, domain="com.microsoft")
+        if bits == 8:       # ORT's fp32 path for 8 bits was 20x slower: int8 compute
+            attributes["accuracy_level"] = ACCURACY_LEVEL
+        if not affine:
+            return [helper.make_node("MatMulNBits", [node.input[0], data, scales, zeros], list(node.output),
+                                     name=f"{node.name}_Q{bits}", **attributes)]
+        scaled, offset = f"{node.output[0]}_q{bits}", f"{node.output[0]}_q{bits}_offset"
+        sums, made = self._block_sums(node.input[0], depth)
+        return made + [
+            helper.make_node("MatMulNBits", [node.input[0], data, scales, zeros], [scaled],
+                             name=f"{node.name}_Q{bits}", **attributes),
+            helper.make_node("MatMul", [sums, minimums], [offset], name=f"{node.name}_Q{bits}_offset"),
+            helper.make_node("Add", [scaled, offset], list(node.output), name=f"{node.name}_Q{bits}_add")]
+
+    def _pack(self, name: str, rows, bits: int, affine: bool) -> tuple:
+        """The packed tensors' names (data, scales, zero points, block minimums or None), made once per weight.
+        Symmetric: ``amax / 127`` per block, stored + 128; affine: ``(max - min) / (2^bits - 1)`` from the block's
+        minimum, zero point 0, the minimum kept as a float [blocks, N] matrix."""
+        import numpy as np
+        from onnx import numpy_helper
+
+        key = (name, bits, affine)
+        if key in self.packed:
+            return self.packed[key]
+        columns, depth = rows.shape
+        blocks = rows.reshape(columns, depth // BLOCK_SIZE, BLOCK_SIZE)
+        top = (1 << bits) - 1
+        if affine:
+            low = blocks.min(axis=-1)
+            scales = (blocks.max(axis=-1) - low) / top
+            scales[scales == 0] = 1.0
+            levels = np.clip(np.rint((blocks - low[..., None]) / scales[..., None]), 0, top).astype(np.uint8)
+            minimums = np.ascontiguousarray(low.T)
+        else:
+            scales = np.abs(blocks).max(axis=-1) / 127.0
+            scales[scales == 0] = 1.0
+            levels = (np.clip(np.rint(blocks / scales[..., None]), -127, 127) + 128).astype(np.uint8)
+            minimums = None
+        if bits == 4:
+            levels = levels[..., 0::2] | (levels[..., 1::2] << 4)
+        zeros = np.full((columns, (depth // BLOCK_SIZE * bits + 7) // 8), 0 if affine else 128, np.uint8)
+        tensors = {"q": levels, "scales": scales.astype(np.float32), "zeros": zeros, "minimums": minimums}
+        tag = f"{name}_{bits}bit{'_affine' if affine else ''}"
+        names = tuple(f"{tag}_{k}" if value is not None else None for k, value in tensors.items())
+        self.new.extend(numpy_helper.from_array(value, n) for n, value in zip(names, tensors.values())
+                        if value is not None)
+        self.packed[key] = names
+        return names
+
+    def _block_sums(self, activation: str, depth: int) -> tuple:
+        """The name of ``activation`` summed per block ([..., K] @ ones [K, K/32]), and the nodes that make it
+        (none when an earlier MatMul on the same activation — q/k/v, gate/up — made it)."""
+        import numpy as np
+        from onnx import helper, numpy_helper
+
+        if activation in self.block_sums:
+            return self.block_sums[activation], []
+        ones_name = f"block_sum_{depth}"
+        if ones_name not in {t.name for t in self.new}:
+            ones = (np.arange(depth)[:, None] // BLOCK_SIZE == np.arange(depth // BLOCK_SIZE)[None]).astype(np.float32)
+            self.new.append(numpy_helper.from_array(ones, ones_name))
+        sums = f"{activation}_block_sums"
+        self.block_sums[activation] = sums
+        return sums, [helper.make_node("MatMul", [activation, ones_name], [sums], name=f"{activation}_block_sums")]
+
+    def _gather(self, node) -> list:
+        """A Gather over a 2-D float table (the token embedding) -> GatherBlockQuantized, 8 bits, reading the
+        lm_head's packed bytes when the weights are tied ([V, K/32, 32], quantized along the last axis) and
+        reshaped back to [..., K]."""
+        import numpy as np
+        from onnx import helper, numpy_helper
+
+        table = self.initializers.get(node.input[0])
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         if table is None or len(table.dims) != 2 or table.dims[1] % BLOCK_SIZE or axis != 0:
-            continue
-        weight = numpy_helper.to_array(table).astype(np.float32)
-        rows, cols = weight.shape
-        blocks = weight.reshape(rows, cols // BLOCK_SIZE, BLOCK_SIZE)
-        scales = np.abs(blocks).max(axis=-1) / 127.0
-        scales[scales == 0] = 1.0
-        levels = np.clip(np.rint(blocks / scales[..., None]), -127, 127).astype(np.int16) + 128
-        base = table.name
-        graph.initializer.extend([
-            numpy_helper.from_array(levels.astype(np.uint8).reshape(rows, cols), f"{base}_Q8"),
-            numpy_helper.from_array(scales.astype(np.float32), f"{base}_scales8"),
-            numpy_helper.from_array(np.full(scales.shape, 128, np.uint8), f"{base}_zero_points8")])
-        graph.node.remove(node)
-        graph.node.insert(index, helper.make_node(
-            "GatherBlockQuantized", [f"{base}_Q8", node.input[1], f"{base}_scales8", f"{base}_zero_points8"],
-            list(node.output), name=(node.name or base) + "_Q8", domain="com.microsoft", gather_axis=0,
-            quantize_axis=1, block_size=BLOCK_SIZE, bits=8))
-    readers = {name for node in graph.node for name in node.input}
-    for init in [i for i in graph.initializer if i.name not in readers]:
-        graph.initializer.remove(init)
+            return [node]
+        name, (vocab, depth) = table.name, table.dims
+        self.counts["shared"] += (name, 8, False) in self.packed
+        data, scales, zeros, _ = self._pack(name, numpy_helper.to_array(table).astype(np.float32), 8, False)
+        self.counts["embedding"] += 1
+        made = {t.name: t for t in self.new}
+        side = [f"{n}_gather" for n in (scales, zeros)]
+        for name_3d, name_2d in zip(side, (scales, zeros)):
+            if name_3d not in made:     # the lm_head's [V, K/32] as the [V, K/32, 1] the 3-D data wants
+                value = numpy_helper.to_array(made[name_2d]).reshape(vocab, depth // BLOCK_SIZE, 1)
+                self.new.append(numpy_helper.from_array(value, name_3d))
+        out = node.output[0]
+        self.new.append(numpy_helper.from_array(np.array([depth], np.int64), f"{out}_depth"))     # [..., K]
+        blocks, ids_shape, shape = f"{out}_blocks", f"{out}_ids_shape", f"{out}_shape"
+        return [helper.make_node("GatherBlockQuantized", [data, node.input[1], *side], [blocks],
+                                 name=f"{node.name}_Q8", domain="com.microsoft", gather_axis=0, quantize_axis=2,
+                                 block_size=BLOCK_SIZE, bits=8),
+                helper.make_node("Shape", [node.input[1]], [ids_shape]),
+                helper.make_node("Concat", [ids_shape, f"{out}_depth"], [shape], axis=0),
+                helper.make_node("Reshape", [blocks, shape], list(node.output))]
 
 
-def _op_counts(proto) -> dict:
-    counts: dict = {}
-    for node in proto.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
+def _prune(graph) -> None:
+    """Drop the nodes whose outputs nothing reads (the tied embedding's Transpose) and unread initializers."""
+    wanted = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):
+        if set(node.output) & wanted:
+            keep.append(node)
+            wanted.update(node.input)
+    graph.ClearField("node")
+    graph.node.extend(reversed(keep))
+    unread = [i for i in graph.initializer if i.name not in wanted]
+    for initializer in unread:
+        graph.initializer.remove(initializer)
 
 
 def _check_io(proto, contract: causal_lm.DecoderContract) -> None:
