@@ -51,6 +51,9 @@ def source_reference(request: dict, arrays: dict) -> dict:
 
     from deploykit.transforms import causal_lm_source
 
+    # One thread: torch's OpenMP pool spin-waits when the cores are shared, and on this 2-core machine under load a
+    # SmolLM2 decode step took 1.46 s with 2 threads against 0.13 s with 1 (the oracle needs values, not speed).
+    torch.set_num_threads(1)
     loaded = causal_lm_source.load(request["source"])
     tokenizer = tokenizers.Tokenizer.from_str(loaded.tokenizer_json)
     prompt_ids = encode_prompts(tokenizer, request["prompts"])
@@ -82,19 +85,19 @@ def _greedy_by_recomputation(model, ids: list, count: int) -> tuple:
     """
     import torch
 
-    tokens: list = []
+    tokens, settled = _cached_greedy(model, ids, count), 0
     while True:
-        tokens += _cached_greedy(model, ids + tokens, count - len(tokens))
-        sequence = torch.tensor([ids + tokens[:-1]])
-        logits = model(sequence, use_cache=False).logits[0].float().numpy()
+        logits = model(torch.tensor([ids + tokens[:-1]]), use_cache=False).logits[0].float().numpy()
         chosen = logits[len(ids) - 1:].argmax(axis=-1)
-        wrong = np.nonzero(chosen != np.asarray(tokens))[0]
-        if not wrong.size:
+        # Tokens already settled are not re-judged: a longer sequence may move a near-tie by an ulp, and re-deciding
+        # it could go back and forth; each pass settles at least one more token, so this ends within ``count``.
+        wrong = [i for i in range(settled, count) if chosen[i] != tokens[i]]
+        if not wrong:
             return logits, tokens
-        first = int(wrong[0])
+        first = wrong[0]
         tokens = tokens[:first] + [int(chosen[first])]
-        if len(tokens) == count:
-            return model(torch.tensor([ids + tokens[:-1]]), use_cache=False).logits[0].float().numpy(), tokens
+        tokens += _cached_greedy(model, ids + tokens, count - len(tokens))
+        settled = first + 1
 
 
 def _cached_greedy(model, ids: list, count: int) -> list:
