@@ -8,6 +8,9 @@ Either way that is a cost of the Python binding: the C++ runtime in an app links
 
 The bindings take and return torch tensors only; numpy crosses at this module's boundary. Threads
 are set by a process-wide private call, which is fine here: every runner lives in a child of its own.
+
+Cached decoders (``decoder_calls``, issue 30) run through the same bindings: one program, its method(s) loaded
+once, the token count each entry takes read from the program itself (a dynamic ``tokens`` dim: any length).
 """
 from __future__ import annotations
 
@@ -197,3 +200,98 @@ class ExecuTorchRunner(RunnerBase):
 def _numpy(value) -> np.ndarray:
     # Outputs may share the method's planned memory: copy before the next call overwrites it.
     return value.detach().numpy().copy() if hasattr(value, "detach") else np.asarray(value)
+
+
+NOT_A_DECODER_REMEDY = "export it with deploykit export SRC --to executorch"
+STATIC_SHAPE = 0                # TensorShapeDynamism.STATIC (executorch/schema/program.fbs; 1, 2: dynamic)
+
+
+def decoder_calls(path: str, options: RunnerOptions = RunnerOptions()) -> "ExecuTorchDecoderCalls":
+    """The cached-decoder calls of a .pte that keeps ``deploykit.causal_lm``'s contract: methods "prefill" and
+    "decode", or one method (``forward``) serving both — its token count dynamic or fixed, as the program says."""
+    return ExecuTorchDecoderCalls(path, options)
+
+
+class ExecuTorchDecoderCalls:
+    """One program, each method loaded once. Threads: the bindings have no per-method setting; XNNPACK's pool is
+    process-wide and sized by ``_unsafe_reset_threadpool`` (private; every runtime lives in a child of its own)."""
+
+    def __init__(self, path: str, options: RunnerOptions):
+        from deploykit import causal_lm
+
+        module, self._program, _seconds = _load_program(path)
+        names = [self._program.get_method_name(i) for i in range(self._program.num_methods())]
+        entry_methods = {e: e if e in names else METHOD for e in causal_lm.ENTRY_POINTS}
+        for method in set(entry_methods.values()):
+            if method not in names or not _takes_cache(self._program.method_meta(method)):
+                raise ModelLoadError(f"{path}: the program's method {method if method in names else names[0]} takes "
+                                     "no KV cache: it is not a cached decoder", NOT_A_DECODER_REMEDY)
+        if options.threads:
+            module._unsafe_reset_threadpool(int(options.threads))
+        dynamic = _dynamic_tokens(path, set(entry_methods.values()))
+        self.entries = {entry: None if dynamic[method] and entry == "prefill" else
+                        1 if dynamic[method] else int(self._program.method_meta(method).input_tensor_meta(0).sizes()[1])
+                        for entry, method in entry_methods.items()}
+        try:
+            loaded = {method: self._program.load_method(method) for method in set(entry_methods.values())}
+        except RuntimeError as exc:
+            raise ModelLoadError(f"ExecuTorch cannot load the decoder's methods of {path}: {one_line(str(exc), 200)}",
+                                 "export the program again with this ExecuTorch version") from None
+        self._methods = {entry: loaded[method] for entry, method in entry_methods.items()}
+        self._inputs, self._outputs = causal_lm.INPUTS, causal_lm.OUTPUTS
+
+    def call(self, entry: str, feeds: Mapping) -> dict:
+        """One call of the entry's method; outputs by the contract's names, copied (they live in the method's
+        planned memory, which the next call overwrites)."""
+        import torch
+
+        dtypes = (np.int32, np.int32, np.float32, np.float32)
+        tensors = [torch.from_numpy(np.ascontiguousarray(feeds[name], dtype=dtype))
+                   for name, dtype in zip(self._inputs, dtypes)]
+        outputs = self._methods[entry](tensors)
+        return {name: _numpy(value) for name, value in zip(self._outputs, outputs)}
+
+    def close(self) -> None:
+        self._methods, self._program = {}, None
+
+
+def _takes_cache(meta) -> bool:
+    """Four inputs (int32 tokens [1, T] and positions [T], float32 caches of rank 4) and three outputs."""
+    if meta.num_inputs() != 4 or meta.num_outputs() != 3:
+        return False
+    infos = [meta.input_tensor_meta(i) for i in range(4)]
+    kinds = [SCALAR_TYPES.get(int(info.dtype())) for info in infos]
+    ranks = [len(info.sizes()) for info in infos]
+    return kinds == ["int32", "int32", "float32", "float32"] and ranks == [2, 1, 4, 4]
+
+
+def _dynamic_tokens(path: str, methods: set) -> dict:
+    """{method: whether its ``tokens`` input has a dynamic shape}. The bindings' TensorInfo reports only the upper
+    bound, so the flag is read from the program's flatbuffer (ExecutionPlan.values[inputs[0]], a Tensor's
+    shape_dynamism; slots as in executorch/schema/program.fbs)."""
+    from flatbuffers import encode, number_types, packer, table
+
+    buffer = bytearray(open(path, "rb").read())
+
+    def field(tab, slot):
+        return tab.Offset(4 + 2 * slot)
+
+    def child(tab, slot):
+        return table.Table(buffer, tab.Indirect(field(tab, slot) + tab.Pos))
+
+    def vector_at(tab, slot, index, width=4):
+        return tab.Vector(field(tab, slot)) + width * index
+
+    program = table.Table(buffer, encode.Get(packer.uoffset, buffer, 0))
+    found = {}
+    for i in range(program.VectorLen(field(program, 1))):                  # Program.execution_plan
+        plan = table.Table(buffer, program.Indirect(vector_at(program, 1, i)))
+        name = plan.String(field(plan, 0) + plan.Pos).decode()
+        if name not in methods:
+            continue
+        first = plan.Get(number_types.Int32Flags, vector_at(plan, 3, 0))   # ExecutionPlan.inputs[0]
+        value = table.Table(buffer, plan.Indirect(vector_at(plan, 2, first)))   # ExecutionPlan.values[...]
+        tensor = child(value, 1)                                            # EValue.val (slot 0 is its type)
+        slot = field(tensor, 8)                                             # Tensor.shape_dynamism
+        found[name] = bool(slot) and tensor.Get(number_types.Int8Flags, slot + tensor.Pos) != STATIC_SHAPE
+    return {method: found.get(method, False) for method in methods}
