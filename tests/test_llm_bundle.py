@@ -200,9 +200,10 @@ def test_a_tokenizer_or_contract_edited_with_the_record_is_caught(bundle, tmp_pa
         assert not passed and f"tampered: {expected}" in summary, summary
 
 
-def test_a_pte_and_classifier_options_are_refused_in_one_line(bundle, tmp_path):
+@pytest.mark.litert
+def test_a_pte_and_classifier_options_are_refused_in_one_line(llm_exported, tmp_path):
     """An ExecuTorch .pte with a cached-decoder manifest: exit 2 naming why (no runtime-only ExecuTorch)."""
-    _target, artifact, _folder = bundle
+    artifact = llm_exported("tflite")
     pte = tmp_path / "decoder.pte"
     pte.write_bytes(b"\0" * 4 + b"ET12" + b"\0" * 56)
     recorded = json.loads(Path(f"{artifact}.deploykit.json").read_text())
