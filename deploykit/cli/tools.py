@@ -128,7 +128,8 @@ def samples_build(
     """Build the sample models (trained from fixed seeds) and write them as files.
 
     Per sample: NAME.pt (TorchScript), NAME.pt2 (torch.export), NAME.weights.pt (state_dict),
-    NAME.inputs.npz (example inputs); Keras: NAME.keras, NAME.h5. Calibration data: shapes/ (132
+    NAME.inputs.npz (example inputs); Keras: NAME.keras, NAME.h5; the causal LM tiny_llama: a Hugging Face
+    folder tiny_llama/ (trained ~1.5 min on the bundled public-domain texts). Calibration data: shapes/ (132
     images for the CNNs) and tiny_transformer.calibration.npz. The MobileNetV2 sample trains for
     ~3.5 min the first time on a machine, then comes from ~/.cache/deploykit/trained.
     """
