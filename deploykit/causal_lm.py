@@ -245,9 +245,9 @@ class LLMOptions:
     def __post_init__(self):
         if not isinstance(self.tokens, int) or not 1 <= self.tokens <= 4096:
             raise UsageError(f"--tokens {self.tokens} is out of range", "give 1 to 4096 greedy tokens")
-        if self.max_context is not None:
-            check_context(self.max_context, self.prefill_len)
-        elif not isinstance(self.prefill_len, int) or self.prefill_len < 1:
+        if self.max_context is not None:        # the prefill length is cut to the context where it is longer
+            check_context(self.max_context, None)
+        if not isinstance(self.prefill_len, int) or self.prefill_len < 1:
             raise UsageError(f"--prefill-len {self.prefill_len} must be at least 1", "e.g. --prefill-len 64")
         from deploykit.child import check_timeout
 

@@ -125,7 +125,7 @@ def test_a_source_without_its_tokenizer_is_one_line(cli, tmp_path):
     (["--to", "tflite", "--quantize", "int4"], ("--quantize int4 is not offered", "dynamic")),
     (["--to", "saved_model"], ("exports causal LMs to",)),
     (["--to", "onnx", "--max-context", "200"], ("exceeds the model's 128 positions",)),
-    (["--to", "onnx", "--max-context", "64", "--prefill-len", "65"], ("--prefill-len 65",)),
+    (["--to", "onnx", "--max-context", "64", "--prefill-len", "0"], ("--prefill-len 0",)),
     (["--to", "onnx", "--tokens", "0"], ("--tokens 0",)),
     (["--to", "onnx", "--opset", "17"], ("--opset does not apply",)),
 ])

@@ -56,7 +56,7 @@ MaxContext = Annotated[Optional[int], typer.Option("--max-context", help="Causal
                                                    "model's positions when fewer).")]
 PrefillLen = Annotated[int, typer.Option("--prefill-len", help="Causal LMs: tokens per prefill call where the "
                                          "runtime needs a fixed length (LiteRT's prefill signature; longer prompts "
-                                         "go in several calls, the last one padded).")]
+                                         "go in several calls, the last one padded; cut to the context).")]
 Prompts = Annotated[Optional[str], typer.Option("--prompts", help="Causal LMs: a UTF-8 file of prompts, one per "
                                                 "line, that source and artifact generate from (default: 8 bundled "
                                                 "English and code prompts).")]
