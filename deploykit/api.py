@@ -54,7 +54,8 @@ def export(source: "str | ExportRequest", to: str = _D.to, output: Optional[str]
            opset: Optional[int] = _D.opset, dynamic_batch: bool = _D.dynamic_batch, optimize: bool = _D.optimize,
            via: Optional[str] = _D.via, route: str = _D.route, keep_layout: bool = _D.keep_layout,
            quantize: Optional[QuantizeOptions] = _D.quantize, report: Optional[str] = _D.report,
-           debug: bool = _D.debug, contract=_D.contract, keep_unverified: bool = _D.keep_unverified):
+           debug: bool = _D.debug, contract=_D.contract, keep_unverified: bool = _D.keep_unverified,
+           llm: Optional[LLMOptions] = _D.llm):
     """Convert ``source`` to ``to`` (onnx, tflite, saved_model), verify it against the source, write
     the artifact and its manifest. Returns an ExportResult (``.passed``, ``.artifact``, ``.to_dict()``).
 
@@ -68,12 +69,16 @@ def export(source: "str | ExportRequest", to: str = _D.to, output: Optional[str]
     an artifact that matches. ``keep_unverified`` keeps an artifact whose parity cannot tell (the source's output
     does not depend on its input), marked ``unverified`` in the result and the manifest (CLI exit 6).
 
+    A causal LM source (a Hugging Face folder or a GGUF file) becomes a cached decoder judged by the generation
+    oracle; ``llm`` (LLMOptions: context, prefill length, prompts, tokens, text) shapes it — see docs/llm.md.
+
     ``source`` may also be an ExportRequest holding all of these (``export(request)``); the other arguments
     must then be left out.
     """
     given = dict(to=to, output=output, force=force, load=load, verify=verify, opset=opset,
                  dynamic_batch=dynamic_batch, optimize=optimize, via=via, route=route, keep_layout=keep_layout,
-                 quantize=quantize, report=report, debug=debug, contract=contract, keep_unverified=keep_unverified)
+                 quantize=quantize, report=report, debug=debug, contract=contract, keep_unverified=keep_unverified,
+                 llm=llm)
     if isinstance(source, ExportRequest):
         mixed = sorted(name for name, value in given.items() if value is not getattr(_D, name)
                        and value != getattr(_D, name))

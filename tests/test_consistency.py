@@ -58,8 +58,8 @@ def test_bench_options_are_checked_where_they_are_made(options, fragment):
 
 
 def test_quantize_and_export_options_are_checked_in_the_api(tmp_path):
-    with pytest.raises(UsageError, match="unknown --quantize 'int4'"):
-        api.QuantizeOptions(mode="int4")
+    with pytest.raises(UsageError, match="unknown --quantize 'int3'"):
+        api.QuantizeOptions(mode="int3")
     with pytest.raises(UsageError, match="unknown --route 'best'"):
         api.export("sample_models.two_layer:two_layer_net", "onnx", str(tmp_path / "m.onnx"), route="best")
     with pytest.raises(UsageError, match="--opset 99 is outside"):
@@ -74,7 +74,7 @@ def test_quantize_and_export_options_are_checked_in_the_api(tmp_path):
     (["bench", "a.onnx", "--iterations", "0"], "--iterations must be an integer >= 1"),
     (["bench", "a.onnx", "--threads", "0"], "--threads takes positive integers"),
     (["export", "a.pt2", "--route", "best"], "unknown --route 'best'"),
-    (["export", "a.pt2", "--quantize", "int4"], "unknown --quantize 'int4'"),
+    (["export", "a.pt2", "--quantize", "int3"], "unknown --quantize 'int3'"),
     (["export", "a.pt2", "--timeout", "nan"], "--timeout must be a positive number"),
 ])
 def test_the_cli_gives_the_apis_answer(args, fragment):

@@ -96,6 +96,34 @@ def test_a_prompt_longer_than_the_context_is_one_line(llm_exported, tiny_llama_d
     assert_clean_error(proc, 2, "positions", "context of 64", "--max-context")
 
 
+def _llm_edges() -> list:
+    from deploykit import registry
+    from deploykit.formats import LLM_FORMATS
+
+    return [edge for edge in registry.EDGES if edge.src <= LLM_FORMATS]
+
+
+@pytest.mark.slow
+@pytest.mark.llm
+@pytest.mark.torch
+@pytest.mark.parametrize("edge", _llm_edges(), ids=lambda edge: edge.name)
+def test_every_causal_lm_edge_writes_an_artifact_the_oracle_passes(edge, llm_exported):
+    """Generated from the registry: each causal-LM edge exports tiny_llama through the API, judged on its runtime."""
+    from deploykit import registry
+    from deploykit.causal_lm import contract_of
+    from deploykit.manifest import read
+
+    missing = registry.missing_packages(edge.requires)
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
+    to = next(name for name, fmt in registry.TARGETS.items() if fmt == edge.dst)
+    record = read(llm_exported(to))
+    assert record["route"] == [{"edge": edge.name, "tool": edge.tag}]
+    assert record["parity"]["passed"] and record["parity"]["runtime"] == registry.runtime_for(edge.dst).name
+    contract = contract_of(record)
+    assert contract.max_context == LLM_TEST_OPTIONS["max_context"] and contract.quantization == "fp32"
+
+
 # --- refused before anything loads (quick) -------------------------------------------------------------------
 
 def _hf_folder(folder: Path, architecture: str = "LlamaForCausalLM", tokenizer: bool = True) -> Path:

@@ -10,6 +10,7 @@ from deploykit.errors import EXIT_USAGE, UsageError
 from deploykit.layout import Layout
 from deploykit.model import LoadOptions
 from deploykit.options import QuantizeOptions, VerifyOptions
+from deploykit.causal_lm import LLMOptions
 from deploykit.request import ExportRequest, export_defaults
 from deploykit.spec import TensorSpec
 
@@ -29,6 +30,7 @@ def _full(tmp_path) -> ExportRequest:
         quantize=QuantizeOptions("all", calibration="images/", samples=12, normalize="imagenet", io_dtype="int8",
                                  repair=False),
         report="report/", debug=True, contract=ContractChoices(str(labels), "imagenet", "classify"),
+        llm=LLMOptions(prompts="p.txt", tokens=8, max_context=64, prefill_len=16, text="t.txt", timeout=60.0),
         keep_unverified=True)
 
 

@@ -20,7 +20,7 @@ from deploykit import causal_lm, child, fsutil, manifest, registry
 from deploykit.causal_lm import DecoderContract, LLMOptions
 from deploykit.errors import ConversionError, ModelLoadError, UsageError
 from deploykit.exporting.routing import FORBID_ENV
-from deploykit.formats import LLM_FORMATS, Format, detect
+from deploykit.formats import Format, detect
 from deploykit.llm import oracle
 
 DATA = Path(__file__).with_name("data")
@@ -53,10 +53,11 @@ def read_text(path, option: str, limit: int) -> str:
 
 
 def is_causal_lm(path: str) -> bool:
-    """Whether ``path`` is a causal-LM source (a Hugging Face folder or a GGUF file)."""
+    """Whether ``path`` is a causal-LM source (a Hugging Face folder or a GGUF file), by the same content rules as
+    ``formats.detect`` but without calling it: an export reads its source's format once, in its own pipeline."""
     try:
-        return detect(path) in LLM_FORMATS
-    except Exception:       # any detection failure is reported by the normal flow
+        return causal_lm.is_hf_folder(path) or causal_lm.is_gguf(path)
+    except (OSError, ValueError):      # an unreadable path is reported by the normal flow
         return False
 
 
