@@ -63,8 +63,6 @@ def convert(request: dict, arrays: dict) -> dict:
     decoder = xnnpack_shaped(cached_decoder.build(model, max_context, request.get("fault") or ""))
     notes = [(f"one ExecuTorch method '{METHOD}' for prefill (any length up to {max_context}) and decode (T=1), "
               f"context {max_context}")]
-    if request.get("prefill_len"):
-        notes.append(f"--prefill-len {request['prefill_len']} is not needed: the prompt goes in one call")
     if mode == "8da4w":
         notes.append(_quantize(decoder))
     elif _tied(model):
