@@ -10,75 +10,42 @@ import re
 import numpy as np
 import pytest
 
+from llm_common import artifact_logits, random_ids, write_random_llama
+from llm_common import reference_logits as _reference
+
 pytestmark = [pytest.mark.torch, pytest.mark.executorch, pytest.mark.llm, pytest.mark.slow]
 
 MAX_CONTEXT, PROMPT, STEPS = 32, 6, 5
-VOCAB = 300
-
-
-def _tiny_llama_folder(folder):
-    """A seeded random Llama as a Hugging Face folder: config, safetensors, and a WordLevel tokenizer.json."""
-    import torch
-    import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    model = transformers.LlamaForCausalLM(config).eval()
-    model.save_pretrained(folder)
-    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(str(folder / "tokenizer.json"))
-    return model
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """The folder, the model, and its programs (fp32, 8da4w, the planted rope fault)."""
+    """The folder, the model, and its programs (fp32, 8da4w). Planted faults are the oracle's tests (test_llm_flow)."""
     from converters.llm_to_executorch import convert
 
     root = tmp_path_factory.mktemp("llm_executorch")
-    model = _tiny_llama_folder(root / "tiny")
+    model = write_random_llama(root / "tiny")
     results = {}
-    for name, quantize, fault in (("fp32", "fp32", ""), ("8da4w", "8da4w", ""), ("rope", "fp32", "rope")):
+    for name in ("fp32", "8da4w"):
         output = root / f"{name}.pte"
         request = {"source": str(root / "tiny"), "output": str(output), "max_context": MAX_CONTEXT,
-                   "prefill_len": None, "quantize": quantize, "fault": fault}
+                   "prefill_len": None, "quantize": name, "fault": ""}
         results[name] = (output, convert(request, {}))
     return {"root": root, "model": model, "artifacts": results}
 
 
 def _ids():
-    return np.random.default_rng(7).integers(1, VOCAB, size=PROMPT + STEPS).astype(np.int32)
-
-
-def _reference(model, ids) -> np.ndarray:
-    """transformers' full forward over all the ids: logits [len(ids), V]."""
-    import torch
-
-    with torch.no_grad():
-        return model(torch.from_numpy(ids.astype(np.int64))[None]).logits[0].numpy()
+    return random_ids(PROMPT + STEPS)
 
 
 def _artifact_logits(path, ids, contract) -> np.ndarray:
-    """Prefill the prompt in one call (the method's T is dynamic), then decode the rest one id at a time, feeding
-    each call's caches to the next: logits [len(ids), V] in the reference's positions."""
+    """The prompt in one prefill call (the method's T is dynamic), then one decode call per id."""
     from deploykit.runner import RunnerOptions
     from runtimes.executorch import decoder_calls
 
     calls = decoder_calls(str(path), RunnerOptions(threads=1))
     assert calls.entries == {"prefill": None, "decode": 1}
-    shape = (contract["layers"], contract["kv_heads"], contract["max_context"], contract["head_dim"])
-    out = calls.call("prefill", {"tokens": ids[None, :PROMPT], "input_pos": np.arange(PROMPT, dtype=np.int32),
-                                 "k_cache": np.zeros(shape, np.float32), "v_cache": np.zeros(shape, np.float32)})
-    rows = [out["logits"][0]]
-    for pos in range(PROMPT, len(ids)):
-        out = calls.call("decode", {"tokens": ids[None, pos:pos + 1], "input_pos": np.array([pos], np.int32),
-                                    "k_cache": out["k_cache_out"], "v_cache": out["v_cache_out"]})
-        rows.append(out["logits"][0])
-    calls.close()
-    return np.concatenate(rows)
+    return artifact_logits(calls, contract, ids, PROMPT)
 
 
 def test_prefill_and_decode_steps_match_transformers(tiny):
@@ -114,16 +81,6 @@ def test_8da4w_stays_close_and_is_quantized(tiny):
     # 4-bit weights move a random model's logits (spread ~0.5) by a few hundredths; fp32 is within 1e-6.
     assert 1e-4 < error < 0.1 * np.ptp(want)
     assert path.stat().st_size < 0.6 * tiny["artifacts"]["fp32"][0].stat().st_size
-
-
-def test_planted_rope_fault_shows_from_position_8(tiny):
-    from deploykit.transforms.cached_decoder import FAULT_FROM
-
-    path, made = tiny["artifacts"]["rope"]
-    ids = _ids()
-    diff = np.abs(_artifact_logits(path, ids, made["contract"]) - _reference(tiny["model"], ids)).max(axis=1)
-    assert diff[:FAULT_FROM].max() < 1e-4
-    assert diff[FAULT_FROM:].min() > 1e-3
 
 
 def test_dynamic_token_count_read_as_executorchs_deserializer_reads_it(tiny):
