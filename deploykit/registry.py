@@ -216,7 +216,7 @@ EDGES = (
     ConverterEdge("llm_to_onnx", LLM_FORMATS, Format.ONNX, "converters.llm_to_onnx:convert",
                   ("torch", "transformers", "onnx", "onnxscript"), tag="torch.onnx", quantizes=("int8", "int4")),
     ConverterEdge("llm_to_tflite", LLM_FORMATS, Format.TFLITE, "converters.llm_to_tflite:convert",
-                  ("torch", "transformers", "litert_torch", "ai_edge_litert"), tag="litert", quantizes=("dynamic",)),
+                  ("torch", "transformers", "litert_torch", "ai_edge_litert"), tag="litert", quantizes=("int8", "dynamic")),
     ConverterEdge("llm_to_executorch", LLM_FORMATS, Format.EXECUTORCH, "converters.llm_to_executorch:convert",
                   ("torch", "transformers", "executorch"), tag="executorch", quantizes=("8da4w",)),
 )

@@ -34,13 +34,14 @@ def _tiny_llama_folder(folder):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """The folder, the model, and its three artifacts (fp32, dynamic int8, the planted cache fault)."""
+    """The folder, the model, and its four artifacts (fp32, rotated int8, dynamic int8, the planted cache fault)."""
     from converters.llm_to_tflite import convert
 
     root = tmp_path_factory.mktemp("llm_litert")
     model = _tiny_llama_folder(root / "tiny")
     results = {}
-    for name, quantize, fault in (("fp32", "fp32", ""), ("dynamic", "dynamic", ""), ("cache", "fp32", "cache")):
+    for name, quantize, fault in (("fp32", "fp32", ""), ("int8", "int8", ""), ("dynamic", "dynamic", ""),
+                                  ("cache", "fp32", "cache")):
         output = root / f"{name}.tflite"
         request = {"source": str(root / "tiny"), "output": str(output), "max_context": MAX_CONTEXT,
                    "prefill_len": PREFILL_LEN, "quantize": quantize, "fault": fault}
@@ -115,6 +116,61 @@ def test_dynamic_int8_is_smaller_and_close(tiny):
     reference = _reference(tiny["model"], ids)
     error = np.abs(_artifact_logits(path, ids, result["contract"]) - reference).max()
     assert error < 0.1 * np.abs(reference).max(), error
+
+
+def _weights(path) -> tuple:
+    """(all constant arrays, the weight arrays of the FULLY_CONNECTED / EMBEDDING_LOOKUP ops) of the file's first
+    subgraph (the two signatures share the buffers)."""
+    from ai_edge_litert import interpreter as litert
+
+    interpreter = litert.Interpreter(model_path=str(path),
+                                     experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    ops = interpreter._get_ops_details()
+    produced = {int(i) for op in ops for i in op["outputs"]}
+    constants = {}
+    for detail in interpreter.get_tensor_details():
+        try:
+            if detail["index"] not in produced:
+                constants[detail["index"]] = interpreter.get_tensor(detail["index"])
+        except ValueError:        # an input or a variable: no data
+            continue
+    matmuls = [constants[int(op["inputs"][1])] for op in ops
+               if op["op_name"] in ("FULLY_CONNECTED", "EMBEDDING_LOOKUP") and int(op["inputs"][1]) in constants]
+    return list(constants.values()), matmuls
+
+
+def test_int8_is_rotated_int8_weights_a_quarter_of_fp32_and_close(tiny):
+    path, result = tiny["artifacts"]["int8"]
+    assert result["contract"]["quantization"] == "int8" and "Hadamard" in result["notes"][-1]
+    assert not path.with_name(path.name + ".float").exists()          # the float intermediate is removed
+    fp32_weights = sum(a.nbytes for a in _weights(tiny["artifacts"]["fp32"][0])[0] if a.dtype == np.float32)
+    constants, matmuls = _weights(path)
+    int8_weights = sum(a.nbytes for a in constants if a.dtype == np.int8)
+    assert 0.24 < int8_weights / fp32_weights < 0.26, (int8_weights, fp32_weights)     # a quarter of the bytes
+    # Every matmul weight is int8 but the inserted Hadamard rotations (square, entries +-1/sqrt(n)).
+    rotations = [w for w in matmuls if w.dtype == np.float32]
+    assert rotations and len(matmuls) - len(rotations) >= 15        # 2 layers x 7 projections + the head
+    for matrix in rotations:
+        assert matrix.shape[0] == matrix.shape[1] and np.allclose(np.abs(matrix), matrix.shape[0] ** -0.5)
+    assert all(w.dtype == np.int8 for w in matmuls if w.dtype != np.float32)
+    ids = _ids()
+    reference = _reference(tiny["model"], ids)
+    got = _artifact_logits(path, ids, result["contract"])
+    cosine = (got * reference).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() > 0.999, cosine                       # measured 0.99988
+    assert np.abs(got - reference).max() < 0.05 * np.abs(reference).max()     # measured 1.4 %
+
+
+def test_an_int8_quantizer_failure_is_one_line(tmp_path):
+    from converters.llm_to_tflite import _rotated_int8
+    from deploykit.errors import ConversionError
+
+    broken = tmp_path / "decoder.tflite.float"
+    broken.write_bytes(b"not a flatbuffer")
+    with pytest.raises(ConversionError, match="ai-edge-quantizer could not quantize") as info:
+        _rotated_int8(broken, str(tmp_path / "decoder.tflite"))
+    assert "\n" not in str(info.value) and "--quantize" in info.value.remedy
+    assert not (tmp_path / "decoder.tflite").exists()
 
 
 def test_planted_cache_fault_shows_from_position_8(tiny):
