@@ -21,7 +21,8 @@ stay float32 in both. On SmolLM2-135M (context 256; one thread, XNNPACK, x86; th
     weight-only int8 (not used)   141 MB   ~55 ms        2.6 GB     pass, +1.13 %, worst step cosine 0.988
 
 Weight-only int8 (litert-torch's ``full_weight_only_recipe``) is not offered: it puts a DEQUANTIZE before each
-matmul, which XNNPACK unpacks to float32 weights at load, per signature — fp32's speed with more memory than fp32.
+matmul; the float32 weights it yields are what XNNPACK computes with (fp32's speed, measured), and the dequantized
+copies come on top of the packed ones (more memory than fp32).
 
 No ``.litertlm`` bundle is written. ``litert_lm_builder`` 0.18.1 wraps this file and the tokenizer.json in a few
 lines (litert-torch's ``litertlm_builder.build_litertlm``), but LiteRT-LM 0.18.1's engine refuses the result —
