@@ -51,3 +51,18 @@ def artifact_logits(calls, contract: dict, ids, prompt: int) -> np.ndarray:
     finally:
         calls.close()
     return np.concatenate(rows)
+
+
+def convert_variants(convert, root, modes, suffix: str, max_context: int, prefill_len=None,
+                     own_folders: bool = False) -> dict:
+    """Each of ``modes`` converted in this process by a converter's ``convert`` from the random Llama at
+    ``root / "tiny"``: {mode: (output path, the converter's answer)}. ``own_folders``: each output alone in a folder
+    (a stray side file would show)."""
+    results = {}
+    for mode in modes:
+        output = (root / mode / f"decoder{suffix}") if own_folders else root / f"{mode}{suffix}"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        request = {"source": str(root / "tiny"), "output": str(output), "max_context": max_context,
+                   "prefill_len": prefill_len, "quantize": mode, "fault": ""}
+        results[mode] = (output, convert(request, {}))
+    return results

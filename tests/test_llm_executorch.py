@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from llm_common import artifact_logits, random_ids, write_random_llama
+from llm_common import artifact_logits, convert_variants, random_ids, write_random_llama
 from llm_common import reference_logits as _reference
 
 pytestmark = [pytest.mark.torch, pytest.mark.executorch, pytest.mark.llm, pytest.mark.slow]
@@ -25,12 +25,7 @@ def tiny(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("llm_executorch")
     model = write_random_llama(root / "tiny")
-    results = {}
-    for name in ("fp32", "8da4w"):
-        output = root / f"{name}.pte"
-        request = {"source": str(root / "tiny"), "output": str(output), "max_context": MAX_CONTEXT,
-                   "prefill_len": None, "quantize": name, "fault": ""}
-        results[name] = (output, convert(request, {}))
+    results = convert_variants(convert, root, ("fp32", "8da4w"), ".pte", MAX_CONTEXT)
     return {"root": root, "model": model, "artifacts": results}
 
 

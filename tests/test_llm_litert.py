@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from llm_common import artifact_logits, random_ids, write_random_llama
+from llm_common import artifact_logits, convert_variants, random_ids, write_random_llama
 from llm_common import reference_logits as _reference
 
 pytestmark = [pytest.mark.torch, pytest.mark.litert, pytest.mark.slow]
@@ -25,12 +25,8 @@ def tiny(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("llm_litert")
     model = write_random_llama(root / "tiny")
-    results = {}
-    for name in ("fp32", "int8", "dynamic"):
-        output = root / f"{name}.tflite"
-        request = {"source": str(root / "tiny"), "output": str(output), "max_context": MAX_CONTEXT,
-                   "prefill_len": PREFILL_LEN, "quantize": name, "fault": ""}
-        results[name] = (output, convert(request, {}))
+    results = convert_variants(convert, root, ("fp32", "int8", "dynamic"), ".tflite", MAX_CONTEXT,
+                               PREFILL_LEN)
     return {"root": root, "model": model, "artifacts": results}
 
 

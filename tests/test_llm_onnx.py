@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from llm_common import VOCAB, artifact_logits, random_ids, write_random_llama
+from llm_common import VOCAB, artifact_logits, convert_variants, random_ids, write_random_llama
 from llm_common import reference_logits as _reference
 
 pytestmark = [pytest.mark.onnxruntime]
@@ -32,13 +32,8 @@ def tiny(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("llm_onnx")
     model = write_random_llama(root / "tiny", tied=True)
-    results = {}
-    for name in ("fp32", "int8", "int4"):
-        output = root / name / "decoder.onnx"
-        output.parent.mkdir()
-        request = {"source": str(root / "tiny"), "output": str(output), "max_context": MAX_CONTEXT,
-                   "prefill_len": None, "quantize": name, "fault": ""}
-        results[name] = (output, convert(request, {}))
+    results = convert_variants(convert, root, ("fp32", "int8", "int4"), ".onnx", MAX_CONTEXT,
+                               own_folders=True)
     return {"root": root, "model": model, "artifacts": results}
 
 
