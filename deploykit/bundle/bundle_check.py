@@ -416,21 +416,27 @@ def _golden(folder: Path, contract: dict) -> tuple:
     specs = {kind: {t["name"]: t for t in contract[f"{kind}s"]} for kind in ("input", "output")}
     wanted = {f"{kind}/{i}/{name}" for kind in specs for i in range(samples) for name in specs[kind]}
     inputs, outputs = [{} for _ in range(samples)], [{} for _ in range(samples)]
+    arrays = read_golden(folder, wanted, "one array per input and output of each golden sample")
+    for key, value in arrays.items():
+        kind, index, name = key.split("/", 2)
+        _check_array(key, value, specs[kind][name])
+        (inputs if kind == "input" else outputs)[int(index)][name] = value
+    return inputs, outputs, tolerance
+
+
+def read_golden(folder: Path, wanted: set, what: str) -> dict:
+    """golden.npz's arrays by name, refused as tampered unless it is a plain archive (no pickles, not inflating past
+    MAX_GOLDEN_BYTES) holding exactly ``wanted`` (``what`` says in words what it must hold)."""
     try:
         with zipfile.ZipFile(folder / "golden.npz") as archive:
             if sum(member.file_size for member in archive.infolist()) > MAX_GOLDEN_BYTES:
                 raise Tampered(f"golden.npz inflates to over {MAX_GOLDEN_BYTES:,} bytes")
         with np.load(folder / "golden.npz", allow_pickle=False) as data:
             if set(data.files) != wanted:
-                raise Tampered("golden.npz does not hold one array per input and output of each golden sample")
-            for key in data.files:
-                kind, index, name = key.split("/", 2)
-                value = data[key]
-                _check_array(key, value, specs[kind][name])
-                (inputs if kind == "input" else outputs)[int(index)][name] = value
+                raise Tampered(f"golden.npz does not hold {what}")
+            return {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError, zipfile.LargeZipFile):
         raise Tampered("golden.npz is not an archive of plain numeric arrays") from None
-    return inputs, outputs, tolerance
 
 
 def _check_array(key: str, value: np.ndarray, spec: dict) -> None:

@@ -204,7 +204,7 @@ def _golden(source: str, artifact: str, contract: DecoderContract, texts: list, 
     """(golden.json, golden.npz arrays, tokenizer JSON) from the source's own run (the oracle's source side, full recomputation)."""
     prefill = min(contract.prefill_len or causal_lm.DEFAULT_PREFILL_LEN, contract.max_context)
     ref = flow.reference(source, LLMOptions(tokens=tokens, max_context=contract.max_context, prefill_len=prefill,
-                                            timeout=timeout), texts, contract.max_context)
+                                            timeout=timeout), texts, contract.max_context, perplexity=False)
     vocab = ref.arrays["prefill_0"].shape[-1]
     if (vocab, ref.info["family"]) != (contract.vocab, contract.family) or ref.info["prompt_ids"] != prompt_ids \
             or ref.info["tokenizer_json"] != causal_lm.tokenizer_path(artifact).read_text(encoding="utf-8"):

@@ -17,14 +17,13 @@ import json
 import math
 import os
 import stat
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from deploykit import child, parity
 from deploykit.bundle import bundle_check
-from deploykit.bundle.bundle_check import BUNDLE_FILE, FORMAT_OF, Tampered
+from deploykit.bundle.bundle_check import BUNDLE_FILE, FORMAT_OF, Tampered, read_golden
 from deploykit.causal_lm import INPUTS, OUTPUTS, DecoderContract
 from deploykit.errors import DeploykitError, UsageError
 from deploykit.formats import Format
@@ -33,7 +32,7 @@ from deploykit.llm.session import DecoderSession
 KIND = "causal_lm"
 RUNTIME_OF = {Format.ONNX: "onnxruntime", Format.TFLITE: "litert"}
 LLM_FILES = ("tokenizer.json", "generation_config.json")   # read by verify and the app, beyond any bundle's files
-MAX_PROMPTS, MAX_TOKENS, MAX_GOLDEN_BYTES = 64, 4096, 256 * 1024**2
+MAX_PROMPTS, MAX_TOKENS = 64, 4096
 GOLDEN_KEYS = ("greedy", "top_ids", "top_logits", "scale")
 
 
@@ -251,16 +250,7 @@ def _golden_arrays(folder: Path, contract: DecoderContract, golden: dict) -> dic
     count, tokens, k = len(golden["prompts"]), golden["tokens"], golden["top_k"]
     shapes = {"greedy": (tokens,), "top_ids": (tokens, k), "top_logits": (tokens, k), "scale": (tokens,)}
     wanted = {f"{key}/{i}" for key in GOLDEN_KEYS for i in range(count)}
-    try:
-        with zipfile.ZipFile(folder / "golden.npz") as archive:
-            if sum(member.file_size for member in archive.infolist()) > MAX_GOLDEN_BYTES:
-                raise Tampered(f"golden.npz inflates to over {MAX_GOLDEN_BYTES:,} bytes")
-        with np.load(folder / "golden.npz", allow_pickle=False) as data:
-            if set(data.files) != wanted:
-                raise Tampered("golden.npz does not hold greedy, top_ids, top_logits and scale for each prompt")
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError, zipfile.LargeZipFile):
-        raise Tampered("golden.npz is not an archive of plain numeric arrays") from None
+    arrays = read_golden(folder, wanted, "greedy, top_ids, top_logits and scale for each prompt")
     for key, value in arrays.items():
         kind = key.split("/")[0]
         integer = kind in ("greedy", "top_ids")

@@ -61,11 +61,13 @@ def is_causal_lm(path: str) -> bool:
         return False
 
 
-def reference(source: str, options: LLMOptions, prompts: list, context: int) -> child.ChildResult:
+def reference(source: str, options: LLMOptions, prompts: list, context: int,
+              perplexity: bool = True) -> child.ChildResult:
     """The source's side of the oracle, in the command's reused child (the model loads once per command);
-    ``context``: the shortest context of the artifacts it is compared with (perplexity windows fit in it)."""
+    ``context``: the shortest context of the artifacts it is compared with (perplexity windows fit in it);
+    ``perplexity=False`` skips the text's NLL (a bundle's golden data needs only tokens and logits)."""
     registry.require(("torch", "transformers", "tokenizers"), "running a causal LM source")
-    text = read_text(options.text or DATA / "perplexity.txt", "--text", MAX_TEXT_BYTES)
+    text = read_text(options.text or DATA / "perplexity.txt", "--text", MAX_TEXT_BYTES) if perplexity else ""
     request = {"source": str(source), "prompts": prompts, "tokens": options.tokens, "text": text,
                "max_context": context}
     return child.run_child("deploykit.llm.jobs:source_reference", request, stage=child.LOAD, what=str(source),
