@@ -106,6 +106,17 @@ class MissingDependency(DeploykitError):
         return cls(what, f"install it with: pip install 'deploykit[{extra}]' -c constraints.txt")
 
 
+class ToolOutputError(MissingDependency):
+    """A tool deploykit reads (TFLite's model analyzer, ONNX Runtime's mobile checker, ExecuTorch's op lister)
+    printed or returned something its parser does not know: the installed version differs from the one the parser
+    was written against. Never a silent empty table: exit 3, naming the tool and its version."""
+
+    @classmethod
+    def changed(cls, tool: str, version: str, what: str) -> "ToolOutputError":
+        return cls(f"{tool} {version} printed output deploykit cannot read ({what})",
+                   "install the version constraints.txt pins, or report the new format with --debug output")
+
+
 class ConversionError(DeploykitError):
     """A converter failed or produced an artifact that does not match."""
 
