@@ -55,9 +55,11 @@ def export(source: "str | ExportRequest", to: str = _D.to, output: Optional[str]
            via: Optional[str] = _D.via, route: str = _D.route, keep_layout: bool = _D.keep_layout,
            quantize: Optional[QuantizeOptions] = _D.quantize, report: Optional[str] = _D.report,
            debug: bool = _D.debug, contract=_D.contract, keep_unverified: bool = _D.keep_unverified,
-           llm: Optional[LLMOptions] = _D.llm):
-    """Convert ``source`` to ``to`` (onnx, tflite, saved_model), verify it against the source, write
-    the artifact and its manifest. Returns an ExportResult (``.passed``, ``.artifact``, ``.to_dict()``).
+           llm: Optional[LLMOptions] = _D.llm, ort_style: Optional[str] = _D.ort_style,
+           ort_platform: Optional[str] = _D.ort_platform):
+    """Convert ``source`` to ``to`` (onnx, ort, tflite, saved_model, executorch, coreai, coreml), verify it against
+    the source, write the artifact and its manifest. Returns an ExportResult (``.passed``, ``.artifact``,
+    ``.to_dict()``).
 
     Routes (chains of converter edges) are tried in the registry's order and the first whose
     artifact matches the source is kept; ``via`` restricts them to those through a format or tool;
@@ -72,13 +74,17 @@ def export(source: "str | ExportRequest", to: str = _D.to, output: Optional[str]
     A causal LM source (a Hugging Face folder or a GGUF file) becomes a cached decoder judged by the generation
     oracle; ``llm`` (LLMOptions: context, prefill length, prompts, tokens, text) shapes it — see docs/llm.md.
 
+    ``to="ort"`` writes ONNX Runtime Mobile's ORT format with its required-operators config beside it;
+    ``ort_style`` ("fixed", default, or "runtime") and ``ort_platform`` ("arm", default, or "amd64") choose how
+    ONNX Runtime optimises it (docs/export.md).
+
     ``source`` may also be an ExportRequest holding all of these (``export(request)``); the other arguments
     must then be left out.
     """
     given = dict(to=to, output=output, force=force, load=load, verify=verify, opset=opset,
                  dynamic_batch=dynamic_batch, optimize=optimize, via=via, route=route, keep_layout=keep_layout,
                  quantize=quantize, report=report, debug=debug, contract=contract, keep_unverified=keep_unverified,
-                 llm=llm)
+                 llm=llm, ort_style=ort_style, ort_platform=ort_platform)
     if isinstance(source, ExportRequest):
         mixed = sorted(name for name, value in given.items() if value is not getattr(_D, name)
                        and value != getattr(_D, name))

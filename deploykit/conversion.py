@@ -23,6 +23,7 @@ from deploykit.errors import (ConversionError, DeploykitError, MissingDependency
                               ParityError, UnsupportedModelError)
 from deploykit.layout import Layout
 from deploykit.parity import ParityReport, tolerance_for, unverifiable
+from deploykit.request import ORT_PLATFORMS, ORT_STYLES
 
 # check(candidate: Path | Artifact, samples, batch=None, layout=None, locate=False) -> ParityReport against the
 # source; the export API provides it so that an edge can verify its own intermediate results (exporter
@@ -48,6 +49,8 @@ class ExportOptions:
     calibration_feeds: Optional[Callable] = None
     keep_unverified: bool = False   # accept an artifact whose parity cannot tell (a reference that ignores its input)
     repair: bool = True             # int8 that fails its preset: search calibration and float layers (onnx_quantize)
+    ort_style: str = ORT_STYLES[0]       # --to ort: fixed | runtime optimisation (onnx_to_ort)
+    ort_platform: str = ORT_PLATFORMS[0]  # --to ort: arm | amd64
 
     @classmethod
     def from_request(cls, request) -> "ExportOptions":
@@ -56,6 +59,7 @@ class ExportOptions:
         return cls(opset=request.opset, dynamic_batch=request.dynamic_batch, optimize=request.optimize,
                    samples=request.verify.samples, timeout=request.verify.timeout, debug=request.debug,
                    keep_layout=request.keep_layout, keep_unverified=request.keep_unverified,
+                   ort_style=request.ort_settings["style"], ort_platform=request.ort_settings["platform"],
                    **({"quantize": quantize.mode, "io_dtype": quantize.io_dtype, "repair": quantize.repair}
                       if quantize else {}))
 

@@ -25,6 +25,7 @@ class Format(str, enum.Enum):
     KERAS_H5 = "keras_h5"
     SAVED_MODEL = "saved_model"
     EXECUTORCH = "executorch"              # a .pte program (flatbuffer "ET12")
+    ORT = "ort"                            # ONNX Runtime Mobile's ORT format (.ort, flatbuffer "ORTM")
     COREAI = "coreai"                      # an Apple Core AI asset: an .aimodel folder (metadata.json + *.mlirb)
     COREML = "coreml"                      # a Core ML package: an .mlpackage folder (Manifest.json + Data/)
     HF_CAUSAL_LM = "hf_causal_lm"          # a Hugging Face causal LM folder (config.json + safetensors + tokenizer)
@@ -56,6 +57,8 @@ ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, Run
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # An ExecuTorch program is a flatbuffer whose file identifier (bytes 4..8) is "ET" and a schema version ("ET12").
 _PTE_IDENTIFIER = re.compile(rb"^ET\d\d$")
+# ONNX Runtime's ORT format is a flatbuffer whose file identifier is "ORTM" (ort.fbs: file_identifier "ORTM").
+_ORT_IDENTIFIER = b"ORTM"
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 # onnx.ModelProto's fields (onnx.proto): field number -> protobuf wire type (0 varint, 2 length-delimited). A
 # first byte alone is no proof — "2 apples", "Bonjour", "(x)" start with one of these tags — so detection walks
@@ -116,6 +119,8 @@ def detect(path: "str | os.PathLike") -> Format:
         return Format.TFLITE
     if len(head) >= 8 and _PTE_IDENTIFIER.match(head[4:8]):
         return Format.EXECUTORCH
+    if len(head) >= 8 and head[4:8] == _ORT_IDENTIFIER:
+        return Format.ORT
     if head[:1] == b"\x80":
         raise UnsupportedModelError(
             f"{text}: legacy (pre-1.6, non-zip) torch.save file",
@@ -124,8 +129,8 @@ def detect(path: "str | os.PathLike") -> Format:
         return Format.ONNX
     raise ModelLoadError(
         f"{text}: unknown model format (first bytes {head[:8].hex()})",
-        "give a TorchScript (.pt), torch.export (.pt2), state_dict, ONNX, Keras, SavedModel, TFLite or ExecuTorch (.pte) "
-        "file")
+        "give a TorchScript (.pt), torch.export (.pt2), state_dict, ONNX, ORT (.ort), Keras, SavedModel, TFLite or "
+        "ExecuTorch (.pte) file")
 
 
 def _onnx_fields(p: Path, size: int) -> bool:
@@ -356,3 +361,14 @@ def _pickled_sample_inputs(name: str, payload: bytes) -> list:
     except ZIP_ERRORS:
         pass
     return [f"{name} (sample inputs that name Python classes)"]
+
+
+# What `export --to ort` writes beside a .ort: the operators and types a reduced ONNX Runtime build must include, in
+# the format of ONNX Runtime's own tool, under the name that tool gives it (<model stem>.<this suffix>).
+ORT_CONFIG_SUFFIX = ".required_operators_and_types.config"
+
+
+def ort_operators_config(artifact: "str | os.PathLike") -> Path:
+    """The required-operators config beside the ORT-format file ``artifact`` (which may not exist)."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.stem + ORT_CONFIG_SUFFIX)

@@ -169,6 +169,8 @@ LOADERS = (
     # torch's and TensorFlow's own deserializers abort on crafted archives: their files are read in a child too.
     LoaderEntry(TORCH_FORMATS, "runtimes.torch_eager:load_model", ("torch",), isolated=True),
     LoaderEntry(frozenset({Format.ONNX}), "runtimes.onnxruntime:load_model", ("onnx",)),
+    # ONNX Runtime's own (pure Python) flatbuffer reader: nothing native reads the file here.
+    LoaderEntry(frozenset({Format.ORT}), "runtimes.onnxruntime:load_ort_model", ("onnxruntime",)),
     LoaderEntry(TF_FORMATS, "runtimes.tensorflow:load_model", ("tensorflow",), isolated=True),
     LoaderEntry(frozenset({Format.TFLITE}), "runtimes.litert:load_model", ("ai_edge_litert",), isolated=True),
     LoaderEntry(frozenset({Format.EXECUTORCH}), "runtimes.executorch:load_model", ("executorch", "torch"),
@@ -177,7 +179,7 @@ LOADERS = (
     LoaderEntry(frozenset({Format.COREML}), "runtimes.coreml:load_model", ("coremltools",), isolated=True),
 )
 # Formats a runner runs from the file and its signature alone (no framework object to rebuild).
-FILE_FORMATS = frozenset({Format.ONNX, Format.TFLITE, Format.EXECUTORCH, Format.COREAI, Format.COREML})
+FILE_FORMATS = frozenset({Format.ONNX, Format.ORT, Format.TFLITE, Format.EXECUTORCH, Format.COREAI, Format.COREML})
 
 # Order matters among routes of equal length: the first that passes verification is kept.
 EDGES = (
@@ -211,6 +213,10 @@ EDGES = (
     ConverterEdge("onnx_quantize", frozenset({Format.ONNX}), Format.ONNX, "converters.onnx_quantize:convert",
                   ("onnxruntime", "onnx"), tag="ort_quantization", quantizes=("fp16", "dynamic", "int8"),
                   post_step=True),
+    # ONNX Runtime Mobile's ORT format (onnxruntime.tools.convert_onnx_models_to_ort), with the required-operators
+    # config of a reduced build beside it.
+    ConverterEdge("onnx_to_ort", frozenset({Format.ONNX}), Format.ORT, "converters.onnx_to_ort:convert",
+                  ("onnxruntime", "onnx"), tag="ort_tools"),
     # Causal LMs: the source re-authored as a cached decoder (deploykit.transforms.cached_decoder), one edge per
     # runtime family; routed only by deploykit.llm (single hops), judged by the generation oracle.
     ConverterEdge("llm_to_onnx", LLM_FORMATS, Format.ONNX, "converters.llm_to_onnx:convert",
@@ -231,7 +237,7 @@ ARM_REMEDY = "run on a Debian/Ubuntu x86-64 host with apt-get (qemu and the arm6
 RUNTIMES = (
     RuntimeEntry("torch", TORCH_FORMATS, "runtimes.torch_eager:TorchEagerRunner", ("torch",),
                  "PyTorch eager / TorchScript / torch.export (research)"),
-    RuntimeEntry("onnxruntime", frozenset({Format.ONNX}), "runtimes.onnxruntime:OnnxRuntimeRunner",
+    RuntimeEntry("onnxruntime", frozenset({Format.ONNX, Format.ORT}), "runtimes.onnxruntime:OnnxRuntimeRunner",
                  ("onnxruntime",), "ONNX Runtime (CPU, CUDA EP when present)",
                  decoder="runtimes.onnxruntime:decoder_calls"),
     RuntimeEntry("litert", frozenset({Format.TFLITE}), "runtimes.litert:LiteRTRunner", ("ai_edge_litert",),
@@ -260,7 +266,8 @@ RUNTIMES = (
     RuntimeEntry("litert-arm64", frozenset({Format.TFLITE}), "runtimes.litert:LiteRTRunner", (),
                  "LiteRT (XNNPACK) on an emulated ARM core, aarch64 wheel under qemu (parity only, never latency)",
                  check="deploykit.emulation.userland:unavailable_reason", remedy=ARM_REMEDY, emulates="litert"),
-    RuntimeEntry("onnxruntime-arm64", frozenset({Format.ONNX}), "runtimes.onnxruntime:OnnxRuntimeRunner", (),
+    RuntimeEntry("onnxruntime-arm64", frozenset({Format.ONNX, Format.ORT}), "runtimes.onnxruntime:OnnxRuntimeRunner",
+                 (),
                  "ONNX Runtime (MLAS) on an emulated ARM core, aarch64 wheel under qemu (parity only, never latency)",
                  check="deploykit.emulation.userland:unavailable_reason", remedy=ARM_REMEDY, emulates="onnxruntime"),
 )
@@ -293,7 +300,7 @@ def runtime_distributions() -> dict:
             if not entry.browser and not entry.emulates}    # web assets (package --app web); emulated ones
 
 
-TARGETS = {"onnx": Format.ONNX, "tflite": Format.TFLITE, "saved_model": Format.SAVED_MODEL,
+TARGETS = {"onnx": Format.ONNX, "ort": Format.ORT, "tflite": Format.TFLITE, "saved_model": Format.SAVED_MODEL,
            "executorch": Format.EXECUTORCH, "coreai": Format.COREAI, "coreml": Format.COREML}
 
 

@@ -24,6 +24,10 @@ from deploykit.model import LoadOptions
 from deploykit.options import ROUTES, QuantizeOptions, VerifyOptions, check_choice, refuse_unknown_keys
 
 OPSETS = (7, 23)       # the ONNX opsets the exporters write
+# --to ort: ONNX Runtime's optimisation styles and target platforms; the first of each is the default (fixed: the
+# graph is optimised once, when converted; arm: phones — amd64 lets x86-only NCHWc kernels in).
+ORT_STYLES = ("fixed", "runtime")
+ORT_PLATFORMS = ("arm", "amd64")
 _LOAD_KEYS = ("weights", "trust_pickle", "inputs", "timeout")          # LoadOptions.to_dict()
 _CONTRACT_KEYS = ("labels_file", "labels", "normalize", "task")
 
@@ -33,7 +37,7 @@ class ExportRequest:
     """Everything `export` is asked for: convert ``source`` to ``to``, write ``output``, with these options."""
 
     source: str                          # a model file or folder, or package.module:factory
-    to: str = "onnx"                     # onnx, tflite, saved_model or executorch
+    to: str = "onnx"                     # onnx, ort, tflite, saved_model, executorch, coreai or coreml
     output: Optional[str] = None         # None: <source name>.<target suffix> in the current directory
     force: bool = False
     load: Optional[LoadOptions] = None   # None: LoadOptions with the verify timeout (set on construction)
@@ -50,6 +54,8 @@ class ExportRequest:
     contract: Optional[ContractChoices] = None     # --labels / --normalize / --task, recorded in the manifest
     keep_unverified: bool = False        # keep an artifact whose parity cannot tell, marked unverified (exit 6)
     llm: Optional[LLMOptions] = None     # a causal-LM source: context, prompts, greedy tokens (None: defaults)
+    ort_style: Optional[str] = None      # --to ort: fixed or runtime (None: ORT_STYLES[0])
+    ort_platform: Optional[str] = None   # --to ort: arm or amd64 (None: ORT_PLATFORMS[0])
 
     def __post_init__(self) -> None:
         for name in ("source", "output", "report"):     # a pathlib.Path is as good as its text
@@ -63,9 +69,26 @@ class ExportRequest:
             raise UsageError(f"--opset {self.opset} is outside the opsets the exporters write "
                              f"({OPSETS[0]}..{OPSETS[1]})",
                              "e.g. --opset 17, or leave it out for the exporter's default")
+        self._check_ort()
         if self.report and not self.all_precisions:
             raise UsageError("--report on export needs --quantize all",
                              "add --quantize all, or use `deploykit bench SOURCE ARTIFACT --report DIR`")
+
+    def _check_ort(self) -> None:
+        """--ort-style / --ort-platform: one of their choices, and only for --to ort."""
+        for value, choices, flag in ((self.ort_style, ORT_STYLES, "--ort-style"),
+                                     (self.ort_platform, ORT_PLATFORMS, "--ort-platform")):
+            if value is None:
+                continue
+            check_choice(value, choices, flag)
+            if self.target != Format.ORT:
+                raise UsageError(f"{flag} is only for --to ort (this export is --to {self.to})",
+                                 f"drop {flag}, or export --to ort")
+
+    @property
+    def ort_settings(self) -> dict:
+        """How a --to ort export optimises: {"style": fixed|runtime, "platform": arm|amd64}, defaults filled in."""
+        return {"style": self.ort_style or ORT_STYLES[0], "platform": self.ort_platform or ORT_PLATFORMS[0]}
 
     @property
     def target(self) -> Format:

@@ -20,7 +20,7 @@ def _full(tmp_path) -> ExportRequest:
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\n")
     return ExportRequest(
-        "model.pt2", to="tflite", output="out/m.tflite", force=True,
+        "model.pt2", to="ort", output="out/m.ort", force=True,
         load=LoadOptions(weights=None, trust_pickle=True, timeout=30.0,
                          input_specs=(TensorSpec("x", (1, 3, 8, 8), "float32", "NCHW", (0, 1)),
                                       TensorSpec("sr", (), "int64", value_range=(16000, 16001), fixed=True))),
@@ -31,7 +31,7 @@ def _full(tmp_path) -> ExportRequest:
                                  repair=False),
         report="report/", debug=True, contract=ContractChoices(str(labels), "imagenet", "classify"),
         llm=LLMOptions(prompts="p.txt", tokens=8, max_context=64, prefill_len=16, text="t.txt", timeout=60.0),
-        keep_unverified=True)
+        keep_unverified=True, ort_style="runtime", ort_platform="amd64")
 
 
 def test_round_trip_keeps_every_field_and_nested_option(tmp_path):

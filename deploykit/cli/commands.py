@@ -15,8 +15,8 @@ from typing_extensions import Annotated
 
 from deploykit.cli import tools
 from deploykit.cli.flags import (ArmCpu, Atol, Debug, Device, Inputs, Json, Labels, Layout, Locate, MaxContext,
-                                 Normalize, Npz, PrefillLen, Precision, Prompts, Rtol, Samples, Seed, Task, Text,
-                                 Timeout, Tokens, TrustPickle, Weights)
+                                 Normalize, Npz, OrtPlatform, OrtStyle, PrefillLen, Precision, Prompts, Rtol, Samples,
+                                 Seed, Task, Text, Timeout, Tokens, TrustPickle, Weights)
 from deploykit.cli.support import (EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, _exit, _lazy, _on_sigterm, _run,
                                    _usage_error_types, printable, terminal_safe)
 from deploykit.model import LoadOptions
@@ -74,7 +74,8 @@ def _export_exit_code(data: dict) -> int:
 def export(
     source: Annotated[str, typer.Argument(help="Model file (TorchScript .pt, torch.export .pt2, Keras .keras/.h5, "
                                                "SavedModel dir, ONNX, TFLite) or package.module:factory.")],
-    to: Annotated[str, typer.Option("--to", help="Target format: onnx, tflite, saved_model, executorch (.pte, "
+    to: Annotated[str, typer.Option("--to", help="Target format: onnx, ort (ONNX Runtime Mobile's .ort, with its "
+                                    "required-operators config beside it), tflite, saved_model, executorch (.pte, "
                                     "XNNPACK-delegated), coreai (Apple Core AI .aimodel, verified on coreai-core's "
                                     "CPU runtime) or coreml (Core ML .mlpackage: static checks only off macOS, "
                                     "needs --keep-unverified); the last three from PyTorch sources.")] = _D.to,
@@ -130,6 +131,7 @@ def export(
                        "~30 s); the manifest records it. --quantize fp16 is judged on cortex-a76 without it "
                        "whenever the ARM userland is installed (x86 cannot stand in for the phone's fp16).")]
     = _v("arm_cpu"),
+    ort_style: OrtStyle = _D.ort_style, ort_platform: OrtPlatform = _D.ort_platform,
     max_context: MaxContext = _m("max_context"), prefill_len: PrefillLen = _m("prefill_len"),
     prompts: Prompts = _m("prompts"), tokens: Tokens = _m("tokens"), text: Text = _m("text"),
     as_json: Json = False, debug: Debug = _D.debug,
@@ -139,6 +141,7 @@ def export(
     Examples: deploykit export model.pt2 --to onnx -o model.onnx ; deploykit export model.pt2 --to coreai ;
     deploykit export model.pt2 --to tflite --route all ; deploykit export model.keras --to tflite ;
     deploykit export model.pt2 --to executorch --quantize int8 --calibration images/ ;
+    deploykit export model.onnx --to ort --ort-style runtime ;
     deploykit export model.pt2 --to tflite --quantize all --calibration images/ -o m.tflite --report precisions/ ;
     causal LMs (a Hugging Face folder or a .gguf): deploykit export SmolLM2.gguf --to onnx --quantize int4
     (a cached decoder judged by the generation oracle; docs/llm.md)
@@ -159,7 +162,8 @@ def export(
             contract=ContractChoices(labels, normalize, task) if labels or normalize or task else None,
             keep_unverified=keep_unverified, llm=_llm_options(max_context=max_context, prefill_len=prefill_len,
                                                               prompts=prompts, tokens=tokens, text=text,
-                                                              timeout=timeout))
+                                                              timeout=timeout),
+            ort_style=ort_style, ort_platform=ort_platform)
         return api.export(request).to_dict()
 
     _run(action, as_json, debug, _lazy("print_export"), _export_exit_code)

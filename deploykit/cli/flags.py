@@ -63,3 +63,10 @@ Prompts = Annotated[Optional[str], typer.Option("--prompts", help="Causal LMs: a
 Tokens = Annotated[int, typer.Option("--tokens", help="Causal LMs: greedy tokens generated and judged per prompt.")]
 Text = Annotated[Optional[str], typer.Option("--text", help="Causal LMs: the perplexity text (UTF-8; default: "
                                              "bundled public-domain passages).")]
+# --to ort: how ONNX Runtime optimises the ORT-format file (onnxruntime.tools.convert_onnx_models_to_ort).
+OrtStyle = Annotated[Optional[str], typer.Option("--ort-style", help="--to ort: fixed (default: optimised once, "
+                     "for the CPU) or runtime (basic optimisations saved, the rest replayed at load by apps that set "
+                     "session.enable_saved_runtime_optimizations; for NNAPI / Core ML, which take an unknown part "
+                     "of the graph).")]
+OrtPlatform = Annotated[Optional[str], typer.Option("--ort-platform", help="--to ort: arm (default: phones) or "
+                        "amd64 (lets x86-only NCHWc kernels into the fixed style: the file then runs on x86 only).")]

@@ -24,7 +24,7 @@ FORBID_ENV = "DEPLOYKIT_TEST_FORBID_CONVERSION"
 # What a manifest keeps of each hop of the route it records.
 RECORDED_HOP_KEYS = ("edge", "tool", "outcome", "attempts", "notes", "parity_vs_source", "artifact_sha256", "kept_float",
                      "static_checks")
-SUFFIXES = {Format.ONNX: ".onnx", Format.TFLITE: ".tflite", Format.SAVED_MODEL: "_saved_model",
+SUFFIXES = {Format.ONNX: ".onnx", Format.ORT: ".ort", Format.TFLITE: ".tflite", Format.SAVED_MODEL: "_saved_model",
             Format.EXECUTORCH: ".pte", Format.COREAI: ".aimodel", Format.COREML: ".mlpackage"}
 
 
