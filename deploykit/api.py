@@ -22,7 +22,7 @@ from deploykit.child import check_timeout
 from deploykit.options import QuantizeOptions, VerifyOptions
 from deploykit.request import ExportRequest, export_defaults
 
-__all__ = ["export", "verify", "verify_bundle", "package", "bench", "inspect", "doctor", "report", "samples", "build_samples", "demo",
+__all__ = ["export", "verify", "verify_bundle", "package", "bench", "inspect", "readiness", "doctor", "report", "samples", "build_samples", "demo",
            "load_options", "ExportRequest", "VerifyOptions", "QuantizeOptions", "LoadOptions", "LLMOptions",
            "BenchOptions"]
 
@@ -303,6 +303,16 @@ def _read_json(path: str, key: str) -> dict:
     if not isinstance(data, dict) or key not in data:
         raise UsageError(f"{path} has no {key!r}: not the expected deploykit result", "give the JSON written by --json")
     return data
+
+
+def readiness(artifact: str, load: Optional[LoadOptions] = None):
+    """Which accelerator takes ``artifact`` and which operators its runtime must ship: a
+    ``deploykit.readiness.Readiness`` (one ``Coverage`` table per delegate or execution provider, the rewrites
+    deploykit checked, the operator bill of materials; ``to_dict()`` is what ``inspect --readiness --json`` writes).
+    ``load.input_specs`` pin dynamic dims first. Example: ``api.readiness("model.tflite").table("GPU delegate")``."""
+    from deploykit.readiness import readiness as compute
+
+    return compute(artifact, load or LoadOptions())
 
 
 def inspect(model: str, load: Optional[LoadOptions] = None) -> dict:

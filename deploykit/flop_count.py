@@ -39,24 +39,33 @@ def onnx_flops(path: str) -> tuple:
 
 def tflite_flops(path: str) -> tuple:
     """(FLOPs per inference, "fp32" | "fp16" | "int8") of a .tflite file."""
+    per_op, precision = tflite_op_flops(path)
+    return sum(sum(ops) for ops in per_op), precision
+
+
+def tflite_op_flops(path: str) -> tuple:
+    """([[FLOPs of each operator] for each subgraph], precision) of a .tflite file: the per-node counts the
+    readiness tables weigh delegated nodes by."""
     from ai_edge_litert import schema_py_generated as schema
 
     with open(path, "rb") as handle:
         model = schema.ModelT.InitFromPackedBuf(bytearray(handle.read()), 0)
     ops = schema.BuiltinOperator
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes or []]
-    macs, types = 0, set()
+    per_graph, types = [], set()
     for graph in model.subgraphs or []:
         tensors = graph.tensors or []
         shapes = [[max(int(d), 1) for d in (t.shape if t.shape is not None else [])] for t in tensors]
         types |= {t.type for t in tensors}
+        counts = []
         for op in graph.operators or []:
             inputs = [shapes[i] if i >= 0 else [] for i in (op.inputs if op.inputs is not None else [])]
             outputs = list(op.outputs if op.outputs is not None else [])
-            macs += _tflite_macs(codes[op.opcodeIndex], inputs, shapes[outputs[0]] if outputs else [], ops)
+            counts.append(2 * _tflite_macs(codes[op.opcodeIndex], inputs, shapes[outputs[0]] if outputs else [], ops))
+        per_graph.append(counts)
     kinds = schema.TensorType
     precision = ("int8" if types & {kinds.INT8, kinds.UINT8} else "fp16" if kinds.FLOAT16 in types else "fp32")
-    return 2 * macs, precision
+    return per_graph, precision
 
 
 def _tflite_macs(code: int, inputs: list, out: list, ops) -> int:

@@ -190,6 +190,10 @@ def print_inspect(info: dict) -> None:
             console.print(f"{key}: {info[key]}")
     if info.get("contract"):
         print_contract(info["contract"])
+    if info.get("readiness"):
+        from deploykit.readiness.printing import print_readiness
+
+        print_readiness(info["readiness"], console)
     if info.get("manifest"):
         if info["manifest"].get("unverified"):
             from rich.markup import escape

@@ -342,16 +342,24 @@ def inspect(
     inputs: Inputs = None, weights: Weights = None, trust_pickle: TrustPickle = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds a child process may take to read a file "
                                            "whose runtime could crash on it (TFLite).")] = 600.0,
+    readiness: Annotated[bool, typer.Option("--readiness", help="Also say which accelerator takes the artifact "
+                                            "(LiteRT: XNNPACK measured here, GPU delegate from its rules; ONNX: "
+                                            "NNAPI / CoreML partitions; ExecuTorch: delegated vs portable) and which "
+                                            "operators its runtime must ship; --input pins dynamic dims first.")] = False,
     as_json: Json = False, debug: Debug = False,
 ) -> None:
-    """Signature, parameter count, op histogram and size of a model.
+    """Signature, parameter count, op histogram and size of a model; with --readiness, its delegate coverage.
 
-    Example: deploykit inspect model.onnx
+    Example: deploykit inspect model.onnx ; deploykit inspect model.tflite --readiness --json
     """
     def action() -> dict:
         from deploykit import api
 
-        return api.inspect(model, api.load_options(inputs or (), weights, trust_pickle, timeout))
+        load = api.load_options(inputs or (), weights, trust_pickle, timeout)
+        info = api.inspect(model, load)
+        if readiness:
+            info["readiness"] = api.readiness(model, load).to_dict()
+        return info
 
     _run(action, as_json, debug, _lazy("print_inspect"))
 
