@@ -59,8 +59,8 @@ def operator_summary(bom: dict) -> str:
         custom = [e["op"] for e in bom.get("custom_operators", [])]
         text = f"{len(builtin)} builtin operators ({', '.join(builtin[:8])}{', …' if len(builtin) > 8 else ''})"
         return text + (f", {len(custom)} custom ({', '.join(custom)})" if custom else "")
-    ops = bom.get("operators") or []
-    shown = ", ".join(str(op) for op in ops[:8]) + (", …" if len(ops) > 8 else "")
+    ops = [f"{op['domain']}:{op['op']}" if isinstance(op, dict) else str(op) for op in bom.get("operators") or []]
+    shown = ", ".join(ops[:8]) + (", …" if len(ops) > 8 else "")
     backends = bom.get("delegate_backends") or []
     text = f"{len(ops)} kernel operators" + (f" ({shown})" if ops else "")
     return text + (f", delegate backends: {', '.join(backends)}" if backends else "") + f" — {bom.get('tool', '')}"

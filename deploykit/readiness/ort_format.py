@@ -1,0 +1,93 @@
+"""ONNX Runtime Mobile's .ort form and its reduced-build operator config, written by ORT's own converter
+(``onnxruntime.tools.convert_onnx_models_to_ort``): the one place deploykit calls it — the ``--to ort`` edge and the
+ONNX bundle's bill of materials both go through ``convert``."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from deploykit.errors import ConversionError
+
+STYLES = ("fixed", "runtime")
+PLATFORMS = ("arm", "amd64")
+
+
+def convert(onnx_path: str, folder: Path, style: str = "fixed", platform: str = "arm") -> tuple:
+    """(the .ort file, its required_operators_and_types.config text) for ``onnx_path``, written under ``folder``.
+    The config's comment lines (which name ORT's temporary paths) are replaced by one naming the settings."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    optimization = OptimizationStyle.Fixed if style == "fixed" else OptimizationStyle.Runtime
+    with tempfile.TemporaryDirectory(prefix="deploykit-ort-") as tmp:
+        source = Path(tmp) / "model.onnx"
+        shutil.copyfile(onnx_path, source)       # ORT writes next to its input when asked for the optimized ONNX
+        out = Path(tmp) / "out"
+        chatter = io.StringIO()
+        config_log = logging.getLogger("ort_format_model.utils")     # "Created config in <tmp path>" at INFO
+        level = config_log.level
+        config_log.setLevel(logging.WARNING)
+        try:
+            with contextlib.redirect_stdout(chatter):
+                convert_onnx_models_to_ort(source, out, [optimization], target_platform=platform,
+                                           enable_type_reduction=True)
+        except Exception as exc:  # noqa: BLE001 - ORT raises RuntimeError/Fail/ValueError by cause
+            raise ConversionError(f"ONNX Runtime's convert_onnx_models_to_ort failed: {str(exc).splitlines()[0][:200]}",
+                                  "run with --debug for its log; the model must load in ONNX Runtime first") from None
+        finally:
+            config_log.setLevel(level)
+        ort_files = sorted(out.glob("*.ort"))
+        configs = sorted(out.glob("*.config"))
+        if len(ort_files) != 1 or len(configs) != 1:
+            raise ConversionError("ONNX Runtime's convert_onnx_models_to_ort wrote no .ort and config "
+                                  f"({', '.join(p.name for p in out.iterdir()) or 'nothing'})",
+                                  "run with --debug for its log")
+        target = Path(folder) / "model.ort"
+        shutil.move(str(ort_files[0]), target)
+        lines = [line for line in configs[0].read_text().splitlines() if line and not line.startswith("#")]
+    header = f"# required operators and types (onnxruntime reduced build; optimization {style}, platform {platform})"
+    return target, "\n".join([header, *lines]) + "\n"
+
+
+def operators(onnx_path: str, platform: str = "arm") -> dict:
+    """The ONNX Runtime part of a bill of materials: the config a reduced build takes, and its parsed rows."""
+    import importlib.metadata
+
+    with tempfile.TemporaryDirectory(prefix="deploykit-ort-bom-") as tmp:
+        _ort, config = convert(onnx_path, Path(tmp), "fixed", platform)
+    return {"runtime": "onnxruntime", "format": "onnx",
+            "tool": f"onnxruntime {importlib.metadata.version('onnxruntime')} convert_onnx_models_to_ort "
+                    f"(--enable_type_reduction, fixed, {platform})",
+            "required_operators_config": config, "operators": parse_config(config)}
+
+
+def parse_config(text: str) -> list:
+    """[{"domain", "opset", "op", "types"}] of a required_operators(_and_types).config text."""
+    import json
+
+    found = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        domain, opset, ops = line.split(";", 2)
+        for op, types in _split_ops(ops):
+            found.append({"domain": domain, "opset": int(opset), "op": op, "types": json.loads(types) if types else {}})
+    return found
+
+
+def _split_ops(text: str) -> list:
+    """'Conv{"inputs": {...}},Relu' -> [("Conv", '{"inputs": {...}}'), ("Relu", "")] (commas inside braces kept)."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text + ","):
+        depth += char == "{"
+        depth -= char == "}"
+        if char == "," and depth == 0:
+            item = text[start:i].strip()
+            if item:
+                brace = item.find("{")
+                items.append((item, "") if brace < 0 else (item[:brace], item[brace:]))
+            start = i + 1
+    return items
