@@ -37,6 +37,10 @@ def inspect_model(path: str, load: LoadOptions = LoadOptions()) -> dict:
         info["sha256"] = sha256_of(path)
     if model.format == Format.ONNX:
         info.update(_onnx_graph_facts(path))
+    elif model.format == Format.ORT:         # read by ONNX Runtime's own flatbuffer reader (runtimes.onnxruntime)
+        ops = model.details.get("ops", {})
+        info.update({"ops": ops, "nodes": sum(ops.values()), "parameters": model.details.get("parameters", 0),
+                     "producer": model.details.get("producer", "")})
     elif model.format in (Format.TFLITE, Format.COREAI, Format.COREML):    # op histograms their describe read
         ops = model.details.get("ops", {})
         info.update({"ops": ops, "nodes": sum(ops.values())})

@@ -23,7 +23,7 @@ ROWS = (
     ("torch", "torch", {}, TORCH_FORMATS, False),
     ("torch_compile", "torch", {"compile": True}, TORCH_FORMATS, False),
     ("torch_cuda", "torch", {"device": "cuda"}, TORCH_FORMATS, True),
-    ("onnxruntime", "onnxruntime", {}, {Format.ONNX}, False),
+    ("onnxruntime", "onnxruntime", {}, {Format.ONNX, Format.ORT}, False),
     ("onnxruntime_cuda", "onnxruntime", {"device": "cuda"}, {Format.ONNX}, True),
     ("litert", "litert", {"xnnpack": True}, {Format.TFLITE}, False),
     ("litert_no_xnnpack", "litert", {"xnnpack": False}, {Format.TFLITE}, False),
@@ -36,7 +36,7 @@ ROWS = (
     # Emulated ARM cores: parity against the native row's runtime, never a latency (benchmark.emulated). Only
     # when named with --runtime: each costs seconds to minutes under qemu and measures no time.
     ("litert-arm64", "litert-arm64", {"xnnpack": True}, {Format.TFLITE}, False),
-    ("onnxruntime-arm64", "onnxruntime-arm64", {}, {Format.ONNX}, False),
+    ("onnxruntime-arm64", "onnxruntime-arm64", {}, {Format.ONNX, Format.ORT}, False),
 )
 EMULATED_ROWS = ("litert-arm64", "onnxruntime-arm64")
 RESEARCH_ROWS = ("torch", "torch_compile", "tensorflow")

@@ -265,6 +265,8 @@ def _write_manifest(artifact, model: LoadedModel, chosen, runs: list, extra_file
     if chosen.unverified:
         data["unverified_reason"] = final.parity.summary()
     data["contract"] = contract
+    if artifact.format == Format.ORT:      # --ort-style / --ort-platform: what the app's runtime must match
+        data["ort"] = request.ort_settings
     if request.contract:
         data["contract_choices"] = request.contract.to_dict()
     if mode:
