@@ -356,10 +356,9 @@ def inspect(
         from deploykit import api
 
         load = api.load_options(inputs or (), weights, trust_pickle, timeout)
+        found = api.readiness(model, load).to_dict() if readiness else None    # a source is refused before loading
         info = api.inspect(model, load)
-        if readiness:
-            info["readiness"] = api.readiness(model, load).to_dict()
-        return info
+        return {**info, "readiness": found} if found else info
 
     _run(action, as_json, debug, _lazy("print_inspect"))
 
