@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from deploykit.errors import ToolOutputError
-from deploykit.readiness import ort_checker, ort_format
+from deploykit.readiness import ort_checker
+from deploykit.transforms import ort_format
 from deploykit.readiness.report import MAYBE, NO, YES, suitability
 from tests.conftest import assert_clean_error
 

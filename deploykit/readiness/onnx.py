@@ -109,7 +109,7 @@ def checked_fixes(path: str, before: list) -> list:
 
 def probe(path: str) -> dict:
     """Every ONNX table for one .onnx file, with the checked rewrites (child side)."""
-    from deploykit.readiness import ort_format
+    from deploykit.transforms import ort_format
 
     found = tables(path)
     return {"tables": [t.to_dict() for t in found], "fixes": [vars(f) for f in checked_fixes(path, found)],
