@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from deploykit.errors import UsageError
 from deploykit.formats import Format
 
 
@@ -39,7 +40,14 @@ def _onnx(path: str, pins: dict) -> dict:
     from deploykit.onnx_io import read_onnx
 
     model = read_onnx(path)
+    ranks = {value.name: len(value.type.tensor_type.shape.dim) for value in model.graph.input}
     for name, shape in pins.items():
+        if name not in ranks:
+            raise UsageError(f"--input names {name} but the model's inputs are {', '.join(map(repr, ranks))}",
+                             "name each --input after a model input")
+        if ranks[name] != len(shape):
+            raise UsageError(f"--input {name}:{'x'.join(map(str, shape))} has {len(shape)} dims but the model's "
+                             f"{name} has {ranks[name]}", "give one size per dim of the input")
         make_input_shape_fixed(model.graph, name, [int(d) for d in shape])
     fix_output_shapes(model)
     with tempfile.TemporaryDirectory(prefix="deploykit-readiness-") as tmp:

@@ -8,14 +8,15 @@ from rich.table import Table
 
 def print_readiness(data: dict, console) -> None:
     table = Table(title=f"readiness: {data['path']} ({data['format']})", title_justify="left")
-    for column in ("runtime", "delegate / EP", "takes", "verdict", "how", "source"):
+    for column in ("runtime", "delegate / EP", "takes", "verdict", "how"):
         table.add_column(column)
     for row in data.get("tables", []):
         table.add_row(row["runtime"], row["target"], _takes(row), row["verdict"],
-                      "measured here" if row.get("measured") else "predicted", row["source"])
+                      "measured here" if row.get("measured") else "predicted")
     if data.get("tables"):
         console.print(table)
     for row in data.get("tables", []):
+        console.print(f"  {row['target']}: source: {row['source']}")
         _print_refusals(row, console)
     for fix in data.get("fixes", []):
         console.print(f"fix checked: {fix['rewrite']} ({fix['nodes']} node{'s' * (fix['nodes'] != 1)}): "

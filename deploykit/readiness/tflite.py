@@ -53,7 +53,7 @@ def xnnpack_coverage(path: str, flops: list) -> Coverage:
     total_flops = sum(flops) or 0
     flop_share = (sum(flops[i] for i in taken if i < len(flops)) / total_flops) if total_flops else None
     issues = tuple(OpIssue(op=op, count=count, source=f"LiteRT {litert_version()} execution plan",
-                           reason="left to LiteRT's builtin CPU kernels (XNNPACK has no kernel for it here)",
+                           reason="not taken by XNNPACK (no XNNPACK kernel for this op or these parameters): runs on LiteRT's builtin CPU kernel",
                            nodes=tuple(d["index"] for d in originals if d["op_name"] == op and d["index"] not in taken)[:8])
                    for op, count in left.most_common())
     subgraphs = interpreter.num_subgraphs()
@@ -103,8 +103,9 @@ def gpu_coverage(path: str, flops: list) -> tuple:
     notes = []
     if claim["gpu_claim"] == "compatible" and issues:
         notes.append(f"TFLite's model analyzer (ai-edge-litert {litert_version()}) says \"compatible with GPU "
-                     f"delegate\"; it is wrong here: its GPU check is compiled out of this build "
-                     f"(deploykit.readiness.litert_analyzer) — the verdict above is deploykit's, from the rules")
+                     f"delegate\"; it is wrong here: LiteRT's analyzer source no longer calls the delegate's "
+                     f"compatibility check, so it says so of every model (deploykit.readiness.litert_analyzer) — the "
+                     f"verdict above is deploykit's, from the delegate's rules")
     return Coverage(runtime=LITERT, target="GPU delegate", measured=False,
                     verdict=suitability(len(supported), len(verdicts), runs),
                     source=litert_gpu.RULES_SOURCE, supported=len(supported), total=len(verdicts),
