@@ -53,7 +53,8 @@ def xnnpack_coverage(path: str, flops: list) -> Coverage:
     total_flops = sum(flops) or 0
     flop_share = (sum(flops[i] for i in taken if i < len(flops)) / total_flops) if total_flops else None
     issues = tuple(OpIssue(op=op, count=count, source=f"LiteRT {litert_version()} execution plan",
-                           reason="not taken by XNNPACK (no XNNPACK kernel for this op or these parameters): runs on LiteRT's builtin CPU kernel",
+                           reason="not taken by XNNPACK (no XNNPACK kernel for this op or these parameters): "
+                                  "runs on LiteRT's builtin CPU kernel",
                            nodes=tuple(d["index"] for d in originals if d["op_name"] == op and d["index"] not in taken)[:8])
                    for op, count in left.most_common())
     subgraphs = interpreter.num_subgraphs()
