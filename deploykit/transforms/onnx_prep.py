@@ -74,7 +74,7 @@ def prepare(model: LoadedModel, folder: Path, options: ExportOptions, check: Che
             candidate = _copy(proto)
             _fix_values(candidate, fixed, model.spec)
             if pins or fixed:
-                _pin(candidate, pins, infer)
+                pin_dims(candidate, pins, infer)
             if fixed:       # fold the If on a fixed input at once: ONNX Runtime crashed (SIGSEGV) on it unfolded
                 candidate = _slim(candidate)[0] or candidate
             renamed = _sanitize_names(candidate.graph)
@@ -129,7 +129,7 @@ def _copy(proto):
     return candidate
 
 
-def _pin(proto, pins: dict, infer: bool = True) -> None:
+def pin_dims(proto, pins: dict, infer: bool = True) -> None:
     """Write the concrete dims into the graph's inputs (and with ``infer``, every shape downstream)."""
     import onnx
 
