@@ -89,7 +89,7 @@ def gpu_coverage(path: str, flops: list) -> tuple:
 
     verdicts = [v for v in litert_gpu.gpu_verdicts(path) if v["subgraph"] == 0]
     supported = [v for v in verdicts if v["supported"]]
-    runs = _runs([v["supported"] for v in verdicts])
+    runs = _partitions(path, {v["index"] for v in supported})
     grouped: dict = collections.OrderedDict()
     for v in verdicts:
         if not v["supported"]:
@@ -113,10 +113,34 @@ def gpu_coverage(path: str, flops: list) -> tuple:
                     partitions=runs, flop_share=flop_share, unsupported=issues, notes=tuple(notes))
 
 
-def _runs(flags: list) -> int:
-    """Partitions of supported nodes, counted as maximal runs in execution order (how TFLite's partitioner groups a
-    sequential graph; a branching graph may merge some runs)."""
-    return sum(1 for i, ok in enumerate(flags) if ok and (i == 0 or not flags[i - 1]))
+def _partitions(path: str, taken: set) -> int:
+    """Partitions the delegate would form: groups of taken nodes joined by a tensor one produces and another
+    consumes (so a DEQUANTIZE of a constant left on the CPU, which feeds a delegated op, splits nothing). A
+    branching graph may need more partitions than this to keep each one convex: a lower bound."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as handle:
+        graph = schema.ModelT.InitFromPackedBuf(bytearray(handle.read()), 0).subgraphs[0]
+    parent = {index: index for index in taken}
+
+    def root(index):
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
+        return index
+
+    producer = {}
+    for index, op in enumerate(graph.operators or []):
+        for tensor in (op.outputs if op.outputs is not None else []):
+            producer[int(tensor)] = index
+    for index, op in enumerate(graph.operators or []):
+        if index not in taken:
+            continue
+        for tensor in (op.inputs if op.inputs is not None else []):
+            source = producer.get(int(tensor))
+            if source in taken:
+                parent[root(source)] = root(index)
+    return len({root(index) for index in taken})
 
 
 # The known rewrites for ops the GPU delegate refuses (what to do at the source, before conversion).
