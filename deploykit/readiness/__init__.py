@@ -41,7 +41,7 @@ def readiness(path: str, load: LoadOptions = LoadOptions()) -> Readiness:
     """
     fmt = detect(path)
     if fmt not in PROBED and fmt not in STATIC_NOTES:
-        raise UsageError(f"{Path(path).name} is a {fmt.value} source, not a deployable artifact: readiness is a "
+        raise UsageError(f"{Path(path).name} is a source model ({fmt.value}), not a deployable artifact: readiness is a "
                          "property of what ships",
                          "export it first (deploykit export MODEL --to tflite|onnx|executorch), then inspect the "
                          "artifact with --readiness")
