@@ -22,7 +22,8 @@ from deploykit.model import LoadedModel
 
 TOOL = "onnxruntime.tools.convert_onnx_models_to_ort"
 NCHWC_DOMAIN = "com.microsoft.nchwc"     # the x86-only layout kernels of ONNX Runtime's NCHWc transformer
-REMEDY = ("export --to onnx and run it on ONNX Runtime, or try --ort-style runtime; --debug shows the tool's log")
+REMEDY = ("the ONNX model must load in ONNX Runtime first (an op it has no kernel for has none in the .ort "
+          "either); --debug shows the tool's log")
 
 
 def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: Check) -> ConversionResult:
@@ -88,6 +89,7 @@ def _scratch_copy(path: str, copy: Path) -> Path:
 
 def _run_tool(source: Path, written: Path, payload: dict) -> None:
     """ONNX Runtime's converter with type reduction; its failure is one ConversionError naming it."""
+    _stand_in_for_torch_helpers()
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     from deploykit.errors import ConversionError
@@ -101,7 +103,23 @@ def _run_tool(source: Path, written: Path, payload: dict) -> None:
                                        target_platform=payload["platform"], enable_type_reduction=True,
                                        allow_conversion_failures=False)
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own Fail/InvalidGraph/NotImplemented types
-        raise ConversionError(f"{TOOL} could not convert the model: {one_line(str(exc))[:300]}", REMEDY) from None
+        detail = one_line(str(exc)).replace(str(source), Path(payload["onnx"]).name)    # not the scratch copy
+        raise ConversionError(f"{TOOL} could not convert the model: {detail[:300]}", REMEDY) from None
+
+
+def _stand_in_for_torch_helpers() -> None:
+    """onnxruntime/tools/__init__.py imports its PyTorch export helpers, hence torch, whenever torch is installed:
+    3 s and hundreds of MB in this child (8 s of a 10 s conversion on a busy host) for a helper the converter never
+    calls. In this child of its own, an empty stand-in takes that module's place; the real one is left alone where
+    it was imported already."""
+    import sys
+    import types
+
+    name = "onnxruntime.tools.pytorch_export_helpers"
+    if name not in sys.modules and "onnxruntime.tools" not in sys.modules:
+        stand_in = types.ModuleType(name, "deploykit: stands in for ONNX Runtime's PyTorch helpers (unused here)")
+        stand_in.infer_input_info = None
+        sys.modules[name] = stand_in
 
 
 def _config_header(name: str, version: str, payload: dict) -> str:

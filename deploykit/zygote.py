@@ -1,5 +1,5 @@
 """Warm parents for children: a process that has imported what a kind of job needs once, and forks a fresh child
-for each such job — runner jobs of .onnx/.tflite files (numpy, ONNX Runtime, LiteRT) and onnx2tf conversions
+for each such job — runner jobs of .onnx/.ort/.tflite files (numpy, ONNX Runtime, LiteRT) and onnx2tf conversions
 (TensorFlow, onnx2tf).
 
 Why: every ``Artifact.run`` of an ONNX or TFLite file is a child process (a runtime can crash on a file), and such
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 FORKABLE_TARGETS = frozenset({"deploykit.harness:run_job", "deploykit.harness:capture_job"})
-FORKABLE_FORMATS = frozenset({"onnx", "tflite"})
+FORKABLE_FORMATS = frozenset({"onnx", "ort", "tflite"})
 CONVERTER_TARGETS = frozenset({"converters.onnx_to_tflite:job"})
 SWITCH_ENV = "DEPLOYKIT_ZYGOTE"
 # What each kind of zygote imports before it forks: the runners', or onnx2tf's (TensorFlow + onnx2tf: 3.3 s of

@@ -81,11 +81,20 @@ _ORT_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: 
 
 def _ort_flatbuffers():
     """ONNX Runtime's generated Python bindings of its ORT-format schema (``ort_flatbuffers_py.fbs``)."""
+    import importlib.util
+    import os
+    import sys
+
     try:
-        # importing the package puts its bindings on sys.path (that is how ONNX Runtime's own tools find them)
-        import onnxruntime.tools.ort_format_model  # noqa: F401
+        # ONNX Runtime's tools put the bindings' folder on sys.path and import them by this name; the folder is
+        # added here the same way rather than by importing onnxruntime.tools, whose __init__ imports torch
+        # whenever it is installed (measured: 3 s, for a helper this reader never uses).
+        package = importlib.util.find_spec("onnxruntime")
+        folder = os.path.join(list(package.submodule_search_locations)[0], "tools", "ort_format_model")
+        if folder not in sys.path:
+            sys.path.append(folder)
         import ort_flatbuffers_py.fbs as fbs
-    except ImportError as exc:
+    except (ImportError, AttributeError, IndexError, TypeError) as exc:
         from deploykit.errors import MissingDependency
 
         raise MissingDependency(f"this onnxruntime has no ORT-format reader ({exc})",

@@ -1,0 +1,130 @@
+"""`export --to ort`: ONNX Runtime Mobile's .ort with its required-operators config, verified by ONNX Runtime;
+ORT-format files detected by content, read by ONNX Runtime's own flatbuffer reader, refused in one line when cut."""
+import json
+import shutil
+
+import pytest
+
+from deploykit.formats import ORT_CONFIG_SUFFIX, Format, detect, ort_operators_config
+from tests.conftest import assert_clean_error
+
+pytestmark = pytest.mark.onnxruntime
+
+
+@pytest.fixture(scope="module")
+def tiny_ort(tmp_path_factory):
+    """A real .ort written by ONNX Runtime itself (no deploykit conversion): y = relu(x @ W + b), x [2, 3]."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder = tmp_path_factory.mktemp("tiny_ort")
+    weight = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4) / 10, "W")
+    bias = numpy_helper.from_array(np.ones(4, dtype=np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["z"]),
+         helper.make_node("Relu", ["z"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [weight, bias])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "tiny.onnx")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(folder / "tiny.ort")
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(str(folder / "tiny.onnx"), options, providers=["CPUExecutionProvider"])
+    return folder / "tiny.ort"
+
+
+def test_detected_by_content_and_inspected(tiny_ort, tmp_path, cli):
+    renamed = tmp_path / "model.bin"          # no .ort suffix: the flatbuffer's ORTM identifier says what it is
+    shutil.copyfile(tiny_ort, renamed)
+    assert detect(tiny_ort) == detect(renamed) == Format.ORT
+    proc = cli("inspect", str(renamed), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["format"] == "ort" and info["parameters"] == 16
+    assert [(t["name"], t["shape"], t["dtype"]) for t in info["signature"]["inputs"]] == [("x", [2, 3], "float32")]
+    assert [(t["name"], t["shape"]) for t in info["signature"]["outputs"]] == [("y", [2, 4])]
+    assert sum(info["ops"].values()) == info["nodes"] >= 1      # ORT may have fused MatMul+Add into a Gemm
+
+
+def test_cut_or_garbage_ort_is_refused_in_one_line(tiny_ort, tmp_path, cli):
+    cut = tmp_path / "cut.ort"
+    cut.write_bytes(tiny_ort.read_bytes()[:200])
+    assert_clean_error(cli("inspect", str(cut)), 2, "not a whole ORT-format model")
+    garbage = tmp_path / "garbage.ort"        # the identifier, then noise: detected as ORT, refused by the reader
+    garbage.write_bytes(b"\x14\x00\x00\x00ORTM" + bytes(range(256)) * 4)
+    assert_clean_error(cli("inspect", str(garbage)), 2, "not a whole ORT-format model")
+    noise = tmp_path / "noise.ort"            # the suffix alone proves nothing
+    noise.write_bytes(b"\x01\x02\x03\x04 plain noise, no model")
+    assert_clean_error(cli("inspect", str(noise)), 2, "unknown model format")
+
+
+def test_ort_flags_are_checked(cli, tmp_path):
+    assert_clean_error(cli("export", "m.onnx", "--to", "onnx", "--ort-style", "runtime"), 2,
+                       "--ort-style is only for --to ort")
+    assert_clean_error(cli("export", "m.onnx", "--to", "tflite", "--ort-platform", "arm"), 2,
+                       "--ort-platform is only for --to ort")
+    assert_clean_error(cli("export", "m.onnx", "--to", "ort", "--ort-platform", "x86"), 2, "arm or amd64")
+    assert_clean_error(cli("export", "m.onnx", "--to", "ort", "--ort-style", "dynamic"), 2, "fixed or runtime")
+
+
+@pytest.fixture(scope="module")
+def onnx_source(exported) -> str:
+    """The two-layer net's ONNX export, shared with the rest of the run."""
+    return exported("two_layer_net.pt2", "onnx").artifact
+
+
+def _config_lines(path) -> list:
+    return [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("style, platform", [("fixed", "arm"), ("runtime", "amd64")])
+def test_export_to_ort_verifies_with_its_config_beside(onnx_source, tmp_path, cli, style, platform):
+    out = tmp_path / "net.ort"
+    proc = cli("export", onnx_source, "--to", "ort", "-o", str(out), "--ort-style", style, "--ort-platform",
+               platform, "--json")
+    assert proc.returncode == 0, proc.stderr      # exit 0: the export's own check passed on ONNX Runtime
+    assert detect(out) == Format.ORT
+    config = ort_operators_config(out)
+    assert config.name == "net" + ORT_CONFIG_SUFFIX
+    lines = _config_lines(config)        # domain;opset;Op{"inputs": {...types...}},...: ops with their types
+    assert any(line.startswith("ai.onnx;") and "Gemm{" in line and '"float"' in line for line in lines), lines
+    recorded = json.loads((tmp_path / "net.ort.deploykit.json").read_text())
+    assert recorded["ort"] == {"style": style, "platform": platform} and recorded["verified"]
+    assert [f["path"] for f in recorded["artifact"]["extra_files"]] == [config.name]
+    assert style in recorded["route"][-1]["tool"] and platform in recorded["route"][-1]["tool"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, config.name, out.name + ".deploykit.json"])
+    if style == "runtime":      # verify by content: a renamed file, its saved optimisations replayed
+        renamed = tmp_path / "renamed" / "model.bin"
+        renamed.parent.mkdir()
+        shutil.copyfile(out, renamed)
+        assert cli("verify", onnx_source, str(renamed)).returncode == 0
+
+
+def test_a_torch_source_is_routed_through_onnx():
+    from deploykit.exporting.routing import select_routes
+
+    routes = select_routes(Format.EXPORTED_PROGRAM, Format.ORT, None)
+    assert [edge.name for edge in routes[0]] == ["torch_to_onnx", "onnx_to_ort"]
+
+
+@pytest.mark.slow
+def test_a_failed_conversion_is_one_error_naming_the_tool_and_leaves_nothing(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deploykit import api
+    from deploykit.errors import ConversionError
+
+    tensor = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 4]) for name in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Mystery", ["x"], ["y"], domain="com.example")], "g", tensor[:1],
+                              tensor[1:])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid("com.example", 1)]), tmp_path / "bad.onnx")
+    failed = tmp_path / "failed"
+    with pytest.raises(ConversionError, match="convert_onnx_models_to_ort could not convert") as caught:
+        api.export(str(tmp_path / "bad.onnx"), "ort", str(failed / "bad.ort"))
+    assert caught.value.exit_code == 4 and "com.example:Mystery" in caught.value.message
+    assert not failed.exists()          # no artifact, no config, not even the folder the export created
