@@ -189,3 +189,20 @@ def test_executorch_table_and_selected_operators(exported):
     assert (table.measured, table.unit, table.verdict, table.supported) == (True, "instructions", "ALL", 1)
     assert found.operators["delegate_backends"] == ["XnnpackBackend"]
     assert "operators:" in found.operators["selected_operators_yaml"]
+
+
+@pytest.mark.slow
+@pytest.mark.onnxruntime
+def test_an_ort_file_lists_its_own_operators_and_points_at_its_onnx(tmp_path):
+    from deploykit import api
+
+    ort_path, config = ort_format.convert(str(_small_graph(tmp_path / "small.onnx", dynamic=False)), tmp_path)
+    found = api.readiness(str(ort_path))
+    assert found.format == "ort" and not found.tables
+    assert {row["op"] for row in found.operators["operators"]} == {row["op"] for row in ort_format.parse_config(config)}
+    assert any("run --readiness on the .onnx" in note for note in found.notes)
+    broken = tmp_path / "cut.ort"
+    broken.write_bytes(ort_path.read_bytes()[:200])
+    with pytest.raises(Exception) as caught:
+        api.readiness(str(broken))
+    assert getattr(caught.value, "exit_code", None) == 2

@@ -18,7 +18,7 @@ from deploykit.readiness.report import NO_STATIC_ANSWER, Coverage, Fix, OpIssue,
 
 __all__ = ["Coverage", "Fix", "OpIssue", "Readiness", "readiness", "PROBED", "STATIC_NOTES"]
 
-PROBED = frozenset({Format.TFLITE, Format.ONNX, Format.EXECUTORCH})
+PROBED = frozenset({Format.TFLITE, Format.ONNX, Format.ORT, Format.EXECUTORCH})
 
 # What is said, per format, about runtimes for which nothing here can answer before the device.
 STATIC_NOTES = {
@@ -26,6 +26,8 @@ STATIC_NOTES = {
                     "accelerator has " + NO_STATIC_ANSWER + " here (decided by the browser's GPU at load time)",),
     Format.ONNX: ("onnxruntime-web (browser): the WASM execution provider runs every operator ONNX Runtime's CPU "
                   "EP has; the WebGPU and WebNN providers have " + NO_STATIC_ANSWER + " here",),
+    Format.ORT: ("onnxruntime-web (browser) loads .ort files too: its WASM execution provider runs every operator "
+                 "listed below",),
     Format.COREAI: ("Core AI: " + NO_STATIC_ANSWER + " on Linux — the CPU / GPU / Neural Engine plan is made on "
                     "the device by Core AI's compiler (coreai-core on Linux runs one CPU path)",),
     Format.COREML: ("Core ML: " + NO_STATIC_ANSWER + " on Linux — MLComputePlan, which says which unit runs each "

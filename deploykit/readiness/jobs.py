@@ -18,6 +18,13 @@ def probe_job(request: dict, arrays: dict) -> dict:
         return tflite.probe(path)
     if fmt == Format.ONNX:
         return _onnx(path, request.get("pins") or {})
+    if fmt == Format.ORT:
+        from deploykit.transforms import ort_format
+
+        return {"operators": ort_format.ort_file_operators(path),
+                "notes": ["an .ort file holds the graph after ONNX Runtime's optimizations for one platform: the "
+                          "NNAPI / CoreML partition checks read ONNX — run --readiness on the .onnx it was converted "
+                          "from (its manifest names it)"]}
     if fmt == Format.EXECUTORCH:
         from deploykit.model import LoadOptions, load_model
         from deploykit.readiness import executorch

@@ -64,6 +64,32 @@ def operators(onnx_path: str, platform: str = "arm") -> dict:
             "required_operators_config": config, "operators": parse_config(config)}
 
 
+def ort_file_operators(ort_path: str) -> dict:
+    """The bill of materials of an .ort file itself: ORT's own reader of the format
+    (``ort_format_model.utils.create_config_from_models``, type-reduced)."""
+    import importlib.metadata
+
+    from onnxruntime.tools.ort_format_model.utils import create_config_from_models
+
+    with tempfile.TemporaryDirectory(prefix="deploykit-ort-bom-") as tmp:
+        target = Path(tmp) / "required_operators_and_types.config"
+        try:
+            create_config_from_models([Path(ort_path)], target, enable_type_reduction=True)
+        except Exception as exc:  # noqa: BLE001 - its flatbuffer reader raises what the damage makes it raise
+            from deploykit.errors import ModelLoadError
+
+            raise ModelLoadError(f"{Path(ort_path).name}: ONNX Runtime's ORT-format reader failed "
+                                 f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})",
+                                 "convert it again with deploykit export --to ort") from None
+        lines = [line for line in target.read_text().splitlines() if line and not line.startswith("#")]
+    config = "\n".join(["# required operators and types (onnxruntime reduced build; read from the .ort file)",
+                        *lines]) + "\n"
+    return {"runtime": "onnxruntime", "format": "ort",
+            "tool": f"onnxruntime {importlib.metadata.version('onnxruntime')} ort_format_model "
+                    "create_config_from_models (type-reduced)",
+            "required_operators_config": config, "operators": parse_config(config)}
+
+
 def parse_config(text: str) -> list:
     """[{"domain", "opset", "op", "types"}] of a required_operators(_and_types).config text."""
     import json
