@@ -11,6 +11,9 @@ from deploykit.formats import Format
 
 def probe_job(request: dict, arrays: dict) -> dict:
     """Child side of ``deploykit.readiness.readiness``: the tables of one artifact as plain data."""
+    from deploykit.transforms.ort_format import skip_torch_helpers
+
+    skip_torch_helpers()     # every ONNX probe imports onnxruntime.tools: not torch with it
     path, fmt = request["path"], Format(request["format"])
     if fmt == Format.TFLITE:
         from deploykit.readiness import tflite

@@ -16,9 +16,25 @@ STYLES = ("fixed", "runtime")
 PLATFORMS = ("arm", "amd64")
 
 
+def skip_torch_helpers() -> None:
+    """``onnxruntime/tools/__init__.py`` imports its PyTorch export helpers — hence torch, 3–5 s and hundreds of MB
+    — whenever torch is installed, for helpers the converter, the ORT-format reader and the mobile checker never
+    call. Called in a child of deploykit's own before the first ``onnxruntime.tools`` import, an empty stand-in
+    takes that module's place; where onnxruntime.tools is imported already nothing changes."""
+    import sys
+    import types
+
+    name = "onnxruntime.tools.pytorch_export_helpers"
+    if name not in sys.modules and "onnxruntime.tools" not in sys.modules:
+        stand_in = types.ModuleType(name, "deploykit: stands in for ONNX Runtime's PyTorch helpers (unused here)")
+        stand_in.infer_input_info = None
+        sys.modules[name] = stand_in
+
+
 def convert(onnx_path: str, folder: Path, style: str = "fixed", platform: str = "arm") -> tuple:
     """(the .ort file, its required_operators_and_types.config text) for ``onnx_path``, written under ``folder``.
     The config's comment lines (which name ORT's temporary paths) are replaced by one naming the settings."""
+    skip_torch_helpers()
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     optimization = OptimizationStyle.Fixed if style == "fixed" else OptimizationStyle.Runtime
@@ -69,6 +85,7 @@ def ort_file_operators(ort_path: str) -> dict:
     (``ort_format_model.utils.create_config_from_models``, type-reduced)."""
     import importlib.metadata
 
+    skip_torch_helpers()
     from onnxruntime.tools.ort_format_model.utils import create_config_from_models
 
     with tempfile.TemporaryDirectory(prefix="deploykit-ort-bom-") as tmp:
