@@ -12,6 +12,8 @@ from deploykit.formats import Format
 from deploykit.introspect import inspect_model
 from deploykit.model import LoadOptions
 from deploykit.options import QuantizeOptions, VerifyOptions
+from deploykit.readiness import readiness
+from deploykit.readiness.printing import print_readiness
 from deploykit.request import ExportRequest
 
 MARKER = ".deploykit-demo"
@@ -85,11 +87,15 @@ def run_demo(output: str = "deploykit-demo", echo: bool = True, debug: bool = Fa
         render.print_verify(verified.to_dict())
     steps.append({"step": "verify mobilenet_v2 chain", **verified.to_dict()})
 
-    say("[bold]6. inspect[/bold] mobilenet_v2.onnx")
+    say("[bold]6. inspect --readiness[/bold] mobilenet_v2.onnx and .tflite: which accelerator takes them")
     info = inspect_model(str(folder / "mobilenet_v2.onnx"))
+    found = [readiness(str(folder / name)) for name in ("mobilenet_v2.onnx", "mobilenet_v2.tflite")]
+    info["readiness"] = found[0].to_dict()
     if echo:
         render.print_inspect(info)
-    steps.append({"step": "inspect", "parameters": info["parameters"], "nodes": info["nodes"]})
+        print_readiness(found[1].to_dict(), render.console)
+    steps.append({"step": "inspect", "parameters": info["parameters"], "nodes": info["nodes"],
+                  "readiness": {f"{r.format}: {t.target}": t.summary() for r in found for t in r.tables}})
 
     steps.append(_quantize_step(folder, say, echo, debug))
     steps.append(_dynamic_step(folder, say, debug))
