@@ -206,3 +206,28 @@ def test_an_ort_file_lists_its_own_operators_and_points_at_its_onnx(tmp_path):
     with pytest.raises(Exception) as caught:
         api.readiness(str(broken))
     assert getattr(caught.value, "exit_code", None) == 2
+
+
+@pytest.mark.onnxruntime
+def test_max_with_zero_becomes_relu_with_the_same_values():
+    """torch exports the seed's custom ReLU (clamp(min=0)) as Max(x, 0), which CoreML NeuralNetwork refuses."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deploykit.readiness import ort_fixes
+
+    graph = helper.make_graph(
+        [helper.make_node("Max", ["x", "zero"], ["y"]), helper.make_node("Max", ["y", "x"], ["z"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 5])],
+        [numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    before = model.SerializeToString()
+    assert ort_fixes.max_zero_to_relu(model) == 1        # the Max of two tensors stays
+    assert [n.op_type for n in model.graph.node] == ["Relu", "Max"]
+    onnx.checker.check_model(model)
+    feed = {"x": np.random.default_rng(2).normal(size=(2, 5)).astype(np.float32)}
+    np.testing.assert_array_equal(ort.InferenceSession(model.SerializeToString()).run(None, feed)[0],
+                                  ort.InferenceSession(before).run(None, feed)[0])

@@ -22,6 +22,14 @@ HINTS = {
     "If": "export the branch the app uses (torch.export with static control flow)",
     "LSTM": "keep the recurrence on the CPU EP, or unroll it for a fixed sequence length",
     "Unsqueeze": "give axes as a constant initializer (opset >= 13 exporters do), or fold with fixed shapes",
+    "Max": "Max(x, 0) is Relu (deploykit checks this rewrite); a Max of two tensors has no single-op equivalent",
+    "DequantizeLinear": "the CoreML EPs run float graphs: ship the fp32/fp16 ONNX for CoreML, the QDQ int8 one for "
+                        "NNAPI and the CPU EP",
+    "QuantizeLinear": "the CoreML EPs run float graphs: ship the fp32/fp16 ONNX for CoreML, the QDQ int8 one for "
+                      "NNAPI and the CPU EP",
+    "Gelu": "CoreML MLProgram takes Gelu; for NeuralNetwork/NNAPI export it written out (Erf, Mul, Add)",
+    "LayerNormalization": "CoreML MLProgram takes it; for NeuralNetwork/NNAPI export it written out (ReduceMean, Sub, "
+                          "Pow, Sqrt, Div)",
 }
 
 
@@ -118,6 +126,39 @@ def hard_sigmoid_to_clip(model) -> int:
     return rewritten
 
 
+def max_zero_to_relu(model) -> int:
+    """Max(x, 0) with a constant zero (how torch exports clamp(min=0), the seed's custom ReLU) -> Relu(x)."""
+    from onnx import helper
+
+    values = _initializer_values(model.graph)
+    constants = {node.output[0]: _constant_value(node) for node in model.graph.node if node.op_type == "Constant"}
+    rewritten, nodes = 0, []
+    for node in model.graph.node:
+        zero = [name for name in node.input if _is_zero(values.get(name, constants.get(name)))]
+        if node.op_type != "Max" or len(node.input) != 2 or len(zero) != 1:
+            nodes.append(node)
+            continue
+        (runtime,) = [name for name in node.input if name != zero[0]]
+        nodes.append(helper.make_node("Relu", [runtime], [node.output[0]], name=f"{node.name or node.output[0]}__relu"))
+        rewritten += 1
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return rewritten
+
+
+def _constant_value(node):
+    from onnx import numpy_helper
+
+    attr = next((a for a in node.attribute if a.name == "value"), None)
+    return numpy_helper.to_array(attr.t) if attr is not None and attr.HasField("t") else None
+
+
+def _is_zero(value) -> bool:
+    """A scalar (or one-element) constant 0: Max(x, 0) broadcasts it, so Relu(x) has x's shape either way."""
+    return value is not None and np.size(value) == 1 and float(np.asarray(value).reshape(-1)[0]) == 0.0
+
+
 def _clip(source: str, output: str, base: str, opset: int):
     """Clip to [0, 1]: bounds as inputs from opset 11, as attributes before (what the model's opset reads)."""
     from onnx import helper
@@ -130,4 +171,5 @@ def _clip(source: str, output: str, base: str, opset: int):
 REWRITES = (
     Rewrite("ReduceMean", "ReduceMean over H,W -> GlobalAveragePool", reduce_mean_to_global_pool),
     Rewrite("HardSigmoid", "HardSigmoid -> Mul, Add, Clip(0, 1)", hard_sigmoid_to_clip),
+    Rewrite("Max", "Max(x, 0) -> Relu", max_zero_to_relu),
 )
