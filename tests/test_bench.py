@@ -71,6 +71,18 @@ def test_bench_measures_every_field_in_child_processes(trio):
     assert flops[trio[0]]["flops"] == flops[trio[1]]["flops"] == 2 * 64 * (1000 * 100 + 100 * 10)
     assert "of its source" in flops[trio[2]]["method"]
     assert result["headline"]["research"].startswith("torch") and result["headline"]["speedup"] > 0
+    # the "delegated" column: measured here, one readiness per artifact file, "—" for the research row
+    litert = by_row["litert"]["delegated"]
+    assert litert["text"] == "XNNPACK 2/2 nodes · 100% of FLOPs · 1 partition"
+    assert (litert["supported"], litert["total"], litert["partitions"], litert["flop_share"]) == (2, 2, 1, 1.0)
+    assert litert["predicted"].startswith("GPU delegate: YES")
+    assert by_row["litert_no_xnnpack"]["delegated"]["text"] == "XNNPACK off: 2 nodes on builtin kernels"
+    assert by_row["onnxruntime"]["delegated"]["text"] == "CPU EP: all nodes"
+    assert "NNAPI YES" in by_row["onnxruntime"]["delegated"]["predicted"]
+    assert by_row["torch"]["delegated"] == {"text": "—", "why": "a research framework: its own kernels, no delegate"}
+    assert sorted(result["delegation"]["artifacts"]) == sorted(trio[1:])
+    # fully delegated: a finding here can only be a row slower than torch (timing-dependent), never a coverage gap
+    assert all("slower than torch (delegated: " in f for f in result["delegation"]["findings"])
 
 
 @pytest.mark.slow
@@ -81,6 +93,12 @@ def test_report_is_self_contained_with_plots_and_parity(trio, tmp_path):
     report = result["report"]
     page = open(report["html"]).read()
     assert page.count("data:image/png;base64,") == 5 and "production vs research" in page
+    # beside latency: the std column, then what ran where (measured) and what a phone's accelerator would take
+    assert "<th>std ms</th><th>delegated (measured here)</th><th>phone accelerator (predicted)</th>" in page
+    rows = {cells[1]: cells for cells in (row.split("</td><td>") for row in page.split("<tr><td>")[1:])}
+    assert rows["litert"][8:10] == ["XNNPACK 2/2 nodes · 100% of FLOPs · 1 partition",
+                                    "GPU delegate: YES (2/2 nodes · 1 partition · 100% of FLOPs)"]
+    assert rows["torch"][8:10] == ["—", "—"] and rows["onnxruntime"][8] == "CPU EP: all nodes"
     for png in report["plots"].values():
         assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     data = json.loads(open(report["json"]).read())
@@ -108,6 +126,7 @@ def test_cli_bench_json_and_report_errors(trio, tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["cases"][0]["row"] == "onnxruntime"
+    assert data["cases"][0]["delegated"]["text"] == "CPU EP: all nodes"
     (tmp_path / "bench.json").write_text(proc.stdout)
     proc = run_cli("report", str(tmp_path / "bench.json"), "-o", str(tmp_path / "r"))
     assert proc.returncode == 0 and (tmp_path / "r" / "report.html").exists()
@@ -122,7 +141,8 @@ def test_batch_sizes_need_a_dynamic_batch(samples_dir, tmp_path):
     fixed = api.export(str(samples_dir / "tiny_transformer.pt2"), "onnx", str(tmp_path / "fixed.onnx")).artifact
     dynamic = api.export(str(samples_dir / "tiny_transformer.pt"), "onnx", str(tmp_path / "dyn.onnx"),
                          dynamic_batch=True).artifact
-    result = api.bench([fixed, dynamic], BenchOptions(runtimes=("onnxruntime",), batches=(4,), **QUICK))
+    result = api.bench([fixed, dynamic], BenchOptions(runtimes=("onnxruntime",), batches=(4,), delegation=False,
+                                                       **QUICK))
     by_model = {c["model"]: c for c in result["cases"]}
     assert "fixed batch of 1" in by_model[fixed]["error"]
     assert by_model[dynamic]["input_shapes"]["ids"] == [4, 32]
@@ -139,7 +159,8 @@ def test_a_case_reports_its_own_peak_memory_not_its_parents(tmp_path):
     ballast = bytearray(400 * 2**20)          # the parent holds 400 MiB, touched
     ballast[::4096] = b"\1" * len(ballast[::4096])
     model = builders.tiny_onnx(tmp_path / "m.onnx")
-    result = api.bench([str(model)], BenchOptions(runtimes=("onnxruntime",), iterations=3, warmup=0))
+    result = api.bench([str(model)], BenchOptions(runtimes=("onnxruntime",), iterations=3, warmup=0,
+                                                  delegation=False))
     assert result["cases"][0]["peak_rss_bytes"] < 300 * 2**20, result["cases"][0]["peak_rss_bytes"]
     del ballast
 
@@ -159,7 +180,7 @@ def test_input_shapes_pin_a_dynamic_dim_of_every_model_in_the_sources_format(tmp
     for name in ("a.onnx", "b.onnx"):
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / name)
     result = api.bench([str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx")],
-                       api.BenchOptions(runtimes=("onnxruntime",), warmup=1, iterations=3),
+                       api.BenchOptions(runtimes=("onnxruntime",), warmup=1, iterations=3, delegation=False),
                        load=api.load_options(["x:3x4"]))
     assert [c.get("error") for c in result["cases"]] == [None, None]
     assert [c["input_shapes"] for c in result["cases"]] == [{"x": [3, 4]}] * 2
@@ -177,3 +198,80 @@ def test_a_factory_source_is_benchmarked_with_its_weights(samples_dir):
                        load=api.load_options(["x:64x1000"], str(samples_dir / "two_layer_net.weights.pt")))
     [case] = result["cases"]
     assert "error" not in case and case["input_shapes"] == {"x": [64, 1000]} and case["model"].endswith(":two_layer_net")
+
+
+def _timed(row: str, p50: float, delegated=None, model: str = "m.tflite", threads: int = 1) -> dict:
+    case = {"row": row, "model": model, "format": "tflite", "batch": None, "options": {"threads": threads},
+            "latency_ms": {"p50": p50}}
+    return {**case, **({"delegated": delegated} if delegated else {})}
+
+
+def test_the_delegated_cell_of_each_row_says_what_ran_where_or_dash():
+    """Measured tables give the text; rows without one get "—" and the reason, a failed probe too (no error)."""
+    from deploykit.benchmark import delegation
+
+    xnnpack = {"runtime": "litert", "target": "XNNPACK (CPU)", "measured": True, "verdict": "PARTIAL",
+               "supported": 164, "total": 222, "unit": "nodes", "partitions": 17, "flop_share": 0.996,
+               "share": 164 / 222, "summary": "164/222 nodes · 17 partitions · 99.6% of FLOPs · PARTIAL", "source": "s"}
+    gpu = {**xnnpack, "target": "GPU delegate", "measured": False, "verdict": "NO",
+           "summary": "150/222 nodes · 9 partitions · NO"}
+    cell = delegation.cell("litert", {"tables": [xnnpack, gpu]})
+    assert cell["text"] == "XNNPACK 164/222 nodes · 99.6% of FLOPs · 17 partitions"     # never rounded up to 100%
+    assert cell["predicted"] == "GPU delegate: NO (150/222 nodes · 9 partitions)"
+    et = {"runtime": "executorch", "target": "delegates (XnnpackBackend ×2)", "measured": True, "verdict": "PARTIAL",
+          "supported": 2, "total": 5, "unit": "instructions", "partitions": 2, "flop_share": None, "share": 0.4,
+          "summary": "", "source": "s"}
+    assert delegation.cell("executorch", {"tables": [et], "delegate_backends": ["XnnpackBackend"]})["text"] == \
+        "XnnpackBackend 2 calls, 3 portable ops"
+    assert delegation.cell("onnxruntime", None)["text"] == "CPU EP: all nodes"      # an .ort file: no probe needed
+    failed = delegation.cell("litert", {"error": "ONNX Runtime's checker 9.9 printed output deploykit cannot read"})
+    assert failed["text"] == "—" and "cannot read" in failed["why"]
+    for row in ("torch", "tensorflow", "coreai", "onnxruntime-web", "litert-js", "litert-arm64"):
+        assert delegation.cell(row, {"tables": [xnnpack]})["text"] == "—", row
+    assert delegation.text({"row": "litert"}) == "—"        # a bench JSON written before the column existed
+
+
+def test_a_slow_or_partly_delegated_production_row_is_named_in_the_headline():
+    from deploykit.benchmark import delegation
+    from deploykit.benchmark.cases import RESEARCH_ROWS
+    from deploykit.benchmark.report import headline_text
+
+    partial = {"text": "XNNPACK 164/222 nodes · 99.6% of FLOPs · 17 partitions", "measured": True, "supported": 164,
+               "total": 222, "unit": "nodes", "partitions": 17, "flop_share": 0.996, "share": 164 / 222}
+    rows = [_timed("torch", 2.0, model="m.pt2"), _timed("litert", 1.0, partial),
+            _timed("onnxruntime", 3.0, {"text": "CPU EP: all nodes", "measured": True}, model="m.onnx"),
+            _timed("litert", 9.0, partial, threads=2),          # no research row at 2 threads: not compared
+            _timed("litert-js", 5.0)]                           # a browser row: the headline's browser column
+    found = delegation.findings(rows, RESEARCH_ROWS, ("litert-js",))
+    assert found == [
+        "litert (m.tflite, 1 thread(s)): 17 XNNPACK partitions, 26% of nodes, <1% of FLOPs on LiteRT's builtin kernels",
+        "onnxruntime (m.onnx, 1 thread(s)): 1.50× slower than torch (delegated: CPU EP: all nodes)",
+        "litert (m.tflite, 2 thread(s)): 17 XNNPACK partitions, 26% of nodes, <1% of FLOPs on LiteRT's builtin "
+        "kernels"]
+    text = headline_text({"headline": None, "delegation": {"findings": found[:1]}}, None)
+    assert text.endswith(". " + found[0])
+
+
+def test_the_column_probes_each_artifact_once_with_the_pinned_dims(monkeypatch):
+    """Two thread counts and two LiteRT rows of one file: one readiness, not one per row; --input reaches it."""
+    from deploykit import readiness as readiness_pkg
+    from deploykit.benchmark import delegation
+    from deploykit.readiness import Coverage, Readiness
+
+    calls = []
+
+    def fake(path, load):
+        calls.append((path, [s.name for s in load.input_specs], load.timeout))
+        return Readiness(path=path, format="tflite", tables=(Coverage(
+            runtime="litert", target="XNNPACK (CPU)", source="s", verdict="ALL", measured=True, supported=2, total=2,
+            partitions=1, flop_share=1.0),))
+
+    monkeypatch.setattr(readiness_pkg, "readiness", fake)
+    rows = [_timed(row, 1.0, threads=t) for row in ("litert", "litert_no_xnnpack") for t in (1, 2)]
+    rows += [_timed("torch", 2.0, model="m.pt2"), {**_timed("litert", 1.0, model="bad.tflite"), "error": "x"}]
+    load = api.load_options(["x:1x4"]).to_dict()
+    found = delegation.add_columns(rows, {"m.tflite": load}, 30.0)
+    assert calls == [("m.tflite", ["x"], 30.0)] and list(found) == ["m.tflite"]
+    assert [r["delegated"]["text"] for r in rows[:5]] == ["XNNPACK 2/2 nodes · 100% of FLOPs · 1 partition"] * 2 + [
+        "XNNPACK off: 2 nodes on builtin kernels"] * 2 + ["—"]
+    assert "delegated" not in rows[5]

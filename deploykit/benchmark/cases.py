@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from deploykit import registry
+from deploykit.benchmark import delegation
 from deploykit.child import MEASURE, check_timeout, run_child
 from deploykit.errors import DeploykitError, UsageError
 from deploykit.formats import TORCH_FORMATS, Format, detect, is_factory_reference
@@ -60,6 +61,7 @@ class BenchOptions:
     profile: Optional[str] = None   # "mobile"
     timeout: float = 600.0
     arm_cpu: Optional[str] = None   # the emulated core of the ARM rows (None: cortex-a76)
+    delegation: bool = True         # each artifact's delegate coverage, probed once after the timings (1-9 s each)
 
     def __post_init__(self) -> None:
         known = {row[0] for row in ROWS}
@@ -182,6 +184,7 @@ def bench(models: list, options: BenchOptions = BenchOptions(), load: Optional[d
         results.append(row)
         if echo:
             echo(row)
+    coverage = _delegation(results, models, options, load)
     notes = [MOBILE_DISCLAIMER] if options.profile == "mobile" else []
     noisy = [r for r in results if r.get("noisy")]
     if noisy:
@@ -194,8 +197,21 @@ def bench(models: list, options: BenchOptions = BenchOptions(), load: Optional[d
     if any(r["row"] in EMULATED_ROWS for r in results):
         notes.append("ARM rows run under qemu, 300-500x slower than the phone and not uniformly so: they show the "
                      "difference from the native runtime on the same feeds (max_abs, cosine), never a latency")
+    notes += [f"delegation of {Path(path).name} not computed: {found['error']}" for path, found in coverage.items()
+              if "error" in found]
     return {"schema_version": 1, "machine": machine, "options": options.__dict__, "cases": results,
-            "skipped": skipped, "flops": flops, "notes": notes, "headline": headline(results)}
+            "skipped": skipped, "flops": flops, "notes": notes, "headline": headline(results),
+            "delegation": {"artifacts": coverage, "findings": delegation.findings(
+                results, RESEARCH_ROWS, REFERENCE_ROWS + EMULATED_ROWS + registry.BROWSER_RUNTIMES)}}
+
+
+def _delegation(results: list, models: list, options: BenchOptions, load: Optional[dict]) -> dict:
+    """The "delegated" column, once per artifact file and only after every case is timed: the probes load the
+    model in a child of their own and would otherwise compete with a timing for the CPU."""
+    if not options.delegation:
+        return {}
+    loads = {model: load if _takes_user_shapes(model, models[0]) else None for model in models}
+    return delegation.add_columns(results, loads, options.timeout)
 
 
 def _takes_user_shapes(model: str, first: str) -> bool:

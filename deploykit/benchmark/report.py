@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from deploykit import fsutil
+from deploykit.benchmark import delegation
 from deploykit.errors import MissingDependency
 
 PLOTS = ("latency", "cold_start", "memory", "size", "footprint")
@@ -101,6 +102,13 @@ def runtime_footprints() -> dict:
 
 
 def headline_text(bench: dict, parity: Optional[dict]) -> str:
+    """The report's first line: production against research, then each production row that is slower or left
+    part of the model off its delegate (``delegation.findings``), with the numbers."""
+    findings = (bench.get("delegation") or {}).get("findings") or []
+    return _speed_text(bench, parity) + "".join(f". {sentence}" for sentence in findings)
+
+
+def _speed_text(bench: dict, parity: Optional[dict]) -> str:
     head = bench.get("headline")
     if not head:
         return "no research/production pair at the same threads and batch was measured"
@@ -207,19 +215,21 @@ def _cases_table(cases: list) -> str:
     for c in cases:
         if "error" in c:
             rows.append([Path(c["model"]).name, c["row"], c["options"].get("threads"), "error: " + c["error"]]
-                        + [""] * 10)
+                        + [""] * 12)
             continue
         if "latency_ms" not in c:       # an emulated ARM row: in _arm_table, never in the latency columns
             continue
         lat = c["latency_ms"]
         rows.append([Path(c["model"]).name, c["row"], c["options"].get("threads"), ", ".join(c["providers"]),
                      f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", f"{lat['std']:.3f}",
-                     f"{c['throughput_per_s']}", f"{c['time_to_first_result_s']:.2f}",
+                     delegation.text(c), delegation.predicted_text(c), f"{c['throughput_per_s']}",
+                     f"{c['time_to_first_result_s']:.2f}",
                      f"{c['peak_rss_bytes'] / 2**20:.0f}", c.get("gflops_per_s", "—"),
                      f"{c['fraction_of_peak']:.0%}" if c.get("fraction_of_peak") is not None else "—",
                      "noisy" if c["noisy"] else ""])
-    return html_table(["model", "runtime", "threads", "ran on", "p50 ms", "p90 ms", "p99 ms", "std ms", "per s",
-                       "first result s", "peak MiB", "GFLOP/s", "% of peak", ""], rows)
+    return html_table(["model", "runtime", "threads", "ran on", "p50 ms", "p90 ms", "p99 ms", "std ms",
+                       "delegated (measured here)", "phone accelerator (predicted)", "per s", "first result s",
+                       "peak MiB", "GFLOP/s", "% of peak", ""], rows)
 
 
 def _footprint_table(footprint: dict) -> str:
