@@ -138,7 +138,11 @@ def test_the_aimodel_folder_is_carried_file_by_file_with_the_contract_inside(two
     record = json.loads((bundle / "deploykit-bundle.json").read_text())
     on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {"deploykit-bundle.json"}
     assert set(record["files"]) == on_disk
-    assert {"model.aimodel/metadata.json", "model.aimodel/main.mlirb", "model.aimodel/main.hash"} <= on_disk
+    assert {"model.aimodel/metadata.json", "model.aimodel/main.mlirb", "model.aimodel/main.hash",
+            "runtime-bom.json"} <= on_disk
+    bom = json.loads((bundle / "runtime-bom.json").read_text())     # no static answer: notes and the op histogram
+    assert bom["runtime"] == "coreai" and "no static answer" in bom["readiness"]["notes"][0]
+    assert bom["operators"]["op_histogram"]["relu"] == 1 and "not what a runtime build" in bom["operators"]["note"]
     source = Path(two_layer.artifact)
     for name in ("main.mlirb", "main.hash"):           # the program itself is the exported one, byte for byte
         assert (bundle / "model.aimodel" / name).read_bytes() == (source / name).read_bytes()
@@ -336,6 +340,8 @@ def test_a_core_ml_bundle_is_written_only_unverified_and_never_passes_here(mlpac
     record = json.loads((bundle / "deploykit-bundle.json").read_text())
     assert record["verified"] is False and "no Core ML runtime on Linux" in record["unverified_reason"]
     assert record["model"] == "model.mlpackage" and "model.mlpackage/Manifest.json" in record["files"]
+    bom = json.loads((bundle / "runtime-bom.json").read_text())
+    assert bom["runtime"] == "coreml" and bom["operators"]["op_histogram"]["linear"] == 2, bom["operators"]
     assert (bundle / "requirements.txt").read_text().split() == [PINS["numpy"], PINS["coremltools"]]
     with np.load(bundle / "golden.npz") as golden:                  # the source's outputs, for the Mac to check
         assert golden["output/0/output"].shape == (64, 10) and len(golden.files) == 6

@@ -385,6 +385,10 @@ def test_web_bundle_selftest_passes_and_the_page_classifies_a_real_picture(sampl
     assert info["app"] == "web" and info["runtime"] == {"onnx": "onnxruntime-web", "tflite": "litert-js"}[to]
     assert {"index.html", "selftest.html", "backends.js", "web.json", "golden.bin"} <= set(info["files"])
     assert not (bundle / "app.py").exists() and any(f.endswith(".wasm") for f in info["files"])
+    bom = json.loads((bundle / "runtime-bom.json").read_text())     # the browser runtime's, with its note
+    listed = [row["op"] for row in bom["operators"].get("builtin_operators", bom["operators"].get("operators", []))]
+    assert bom["runtime"] == info["runtime"] and {"onnx": "Conv", "tflite": "CONV_2D"}[to] in listed, listed
+    assert any(note.startswith(info["runtime"] + " (browser)") for note in bom["readiness"]["notes"])
     picture = next((samples_dir / "shapes").glob("*_diamond.png"))
     server, playwright, browser = _open_pages(bundle)
     try:

@@ -278,6 +278,10 @@ def test_mobilenet_bundle_proves_itself_in_a_runtime_only_venv(samples_dir, expo
                    "--normalize", "unit", "--json")
     assert made.returncode == 0, made.stderr
     _assert_contract_inside(bundle / json.loads(made.stdout)["model"], google_metadata_reader)
+    bom = json.loads((bundle / "runtime-bom.json").read_text())   # what the app's runtime build must include
+    listed = [row["op"] for row in bom["operators"].get("builtin_operators", bom["operators"].get("operators", []))]
+    assert {"onnx": "Conv", "tflite": "CONV_2D"}[to] in listed, listed
+    assert "runtime-bom.json: " in json.loads(made.stdout)["runtime_bom"]
     python, env = runtime_only_python, {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     modules = subprocess.run([str(python), "-c", "import importlib.util as u; print([m for m in ('torch', "
                               "'tensorflow', 'deploykit') if u.find_spec(m)])"], cwd=bundle, env=env,

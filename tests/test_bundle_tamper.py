@@ -138,7 +138,8 @@ def test_a_web_bundles_listed_tree_passes_the_checks(tmp_path):
 
     site = tmp_path / "site"
     (site / "vendor" / "ort").mkdir(parents=True)
-    for name in ("model.onnx", "contract.json", "golden.json", "golden.npz", "index.html", "vendor/ort/ort.wasm"):
+    for name in ("model.onnx", "contract.json", "golden.json", "golden.npz", "index.html", "vendor/ort/ort.wasm",
+                 "runtime-bom.json"):
         (site / name).write_text("x")
     (site / "web.json").write_text(json.dumps({"model": "model.onnx"}))
     files = {p.relative_to(site).as_posix(): "0" for p in site.rglob("*") if p.is_file()}
@@ -147,3 +148,59 @@ def test_a_web_bundles_listed_tree_passes_the_checks(tmp_path):
     assert _tampering(site)[1] == []
     (site / "web.json").write_text(json.dumps({"model": "contract.json"}))
     assert "the app loads contract.json" in _tampering(site)[1][0]
+
+
+def _edit_bom(bundle, edit, relist=True):
+    """``edit(bom)`` applied to runtime-bom.json (None: the file is removed and unlisted); the record's sha256s
+    redone unless ``relist`` is False (then only the unchanged-files check can see it)."""
+    path = bundle / "runtime-bom.json"
+    if edit is None:
+        path.unlink()
+        info = json.loads((bundle / "deploykit-bundle.json").read_text())
+        del info["files"]["runtime-bom.json"]
+        (bundle / "deploykit-bundle.json").write_text(json.dumps(info))
+        return
+    edited = edit(json.loads(path.read_text()))
+    path.write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    if relist:
+        _relist(bundle)
+
+
+def _drop_an_operator(bom):
+    bom["operators"]["operators"].pop()          # the config text still names it: the two no longer agree
+    return bom
+
+
+def test_the_runtime_bom_is_listed_and_a_tampered_one_fails_verify(tmp_path):
+    """runtime-bom.json names the runtime and the operators of the bundled model (tiny.onnx: MatMul, Relu), is
+    listed like every file, and verify refuses it edited, malformed, for another model or missing (exit 1)."""
+    from deploykit.bundle.bundle_check import verify_bundle
+
+    original, described = _package(tmp_path)
+    bom = json.loads((original / "runtime-bom.json").read_text())
+    assert bom["schema"] == "deploykit.runtime-bom/1" and bom["runtime"] == described["runtime"] == "onnxruntime"
+    assert [row["op"] for row in bom["operators"]["operators"]] == ["MatMul", "Relu"]
+    assert "ai.onnx;13;MatMul" in bom["operators"]["required_operators_config"]
+    assert bom["model"] == "model.onnx" and bom["model_sha256"] == hashlib.sha256(
+        (original / "model.onnx").read_bytes()).hexdigest()
+    assert {t["target"] for t in bom["readiness"]["tables"]} == {"NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram"}
+    assert "runtime-bom.json" in described["files"] and described["runtime_bom"].startswith(
+        "runtime-bom.json: 2 operators with types for ONNX Runtime's reduced build")
+    cases = [
+        ("unlisted-edit", lambda b: {**b, "runtime_version": "0"}, False, "changed since packaging: runtime-bom.json"),
+        ("not-json", lambda b: "{not json", True, "runtime-bom.json is not valid JSON"),
+        ("schema", lambda b: {**b, "schema": "deploykit.runtime-bom/0"}, True, "not a JSON object of schema"),
+        ("runtime", lambda b: {**b, "runtime": "litert"}, True, "names another runtime"),
+        ("other-model", lambda b: {**b, "model_sha256": "0" * 64}, True, "computed for another model than model.onnx"),
+        ("operators", _drop_an_operator, True, "operators or readiness are not the sections package writes"),
+        ("removed", None, True, "not listed in deploykit-bundle.json: runtime-bom.json"),
+    ]
+    for name, edit, relist, said in cases:
+        bundle = tmp_path / name
+        shutil.copytree(original, bundle)
+        _edit_bom(bundle, edit, relist)
+        problems = verify_bundle(bundle).problems
+        assert problems and said in problems[0], (name, problems)
+    verified = run_cli("verify", str(tmp_path / "other-model"))
+    assert verified.returncode == 1 and "tampered: runtime-bom.json was computed for another model" in verified.stdout
+    assert "Traceback" not in verified.stderr

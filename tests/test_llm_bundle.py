@@ -102,7 +102,11 @@ def test_the_bundle_generates_the_sources_text_in_a_runtime_only_venv(bundle, ti
     record = json.loads((folder / "deploykit-bundle.json").read_text())
     assert record["kind"] == "causal_lm" and record["model"] == f"model{SUFFIX[target]}"
     assert {"tokenizer.json", "generation_config.json", "contract.json", "golden.json", "golden.npz", "app.py",
-            "requirements.txt"} <= set(record["files"])
+            "requirements.txt", "runtime-bom.json"} <= set(record["files"])
+    bom = json.loads((folder / "runtime-bom.json").read_text())     # readiness of the two-entry decoder worked
+    assert bom["runtime"] == record["runtime"] and bom["readiness"]["tables"]
+    listed = [row["op"] for row in bom["operators"].get("builtin_operators", bom["operators"].get("operators", []))]
+    assert {"onnx": "MatMul", "tflite": "FULLY_CONNECTED"}[target] in listed, listed
     pins = [line.split("==")[0] for line in (folder / "requirements.txt").read_text().split()]
     assert pins == ["numpy", {"onnx": "onnxruntime", "tflite": "ai-edge-litert"}[target], "tokenizers"]
     assert _imports(folder / "app.py") <= ALLOWED_IMPORTS, _imports(folder / "app.py")
@@ -191,7 +195,9 @@ def test_a_tokenizer_or_contract_edited_with_the_record_is_caught(bundle, tmp_pa
     _target, _artifact, original = bundle
     for name, edit, expected in (
             ("tokenizer.json", lambda t: t.replace('"merges"', '"merges_"', 1), "tokenizer.json"),
-            ("contract.json", lambda t: t.replace('"k_cache"', '"k_cache2"', 1), "contract.json's inputs")):
+            ("contract.json", lambda t: t.replace('"k_cache"', '"k_cache2"', 1), "contract.json's inputs"),
+            ("runtime-bom.json", lambda t: json.dumps({**json.loads(t), "model_sha256": "0" * 64}),
+             "runtime-bom.json was computed for another model")):
         folder = tmp_path / name
         shutil.copytree(original, folder)
         (folder / name).write_text(edit((folder / name).read_text()))

@@ -23,6 +23,7 @@ import numpy as np
 from deploykit import contract as contracts
 from deploykit import fsutil, parity
 from deploykit.artifact import Artifact
+from deploykit.bundle import runtime_bom
 from deploykit.errors import DeploykitError, MissingDependency, ModelLoadError, UsageError
 from deploykit.text import one_line, printable, quoted
 from deploykit.formats import Format, coreml_manifest_paths
@@ -40,7 +41,8 @@ FOLDER_MODELS = frozenset({Format.COREAI, Format.COREML})
 _MODEL_FILES = {Format.COREAI: ("metadata.json", "main.mlirb", "main.hash"), Format.COREML: ("Manifest.json",)}
 MAX_SAMPLES = 1000                  # `package --samples` allows at most this many golden vectors
 MAX_GOLDEN_BYTES = 2 * 1024**3      # what golden.npz may inflate to: far above 1000 samples of any model we bundle
-_REQUIRED = ("contract.json", "golden.json")           # read by verify itself, so they must be listed and regular
+# read by verify itself, so they must be listed and regular
+_REQUIRED = ("contract.json", "golden.json", runtime_bom.BOM_FILE)
 _APP_FILES = {"python": ("golden.npz", "app.py", "requirements.txt"), "web": ("golden.npz", "web.json")}
 
 
@@ -90,7 +92,7 @@ def verify_bundle(folder: "str | Path", timeout: float = 600.0, runtime: "str | 
     folder = Path(folder)
     info, problems = _tampering(folder)
     if not problems:
-        problems = _changed(folder, info["files"])
+        problems = _changed(folder, info["files"]) or runtime_bom.problems(folder, info)
     if not problems:
         try:
             contract = _contract(folder, info)

@@ -11,6 +11,8 @@ contract as JSON, labels, golden vectors from the source framework, and a runtim
       labels.txt                  with --labels
       golden.npz, golden.json     inputs and the source's outputs, in the artifact's layout; the tolerance preset
       app.py, requirements.txt    `python app.py selftest` / `predict`; numpy + one runtime (+ Pillow for images)
+      runtime-bom.json            what the app's runtime must contain: operators (and types) for a selective
+                                  build, and the readiness tables (deploykit.bundle.runtime_bom; the app never reads it)
       deploykit-bundle.json       what made it, and the sha256 of every file
 
 Golden vectors need the source model: it is found through the artifact's manifest (its sha256 must still
@@ -36,6 +38,7 @@ import numpy as np
 from deploykit import contract as contracts
 from deploykit import fsutil, manifest
 from deploykit.artifact import Artifact
+from deploykit.bundle import runtime_bom
 # verify BUNDLE lives in bundle_check; its names stay importable from here (api, tests and docs use them)
 from deploykit.bundle.bundle_check import (APPS, BUNDLE_FILE, FOLDER_MODELS, MODEL_NAME, _tampering,  # noqa: F401
                                            coreml_spec_name, coreml_with_contract, golden_report, is_bundle,
@@ -368,13 +371,17 @@ def _write_files(folder: Path, artifact: Artifact, model_file: str, contract: di
     runtime, distribution = RUNTIME_OF[artifact.format]
     image = any(i.get("image") for i in contract["inputs"])
     if app == "web":
-        from deploykit.bundle.web import write_web_app
+        from deploykit.bundle.web import runtime_version, write_web_app
 
         runtime = write_web_app(folder, model_file, artifact.format, inputs, outputs, tolerance,
                                 f"{Path(str(source.path)).stem} ({contract['task']})", timeout)
+        version = runtime_version(folder, runtime)
     else:
         fsutil.write_text_atomic(folder / "app.py", render_app(model_file, runtime, distribution, image, source.path))
         fsutil.write_text_atomic(folder / "requirements.txt", requirements(distribution, image))
+        version = _version(distribution) or "unknown"
+    # Staged with the rest, so it is listed below and published (or dropped) with the bundle.
+    runtime_bom.write(folder, model_file, runtime, version, timeout, artifact.details.get("ops"))
     files = {f.relative_to(folder).as_posix(): fsutil.sha256_of(f) for f in sorted(folder.rglob("*")) if f.is_file()}
     record = {"bundle": 1, "app": app, "model": model_file, "runtime": runtime, "files": files,
               "verified": not unverified}
@@ -429,4 +436,5 @@ def describe_bundle(folder: "str | Path") -> dict:
             "files": sorted(info["files"]) + [BUNDLE_FILE], "contract": contract,
             "runtime_requirements": requirements_file.read_text().split() if requirements_file.exists() else [],
             "app": info.get("app", "python"), "verified": info.get("verified") is not False,
-            "unverified": info.get("verified") is False, "unverified_reason": info.get("unverified_reason")}
+            "unverified": info.get("verified") is False, "unverified_reason": info.get("unverified_reason"),
+            "runtime_bom": runtime_bom.describe(folder)}

@@ -57,6 +57,16 @@ def write_web_app(folder: Path, model_file: str, fmt: Format, inputs: list, outp
     return runtime
 
 
+def runtime_version(folder: Path, runtime: str) -> str:
+    """The version of the browser runtime vendored into the bundle ``folder`` (its package.json, as npm pinned it)."""
+    manifest = next(name for name in VENDOR[runtime] if name.endswith("package.json"))
+    try:
+        version = json.loads((folder / "vendor" / manifest).read_text(encoding="utf-8")).get("version")
+    except (OSError, ValueError, AttributeError):
+        version = None
+    return version if isinstance(version, str) else "unknown"
+
+
 def _as_dict(tolerance) -> dict:
     import dataclasses
 

@@ -9,6 +9,7 @@
                                   each step its top-5 token ids, their logits and the step's largest |logit|;
                                   the tolerance and near-tie rule of the artifact's precision
       app.py, requirements.txt    `python app.py generate "..."` / `selftest`; numpy, the runtime, tokenizers
+      runtime-bom.json            the operators the app's runtime must contain, and the readiness tables
       deploykit-bundle.json       what made it, and the sha256 of every file (kind: causal_lm)
 
 The app holds its own copy of the cache loop (``deploykit.llm.session``) and reads every value from the JSON
@@ -32,6 +33,7 @@ from typing import Optional
 import numpy as np
 
 from deploykit import causal_lm, fsutil, manifest, registry
+from deploykit.bundle import runtime_bom
 from deploykit.bundle.bundle_check import BUNDLE_FILE, MODEL_NAME
 from deploykit.causal_lm import DecoderContract, LLMOptions
 from deploykit.errors import ParityError, UsageError
@@ -123,6 +125,9 @@ def _stage(folder: Path, fmt: Format, artifact: Path, side_files: list, contract
         raise ParityError(f"the bundled model does not generate its golden tokens: {report.summary()}",
                           "verify the artifact against its source first (`deploykit verify SRC ART`)",
                           details={"parity": report.to_dict()})
+    from deploykit.bundle.packaging import _version
+
+    runtime_bom.write(folder, model, runtime, _version(DISTRIBUTION[runtime]) or "unknown", timeout)
     _write_record(folder, model, runtime)
 
 
@@ -306,4 +311,5 @@ def describe(folder: "str | Path") -> dict:
             "model": info["model"], "runtime": info["runtime"], "bytes": size,
             "files": sorted(info["files"]) + [BUNDLE_FILE], "contract": contract, "summary": summary,
             "runtime_requirements": (folder / "requirements.txt").read_text().split(),
-            "verified": True, "unverified": False, "unverified_reason": None}
+            "verified": True, "unverified": False, "unverified_reason": None,
+            "runtime_bom": runtime_bom.describe(folder)}
