@@ -306,3 +306,25 @@ def test_a_linked_model_is_shipped_as_its_bytes(tmp_path):
     names = unpack(pack({"link.onnx": tmp_path / "link.onnx"}), tmp_path / "landed")
     landed = tmp_path / "landed" / names[0]
     assert not landed.is_symlink() and landed.read_bytes() == model.read_bytes()
+
+
+def test_a_cell_shows_its_artifacts_delegation_beside_latency_and_an_older_record_a_dash():
+    from deploykit.matrix.report import cell_page, grid_page
+    from deploykit.matrix.run import metrics
+
+    delegated = {"text": "XNNPACK 2/2 nodes · 100% of FLOPs · 1 partition", "measured": True,
+                 "predicted": "GPU delegate: YES (2/2 nodes · 1 partition)",
+                 "predicted_all": [{"target": "GPU delegate", "verdict": "YES", "summary": "", "source": "s"}]}
+    cases = [{"row": "torch", "model": "m.pt2", "latency_ms": {"p50": 4.0}, "delegated": {"text": "—"}},
+             {"row": "litert", "model": "a.tflite", "latency_ms": {"p50": 1.0, "p90": 1.5}, "delegated": delegated}]
+    found = metrics({"artifact": "a.tflite", "bench": {"cases": cases}})
+    assert found["delegated"] == delegated["text"] and found["predicted"] == ["GPU delegate: YES"]
+    new = {"key": "k1", "model": "m", "target": "tflite", "precision": "fp32", "status": "passed", "metrics": found,
+           "bench": {"cases": cases}}
+    old = {**new, "key": "k2", "precision": "dynamic", "metrics": {"artifact_p50_ms": 2.0, "artifact_row": "litert"},
+           "bench": {"cases": [{k: v for k, v in c.items() if k != "delegated"} for c in cases]}}
+    grid = grid_page({"name": "z", "cells": [new, old], "summary_line": "", "seconds": 0, "spec": "s"})
+    assert "1 ms (litert)<br>delegated: XNNPACK 2/2 nodes · 100% of FLOPs · 1 partition" in grid
+    assert "predicted: GPU delegate: YES" in grid and "2 ms (litert)<br>delegated: —" in grid
+    assert "<td>XNNPACK 2/2 nodes · 100% of FLOPs · 1 partition</td>" in cell_page(new)
+    assert "<td>1.0</td><td>1.5</td><td>—</td><td>—</td>" in cell_page(old)

@@ -163,6 +163,8 @@ def test_a_stored_record_is_reused_only_while_its_artifact_is_unchanged(tmp_path
     ({"metrics": "x"}, "metrics is not what deploykit writes"),
     ({"metrics": {"cosine": "1"}}, "metrics are not numbers"),
     ({"metrics": {"cosine": float("nan")}}, "metrics are not numbers"),
+    ({"metrics": {"delegated": ["<b>"]}}, "metrics are not the text deploykit writes"),
+    ({"metrics": {"predicted": "GPU delegate: YES"}}, "metrics are not the text deploykit writes"),
     ({"attempts": True}, "attempts is not what deploykit writes"),
     ({"artifact": "/etc/passwd"}, "artifact is not in its own artifacts/"),
     ({"artifact": None}, "passed without naming its artifact"),

@@ -92,6 +92,11 @@ def test_local_matrix_equals_the_single_commands_and_resumes(samples_dir, tmp_pa
         rows = {case["row"] for case in cell["bench"]["cases"]}
         assert rows == {"torch", "onnxruntime" if cell["target"] == "onnx" else "litert"}
         assert cell["metrics"]["speedup"] > 0 and cell["bench_core"] is not None and Path(cell["artifact"]).exists()
+    # beside latency: what the artifact's runtime delegated (measured), and the phone accelerators' verdicts
+    assert cells[("tflite", "fp32")]["metrics"]["delegated"] == "XNNPACK 2/2 nodes · 100% of FLOPs · 1 partition"
+    assert cells[("tflite", "fp32")]["metrics"]["predicted"] == ["GPU delegate: YES"]
+    assert cells[("onnx", "fp32")]["metrics"]["delegated"] == "CPU EP: all nodes"
+    assert "NNAPI: YES" in cells[("onnx", "fp32")]["metrics"]["predicted"]
     # the cell is the command: the same export and verify, alone, give the same numbers
     source, npz = str(samples_dir / "two_layer_net.pt2"), str(samples_dir / "two_layer_net.inputs.npz")
     alone = api.export(source, "onnx", str(tmp_path / "alone.onnx"), verify=api.VerifyOptions(inputs_npz=npz),
@@ -101,6 +106,7 @@ def test_local_matrix_equals_the_single_commands_and_resumes(samples_dir, tmp_pa
     checked = api.verify(source, [cell["artifact"]], options=api.VerifyOptions(inputs_npz=npz)).to_dict()
     assert checked["passed"] and cell["verify"]["comparisons"] == [cell["export"]["parity"]]   # not run twice
     page = (tmp_path / "out" / "matrix.html").read_text()
+    assert "delegated: XNNPACK 2/2 nodes · 100% of FLOPs · 1 partition" in page
     for cell in result["cells"]:
         assert f"cells/{cell['key']}.html" in page
         assert "Parity" in (tmp_path / "out" / "cells" / f"{cell['key']}.html").read_text()

@@ -94,6 +94,9 @@ def bench_job(request: dict, arrays: dict) -> dict:
         for case in result.get("cases", []):       # the artifact's place in the store, not the temporary copy
             if case.get("model") == str(artifact):
                 case["model"] = request["artifact"]
+        probed = (result.get("delegation") or {}).get("artifacts") or {}
+        if str(artifact) in probed:
+            probed[request["artifact"]] = probed.pop(str(artifact))
         return {"bench": result, "core": core, "bench_s": round(time.perf_counter() - started, 3)}
 
 

@@ -147,6 +147,7 @@ _TEXT_FIELDS = ("model", "source", "target", "precision", "verdict", "finished_a
 _DICT_FIELDS = ("export", "verify", "bench", "phases", "versions", "metrics")
 _INT_FIELDS = ("attempts", "exit_code", "bench_core", "bench_attempts")
 _NUMBER_METRICS = ("cosine", "max_abs", "artifact_bytes", "artifact_p50_ms", "source_p50_ms", "speedup")
+_TEXT_METRICS = ("artifact_row", "source_row", "delegated")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -175,13 +176,23 @@ def record_problem(record, key: str, store: Store) -> Optional[str]:
              + [f for f in _INT_FIELDS if record.get(f) is not None and not _is_int(record[f])])
     if wrong:
         return f"its stored record's {wrong[0]} is not what deploykit writes"
-    metrics = record.get("metrics") or {}
-    if any(m in metrics and not _is_number(metrics[m]) for m in _NUMBER_METRICS) or \
-            any(not isinstance(metrics.get(r, ""), str) for r in ("artifact_row", "source_row")):
-        return "its stored record's metrics are not numbers"
+    why = _metrics_problem(record.get("metrics") or {})
+    if why:
+        return why
     if record["status"] == "passed" and record.get("artifact") is None:
         return "its stored record passed without naming its artifact"
     return _artifact_problem(record, key, store)
+
+
+def _metrics_problem(metrics: dict) -> Optional[str]:
+    if any(m in metrics and not _is_number(metrics[m]) for m in _NUMBER_METRICS):
+        return "its stored record's metrics are not numbers"
+    # Text the grid shows: a stored record may predate "delegated" and "predicted" (then "—"), never hold other types.
+    predicted = metrics.get("predicted", [])
+    if any(not isinstance(metrics.get(r, ""), str) for r in _TEXT_METRICS) or \
+            not (isinstance(predicted, list) and all(isinstance(p, str) for p in predicted)):
+        return "its stored record's metrics are not the text deploykit writes"
+    return None
 
 
 def _artifact_problem(record: dict, key: str, store: Store) -> Optional[str]:

@@ -71,6 +71,7 @@ def _grid_cell(cell) -> str:
         lines.append(f"cos {metrics['cosine']:.6f}")
     if "artifact_p50_ms" in metrics:
         lines.append(f"{metrics['artifact_p50_ms']:.3g} ms ({_e(metrics.get('artifact_row'))})")   # a stored record may lack the row
+        lines.append(_delegated(metrics))
     if "speedup" in metrics:
         lines.append(f"×{metrics['speedup']} vs {_e(metrics.get('source_row'))}")
     if cell.get("verdict") and status != "passed":
@@ -83,6 +84,16 @@ def _grid_cell(cell) -> str:
     if status != "not run":
         body = f"<a href='cells/{_e(cell['key'])}.html'>{body}</a>"
     return f"<td class='cell' style='background:{COLOURS.get(status, '#fff')}'>{body}</td>"
+
+
+def _delegated(metrics: dict) -> str:
+    """The artifact row's delegation, measured here, beside its latency ("—" for a record stored before deploykit
+    recorded it), and the phone accelerators' predicted verdicts in small type."""
+    line = f"delegated: {_e(metrics.get('delegated') or '—')}"
+    predicted = metrics.get("predicted")
+    if isinstance(predicted, list) and predicted:
+        line += f"<br><span class='small'>predicted: {_e(', '.join(map(str, predicted)))}</span>"
+    return line
 
 
 def cell_page(cell: dict) -> str:
@@ -131,8 +142,11 @@ def _bench(cell: dict) -> str:
         return ""
     rows = "".join(f"<tr><td>{_e(c.get('row'))}</td><td>{_e(c.get('model'))}</td>"
                    f"<td>{_e(_dict(c.get('latency_ms')).get('p50'))}</td><td>{_e(_dict(c.get('latency_ms')).get('p90'))}</td>"
+                   f"<td>{_e(_dict(c.get('delegated')).get('text') or '—')}</td>"
+                   f"<td>{_e(_dict(c.get('delegated')).get('predicted') or '—')}</td>"
                    f"<td>{_e(c.get('peak_rss_bytes'))}</td><td>{_e(c.get('time_to_first_result_s'))}</td>"
                    f"<td>{_e(c.get('error'))}</td></tr>" for c in cases)
     return (f"<h2>Timings (1 thread, pinned to core {_e(cell.get('bench_core'))})</h2><table><tr><th>runtime</th>"
-            f"<th>model</th><th>p50 ms</th><th>p90 ms</th><th>peak RSS</th><th>first result s</th><th>error</th></tr>"
+            f"<th>model</th><th>p50 ms</th><th>p90 ms</th><th>delegated (measured here)</th>"
+            f"<th>phone accelerator (predicted)</th><th>peak RSS</th><th>first result s</th><th>error</th></tr>"
             f"{rows}</table>")

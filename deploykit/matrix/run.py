@@ -242,8 +242,25 @@ def metrics(record: dict) -> dict:
         if mine:
             best = min(mine, key=lambda c: c["latency_ms"]["p50"])
             found[f"{role}_p50_ms"], found[f"{role}_row"] = best["latency_ms"]["p50"], best["row"]
+            if role == "artifact":
+                found.update(delegation_metrics(best))
     if found.get("artifact_p50_ms") and found.get("source_p50_ms"):
         found["speedup"] = round(found["source_p50_ms"] / found["artifact_p50_ms"], 2)
+    return found
+
+
+def delegation_metrics(case: dict) -> dict:
+    """The artifact row's "delegated" cell (measured here) and each predicted phone accelerator's verdict, as the
+    bench computed them once for the artifact (``deploykit.benchmark.delegation``). A record benched before the
+    column existed has neither: the grid shows "—"."""
+    cell = case.get("delegated")
+    if not isinstance(cell, dict) or not isinstance(cell.get("text"), str):
+        return {}
+    found = {"delegated": cell["text"]}
+    predicted = [f"{p.get('target')}: {p.get('verdict')}" for p in cell.get("predicted_all") or ()
+                 if isinstance(p, dict)]
+    if predicted:
+        found["predicted"] = predicted
     return found
 
 
