@@ -124,7 +124,9 @@ def _stand_in_for_torch_helpers() -> None:
 
 def _config_header(name: str, version: str, payload: dict) -> str:
     """The config's comment lines: what it is for, and how it was made (the tool's own name scratch paths)."""
-    return (f"# Operators and types {name} needs in a reduced ONNX Runtime build: build.sh --minimal_build "
+    # saved runtime optimisations are replayed by extended minimal builds (and full ones) only
+    minimal = "--minimal_build extended" if payload["style"] == "runtime" else "--minimal_build"
+    return (f"# Operators and types {name} needs in a reduced ONNX Runtime build: build.sh {minimal} "
             f"--include_ops_by_config <this file> --enable_reduced_operator_type_support\n"
             f"# Written by deploykit with onnxruntime {version} convert_onnx_models_to_ort: optimization style "
             f"{payload['style']}, target platform {payload['platform']}, type reduction on\n")
@@ -133,11 +135,11 @@ def _config_header(name: str, version: str, payload: dict) -> str:
 def _notes(config: str, entries: list, style: str) -> list:
     """What the manifest says of the config and, for the runtime style, of what the app must switch on."""
     count = sum(len(_operators(line)) for line in entries)
-    notes = [f"{config}: {count} operator(s) in {len(entries)} domain/opset line(s), with their types (a reduced "
-             "build's --include_ops_by_config)"]
+    notes = [f"{config}: {count} operator(s) in {len(entries)} domain/opset line(s), with the types ONNX Runtime "
+             "records for them (a reduced build's --include_ops_by_config)"]
     if style == "runtime":
-        notes.append("runtime style: the saved optimisations apply only where the app sets the session option "
-                     "session.enable_saved_runtime_optimizations=1 (this check set it)")
+        notes.append("runtime style: the saved optimisations apply only in an extended minimal (or full) build whose "
+                     "app sets session.enable_saved_runtime_optimizations=1 (this check set it)")
     return notes
 
 
