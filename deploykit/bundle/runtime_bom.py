@@ -29,7 +29,8 @@ BUILD = {
                    "runtime loads only the .ort form: deploykit export MODEL --to ort)",
     "onnxruntime-web": "the published onnxruntime-web has every operator; a smaller WASM build is ONNX Runtime's "
                        "build script with its WebAssembly option and --include_ops_by_config on "
-                       "operators.required_operators_config (with --minimal_build it loads only the .ort form)",
+                       "operators.required_operators_config (with --minimal_build it loads only the .ort form; the "
+                       "config comes from the Python onnxruntime that operators.tool names)",
     "litert": "a LiteRT selective build (build_aar.sh / build_ios_framework.sh --input_models=model.tflite) or "
               "a C++ MutableOpResolver registers these builtin op codes at these versions, plus the custom ops",
     "litert-js": "LiteRT.js ships one prebuilt WASM runtime (no selective build): the list says which of its "
@@ -75,8 +76,9 @@ def count(bom: dict) -> tuple:
         return len(operators["op_histogram"]), "op types in the program, no selective build"
     if "builtin_operators" in operators:
         custom = len(operators.get("custom_operators") or [])
+        use = " of LiteRT.js's prebuilt runtime" if bom.get("runtime") == "litert-js" else " for the op resolver"
         return (len(operators["builtin_operators"]) + custom,
-                "builtin op codes with versions" + (f" ({custom} custom)" if custom else "") + " for the op resolver")
+                "builtin op codes with versions" + (f" ({custom} custom)" if custom else "") + use)
     if "operators" in operators:
         return len(operators["operators"]), "operators with types for ONNX Runtime's reduced build"
     return 0, "operators: none listed"
