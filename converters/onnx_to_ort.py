@@ -2,10 +2,10 @@
 
 ``onnxruntime.tools.convert_onnx_models_to_ort`` optimises the graph in an InferenceSession and saves it as the ORT
 flatbuffer, then lists the operators (and, with type reduction, the types) a reduced ONNX Runtime build must
-include. It runs on a copy of the ONNX file in a scratch folder: it writes beside its input (the runtime style's
-second, temporary conversion too), and the user's folder may be read-only. Building a session on an untrusted
-graph is native code, hence the child. The optimisation level is pinned to the tool's default ("all"): its
-environment variable would otherwise change the graph and the names it writes.
+include. deploykit calls it in one place, ``deploykit.transforms.ort_format.convert`` (the bundle's bill of
+materials uses it too), which runs it on a copy in a scratch folder: it writes beside its input, and the user's
+folder may be read-only. Building a session on an untrusted graph is native code, hence the child. The optimisation
+level is pinned to the tool's default ("all"): its environment variable would otherwise change the graph.
 
 The config is published beside the artifact as ``<artifact stem>.required_operators_and_types.config`` — the name
 the tool itself gives it for one model — through the export's one mechanism for side files (``extra_files``:
@@ -38,27 +38,24 @@ def convert(model: LoadedModel, out_path: Path, options: ExportOptions, check: C
 
 
 def job(payload: dict, arrays: dict) -> dict:
-    """Child side: convert a scratch copy of the ONNX file, move the .ort to ``out`` and its config beside it."""
+    """Child side: convert (a one-file copy of) the ONNX file, move the .ort to ``out`` and its config beside it."""
     import os
     import shutil
     import tempfile
 
     import onnxruntime
 
+    from deploykit.quiet import captured_output
+    from deploykit.transforms.ort_format import convert as ort_convert
+
     os.environ["ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"] = "all"
     out = Path(payload["out"])
     with tempfile.TemporaryDirectory(prefix="deploykit-ort-") as scratch:
-        source = _scratch_copy(payload["onnx"], Path(scratch) / "model.onnx")
-        written = Path(scratch) / "ort"
-        _run_tool(source, written, payload)
-        models, configs = sorted(written.glob("*.ort")), sorted(written.glob("*.config"))
-        if len(models) != 1 or len(configs) != 1:
-            from deploykit.errors import ConversionError
-
-            raise ConversionError(f"{TOOL} wrote {len(models)} .ort and {len(configs)} .config files where one "
-                                  "of each was expected", "report this with the onnxruntime version")
-        shutil.move(str(models[0]), out)
-        entries = [line for line in configs[0].read_text().splitlines() if line and not line.startswith("#")]
+        source = _one_file(payload["onnx"], Path(scratch) / "weights-inline.onnx")
+        with captured_output(echo=payload["debug"]):     # it prints progress and ORT logs a warning per session
+            written, config_text = ort_convert(source, Path(scratch), payload["style"], payload["platform"])
+        shutil.move(str(written), out)
+    entries = [line for line in config_text.splitlines() if line and not line.startswith("#")]
     version = onnxruntime.__version__
     config = ort_operators_config(out)
     config.write_text(_config_header(out.name, version, payload) + "".join(f"{line}\n" for line in entries))
@@ -67,59 +64,22 @@ def job(payload: dict, arrays: dict) -> dict:
             "notes": _notes(config.name, entries, payload["style"]), "warnings": _warnings(entries)}
 
 
-def _scratch_copy(path: str, copy: Path) -> Path:
-    """The ONNX file as one file in the scratch folder (weights kept in a side file are read in)."""
-    import shutil
-
+def _one_file(path: str, copy: Path) -> str:
+    """``path`` itself, or (when its weights sit in a side file, which a copy of the .onnx alone would lose) a copy
+    at ``copy`` with the weights read in."""
     import onnx
 
     from deploykit.errors import ConversionError
 
     proto = onnx.load(path, load_external_data=False)
     if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-        shutil.copyfile(path, copy)
-        return copy
+        return path
     try:
         onnx.save(onnx.load(path), str(copy))
     except ValueError as exc:       # protobuf's 2 GB: an ORT-format flatbuffer cannot hold more either
         raise ConversionError(f"the model is too large for one file ({exc})",
                               "ORT-format files hold at most 2 GB: deploy the .onnx with its weights file") from None
-    return copy
-
-
-def _run_tool(source: Path, written: Path, payload: dict) -> None:
-    """ONNX Runtime's converter with type reduction; its failure is one ConversionError naming it."""
-    _stand_in_for_torch_helpers()
-    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
-
-    from deploykit.errors import ConversionError
-    from deploykit.quiet import captured_output
-    from deploykit.text import one_line
-
-    style = OptimizationStyle.Runtime if payload["style"] == "runtime" else OptimizationStyle.Fixed
-    try:
-        with captured_output(echo=payload["debug"]):     # it prints progress and ORT logs a warning per session
-            convert_onnx_models_to_ort(source, output_dir=written, optimization_styles=[style],
-                                       target_platform=payload["platform"], enable_type_reduction=True,
-                                       allow_conversion_failures=False)
-    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own Fail/InvalidGraph/NotImplemented types
-        detail = one_line(str(exc)).replace(str(source), Path(payload["onnx"]).name)    # not the scratch copy
-        raise ConversionError(f"{TOOL} could not convert the model: {detail[:300]}", REMEDY) from None
-
-
-def _stand_in_for_torch_helpers() -> None:
-    """onnxruntime/tools/__init__.py imports its PyTorch export helpers, hence torch, whenever torch is installed:
-    3 s and hundreds of MB in this child (8 s of a 10 s conversion on a busy host) for a helper the converter never
-    calls. In this child of its own, an empty stand-in takes that module's place; the real one is left alone where
-    it was imported already."""
-    import sys
-    import types
-
-    name = "onnxruntime.tools.pytorch_export_helpers"
-    if name not in sys.modules and "onnxruntime.tools" not in sys.modules:
-        stand_in = types.ModuleType(name, "deploykit: stands in for ONNX Runtime's PyTorch helpers (unused here)")
-        stand_in.infer_input_info = None
-        sys.modules[name] = stand_in
+    return str(copy)
 
 
 def _config_header(name: str, version: str, payload: dict) -> str:

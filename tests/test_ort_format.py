@@ -124,7 +124,7 @@ def test_a_failed_conversion_is_one_error_naming_the_tool_and_leaves_nothing(tmp
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                       helper.make_opsetid("com.example", 1)]), tmp_path / "bad.onnx")
     failed = tmp_path / "failed"
-    with pytest.raises(ConversionError, match="convert_onnx_models_to_ort could not convert") as caught:
+    with pytest.raises(ConversionError, match="convert_onnx_models_to_ort failed") as caught:
         api.export(str(tmp_path / "bad.onnx"), "ort", str(failed / "bad.ort"))
     assert caught.value.exit_code == 4 and "com.example:Mystery" in caught.value.message
     assert not failed.exists()          # no artifact, no config, not even the folder the export created
