@@ -31,6 +31,7 @@ PLANTS = {
     "inside-transforms": ("deploykit/transforms/onnx_rewrites.py", "deploykit.transforms.onnx_prep"),
     "inside-emulation": ("deploykit/emulation/cores.py", "deploykit.emulation.userland"),
     "inside-llm": ("deploykit/llm/session.py", "deploykit.llm.oracle"),
+    "inside-readiness": ("deploykit/readiness/report.py", "deploykit.readiness.printing"),
     "plugins": ("converters/torch_to_onnx.py", "deploykit.exporting.pipeline"),
     # Indirect: the core reaching a runtime through sample_models (what allow_indirect_imports once hid).
     "registry-strings": ("sample_models/build.py", "runtimes.torch_eager"),
