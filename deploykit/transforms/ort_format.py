@@ -51,7 +51,8 @@ def convert(onnx_path: str, folder: Path, style: str = "fixed", platform: str = 
                 convert_onnx_models_to_ort(source, out, [optimization], target_platform=platform,
                                            enable_type_reduction=True)
         except Exception as exc:  # noqa: BLE001 - ORT raises RuntimeError/Fail/ValueError by cause
-            raise ConversionError(f"ONNX Runtime's convert_onnx_models_to_ort failed: {str(exc).splitlines()[0][:200]}",
+            detail = (str(exc).splitlines() or [type(exc).__name__])[0].replace(str(source), Path(onnx_path).name)
+            raise ConversionError(f"ONNX Runtime's convert_onnx_models_to_ort failed: {detail[:200]}",
                                   "run with --debug for its log; the model must load in ONNX Runtime first") from None
         finally:
             config_log.setLevel(level)
