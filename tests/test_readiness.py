@@ -188,6 +188,7 @@ def test_executorch_table_and_selected_operators(exported):
     table, = found.tables
     assert (table.measured, table.unit, table.verdict, table.supported) == (True, "instructions", "ALL", 1)
     assert found.operators["delegate_backends"] == ["XnnpackBackend"]
+    assert any(note.startswith("at export: XNNPACK took ") for note in found.notes), found.notes
     assert "operators:" in found.operators["selected_operators_yaml"]
 
 

@@ -53,8 +53,22 @@ def readiness(path: str, load: LoadOptions = LoadOptions()) -> Readiness:
             if spec.shape and all(isinstance(d, int) and d > 0 for d in spec.shape)}
     found = run_child("deploykit.readiness.jobs:probe_job", {"path": str(path), "format": fmt.value, "pins": pins},
                       stage=LOAD, what=Path(str(path)).name, timeout=load.timeout, reuse=True).info
-    notes = tuple(found.get("notes", ())) + STATIC_NOTES.get(fmt, ())
+    notes = tuple(found.get("notes", ())) + _export_notes(path) + STATIC_NOTES.get(fmt, ())
     if found.get("pinned"):
         notes = ("dims pinned by --input: " + ", ".join(f"{name}:{'x'.join(map(str, dims))}"
                                                        for name, dims in found["pinned"].items()),) + notes
     return Readiness.from_dict({**found, "path": str(path), "format": fmt.value, "notes": notes})
+
+
+def _export_notes(path: str) -> tuple:
+    """What the export recorded about delegation (ExecuTorch's converter counts the operators XNNPACK took, which
+    the .pte keeps only inside the delegate's payload), when the manifest beside the file is for this very file."""
+    from deploykit.fsutil import sha256_of
+    from deploykit.manifest import read as read_manifest
+
+    stored = read_manifest(path) if Path(path).is_file() else None
+    hops = [hop for hop in (stored or {}).get("route", []) if isinstance(hop, dict)]
+    if not hops or hops[-1].get("artifact_sha256") != sha256_of(path):
+        return ()
+    return tuple(f"at export: {note}" for note in hops[-1].get("notes", [])
+                 if isinstance(note, str) and note.startswith("XNNPACK took "))
