@@ -324,6 +324,8 @@ def print_bundle(info: dict) -> None:
     console.print(f"[bold]{info['bundle']}[/bold]  {info['bytes'] / 1e6:.2f} MB, model {info['model']} on "
                   f"{info['runtime']}")
     console.print("files: " + ", ".join(info["files"]))
+    if info.get("runtime_bom"):       # what the app's build must include (deploykit.bundle.runtime_bom)
+        console.print(info["runtime_bom"], markup=False)
     if info.get("app") == "web":
         print_contract(info["contract"])
         console.print(f"in a browser: deploykit serve {info['bundle']}  (then open /, or /selftest.html for the "
