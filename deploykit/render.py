@@ -266,9 +266,9 @@ def print_bench(result: dict) -> None:
         return
     table = Table(title="benchmark: ms per inference after warm-up (all fields: --json or --report)",
                   title_justify="left")
-    for column in ("model", "runtime", "thr", "p50", "p90", "p99", "per s", "first result s", "peak MiB",
-                   "GFLOP/s", "% peak", "ran on"):
-        table.add_column(column, justify="left" if column in ("model", "runtime", "ran on") else "right",
+    for column in ("model", "runtime", "thr", "p50", "p90", "p99", "delegated", "per s", "first result s",
+                   "peak MiB", "GFLOP/s", "% peak", "ran on"):
+        table.add_column(column, justify="left" if column in ("model", "runtime", "delegated", "ran on") else "right",
                          no_wrap=column in ("model", "runtime"))
     for c in result["cases"]:
         if "error" in c:
@@ -279,7 +279,8 @@ def print_bench(result: dict) -> None:
         lat = c["latency_ms"]
         table.add_row(Path(c["model"]).name, c["row"] + (" (reference)" if c.get("reference") else ""),
                       str(c["options"].get("threads")),
-                      *(_fmt(lat[k]) for k in ("p50", "p90", "p99")), _fmt(c["throughput_per_s"]),
+                      *(_fmt(lat[k]) for k in ("p50", "p90", "p99")), (c.get("delegated") or {}).get("text", "—"),
+                      _fmt(c["throughput_per_s"]),
                       _fmt(c["time_to_first_result_s"]), f"{c['peak_rss_bytes'] / 2**20:.0f}",
                       _fmt(c.get("gflops_per_s")), _pct(c.get("fraction_of_peak")),
                       ", ".join(c["providers"]) + (" [yellow]noisy[/yellow]" if c["noisy"] else ""))
