@@ -150,6 +150,25 @@ def test_a_web_bundles_listed_tree_passes_the_checks(tmp_path):
     assert "the app loads contract.json" in _tampering(site)[1][0]
 
 
+def test_a_bundle_packaged_before_runtime_bom_json_still_verifies_its_structure(tmp_path):
+    """Record version 1 (before runtime-bom.json) needs no BOM; version 2 (what package writes now) does."""
+    from deploykit.bundle.packaging import _tampering
+
+    site = tmp_path / "old"
+    site.mkdir()
+    for name in ("model.onnx", "contract.json", "golden.json", "golden.npz", "requirements.txt"):
+        (site / name).write_text("x")
+    (site / "app.py").write_text('MODEL_FILE = HERE / "model.onnx"\n')
+    files = {p.name: "0" for p in site.iterdir()}
+    record = {"bundle": 1, "model": "model.onnx", "app": "python", "runtime": "onnxruntime", "files": files}
+    (site / "deploykit-bundle.json").write_text(json.dumps(record))
+    assert _tampering(site)[1] == []
+    (site / "deploykit-bundle.json").write_text(json.dumps({**record, "bundle": 2}))
+    assert _tampering(site)[1] == ["not listed in deploykit-bundle.json: runtime-bom.json"]
+    (site / "deploykit-bundle.json").write_text(json.dumps({**record, "bundle": 3}))
+    assert "has no valid bundle" in _tampering(site)[1][0]
+
+
 def _edit_bom(bundle, edit, relist=True):
     """``edit(bom)`` applied to runtime-bom.json (None: the file is removed and unlisted); the record's sha256s
     redone unless ``relist`` is False (then only the unchanged-files check can see it)."""

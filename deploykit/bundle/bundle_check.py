@@ -42,7 +42,21 @@ _MODEL_FILES = {Format.COREAI: ("metadata.json", "main.mlirb", "main.hash"), For
 MAX_SAMPLES = 1000                  # `package --samples` allows at most this many golden vectors
 MAX_GOLDEN_BYTES = 2 * 1024**3      # what golden.npz may inflate to: far above 1000 samples of any model we bundle
 # read by verify itself, so they must be listed and regular
-_REQUIRED = ("contract.json", "golden.json", runtime_bom.BOM_FILE)
+_REQUIRED = ("contract.json", "golden.json")
+# The record's version: 2 since bundles carry runtime-bom.json (required from 2 on). A version-1 bundle, packaged
+# before, still verifies: the BOM is build information the app never reads, so its absence is no tampering.
+BUNDLE_VERSION = 2
+VERSIONS = (1, 2)
+
+
+def required_files(info: dict) -> tuple:
+    """The files a bundle of this record's version must list (the app's own come on top)."""
+    return _REQUIRED + ((runtime_bom.BOM_FILE,) if info.get("bundle", 1) >= 2 else ())
+
+
+def bom_problems(folder: Path, info: dict) -> list:
+    """runtime_bom's check where the record's version has a BOM."""
+    return runtime_bom.problems(folder, info) if info.get("bundle", 1) >= 2 else []
 _APP_FILES = {"python": ("golden.npz", "app.py", "requirements.txt"), "web": ("golden.npz", "web.json")}
 
 
@@ -92,7 +106,7 @@ def verify_bundle(folder: "str | Path", timeout: float = 600.0, runtime: "str | 
     folder = Path(folder)
     info, problems = _tampering(folder)
     if not problems:
-        problems = _changed(folder, info["files"]) or runtime_bom.problems(folder, info)
+        problems = _changed(folder, info["files"]) or bom_problems(folder, info)
     if not problems:
         try:
             contract = _contract(folder, info)
@@ -175,14 +189,14 @@ def _tampering(folder: Path) -> tuple:
         problems += _model(folder, info, files)
     fmt = FORMAT_OF.get(info.get("model"))
     inside = [f"{info['model']}/{name}" for name in _MODEL_FILES.get(fmt, ())]
-    missing = [name for name in _REQUIRED + _APP_FILES[info["app"]] + tuple(inside) if name not in files]
+    missing = [name for name in required_files(info) + _APP_FILES[info["app"]] + tuple(inside) if name not in files]
     if missing:
         problems.append(f"not listed in {BUNDLE_FILE}: {', '.join(missing)}")
     return info, problems
 
 
 def _manifest(folder: Path) -> tuple:
-    """deploykit-bundle.json as `package` writes it: {"bundle": 1, "app", "model", "runtime", "files"}."""
+    """deploykit-bundle.json as `package` writes it: {"bundle": 2, "app", "model", "runtime", "files"}."""
     path = folder / BUNDLE_FILE
     if path.is_symlink() or not stat.S_ISREG(os.lstat(path).st_mode):
         return {}, [f"{BUNDLE_FILE} is a link or not a regular file"]
@@ -193,7 +207,7 @@ def _manifest(folder: Path) -> tuple:
     if not isinstance(info, dict):
         return {}, [f"{BUNDLE_FILE} is not a JSON object"]
     files = info.get("files")
-    wrong = [key for key, ok in (("bundle", info.get("bundle") == 1 and type(info.get("bundle")) is int),
+    wrong = [key for key, ok in (("bundle", info.get("bundle") in VERSIONS and type(info.get("bundle")) is int),
                                  ("app", info.get("app") in APPS),
                                  ("model", isinstance(info.get("model"), str)),
                                  ("runtime", contracts._text_ok(info.get("runtime"))),
@@ -201,7 +215,7 @@ def _manifest(folder: Path) -> tuple:
                                      isinstance(k, str) and isinstance(v, str) for k, v in files.items())))
              if not ok]
     if wrong:
-        return {}, [f"{BUNDLE_FILE} has no valid {', '.join(wrong)} (a bundle record is bundle: 1, app, model, "
+        return {}, [f"{BUNDLE_FILE} has no valid {', '.join(wrong)} (a bundle record is bundle: 1 or 2, app, model, "
                     "runtime and files: name -> sha256)"]
     return info, []
 

@@ -40,7 +40,7 @@ from deploykit import fsutil, manifest
 from deploykit.artifact import Artifact
 from deploykit.bundle import runtime_bom
 # verify BUNDLE lives in bundle_check; its names stay importable from here (api, tests and docs use them)
-from deploykit.bundle.bundle_check import (APPS, BUNDLE_FILE, FOLDER_MODELS, MODEL_NAME, _tampering,  # noqa: F401
+from deploykit.bundle.bundle_check import (APPS, BUNDLE_FILE, BUNDLE_VERSION, FOLDER_MODELS, MODEL_NAME, _tampering,  # noqa: F401
                                            coreml_spec_name, coreml_with_contract, golden_report, is_bundle,
                                            verify_bundle)
 from deploykit.checking.checker import int8_feeds, make_checker, trusted_manifest
@@ -383,7 +383,7 @@ def _write_files(folder: Path, artifact: Artifact, model_file: str, contract: di
     # Staged with the rest, so it is listed below and published (or dropped) with the bundle.
     runtime_bom.write(folder, model_file, runtime, version, timeout, artifact.details.get("ops"))
     files = {f.relative_to(folder).as_posix(): fsutil.sha256_of(f) for f in sorted(folder.rglob("*")) if f.is_file()}
-    record = {"bundle": 1, "app": app, "model": model_file, "runtime": runtime, "files": files,
+    record = {"bundle": BUNDLE_VERSION, "app": app, "model": model_file, "runtime": runtime, "files": files,
               "verified": not unverified}
     if unverified:        # written with keep_unverified: the golden vectors could not run where it was packaged
         record["unverified_reason"] = unverified

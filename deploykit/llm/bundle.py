@@ -34,7 +34,7 @@ import numpy as np
 
 from deploykit import causal_lm, fsutil, manifest, registry
 from deploykit.bundle import runtime_bom
-from deploykit.bundle.bundle_check import BUNDLE_FILE, MODEL_NAME
+from deploykit.bundle.bundle_check import BUNDLE_FILE, BUNDLE_VERSION, MODEL_NAME
 from deploykit.causal_lm import DecoderContract, LLMOptions
 from deploykit.errors import ParityError, UsageError
 from deploykit.formats import Format, detect
@@ -282,7 +282,8 @@ def render_app(model_file: str, runtime: str, distribution: str, source: str) ->
 def _write_record(folder: Path, model: str, runtime: str) -> None:
     """deploykit-bundle.json: the record every bundle has (``bundle_check`` reads it), kind causal_lm."""
     files = {f.relative_to(folder).as_posix(): fsutil.sha256_of(f) for f in sorted(folder.rglob("*")) if f.is_file()}
-    record = {"bundle": 1, "kind": bundle_verify.KIND, "app": "python", "model": model, "runtime": runtime,
+    record = {"bundle": BUNDLE_VERSION, "kind": bundle_verify.KIND, "app": "python", "model": model,
+              "runtime": runtime,
               "files": files, "verified": True}
     fsutil.write_text_atomic(folder / BUNDLE_FILE, json.dumps(record, indent=2) + "\n")
 

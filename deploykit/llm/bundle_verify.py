@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit import child, parity
-from deploykit.bundle import bundle_check, runtime_bom
+from deploykit.bundle import bundle_check
 from deploykit.bundle.bundle_check import BUNDLE_FILE, FORMAT_OF, Tampered, read_golden
 from deploykit.causal_lm import INPUTS, OUTPUTS, DecoderContract
 from deploykit.errors import DeploykitError, UsageError
@@ -53,7 +53,7 @@ def verify(folder: "str | Path", timeout: float = 600.0, runtimes: tuple = ()) -
     folder = Path(folder)
     info, problems = bundle_check._tampering(folder)
     if not problems:
-        problems = bundle_check._changed(folder, info["files"]) or runtime_bom.problems(folder, info)
+        problems = bundle_check._changed(folder, info["files"]) or bundle_check.bom_problems(folder, info)
     if not problems:
         try:
             contract, golden, arrays = read_llm_files(folder, info)
