@@ -42,7 +42,7 @@ def _coverage(name: str, entry: dict, version: str, dynamic: list, counts: dict)
     if found["dynamic_blocked"]:
         pins = " ".join(f"--input {name_}:{'x'.join(dims)}" for name_, dims in dynamic) or "--input NAME:DIMS"
         blockers = (f"{found['dynamic_blocked']} nodes see a dynamic shape: pin the dims the app feeds ({pins}, "
-                    f"with the real sizes for the symbolic ones)",)
+                    f"each symbolic or ? dim replaced by its size)",)
     notes = tuple(f"{n} nodes are inside If/Loop subgraphs: whether {name} takes them is the EP's call"
                   for n in [found["subgraph_nodes"]] if n)
     fixed = entry.get("fixed")
@@ -76,7 +76,8 @@ def _graph_facts(path: str) -> tuple:
     for value in graph.input:
         if value.name in stored:
             continue
-        dims = [str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+        # Paddle2ONNX writes a dynamic dim as dim_value -1: a "?" like an unnamed one
+        dims = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
                 for d in value.type.tensor_type.shape.dim]
         if any(not d.isdigit() for d in dims):
             found.append((value.name, dims))
