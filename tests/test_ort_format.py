@@ -1,7 +1,9 @@
 """`export --to ort`: ONNX Runtime Mobile's .ort with its required-operators config, verified by ONNX Runtime;
-ORT-format files detected by content, read by ONNX Runtime's own flatbuffer reader, refused in one line when cut."""
+ORT-format files detected by content, read by ONNX Runtime's own flatbuffer reader, refused in one line when cut;
+`package X.ort`: the bundle of an app with a reduced ONNX Runtime, verified and refused when tampered with."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +130,135 @@ def test_a_failed_conversion_is_one_error_naming_the_tool_and_leaves_nothing(tmp
         api.export(str(tmp_path / "bad.onnx"), "ort", str(failed / "bad.ort"))
     assert caught.value.exit_code == 4 and "com.example:Mystery" in caught.value.message
     assert not failed.exists()          # no artifact, no config, not even the folder the export created
+
+
+# `deploykit package X.ort`: the bundle a reduced ONNX Runtime build's app ships — model.ort with the contract in
+# its own metadata_props, golden vectors from the .onnx it was converted from, runtime-bom.json read from the .ort.
+
+def test_the_contract_goes_into_an_ort_files_metadata_props(tiny_ort, tmp_path):
+    """ORT's own session reads what deploykit wrote (an independent reader), the graph runs as before, other
+    entries are kept, and damaged bytes are one ModelLoadError."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from deploykit.bundle.ort_metadata import read_metadata, with_metadata
+    from deploykit.errors import ModelLoadError
+
+    original = tiny_ort.read_bytes()
+    once = with_metadata(original, {"deploykit.contract": '{"task": "raw"}', "note": "é"})
+    twice = with_metadata(once, {"deploykit.contract": "{}"})
+    assert read_metadata(original) == {} and read_metadata(twice) == {"note": "é", "deploykit.contract": "{}"}
+    x = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    expected = ort.InferenceSession(str(tiny_ort), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    for data in (once, twice):
+        (tmp_path / "m.ort").write_bytes(data)     # ORT verifies the whole flatbuffer as it loads it
+        session = ort.InferenceSession(str(tmp_path / "m.ort"), providers=["CPUExecutionProvider"])
+        assert session.get_modelmeta().custom_metadata_map == read_metadata(data)
+        np.testing.assert_array_equal(session.run(None, x)[0], expected)
+    for damaged in (original[:100], b"\xff\xff\xff\x7fORTM" + bytes(64), b"not an ort file"):
+        with pytest.raises(ModelLoadError):
+            read_metadata(damaged)
+
+
+def test_an_ort_bundle_for_the_browser_is_refused_in_one_line(tiny_ort, tmp_path, cli):
+    assert_clean_error(cli("package", str(tiny_ort), "--source", str(tiny_ort.with_suffix(".onnx")), "--app", "web",
+                           "-o", str(tmp_path / "site")), 2, "package the .onnx it was converted from with --app web")
+    assert not (tmp_path / "site").exists()
+
+
+@pytest.fixture(scope="module")
+def ort_bundle(onnx_source, tmp_path_factory):
+    """The two-layer net's ONNX export converted to a runtime-style .ort (saved optimisations the app must
+    replay), and its bundle; golden vectors from the .onnx its manifest names."""
+    from deploykit import api
+    from deploykit.bundle.packaging import PackageOptions
+
+    folder = tmp_path_factory.mktemp("ort_bundle")
+    exported = api.export(onnx_source, "ort", str(folder / "net.ort"), ort_style="runtime")
+    assert exported.passed
+    return folder / "net.ort", api.package(str(folder / "net.ort"), str(folder / "bundle"), PackageOptions(samples=3))
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_an_ort_bundle_carries_its_contract_and_operators_and_proves_itself(ort_bundle, onnx_source):
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+
+    from deploykit.transforms.ort_format import parse_config
+    from tests.conftest import run_cli
+
+    artifact, info = ort_bundle
+    bundle = Path(info["bundle"])
+    assert info["model"] == "model.ort" and info["runtime"] == "onnxruntime" and detect(bundle / "model.ort") == Format.ORT
+    assert sorted(info["files"]) == sorted(["app.py", "contract.json", "deploykit-bundle.json", "golden.json",
+                                            "golden.npz", "model.ort", "requirements.txt", "runtime-bom.json"])
+    assert [line.split("==")[0] for line in (bundle / "requirements.txt").read_text().split()] == ["numpy",
+                                                                                                    "onnxruntime"]
+    carried = ort.InferenceSession(str(bundle / "model.ort")).get_modelmeta().custom_metadata_map
+    assert json.loads(carried["deploykit.contract"]) == json.loads((bundle / "contract.json").read_text())
+    assert json.loads((bundle / "golden.json").read_text())["source"] == {"path": onnx_source, "format": "onnx"}
+    bom = json.loads((bundle / "runtime-bom.json").read_text())     # the .ort's own operators, with their types
+    assert bom["format"] == bom["operators"]["format"] == "ort" and "--minimal_build" in bom["build"]
+    assert bom["operators"]["operators"] == parse_config(ort_operators_config(artifact).read_text())
+    assert any(row["types"] for row in bom["operators"]["operators"]), bom["operators"]
+    selftest = subprocess.run([sys.executable, "-P", "app.py", "selftest", "--json"], cwd=bundle, capture_output=True,
+                              text=True, timeout=120)
+    assert selftest.returncode == 0 and json.loads(selftest.stdout)["passed"], selftest.stdout + selftest.stderr
+    verified = run_cli("verify", str(bundle), "--json")
+    assert verified.returncode == 0 and json.loads(verified.stdout)["passed"], verified.stdout + verified.stderr
+
+
+def _relisted(bundle, bom_sha256: bool = False) -> None:
+    """The record's sha256s redone as a tamperer would (and the BOM's model_sha256 too, with ``bom_sha256``)."""
+    import hashlib
+
+    digest = hashlib.sha256((bundle / "model.ort").read_bytes()).hexdigest()
+    if bom_sha256:
+        bom = json.loads((bundle / "runtime-bom.json").read_text())
+        (bundle / "runtime-bom.json").write_text(json.dumps({**bom, "model_sha256": digest}))
+    info = json.loads((bundle / "deploykit-bundle.json").read_text())
+    info["files"] = {name: hashlib.sha256((bundle / name).read_bytes()).hexdigest() for name in info["files"]}
+    (bundle / "deploykit-bundle.json").write_text(json.dumps(info))
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_a_tampered_ort_bundle_fails_selftest_and_verify(ort_bundle, onnx_source, tmp_path):
+    """A changed weight fails the app's selftest and verify; a record rewritten to match is still caught by the
+    BOM's model sha256, and a BOM rewritten too by the contract model.ort carries."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from deploykit.bundle.bundle_check import verify_bundle
+    from deploykit.bundle.ort_metadata import with_metadata
+
+    original = Path(ort_bundle[1]["bundle"])
+    weight = max((numpy_helper.to_array(t) for t in onnx.load(onnx_source).graph.initializer), key=np.size)
+    raw = np.ascontiguousarray(weight, np.float32).tobytes()[:64]    # the weight's bytes, as the .ort stores them
+    data = bytearray((original / "model.ort").read_bytes())
+    at = data.find(raw)
+    assert at > 0
+    data[at:at + 4] = np.float32(weight.flat[0] + 1.0).tobytes()
+    cases = [("weight", bytes(data), False, False, "changed since packaging: model.ort"),
+             ("relisted", with_metadata(bytes(data), {"deploykit.contract": "{}"}), True, False,
+              "runtime-bom.json was computed for another model than model.ort"),
+             ("bom-too", with_metadata((original / "model.ort").read_bytes(), {"deploykit.contract": '{"a": 1}'}),
+              True, True, "the contract model.ort carries is not contract.json")]
+    for name, model, relist, bom_too, said in cases:
+        bundle = tmp_path / name
+        shutil.copytree(original, bundle)
+        (bundle / "model.ort").write_bytes(model)
+        if relist:
+            _relisted(bundle, bom_too)
+        problems = verify_bundle(bundle).problems
+        assert problems and said in problems[0], (name, problems)
+    selftest = subprocess.run([sys.executable, "-P", "app.py", "selftest"], cwd=tmp_path / "weight",
+                              capture_output=True, text=True, timeout=120)
+    assert selftest.returncode == 1 and "selftest FAILED" in selftest.stdout, selftest.stdout + selftest.stderr

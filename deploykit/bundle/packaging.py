@@ -2,8 +2,9 @@
 contract as JSON, labels, golden vectors from the source framework, and a runtime-only app that proves itself.
 
     bundle/
-      model.onnx | model.tflite   the artifact with the contract inside (ONNX metadata_props / TFLite Metadata with
-                                  the labels packed in); re-run on the golden vectors, since its bytes changed
+      model.onnx | model.ort | model.tflite   the artifact with the contract inside (ONNX metadata_props, kept in
+                                  the .ort's own metadata_props, or TFLite Metadata with the labels packed in);
+                                  re-run on the golden vectors, since its bytes changed
       model.aimodel/ | model.mlpackage/   an Apple folder model, every file of it listed (the contract in Core AI's
                                   metadata.json / Core ML's user-defined metadata); a Core ML package cannot run off
                                   macOS, so its bundle is written only with keep_unverified, marked unverified
@@ -50,10 +51,13 @@ from deploykit.model import LoadOptions, load_model
 from deploykit.options import PRECISION_OF, VerifyOptions
 from deploykit.registry import browser_runtime_for, require, resolve, runtime_for
 
-RUNTIME_OF = {Format.ONNX: ("onnxruntime", "onnxruntime"), Format.TFLITE: ("litert", "ai-edge-litert"),
+# An .ort (ONNX Runtime Mobile's form, the only one a minimal ONNX Runtime build loads) runs on onnxruntime too.
+RUNTIME_OF = {Format.ONNX: ("onnxruntime", "onnxruntime"), Format.ORT: ("onnxruntime", "onnxruntime"),
+              Format.TFLITE: ("litert", "ai-edge-litert"),
               Format.COREAI: ("coreai", "coreai-core"), Format.COREML: ("coreml", "coremltools")}
 # What coreai-core writes into an .aimodel: main.hash is the sha256 of main.mlirb (checked before packaging).
 COREAI_FILES = ("metadata.json", "main.mlirb", "main.hash")
+WEB_FORMATS = frozenset({Format.ONNX, Format.TFLITE})
 
 
 @dataclass
@@ -88,11 +92,13 @@ def package(artifact_path: str, output: str, options: PackageOptions, force: boo
     folder_files = model_folder_files(artifact_path) if Path(artifact_path).is_dir() else None
     artifact = Artifact.open(artifact_path)
     if artifact.format not in RUNTIME_OF:
-        raise UsageError(f"{artifact_path} is a {artifact.format.value}; bundles carry .onnx, .tflite, .aimodel or "
-                         ".mlpackage models", "export to onnx, tflite or coreai first")
-    if options.app == "web" and artifact.format in FOLDER_MODELS:
+        raise UsageError(f"{artifact_path} is a {artifact.format.value}; bundles carry .onnx, .ort, .tflite, "
+                         ".aimodel or .mlpackage models", "export to onnx, ort, tflite or coreai first")
+    if options.app == "web" and artifact.format not in WEB_FORMATS:
+        # deploykit's onnxruntime-web runner loads .onnx only, so a web bundle of an .ort could not be verified
         raise UsageError(f"a web bundle runs .onnx or .tflite models in the browser, not {artifact.format.value}",
-                         "package it with --app python")
+                         "package the .onnx it was converted from with --app web, or this one with --app python"
+                         if artifact.format == Format.ORT else "package it with --app python")
     if artifact.format in FOLDER_MODELS:
         _check_folder_model(artifact_path, artifact.format, folder_files)
     unverified = _unverified_reason(artifact, options.app, options.keep_unverified)
@@ -242,11 +248,18 @@ def _probabilities(outputs: list, artifact: Artifact) -> Optional[bool]:
 
 
 def _write_model(artifact: Artifact, folder: Path, contract: dict, labels_text: Optional[list]) -> str:
-    """The model file in the bundle with the contract inside: ONNX metadata_props, or TFLite Metadata (with the
-    labels and contract.json packed into the file)."""
+    """The model file in the bundle with the contract inside: ONNX metadata_props (in an .ort, the same entries in
+    the ORT format's own metadata_props), or TFLite Metadata (with the labels and contract.json packed into the
+    file)."""
     name = MODEL_NAME[artifact.format]
     if artifact.format in FOLDER_MODELS:
         _copy_folder_model(Path(artifact.path), folder / name, artifact.format, contract)
+        return name
+    if artifact.format == Format.ORT:
+        from deploykit.bundle.ort_metadata import with_metadata
+
+        fsutil.write_bytes_atomic(folder / name, with_metadata(Path(artifact.path).read_bytes(),
+                                                               contracts.onnx_metadata(contract)))
         return name
     if artifact.format == Format.TFLITE:
         from deploykit.tflite_metadata import embed

@@ -27,6 +27,11 @@ BUILD = {
     "onnxruntime": "save operators.required_operators_config to a file and build ONNX Runtime from source with "
                    "--include_ops_by_config FILE --enable_reduced_operator_type_support (with --minimal_build the "
                    "runtime loads only the .ort form: deploykit export MODEL --to ort)",
+    # A bundle of an .ort: its model is already the form a minimal build loads, and the config is read from it.
+    "onnxruntime:ort": "save operators.required_operators_config to a file and build ONNX Runtime from source with "
+                       "--minimal_build --include_ops_by_config FILE --enable_reduced_operator_type_support; the "
+                       "bundle's model.ort is the form such a build loads, and the config was read from its own "
+                       "graph (kernels for the platform it was converted for: --ort-platform)",
     "onnxruntime-web": "the published onnxruntime-web has every operator; a smaller WASM build is ONNX Runtime's "
                        "build script with its WebAssembly option and --include_ops_by_config on "
                        "operators.required_operators_config (with --minimal_build it loads only the .ort form; the "
@@ -55,8 +60,9 @@ def write(folder: Path, model_file: str, runtime: str, runtime_version: str, tim
     found = readiness(str(path), LoadOptions(timeout=timeout))
     if not found.operators and runtime in _HISTOGRAM_RUNTIMES:
         found = replace(found, operators=_histogram_section(runtime, found.format, histogram or {}))
+    build = BUILD.get(f"{runtime}:{found.format}", BUILD.get(runtime, ""))
     bom = {**runtime_bom(found, runtime, runtime_version), "model": model_file,
-           "model_sha256": fsutil.sha256_of(path), "build": BUILD.get(runtime, "")}
+           "model_sha256": fsutil.sha256_of(path), "build": build}
     fsutil.write_text_atomic(folder / BOM_FILE, json.dumps(bom, indent=2) + "\n")
     return bom
 
@@ -121,12 +127,12 @@ def problems(folder: Path, info: dict) -> list:
     actual = info["files"].get(model) or fsutil.sha256_of(folder / model)
     if recorded != actual:
         return [f"{BOM_FILE} was computed for another model than {model} (model_sha256 differs)"]
-    if not _operators_ok(bom.get("operators"), bom["runtime"]) or not _readiness_ok(bom.get("readiness")):
+    if not _operators_ok(bom.get("operators"), bom["runtime"], model) or not _readiness_ok(bom.get("readiness")):
         return [f"{BOM_FILE}'s operators or readiness are not the sections package writes for {bom['runtime']}"]
     return []
 
 
-def _operators_ok(operators, runtime: str) -> bool:
+def _operators_ok(operators, runtime: str, model: str) -> bool:
     if not isinstance(operators, dict):
         return False
     if runtime in _HISTOGRAM_RUNTIMES:
@@ -138,16 +144,17 @@ def _operators_ok(operators, runtime: str) -> bool:
         return isinstance(builtin, list) and isinstance(custom, list) and all(
             isinstance(op, dict) and isinstance(op.get("op"), str) and isinstance(op.get("versions"), list)
             and all(type(v) is int for v in op["versions"]) for op in builtin)
-    return _ort_ok(operators)
+    return _ort_ok(operators, model)
 
 
-def _ort_ok(operators: dict) -> bool:
-    """ONNX Runtime's section: the config text, and its rows exactly as that text parses (so neither was edited
-    alone)."""
+def _ort_ok(operators: dict, model: str) -> bool:
+    """ONNX Runtime's section: of the model's own format (an .ort's config is read from its graph, an .onnx's from
+    its conversion), the config text, and its rows exactly as that text parses (so neither was edited alone)."""
     from deploykit.transforms.ort_format import parse_config
 
     config, rows = operators.get("required_operators_config"), operators.get("operators")
-    if not isinstance(config, str) or not isinstance(rows, list):
+    if not isinstance(config, str) or not isinstance(rows, list) or \
+            operators.get("format") != ("ort" if model.endswith(".ort") else "onnx"):
         return False
     try:
         return parse_config(config) == rows
