@@ -124,8 +124,9 @@ def _run_selftest(folder: Path, interpreter, site: Path, timeout: float) -> dict
         home = Path(scratch) / "home"          # ONNX Runtime writes under ~/.cache: never the user's home
         home.mkdir()
         env = dict(interpreter.env, PYTHONPATH=str(site), HOME=str(home), TMPDIR=scratch)
-        argv = ["/bin/sh", "-c", 'exec "$@" > "$0"', str(answer), *interpreter.argv, str(folder / "app.py"),
-                "selftest", "--json"]
+        # absolute: the app runs in the scratch folder, where a relative `verify bundle/` would name nothing
+        argv = ["/bin/sh", "-c", 'exec "$@" > "$0"', str(answer), *interpreter.argv,
+                str(folder.absolute() / "app.py"), "selftest", "--json"]
         try:
             run_tool(argv, cwd=Path(scratch), timeout=timeout, what=f"app.py selftest on {interpreter.cpu}",
                      stage=RUN, env=env, remedy="run `python app.py selftest` in the bundle for the app's own "
