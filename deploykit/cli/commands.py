@@ -222,9 +222,9 @@ def verify(
 
 @app.command()
 def package(
-    artifact: Annotated[str, typer.Argument(help="An .onnx, .tflite, Core AI .aimodel or Core ML .mlpackage artifact "
-                                               "(its deploykit manifest names the source that makes the golden "
-                                               "vectors).")],
+    artifact: Annotated[str, typer.Argument(help="An .onnx, .ort, .tflite, Core AI .aimodel or Core ML .mlpackage "
+                                               "artifact (its deploykit manifest names the source that makes the "
+                                               "golden vectors).")],
     output: Annotated[str, typer.Option("-o", "--output", help="The bundle folder to write.")],
     app_kind: Annotated[str, typer.Option("--app", help="The app to generate: python (app.py: numpy + the one "
                         "runtime) or web (a static site: onnxruntime-web / LiteRT.js in the browser, a self-test "
