@@ -116,6 +116,12 @@ def read_carried(path: str, fmt):
         except ZIP_ERRORS as exc:
             raise ModelLoadError(f"{path}: its packed metadata is damaged ({type(exc).__name__})",
                                  "re-package the model") from None
+    if fmt == Format.ORT:        # ONNX Runtime Mobile keeps an ONNX model's metadata_props in the .ort itself
+        from deploykit.ort_metadata import read_metadata
+
+        with open(path, "rb") as handle:
+            text = read_metadata(handle.read()).get(ONNX_KEY)
+        return json.loads(text) if text is not None else None
     return None
 
 

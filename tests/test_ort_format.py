@@ -141,7 +141,7 @@ def test_the_contract_goes_into_an_ort_files_metadata_props(tiny_ort, tmp_path):
     import numpy as np
     import onnxruntime as ort
 
-    from deploykit.bundle.ort_metadata import read_metadata, with_metadata
+    from deploykit.ort_metadata import read_metadata, with_metadata
     from deploykit.errors import ModelLoadError
 
     original = tiny_ort.read_bytes()
@@ -199,6 +199,9 @@ def test_an_ort_bundle_carries_its_contract_and_operators_and_proves_itself(ort_
                                                                                                     "onnxruntime"]
     carried = ort.InferenceSession(str(bundle / "model.ort")).get_modelmeta().custom_metadata_map
     assert json.loads(carried["deploykit.contract"]) == json.loads((bundle / "contract.json").read_text())
+    from deploykit.introspect import inspect_model     # inspect shows the contract the .ort carries
+
+    assert inspect_model(str(bundle / "model.ort"))["contract"] == json.loads((bundle / "contract.json").read_text())
     assert json.loads((bundle / "golden.json").read_text())["source"] == {"path": onnx_source, "format": "onnx"}
     bom = json.loads((bundle / "runtime-bom.json").read_text())     # the .ort's own operators, with their types
     assert bom["format"] == bom["operators"]["format"] == "ort" and "--minimal_build" in bom["build"]
@@ -237,7 +240,7 @@ def test_a_tampered_ort_bundle_fails_selftest_and_verify(ort_bundle, onnx_source
     from onnx import numpy_helper
 
     from deploykit.bundle.bundle_check import verify_bundle
-    from deploykit.bundle.ort_metadata import with_metadata
+    from deploykit.ort_metadata import with_metadata
 
     original = Path(ort_bundle[1]["bundle"])
     weight = max((numpy_helper.to_array(t) for t in onnx.load(onnx_source).graph.initializer), key=np.size)

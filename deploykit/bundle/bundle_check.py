@@ -311,7 +311,6 @@ def _contract(folder: Path, info: dict) -> dict:
         from deploykit.tflite_metadata import read_carried
 
         carried = _apple_carried(folder / model, FORMAT_OF[model]) if FORMAT_OF[model] in FOLDER_MODELS \
-            else _ort_carried(folder / model) if FORMAT_OF[model] == Format.ORT \
             else read_carried(str(folder / model), FORMAT_OF[model])
     except DeploykitError as exc:
         raise Tampered(f"{model} cannot be read: {exc.message}") from None
@@ -327,14 +326,6 @@ def _contract(folder: Path, info: dict) -> dict:
             raise Tampered(f"{BUNDLE_FILE} names the runtime {quoted(info['runtime'])}, not the browser "
                            f"runtime of {model}")
     return contract
-
-
-def _ort_carried(model: Path):
-    """The parsed contract in an .ort's metadata_props (None when it carries none)."""
-    from deploykit.bundle.ort_metadata import read_metadata
-
-    text = read_metadata(model.read_bytes()).get(contracts.ONNX_KEY)
-    return json.loads(text) if text is not None else None
 
 
 # The contract inside an Apple model sits where Apple's tools show creator metadata: Core AI's metadata.json

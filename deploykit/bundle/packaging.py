@@ -256,7 +256,7 @@ def _write_model(artifact: Artifact, folder: Path, contract: dict, labels_text: 
         _copy_folder_model(Path(artifact.path), folder / name, artifact.format, contract)
         return name
     if artifact.format == Format.ORT:
-        from deploykit.bundle.ort_metadata import with_metadata
+        from deploykit.ort_metadata import with_metadata
 
         fsutil.write_bytes_atomic(folder / name, with_metadata(Path(artifact.path).read_bytes(),
                                                                contracts.onnx_metadata(contract)))
