@@ -27,7 +27,7 @@ def probe_job(request: dict, arrays: dict) -> dict:
         return {"operators": ort_format.ort_file_operators(path),
                 "notes": ["an .ort file holds the graph after ONNX Runtime's optimizations for one platform: the "
                           "NNAPI / CoreML partition checks read ONNX — run --readiness on the .onnx it was converted "
-                          "from (its manifest names it)"]}
+                          "from (deploykit export's manifest beside the .ort names it)"]}
     if fmt == Format.EXECUTORCH:
         from deploykit.model import LoadOptions, load_model
         from deploykit.readiness import executorch
