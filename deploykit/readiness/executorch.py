@@ -3,20 +3,17 @@ portable kernels (read from the .pte, ``runtimes.executorch.delegation``), and t
 selective ExecuTorch build compiles in (ExecuTorch's own ``codegen.tools.gen_oplist``)."""
 from __future__ import annotations
 
-import importlib.metadata
 import tempfile
 from pathlib import Path
 
+from deploykit.manifest import library_versions
 from deploykit.readiness.report import Coverage, OpIssue, measured_verdict
 
 RUNTIME = "executorch"
 
 
 def et_version() -> str:
-    try:
-        return importlib.metadata.version("executorch")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return library_versions(("executorch",)).get("executorch", "unknown")
 
 
 def coverage(delegation: dict) -> Coverage:

@@ -3,10 +3,10 @@ nodes off them (with the ``--input`` that pins them), and the rewrites deploykit
 """
 from __future__ import annotations
 
-import importlib.metadata
 import tempfile
 from pathlib import Path
 
+from deploykit.manifest import library_versions
 from deploykit.readiness import ort_checker, ort_fixes
 from deploykit.readiness.report import Coverage, Fix, OpIssue
 
@@ -14,10 +14,7 @@ RUNTIME = "onnxruntime"
 
 
 def ort_version() -> str:
-    try:
-        return importlib.metadata.version("onnxruntime")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return library_versions(("onnxruntime",)).get("onnxruntime", "unknown")
 
 
 def tables(path: str) -> list:

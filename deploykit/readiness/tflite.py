@@ -13,9 +13,9 @@ its claim is reported only to say where it disagrees (``deploykit.readiness.lite
 from __future__ import annotations
 
 import collections
-import importlib.metadata
 
 from deploykit.errors import ModelLoadError
+from deploykit.manifest import library_versions
 from deploykit.readiness.report import Coverage, OpIssue, measured_verdict, suitability
 from deploykit.text import one_line
 
@@ -23,10 +23,7 @@ LITERT = "litert"
 
 
 def litert_version() -> str:
-    try:
-        return importlib.metadata.version("ai-edge-litert")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return library_versions(("ai-edge-litert",)).get("ai-edge-litert", "unknown")
 
 
 def xnnpack_coverage(path: str, flops: list) -> Coverage:
