@@ -230,8 +230,8 @@ def _relisted(bundle, bom_sha256: bool = False) -> None:
 @pytest.mark.slow
 @pytest.mark.torch
 def test_a_tampered_ort_bundle_fails_selftest_and_verify(ort_bundle, onnx_source, tmp_path):
-    """A changed weight fails the app's selftest and verify; a record rewritten to match is still caught by the
-    BOM's model sha256, and a BOM rewritten too by the contract model.ort carries."""
+    """A changed weight fails the app's selftest and verify; a record rewritten to match (BOM kept or rewritten too)
+    is still caught by the contract model.ort carries — what the change breaks is named before the BOM's sha256."""
     import subprocess
     import sys
 
@@ -251,7 +251,7 @@ def test_a_tampered_ort_bundle_fails_selftest_and_verify(ort_bundle, onnx_source
     data[at:at + 4] = np.float32(weight.flat[0] + 1.0).tobytes()
     cases = [("weight", bytes(data), False, False, "changed since packaging: model.ort"),
              ("relisted", with_metadata(bytes(data), {"deploykit.contract": "{}"}), True, False,
-              "runtime-bom.json was computed for another model than model.ort"),
+              "the contract model.ort carries is not contract.json"),     # what the change breaks is named first
              ("bom-too", with_metadata((original / "model.ort").read_bytes(), {"deploykit.contract": '{"a": 1}'}),
               True, True, "the contract model.ort carries is not contract.json")]
     for name, model, relist, bom_too, said in cases:
