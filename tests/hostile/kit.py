@@ -42,16 +42,37 @@ def _fifo(work: Path, name: str) -> str:
     return name
 
 
-def _bundle(work: Path, **relisted) -> str:
-    """A real bundle of tiny.onnx in ``b``; ``relisted`` entries are added to its deploykit-bundle.json's file list
-    (and a ``model`` entry replaces its model), as a tamperer would write them."""
-    import json
+_TEMPLATES: dict = {}
+
+
+def _packaged_once() -> Path:
+    """One real bundle of tiny.onnx per test process: the cases tamper with copies of it (packaging — golden
+    vectors, the runtime BOM — is the setup, not what they test, and tiny.onnx is the same bytes every time)."""
+    import atexit
+    import shutil
+    import tempfile
 
     from deploykit import api
     from deploykit.bundle.packaging import PackageOptions
 
+    if "b" not in _TEMPLATES or not _TEMPLATES["b"].is_dir():
+        folder = Path(tempfile.mkdtemp(prefix="hostile-bundle-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _onnx(folder)
+        api.package(str(folder / "tiny.onnx"), str(folder / "b"),
+                    PackageOptions(samples=1, source=str(folder / "tiny.onnx")))
+        _TEMPLATES["b"] = folder / "b"
+    return _TEMPLATES["b"]
+
+
+def _bundle(work: Path, **relisted) -> str:
+    """A real bundle of tiny.onnx in ``b`` (a copy of the one packaged once); ``relisted`` entries are added to its
+    deploykit-bundle.json's file list (and a ``model`` entry replaces its model), as a tamperer would write them."""
+    import json
+    import shutil
+
     _onnx(work)
-    api.package(str(work / "tiny.onnx"), str(work / "b"), PackageOptions(samples=1, source=str(work / "tiny.onnx")))
+    shutil.copytree(_packaged_once(), work / "b", symlinks=True)
     info = json.loads((work / "b" / "deploykit-bundle.json").read_text())
     info["model"] = relisted.pop("model", info["model"])
     info["files"].update(relisted)
