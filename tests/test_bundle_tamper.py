@@ -31,9 +31,17 @@ def _package(tmp_path, artifact_name="tiny.onnx"):
     return tmp_path / "bundle", api.package(str(tmp_path / artifact_name), str(tmp_path / "bundle"), options)
 
 
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory):
+    return _package(tmp_path_factory.mktemp("packaged"))[0]
+
+
 @pytest.fixture()
-def bundle(tmp_path):
-    return _package(tmp_path)[0]
+def bundle(packaged, tmp_path):
+    """A fresh copy of one bundle packaged per module (packaging is the setup here, not what is tested)."""
+    builders.tiny_onnx(tmp_path / "tiny.onnx")
+    shutil.copytree(packaged, tmp_path / "bundle", symlinks=True)
+    return tmp_path / "bundle"
 
 
 def _selftest(bundle, cwd, *flags):
@@ -190,12 +198,13 @@ def _drop_an_operator(bom):
     return bom
 
 
-def test_the_runtime_bom_is_listed_and_a_tampered_one_fails_verify(tmp_path):
+def test_the_runtime_bom_is_listed_and_a_tampered_one_fails_verify(packaged, tmp_path):
     """runtime-bom.json names the runtime and the operators of the bundled model (tiny.onnx: MatMul, Relu), is
     listed like every file, and verify refuses it edited, malformed, for another model or missing (exit 1)."""
     from deploykit.bundle.bundle_check import verify_bundle
+    from deploykit.bundle.packaging import describe_bundle
 
-    original, described = _package(tmp_path)
+    original, described = packaged, describe_bundle(packaged)
     bom = json.loads((original / "runtime-bom.json").read_text())
     assert bom["schema"] == "deploykit.runtime-bom/1" and bom["runtime"] == described["runtime"] == "onnxruntime"
     assert [row["op"] for row in bom["operators"]["operators"]] == ["MatMul", "Relu"]
