@@ -19,6 +19,7 @@ from deploykit.child import CONVERT, run_child
 from deploykit.conversion import Check, ConversionResult, ExportOptions, accept
 from deploykit.formats import ort_operators_config
 from deploykit.model import LoadedModel
+from deploykit.transforms.ort_format import parse_config
 
 TOOL = "onnxruntime.tools.convert_onnx_models_to_ort"
 NCHWC_DOMAIN = "com.microsoft.nchwc"     # the x86-only layout kernels of ONNX Runtime's NCHWc transformer
@@ -51,9 +52,8 @@ def job(payload: dict, arrays: dict) -> dict:
     os.environ["ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"] = "all"
     out = Path(payload["out"])
     with tempfile.TemporaryDirectory(prefix="deploykit-ort-") as scratch:
-        source = _one_file(payload["onnx"], Path(scratch) / "weights-inline.onnx")
         with captured_output(echo=payload["debug"]):     # it prints progress and ORT logs a warning per session
-            written, config_text = ort_convert(source, Path(scratch), payload["style"], payload["platform"])
+            written, config_text = ort_convert(payload["onnx"], Path(scratch), payload["style"], payload["platform"])
         shutil.move(str(written), out)
     entries = [line for line in config_text.splitlines() if line and not line.startswith("#")]
     version = onnxruntime.__version__
@@ -62,24 +62,6 @@ def job(payload: dict, arrays: dict) -> dict:
     return {"tool": f"onnxruntime {version} convert_onnx_models_to_ort ({payload['style']} style, "
                     f"{payload['platform']}, type-reduced operator config)",
             "notes": _notes(config.name, entries, payload["style"]), "warnings": _warnings(entries)}
-
-
-def _one_file(path: str, copy: Path) -> str:
-    """``path`` itself, or (when its weights sit in a side file, which a copy of the .onnx alone would lose) a copy
-    at ``copy`` with the weights read in."""
-    import onnx
-
-    from deploykit.errors import ConversionError
-
-    proto = onnx.load(path, load_external_data=False)
-    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-        return path
-    try:
-        onnx.save(onnx.load(path), str(copy))
-    except ValueError as exc:       # protobuf's 2 GB: an ORT-format flatbuffer cannot hold more either
-        raise ConversionError(f"the model is too large for one file ({exc})",
-                              "ORT-format files hold at most 2 GB: deploy the .onnx with its weights file") from None
-    return str(copy)
 
 
 def _config_header(name: str, version: str, payload: dict) -> str:
@@ -94,7 +76,7 @@ def _config_header(name: str, version: str, payload: dict) -> str:
 
 def _notes(config: str, entries: list, style: str) -> list:
     """What the manifest says of the config and, for the runtime style, of what the app must switch on."""
-    count = sum(len(_operators(line)) for line in entries)
+    count = len(parse_config("\n".join(entries)))
     notes = [f"{config}: {count} operator(s) in {len(entries)} domain/opset line(s), with the types ONNX Runtime "
              "records for them (a reduced build's --include_ops_by_config)"]
     if style == "runtime":
@@ -103,23 +85,9 @@ def _notes(config: str, entries: list, style: str) -> list:
     return notes
 
 
-def _operators(line: str) -> list:
-    """The operator names of one config line ``domain;opset;Op1{types},Op2,...`` (types are JSON: commas inside
-    braces belong to them)."""
-    names, depth, current = [], 0, ""
-    for char in line.split(";", 2)[-1] + ",":
-        depth += (char == "{") - (char == "}")
-        if char == "," and depth == 0:
-            names.append(current.split("{", 1)[0])
-            current = ""
-        else:
-            current += char
-    return [name for name in names if name]
-
-
 def _warnings(entries: list) -> list:
     """The x86-only NCHWc kernels --ort-platform amd64 lets in: such a file does not run on a phone."""
-    nchwc = [op for line in entries if line.startswith(NCHWC_DOMAIN + ";") for op in _operators(line)]
+    nchwc = [row["op"] for row in parse_config("\n".join(entries)) if row["domain"] == NCHWC_DOMAIN]
     if not nchwc:
         return []
     return [f"the .ort uses x86-only NCHWc kernels ({NCHWC_DOMAIN}: {', '.join(nchwc)}), which --ort-platform "

@@ -39,8 +39,7 @@ def convert(onnx_path: str, folder: Path, style: str = "fixed", platform: str = 
 
     optimization = OptimizationStyle.Fixed if style == "fixed" else OptimizationStyle.Runtime
     with tempfile.TemporaryDirectory(prefix="deploykit-ort-") as tmp:
-        source = Path(tmp) / "model.onnx"
-        shutil.copyfile(onnx_path, source)       # ORT writes next to its input when asked for the optimized ONNX
+        source = _one_file_copy(onnx_path, Path(tmp) / "model.onnx")   # ORT writes next to its input
         out = Path(tmp) / "out"
         chatter = io.StringIO()
         config_log = logging.getLogger("ort_format_model.utils")     # "Created config in <tmp path>" at INFO
@@ -67,6 +66,23 @@ def convert(onnx_path: str, folder: Path, style: str = "fixed", platform: str = 
         lines = [line for line in configs[0].read_text().splitlines() if line and not line.startswith("#")]
     header = f"# required operators and types (onnxruntime reduced build; optimization {style}, platform {platform})"
     return target, "\n".join([header, *lines]) + "\n"
+
+
+def _one_file_copy(path: str, copy: Path) -> Path:
+    """``path`` copied to ``copy``, with the weights read in when they sit in a side file (a copy of the .onnx
+    alone would lose them; the export and the bundle's BOM both convert such models)."""
+    import onnx
+
+    proto = onnx.load(path, load_external_data=False)
+    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        shutil.copyfile(path, copy)
+        return copy
+    try:
+        onnx.save(onnx.load(path), str(copy))
+    except ValueError as exc:       # protobuf's 2 GB: an ORT-format flatbuffer cannot hold more either
+        raise ConversionError(f"the model is too large for one file ({exc})",
+                              "ORT-format files hold at most 2 GB: deploy the .onnx with its weights file") from None
+    return copy
 
 
 def operators(onnx_path: str, platform: str = "arm") -> dict:
