@@ -7,6 +7,7 @@ read with LiteRT's own flatbuffer schema): nothing is run. A dynamic dim counts 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 QUANTIZED_ONNX_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DequantizeLinear"}
@@ -43,13 +44,30 @@ def tflite_flops(path: str) -> tuple:
     return sum(sum(ops) for ops in per_op), precision
 
 
+def read_tflite(path: str):
+    """The .tflite's flatbuffer as LiteRT's schema objects (``ModelT``), parsed once per file state: the readiness
+    probe's FLOP counts, GPU verdicts, partitions and operator list all read it, and unpacking a large model (an LLM's
+    weights) is the slow part. Callers only read it."""
+    import os
+
+    stat = os.stat(path)
+    return _parsed_tflite(os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _parsed_tflite(path: str, _mtime_ns: int, _size: int):
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as handle:
+        return schema.ModelT.InitFromPackedBuf(bytearray(handle.read()), 0)
+
+
 def tflite_op_flops(path: str) -> tuple:
     """([[FLOPs of each operator] for each subgraph], precision) of a .tflite file: the per-node counts the
     readiness tables weigh delegated nodes by."""
     from ai_edge_litert import schema_py_generated as schema
 
-    with open(path, "rb") as handle:
-        model = schema.ModelT.InitFromPackedBuf(bytearray(handle.read()), 0)
+    model = read_tflite(path)
     ops = schema.BuiltinOperator
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes or []]
     per_graph, types = [], set()

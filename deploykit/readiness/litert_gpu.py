@@ -114,8 +114,10 @@ def _read(path: str) -> tuple:
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise ModelLoadError(f"{path} is not a TFLite flatbuffer (no TFL3 identifier)",
                              "give a .tflite file written by a TFLite/LiteRT converter")
+    from deploykit.flop_count import read_tflite
+
     try:
-        return schema.ModelT.InitFromPackedBuf(bytearray(data), 0), schema
+        return read_tflite(path), schema
     except Exception as exc:  # noqa: BLE001 - a corrupt flatbuffer fails anywhere inside the generated reader
         raise ModelLoadError(f"{path} is a damaged TFLite flatbuffer ({type(exc).__name__})",
                              "re-export the model") from None

@@ -114,10 +114,9 @@ def _partitions(path: str, taken: set) -> int:
     """Partitions the delegate would form: groups of taken nodes joined by a tensor one produces and another
     consumes (so a DEQUANTIZE of a constant left on the CPU, which feeds a delegated op, splits nothing). A
     branching graph may need more partitions than this to keep each one convex: a lower bound."""
-    from ai_edge_litert import schema_py_generated as schema
+    from deploykit.flop_count import read_tflite
 
-    with open(path, "rb") as handle:
-        graph = schema.ModelT.InitFromPackedBuf(bytearray(handle.read()), 0).subgraphs[0]
+    graph = read_tflite(path).subgraphs[0]
     parent = {index: index for index in taken}
 
     def root(index):
@@ -156,8 +155,9 @@ def operators(path: str) -> dict:
     (what tflite's `--tflite_custom_ops_srcs`/selective registration and LiteRT's op resolver need)."""
     from ai_edge_litert import schema_py_generated as schema
 
-    with open(path, "rb") as handle:
-        model = schema.ModelT.InitFromPackedBuf(bytearray(handle.read()), 0)
+    from deploykit.flop_count import read_tflite
+
+    model = read_tflite(path)
     names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     used = collections.Counter()
     for graph in model.subgraphs or []:
