@@ -19,7 +19,8 @@ its process (import cost, peak memory). What the harness guarantees, for every c
   put on PYTHONPATH instead;
 * the child and anything it starts run in their own process group, killed as a whole on a time-out or an interrupt;
 * its stdout/stderr are kept out of the user's terminal (shown with ``debug``);
-* an .onnx/.tflite runner job is forked from a warm zygote that imported the runtimes once (``deploykit.zygote``).
+* an .onnx/.tflite runner job, and a converter's one-shot job, is forked from a warm zygote that imported the
+  runtimes or the converter once (``deploykit.zygote``).
 
 A ``reuse=True`` job (describing a PyTorch or Keras source, its reference outputs, a converter
 that needs the live module) runs in the command's *reused child* while one is open (``with

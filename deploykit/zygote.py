@@ -1,20 +1,25 @@
-"""Warm parents for children: a process that has imported what a kind of job needs once, and forks a fresh child
-for each such job — runner jobs of .onnx/.ort/.tflite files (numpy, ONNX Runtime, LiteRT) and onnx2tf conversions
-(TensorFlow, onnx2tf).
+"""Warm parents for children: a process that has imported what a kind of job needs once, and forks a fresh child for
+each such job — runner jobs of .onnx/.ort/.tflite files (numpy, ONNX Runtime, LiteRT) and the converters that start
+a child of their own per conversion: onnx2tf and tf2onnx (with TensorFlow), litert-torch, ExecuTorch's exporter,
+coreai-torch and coremltools (with PyTorch), one zygote per converter.
 
-Why: every ``Artifact.run`` of an ONNX or TFLite file is a child process (a runtime can crash on a file), and such
-a child spends ~0.4 s importing numpy, the runtime and deploykit before running a model that often takes
-milliseconds; a verify of three artifacts on three runtimes starts nine. An onnx2tf conversion of a small model
-spends 3.3 of its 4.5 s importing TensorFlow and onnx2tf. Forked from a process that already imported them, a
-child starts in a few milliseconds. The job still runs in a process of its own with every guarantee of
-``deploykit.child``: its own process group (``setsid``), killed as a whole on a time-out, an abort or an
-interrupt; a DeploykitError comes back as the same class (the same job folder, the same ``_child_main``); it dies
-with the process that waits for it (the zygote, which dies with the parent).
+Why: every ``Artifact.run`` of an ONNX or TFLite file is a child process (a runtime can crash on a file), and such a
+child spends ~0.4 s importing numpy, the runtime and deploykit before running a model that often takes milliseconds;
+a verify of three artifacts on three runtimes starts nine. An onnx2tf conversion of a small model spends 3.3 of its
+4.5 s importing TensorFlow and onnx2tf; a litert-torch or ExecuTorch conversion ~5 s importing PyTorch and the
+exporter, a coremltools one more. Forked from a process that already imported them, a child starts in a few
+milliseconds. A converter's zygote imports exactly what its job imports first (never a second framework: TensorFlow
+and LiteRT's runtime stay apart as they do in a fresh child) and ends after ``IDLE_S`` without a job, so a
+long-lived process does not keep a converter's gigabyte for a conversion it made once. The job still runs in a
+process of its own with every guarantee of ``deploykit.child``: its own process group (``setsid``), killed as a
+whole on a time-out, an abort or an interrupt; a DeploykitError comes back as the same class (the same job folder,
+the same ``_child_main``); it dies with the process that waits for it (the zygote, which dies with the parent).
 
 What is never forked: anything that times a cold start (``measure_job``: the import *is* what it measures), runs of
-other formats (TensorFlow must not share a process with LiteRT's own copy of the TFLite runtime), the other
-converters, emulated ARM runs. A zygote imports nothing before a job of its kind asks for one, and is started anew
-when the children's environment changed; ``DEPLOYKIT_ZYGOTE=0`` turns them off.
+other formats (TensorFlow must not share a process with LiteRT's own copy of the TFLite runtime), the converters
+that run in the command's reused child (torch.onnx, Keras), emulated ARM runs. A
+zygote imports nothing before a job of its kind asks for one, and is started anew when the children's environment
+changed; ``DEPLOYKIT_ZYGOTE=0`` turns them off.
 
 Wire: the parent writes ``<token> <job folder>`` lines on the zygote's stdin; the zygote answers on its stdout
 ``started <token> <pid>`` and, once it has reaped that child, ``exited <token> <wait status>``.
@@ -32,12 +37,31 @@ from typing import Optional
 
 FORKABLE_TARGETS = frozenset({"deploykit.harness:run_job", "deploykit.harness:capture_job"})
 FORKABLE_FORMATS = frozenset({"onnx", "ort", "tflite"})
-CONVERTER_TARGETS = frozenset({"converters.onnx_to_tflite:job"})
+# A converter's one-shot job -> the kind of zygote that forks it.
+CONVERTER_KINDS = {"converters.onnx_to_tflite:job": "onnx2tf", "converters.tflite_to_onnx:job": "tf2onnx",
+                   "converters.torch_to_tflite:job": "litert-torch", "converters.llm_to_tflite:convert": "litert-torch",
+                   "converters.torch_to_executorch:job": "executorch",
+                   "converters.llm_to_executorch:convert": "executorch",
+                   "converters.torch_to_coreai:job": "coreai", "converters.torch_to_coreml:job": "coreml"}
 SWITCH_ENV = "DEPLOYKIT_ZYGOTE"
-# What each kind of zygote imports before it forks: the runners', or onnx2tf's (TensorFlow + onnx2tf: 3.3 s of
+IDLE_ENV = "DEPLOYKIT_ZYGOTE_IDLE_S"
+IDLE_S = 300.0          # a converter's zygote with no job for this long ends (the next conversion starts another)
+# What each kind of zygote imports before it forks: the runners', or a converter's (TensorFlow + onnx2tf: 3.3 s of
 # a 4.5 s small conversion; forked after them, a conversion of the two-layer net took 0.9 s instead of 4.9 s).
+# "module:function" is called once imported: coremltools is imported as its job imports it, without TensorFlow.
 PRELOAD = {"runners": ("numpy", "deploykit.harness", "deploykit.model", "runtimes.onnxruntime", "runtimes.litert"),
-           "onnx2tf": ("numpy", "tensorflow", "onnx", "onnx2tf", "converters.onnx_to_tflite")}
+           "onnx2tf": ("numpy", "tensorflow", "onnx", "onnx2tf", "converters.onnx_to_tflite"),
+           "tf2onnx": ("numpy", "tf2onnx", "onnx", "deploykit.transforms.tflite_prep", "converters.tflite_to_onnx"),
+           "litert-torch": ("numpy", "torch", "litert_torch", "deploykit.model", "converters.torch_to_tflite"),
+           "executorch": ("numpy", "torch", "executorch.exir", "executorch.version",
+                          "executorch.backends.xnnpack.partition.xnnpack_partitioner", "deploykit.model",
+                          "converters.torch_to_executorch"),
+           "coreai": ("numpy", "torch", "coreai_torch", "deploykit.model", "converters.torch_to_coreai"),
+           "coreml": ("numpy", "torch", "deploykit.model", "converters.torch_to_coreml",
+                      "converters.torch_to_coreml:_coremltools")}
+# Set before the preload, as the jobs set them before their first import (read once, at import).
+PRELOAD_ENV = {"onnx2tf": {"TF_CPP_MIN_LOG_LEVEL": "3"}, "tf2onnx": {"TF_CPP_MIN_LOG_LEVEL": "3"},
+               "litert-torch": {"LITERT_TORCH_SHOW_PROGRESS": "n"}}
 # Variables that change between jobs without changing what a child does: the parent's pid (set per launch) and
 # pytest's name of the running test (set per test: with it in the key, every test would start its own zygotes).
 VOLATILE = frozenset({"DEPLOYKIT_PARENT_PID", "PYTEST_CURRENT_TEST"})
@@ -49,8 +73,8 @@ def forkable(target: str, request: dict) -> Optional[str]:
     """The kind of zygote that may fork a job (None: it gets a child of its own; see the module's docstring)."""
     if os.environ.get(SWITCH_ENV, "1") == "0":
         return None
-    if target in CONVERTER_TARGETS:
-        return "onnx2tf"
+    if target in CONVERTER_KINDS:
+        return CONVERTER_KINDS[target]
     model = request.get("model") or {}
     return "runners" if target in FORKABLE_TARGETS and model.get("format") in FORKABLE_FORMATS else None
 
@@ -58,8 +82,9 @@ def forkable(target: str, request: dict) -> Optional[str]:
 def run(target: str, request: dict, folder: Path, env: dict, timeout: float, stage, what: str,
         abort=None) -> Optional[tuple]:
     """(returncode, stdout, stderr) of the job in ``folder``, run in a forked child; None when it is not
-    ``forkable`` or no zygote could serve it (the caller starts a child of its own). The zygote is started on first use, and anew when the children's
-    environment has changed (a test's monkeypatched variable, a factory's folder on PYTHONPATH)."""
+    ``forkable`` or no zygote could serve it (the caller starts a child of its own). The zygote is started on first
+    use, and anew when it has ended (idle) or the children's environment has changed (a test's monkeypatched
+    variable, a factory's folder on PYTHONPATH)."""
     kind = forkable(target, request)
     if kind is None:
         return None
@@ -196,13 +221,26 @@ def _output(folder: Path) -> tuple:
 def _preload(kind: str) -> None:
     import importlib
 
-    if kind == "onnx2tf":
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")      # read once, at TensorFlow's first import
-    for name in PRELOAD[kind]:
+    for variable, value in PRELOAD_ENV.get(kind, {}).items():
+        os.environ.setdefault(variable, value)
+    for name in PRELOAD.get(kind, ()):
+        module, _, function = name.partition(":")
         try:
-            importlib.import_module(name)
+            loaded = importlib.import_module(module)
+            if function:
+                getattr(loaded, function)()
         except Exception:  # noqa: BLE001 - a runtime that is not installed is simply imported by no child
             pass
+
+
+def _idle_limit(kind: str) -> float:
+    """Seconds a zygote of ``kind`` waits for a job before it ends (inf: the runners' zygote serves on)."""
+    if kind == "runners":
+        return float("inf")
+    try:
+        return float(os.environ.get(IDLE_ENV, IDLE_S))
+    except ValueError:
+        return IDLE_S
 
 
 def _serve(kind: str) -> int:
@@ -212,8 +250,13 @@ def _serve(kind: str) -> int:
     _preload(kind)
     me, jobs, pending = os.getpid(), {}, b""
     out = sys.stdout.buffer
+    idle_limit, last_busy = _idle_limit(kind), time.monotonic()
     while True:
         ready, _, _ = select.select([0], [], [], 0.05)
+        if jobs or pending:
+            last_busy = time.monotonic()
+        elif not ready and time.monotonic() - last_busy > idle_limit:
+            return 0                    # idle: the parent's next job of this kind starts a new zygote
         if ready:
             data = os.read(0, 65536)    # raw reads: a buffered readline could hide a second job from select
             if not data:

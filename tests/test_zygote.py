@@ -62,7 +62,13 @@ def test_what_is_never_forked():
     for fmt in ("saved_model", "keras", "exported_program", "torchscript", "executorch"):
         assert not zygote.forkable("deploykit.harness:run_job", {"model": {"format": fmt}})
     assert zygote.forkable("converters.onnx_to_tflite:job", {"onnx": "m.onnx"}) == "onnx2tf"
-    for converter in ("tflite_to_onnx:job", "torch_to_tflite:job", "keras_to_tflite:job", "torch_to_executorch:job"):
+    kinds = {"tflite_to_onnx:job": "tf2onnx", "torch_to_tflite:job": "litert-torch",
+             "llm_to_tflite:convert": "litert-torch",
+             "torch_to_executorch:job": "executorch", "llm_to_executorch:convert": "executorch",
+             "torch_to_coreai:job": "coreai", "torch_to_coreml:job": "coreml"}
+    for converter, kind in kinds.items():      # one zygote per converter: never two frameworks' imports in one
+        assert zygote.forkable(f"converters.{converter}", {}) == kind
+    for converter in ("keras_to_tflite:job", "torch_to_onnx:export_job", "llm_to_onnx:convert"):
         assert not zygote.forkable(f"converters.{converter}", AS_AN_ONNX_RUN)
     assert not zygote.forkable("tests.jobs:crash_job", AS_AN_ONNX_RUN)
 
@@ -154,19 +160,44 @@ def _gone(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.torch
-@pytest.mark.tensorflow
-def test_an_onnx2tf_conversion_is_forked_and_writes_the_bytes_a_fresh_child_writes(exported, tmp_path,
-                                                                                   monkeypatch):
-    """onnx2tf runs in a child forked after TensorFlow and onnx2tf were imported: the same .tflite, byte for byte."""
+@pytest.mark.parametrize("kind, to, suffix", [
+    pytest.param("onnx2tf", "tflite", ".tflite", marks=pytest.mark.tensorflow),
+    pytest.param("litert-torch", "tflite", ".tflite", marks=pytest.mark.litert),
+    pytest.param("executorch", "executorch", ".pte", marks=pytest.mark.executorch)])
+def test_a_conversion_is_forked_and_writes_the_bytes_a_fresh_child_writes(exported, samples_dir, tmp_path,
+                                                                          monkeypatch, kind, to, suffix):
+    """onnx2tf, litert-torch and ExecuTorch's exporter run in a child forked after their imports: the same file,
+    byte for byte, as a child of its own writes."""
     from deploykit import api
 
-    onnx = exported("two_layer_net.pt2", "onnx").artifact
-    forked = api.export(onnx, "tflite", str(tmp_path / "forked.tflite"))
-    assert zygote.current("onnx2tf") is not None and zygote.current("onnx2tf")._tokens >= 1
+    source = (exported("two_layer_net.pt2", "onnx").artifact if kind == "onnx2tf"
+              else str(samples_dir / "two_layer_net.pt2"))
+    if kind in zygote._ZYGOTES:        # an earlier test's: this export's conversion must be what it serves
+        zygote._ZYGOTES.pop(kind).close()
+    forked = api.export(source, to, str(tmp_path / f"forked{suffix}"))
+    assert zygote.current(kind) is not None and zygote.current(kind)._tokens >= 1
+    assert [hop["edge"] for hop in forked.route][-1] == {"onnx2tf": "onnx_to_tflite", "litert-torch": "torch_to_tflite",
+                                                         "executorch": "torch_to_executorch"}[kind]
     monkeypatch.setenv(zygote.SWITCH_ENV, "0")
-    fresh = api.export(onnx, "tflite", str(tmp_path / "fresh.tflite"))
+    fresh = api.export(source, to, str(tmp_path / f"fresh{suffix}"))
     assert forked.passed and fresh.passed
-    assert (tmp_path / "forked.tflite").read_bytes() == (tmp_path / "fresh.tflite").read_bytes()
+    assert (tmp_path / f"forked{suffix}").read_bytes() == (tmp_path / f"fresh{suffix}").read_bytes()
+
+
+def test_an_idle_converter_zygote_ends_and_the_next_conversion_starts_another(monkeypatch):
+    """A converter's zygote holds its framework's memory: after IDLE_S without a job it ends, and the next job of its
+    kind is served by a new one (the runners' zygote serves on)."""
+    monkeypatch.setattr(zygote, "CONVERTER_KINDS", {"tests.jobs:echo_job": "idle-test"})
+    monkeypatch.setenv(zygote.IDLE_ENV, "0.5")
+    try:
+        first = run_child("tests.jobs:echo_job", {"n": 1}, stage=CONVERT, what="x", timeout=60)
+        pid = zygote.current("idle-test").process.pid
+        assert first.info["request"] == {"n": 1} and _gone(pid)
+        again = run_child("tests.jobs:echo_job", {"n": 2}, stage=CONVERT, what="x", timeout=60)
+        assert again.info["request"] == {"n": 2}
+        assert zygote.current("idle-test").process.pid != pid and zygote.current("idle-test")._tokens == 1
+    finally:
+        zygote._ZYGOTES.pop("idle-test").close()
 
 
 def test_a_variable_that_changes_with_every_test_keeps_the_zygote(forkable_test_jobs, monkeypatch):
