@@ -276,7 +276,7 @@ class Session:
             if self._closed:          # a job from another thread after the command ended (SIGTERM): never starts
                 raise stage.error(f"{stage.describe(what)} was stopped: the command ended", stage.failure_remedy)
             if self._process is None:
-                self._start()
+                self._start(target, request)
             self._jobs += 1
             (folder := self._root / f"job{self._jobs}").mkdir()
             _write_request(folder, target, request, arrays)
@@ -296,7 +296,11 @@ class Session:
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def _start(self) -> None:
+    def _start(self, target: str, request: dict) -> None:
+        forked = zygote.start_session(target, request, self._root, _child_env())    # torch imported once a process
+        if forked is not None:
+            self._process, self._done_r = forked, forked.done_r
+            return
         done_r, done_w = os.pipe()
         started, box = threading.Event(), {}
         env = dict(_child_env(), **{SESSION_ENV: str(done_w)})
@@ -337,6 +341,8 @@ class Session:
             ready, _, _ = select.select([self._done_r], [], [], min(POLL_S, left))
             if ready:
                 return bool(os.read(self._done_r, 64))      # b"": the child is gone
+            if self._process.poll() is not None:            # gone before it held its end of the pipe open
+                return False
             if self._closed:          # the command ended (SIGTERM) while this job, from another thread, ran
                 raise stage.error(f"{stage.describe(what)} was stopped: the command ended", stage.failure_remedy)
             failure = abort() if abort else None

@@ -21,8 +21,12 @@ that run in the command's reused child (torch.onnx, Keras), emulated ARM runs. A
 zygote imports nothing before a job of its kind asks for one, and is started anew when the children's environment
 changed; ``DEPLOYKIT_ZYGOTE=0`` turns them off.
 
-Wire: the parent writes ``<token> <job folder>`` lines on the zygote's stdin; the zygote answers on its stdout
-``started <token> <pid>`` and, once it has reaped that child, ``exited <token> <wait status>``.
+A command's reused child (``deploykit.child.Session``) whose first job is PyTorch's is forked from the
+``torch-session`` zygote too: it serves the command's jobs as a child of its own does, named on a FIFO.
+
+Wire: the parent writes ``<token> <job folder>`` (or ``<token> --serve <session folder>``) lines on the zygote's
+stdin; the zygote answers on its stdout ``started <token> <pid>`` and, once it has reaped that child, ``exited
+<token> <wait status>``.
 """
 from __future__ import annotations
 
@@ -62,9 +66,20 @@ PRELOAD = {"runners": ("numpy", "deploykit.harness", "deploykit.model", "runtime
 # Set before the preload, as the jobs set them before their first import (read once, at import).
 PRELOAD_ENV = {"onnx2tf": {"TF_CPP_MIN_LOG_LEVEL": "3"}, "tf2onnx": {"TF_CPP_MIN_LOG_LEVEL": "3"},
                "litert-torch": {"LITERT_TORCH_SHOW_PROGRESS": "n"}}
+# A command's reused child (deploykit.child.Session) is forked from the PyTorch zygote when its first job is one of
+# these, or describes a source of these formats: it then starts with torch, torch.export and torch.onnx imported
+# (2.8-3.2 s a command, paid once per process instead).
+SESSION_TARGETS = {"converters.torch_to_onnx:export_job": "torch-session",
+                   "deploykit.llm.jobs:source_reference": "torch-session",
+                   "deploykit.llm.speed:prompt_job": "torch-session"}
+SESSION_FORMATS = frozenset({"torchscript", "exported_program", "state_dict", "torch_pickle", "python_factory",
+                             "hf_causal_lm", "gguf"})
+PRELOAD["torch-session"] = ("numpy", "torch", "torch.export", "onnx", "torch.onnx", "deploykit.model")
+SESSION_START_S = 300.0     # the zygote's imports come first; under load they have taken over a minute
 # Variables that change between jobs without changing what a child does: the parent's pid (set per launch) and
 # pytest's name of the running test (set per test: with it in the key, every test would start its own zygotes).
 VOLATILE = frozenset({"DEPLOYKIT_PARENT_PID", "PYTEST_CURRENT_TEST"})
+SERVE = "--serve"           # a job line "<token> --serve <folder>": fork a reused child for that session folder
 _LOCK = threading.Lock()
 _ZYGOTES: dict = {}
 
@@ -86,8 +101,47 @@ def run(target: str, request: dict, folder: Path, env: dict, timeout: float, sta
     use, and anew when it has ended (idle) or the children's environment has changed (a test's monkeypatched
     variable, a factory's folder on PYTHONPATH)."""
     kind = forkable(target, request)
-    if kind is None:
+    zygote = _zygote(kind, env) if kind else None
+    return zygote.run(folder, timeout, stage, what, abort) if zygote else None
+
+
+def session_kind(target: str, request: dict) -> Optional[str]:
+    """The kind of zygote that may fork a command's reused child whose first job this is (None: a child of its
+    own)."""
+    if os.environ.get(SWITCH_ENV, "1") == "0":
         return None
+    return SESSION_TARGETS.get(target) or ("torch-session" if request.get("format") in SESSION_FORMATS else None)
+
+
+def start_session(target: str, request: dict, root: Path, env: dict) -> Optional["ForkedSession"]:
+    """A command's reused child forked from a warm zygote, for ``deploykit.child.Session``; None when its first job
+    (``target``, ``request``) is not ``session_kind`` or no zygote could serve it (the caller starts a child of
+    its own). Jobs are named on the FIFO ``root/jobs`` and answered on ``root/done``, as a child of its own reads
+    its stdin and writes an inherited pipe."""
+    kind = session_kind(target, request)
+    zygote = _zygote(kind, env) if kind else None
+    if zygote is None:
+        return None
+    jobs, done = root / "jobs", root / "done"
+    (root / "log").touch(0o600)     # the session reads each job's output from it, from the first job on
+    for fifo in (jobs, done):       # a session whose child died (a crash, a time-out) forks a new one: new FIFOs
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo, 0o600)
+    # Both opened before the fork is asked for, so that neither side's open blocks: "done" non-blocking (select
+    # says when to read; it reports end-of-file only once the child had it open), "jobs" for reading and writing.
+    done_r, jobs_w = os.open(done, os.O_RDONLY | os.O_NONBLOCK), os.open(jobs, os.O_RDWR)
+    started = zygote.fork_session(root)
+    if started is None:
+        for fd in (done_r, jobs_w):
+            os.close(fd)
+        for fifo in (jobs, done):
+            fifo.unlink()
+        return None
+    return ForkedSession(zygote, *started, jobs_w, done_r)
+
+
+def _zygote(kind: str, env: dict) -> Optional["Zygote"]:
+    """This process's zygote of ``kind``, started now when there is none, it has ended, or ``env`` changed."""
     key = tuple(sorted((k, v) for k, v in env.items() if k not in VOLATILE))
     with _LOCK:
         zygote = _ZYGOTES.get(kind)
@@ -99,7 +153,7 @@ def run(target: str, request: dict, folder: Path, env: dict, timeout: float, sta
                 zygote = _ZYGOTES[kind] = Zygote(kind, env, key)
             except OSError:
                 return None
-    return zygote.run(folder, timeout, stage, what, abort)
+    return zygote
 
 
 def current(kind: str = "runners") -> Optional["Zygote"]:
@@ -150,15 +204,40 @@ class Zygote:
             self._events["closed"] = {}
             self._cond.notify_all()
 
-    def run(self, folder: Path, timeout: float, stage, what: str, abort) -> Optional[tuple]:
+    def _send(self, line: str) -> Optional[str]:
+        """Hand the zygote a job line; its token (None: the zygote is gone)."""
         with self._write:
             self._tokens += 1
             token = str(self._tokens)
             try:
-                self.process.stdin.write(f"{token} {folder}\n".encode())
+                self.process.stdin.write(f"{token} {line}\n".encode())
                 self.process.stdin.flush()
             except (BrokenPipeError, OSError):
                 return None
+        return token
+
+    def fork_session(self, root: Path) -> Optional[tuple]:
+        """(token, pid) of a reused child forked to serve the jobs of ``root``; None when the zygote is gone."""
+        token = self._send(f"{SERVE} {root}")
+        deadline = time.monotonic() + SESSION_START_S
+        while token is not None and time.monotonic() < deadline:
+            event = self._wait(token, 0.25, "started")
+            if event is None:
+                break
+            if "started" in event:
+                return token, event["started"]
+        if token is not None:
+            self.forget(token)
+        return None
+
+    def forget(self, token: str) -> None:
+        with self._cond:
+            self._events.pop(token, None)
+
+    def run(self, folder: Path, timeout: float, stage, what: str, abort) -> Optional[tuple]:
+        token = self._send(str(folder))
+        if token is None:
+            return None
         deadline = time.monotonic() + timeout
         pid = None
         try:
@@ -184,9 +263,10 @@ class Zygote:
             with self._cond:
                 self._events.pop(token, None)
 
-    def _wait(self, token: str, seconds: float) -> Optional[dict]:
+    def _wait(self, token: str, seconds: float, until: str = "exited") -> Optional[dict]:
+        """The events of ``token`` once ``until`` came or ``seconds`` passed; None when the zygote closed first."""
         with self._cond:
-            self._cond.wait_for(lambda: "exited" in self._events.get(token, {}) or "closed" in self._events,
+            self._cond.wait_for(lambda: until in self._events.get(token, {}) or "closed" in self._events,
                                 timeout=seconds)
             if "closed" in self._events and "exited" not in self._events.get(token, {}):
                 return None
@@ -197,6 +277,37 @@ class Zygote:
             self.process.kill()
         except OSError:
             pass
+
+
+class ForkedSession:
+    """A reused child forked by a zygote, with what ``deploykit.child.Session`` uses of a ``subprocess.Popen``:
+    ``pid``, ``stdin`` (the jobs FIFO), ``poll()``, ``communicate()`` (after its group was killed), ``returncode``;
+    and ``done_r``, the end of the "done" FIFO the session reads."""
+
+    def __init__(self, zygote: Zygote, token: str, pid: int, jobs_w: int, done_r: int) -> None:
+        self._zygote, self._token = zygote, token
+        self.pid, self.done_r, self.returncode = pid, done_r, None
+        self.stdin = os.fdopen(jobs_w, "wb")
+
+    def poll(self) -> Optional[int]:
+        if self.returncode is None:
+            event = self._zygote._wait(self._token, 0)
+            if event is None:           # the zygote died, and its children with it (PR_SET_PDEATHSIG)
+                self.returncode = -9
+            elif "exited" in event:
+                self.returncode = os.waitstatus_to_exitcode(event["exited"])
+        return self.returncode
+
+    def communicate(self) -> tuple:
+        deadline = time.monotonic() + 10
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        try:
+            self.stdin.close()
+        except OSError:
+            pass
+        self._zygote.forget(self._token)
+        return None, None
 
 
 def _kill(pid: Optional[int]) -> None:
@@ -265,10 +376,11 @@ def _serve(kind: str) -> int:
         while b"\n" in pending:
             line, pending = pending.split(b"\n", 1)
             token, _, folder = line.decode().strip().partition(" ")
+            serve = folder.startswith(SERVE + " ")
             out.flush()
             pid = os.fork()
             if pid == 0:
-                _child(Path(folder), me)
+                (_session_child if serve else _child)(Path(folder[len(SERVE) + 1:] if serve else folder), me)
             jobs[pid] = token
             out.write(f"started {token} {pid}\n".encode())
             out.flush()
@@ -298,6 +410,30 @@ def _child(folder: Path, zygote: int) -> None:
         child._die_with_parent()
         child.RSS_AT_START = child.status_bytes("VmRSS")
         code = child._child_main(folder)
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _session_child(root: Path, zygote: int) -> None:
+    """The forked reused child: a session of its own, output appended to root/log, jobs read from the FIFO
+    root/jobs, "done" written to root/done — then deploykit.child's own serving loop."""
+    code = 70
+    try:
+        os.setsid()
+        log = os.open(root / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        for fd in (1, 2):
+            os.dup2(log, fd)
+        os.dup2(os.open(root / "jobs", os.O_RDONLY), 0)
+        done = os.open(root / "done", os.O_WRONLY)
+        from deploykit import child
+
+        os.environ.update({child.PARENT_ENV: str(zygote), child.SESSION_ENV: str(done)})
+        child._die_with_parent()
+        code = child._serve(root)
     finally:
         try:
             sys.stdout.flush()

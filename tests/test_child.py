@@ -117,9 +117,27 @@ def test_one_child_launcher_in_the_code():
 @pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.litert
+def _once_loading(cli) -> list:
+    """Every process below the CLI once its reused child runs — a child of its own (``deploykit.child --serve``)
+    or forked by the PyTorch zygote (the zygote's command line, the zygote its parent) — else []."""
+    import psutil
+
+    below = cli.children(recursive=True)
+    for process in below:
+        try:
+            line, parent = " ".join(process.cmdline()), " ".join(process.parent().cmdline())
+        except (psutil.Error, AttributeError):      # ended meanwhile (a zombie, gone)
+            continue
+        if "deploykit.child --serve" in line or ("deploykit.zygote torch-session" in line and parent == line):
+            return below
+    return []
+
+
 @pytest.mark.serial
 def test_sigterm_stops_the_converter_child_and_leaves_nothing(samples_dir, tmp_path):
-    """SIGTERM (timeout, CI cancellation) is handled like Ctrl-C: exit 143, the child's group killed, no staging."""
+    """SIGTERM (timeout, CI cancellation) is handled like Ctrl-C: exit 143, the child's group killed, no staging.
+    Here while the command's reused child loads the source (the quick loop converts nothing); the slow sweep below
+    sends it at every moment of a litert-torch export."""
     import signal
     import subprocess
     import sys
@@ -130,14 +148,14 @@ def test_sigterm_stops_the_converter_child_and_leaves_nothing(samples_dir, tmp_p
 
     out = tmp_path / "out"
     out.mkdir()
-    cli = subprocess.Popen([sys.executable, "-m", "deploykit.cli.commands", "export", str(samples_dir / "two_layer_net.pt2"),
-                            "--to", "tflite", "--via", "litert", "-o", str(out / "m.tflite")],
+    cli = subprocess.Popen([sys.executable, "-m", "deploykit.cli.commands", "export",
+                            str(samples_dir / "two_layer_net.pt2"), "--to", "tflite", "--via", "litert", "-o",
+                            str(out / "m.tflite")],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
     children = []
     for _ in range(600):
-        children = [c for c in psutil.Process(cli.pid).children(recursive=True)
-                    if "deploykit.child" in " ".join(c.cmdline())]
+        children = _once_loading(psutil.Process(cli.pid))
         if children:
             break
         time.sleep(0.1)
@@ -185,7 +203,31 @@ def _gone(pid: int) -> bool:
     return not status.exists() or "zombie" in status.read_text()
 
 
-def test_a_reused_child_runs_every_job_of_a_command_in_one_process_and_ends_with_it(tmp_path, monkeypatch):
+SESSION_FAULT_JOBS = ("tests.faults:pid_job", "tests.faults:abort_job", "tests.jobs:sleep_job",
+                      "tests.jobs:deploykit_error_job")
+
+
+@pytest.fixture(params=["own", "forked"])
+def session_start(request, monkeypatch):
+    """The command's reused child as a child of its own, or forked from a zygote as a PyTorch source's is (the
+    tests' jobs made a session's first job of a zygote kind that imports nothing)."""
+    from deploykit import zygote
+
+    if request.param == "forked":
+        monkeypatch.setattr(zygote, "SESSION_TARGETS", dict.fromkeys(SESSION_FAULT_JOBS, "session-test"))
+    yield request.param
+    if request.param == "forked":
+        served = zygote._ZYGOTES.pop("session-test")
+        assert served._tokens >= 1, "no reused child was forked"
+        served.close()
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_reused_child_runs_every_job_of_a_command_in_one_process_and_ends_with_it(tmp_path, monkeypatch,
+                                                                                     session_start):
     import tempfile
 
     from deploykit.child import reused_child
@@ -196,6 +238,10 @@ def test_a_reused_child_runs_every_job_of_a_command_in_one_process_and_ends_with
                 for n in range(3)]
         alone = run_child("tests.faults:pid_job", {}, stage=LOAD, what="m.pt2", timeout=60).info
         assert list(tmp_path.iterdir()), "the session keeps its folder while the command runs"
+        if session_start == "forked":
+            from deploykit import zygote
+
+            assert _parent(runs[0]["pid"]) == zygote.current("session-test").process.pid
     assert len({r["pid"] for r in runs}) == 1 and [r["calls"] for r in runs] == [1, 2, 3]
     assert alone["pid"] != runs[0]["pid"] and alone["calls"] == 1      # reuse=False: a child of its own
     assert _gone(runs[0]["pid"]) and list(tmp_path.iterdir()) == []
@@ -203,7 +249,7 @@ def test_a_reused_child_runs_every_job_of_a_command_in_one_process_and_ends_with
     assert run_child("tests.faults:pid_job", {}, stage=LOAD, what="m.pt2", timeout=60, reuse=True).info["calls"] == 1
 
 
-def test_an_abort_in_the_reused_child_is_the_stage_error_and_the_next_job_gets_a_fresh_child():
+def test_an_abort_in_the_reused_child_is_the_stage_error_and_the_next_job_gets_a_fresh_child(session_start):
     from deploykit.child import reused_child
 
     with reused_child():
@@ -220,7 +266,7 @@ def test_an_abort_in_the_reused_child_is_the_stage_error_and_the_next_job_gets_a
 
 
 @pytest.mark.serial
-def test_a_hang_in_the_reused_child_is_the_stage_time_out_and_kills_it():
+def test_a_hang_in_the_reused_child_is_the_stage_time_out_and_kills_it(session_start):
     from deploykit.child import reused_child
 
     with reused_child():
@@ -233,7 +279,7 @@ def test_a_hang_in_the_reused_child_is_the_stage_time_out_and_kills_it():
 
 
 @pytest.mark.serial
-def test_leaving_the_command_frees_a_job_waiting_in_another_thread_at_once():
+def test_leaving_the_command_frees_a_job_waiting_in_another_thread_at_once(session_start):
     """SIGTERM while a source loads in the background (PendingModel's thread holds the reused child): leaving
     the command kills that child and the waiting thread returns, rather than the exit waiting for the load."""
     import threading

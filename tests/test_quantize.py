@@ -112,7 +112,10 @@ def test_quantize_all_compares_every_precision(keras_samples_dir, tmp_path):
     page = (tmp_path / "report" / "precisions.html").read_text()
     assert all(f"<td>{mode}</td><td>pass</td>" in page for mode in rows) and "data:image/png;base64," in page
     assert json.loads((tmp_path / "report" / "precisions.json").read_text())["precisions"][3]["precision"] == "int8"
-    assert table["report"]["headline"].startswith(("int8: ", "dynamic: "))
+    # the smallest precision not slower than 0.95x fp32 (measured: under load, int8 can time slower than fp16)
+    fast = [p for p in ("fp16", "dynamic", "int8") if rows[p]["speed_vs_fp32"] >= 0.95] or ["fp16", "dynamic", "int8"]
+    assert table["report"]["headline"].startswith(f"{min(fast, key=lambda p: rows[p]['bytes'])}: ")
+    assert rows["int8"]["bytes"] < rows["fp16"]["bytes"] < rows["fp32"]["bytes"]
     assert rows["fp32"]["size_vs_fp32"] == 1.0
     assert 0.4 < rows["fp16"]["size_vs_fp32"] < 0.6
     assert rows["int8"]["size_vs_fp32"] < 0.35 and rows["dynamic"]["size_vs_fp32"] < 0.35

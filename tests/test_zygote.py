@@ -71,6 +71,20 @@ def test_what_is_never_forked():
     for converter in ("keras_to_tflite:job", "torch_to_onnx:export_job", "llm_to_onnx:convert"):
         assert not zygote.forkable(f"converters.{converter}", AS_AN_ONNX_RUN)
     assert not zygote.forkable("tests.jobs:crash_job", AS_AN_ONNX_RUN)
+    # a command's reused child: forked from the PyTorch zygote when its first job is PyTorch's
+    assert zygote.session_kind("deploykit.model:describe_job", {"format": "exported_program"}) == "torch-session"
+    assert zygote.session_kind("converters.torch_to_onnx:export_job", {}) == "torch-session"
+    assert zygote.session_kind("deploykit.llm.jobs:source_reference", {"source": "m"}) == "torch-session"
+    for fmt in ("keras", "saved_model", "onnx", "tflite"):
+        assert not zygote.session_kind("deploykit.model:describe_job", {"format": fmt})
+    assert not zygote.session_kind("deploykit.readiness.jobs:probe_job", {"format": "tflite"})
+
+
+def test_the_switch_turns_every_zygote_off(monkeypatch):
+    monkeypatch.setenv(zygote.SWITCH_ENV, "0")
+    assert not zygote.forkable("deploykit.harness:run_job", AS_AN_ONNX_RUN)
+    assert not zygote.forkable("converters.torch_to_executorch:job", {})
+    assert not zygote.session_kind("deploykit.model:describe_job", {"format": "exported_program"})
 
 
 def test_a_forked_crash_is_the_stage_error(forkable_test_jobs):
@@ -161,13 +175,14 @@ def _gone(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.parametrize("kind, to, suffix", [
+    pytest.param("torch-session", "onnx", ".onnx", marks=pytest.mark.onnxruntime),
     pytest.param("onnx2tf", "tflite", ".tflite", marks=pytest.mark.tensorflow),
     pytest.param("litert-torch", "tflite", ".tflite", marks=pytest.mark.litert),
     pytest.param("executorch", "executorch", ".pte", marks=pytest.mark.executorch)])
 def test_a_conversion_is_forked_and_writes_the_bytes_a_fresh_child_writes(exported, samples_dir, tmp_path,
                                                                           monkeypatch, kind, to, suffix):
-    """onnx2tf, litert-torch and ExecuTorch's exporter run in a child forked after their imports: the same file,
-    byte for byte, as a child of its own writes."""
+    """torch.onnx (in the command's reused child), onnx2tf, litert-torch and ExecuTorch's exporter run in a child
+    forked after their imports: the same file, byte for byte, as a child of its own writes."""
     from deploykit import api
 
     source = (exported("two_layer_net.pt2", "onnx").artifact if kind == "onnx2tf"
@@ -176,8 +191,9 @@ def test_a_conversion_is_forked_and_writes_the_bytes_a_fresh_child_writes(export
         zygote._ZYGOTES.pop(kind).close()
     forked = api.export(source, to, str(tmp_path / f"forked{suffix}"))
     assert zygote.current(kind) is not None and zygote.current(kind)._tokens >= 1
-    assert [hop["edge"] for hop in forked.route][-1] == {"onnx2tf": "onnx_to_tflite", "litert-torch": "torch_to_tflite",
-                                                         "executorch": "torch_to_executorch"}[kind]
+    assert [hop["edge"] for hop in forked.route][-1] == {
+        "torch-session": "torch_to_onnx", "onnx2tf": "onnx_to_tflite", "litert-torch": "torch_to_tflite",
+        "executorch": "torch_to_executorch"}[kind]
     monkeypatch.setenv(zygote.SWITCH_ENV, "0")
     fresh = api.export(source, to, str(tmp_path / f"fresh{suffix}"))
     assert forked.passed and fresh.passed
