@@ -380,7 +380,8 @@ def _serve(kind: str) -> int:
             out.flush()
             pid = os.fork()
             if pid == 0:
-                (_session_child if serve else _child)(Path(folder[len(SERVE) + 1:] if serve else folder), me)
+                where = Path(folder[len(SERVE) + 1:] if serve else folder)
+                _forked(lambda: (_session_child if serve else _child)(where, me))
             jobs[pid] = token
             out.write(f"started {token} {pid}\n".encode())
             out.flush()
@@ -396,20 +397,12 @@ def _serve(kind: str) -> int:
                 out.flush()
 
 
-def _child(folder: Path, zygote: int) -> None:
-    """The forked child: a session of its own, output into the job folder, then the job, as deploykit.child runs it."""
+def _forked(body) -> None:
+    """In the forked child: a session of its own, then ``body()`` (its exit code); never back in the zygote's loop."""
     code = 70
     try:
         os.setsid()
-        for fd, name in ((1, "stdout.log"), (2, "stderr.log")):
-            os.dup2(os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        from deploykit import child
-
-        os.environ[child.PARENT_ENV] = str(zygote)
-        child._die_with_parent()
-        child.RSS_AT_START = child.status_bytes("VmRSS")
-        code = child._child_main(folder)
+        code = body()
     finally:
         try:
             sys.stdout.flush()
@@ -418,28 +411,32 @@ def _child(folder: Path, zygote: int) -> None:
             os._exit(code)
 
 
-def _session_child(root: Path, zygote: int) -> None:
-    """The forked reused child: a session of its own, output appended to root/log, jobs read from the FIFO
-    root/jobs, "done" written to root/done — then deploykit.child's own serving loop."""
-    code = 70
-    try:
-        os.setsid()
-        log = os.open(root / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        for fd in (1, 2):
-            os.dup2(log, fd)
-        os.dup2(os.open(root / "jobs", os.O_RDONLY), 0)
-        done = os.open(root / "done", os.O_WRONLY)
-        from deploykit import child
+def _child(folder: Path, zygote: int) -> int:
+    """A forked job: output into the job folder, then the job, as deploykit.child runs it."""
+    for fd, name in ((1, "stdout.log"), (2, "stderr.log")):
+        os.dup2(os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    from deploykit import child
 
-        os.environ.update({child.PARENT_ENV: str(zygote), child.SESSION_ENV: str(done)})
-        child._die_with_parent()
-        code = child._serve(root)
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+    os.environ[child.PARENT_ENV] = str(zygote)
+    child._die_with_parent()
+    child.RSS_AT_START = child.status_bytes("VmRSS")
+    return child._child_main(folder)
+
+
+def _session_child(root: Path, zygote: int) -> int:
+    """A forked reused child: output appended to root/log, jobs read from the FIFO root/jobs, "done" written to
+    root/done — then deploykit.child's own serving loop."""
+    log = os.open(root / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    for fd in (1, 2):
+        os.dup2(log, fd)
+    os.dup2(os.open(root / "jobs", os.O_RDONLY), 0)
+    done = os.open(root / "done", os.O_WRONLY)
+    from deploykit import child
+
+    os.environ.update({child.PARENT_ENV: str(zygote), child.SESSION_ENV: str(done)})
+    child._die_with_parent()
+    return child._serve(root)
 
 
 if __name__ == "__main__":
