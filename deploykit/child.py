@@ -19,8 +19,8 @@ its process (import cost, peak memory). What the harness guarantees, for every c
   put on PYTHONPATH instead;
 * the child and anything it starts run in their own process group, killed as a whole on a time-out or an interrupt;
 * its stdout/stderr are kept out of the user's terminal (shown with ``debug``);
-* an .onnx/.tflite runner job, and a converter's one-shot job, is forked from a warm zygote that imported the
-  runtimes or the converter once (``deploykit.zygote``).
+* .onnx/.tflite runner jobs, converters' one-shot jobs and a PyTorch source's reused child are forked from warm
+  zygotes that imported the runtimes, the converter or PyTorch once (``deploykit.zygote``).
 
 A ``reuse=True`` job (describing a PyTorch or Keras source, its reference outputs, a converter
 that needs the live module) runs in the command's *reused child* while one is open (``with

@@ -16,10 +16,9 @@ whole on a time-out, an abort or an interrupt; a DeploykitError comes back as th
 the same ``_child_main``); it dies with the process that waits for it (the zygote, which dies with the parent).
 
 What is never forked: anything that times a cold start (``measure_job``: the import *is* what it measures), runs of
-other formats (TensorFlow must not share a process with LiteRT's own copy of the TFLite runtime), the converters
-that run in the command's reused child (torch.onnx, Keras), emulated ARM runs. A
-zygote imports nothing before a job of its kind asks for one, and is started anew when the children's environment
-changed; ``DEPLOYKIT_ZYGOTE=0`` turns them off.
+other formats (TensorFlow must not share a process with LiteRT's own copy of the TFLite runtime), the reused child of
+a Keras or TensorFlow source, emulated ARM runs. A zygote imports nothing before a job of its kind asks for one, and
+is started anew when the children's environment changed; ``DEPLOYKIT_ZYGOTE=0`` turns them off.
 
 A command's reused child (``deploykit.child.Session``) whose first job is PyTorch's is forked from the
 ``torch-session`` zygote too: it serves the command's jobs as a child of its own does, named on a FIFO.
