@@ -108,7 +108,7 @@ def _read(path: str) -> tuple:
         raise MissingDependency.for_package("ai-edge-litert", "litert", "to read a .tflite's operators") from None
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            data = handle.read(8)       # the identifier; the file is parsed (once, cached) by read_tflite
     except OSError as exc:
         raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}", "check the path") from None
     if len(data) < 8 or data[4:8] != b"TFL3":
